@@ -1,0 +1,52 @@
+/*
+ * api.h - the route handlers, one file per resource (Redis t_*.c):
+ *   api_inventory.c  stores, products, adjustments, availability
+ *   api_orders.c     purchase and orders
+ *   api_seed.c       the seed-compatible aliases (seed 004)
+ *   api_ops.c        health, readiness, metrics, the home page
+ * All share one signature (route_handler) and the decoding helpers below (api_common.c).
+ */
+#ifndef STOCKD_API_H
+#define STOCKD_API_H
+
+#include <jansson.h>
+
+#include "routes.h"
+
+void api_store_create(struct http_request *r);
+void api_product_create(struct http_request *r);
+void api_adjustment(struct http_request *r);
+void api_availability(struct http_request *r);
+void api_purchase(struct http_request *r);
+void api_order_get(struct http_request *r);
+void api_seed_buy_ticket(struct http_request *r);
+void api_seed_inventory(struct http_request *r);
+void api_seed_reset(struct http_request *r);
+void api_home(struct http_request *r);
+void api_health(struct http_request *r);
+void api_ready(struct http_request *r);
+void api_metrics(struct http_request *r);
+
+/* ---- decoding helpers (api_common.c) ---- */
+
+/* Checks the body rules of a command (JSON content type, size) and parses it as an object.
+ * On failure sends the 4xx and returns NULL. The caller owns the returned reference. */
+json_t *api_parse_body(struct http_request *r);
+
+/* Validates and copies a string member. required: absent is an error. charset_id: only
+ * [A-Za-z0-9._-]. Returns 1 copied, 0 absent (optional), or SVC_EVALIDATION with *why set. */
+int api_get_string(json_t *body, const char *name, bool required, bool charset_id,
+                   char *out, size_t size, const char **why);
+
+/* Validates an integer member within [min, max]. 1 set, 0 absent, SVC_EVALIDATION. */
+int api_get_int(json_t *body, const char *name, bool required, int64_t min, int64_t max,
+                int64_t *out, const char **why);
+
+/* Takes a command from the pool and sets its idempotency fields from the request (key
+ * required when the route says so). On failure sends 428/400/429 and returns NULL. */
+struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kind);
+
+/* True when s is 1..max bytes of [A-Za-z0-9._-]. */
+bool api_is_id(const char *s, size_t length, size_t max);
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * app.h - the process-wide singletons, wired by main and immutable after startup.
+ *
+ * I/O threads reach the writer only through `queue`, read inventory only through `domain`'s
+ * dom_read_* functions, and read stats through atomics. Nothing here is locked because nothing
+ * here changes after the threads start (STYLE 4). Read routes.h next.
+ */
+#ifndef STOCKD_APP_H
+#define STOCKD_APP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "domain.h"
+#include "limits.h"
+#include "queue.h"
+#include "writer.h"
+
+struct app_config {
+    char listen_host[64];
+    int listen_port;            /* 0 picks a free port; the chosen one is printed */
+    char data_dir[512];
+    char db_path[600];          /* <data_dir>/stockd.db */
+    int io_thread_count;        /* default: the number of cores */
+    bool allow_reset;           /* seed 004 POST /reset */
+    char ticket_sku[SKU_BYTES_MAX + 1]; /* the item of the seed-004 aliases */
+    int64_t idem_retention_ms;
+};
+
+struct app {
+    struct app_config config;
+    struct domain domain;
+    struct queue queue;
+    struct writer writer;
+    int64_t started_wall_ms;
+    _Atomic bool shutting_down;
+};
+
+#endif

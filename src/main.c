@@ -1,0 +1,200 @@
+/*
+ * main.c - options and startup only: parse flags, open storage, load state, start the writer
+ * and the I/O threads, then wait for SIGINT/SIGTERM and stop in order (no new commands, the
+ * writer drains its queue, replies go out). Read limits.h and errors.h next, then the files in
+ * the order the README's "Source layout" gives.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "clock.h"
+#include "errors.h"
+#include "http.h"
+#include "log.h"
+#include "store.h"
+#include "svc_assert.h"
+
+/* Time the I/O threads get to send the last replies after the writer stopped. */
+#define MAIN_SHUTDOWN_GRACE_US 200000
+
+static struct app main_app;
+
+static void main_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: stockd [options]\n"
+            "  --listen HOST:PORT     address to serve (default 127.0.0.1:8080; port 0 = any)\n"
+            "  --data-dir DIR         where the SQLite database lives (default ./data)\n"
+            "  --threads N            HTTP I/O threads (default: number of cores)\n"
+            "  --allow-reset          enable POST /reset (seed 004, for tests)\n"
+            "  --ticket-sku SKU       sku of the seed-004 routes (default TICKET-A)\n"
+            "  --idempotency-retention-hours H  keep idempotency records H hours (default 168)\n"
+            "  --log-level LEVEL      debug, info, warn or error (default info)\n"
+            "  --help\n");
+}
+
+static int main_parse_listen(struct app_config *c, const char *value)
+{
+    const char *colon = strrchr(value, ':');
+    if (colon == NULL || (size_t)(colon - value) >= sizeof c->listen_host) {
+        return -EINVAL;
+    }
+    memcpy(c->listen_host, value, (size_t)(colon - value));
+    c->listen_host[colon - value] = '\0';
+    char *end = NULL;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535) {
+        return -EINVAL;
+    }
+    c->listen_port = (int)port;
+    return 0;
+}
+
+static int main_parse_level(const char *value)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++) {
+        if (strcmp(value, names[i]) == 0) {
+            log_set_level((enum log_level)i);
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int main_parse(struct app_config *c, int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"listen", required_argument, 0, 'l'},   {"data-dir", required_argument, 0, 'd'},
+        {"threads", required_argument, 0, 't'},  {"allow-reset", no_argument, 0, 'r'},
+        {"ticket-sku", required_argument, 0, 's'},
+        {"idempotency-retention-hours", required_argument, 0, 'i'},
+        {"log-level", required_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int opt = 0;
+    int rc = 0;
+    while (rc == 0 && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case 'l': rc = main_parse_listen(c, optarg); break;
+        case 'd': rc = strlen(optarg) < 512 ? (strcpy(c->data_dir, optarg), 0) : -EINVAL; break;
+        case 't': c->io_thread_count = atoi(optarg); break;
+        case 'r': c->allow_reset = true; break;
+        case 's': rc = strlen(optarg) <= SKU_BYTES_MAX ? (strcpy(c->ticket_sku, optarg), 0)
+                                                       : -EINVAL; break;
+        case 'i': c->idem_retention_ms = atoll(optarg) * 3600 * 1000; break;
+        case 'v': rc = main_parse_level(optarg); break;
+        case 'h': main_usage(stdout); exit(0);
+        default: return -EINVAL;
+        }
+    }
+    if (rc != 0 || optind != argc || c->io_thread_count < 1 ||
+        c->io_thread_count > IO_THREADS_MAX || c->idem_retention_ms <= 0) {
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void main_defaults(struct app_config *c)
+{
+    memset(c, 0, sizeof *c);
+    strcpy(c->listen_host, "127.0.0.1");
+    c->listen_port = 8080;
+    strcpy(c->data_dir, "./data");
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    c->io_thread_count = cores < 1 ? 1 : cores > IO_THREADS_MAX ? IO_THREADS_MAX : (int)cores;
+    strcpy(c->ticket_sku, "TICKET-A");
+    c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
+}
+
+/* Opens storage and loads the writer; exits with a logged reason on failure (STYLE 8). */
+static struct store *main_open_storage(struct app *app)
+{
+    struct app_config *c = &app->config;
+    if (mkdir(c->data_dir, 0700) != 0 && errno != EEXIST) {
+        log_error("cannot create data directory %s: %s", c->data_dir, strerror(errno));
+        exit(1);
+    }
+    snprintf(c->db_path, sizeof c->db_path, "%s/stockd.db", c->data_dir);
+    struct store *store = NULL;
+    if (store_open(&store, c->db_path) != 0) {
+        log_error("cannot open the database %s", c->db_path);
+        exit(1);
+    }
+    if (dom_init(&app->domain) != 0 || queue_init(&app->queue, QUEUE_DEPTH_MAX) != 0) {
+        log_error("out of memory allocating the fixed tables");
+        exit(1);
+    }
+    struct writer_config wc = {
+        .store = store,
+        .domain = &app->domain,
+        .queue = &app->queue,
+        .idem_retention_ms = c->idem_retention_ms,
+        .wall_ms = clock_wall_ms,
+        .reply_context = NULL,
+        .reply = http_writer_reply,
+    };
+    if (writer_init(&app->writer, &wc) != 0) {
+        log_error("cannot load state from %s", c->db_path);
+        exit(1);
+    }
+    return store;
+}
+
+static int main_wait_for_signal(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    int signal_number = 0;
+    sigwait(&set, &signal_number);
+    return signal_number;
+}
+
+int main(int argc, char **argv)
+{
+    struct app *app = &main_app;
+    main_defaults(&app->config);
+    if (main_parse(&app->config, argc, argv) != 0) {
+        main_usage(stderr);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread inherits this; main sigwaits */
+    app->started_wall_ms = clock_wall_ms();
+    struct store *store = main_open_storage(app);
+    int port = 0;
+    int fd = http_listen(app->config.listen_host, app->config.listen_port, &port);
+    if (fd < 0) {
+        log_error("cannot listen on %s:%d: %s", app->config.listen_host,
+                  app->config.listen_port, strerror(-fd));
+        return 1;
+    }
+    if (writer_start(&app->writer) != 0 || http_start(app, fd, app->config.io_thread_count) != 0) {
+        log_error("cannot start threads");
+        return 1;
+    }
+    printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,
+           port, app->config.db_path, app->config.io_thread_count);
+    fflush(stdout);
+    int signal_number = main_wait_for_signal();
+    log_info("signal %d: stopping", signal_number);
+    atomic_store(&app->shutting_down, true);
+    writer_stop(&app->writer);
+    usleep(MAIN_SHUTDOWN_GRACE_US);
+    store_close(store);
+    log_info("stopped");
+    _exit(0); /* the I/O threads never return; their loops end with the process */
+}

@@ -1,0 +1,147 @@
+/*
+ * store.h - the storage interface behind the writer.
+ *
+ * A backend (store_sqlite.c today) keeps the durable copy of everything: stores, products,
+ * stock items, orders, idempotency records and the event log (the outbox). The writer hands it
+ * one batch of rows at a time and it writes them in ONE transaction; nothing of a batch is
+ * visible or durable until store_commit_batch returns 0. Readers (I/O threads) get their own
+ * read-only handles. The schema with its CHECK and UNIQUE constraints is in schema.c.
+ *
+ * Read writer.h next.
+ */
+#ifndef STOCKD_STORE_H
+#define STOCKD_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;        /* a backend's writer handle; owned by whoever opened it */
+struct store_reader; /* a backend's read-only handle, one per I/O thread */
+
+struct row_store {
+    const char *store_id;
+    const char *name;
+    int64_t latency_ms;
+    int64_t created_at_ms;
+};
+
+struct row_product {
+    const char *sku;
+    const char *name;
+    int64_t created_at_ms;
+};
+
+struct row_item { /* the new full value of a stock item, coalesced per batch */
+    const char *store_id;
+    const char *sku;
+    int64_t on_hand;
+    int64_t reserved;
+    int64_t version;
+    int64_t sold;
+    int64_t updated_at_ms;
+};
+
+struct row_order {
+    int64_t order_seq; /* orderId is "ord_<seq>" */
+    const char *customer_id;
+    const char *store_id;
+    const char *status;
+    const char *lines_json;   /* [{"sku":..,"qty":..}] */
+    const char *history_json; /* [{"status":..,"at":..}] */
+    int64_t created_at_ms;
+};
+
+struct row_idem {
+    const char *principal;
+    const char *idem_key;
+    uint64_t fingerprint;
+    int status;
+    const char *body; /* the first response, byte for byte */
+    size_t body_length;
+    int64_t created_at_ms;
+};
+
+struct row_event {
+    int64_t seq;
+    const char *event_type;
+    int event_version;
+    int64_t occurred_at_ms;
+    const char *store_id; /* may be NULL */
+    const char *sku;      /* may be NULL */
+    const char *data_json;
+};
+
+/* Everything one batch writes. Arrays are owned by the writer and valid during the call. */
+struct store_batch {
+    const struct row_store *stores;
+    size_t store_count;
+    const struct row_product *products;
+    size_t product_count;
+    const struct row_item *items;
+    size_t item_count;
+    const struct row_order *orders;
+    size_t order_count;
+    const struct row_idem *idems;
+    size_t idem_count;
+    const struct row_event *events;
+    size_t event_count;
+};
+
+/* What the writer learns from storage at startup, row by row. */
+struct store_loader {
+    void *context;
+    int (*on_store)(void *context, const char *id, const char *name, int64_t latency_ms);
+    int (*on_product)(void *context, const char *sku, const char *name);
+    int (*on_item)(void *context, const char *store_id, const char *sku, int64_t on_hand,
+                   int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms);
+};
+
+/* The high-water marks of the sequences, so new ids continue after them. */
+struct store_sequences {
+    int64_t order_seq_max;
+    int64_t event_seq_max;
+};
+
+/* A stored idempotency record. body points into the backend's memory and stays valid until
+ * the next call on the same handle. */
+struct store_idem_found {
+    uint64_t fingerprint;
+    int status;
+    const char *body;
+    size_t body_length;
+};
+
+/* A stored order, formatted by the backend's reader as the v1 order JSON. */
+
+/* Opens (creating if needed) the database named by uri: a filesystem path for SQLite. Applies
+ * the schema. 0 or SVC_ESTORAGE_UNAVAILABLE (detail logged). */
+int store_open(struct store **out, const char *uri);
+/* Closes and frees. */
+void store_close(struct store *s);
+
+/* Streams every store, product and item to loader and reports the sequences. */
+int store_load(struct store *s, const struct store_loader *loader, struct store_sequences *out);
+
+/* Looks up (principal, key). 1 found (out set), 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
+int store_idem_find(struct store *s, const char *principal, const char *key,
+                    struct store_idem_found *out);
+
+/* Writes the whole batch in one transaction and makes it durable. 0, or
+ * SVC_ESTORAGE_UNAVAILABLE with nothing of the batch written. */
+int store_commit_batch(struct store *s, const struct store_batch *batch);
+
+/* Deletes at most max_rows idempotency records created before before_ms; returns how many
+ * were deleted or SVC_ESTORAGE_UNAVAILABLE. */
+int store_idem_prune(struct store *s, int64_t before_ms, int max_rows);
+
+/* Opens a read-only handle on the same database for one I/O thread. */
+int store_reader_open(struct store_reader **out, const char *uri);
+void store_reader_close(struct store_reader *r);
+
+/* Formats order ord_<seq> as JSON into out (size bytes). 1 found, 0 absent, or
+ * SVC_ESTORAGE_UNAVAILABLE. *length_out gets the bytes written. */
+int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out, size_t size,
+                            size_t *length_out);
+
+#endif

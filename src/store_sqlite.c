@@ -1,0 +1,525 @@
+/*
+ * store_sqlite.c - the embedded SQLite backend of store.h.
+ *
+ * One read-write connection owned by the writer thread: WAL journal, synchronous=FULL (the
+ * WAL is fsynced at every commit, so a committed batch survives kill -9 and power loss), every
+ * statement prepared once at open. Each I/O thread opens its own read-only connection; WAL lets
+ * them read while the writer commits. No SQL is ever built from user input. Errors are logged
+ * here with SQLite's message and returned as SVC_ESTORAGE_UNAVAILABLE (STYLE 9).
+ */
+#include "store.h"
+
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "errors.h"
+#include "json_out.h"
+#include "log.h"
+#include "schema.h"
+#include "svc_assert.h"
+
+/* The statement registry: every SQL the writer runs, prepared at open (STYLE 24). */
+#define STORE_STMT_MAP(X)                                                                    \
+    X(BEGIN, "BEGIN IMMEDIATE")                                                              \
+    X(COMMIT, "COMMIT")                                                                      \
+    X(ROLLBACK, "ROLLBACK")                                                                  \
+    X(INSERT_STORE, "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"         \
+                    " VALUES (?1, ?2, ?3, ?4)")                                              \
+    X(INSERT_PRODUCT, "INSERT INTO products (sku, name, created_at_ms) VALUES (?1, ?2, ?3)") \
+    X(UPSERT_ITEM, "INSERT INTO stock_items (store_id, sku, on_hand, reserved, version, sold," \
+                   " updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"                     \
+                   " ON CONFLICT (store_id, sku) DO UPDATE SET on_hand = excluded.on_hand,"  \
+                   " reserved = excluded.reserved, version = excluded.version,"              \
+                   " sold = excluded.sold, updated_at_ms = excluded.updated_at_ms"           \
+                   " WHERE stock_items.version < excluded.version")                          \
+    X(INSERT_ORDER, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"   \
+                    " history, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")          \
+    X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status, body," \
+                   " created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")                        \
+    X(INSERT_EVENT, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"    \
+                    " store_id, sku, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")             \
+    X(FIND_IDEM, "SELECT fingerprint, status, body FROM idempotency"                         \
+                 " WHERE principal = ?1 AND idem_key = ?2")                                  \
+    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                   \
+                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < ?1"   \
+                  " LIMIT ?2)")
+
+enum store_stmt {
+#define STORE_STMT_ENUM_(name, sql) STORE_STMT_##name,
+    STORE_STMT_MAP(STORE_STMT_ENUM_)
+#undef STORE_STMT_ENUM_
+    STORE_STMT_COUNT
+};
+
+static const char *const store_stmt_sql[STORE_STMT_COUNT] = {
+#define STORE_STMT_SQL_(name, sql) sql,
+    STORE_STMT_MAP(STORE_STMT_SQL_)
+#undef STORE_STMT_SQL_
+};
+
+struct store {
+    sqlite3 *db;                               /* owned; used by the writer thread only */
+    sqlite3_stmt *stmts[STORE_STMT_COUNT];     /* owned, prepared at open */
+    char *idem_body;                           /* owned copy of the last found body */
+    size_t idem_body_size;
+};
+
+struct store_reader {
+    sqlite3 *db;              /* owned, read-only */
+    sqlite3_stmt *order_get;  /* owned */
+};
+
+static int store_fail(sqlite3 *db, const char *what)
+{
+    log_error("sqlite: %s: %s (%d)", what, sqlite3_errmsg(db), sqlite3_extended_errcode(db));
+    return SVC_ESTORAGE_UNAVAILABLE;
+}
+
+static int store_exec(sqlite3 *db, const char *sql)
+{
+    char *message = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &message) != SQLITE_OK) {
+        log_error("sqlite: %s: %s", sql, message ? message : "?");
+        sqlite3_free(message);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    return 0;
+}
+
+static int store_schema_version(sqlite3 *db, int *version_out)
+{
+    sqlite3_stmt *stmt = NULL;
+    *version_out = 0;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'schema_version'", -1,
+                           &stmt, NULL) != SQLITE_OK) {
+        return 0; /* no meta table: a fresh database */
+    }
+    if (sqlite3_step(stmt) == SQLITE_ROW) {
+        *version_out = sqlite3_column_int(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    SVC_ASSERT(*version_out >= 0);
+    return 0;
+}
+
+static int store_migrate(sqlite3 *db)
+{
+    int version = 0;
+    store_schema_version(db, &version);
+    for (int m = 0; m < schema_migration_count_sqlite; m++) {
+        const struct schema_migration *migration = &schema_migrations_sqlite[m];
+        if (migration->version <= version) {
+            continue;
+        }
+        SVC_ASSERT(migration->version == version + 1);
+        int rc = store_exec(db, "BEGIN IMMEDIATE");
+        for (int i = 0; rc == 0 && migration->statements[i] != NULL; i++) {
+            rc = store_exec(db, migration->statements[i]);
+        }
+        char sql[128];
+        snprintf(sql, sizeof sql,
+                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '%d')",
+                 migration->version);
+        if (rc == 0) {
+            rc = store_exec(db, sql);
+        }
+        if (rc == 0) {
+            rc = store_exec(db, "COMMIT");
+        }
+        if (rc != 0) {
+            store_exec(db, "ROLLBACK");
+            return rc;
+        }
+        version = migration->version;
+        log_info("sqlite: schema migrated to version %d", version);
+    }
+    return 0;
+}
+
+static int store_configure(sqlite3 *db)
+{
+    static const char *const pragmas[] = {
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA cache_size = -65536", /* 64 MiB: the hot indexes stay in memory */
+        "PRAGMA temp_store = MEMORY",
+    };
+    sqlite3_busy_timeout(db, 5000);
+    for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
+        int rc = store_exec(db, pragmas[i]);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int store_open(struct store **out, const char *uri)
+{
+    SVC_ASSERT(out != NULL);
+    SVC_ASSERT(uri != NULL);
+    struct store *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(uri, &s->db, flags, NULL) != SQLITE_OK) {
+        int rc = store_fail(s->db, uri);
+        store_close(s);
+        return rc;
+    }
+    int rc = store_configure(s->db);
+    if (rc == 0) {
+        rc = store_migrate(s->db);
+    }
+    for (int i = 0; rc == 0 && i < STORE_STMT_COUNT; i++) {
+        if (sqlite3_prepare_v3(s->db, store_stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                               &s->stmts[i], NULL) != SQLITE_OK) {
+            rc = store_fail(s->db, store_stmt_sql[i]);
+        }
+    }
+    if (rc != 0) {
+        store_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void store_close(struct store *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    for (int i = 0; i < STORE_STMT_COUNT; i++) {
+        sqlite3_finalize(s->stmts[i]);
+    }
+    sqlite3_close(s->db);
+    free(s->idem_body);
+    free(s);
+}
+
+static const char *store_column_text(sqlite3_stmt *stmt, int column)
+{
+    const unsigned char *text = sqlite3_column_text(stmt, column);
+    return text ? (const char *)text : "";
+}
+
+/* Runs a SELECT and hands every row to each_row; stops at its first non-zero return. */
+static int store_each_row(struct store *s, const char *sql,
+                          int (*each_row)(sqlite3_stmt *, const struct store_loader *),
+                          const struct store_loader *loader)
+{
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+        return store_fail(s->db, sql);
+    }
+    int rc = 0;
+    int step = SQLITE_ROW;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        rc = each_row(stmt, loader);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        rc = store_fail(s->db, sql);
+    }
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+static int store_load_store_row(sqlite3_stmt *stmt, const struct store_loader *loader)
+{
+    return loader->on_store(loader->context, store_column_text(stmt, 0),
+                            store_column_text(stmt, 1), sqlite3_column_int64(stmt, 2));
+}
+
+static int store_load_product_row(sqlite3_stmt *stmt, const struct store_loader *loader)
+{
+    return loader->on_product(loader->context, store_column_text(stmt, 0),
+                              store_column_text(stmt, 1));
+}
+
+static int store_load_item_row(sqlite3_stmt *stmt, const struct store_loader *loader)
+{
+    return loader->on_item(loader->context, store_column_text(stmt, 0),
+                           store_column_text(stmt, 1), sqlite3_column_int64(stmt, 2),
+                           sqlite3_column_int64(stmt, 3), sqlite3_column_int64(stmt, 4),
+                           sqlite3_column_int64(stmt, 5), sqlite3_column_int64(stmt, 6));
+}
+
+static int64_t store_select_int(struct store *s, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t value = -1;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+        value = sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    return value;
+}
+
+int store_load(struct store *s, const struct store_loader *loader, struct store_sequences *out)
+{
+    SVC_ASSERT(loader->on_store && loader->on_product && loader->on_item);
+    int rc = store_each_row(s, "SELECT store_id, name, latency_ms FROM stores ORDER BY rowid",
+                            store_load_store_row, loader);
+    if (rc == 0) {
+        rc = store_each_row(s, "SELECT sku, name FROM products ORDER BY rowid",
+                            store_load_product_row, loader);
+    }
+    if (rc == 0) {
+        rc = store_each_row(s,
+                            "SELECT store_id, sku, on_hand, reserved, version, sold,"
+                            " updated_at_ms FROM stock_items",
+                            store_load_item_row, loader);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    out->order_seq_max = store_select_int(s, "SELECT COALESCE(MAX(order_seq), 0) FROM orders");
+    out->event_seq_max = store_select_int(s, "SELECT COALESCE(MAX(seq), 0) FROM events");
+    if (out->order_seq_max < 0 || out->event_seq_max < 0) {
+        return store_fail(s->db, "load sequences");
+    }
+    return 0;
+}
+
+int store_idem_find(struct store *s, const char *principal, const char *key,
+                    struct store_idem_found *out)
+{
+    sqlite3_stmt *stmt = s->stmts[STORE_STMT_FIND_IDEM];
+    sqlite3_bind_text(stmt, 1, principal, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        size_t length = (size_t)sqlite3_column_bytes(stmt, 2);
+        if (length + 1 > s->idem_body_size) {
+            char *grown = realloc(s->idem_body, length + 1); /* rare: replays only */
+            SVC_ASSERT(grown != NULL);
+            s->idem_body = grown;
+            s->idem_body_size = length + 1;
+        }
+        memcpy(s->idem_body, store_column_text(stmt, 2), length);
+        s->idem_body[length] = '\0';
+        out->fingerprint = (uint64_t)sqlite3_column_int64(stmt, 0);
+        out->status = sqlite3_column_int(stmt, 1);
+        out->body = s->idem_body;
+        out->body_length = length;
+        rc = 1;
+    } else if (step != SQLITE_DONE) {
+        rc = store_fail(s->db, "find idempotency record");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+/* Steps one bound insert/update statement to completion and resets it. */
+static int store_step_done(struct store *s, enum store_stmt which)
+{
+    sqlite3_stmt *stmt = s->stmts[which];
+    int step = sqlite3_step(stmt);
+    sqlite3_reset(stmt);
+    if (step != SQLITE_DONE) {
+        return store_fail(s->db, store_stmt_sql[which]);
+    }
+    return 0;
+}
+
+static void store_bind_text_or_null(sqlite3_stmt *stmt, int column, const char *text)
+{
+    if (text) {
+        sqlite3_bind_text(stmt, column, text, -1, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(stmt, column);
+    }
+}
+
+static int store_write_catalog(struct store *s, const struct store_batch *b)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < b->store_count; i++) {
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_INSERT_STORE];
+        sqlite3_bind_text(stmt, 1, b->stores[i].store_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 2, b->stores[i].name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 3, b->stores[i].latency_ms);
+        sqlite3_bind_int64(stmt, 4, b->stores[i].created_at_ms);
+        rc = store_step_done(s, STORE_STMT_INSERT_STORE);
+    }
+    for (size_t i = 0; rc == 0 && i < b->product_count; i++) {
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_INSERT_PRODUCT];
+        sqlite3_bind_text(stmt, 1, b->products[i].sku, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 2, b->products[i].name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 3, b->products[i].created_at_ms);
+        rc = store_step_done(s, STORE_STMT_INSERT_PRODUCT);
+    }
+    for (size_t i = 0; rc == 0 && i < b->item_count; i++) {
+        const struct row_item *row = &b->items[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_UPSERT_ITEM];
+        SVC_ASSERT(row->reserved >= 0 && row->reserved <= row->on_hand);
+        sqlite3_bind_text(stmt, 1, row->store_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 2, row->sku, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 3, row->on_hand);
+        sqlite3_bind_int64(stmt, 4, row->reserved);
+        sqlite3_bind_int64(stmt, 5, row->version);
+        sqlite3_bind_int64(stmt, 6, row->sold);
+        sqlite3_bind_int64(stmt, 7, row->updated_at_ms);
+        rc = store_step_done(s, STORE_STMT_UPSERT_ITEM);
+        if (rc == 0 && sqlite3_changes(s->db) != 1) {
+            log_error("sqlite: stock item %s/%s version %" PRId64 " not newer than stored",
+                      row->store_id, row->sku, row->version);
+            rc = SVC_ESTORAGE_UNAVAILABLE;
+        }
+    }
+    return rc;
+}
+
+static int store_write_records(struct store *s, const struct store_batch *b)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < b->order_count; i++) {
+        const struct row_order *row = &b->orders[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_INSERT_ORDER];
+        sqlite3_bind_int64(stmt, 1, row->order_seq);
+        sqlite3_bind_text(stmt, 2, row->customer_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 3, row->store_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 4, row->status, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 5, row->lines_json, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 6, row->history_json, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 7, row->created_at_ms);
+        rc = store_step_done(s, STORE_STMT_INSERT_ORDER);
+    }
+    for (size_t i = 0; rc == 0 && i < b->idem_count; i++) {
+        const struct row_idem *row = &b->idems[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_INSERT_IDEM];
+        sqlite3_bind_text(stmt, 1, row->principal, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 2, row->idem_key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 3, (sqlite3_int64)row->fingerprint);
+        sqlite3_bind_int(stmt, 4, row->status);
+        sqlite3_bind_text(stmt, 5, row->body, (int)row->body_length, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 6, row->created_at_ms);
+        rc = store_step_done(s, STORE_STMT_INSERT_IDEM);
+    }
+    for (size_t i = 0; rc == 0 && i < b->event_count; i++) {
+        const struct row_event *row = &b->events[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_INSERT_EVENT];
+        sqlite3_bind_int64(stmt, 1, row->seq);
+        sqlite3_bind_text(stmt, 2, row->event_type, -1, SQLITE_STATIC);
+        sqlite3_bind_int(stmt, 3, row->event_version);
+        sqlite3_bind_int64(stmt, 4, row->occurred_at_ms);
+        store_bind_text_or_null(stmt, 5, row->store_id);
+        store_bind_text_or_null(stmt, 6, row->sku);
+        sqlite3_bind_text(stmt, 7, row->data_json, -1, SQLITE_STATIC);
+        rc = store_step_done(s, STORE_STMT_INSERT_EVENT);
+    }
+    return rc;
+}
+
+int store_commit_batch(struct store *s, const struct store_batch *batch)
+{
+    SVC_ASSERT(s != NULL);
+    SVC_ASSERT(batch != NULL);
+    SVC_ASSERT(sqlite3_get_autocommit(s->db)); /* no transaction left open by a prior call */
+    int rc = store_step_done(s, STORE_STMT_BEGIN);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = store_write_catalog(s, batch);
+    if (rc == 0) {
+        rc = store_write_records(s, batch);
+    }
+    if (rc == 0) {
+        rc = store_step_done(s, STORE_STMT_COMMIT);
+    }
+    if (rc != 0 && !sqlite3_get_autocommit(s->db)) {
+        store_step_done(s, STORE_STMT_ROLLBACK);
+    }
+    SVC_ASSERT(sqlite3_get_autocommit(s->db));
+    return rc;
+}
+
+int store_idem_prune(struct store *s, int64_t before_ms, int max_rows)
+{
+    SVC_ASSERT(max_rows > 0);
+    sqlite3_stmt *stmt = s->stmts[STORE_STMT_PRUNE_IDEM];
+    sqlite3_bind_int64(stmt, 1, before_ms);
+    sqlite3_bind_int(stmt, 2, max_rows);
+    int rc = store_step_done(s, STORE_STMT_PRUNE_IDEM);
+    return rc == 0 ? sqlite3_changes(s->db) : rc;
+}
+
+int store_reader_open(struct store_reader **out, const char *uri)
+{
+    struct store_reader *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
+    int rc = 0;
+    if (sqlite3_open_v2(uri, &r->db, flags, NULL) != SQLITE_OK) {
+        rc = store_fail(r->db, uri);
+    } else {
+        sqlite3_busy_timeout(r->db, 1000);
+        if (sqlite3_prepare_v3(r->db,
+                               "SELECT customer_id, store_id, status, lines, history,"
+                               " created_at_ms FROM orders WHERE order_seq = ?1",
+                               -1, SQLITE_PREPARE_PERSISTENT, &r->order_get, NULL) != SQLITE_OK) {
+            rc = store_fail(r->db, "prepare order lookup");
+        }
+    }
+    if (rc != 0) {
+        store_reader_close(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+void store_reader_close(struct store_reader *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    sqlite3_finalize(r->order_get);
+    sqlite3_close(r->db);
+    free(r);
+}
+
+int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out, size_t size,
+                            size_t *length_out)
+{
+    SVC_ASSERT(order_seq >= 1);
+    SVC_ASSERT(size > 0);
+    sqlite3_stmt *stmt = r->order_get;
+    sqlite3_bind_int64(stmt, 1, order_seq);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        struct jbuf b;
+        char order_id[32];
+        snprintf(order_id, sizeof order_id, "ord_%" PRId64, order_seq);
+        jbuf_init(&b, out, size);
+        jbuf_lit(&b, "{");
+        jbuf_kv_str(&b, "orderId", order_id);
+        jbuf_kv_str(&b, "customerId", store_column_text(stmt, 0));
+        jbuf_kv_str(&b, "storeId", store_column_text(stmt, 1));
+        jbuf_kv_str(&b, "status", store_column_text(stmt, 2));
+        jbuf_key(&b, "lines");
+        jbuf_lit(&b, store_column_text(stmt, 3));
+        jbuf_key(&b, "history");
+        jbuf_lit(&b, store_column_text(stmt, 4));
+        jbuf_kv_time(&b, "createdAt", sqlite3_column_int64(stmt, 5));
+        jbuf_lit(&b, "}");
+        rc = jbuf_ok(&b) ? 1 : SVC_ECAPACITY;
+        *length_out = b.length;
+    } else if (step != SQLITE_DONE) {
+        rc = store_fail(r->db, "order lookup");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}

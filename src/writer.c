@@ -1,0 +1,820 @@
+/*
+ * writer.c - the single-writer batching core. See writer.h for the contract.
+ *
+ * 1. State machine of one batch (TigerBeetle prefetch -> commit -> persist -> reply):
+ *
+ *        +------+  queue_pop_batch   +----------+  each command   +---------+
+ *        | IDLE | -----------------> | APPLYING | --------------> | WRITING |
+ *        +------+                    +----------+                 +---------+
+ *           ^                                             commit ok |   | commit failed
+ *           |        +-----------+   dom_publish()                  |   |
+ *           +------- | REPLYING  | <--------------------------------+   |
+ *           |        +-----------+   dom_rollback(), 503s               |
+ *           +-----------------------------------------------------------+
+ *
+ * 2. Transitions and the functions that perform them:
+ *    IDLE -> APPLYING     writer_loop: a non-empty pop; writer_batch_reset clears the scratch.
+ *    APPLYING             writer_apply: idempotency first (batch-local table, then storage),
+ *                         then the domain change, the reply body, and the rows to write.
+ *    APPLYING -> WRITING  writer_commit: one store_commit_batch for the whole batch.
+ *    WRITING -> REPLYING  ok: dom_publish makes the batch visible to readers.
+ *                         failed: dom_rollback, and every command whose reply depended on the
+ *                         batch becomes 503 storage_unavailable (nothing of it was written).
+ *    REPLYING -> IDLE     writer_reply_all: config.reply for each command, in queue order.
+ *
+ * 3. Invariants (writer_invariants_hold):
+ *    - the committed sequences never exceed the working ones;
+ *    - between batches, the working state equals the committed state (no dirty items);
+ *    - every row of the batch belongs to a command of the batch (counts bounded by it);
+ *    - the domain invariants: 0 <= reserved <= on_hand for every item, store totals add up.
+ */
+#include "writer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "errors.h"
+#include "hash.h"
+#include "json_out.h"
+#include "log.h"
+#include "problem.h"
+#include "svc_assert.h"
+
+/* Rows one command may add at most: a product and its stock event, a reset adds two events. */
+#define WRITER_EVENTS_PER_COMMAND_MAX 2
+#define WRITER_ITEMS_PER_COMMAND_MAX 2
+#define WRITER_IDEM_SLOTS (4 * BATCH_COMMANDS_MAX) /* batch-local key table, load <= 0.25 */
+#define WRITER_PRINCIPAL "anonymous" /* until bearer auth names principals */
+
+_Static_assert((WRITER_IDEM_SLOTS & (WRITER_IDEM_SLOTS - 1)) == 0, "slots: a power of two");
+_Static_assert(WRITER_IDEM_SLOTS >= 2 * BATCH_COMMANDS_MAX, "key table load must stay low");
+
+/* What a command's reply depends on, for the failure path. */
+enum writer_outcome {
+    WRITER_OUTCOME_NONE = 0,     /* refused before touching the batch: reply stands */
+    WRITER_OUTCOME_FRESH,        /* applied in this batch: reply only if the batch commits */
+    WRITER_OUTCOME_STORED_REPLAY,/* replayed from storage: reply stands */
+    WRITER_OUTCOME_BATCH_REPLAY, /* copied from an earlier command of this batch */
+};
+
+struct writer_batch {
+    struct row_store stores[BATCH_COMMANDS_MAX];
+    struct row_product products[BATCH_COMMANDS_MAX];
+    struct row_item items[WRITER_ITEMS_PER_COMMAND_MAX * BATCH_COMMANDS_MAX];
+    struct row_order orders[BATCH_COMMANDS_MAX];
+    struct row_idem idems[BATCH_COMMANDS_MAX];
+    struct row_event events[WRITER_EVENTS_PER_COMMAND_MAX * BATCH_COMMANDS_MAX];
+    struct store_batch rows;
+    enum writer_outcome outcomes[BATCH_COMMANDS_MAX];
+    int16_t idem_slots[WRITER_IDEM_SLOTS]; /* command index + 1; 0 = empty */
+    uint32_t idem_used[BATCH_COMMANDS_MAX]; /* slots to clear at reset */
+    uint32_t idem_used_count;
+    struct command **commands; /* the batch in hand, borrowed for the batch */
+    size_t command_count;
+    char *arena;               /* BATCH_ARENA_BYTES, owned */
+    size_t arena_used;
+    int64_t now_ms;            /* wall time of the batch: one clock read per batch */
+};
+
+static bool writer_invariants_hold(const struct writer *w)
+{
+    const struct writer_batch *b = w->batch;
+    if (w->order_seq_committed > w->order_seq || w->event_seq_committed > w->event_seq) {
+        return false;
+    }
+    if (b->command_count > BATCH_COMMANDS_MAX || b->rows.order_count > b->command_count ||
+        b->rows.idem_count > b->command_count || b->rows.store_count > b->command_count) {
+        return false;
+    }
+    if (b->rows.event_count > WRITER_EVENTS_PER_COMMAND_MAX * b->command_count) {
+        return false;
+    }
+    if (b->command_count == 0 && w->config.domain->dirty_count != 0) {
+        return false;
+    }
+    SVC_DEBUG_ASSERT(dom_invariants_hold(w->config.domain));
+    return true;
+}
+
+/* ---- loading ---------------------------------------------------------------------------- */
+
+static int writer_load_store(void *context, const char *id, const char *name,
+                             int64_t latency_ms)
+{
+    return dom_load_store(context, id, name, latency_ms);
+}
+
+static int writer_load_product(void *context, const char *sku, const char *name)
+{
+    return dom_load_product(context, sku, name);
+}
+
+static int writer_load_item(void *context, const char *store_id, const char *sku,
+                            int64_t on_hand, int64_t reserved, int64_t version, int64_t sold,
+                            int64_t updated_at_ms)
+{
+    return dom_load_item(context, store_id, sku, on_hand, reserved, version, sold,
+                         updated_at_ms);
+}
+
+int writer_init(struct writer *w, const struct writer_config *config)
+{
+    SVC_ASSERT(config->store && config->domain && config->queue && config->reply);
+    SVC_ASSERT(config->wall_ms != NULL);
+    memset(w, 0, sizeof *w);
+    w->config = *config;
+    w->batch = calloc(1, sizeof *w->batch);
+    if (w->batch == NULL || (w->batch->arena = malloc(BATCH_ARENA_BYTES)) == NULL) {
+        free(w->batch);
+        return -ENOMEM;
+    }
+    struct store_loader loader = {config->domain, writer_load_store, writer_load_product,
+                                  writer_load_item};
+    struct store_sequences sequences = {0, 0};
+    int rc = store_load(config->store, &loader, &sequences);
+    if (rc != 0) {
+        log_error("writer: loading state failed: %s", svc_err_name(rc));
+        writer_deinit(w);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    dom_publish(config->domain);
+    w->order_seq = w->order_seq_committed = sequences.order_seq_max;
+    w->event_seq = w->event_seq_committed = sequences.event_seq_max;
+    w->prune_due_ms = config->wall_ms();
+    atomic_store(&w->storage_ok, true);
+    SVC_ASSERT(dom_invariants_hold(config->domain));
+    SVC_ASSERT(writer_invariants_hold(w));
+    log_info("writer: loaded %u stores, %u products, %u items; orders to %" PRId64
+             ", events to %" PRId64,
+             config->domain->store_count, config->domain->product_count,
+             config->domain->item_count, w->order_seq, w->event_seq);
+    return 0;
+}
+
+void writer_deinit(struct writer *w)
+{
+    SVC_ASSERT(!w->started);
+    if (w->batch) {
+        free(w->batch->arena);
+        free(w->batch);
+        w->batch = NULL;
+    }
+}
+
+/* ---- batch scratch ---------------------------------------------------------------------- */
+
+static void writer_batch_reset(struct writer_batch *b, struct command **commands, size_t count,
+                               int64_t now_ms)
+{
+    for (uint32_t i = 0; i < b->idem_used_count; i++) {
+        b->idem_slots[b->idem_used[i]] = 0;
+    }
+    b->idem_used_count = 0;
+    memset(&b->rows, 0, sizeof b->rows);
+    b->rows.stores = b->stores;
+    b->rows.products = b->products;
+    b->rows.items = b->items;
+    b->rows.orders = b->orders;
+    b->rows.idems = b->idems;
+    b->rows.events = b->events;
+    b->commands = commands;
+    b->command_count = count;
+    b->arena_used = 0;
+    b->now_ms = now_ms;
+    memset(b->outcomes, 0, count * sizeof b->outcomes[0]);
+}
+
+/* Starts a JSON text in the arena; finish with writer_arena_finish. */
+static void writer_arena_begin(struct writer_batch *b, struct jbuf *out)
+{
+    SVC_ASSERT(b->arena_used < BATCH_ARENA_BYTES);
+    jbuf_init(out, b->arena + b->arena_used, BATCH_ARENA_BYTES - b->arena_used);
+}
+
+static const char *writer_arena_finish(struct writer_batch *b, struct jbuf *text)
+{
+    SVC_ASSERT(jbuf_ok(text)); /* the arena holds BATCH_COMMANDS_MAX worst-case payloads */
+    const char *start = text->data;
+    b->arena_used += text->length + 1;
+    SVC_ASSERT(b->arena_used <= BATCH_ARENA_BYTES);
+    return start;
+}
+
+static struct row_event *writer_event(struct writer *w, const char *type, const char *store_id,
+                                      const char *sku, const char *data_json)
+{
+    struct writer_batch *b = w->batch;
+    SVC_ASSERT(b->rows.event_count < WRITER_EVENTS_PER_COMMAND_MAX * BATCH_COMMANDS_MAX);
+    struct row_event *event = &b->events[b->rows.event_count++];
+    event->seq = ++w->event_seq;
+    event->event_type = type;
+    event->event_version = 1;
+    event->occurred_at_ms = b->now_ms;
+    event->store_id = store_id;
+    event->sku = sku;
+    event->data_json = data_json;
+    return event;
+}
+
+/* Appends an event whose data is the stock change of item: delta and the values after it. */
+static void writer_stock_event(struct writer *w, const char *type, uint32_t item_index,
+                               int64_t delta, const struct jbuf *prefix_members)
+{
+    struct writer_batch *b = w->batch;
+    const struct domain *d = w->config.domain;
+    const struct dom_item *item = &d->items[item_index];
+    const char *store_id = d->stores[item->store_index].id;
+    const char *sku = d->products[item->product_index].sku;
+    struct jbuf data;
+    writer_arena_begin(b, &data);
+    jbuf_lit(&data, "{");
+    if (prefix_members != NULL) {
+        jbuf_raw(&data, prefix_members->data, prefix_members->length);
+    }
+    jbuf_kv_str(&data, "storeId", store_id);
+    jbuf_kv_str(&data, "sku", sku);
+    jbuf_kv_int(&data, "delta", delta);
+    jbuf_kv_int(&data, "onHand", item->on_hand);
+    jbuf_kv_int(&data, "reserved", item->reserved);
+    jbuf_kv_int(&data, "version", item->version);
+    jbuf_lit(&data, "}");
+    writer_event(w, type, store_id, sku, writer_arena_finish(b, &data));
+}
+
+/* ---- replies ---------------------------------------------------------------------------- */
+
+static void writer_reply_problem(struct command *cmd, int err, const char *detail,
+                                 const char *extra_key, int64_t extra_value)
+{
+    cmd->reply_status = svc_err_http_status(err);
+    cmd->reply_problem = true;
+    cmd->reply_length = problem_format(cmd->reply_body, sizeof cmd->reply_body, err, detail,
+                                       extra_key, extra_value);
+    SVC_ASSERT(cmd->reply_length < sizeof cmd->reply_body);
+}
+
+/* Starts a JSON success body in the command's reply buffer. */
+static void writer_reply_begin(struct command *cmd, int status, struct jbuf *out)
+{
+    SVC_ASSERT(status >= 200 && status < 300);
+    cmd->reply_status = status;
+    cmd->reply_problem = false;
+    jbuf_init(out, cmd->reply_body, sizeof cmd->reply_body);
+    jbuf_lit(out, "{");
+}
+
+static void writer_reply_end(struct command *cmd, struct jbuf *body)
+{
+    jbuf_lit(body, "}");
+    SVC_ASSERT(jbuf_ok(body)); /* fields are bounded by limits.h; the buffer fits them all */
+    cmd->reply_length = body->length;
+}
+
+/* The seed-004 body {success,message,remaining_stock} with its own status codes. */
+static void writer_reply_seed004(struct command *cmd, int status, bool success,
+                                 const char *message, int64_t remaining)
+{
+    struct jbuf body;
+    jbuf_init(&body, cmd->reply_body, sizeof cmd->reply_body);
+    jbuf_lit(&body, success ? "{\"success\":true" : "{\"success\":false");
+    jbuf_kv_str(&body, "message", message);
+    jbuf_kv_int(&body, "remaining_stock", remaining);
+    jbuf_lit(&body, "}");
+    SVC_ASSERT(jbuf_ok(&body));
+    cmd->reply_status = status;
+    cmd->reply_problem = false;
+    cmd->reply_length = body.length;
+}
+
+static void writer_reply_item(struct writer *w, struct command *cmd, uint32_t item_index)
+{
+    const struct domain *d = w->config.domain;
+    const struct dom_item *item = &d->items[item_index];
+    struct jbuf body;
+    writer_reply_begin(cmd, 200, &body);
+    jbuf_kv_str(&body, "storeId", d->stores[item->store_index].id);
+    jbuf_kv_str(&body, "sku", d->products[item->product_index].sku);
+    jbuf_kv_int(&body, "onHand", item->on_hand);
+    jbuf_kv_int(&body, "reserved", item->reserved);
+    jbuf_kv_int(&body, "available", dom_item_available(item));
+    jbuf_kv_int(&body, "version", item->version);
+    writer_reply_end(cmd, &body);
+}
+
+/* ---- commands --------------------------------------------------------------------------- */
+
+/* Each apply function sets the reply and returns true when it changed state (rows added). */
+
+static bool writer_apply_store_create(struct writer *w, struct command *cmd)
+{
+    struct writer_batch *b = w->batch;
+    uint32_t index = 0;
+    int rc = dom_store_create(w->config.domain, cmd->store_id, cmd->name, cmd->latency_ms,
+                              &index);
+    if (rc != 0) {
+        writer_reply_problem(cmd, rc, "a store with this storeId exists", NULL, 0);
+        return false;
+    }
+    const struct dom_store *store = &w->config.domain->stores[index];
+    b->stores[b->rows.store_count++] =
+        (struct row_store){store->id, store->name, store->latency_ms, b->now_ms};
+    struct jbuf body;
+    writer_reply_begin(cmd, 201, &body);
+    jbuf_kv_str(&body, "storeId", store->id);
+    jbuf_kv_str(&body, "name", store->name);
+    jbuf_kv_int(&body, "latencyMs", store->latency_ms);
+    writer_reply_end(cmd, &body);
+    struct jbuf data;
+    writer_arena_begin(b, &data);
+    jbuf_raw(&data, body.data, body.length); /* the event carries the store as replied */
+    writer_event(w, "StoreCreated", store->id, NULL, writer_arena_finish(b, &data));
+    return true;
+}
+
+static bool writer_apply_product_create(struct writer *w, struct command *cmd)
+{
+    struct writer_batch *b = w->batch;
+    struct domain *d = w->config.domain;
+    int32_t store_index = -1;
+    if (cmd->has_store && (store_index = dom_store_find(d, cmd->store_id)) < 0) {
+        writer_reply_problem(cmd, SVC_EUNKNOWN_STORE, "no store with this storeId", NULL, 0);
+        return false;
+    }
+    uint32_t item_index = 0;
+    int rc = dom_product_create(d, cmd->sku, cmd->name, cmd->initial_on_hand, store_index,
+                                b->now_ms, &item_index);
+    if (rc != 0) {
+        writer_reply_problem(cmd, rc, "a product with this sku exists", NULL, 0);
+        return false;
+    }
+    const struct dom_item *item = &d->items[item_index];
+    const struct dom_product *product = &d->products[item->product_index];
+    b->products[b->rows.product_count++] =
+        (struct row_product){product->sku, product->name, b->now_ms};
+    struct jbuf body;
+    writer_reply_begin(cmd, 201, &body);
+    jbuf_kv_str(&body, "sku", product->sku);
+    jbuf_kv_str(&body, "name", product->name);
+    jbuf_kv_str(&body, "storeId", d->stores[item->store_index].id);
+    jbuf_kv_int(&body, "onHand", item->on_hand);
+    writer_reply_end(cmd, &body);
+    char members[NAME_BYTES_MAX * 6 + 32];
+    struct jbuf prefix;
+    jbuf_init(&prefix, members, sizeof members);
+    jbuf_kv_str(&prefix, "name", product->name);
+    writer_stock_event(w, "ProductCreated", item_index, item->on_hand, &prefix);
+    return true;
+}
+
+static void writer_order_rows(struct writer *w, struct command *cmd, uint32_t item_index)
+{
+    struct writer_batch *b = w->batch;
+    const struct domain *d = w->config.domain;
+    const struct dom_item *item = &d->items[item_index];
+    struct row_order *order = &b->orders[b->rows.order_count++];
+    struct jbuf lines;
+    writer_arena_begin(b, &lines);
+    jbuf_lit(&lines, "[{");
+    jbuf_kv_str(&lines, "sku", cmd->sku);
+    jbuf_kv_int(&lines, "qty", cmd->qty);
+    jbuf_lit(&lines, "}]");
+    order->lines_json = writer_arena_finish(b, &lines);
+    struct jbuf history;
+    writer_arena_begin(b, &history);
+    jbuf_lit(&history, "[{\"status\":\"COMPLETED\"");
+    jbuf_kv_time(&history, "at", b->now_ms);
+    jbuf_lit(&history, "}]");
+    order->history_json = writer_arena_finish(b, &history);
+    order->order_seq = ++w->order_seq;
+    order->customer_id = cmd->customer_id;
+    order->store_id = d->stores[item->store_index].id;
+    order->status = "COMPLETED";
+    order->created_at_ms = b->now_ms;
+    char members[CUSTOMER_ID_BYTES_MAX * 6 + 96];
+    struct jbuf prefix;
+    jbuf_init(&prefix, members, sizeof members);
+    jbuf_lit(&prefix, "\"orderId\":\"ord_");
+    jbuf_int(&prefix, order->order_seq);
+    jbuf_lit(&prefix, "\"");
+    jbuf_kv_str(&prefix, "customerId", cmd->customer_id);
+    jbuf_kv_int(&prefix, "qty", cmd->qty);
+    SVC_ASSERT(jbuf_ok(&prefix));
+    writer_stock_event(w, "OrderCompleted", item_index, -cmd->qty, &prefix);
+}
+
+static void writer_reply_purchase(struct writer *w, struct command *cmd, uint32_t item_index,
+                                  int64_t available)
+{
+    const struct domain *d = w->config.domain;
+    const struct dom_item *item = &d->items[item_index];
+    if (cmd->style == CMD_STYLE_SEED004) {
+        writer_reply_seed004(cmd, 200, true, "Purchase successful", available);
+        return;
+    }
+    struct jbuf body;
+    writer_reply_begin(cmd, 201, &body);
+    jbuf_lit(&body, "\"orderId\":\"ord_");
+    jbuf_int(&body, w->order_seq);
+    jbuf_lit(&body, "\"");
+    jbuf_kv_str(&body, "status", "COMPLETED");
+    jbuf_kv_str(&body, "sku", cmd->sku);
+    jbuf_kv_int(&body, "qty", cmd->qty);
+    jbuf_kv_str(&body, "storeId", d->stores[item->store_index].id);
+    jbuf_kv_int(&body, "available", available);
+    writer_reply_end(cmd, &body);
+    cmd->reply_order_created = true;
+    cmd->reply_order_seq = w->order_seq;
+}
+
+static bool writer_apply_purchase(struct writer *w, struct command *cmd)
+{
+    struct domain *d = w->config.domain;
+    int32_t product_index = dom_product_find(d, cmd->sku);
+    if (product_index < 0) {
+        writer_reply_problem(cmd, SVC_EUNKNOWN_SKU, "no product with this sku", NULL, 0);
+        return false;
+    }
+    int32_t store_index = -1;
+    if (cmd->has_store && (store_index = dom_store_find(d, cmd->store_id)) < 0) {
+        writer_reply_problem(cmd, SVC_EUNKNOWN_STORE, "no store with this storeId", NULL, 0);
+        return false;
+    }
+    uint32_t item_index = 0;
+    int64_t available = 0;
+    int rc = dom_purchase(d, (uint32_t)product_index, store_index, cmd->policy, cmd->qty,
+                          w->batch->now_ms, &item_index, &available);
+    if (rc == SVC_EINSUFFICIENT_STOCK && cmd->style == CMD_STYLE_SEED004) {
+        writer_reply_seed004(cmd, 410, false, "SOLD OUT - No more inventory available",
+                             available);
+        return false;
+    }
+    if (rc != 0) {
+        SVC_ASSERT(rc == SVC_EINSUFFICIENT_STOCK);
+        writer_reply_problem(cmd, rc, "not enough available to sell this quantity",
+                             "available", available);
+        return false;
+    }
+    writer_order_rows(w, cmd, item_index);
+    writer_reply_purchase(w, cmd, item_index, available);
+    return true;
+}
+
+static bool writer_apply_adjust(struct writer *w, struct command *cmd)
+{
+    struct domain *d = w->config.domain;
+    int32_t product_index = dom_product_find(d, cmd->sku);
+    int32_t store_index = dom_store_find(d, cmd->store_id);
+    if (product_index < 0 || store_index < 0) {
+        int err = product_index < 0 ? SVC_EUNKNOWN_SKU : SVC_EUNKNOWN_STORE;
+        writer_reply_problem(cmd, err, "no such sku or store", NULL, 0);
+        return false;
+    }
+    uint32_t item_index = 0;
+    int rc = dom_adjust(d, (uint32_t)store_index, (uint32_t)product_index, cmd->delta,
+                        w->batch->now_ms, &item_index);
+    if (rc != 0) {
+        struct dom_item_view view = {0, 0, 0, 0, 0};
+        int32_t existing = atomic_load(&d->products[product_index].item_by_store[store_index]);
+        if (existing >= 0) {
+            view.on_hand = d->items[existing].on_hand;
+            view.reserved = d->items[existing].reserved;
+        }
+        writer_reply_problem(cmd, rc, "onHand would fall below reserved or out of range",
+                             "available", view.on_hand - view.reserved);
+        return false;
+    }
+    char members[REASON_BYTES_MAX * 6 + 32];
+    struct jbuf prefix;
+    jbuf_init(&prefix, members, sizeof members);
+    jbuf_kv_str(&prefix, "reason", cmd->reason);
+    writer_stock_event(w, "StockAdjusted", item_index, cmd->delta, &prefix);
+    writer_reply_item(w, cmd, item_index);
+    return true;
+}
+
+/* Seed 004: the ticket item in the first store goes back to TICKET_RESET_ON_HAND, created
+ * with its product when absent. */
+static bool writer_apply_ticket_reset(struct writer *w, struct command *cmd)
+{
+    struct domain *d = w->config.domain;
+    int32_t product_index = dom_product_find(d, cmd->sku);
+    uint32_t item_index = 0;
+    if (product_index < 0) {
+        strcpy(cmd->name, "Item A - Concert Ticket");
+        cmd->initial_on_hand = TICKET_RESET_ON_HAND;
+        cmd->has_store = true;
+        strcpy(cmd->store_id, d->stores[0].id);
+        bool created = writer_apply_product_create(w, cmd);
+        SVC_ASSERT(created || cmd->reply_status >= 400);
+        if (created) {
+            writer_reply_seed004(cmd, 200, true, "Inventory reset", TICKET_RESET_ON_HAND);
+        }
+        return created;
+    }
+    int32_t existing = atomic_load(&d->products[product_index].item_by_store[0]);
+    int64_t on_hand = existing >= 0 ? d->items[existing].on_hand : 0;
+    int rc = dom_adjust(d, 0, (uint32_t)product_index, TICKET_RESET_ON_HAND - on_hand,
+                        w->batch->now_ms, &item_index);
+    if (rc != 0) {
+        writer_reply_problem(cmd, rc, "reserved units exceed the reset level", NULL, 0);
+        return false;
+    }
+    char members[64];
+    struct jbuf prefix;
+    jbuf_init(&prefix, members, sizeof members);
+    jbuf_kv_str(&prefix, "reason", "reset");
+    writer_stock_event(w, "StockAdjusted", item_index, TICKET_RESET_ON_HAND - on_hand, &prefix);
+    writer_reply_seed004(cmd, 200, true, "Inventory reset", TICKET_RESET_ON_HAND);
+    return true;
+}
+
+static bool writer_apply_kind(struct writer *w, struct command *cmd)
+{
+    switch (cmd->kind) {
+    case CMD_STORE_CREATE:
+        return writer_apply_store_create(w, cmd);
+    case CMD_PRODUCT_CREATE:
+        return writer_apply_product_create(w, cmd);
+    case CMD_PURCHASE:
+        return writer_apply_purchase(w, cmd);
+    case CMD_ADJUST:
+        return writer_apply_adjust(w, cmd);
+    case CMD_TICKET_RESET:
+        return writer_apply_ticket_reset(w, cmd);
+    }
+    SVC_UNREACHABLE();
+}
+
+/* ---- idempotency ------------------------------------------------------------------------ */
+
+/* Finds key among the earlier commands of this batch; returns its index or -1, and the slot
+ * where it is or would go. */
+static int32_t writer_idem_batch_find(struct writer_batch *b, const char *key, uint32_t *slot_out)
+{
+    uint32_t slot = (uint32_t)hash_fnv1a(HASH_FNV_OFFSET, key, strlen(key)) &
+                    (WRITER_IDEM_SLOTS - 1);
+    for (uint32_t probes = 0; probes < WRITER_IDEM_SLOTS; probes++) {
+        int16_t entry = b->idem_slots[slot];
+        if (entry == 0) {
+            *slot_out = slot;
+            return -1;
+        }
+        if (strcmp(b->commands[entry - 1]->idem_key, key) == 0) {
+            *slot_out = slot;
+            return entry - 1;
+        }
+        slot = (slot + 1) & (WRITER_IDEM_SLOTS - 1);
+    }
+    SVC_UNREACHABLE();
+}
+
+static void writer_reply_copy(struct command *cmd, int status, bool problem, const char *body,
+                              size_t length)
+{
+    SVC_ASSERT(length <= sizeof cmd->reply_body);
+    cmd->reply_status = status;
+    cmd->reply_problem = problem;
+    cmd->reply_replayed = true;
+    memcpy(cmd->reply_body, body, length);
+    cmd->reply_length = length;
+}
+
+/* Decides a keyed command before it applies: returns the outcome if the key answers it
+ * (replay, reuse, storage error), or WRITER_OUTCOME_FRESH when the command must apply. */
+static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
+{
+    struct writer_batch *b = w->batch;
+    struct command *cmd = b->commands[index];
+    uint32_t slot = 0;
+    int32_t earlier = writer_idem_batch_find(b, cmd->idem_key, &slot);
+    if (earlier >= 0) {
+        const struct command *first = b->commands[earlier];
+        SVC_ASSERT((size_t)earlier < index);
+        if (first->fingerprint != cmd->fingerprint) {
+            writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request",
+                                 NULL, 0);
+            return WRITER_OUTCOME_NONE;
+        }
+        writer_reply_copy(cmd, first->reply_status, first->reply_problem, first->reply_body,
+                          first->reply_length);
+        return WRITER_OUTCOME_BATCH_REPLAY;
+    }
+    struct store_idem_found found;
+    int rc = store_idem_find(w->config.store, WRITER_PRINCIPAL, cmd->idem_key, &found);
+    if (rc < 0) {
+        writer_reply_problem(cmd, SVC_ESTORAGE_UNAVAILABLE, NULL, NULL, 0);
+        return WRITER_OUTCOME_NONE;
+    }
+    if (rc == 1 && found.fingerprint != cmd->fingerprint) {
+        writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request", NULL,
+                             0);
+        return WRITER_OUTCOME_NONE;
+    }
+    if (rc == 1) {
+        bool problem = found.status >= 400 && found.body_length > 0 &&
+                       strstr(found.body, "\"type\":\"about:blank\"") != NULL;
+        writer_reply_copy(cmd, found.status, problem, found.body, found.body_length);
+        return WRITER_OUTCOME_STORED_REPLAY;
+    }
+    b->idem_slots[slot] = (int16_t)(index + 1);
+    b->idem_used[b->idem_used_count++] = slot;
+    return WRITER_OUTCOME_FRESH;
+}
+
+static void writer_idem_row(struct writer *w, const struct command *cmd)
+{
+    struct writer_batch *b = w->batch;
+    SVC_ASSERT(cmd->has_idem_key);
+    SVC_ASSERT(b->rows.idem_count < b->command_count);
+    b->idems[b->rows.idem_count++] =
+        (struct row_idem){WRITER_PRINCIPAL, cmd->idem_key, cmd->fingerprint, cmd->reply_status,
+                          cmd->reply_body, cmd->reply_length, b->now_ms};
+}
+
+/* ---- the batch -------------------------------------------------------------------------- */
+
+static void writer_apply(struct writer *w, size_t index)
+{
+    struct writer_batch *b = w->batch;
+    struct command *cmd = b->commands[index];
+    cmd->reply_replayed = false;
+    cmd->reply_order_created = false;
+    if (cmd->has_idem_key) {
+        enum writer_outcome outcome = writer_idem_check(w, index);
+        if (outcome != WRITER_OUTCOME_FRESH) {
+            b->outcomes[index] = outcome;
+            return;
+        }
+    }
+    bool changed = writer_apply_kind(w, cmd);
+    SVC_ASSERT(cmd->reply_status >= 200 && cmd->reply_status <= 599);
+    if (changed) {
+        SVC_ASSERT(cmd->reply_status < 300);
+    }
+    if (cmd->has_idem_key) {
+        writer_idem_row(w, cmd);
+    }
+    b->outcomes[index] = (changed || cmd->has_idem_key) ? WRITER_OUTCOME_FRESH
+                                                          : WRITER_OUTCOME_NONE;
+}
+
+static void writer_collect_items(struct writer *w)
+{
+    struct writer_batch *b = w->batch;
+    const struct domain *d = w->config.domain;
+    SVC_ASSERT(d->dirty_count <= WRITER_ITEMS_PER_COMMAND_MAX * b->command_count);
+    for (uint32_t k = 0; k < d->dirty_count; k++) {
+        const struct dom_item *item = &d->items[d->dirty[k]];
+        b->items[k] = (struct row_item){d->stores[item->store_index].id,
+                                        d->products[item->product_index].sku,
+                                        item->on_hand,
+                                        item->reserved,
+                                        item->version,
+                                        item->sold,
+                                        item->updated_at_ms};
+    }
+    b->rows.item_count = d->dirty_count;
+}
+
+static void writer_fail_batch(struct writer *w)
+{
+    struct writer_batch *b = w->batch;
+    dom_rollback(w->config.domain);
+    w->order_seq = w->order_seq_committed;
+    w->event_seq = w->event_seq_committed;
+    atomic_fetch_add(&w->stats.batch_failures, 1);
+    for (size_t i = 0; i < b->command_count; i++) {
+        if (b->outcomes[i] == WRITER_OUTCOME_FRESH ||
+            b->outcomes[i] == WRITER_OUTCOME_BATCH_REPLAY) {
+            struct command *cmd = b->commands[i];
+            writer_reply_problem(cmd, SVC_ESTORAGE_UNAVAILABLE,
+                                 "the batch could not be made durable; retry with the same key",
+                                 NULL, 0);
+            cmd->reply_replayed = false;
+            cmd->reply_order_created = false;
+        }
+    }
+}
+
+static void writer_record_stats(struct writer *w, size_t count, int64_t commit_us)
+{
+    struct writer_stats *st = &w->stats;
+    atomic_fetch_add_explicit(&st->batches, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->commands, count, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->commit_us_total, (uint64_t)commit_us, memory_order_relaxed);
+    if ((uint64_t)commit_us > atomic_load_explicit(&st->commit_us_max, memory_order_relaxed)) {
+        atomic_store_explicit(&st->commit_us_max, (uint64_t)commit_us, memory_order_relaxed);
+    }
+    if (count > atomic_load_explicit(&st->batch_size_max, memory_order_relaxed)) {
+        atomic_store_explicit(&st->batch_size_max, count, memory_order_relaxed);
+    }
+    unsigned bucket = 0;
+    while ((2u << bucket) <= count && bucket + 1 < WRITER_BATCH_BUCKETS) {
+        bucket++;
+    }
+    atomic_fetch_add_explicit(&st->batch_size_buckets[bucket], 1, memory_order_relaxed);
+}
+
+void writer_run_batch(struct writer *w, struct command **commands, size_t count)
+{
+    SVC_ASSERT(count >= 1 && count <= BATCH_COMMANDS_MAX);
+    SVC_ASSERT(writer_invariants_hold(w));
+    SVC_TESTCASE(count == BATCH_COMMANDS_MAX);
+    struct writer_batch *b = w->batch;
+    writer_batch_reset(b, commands, count, w->config.wall_ms());
+    for (size_t i = 0; i < count; i++) {
+        writer_apply(w, i);
+    }
+    writer_collect_items(w);
+    int64_t started_us = clock_mono_us();
+    bool has_rows = b->rows.idem_count + b->rows.event_count + b->rows.item_count +
+                        b->rows.order_count > 0;
+    int rc = has_rows ? store_commit_batch(w->config.store, &b->rows) : 0;
+    int64_t commit_us = clock_mono_us() - started_us;
+    if (rc == 0) {
+        dom_publish(w->config.domain);
+        w->order_seq_committed = w->order_seq;
+        w->event_seq_committed = w->event_seq;
+        atomic_store(&w->storage_ok, true);
+    } else {
+        writer_fail_batch(w);
+        atomic_store(&w->storage_ok, false);
+    }
+    writer_record_stats(w, count, commit_us);
+    SVC_ASSERT(w->config.domain->dirty_count == 0);
+    for (size_t i = 0; i < count; i++) {
+        if (b->outcomes[i] == WRITER_OUTCOME_STORED_REPLAY ||
+            b->outcomes[i] == WRITER_OUTCOME_BATCH_REPLAY) {
+            atomic_fetch_add_explicit(&w->stats.replays, 1, memory_order_relaxed);
+        }
+        w->config.reply(commands[i], w->config.reply_context); /* ownership leaves here */
+    }
+    b->command_count = 0;
+    memset(&b->rows, 0, sizeof b->rows);
+    SVC_ASSERT(writer_invariants_hold(w));
+}
+
+/* ---- the thread ------------------------------------------------------------------------- */
+
+void writer_housekeeping(struct writer *w)
+{
+    int64_t now_ms = w->config.wall_ms();
+    if (now_ms < w->prune_due_ms) {
+        return;
+    }
+    w->prune_due_ms = now_ms + 60 * 1000;
+    int deleted = store_idem_prune(w->config.store, now_ms - w->config.idem_retention_ms,
+                                   IDEM_PRUNE_ROWS_MAX);
+    if (deleted > 0) {
+        log_info("writer: pruned %d expired idempotency records", deleted);
+        w->prune_due_ms = now_ms; /* more may be due: continue at the next idle moment */
+    }
+}
+
+static void *writer_loop(void *arg)
+{
+    struct writer *w = arg;
+    struct command *commands[BATCH_COMMANDS_MAX];
+    SVC_ASSERT(w->started);
+    for (;;) {
+        size_t count = queue_pop_batch(w->config.queue, (void **)commands, BATCH_COMMANDS_MAX);
+        SVC_TESTCASE(count == 0);
+        if (count > 0) {
+            writer_run_batch(w, commands, count);
+            continue;
+        }
+        if (atomic_load(&w->stopping)) {
+            break; /* the queue is drained: every accepted command got its reply */
+        }
+        writer_housekeeping(w);
+        queue_wait(w->config.queue, WRITER_IDLE_WAIT_MS);
+    }
+    return NULL;
+}
+
+int writer_start(struct writer *w)
+{
+    SVC_ASSERT(!w->started);
+    w->started = true;
+    int rc = pthread_create(&w->thread, NULL, writer_loop, w);
+    if (rc != 0) {
+        w->started = false;
+        return -rc;
+    }
+    return 0;
+}
+
+void writer_stop(struct writer *w)
+{
+    if (!w->started) {
+        return;
+    }
+    atomic_store(&w->stopping, true);
+    queue_wake(w->config.queue);
+    pthread_join(w->thread, NULL);
+    w->started = false;
+}
