@@ -43,7 +43,8 @@ enum svc_err_index {
 
 enum svc_err {
     SVC_OK = 0,
-#define SVC_ERR_ENUM_(name, status, code, title) SVC_E##name = -(SVC_ERR_BASE + SVC_ERR_INDEX_##name),
+#define SVC_ERR_ENUM_(name, status, code, title) \
+    SVC_E##name = -(SVC_ERR_BASE + SVC_ERR_INDEX_##name),
     SVC_ERR_MAP(SVC_ERR_ENUM_)
 #undef SVC_ERR_ENUM_
 };

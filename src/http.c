@@ -309,8 +309,9 @@ void http_send_problem(struct http_request *r, int err, const char *detail,
                        H2O_STRLIT("1"));
     }
     if (status == 405) {
-        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_ALLOW, NULL,
-                       r->route ? r->route->method : "GET", r->route ? strlen(r->route->method) : 3);
+        const char *allow = r->route ? r->route->method : "GET";
+        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_ALLOW, NULL, allow,
+                       strlen(allow));
     }
     http_send(r, status, "application/problem+json", body, length);
 }

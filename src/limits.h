@@ -89,7 +89,7 @@
 /* Query string parameters are copied into fixed buffers of this size. */
 #define QUERY_VALUE_BYTES_MAX 256
 
-_Static_assert(QUEUE_DEPTH_MAX >= BATCH_COMMANDS_MAX, "a batch must be able to fill from the queue");
+_Static_assert(QUEUE_DEPTH_MAX >= BATCH_COMMANDS_MAX, "a batch must fit in the queue");
 _Static_assert((QUEUE_DEPTH_MAX & (QUEUE_DEPTH_MAX - 1)) == 0, "the queue ring is a power of two");
 _Static_assert((PRODUCT_HASH_SLOTS & (PRODUCT_HASH_SLOTS - 1)) == 0, "hash slots: power of two");
 _Static_assert(PRODUCT_HASH_SLOTS >= 2 * PRODUCTS_MAX, "hash load factor must stay <= 0.5");

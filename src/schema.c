@@ -59,7 +59,8 @@ static const char *const schema_v1_sqlite[] = {
     "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"
     " VALUES ('S1', 'Store 1', 0, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))",
     "INSERT INTO events (seq, event_type, event_version, occurred_at_ms, store_id, sku, data)"
-    " VALUES (1, 'StoreCreated', 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'S1', NULL,"
+    " VALUES (1, 'StoreCreated', 1,"
+    " CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'S1', NULL,"
     " '{\"storeId\":\"S1\",\"name\":\"Store 1\",\"latencyMs\":0}')",
     NULL,
 };

@@ -4,13 +4,20 @@
  * One read-write connection owned by the writer thread: WAL journal, synchronous=FULL (the
  * WAL is fsynced at every commit, so a committed batch survives kill -9 and power loss), every
  * statement prepared once at open. Each I/O thread opens its own read-only connection; WAL lets
- * them read while the writer commits. No SQL is ever built from user input. Errors are logged
+ * them read while the writer commits. No SQL is ever built from user input.
+ *
+ * Checkpoints (copying the WAL back into the database file) run on a checkpointer thread with
+ * its own connection, never inside a batch commit: SQLite's automatic checkpoint would stall
+ * the writer for tens of milliseconds every thousand pages, and every request of that batch
+ * would wait with it. Errors are logged
  * here with SQLite's message and returned as SVC_ESTORAGE_UNAVAILABLE (STYLE 9).
  */
 #include "store.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,8 +67,25 @@ static const char *const store_stmt_sql[STORE_STMT_COUNT] = {
 #undef STORE_STMT_SQL_
 };
 
+/* Checkpoint once the WAL holds this many pages (4 KiB each): ~16 MiB keeps recovery short. */
+#define STORE_CHECKPOINT_FRAMES 4096
+/* How often the checkpointer looks at the WAL size when nothing wakes it. */
+#define STORE_CHECKPOINT_POLL_MS 200
+
+struct store_checkpointer {
+    pthread_t thread;
+    pthread_mutex_t mutex;   /* guards stopping and the wake-up, not the request path */
+    pthread_cond_t wake;
+    bool stopping;
+    bool started;
+    sqlite3 *db;             /* owned; the checkpointer thread's own connection */
+    _Atomic int wal_frames;  /* WAL size after the last commit, from the wal hook */
+    _Atomic uint64_t checkpoints;
+};
+
 struct store {
     sqlite3 *db;                               /* owned; used by the writer thread only */
+    struct store_checkpointer checkpointer;
     sqlite3_stmt *stmts[STORE_STMT_COUNT];     /* owned, prepared at open */
     char *idem_body;                           /* owned copy of the last found body */
     size_t idem_body_size;
@@ -147,6 +171,7 @@ static int store_configure(sqlite3 *db)
         "PRAGMA foreign_keys = ON",
         "PRAGMA cache_size = -65536", /* 64 MiB: the hot indexes stay in memory */
         "PRAGMA temp_store = MEMORY",
+        "PRAGMA journal_size_limit = 67108864", /* a reset WAL shrinks back to 64 MiB */
     };
     sqlite3_busy_timeout(db, 5000);
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++) {
@@ -156,6 +181,88 @@ static int store_configure(sqlite3 *db)
         }
     }
     return 0;
+}
+
+static int store_wal_hook(void *context, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    struct store_checkpointer *c = context;
+    atomic_store_explicit(&c->wal_frames, frames, memory_order_relaxed);
+    if (frames >= STORE_CHECKPOINT_FRAMES) {
+        pthread_cond_signal(&c->wake); /* no mutex needed for a hint; the poll covers a miss */
+    }
+    return SQLITE_OK;
+}
+
+static void *store_checkpointer_main(void *arg)
+{
+    struct store_checkpointer *c = arg;
+    SVC_ASSERT(c->db != NULL);
+    pthread_mutex_lock(&c->mutex);
+    while (!c->stopping) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += STORE_CHECKPOINT_POLL_MS * 1000000L;
+        deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+        deadline.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&c->wake, &c->mutex, &deadline);
+        if (c->stopping || atomic_load(&c->wal_frames) < STORE_CHECKPOINT_FRAMES / 4) {
+            continue;
+        }
+        pthread_mutex_unlock(&c->mutex);
+        int log_frames = 0;
+        int done_frames = 0;
+        int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_frames,
+                                           &done_frames);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+            log_warn("sqlite: checkpoint: %s", sqlite3_errmsg(c->db));
+        }
+        atomic_fetch_add(&c->checkpoints, 1);
+        pthread_mutex_lock(&c->mutex);
+    }
+    pthread_mutex_unlock(&c->mutex);
+    return NULL;
+}
+
+static int store_checkpointer_start(struct store *s, const char *uri)
+{
+    struct store_checkpointer *c = &s->checkpointer;
+    pthread_mutex_init(&c->mutex, NULL);
+    pthread_cond_init(&c->wake, NULL);
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(uri, &c->db, flags, NULL) != SQLITE_OK) {
+        return store_fail(c->db, "open the checkpointer connection");
+    }
+    sqlite3_busy_timeout(c->db, 1000);
+    /* A connection learns the file is in WAL mode only once it reads it; until then a
+     * checkpoint on it is a silent no-op. */
+    if (store_exec(c->db, "SELECT count(*) FROM sqlite_master") != 0 ||
+        store_exec(s->db, "PRAGMA wal_autocheckpoint = 0") != 0) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    sqlite3_wal_hook(s->db, store_wal_hook, c);
+    if (pthread_create(&c->thread, NULL, store_checkpointer_main, c) != 0) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    c->started = true;
+    return 0;
+}
+
+static void store_checkpointer_stop(struct store_checkpointer *c)
+{
+    if (c->started) {
+        pthread_mutex_lock(&c->mutex);
+        c->stopping = true;
+        pthread_cond_signal(&c->wake);
+        pthread_mutex_unlock(&c->mutex);
+        pthread_join(c->thread, NULL);
+        c->started = false;
+        pthread_mutex_destroy(&c->mutex);
+        pthread_cond_destroy(&c->wake);
+    }
+    sqlite3_close(c->db);
+    c->db = NULL;
 }
 
 int store_open(struct store **out, const char *uri)
@@ -182,6 +289,9 @@ int store_open(struct store **out, const char *uri)
             rc = store_fail(s->db, store_stmt_sql[i]);
         }
     }
+    if (rc == 0) {
+        rc = store_checkpointer_start(s, uri);
+    }
     if (rc != 0) {
         store_close(s);
         return rc;
@@ -195,6 +305,7 @@ void store_close(struct store *s)
     if (s == NULL) {
         return;
     }
+    store_checkpointer_stop(&s->checkpointer);
     for (int i = 0; i < STORE_STMT_COUNT; i++) {
         sqlite3_finalize(s->stmts[i]);
     }

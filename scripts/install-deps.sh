@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages stockd needs to build, run and test, when missing.
+# Usage: scripts/install-deps.sh [run|test|bench]   (default: run)
+# Runs apt-get update once, and only when something is missing. Needs root (or sudo).
+set -euo pipefail
+
+profile=${1:-run}
+packages=(gcc pkg-config meson ninja-build libh2o-evloop-dev libjansson-dev libsqlite3-dev
+          sqlite3 curl ca-certificates)
+case "$profile" in
+  run) ;;
+  test) packages+=(libcmocka-dev python3 clang-format) ;;
+  bench) packages+=(libcmocka-dev python3 postgresql postgresql-contrib nginx-light gnuplot-nox
+                    linux-perf valgrind) ;;
+  *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Starts a throwaway PostgreSQL server on loopback for tests and benchmarks.
+# Usage: scripts/pg-start.sh DIR PORT   -> prints the connection URI on stdout.
+#        scripts/pg-stop.sh DIR         -> stops it.
+# The server runs as the `postgres` user (it refuses root), keeps its data and socket in DIR,
+# and is durable as shipped: fsync=on, synchronous_commit=on, full_page_writes=on.
+set -euo pipefail
+dir=$1
+port=$2
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+as_postgres() {
+  if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+}
+mkdir -p "$dir"
+chmod 755 "$dir"
+chown postgres: "$dir" 2>/dev/null || true
+if [ ! -f "$dir/data/PG_VERSION" ]; then
+  as_postgres "$pgbin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 >"$dir/initdb.log"
+fi
+settings="-c shared_buffers=256MB -c fsync=on -c synchronous_commit=on"
+as_postgres "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 $settings" \
+  start >/dev/null
+echo "postgres://postgres@127.0.0.1:$port/postgres"

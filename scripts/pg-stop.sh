@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Stops a server started by scripts/pg-start.sh DIR (fast shutdown), if it runs.
+set -uo pipefail
+dir=$1
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+[ -f "$dir/data/postmaster.pid" ] || exit 0
+if [ "$(id -un)" = postgres ]; then
+  "$pgbin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+else
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+fi
