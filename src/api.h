@@ -46,6 +46,9 @@ int api_get_int(json_t *body, const char *name, bool required, int64_t min, int6
  * required when the route says so). On failure sends 428/400/429 and returns NULL. */
 struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kind);
 
+/* Reads If-Match: "<version>" into the command. 0 (absent or set) or SVC_EVALIDATION. */
+int api_if_match(struct http_request *r, struct command *cmd);
+
 /* True when s is 1..max bytes of [A-Za-z0-9._-]. */
 bool api_is_id(const char *s, size_t length, size_t max);
 

@@ -118,6 +118,35 @@ int api_get_int(json_t *body, const char *name, bool required, int64_t min, int6
     return 1;
 }
 
+int api_if_match(struct http_request *r, struct command *cmd)
+{
+    h2o_iovec_t value = http_header(r, "if-match");
+    cmd->has_expected_version = false;
+    if (value.base == NULL) {
+        return 0;
+    }
+    const char *text = value.base;
+    size_t length = value.len;
+    if (length >= 2 && text[0] == '"' && text[length - 1] == '"') {
+        text++;
+        length -= 2;
+    }
+    int64_t version = 0;
+    if (length < 1 || length > 18) {
+        return SVC_EVALIDATION;
+    }
+    for (size_t i = 0; i < length; i++) {
+        if (text[i] < '0' || text[i] > '9') {
+            return SVC_EVALIDATION;
+        }
+        version = version * 10 + (text[i] - '0');
+    }
+    SVC_ASSERT(version >= 0);
+    cmd->has_expected_version = true;
+    cmd->expected_version = version;
+    return 0;
+}
+
 static bool api_idem_key_valid(h2o_iovec_t key)
 {
     if (key.len < 1 || key.len > IDEM_KEY_BYTES_MAX) {

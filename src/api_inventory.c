@@ -25,8 +25,11 @@ static void api_submit_decoded(struct http_request *r, enum cmd_kind kind,
         http_command_free(hc);
         return;
     }
-    const char *why = NULL;
-    int rc = decode(body, &hc->cmd, &why);
+    const char *why = "If-Match must be a quoted version number";
+    int rc = api_if_match(r, &hc->cmd);
+    if (rc == 0) {
+        rc = decode(body, &hc->cmd, &why);
+    }
     json_decref(body);
     if (rc != 0) {
         http_command_free(hc);
@@ -102,6 +105,8 @@ void api_adjustment(struct http_request *r)
 {
     api_submit_decoded(r, CMD_ADJUST, api_decode_adjustment);
 }
+
+
 
 /* Sums the published items of product over one store (store_index >= 0) or all. */
 static void api_sum_items(const struct domain *d, uint32_t product_index, int32_t store_index,

@@ -55,6 +55,8 @@ struct command {
     int64_t delta;
     int64_t latency_ms;
     int64_t initial_on_hand;
+    bool has_expected_version; /* If-Match: the command applies only at this version */
+    int64_t expected_version;
 
     /* Reply, written by the writer before it hands the command back. */
     int reply_status;          /* HTTP status */

@@ -319,6 +319,14 @@ int dom_adjust(struct domain *d, uint32_t store_index, uint32_t product_index, i
     return 0;
 }
 
+void dom_item_reset_sold(struct domain *d, uint32_t item_index)
+{
+    SVC_ASSERT(item_index < d->item_count);
+    struct dom_item *item = &d->items[item_index];
+    SVC_ASSERT(item->dirty); /* changed in this batch, so the new count is written with it */
+    item->sold = 0;
+}
+
 void dom_publish(struct domain *d)
 {
     for (uint32_t k = 0; k < d->dirty_count; k++) {

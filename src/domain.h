@@ -117,6 +117,10 @@ int dom_purchase(struct domain *d, uint32_t product_index, int32_t store_index,
 int dom_adjust(struct domain *d, uint32_t store_index, uint32_t product_index, int64_t delta,
                int64_t now_ms, uint32_t *item_out);
 
+/* Seed 004: restarts the sold count of an item changed in this batch (POST /reset begins a
+ * new sale, so total_purchases counts from 0 again). */
+void dom_item_reset_sold(struct domain *d, uint32_t item_index);
+
 /* Makes every working change visible to readers; called after the batch committed. */
 void dom_publish(struct domain *d);
 /* Returns the working state to the last published state; called when a batch failed. */

@@ -22,6 +22,7 @@
     X(INSUFFICIENT_STOCK, 409, "insufficient_stock", "Insufficient stock")                   \
     X(STORE_EXISTS, 409, "store_exists", "Store already exists")                             \
     X(PRODUCT_EXISTS, 409, "product_exists", "Product already exists")                       \
+    X(VERSION_CONFLICT, 409, "version_conflict", "Version conflict")                         \
     X(BODY_TOO_LARGE, 413, "body_too_large", "Request body too large")                       \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type", "Content-Type must be JSON")   \
     X(IDEM_KEY_REUSED, 422, "idempotency_key_reused", "Idempotency key reused")              \

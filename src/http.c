@@ -124,7 +124,7 @@ static void http_send_reply(struct http_command *hc)
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("idempotent-replayed"),
                               0, NULL, H2O_STRLIT("true"));
     }
-    if (cmd->reply_order_created && !cmd->reply_replayed) {
+    if (cmd->reply_order_created) {
         char *location = h2o_mem_alloc_pool(&req->pool, 48);
         int length = snprintf(location, 48, "/v1/orders/ord_%lld",
                               (long long)cmd->reply_order_seq);

@@ -29,6 +29,12 @@ size_t problem_format(char *out, size_t size, int err, const char *detail,
     jbuf_kv_str(&b, "code", svc_err_name(err));
     if (detail != NULL) {
         size_t length = strnlen(detail, PROBLEM_DETAIL_BYTES_MAX);
+        /* A cut inside a UTF-8 sequence would make the body invalid JSON: when the first
+         * byte left out is a continuation byte, drop the partial character as well. */
+        while (length > 0 && ((unsigned char)detail[length] & 0xc0) == 0x80) {
+            length--;
+        }
+        SVC_ASSERT(length <= PROBLEM_DETAIL_BYTES_MAX);
         jbuf_key(&b, "detail");
         jbuf_str_n(&b, detail, length);
     }

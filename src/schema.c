@@ -44,6 +44,7 @@ static const char *const schema_v1_sqlite[] = {
     " idem_key TEXT NOT NULL,"
     " fingerprint INTEGER NOT NULL,"
     " status INTEGER NOT NULL,"
+    " problem INTEGER NOT NULL CHECK (problem IN (0, 1)),"
     " body TEXT NOT NULL,"
     " created_at_ms INTEGER NOT NULL,"
     " PRIMARY KEY (principal, idem_key)) WITHOUT ROWID",

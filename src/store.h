@@ -57,6 +57,7 @@ struct row_idem {
     const char *idem_key;
     uint64_t fingerprint;
     int status;
+    bool problem;     /* the body is application/problem+json */
     const char *body; /* the first response, byte for byte */
     size_t body_length;
     int64_t created_at_ms;
@@ -108,6 +109,7 @@ struct store_sequences {
 struct store_idem_found {
     uint64_t fingerprint;
     int status;
+    bool problem;
     const char *body;
     size_t body_length;
 };

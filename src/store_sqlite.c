@@ -44,11 +44,11 @@
                    " WHERE stock_items.version < excluded.version")                          \
     X(INSERT_ORDER, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"   \
                     " history, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")          \
-    X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status, body," \
-                   " created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")                        \
+    X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"      \
+                   " problem, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")     \
     X(INSERT_EVENT, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"    \
                     " store_id, sku, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")             \
-    X(FIND_IDEM, "SELECT fingerprint, status, body FROM idempotency"                         \
+    X(FIND_IDEM, "SELECT fingerprint, status, body, problem FROM idempotency"                \
                  " WHERE principal = ?1 AND idem_key = ?2")                                  \
     X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                   \
                   " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < ?1"   \
@@ -419,6 +419,7 @@ int store_idem_find(struct store *s, const char *principal, const char *key,
         s->idem_body[length] = '\0';
         out->fingerprint = (uint64_t)sqlite3_column_int64(stmt, 0);
         out->status = sqlite3_column_int(stmt, 1);
+        out->problem = sqlite3_column_int(stmt, 3) != 0;
         out->body = s->idem_body;
         out->body_length = length;
         rc = 1;
@@ -512,8 +513,9 @@ static int store_write_records(struct store *s, const struct store_batch *b)
         sqlite3_bind_text(stmt, 2, row->idem_key, -1, SQLITE_STATIC);
         sqlite3_bind_int64(stmt, 3, (sqlite3_int64)row->fingerprint);
         sqlite3_bind_int(stmt, 4, row->status);
-        sqlite3_bind_text(stmt, 5, row->body, (int)row->body_length, SQLITE_STATIC);
-        sqlite3_bind_int64(stmt, 6, row->created_at_ms);
+        sqlite3_bind_int(stmt, 5, row->problem ? 1 : 0);
+        sqlite3_bind_text(stmt, 6, row->body, (int)row->body_length, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 7, row->created_at_ms);
         rc = store_step_done(s, STORE_STMT_INSERT_IDEM);
     }
     for (size_t i = 0; rc == 0 && i < b->event_count; i++) {

@@ -18,8 +18,8 @@
  *                         then the domain change, the reply body, and the rows to write.
  *    APPLYING -> WRITING  writer_commit: one store_commit_batch for the whole batch.
  *    WRITING -> REPLYING  ok: dom_publish makes the batch visible to readers.
- *                         failed: dom_rollback, and every command whose reply depended on the
- *                         batch becomes 503 storage_unavailable (nothing of it was written).
+ *                         failed: dom_rollback, and every command but a replay from storage
+ *                         becomes 503 storage_unavailable (nothing of it was written).
  *    REPLYING -> IDLE     writer_reply_all: config.reply for each command, in queue order.
  *
  * 3. Invariants (writer_invariants_hold):
@@ -55,7 +55,7 @@ _Static_assert(WRITER_IDEM_SLOTS >= 2 * BATCH_COMMANDS_MAX, "key table load must
 
 /* What a command's reply depends on, for the failure path. */
 enum writer_outcome {
-    WRITER_OUTCOME_NONE = 0,     /* refused before touching the batch: reply stands */
+    WRITER_OUTCOME_NONE = 0,     /* refused; stands only if the batch commits */
     WRITER_OUTCOME_FRESH,        /* applied in this batch: reply only if the batch commits */
     WRITER_OUTCOME_STORED_REPLAY,/* replayed from storage: reply stands */
     WRITER_OUTCOME_BATCH_REPLAY, /* copied from an earlier command of this batch */
@@ -316,7 +316,9 @@ static bool writer_apply_store_create(struct writer *w, struct command *cmd)
     int rc = dom_store_create(w->config.domain, cmd->store_id, cmd->name, cmd->latency_ms,
                               &index);
     if (rc != 0) {
-        writer_reply_problem(cmd, rc, "a store with this storeId exists", NULL, 0);
+        const char *why = rc == SVC_ESTORE_EXISTS ? "a store with this storeId exists"
+                                                  : "the store table is full (STORES_MAX)";
+        writer_reply_problem(cmd, rc, why, NULL, 0);
         return false;
     }
     const struct dom_store *store = &w->config.domain->stores[index];
@@ -348,7 +350,9 @@ static bool writer_apply_product_create(struct writer *w, struct command *cmd)
     int rc = dom_product_create(d, cmd->sku, cmd->name, cmd->initial_on_hand, store_index,
                                 b->now_ms, &item_index);
     if (rc != 0) {
-        writer_reply_problem(cmd, rc, "a product with this sku exists", NULL, 0);
+        const char *why = rc == SVC_EPRODUCT_EXISTS ? "a product with this sku exists"
+                                                    : "the product or item table is full";
+        writer_reply_problem(cmd, rc, why, NULL, 0);
         return false;
     }
     const struct dom_item *item = &d->items[item_index];
@@ -473,6 +477,13 @@ static bool writer_apply_adjust(struct writer *w, struct command *cmd)
         writer_reply_problem(cmd, err, "no such sku or store", NULL, 0);
         return false;
     }
+    int32_t current = atomic_load(&d->products[product_index].item_by_store[store_index]);
+    int64_t version = current >= 0 ? d->items[current].version : 0;
+    if (cmd->has_expected_version && cmd->expected_version != version) {
+        writer_reply_problem(cmd, SVC_EVERSION_CONFLICT, "the item changed since that version",
+                             "currentVersion", version);
+        return false;
+    }
     uint32_t item_index = 0;
     int rc = dom_adjust(d, (uint32_t)store_index, (uint32_t)product_index, cmd->delta,
                         w->batch->now_ms, &item_index);
@@ -523,6 +534,7 @@ static bool writer_apply_ticket_reset(struct writer *w, struct command *cmd)
         writer_reply_problem(cmd, rc, "reserved units exceed the reset level", NULL, 0);
         return false;
     }
+    dom_item_reset_sold(d, item_index); /* the seed's total_purchases restarts with the sale */
     char members[64];
     struct jbuf prefix;
     jbuf_init(&prefix, members, sizeof members);
@@ -572,6 +584,28 @@ static int32_t writer_idem_batch_find(struct writer_batch *b, const char *key, u
     SVC_UNREACHABLE();
 }
 
+/* A replayed 201 purchase names its order in the body ({"orderId":"ord_N",...}); recover N so
+ * the replay carries the same Location header as the first answer. */
+static void writer_replay_order(struct command *cmd)
+{
+    static const char prefix[] = "{\"orderId\":\"ord_";
+    cmd->reply_order_created = false;
+    if (cmd->reply_status != 201 || cmd->reply_length < sizeof prefix ||
+        memcmp(cmd->reply_body, prefix, sizeof prefix - 1) != 0) {
+        return;
+    }
+    int64_t seq = 0;
+    for (size_t i = sizeof prefix - 1; i < cmd->reply_length && seq < INT64_MAX / 10; i++) {
+        char c = cmd->reply_body[i];
+        if (c < '0' || c > '9') {
+            break;
+        }
+        seq = seq * 10 + (c - '0');
+    }
+    cmd->reply_order_created = seq > 0;
+    cmd->reply_order_seq = seq;
+}
+
 static void writer_reply_copy(struct command *cmd, int status, bool problem, const char *body,
                               size_t length)
 {
@@ -581,6 +615,7 @@ static void writer_reply_copy(struct command *cmd, int status, bool problem, con
     cmd->reply_replayed = true;
     memcpy(cmd->reply_body, body, length);
     cmd->reply_length = length;
+    writer_replay_order(cmd);
 }
 
 /* Decides a keyed command before it applies: returns the outcome if the key answers it
@@ -615,9 +650,7 @@ static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
         return WRITER_OUTCOME_NONE;
     }
     if (rc == 1) {
-        bool problem = found.status >= 400 && found.body_length > 0 &&
-                       strstr(found.body, "\"type\":\"about:blank\"") != NULL;
-        writer_reply_copy(cmd, found.status, problem, found.body, found.body_length);
+        writer_reply_copy(cmd, found.status, found.problem, found.body, found.body_length);
         return WRITER_OUTCOME_STORED_REPLAY;
     }
     b->idem_slots[slot] = (int16_t)(index + 1);
@@ -631,8 +664,9 @@ static void writer_idem_row(struct writer *w, const struct command *cmd)
     SVC_ASSERT(cmd->has_idem_key);
     SVC_ASSERT(b->rows.idem_count < b->command_count);
     b->idems[b->rows.idem_count++] =
-        (struct row_idem){WRITER_PRINCIPAL, cmd->idem_key, cmd->fingerprint, cmd->reply_status,
-                          cmd->reply_body, cmd->reply_length, b->now_ms};
+        (struct row_idem){WRITER_PRINCIPAL, cmd->idem_key,   cmd->fingerprint,
+                          cmd->reply_status, cmd->reply_problem, cmd->reply_body,
+                          cmd->reply_length, b->now_ms};
 }
 
 /* ---- the batch -------------------------------------------------------------------------- */
@@ -688,8 +722,11 @@ static void writer_fail_batch(struct writer *w)
     w->event_seq = w->event_seq_committed;
     atomic_fetch_add(&w->stats.batch_failures, 1);
     for (size_t i = 0; i < b->command_count; i++) {
-        if (b->outcomes[i] == WRITER_OUTCOME_FRESH ||
-            b->outcomes[i] == WRITER_OUTCOME_BATCH_REPLAY) {
+        /* Only a replay from storage stands: it answers from durable state. A refusal
+         * (WRITER_OUTCOME_NONE) was decided on the working state, which may hold changes of
+         * earlier commands of this batch that were just rolled back (a 409 insufficient_stock
+         * after a purchase that never happened), so it is not a true answer either. */
+        if (b->outcomes[i] != WRITER_OUTCOME_STORED_REPLAY) {
             struct command *cmd = b->commands[i];
             writer_reply_problem(cmd, SVC_ESTORAGE_UNAVAILABLE,
                                  "the batch could not be made durable; retry with the same key",

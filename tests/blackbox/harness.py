@@ -1,0 +1,380 @@
+"""Shared helpers of the stockd black-box tests (standard library only).
+
+A test script defines plain functions `test_*()` and calls `main([...])`. Each test starts its
+own stockd on a free loopback port with a temporary data directory (`start_stockd`), talks to
+it over HTTP/1.1 keep-alive (`Client`), asserts with `check`, and stops the server in a
+`finally` block. The runner bounds every test with an alarm, stops any server a test left
+running, and prints the tail of the server log of a failed test.
+
+The binary comes from $STOCKD_BIN (meson sets it), else build-bb/stockd, else build/stockd.
+"""
+
+import collections
+import http.client
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 15.0
+TEST_TIMEOUT_S = 150  # per test function: a hung test fails instead of hanging the suite
+
+Response = collections.namedtuple("Response", "status headers body json")
+
+_servers = []      # every Server started by the current test, for cleanup and logs
+_temp_dirs = []    # data directories we created; removed when the whole script passes
+_skipped_bugs = []  # SKIP-BUG lines printed, repeated in the summary
+
+
+def stockd_bin():
+    path = os.environ.get("STOCKD_BIN")
+    if path:
+        return os.path.abspath(path)  # stockd runs with its data directory as cwd
+    for candidate in ("build-bb/stockd", "build/stockd"):
+        full = os.path.join(REPO, candidate)
+        if os.path.exists(full):
+            return full
+    return os.path.join(REPO, "build-bb/stockd")
+
+
+def check(cond, msg):
+    """Raises AssertionError(msg) unless cond holds."""
+    if not cond:
+        raise AssertionError(msg)
+
+
+def check_eq(got, want, what):
+    if got != want:
+        raise AssertionError("%s: want %r, got %r" % (what, want, got))
+
+
+def skip_bug(msg):
+    """Records a known server bug instead of failing on it (see the report)."""
+    line = "SKIP-BUG: " + msg
+    print(line, flush=True)
+    _skipped_bugs.append(line)
+
+
+class Server:
+    """One running stockd process."""
+
+    def __init__(self, proc, port, data_dir, log_path):
+        self.proc = proc
+        self.port = port
+        self.data_dir = data_dir
+        self.log_path = log_path
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def client(self, timeout=REQUEST_TIMEOUT_S):
+        return Client(self.port, timeout=timeout)
+
+    def stop(self):
+        """SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT_S)
+        self._close_pipes()
+        return self.proc.returncode
+
+    def kill9(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(STOP_TIMEOUT_S)
+        self._close_pipes()
+        return self.proc.returncode
+
+    def _close_pipes(self):
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+
+    def log_tail(self, lines=30):
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError as e:
+            return "(no server log: %s)" % e
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def start_stockd(extra_args=None, data_dir=None, threads=2):
+    """Starts stockd on 127.0.0.1:0 with data_dir (a new temporary one when None) and waits
+    for its "stockd listening on http://127.0.0.1:PORT ..." line. stderr goes (appended) to
+    <data_dir>/stockd.stderr.log."""
+    if data_dir is None:
+        data_dir = tempfile.mkdtemp(prefix="stockd-bb-")
+        _temp_dirs.append(data_dir)
+    args = [stockd_bin(), "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+            "--threads", str(threads)] + list(extra_args or [])
+    log_path = os.path.join(data_dir, "stockd.stderr.log")
+    with open(log_path, "ab") as log:
+        log.write(("=== start: %s\n" % " ".join(args)).encode())
+        log.flush()
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=log, cwd=data_dir)
+    server = Server(proc, 0, data_dir, log_path)
+    _servers.append(server)
+    line = b""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    fd = proc.stdout.fileno()
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            server.kill9()
+            raise AssertionError("stockd did not print its listening line within %.0f s; log:\n%s"
+                                 % (START_TIMEOUT_S, server.log_tail()))
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 1)
+        if not chunk:
+            proc.wait(STOP_TIMEOUT_S)
+            raise AssertionError("stockd exited (%s) before listening; log:\n%s"
+                                 % (proc.returncode, server.log_tail()))
+        line += chunk
+    text = line.decode("utf-8", "replace").strip()
+    prefix = "stockd listening on http://127.0.0.1:"
+    check(text.startswith(prefix), "unexpected first line of stdout: %r" % text)
+    rest = text[len(prefix):]
+    port_text = rest.split(" ", 1)[0]
+    check(port_text.isdigit() and 0 < int(port_text) < 65536, "no port in %r" % text)
+    check("(data " in rest and "threads)" in rest, "unexpected listening line %r" % text)
+    server.port = int(port_text)
+    return server
+
+
+def _lower_headers(message):
+    headers = {}
+    for name, value in message.items():
+        name = name.lower()
+        headers[name] = value if name not in headers else headers[name] + ", " + value
+    return headers
+
+
+def _parse_json(body):
+    if not body:
+        return None
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def encode_body(obj_or_bytes):
+    if obj_or_bytes is None:
+        return None
+    if isinstance(obj_or_bytes, (bytes, bytearray)):
+        return bytes(obj_or_bytes)
+    if isinstance(obj_or_bytes, str):
+        return obj_or_bytes.encode("utf-8")
+    return json.dumps(obj_or_bytes, separators=(",", ":")).encode("utf-8")
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client on one connection. Every call returns a Response
+    (status, headers lower-cased, body bytes, parsed JSON or None)."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=REQUEST_TIMEOUT_S):
+        self.port = port
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def connect(self):
+        self.conn.connect()
+        return self
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, method, path, body=None, headers=None, retry=False):
+        headers = dict(headers or {})
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                response = self.conn.getresponse()
+                data = response.read()
+                result = Response(response.status, _lower_headers(response.msg), data,
+                                  _parse_json(data))
+                if response.will_close:
+                    self.conn.close()
+                return result
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                if not retry or attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def post(self, path, obj_or_bytes, key=None, headers=None, content_type="application/json"):
+        """POSTs obj (JSON-encoded) or raw bytes. key sets Idempotency-Key; content_type None
+        sends no Content-Type."""
+        all_headers = {}
+        if content_type is not None:
+            all_headers["Content-Type"] = content_type
+        if key is not None:
+            all_headers["Idempotency-Key"] = key
+        all_headers.update(headers or {})
+        return self.request("POST", path, encode_body(obj_or_bytes), all_headers)
+
+    def get(self, path, headers=None):
+        return self.request("GET", path, None, headers, retry=True)
+
+
+_key_lock = threading.Lock()
+_key_counter = [0]
+
+
+def new_key(prefix="k"):
+    """A unique Idempotency-Key for this process."""
+    with _key_lock:
+        _key_counter[0] += 1
+        n = _key_counter[0]
+    return "%s-%d-%d-%d" % (prefix, os.getpid(), int(time.time() * 1000), n)
+
+
+def describe(resp):
+    body = resp.body[:300].decode("utf-8", "replace") if resp.body else ""
+    return "%d %s" % (resp.status, body)
+
+
+def check_status(resp, status, what):
+    if resp.status != status:
+        raise AssertionError("%s: want status %d, got %s" % (what, status, describe(resp)))
+
+
+def check_problem(resp, status, code=None, what="request"):
+    """Checks a problem+json error: status, content type, members type/title/status/code."""
+    check_status(resp, status, what)
+    ctype = resp.headers.get("content-type", "")
+    check(ctype.startswith("application/problem+json"),
+          "%s: content-type %r is not application/problem+json" % (what, ctype))
+    body = resp.json
+    check(isinstance(body, dict), "%s: problem body is not a JSON object: %r" % (what, resp.body))
+    for member in ("type", "title", "status", "code"):
+        check(member in body, "%s: problem body lacks %r: %r" % (what, member, body))
+    check(isinstance(body["title"], str) and body["title"], "%s: empty title" % what)
+    check_eq(body["status"], status, "%s: problem status member" % what)
+    if code is not None:
+        check_eq(body["code"], code, "%s: problem code" % what)
+    return body
+
+
+def run_threads(target, count, timeout=60.0, args_of=None):
+    """Runs target(i) (or target(*args_of(i))) on count threads; joins with a deadline and
+    fails if any thread is still running or raised."""
+    errors = []
+
+    def wrap(i):
+        try:
+            if args_of is None:
+                target(i)
+            else:
+                target(*args_of(i))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append("thread %d: %s: %s" % (i, type(e).__name__, e))
+
+    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(1 for t in threads if t.is_alive())
+    check(stuck == 0, "%d of %d threads still running after %.0f s" % (stuck, count, timeout))
+    check(not errors, "%d thread(s) failed, first: %s" % (len(errors), errors[:3]))
+
+
+def wait_health(server, timeout=5.0):
+    """Waits until GET /health answers 200."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with server.client(timeout=2) as c:
+                r = c.get("/health")
+                if r.status == 200:
+                    return
+                last = describe(r)
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.05)
+    raise AssertionError("/health did not answer 200 within %.0f s: %s" % (timeout, last))
+
+
+class _TestTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _TestTimeout("test exceeded %d s" % TEST_TIMEOUT_S)
+
+
+def main(tests):
+    """Runs each test function in order; prints ok/FAIL lines and 'N passed, M failed'."""
+    sys.stdout.reconfigure(line_buffering=True)
+    binary = stockd_bin()
+    if not os.access(binary, os.X_OK):
+        print("FAIL setup: no stockd binary at %s (set STOCKD_BIN)" % binary)
+        print("0 passed, %d failed" % len(tests))
+        sys.exit(1)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    passed = failed = 0
+    script_started = time.monotonic()
+    for test in tests:
+        name = test.__name__
+        del _servers[:]
+        started = time.monotonic()
+        signal.alarm(TEST_TIMEOUT_S)
+        try:
+            test()
+            signal.alarm(0)
+            passed += 1
+            print("ok %s" % name)
+        except BaseException as e:  # noqa: BLE001 - every failure is reported, then we go on
+            signal.alarm(0)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            failed += 1
+            reason = str(e) if isinstance(e, AssertionError) else \
+                "%s: %s\n%s" % (type(e).__name__, e, traceback.format_exc())
+            print("FAIL %s: %s" % (name, reason))
+            print("  (failed after %.1f s)" % (time.monotonic() - started))
+            for server in _servers:
+                print("--- server log tail (%s, exit %s) ---\n%s\n---" % (
+                    server.data_dir, server.proc.poll(), server.log_tail()))
+        finally:
+            signal.alarm(0)
+            for server in _servers:
+                if server.alive():
+                    server.kill9()
+    if failed == 0:
+        for d in _temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    else:
+        print("data directories kept: %s" % " ".join(_temp_dirs))
+    for line in _skipped_bugs:
+        print(line)
+    print("(%.1f s)" % (time.monotonic() - script_started))
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)

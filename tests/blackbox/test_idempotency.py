@@ -1,0 +1,219 @@
+"""Black-box tests of Idempotency-Key (DESIGN.md): same key + same request -> the first
+response again, byte for byte, with Idempotent-Replayed: true; same key + another request ->
+422 idempotency_key_reused; concurrent duplicates create one order; keys survive a restart."""
+
+import os
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import (check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
+                     new_key, run_threads, start_stockd)
+
+SKU = "IDEM-1"
+
+
+def make_product(c, on_hand, sku=SKU):
+    r = c.post("/v1/products", {"sku": sku, "name": "Idem", "initialOnHand": on_hand},
+               key=new_key())
+    check_status(r, 201, "create product")
+
+
+def on_hand(c, sku=SKU):
+    r = c.get("/v1/availability?sku=" + sku)
+    check_status(r, 200, "availability")
+    return r.json["onHand"]
+
+
+def check_replay(first, again, what):
+    check_eq(again.status, first.status, "%s: replayed status" % what)
+    check(again.body == first.body, "%s: replayed body differs:\n first %r\n again %r"
+          % (what, first.body, again.body))
+    check_eq(again.headers.get("idempotent-replayed"), "true",
+             "%s: Idempotent-Replayed on the replay" % what)
+    check(first.headers.get("idempotent-replayed") is None,
+          "%s: the first response is marked replayed" % what)
+    check_eq(again.headers.get("content-type"), first.headers.get("content-type"),
+             "%s: replayed content-type" % what)
+
+
+def test_same_key_same_body():
+    s = start_stockd()
+    try:
+        with s.client() as c, s.client() as other:
+            make_product(c, 10)
+            key = new_key("same")
+            body = {"sku": SKU, "qty": 3, "customerId": "alice"}
+            first = c.post("/v1/purchase", body, key=key)
+            check_status(first, 201, "first purchase")
+            check_eq(on_hand(c), 7, "onHand after the first purchase")
+            again = c.post("/v1/purchase", body, key=key)
+            check_replay(first, again, "purchase replay on the same connection")
+            check_eq(first.headers.get("location"), "/v1/orders/" + first.json["orderId"],
+                     "Location of the first response")
+            check_eq(again.headers.get("location"), first.headers.get("location"),
+                     "Location of the replayed purchase")
+            again = other.post("/v1/purchase", body, key=key)
+            check_replay(first, again, "purchase replay on another connection")
+            check_eq(on_hand(c), 7, "onHand after two replays (one sale only)")
+            r = c.get("/v1/orders/ord_2")
+            check_problem(r, 404, "unknown_order", "a replay created a second order")
+            # Other commands replay too.
+            for path, cmd, status in (
+                    ("/v1/stores", {"storeId": "S2", "name": "Two"}, 201),
+                    ("/v1/products", {"sku": "IDEM-2", "name": "Two", "initialOnHand": 4}, 201),
+                    ("/v1/adjustments", {"storeId": "S1", "sku": SKU, "delta": 5,
+                                         "reason": "restock"}, 200)):
+                key = new_key("cmd")
+                first = c.post(path, cmd, key=key)
+                check_status(first, status, "first " + path)
+                check_replay(first, other.post(path, cmd, key=key), "replay of " + path)
+            check_eq(on_hand(c), 12, "the adjustment applied once")
+            check_eq(on_hand(c, "IDEM-2"), 4, "the product was created once")
+            # A problem is replayed as it was first answered.
+            key = new_key("dup")
+            first = c.post("/v1/stores", {"storeId": "S2", "name": "Two"}, key=key)
+            check_problem(first, 409, "store_exists", "duplicate store")
+            again = c.post("/v1/stores", {"storeId": "S2", "name": "Two"}, key=key)
+            check_replay(first, again, "replay of a 409 store_exists")
+    finally:
+        s.stop()
+
+
+def test_same_key_other_request():
+    s = start_stockd()
+    try:
+        with s.client() as c:
+            make_product(c, 10)
+            key = new_key("reuse")
+            body = {"sku": SKU, "qty": 1, "customerId": "bob"}
+            first = c.post("/v1/purchase", body, key=key)
+            check_status(first, 201, "first purchase")
+            for what, path, other in (
+                    ("another qty", "/v1/purchase", {"sku": SKU, "qty": 2, "customerId": "bob"}),
+                    ("another customer", "/v1/purchase",
+                     {"sku": SKU, "qty": 1, "customerId": "eve"}),
+                    ("another path", "/v1/adjustments",
+                     {"storeId": "S1", "sku": SKU, "delta": 1, "reason": "r"})):
+                r = c.post(path, other, key=key)
+                check_problem(r, 422, "idempotency_key_reused", "same key, " + what)
+            # The same members in another order are another body: also refused, not applied.
+            r = c.post("/v1/purchase", b'{"qty":1,"sku":"%s","customerId":"bob"}' % SKU.encode(),
+                       key=key)
+            check(r.status in (201, 422), "reordered members: %s" % describe(r))
+            if r.status == 201:
+                check_replay(first, r, "reordered members replayed")
+            check_eq(on_hand(c), 9, "only the first request applied")
+            check_replay(first, c.post("/v1/purchase", body, key=key),
+                         "the original request still replays after a 422")
+            # A request refused before the writer (400) does not consume its key.
+            key = new_key("valid-later")
+            r = c.post("/v1/purchase", {"sku": SKU, "qty": "x", "customerId": "c"}, key=key)
+            check_problem(r, 400, "validation_failed", "invalid qty")
+            r = c.post("/v1/purchase", {"sku": SKU, "qty": 1, "customerId": "c"}, key=key)
+            check_status(r, 201, "the key of a 400 is still free")
+            check_eq(on_hand(c), 8, "onHand after the second sale")
+    finally:
+        s.stop()
+
+
+def test_concurrent_same_key():
+    s = start_stockd()
+    try:
+        with s.client() as c:
+            make_product(c, 100)
+        threads = 50
+        qty = 3
+        key = new_key("concurrent")
+        body = {"sku": SKU, "qty": qty, "customerId": "racer"}
+        barrier = threading.Barrier(threads, timeout=30)
+        results = [None] * threads
+
+        def worker(i):
+            with s.client(timeout=30) as client:
+                client.connect()
+                barrier.wait()
+                results[i] = client.post("/v1/purchase", body, key=key)
+
+        run_threads(worker, threads, timeout=60)
+        statuses = sorted(set(r.status for r in results))
+        check_eq(statuses, [201], "statuses of 50 concurrent duplicates")
+        bodies = set(r.body for r in results)
+        check(len(bodies) == 1, "%d distinct bodies among 50 duplicates: %r"
+              % (len(bodies), sorted(bodies)[:3]))
+        fresh = [r for r in results if r.headers.get("idempotent-replayed") != "true"]
+        check_eq(len(fresh), 1, "responses not marked replayed")
+        order_id = results[0].json["orderId"]
+        with s.client() as c:
+            check_eq(on_hand(c), 100 - qty, "onHand after 50 duplicates of one purchase")
+            check_status(c.get("/v1/orders/" + order_id), 200, "GET the one order")
+            r = c.post("/v1/purchase", {"sku": SKU, "qty": 1, "customerId": "next"},
+                       key=new_key())
+            check_status(r, 201, "next purchase")
+            check_eq(r.json["orderId"], "ord_%d" % (int(order_id[4:]) + 1),
+                     "the next order number (no order was created by the duplicates)")
+    finally:
+        s.stop()
+
+
+def test_replayed_409_stays_409():
+    s = start_stockd()
+    try:
+        with s.client() as c:
+            make_product(c, 2)
+            key = new_key("sold-out")
+            body = {"sku": SKU, "qty": 5, "customerId": "late"}
+            first = c.post("/v1/purchase", body, key=key)
+            problem = check_problem(first, 409, "insufficient_stock", "qty 5 of 2")
+            check_eq(problem.get("available"), 2, "available in the 409")
+            r = c.post("/v1/adjustments", {"storeId": "S1", "sku": SKU, "delta": 10,
+                                           "reason": "restock"}, key=new_key())
+            check_status(r, 200, "restock")
+            again = c.post("/v1/purchase", body, key=key)
+            check_replay(first, again, "409 replayed after restock")
+            check_problem(again, 409, "insufficient_stock", "replayed 409")
+            check_eq(on_hand(c), 12, "the replay sold nothing")
+            r = c.post("/v1/purchase", body, key=new_key())
+            check_status(r, 201, "the same purchase with a new key after restock")
+            check_eq(on_hand(c), 7, "onHand after the new purchase")
+    finally:
+        s.stop()
+
+
+def test_keys_survive_restart():
+    s = start_stockd()
+    try:
+        with s.client() as c:
+            make_product(c, 20)
+            firsts = []
+            for i in range(5):
+                key = new_key("restart")
+                body = {"sku": SKU, "qty": i + 1, "customerId": "c%d" % i}
+                r = c.post("/v1/purchase", body, key=key)
+                check_status(r, 201, "purchase %d" % i)
+                firsts.append((key, body, r))
+            key = new_key("restart-409")
+            body = {"sku": SKU, "qty": 100, "customerId": "big"}
+            r = c.post("/v1/purchase", body, key=key)
+            check_problem(r, 409, "insufficient_stock", "purchase of 100")
+            firsts.append((key, body, r))
+            check_eq(on_hand(c), 5, "onHand before restart")
+        check_eq(s.stop(), 0, "exit code of a clean stop")
+        s = start_stockd(data_dir=s.data_dir)
+        with s.client() as c:
+            for key, body, first in firsts:
+                again = c.post("/v1/purchase", body, key=key)
+                check_replay(first, again, "replay after restart of key %s" % key)
+            check_eq(on_hand(c), 5, "onHand after replays following a restart")
+            key, body, first = firsts[0]
+            changed = dict(body, qty=2)
+            r = c.post("/v1/purchase", changed, key=key)
+            check_problem(r, 422, "idempotency_key_reused", "reuse after restart")
+    finally:
+        s.stop()
+
+
+if __name__ == "__main__":
+    main([test_same_key_same_body, test_same_key_other_request, test_concurrent_same_key,
+          test_replayed_409_stays_409, test_keys_survive_restart])
