@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #include "domain.h"
-#include "limits.h"
+#include "svc_limits.h"
 #include "queue.h"
 #include "writer.h"
 

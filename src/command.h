@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #include "domain.h"
-#include "limits.h"
+#include "svc_limits.h"
 
 enum cmd_kind {
     CMD_STORE_CREATE,   /* POST /v1/stores */

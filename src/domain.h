@@ -17,7 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "limits.h"
+#include "svc_limits.h"
 
 enum dom_policy {
     DOM_POLICY_HIGHEST_AVAILABLE = 0, /* default: the store with the most available */

@@ -15,7 +15,7 @@
 
 #include "clock.h"
 #include "errors.h"
-#include "limits.h"
+#include "svc_limits.h"
 #include "log.h"
 #include "problem.h"
 #include "routes.h"

@@ -53,7 +53,9 @@ static int64_t lg_now_ns(void)
 
 static int64_t lg_min(int64_t a, int64_t b)
 {
-    return a < b ? a : b;
+    int64_t min = a < b ? a : b;
+    SVC_ASSERT(min <= a && min <= b);
+    return min;
 }
 
 /* ---- histogram ----------------------------------------------------------------------------- */
@@ -611,6 +613,7 @@ struct lg_thread {
 /* The only writer of a live counter is its thread, so a relaxed load and store suffice. */
 static void lg_live_add(_Atomic uint64_t *counter, uint64_t n)
 {
+    SVC_ASSERT(n > 0);
     uint64_t value = atomic_load_explicit(counter, memory_order_relaxed);
     atomic_store_explicit(counter, value + n, memory_order_relaxed);
 }
@@ -893,6 +896,7 @@ static void lg_conn_complete(struct lg_thread *t, struct lg_conn *c)
 /* Reads what the socket has for busy c and completes c when its answer is whole. */
 static void lg_conn_read(struct lg_thread *t, struct lg_conn *c, int64_t now)
 {
+    SVC_ASSERT(c->fd >= 0 && c->request.active);
     for (;;) {
         SVC_ASSERT(c->state == LG_CONN_BUSY);
         size_t room = sizeof c->in - c->in_length;
@@ -908,6 +912,7 @@ static void lg_conn_read(struct lg_thread *t, struct lg_conn *c, int64_t now)
             return;
         }
         c->in_length += (size_t)n;
+        SVC_ASSERT(c->in_length <= sizeof c->in);
         size_t used = 0;
         int rc = n == 0 ? 1 : lg_parser_feed(&c->parser, c->in, c->in_length, &used);
         memmove(c->in, c->in + used, c->in_length - used);
@@ -968,6 +973,7 @@ static void lg_conn_event(struct lg_thread *t, struct lg_conn *c, uint32_t event
     case LG_CONN_WAITING:
         break; /* an event of a socket closed earlier in this batch */
     }
+    SVC_ASSERT(c->state != LG_CONN_CONNECTING || c->fd >= 0);
 }
 
 /* Reconnects the WAITING connections whose time has come. */
@@ -1150,6 +1156,7 @@ static void *lg_thread_main(void *arg)
         }
     }
     SVC_ASSERT(t->active_count == 0);
+    SVC_ASSERT(t->ended);
     atomic_store(&t->finished, true);
     return NULL;
 }
@@ -1320,6 +1327,7 @@ void lg_run_progress(const struct lg_run *run, struct lg_progress *out)
 
 static void lg_counts_merge(struct lg_counts *into, const struct lg_counts *from)
 {
+    SVC_ASSERT(from->completed <= from->requests);
     uint64_t completed_before = into->completed;
     into->requests += from->requests;
     into->completed += from->completed;
@@ -1503,6 +1511,7 @@ static int lg_client_receive(struct lg_client *c, int64_t deadline_ns)
 
 static void lg_client_close(struct lg_client *c)
 {
+    SVC_ASSERT(c->endpoint != NULL);
     if (c->fd >= 0) {
         close(c->fd);
     }
@@ -1516,6 +1525,7 @@ int lg_client_request(struct lg_client *c, const char *request, size_t length)
     SVC_ASSERT(length > 0);
     int64_t deadline_ns = lg_now_ns() + c->timeout_ns;
     bool reused = c->fd >= 0;
+    SVC_ASSERT(!reused || c->in_length == 0); /* a kept connection has no stray bytes */
     int rc = reused ? 0 : lg_client_connect(c, deadline_ns);
     if (rc == 0 && (rc = lg_client_send(c, request, length, deadline_ns)) == 0) {
         rc = lg_client_receive(c, deadline_ns);

@@ -1,7 +1,7 @@
 /*
  * main.c - options and startup only: parse flags, open storage, load state, start the writer
  * and the I/O threads, then wait for SIGINT/SIGTERM and stop in order (no new commands, the
- * writer drains its queue, replies go out). Read limits.h and errors.h next, then the files in
+ * writer drains its queue, replies go out). Read svc_limits.h and errors.h next, then the files in
  * the order the README's "Source layout" gives.
  */
 #include <errno.h>

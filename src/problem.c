@@ -7,7 +7,7 @@
 
 #include "errors.h"
 #include "json_out.h"
-#include "limits.h"
+#include "svc_limits.h"
 #include "svc_assert.h"
 
 /* Bytes kept for a detail string, so that the rest of the body always fits. */

@@ -1,12 +1,12 @@
 /*
- * limits.h - every fixed maximum of stockd, in one place.
+ * svc_limits.h - every fixed maximum of stockd, in one place.
  *
  * Each queue, buffer, batch, table and retry has its maximum here, with the reason for the
  * number next to it. Everything sized by these is allocated once at startup (STYLE 10, 12).
  * This file holds no code; read errors.h next.
  */
-#ifndef STOCKD_LIMITS_H
-#define STOCKD_LIMITS_H
+#ifndef STOCKD_SVC_LIMITS_H
+#define STOCKD_SVC_LIMITS_H
 
 #include <assert.h>
 
