@@ -96,9 +96,11 @@ void api_metrics(struct http_request *r)
     size_t used = 0;
     api_metrics_writer(&app->writer.stats, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_store_busy_waits_total counter\n"
+                       "stockd_store_busy_waits_total %llu\n"
                        "# TYPE stockd_queue_depth gauge\nstockd_queue_depth %zu\n"
                        "# TYPE stockd_http_requests_total counter\n",
-                       queue_depth(&app->queue));
+                       (unsigned long long)store_busy_wait_count(), queue_depth(&app->queue));
     for (size_t i = 0; i < routes_count; i++) {
         api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                            "stockd_http_requests_total{method=\"%s\",route=\"%s\"} %llu\n",

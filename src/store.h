@@ -137,6 +137,9 @@ int store_commit_batch(struct store *s, const struct store_batch *batch);
  * were deleted or SVC_ESTORAGE_UNAVAILABLE. */
 int store_idem_prune(struct store *s, int64_t before_ms, int max_rows);
 
+/* How many times the writer's connection found the database busy and waited (metrics). */
+uint64_t store_busy_wait_count(void);
+
 /* Opens a read-only handle on the same database for one I/O thread. */
 int store_reader_open(struct store_reader **out, const char *uri);
 void store_reader_close(struct store_reader *r);
