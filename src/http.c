@@ -263,10 +263,26 @@ static void http_add_trace_id(struct http_request *r)
     h2o_req_t *req = r->req;
     h2o_iovec_t trace = http_header(r, "x-trace-id");
     if (trace.base == NULL || trace.len == 0 || trace.len > 128) {
+        /* "t<thread>-<counter in hex>", written by hand: this runs for every response. */
+        static const char hex[] = "0123456789abcdef";
         char *generated = h2o_mem_alloc_pool(&req->pool, 32);
-        int length = snprintf(generated, 32, "t%u-%llx", r->thread->index,
-                              (unsigned long long)++r->thread->trace_counter);
-        trace = h2o_iovec_init(generated, (size_t)length);
+        uint64_t counter = ++r->thread->trace_counter;
+        size_t length = 0;
+        generated[length++] = 't';
+        generated[length++] = (char)('a' + r->thread->index % 26);
+        generated[length++] = '-';
+        size_t start = length;
+        do {
+            generated[length++] = hex[counter & 15];
+            counter >>= 4;
+        } while (counter != 0);
+        for (size_t i = start, j = length - 1; i < j; i++, j--) {
+            char c = generated[i];
+            generated[i] = generated[j];
+            generated[j] = c;
+        }
+        SVC_ASSERT(length < 32);
+        trace = h2o_iovec_init(generated, length);
     }
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-trace-id"), 0, NULL,
                           trace.base, trace.len);

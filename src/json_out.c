@@ -70,10 +70,19 @@ void jbuf_str(struct jbuf *b, const char *s)
 
 void jbuf_int(struct jbuf *b, int64_t value)
 {
+    /* Formatted by hand: snprintf was a few percent of the server's CPU under load. */
     char digits[24];
-    int length = snprintf(digits, sizeof digits, "%lld", (long long)value);
-    SVC_ASSERT(length > 0 && (size_t)length < sizeof digits);
-    jbuf_raw(b, digits, (size_t)length);
+    size_t start = sizeof digits;
+    uint64_t magnitude = value < 0 ? (uint64_t)0 - (uint64_t)value : (uint64_t)value;
+    do {
+        digits[--start] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude != 0);
+    if (value < 0) {
+        digits[--start] = '-';
+    }
+    SVC_ASSERT(start >= 3); /* 20 digits and a sign at most */
+    jbuf_raw(b, digits + start, sizeof digits - start);
 }
 
 void jbuf_key(struct jbuf *b, const char *key)
@@ -100,7 +109,13 @@ void jbuf_kv_int(struct jbuf *b, const char *key, int64_t value)
 
 void jbuf_kv_time(struct jbuf *b, const char *key, int64_t wall_ms)
 {
-    char text[32];
-    clock_format_rfc3339(wall_ms, text, sizeof text);
-    jbuf_kv_str(b, key, text);
+    /* A batch stamps every row with one time: format it once per thread and value. */
+    static _Thread_local int64_t cached_ms = -1;
+    static _Thread_local char cached[32];
+    if (wall_ms != cached_ms) {
+        clock_format_rfc3339(wall_ms, cached, sizeof cached);
+        cached_ms = wall_ms;
+    }
+    SVC_ASSERT(cached[0] != '\0');
+    jbuf_kv_str(b, key, cached);
 }
