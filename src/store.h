@@ -71,6 +71,14 @@ struct row_event {
     const char *store_id; /* may be NULL */
     const char *sku;      /* may be NULL */
     const char *data_json;
+    /* The stock item after the event, for stock events (events.h): the same values as in
+     * data_json, structured so that in-process projections need not parse JSON. */
+    bool is_stock;
+    int64_t delta;
+    int64_t reserved_delta;
+    int64_t on_hand;
+    int64_t reserved;
+    int64_t version;
 };
 
 /* Everything one batch writes. Arrays are owned by the writer and valid during the call. */

@@ -217,12 +217,16 @@ static struct row_event *writer_event(struct writer *w, const char *type, const 
     event->store_id = store_id;
     event->sku = sku;
     event->data_json = data_json;
+    event->is_stock = false;
+    event->delta = event->reserved_delta = event->on_hand = event->reserved = 0;
+    event->version = 0;
     return event;
 }
 
 /* Appends an event whose data is the stock change of item: delta and the values after it. */
 static void writer_stock_event(struct writer *w, const char *type, uint32_t item_index,
-                               int64_t delta, const struct jbuf *prefix_members)
+                               int64_t delta, int64_t reserved_delta,
+                               const struct jbuf *prefix_members)
 {
     struct writer_batch *b = w->batch;
     const struct domain *d = w->config.domain;
@@ -238,11 +242,20 @@ static void writer_stock_event(struct writer *w, const char *type, uint32_t item
     jbuf_kv_str(&data, "storeId", store_id);
     jbuf_kv_str(&data, "sku", sku);
     jbuf_kv_int(&data, "delta", delta);
+    if (reserved_delta != 0) {
+        jbuf_kv_int(&data, "reservedDelta", reserved_delta);
+    }
     jbuf_kv_int(&data, "onHand", item->on_hand);
     jbuf_kv_int(&data, "reserved", item->reserved);
     jbuf_kv_int(&data, "version", item->version);
     jbuf_lit(&data, "}");
-    writer_event(w, type, store_id, sku, writer_arena_finish(b, &data));
+    struct row_event *event = writer_event(w, type, store_id, sku, writer_arena_finish(b, &data));
+    event->is_stock = true;
+    event->delta = delta;
+    event->reserved_delta = reserved_delta;
+    event->on_hand = item->on_hand;
+    event->reserved = item->reserved;
+    event->version = item->version;
 }
 
 /* ---- replies ---------------------------------------------------------------------------- */
@@ -370,7 +383,7 @@ static bool writer_apply_product_create(struct writer *w, struct command *cmd)
     struct jbuf prefix;
     jbuf_init(&prefix, members, sizeof members);
     jbuf_kv_str(&prefix, "name", product->name);
-    writer_stock_event(w, "ProductCreated", item_index, item->on_hand, &prefix);
+    writer_stock_event(w, "ProductCreated", item_index, item->on_hand, 0, &prefix);
     return true;
 }
 
@@ -407,7 +420,7 @@ static void writer_order_rows(struct writer *w, struct command *cmd, uint32_t it
     jbuf_kv_str(&prefix, "customerId", cmd->customer_id);
     jbuf_kv_int(&prefix, "qty", cmd->qty);
     SVC_ASSERT(jbuf_ok(&prefix));
-    writer_stock_event(w, "OrderCompleted", item_index, -cmd->qty, &prefix);
+    writer_stock_event(w, "OrderCompleted", item_index, -cmd->qty, 0, &prefix);
 }
 
 static void writer_reply_purchase(struct writer *w, struct command *cmd, uint32_t item_index,
@@ -502,7 +515,7 @@ static bool writer_apply_adjust(struct writer *w, struct command *cmd)
     struct jbuf prefix;
     jbuf_init(&prefix, members, sizeof members);
     jbuf_kv_str(&prefix, "reason", cmd->reason);
-    writer_stock_event(w, "StockAdjusted", item_index, cmd->delta, &prefix);
+    writer_stock_event(w, "StockAdjusted", item_index, cmd->delta, 0, &prefix);
     writer_reply_item(w, cmd, item_index);
     return true;
 }
@@ -539,7 +552,7 @@ static bool writer_apply_ticket_reset(struct writer *w, struct command *cmd)
     struct jbuf prefix;
     jbuf_init(&prefix, members, sizeof members);
     jbuf_kv_str(&prefix, "reason", "reset");
-    writer_stock_event(w, "StockAdjusted", item_index, TICKET_RESET_ON_HAND - on_hand, &prefix);
+    writer_stock_event(w, "StockAdjusted", item_index, TICKET_RESET_ON_HAND - on_hand, 0, &prefix);
     writer_reply_seed004(cmd, 200, true, "Inventory reset", TICKET_RESET_ON_HAND);
     return true;
 }
@@ -774,6 +787,9 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
     int64_t commit_us = clock_mono_us() - started_us;
     if (rc == 0) {
         dom_publish(w->config.domain);
+        if (w->config.committed != NULL && b->rows.event_count > 0) {
+            w->config.committed(b->rows.events, b->rows.event_count, w->config.committed_context);
+        }
         w->order_seq_committed = w->order_seq;
         w->event_seq_committed = w->event_seq;
         atomic_store(&w->storage_ok, true);

@@ -33,6 +33,11 @@ struct writer_config {
     void *reply_context;
     /* Hands a finished command back to its owner; called on the writer thread. */
     void (*reply)(struct command *cmd, void *reply_context);
+    void *committed_context;
+    /* Optional: the events of a batch, in seq order, once the batch is durable and before any
+     * reply leaves (read-your-writes for the projections). The rows are valid during the
+     * call only. Called on the writer thread. */
+    void (*committed)(const struct row_event *events, size_t count, void *committed_context);
 };
 
 struct writer_stats { /* written by the writer, read by /metrics */
