@@ -81,6 +81,8 @@ static const char sb_usage_text[] =
     "  --sku SKU          sku to buy (default HOT)\n"
     "  --qty N            units per purchase (default 1)\n"
     "  --key-prefix P     Idempotency-Key is P-<n> (default: random per run)\n"
+    "  --token T          send Authorization: Bearer T on every request (stockd's\n"
+    "                     <data-dir>/admin.token, or a write token)\n"
     "  --timeout-ms MS    an attempt without an answer in MS counts as a timeout (default 5000)\n"
     "  --retry            send a timed-out or failed request again with the same\n"
     "                     Idempotency-Key on a fresh connection, at most 3 times\n"
@@ -97,6 +99,7 @@ struct sb_options {
     const char *url;
     const char *label;     /* NULL if not given */
     const char *json_path; /* NULL if not given */
+    const char *token;     /* --token, NULL if not given */
     bool quiet;
     bool verify;
     bool rate_given;
@@ -295,6 +298,9 @@ static bool sb_option_text(struct sb_options *o, int option, const char *value)
     case 'j':
         o->json_path = value;
         return true;
+    case 'a':
+        o->token = value; /* checked by lg_endpoint_set_token in sb_options_check */
+        return true;
     }
     SVC_UNREACHABLE();
 }
@@ -325,6 +331,9 @@ static const char *sb_options_check(struct sb_options *o)
     if (rc < 0) {
         return "--url: host does not resolve";
     }
+    if (o->token != NULL && lg_endpoint_set_token(&o->lg.endpoint, o->token) != 0) {
+        return "--token must be 1-256 printable characters without spaces";
+    }
     o->lg.record_keys = o->verify;
     SVC_ASSERT(o->lg.endpoint.address_length > 0);
     return NULL;
@@ -340,7 +349,8 @@ static const struct option sb_long_options[] = {
     {"timeout-ms", required_argument, 0, 'o'},  {"retry", no_argument, 0, 'R'},
     {"verify", no_argument, 0, 'V'},            {"label", required_argument, 0, 'l'},
     {"json", required_argument, 0, 'j'},        {"quiet", no_argument, 0, 'Q'},
-    {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+    {"token", required_argument, 0, 'a'},       {"help", no_argument, 0, 'h'},
+    {0, 0, 0, 0},
 };
 
 /* Fills *o from argv. Returns -1 to go on, or the exit code (help or bad options). */
@@ -360,7 +370,7 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
             ok = sb_option_choice(o, option, optarg);
         } else if (strchr("rctdwqo", option) != NULL) {
             ok = sb_option_number(o, option, optarg);
-        } else if (strchr("upsklj", option) != NULL) {
+        } else if (strchr("upsklja", option) != NULL) {
             ok = sb_option_text(o, option, optarg);
         } else {
             return sb_usage_error("unknown option", NULL);

@@ -6,7 +6,7 @@ set -euo pipefail
 
 profile=${1:-run}
 packages=(gcc pkg-config meson ninja-build libh2o-evloop-dev libjansson-dev libsqlite3-dev
-          sqlite3 curl ca-certificates)
+          libssl-dev sqlite3 curl ca-certificates)
 case "$profile" in
   run) ;;
   test) packages+=(libcmocka-dev python3 clang-format) ;;

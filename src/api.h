@@ -18,6 +18,12 @@ void api_product_create(struct http_request *r);
 void api_adjustment(struct http_request *r);
 void api_availability(struct http_request *r);
 void api_purchase(struct http_request *r);
+void api_set_absolute(struct http_request *r);
+void api_reservation_create(struct http_request *r);
+void api_reservation_confirm(struct http_request *r);
+void api_reservation_cancel(struct http_request *r);
+void api_transfer(struct http_request *r);
+void api_reconciliation(struct http_request *r);
 void api_order_get(struct http_request *r);
 void api_seed_buy_ticket(struct http_request *r);
 void api_seed_inventory(struct http_request *r);
@@ -26,6 +32,18 @@ void api_home(struct http_request *r);
 void api_health(struct http_request *r);
 void api_ready(struct http_request *r);
 void api_metrics(struct http_request *r);
+void api_audit(struct http_request *r);
+/* Queries from the read model (api_queries.c). */
+void api_query_availability(struct http_request *r);
+void api_query_item_availability(struct http_request *r);
+void api_query_totals(struct http_request *r);
+void api_query_stores(struct http_request *r);
+void api_query_reservation(struct http_request *r);
+void api_query_events(struct http_request *r);
+void api_query_idempotency(struct http_request *r);
+void api_query_projection_status(struct http_request *r);
+void api_projection_rebuild(struct http_request *r);
+void api_query_stream(struct http_request *r);
 
 /* ---- decoding helpers (api_common.c) ---- */
 

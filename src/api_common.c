@@ -181,6 +181,9 @@ struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kin
     struct command *cmd = &hc->cmd;
     cmd->kind = kind;
     cmd->style = CMD_STYLE_V1;
+    size_t principal_length = strlen(r->principal);
+    SVC_ASSERT(principal_length >= 1 && principal_length <= AUTH_PRINCIPAL_BYTES_MAX);
+    memcpy(cmd->principal, r->principal, principal_length + 1);
     if (key.base != NULL) {
         cmd->has_idem_key = true;
         memcpy(cmd->idem_key, key.base, key.len);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "audit.h"
 #include "errors.h"
 #include "svc_assert.h"
 
@@ -109,6 +110,22 @@ void api_metrics(struct http_request *r)
     }
     SVC_ASSERT(used < API_METRICS_BYTES_MAX);
     http_send(r, 200, "text/plain; version=0.0.4", out, used);
+}
+
+/* Runs the audit on this thread's reader. It reads the whole event log, so it holds this I/O
+ * thread for as long (an admin operation; other threads keep serving). */
+void api_audit(struct http_request *r)
+{
+    struct audit_report report;
+    int rc = audit_run(r->thread->reader, &report);
+    if (rc != 0) {
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL,
+                          0);
+        return;
+    }
+    SVC_ASSERT(report.json != NULL);
+    http_send_json(r, 200, report.json, report.json_length); /* "ok" says the verdict */
+    audit_report_free(&report);
 }
 
 void api_home(struct http_request *r)

@@ -11,7 +11,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "domain.h"
+#include "projector.h"
 #include "svc_limits.h"
 #include "queue.h"
 #include "writer.h"
@@ -23,8 +25,10 @@ struct app_config {
     char db_path[600];          /* <data_dir>/stockd.db */
     int io_thread_count;        /* default: the number of cores */
     bool allow_reset;           /* seed 004 POST /reset */
+    bool audit_only;            /* --audit: check the data directory's log and exit */
     char ticket_sku[SKU_BYTES_MAX + 1]; /* the item of the seed-004 aliases */
     int64_t idem_retention_ms;
+    const char *tokens_file;    /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
 };
 
 struct app {
@@ -32,6 +36,8 @@ struct app {
     struct domain domain;
     struct queue queue;
     struct writer writer;
+    struct projector projector; /* the read model; fed by the writer's committed hook */
+    struct auth auth;           /* bearer tokens, filled before the threads start */
     int64_t started_wall_ms;
     _Atomic bool shutting_down;
 };

@@ -24,6 +24,27 @@ enum cmd_kind {
     CMD_PURCHASE,       /* POST /v1/purchase, POST /buy_ticket */
     CMD_ADJUST,         /* POST /v1/adjustments */
     CMD_TICKET_RESET,   /* POST /reset (seed 004, --allow-reset only) */
+    CMD_SET_ABSOLUTE,   /* POST /v1/items:set-absolute */
+    CMD_RESERVE,        /* POST /v1/reservations */
+    CMD_CONFIRM,        /* POST /v1/reservations/{id}:confirm */
+    CMD_CANCEL,         /* POST /v1/reservations/{id}:cancel */
+    CMD_TRANSFER,       /* POST /v1/transfers */
+    CMD_RECONCILE,      /* POST /v1/reconciliations */
+};
+
+struct cmd_line {
+    char sku[SKU_BYTES_MAX + 1];
+    int64_t qty; /* units; for a reconciliation, the counted onHand (may be 0) */
+};
+
+/* The lines of a multi-line command and room for its longer reply. Owned like the command
+ * that points at it: taken from the I/O thread's block pool with the command, returned with
+ * it. */
+struct cmd_lines {
+    uint32_t count;
+    struct cmd_line items[CMD_LINES_MAX];
+    char reply[LINES_REPLY_BYTES_MAX];
+    struct cmd_lines *next_free; /* pool free list */
 };
 
 /* How the writer formats the reply: the v1 contract or a seed's own body shapes. */
@@ -42,6 +63,8 @@ struct command {
     bool has_idem_key;
     char idem_key[IDEM_KEY_BYTES_MAX + 1];
     uint64_t fingerprint;
+    char principal[AUTH_PRINCIPAL_BYTES_MAX + 1]; /* who sent it: a token's principal or
+                                                   * "public"; never empty once pushed */
 
     /* Arguments; which are set depends on kind (see the api_*.c decoders). */
     bool has_store;
@@ -57,6 +80,10 @@ struct command {
     int64_t initial_on_hand;
     bool has_expected_version; /* If-Match: the command applies only at this version */
     int64_t expected_version;
+    char to_store_id[STORE_ID_BYTES_MAX + 1]; /* transfers: store_id is the source */
+    int64_t reservation_seq;  /* confirm, cancel: the reservation res_<seq> */
+    int64_t ttl_seconds;      /* reserve */
+    struct cmd_lines *lines;  /* multi-line commands, else NULL; see struct cmd_lines */
 
     /* Reply, written by the writer before it hands the command back. */
     int reply_status;          /* HTTP status */
@@ -65,7 +92,23 @@ struct command {
     bool reply_order_created;  /* reply_body describes a new order: send a Location */
     int64_t reply_order_seq;   /* with reply_order_created */
     size_t reply_length;       /* bytes of reply_body */
-    char reply_body[REPLY_BODY_BYTES_MAX];
+    char *reply_body;          /* reply_inline, or lines->reply for multi-line commands; the
+                                * writer points a NULL one at reply_inline */
+    size_t reply_capacity;     /* bytes at reply_body */
+    char reply_inline[REPLY_BODY_BYTES_MAX];
 };
+
+/* Points the reply buffer at the right storage; idempotent. Called by whoever fills a
+ * command (I/O thread) and again by the writer before it writes a reply. */
+static inline void command_reply_prepare(struct command *cmd)
+{
+    if (cmd->lines != NULL) {
+        cmd->reply_body = cmd->lines->reply;
+        cmd->reply_capacity = sizeof cmd->lines->reply;
+    } else {
+        cmd->reply_body = cmd->reply_inline;
+        cmd->reply_capacity = sizeof cmd->reply_inline;
+    }
+}
 
 #endif

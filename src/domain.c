@@ -327,6 +327,26 @@ void dom_item_reset_sold(struct domain *d, uint32_t item_index)
     item->sold = 0;
 }
 
+void dom_item_move(struct domain *d, uint32_t item_index, int64_t on_hand_delta,
+                   int64_t reserved_delta, int64_t now_ms)
+{
+    SVC_ASSERT(item_index < d->item_count);
+    struct dom_item *item = &d->items[item_index];
+    SVC_ASSERT(item->reserved + reserved_delta >= 0);
+    SVC_ASSERT(item->reserved + reserved_delta <= item->on_hand + on_hand_delta);
+    item->reserved += reserved_delta;
+    dom_item_change(d, item_index, on_hand_delta, now_ms); /* bumps version, marks dirty */
+    SVC_ASSERT(item->reserved >= 0 && item->reserved <= item->on_hand);
+}
+
+int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t product_index)
+{
+    SVC_ASSERT(store_index < d->store_count);
+    SVC_ASSERT(product_index < d->product_count);
+    return atomic_load_explicit(&d->products[product_index].item_by_store[store_index],
+                                memory_order_relaxed);
+}
+
 void dom_publish(struct domain *d)
 {
     for (uint32_t k = 0; k < d->dirty_count; k++) {

@@ -121,6 +121,15 @@ int dom_adjust(struct domain *d, uint32_t store_index, uint32_t product_index, i
  * new sale, so total_purchases counts from 0 again). */
 void dom_item_reset_sold(struct domain *d, uint32_t item_index);
 
+/* Moves on_hand and reserved of an existing item together: reserve (0, +q), release (0, -q),
+ * confirm (-q, -q). The caller has checked the result keeps 0 <= reserved <= on_hand;
+ * asserted here. */
+void dom_item_move(struct domain *d, uint32_t item_index, int64_t on_hand_delta,
+                   int64_t reserved_delta, int64_t now_ms);
+
+/* The item of (store, product), or -1 when that store does not stock it. Writer side. */
+int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t product_index);
+
 /* Makes every working change visible to readers; called after the batch committed. */
 void dom_publish(struct domain *d);
 /* Returns the working state to the last published state; called when a batch failed. */

@@ -13,16 +13,21 @@
 #define SVC_ERR_MAP(X)                                                                        \
     X(INVALID_JSON, 400, "invalid_json", "Malformed JSON body")                              \
     X(VALIDATION, 400, "validation_failed", "Invalid request")                               \
+    X(UNAUTHORIZED, 401, "unauthorized", "Missing or unknown bearer token")                 \
+    X(FORBIDDEN, 403, "forbidden", "The token's role does not allow this")                   \
     X(FORBIDDEN_RESET, 403, "reset_disabled", "Reset is disabled")                            \
     X(NOT_FOUND, 404, "not_found", "Not found")                                              \
     X(UNKNOWN_SKU, 404, "unknown_sku", "Unknown SKU")                                        \
     X(UNKNOWN_STORE, 404, "unknown_store", "Unknown store")                                  \
     X(UNKNOWN_ORDER, 404, "unknown_order", "Unknown order")                                  \
+    X(UNKNOWN_RESERVATION, 404, "unknown_reservation", "Unknown reservation")                \
     X(METHOD_NOT_ALLOWED, 405, "method_not_allowed", "Method not allowed")                   \
     X(INSUFFICIENT_STOCK, 409, "insufficient_stock", "Insufficient stock")                   \
     X(STORE_EXISTS, 409, "store_exists", "Store already exists")                             \
     X(PRODUCT_EXISTS, 409, "product_exists", "Product already exists")                       \
     X(VERSION_CONFLICT, 409, "version_conflict", "Version conflict")                         \
+    X(RESERVATION_EXPIRED, 409, "reservation_expired", "Reservation expired")                \
+    X(RESERVATION_NOT_ACTIVE, 409, "reservation_not_active", "Reservation not active")       \
     X(BODY_TOO_LARGE, 413, "body_too_large", "Request body too large")                       \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type", "Content-Type must be JSON")   \
     X(IDEM_KEY_REUSED, 422, "idempotency_key_reused", "Idempotency key reused")              \

@@ -170,6 +170,15 @@ static int http_thread_init(struct io_thread *t)
         t->pool[i].next_free = i + 1 < THREAD_COMMANDS_MAX ? &t->pool[i + 1] : NULL;
     }
     t->free_list = &t->pool[0];
+    t->line_blocks = calloc(THREAD_LINE_BLOCKS_MAX, sizeof *t->line_blocks);
+    if (t->line_blocks == NULL) {
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < THREAD_LINE_BLOCKS_MAX; i++) {
+        t->line_blocks[i].next_free =
+            i + 1 < THREAD_LINE_BLOCKS_MAX ? &t->line_blocks[i + 1] : NULL;
+    }
+    t->free_line_blocks = &t->line_blocks[0];
     int rc = store_reader_open(&t->reader, t->app->config.db_path);
     if (rc != 0) {
         return rc;
@@ -423,6 +432,7 @@ struct http_command *http_command_alloc(struct http_request *r)
     hc->guard = NULL;
     memset(&hc->cmd, 0, offsetof(struct command, reply_body));
     hc->cmd.owner = t;
+    command_reply_prepare(&hc->cmd);
     return hc;
 }
 
@@ -431,9 +441,31 @@ void http_command_free(struct http_command *hc)
     struct io_thread *t = hc->thread;
     SVC_ASSERT(t != NULL);
     SVC_ASSERT(hc->next_free == NULL);
+    if (hc->cmd.lines != NULL) {
+        SVC_ASSERT(hc->cmd.lines->next_free == NULL);
+        hc->cmd.lines->next_free = t->free_line_blocks;
+        t->free_line_blocks = hc->cmd.lines;
+        hc->cmd.lines = NULL;
+    }
     hc->req = NULL;
     hc->next_free = t->free_list;
     t->free_list = hc;
+}
+
+bool http_command_take_lines(struct http_command *hc)
+{
+    struct io_thread *t = hc->thread;
+    SVC_ASSERT(hc->cmd.lines == NULL);
+    struct cmd_lines *block = t->free_line_blocks;
+    if (block == NULL) {
+        return false;
+    }
+    t->free_line_blocks = block->next_free;
+    block->next_free = NULL;
+    block->count = 0;
+    hc->cmd.lines = block;
+    command_reply_prepare(&hc->cmd);
+    return true;
 }
 
 /* Runs when h2o frees the request's pool: the client is gone before the reply. */
@@ -454,6 +486,7 @@ void http_command_submit(struct http_request *r, struct http_command *hc)
     hc->guard = h2o_mem_alloc_shared(&r->req->pool, sizeof *hc->guard, http_guard_dispose);
     *hc->guard = hc;
     hc->cmd.queued_us = clock_mono_us();
+    command_reply_prepare(&hc->cmd);
     bool stopping = atomic_load(&r->thread->app->shutting_down);
     int rc = stopping ? -ESHUTDOWN : queue_push(&r->thread->app->queue, &hc->cmd);
     if (rc != 0) {

@@ -46,6 +46,8 @@ struct io_thread {
     struct store_reader *reader;       /* owned, this thread only */
     struct http_command *pool;         /* THREAD_COMMANDS_MAX, owned */
     struct http_command *free_list;
+    struct cmd_lines *line_blocks;     /* THREAD_LINE_BLOCKS_MAX, owned */
+    struct cmd_lines *free_line_blocks;
     unsigned index;
     uint64_t trace_counter;
     pthread_t thread;
@@ -59,6 +61,8 @@ struct http_request {
     h2o_iovec_t query;      /* after '?', may be empty */
     h2o_iovec_t path_param; /* the {id} segment of the route, if any */
     const struct route *route;
+    const char *principal;  /* who sent it (set by routes_dispatch): a token's principal in
+                             * the immutable auth table, or "public" on a public route */
 };
 
 /* Binds the listening socket on host:port (port 0: any free port); *port_out gets the port. */
@@ -92,8 +96,11 @@ int http_query_param(const struct http_request *r, const char *name, char *out, 
 
 /* Takes a command from the thread's pool, or NULL when the pool is empty (caller sends 429). */
 struct http_command *http_command_alloc(struct http_request *r);
-/* Returns an unsent command to the pool. */
+/* Returns an unsent command (and its line block, if any) to the pool. */
 void http_command_free(struct http_command *hc);
+/* Gives hc a line block from the thread's pool (count 0); false when the pool is empty (the
+ * caller frees hc and sends 429). The block belongs to hc from then on. */
+bool http_command_take_lines(struct http_command *hc);
 /* Pushes hc to the writer; the reply is sent when it returns. On a full queue answers 429 and
  * frees hc. Either way the caller must not touch hc afterwards. */
 void http_command_submit(struct http_request *r, struct http_command *hc);

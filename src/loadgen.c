@@ -223,6 +223,24 @@ int lg_endpoint_parse(struct lg_endpoint *out, const char *url)
     return 0;
 }
 
+int lg_endpoint_set_token(struct lg_endpoint *endpoint, const char *token)
+{
+    SVC_ASSERT(endpoint != NULL && token != NULL);
+    size_t length = strlen(token);
+    if (length < 1 || length > LG_TOKEN_BYTES_MAX) {
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < length; i++) {
+        if ((unsigned char)token[i] < 0x21 || (unsigned char)token[i] > 0x7e) {
+            return -EINVAL;
+        }
+    }
+    int n = snprintf(endpoint->auth_header, sizeof endpoint->auth_header,
+                     "Authorization: Bearer %s\r\n", token);
+    SVC_ASSERT(n > 0 && (size_t)n < sizeof endpoint->auth_header);
+    return 0;
+}
+
 size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, size_t size)
 {
     SVC_ASSERT(size > 0);
@@ -245,11 +263,11 @@ size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, 
                                (unsigned long long)n);
     }
     SVC_ASSERT(body_length > 0 && (size_t)body_length < sizeof body);
-    int length = snprintf(out, size, "POST %s HTTP/1.1\r\nHost: %s\r\n"
+    int length = snprintf(out, size, "POST %s HTTP/1.1\r\nHost: %s\r\n%s"
                           "Content-Type: application/json\r\nIdempotency-Key: %s-%llu\r\n"
                           "Content-Length: %d\r\n\r\n%s",
-                          path, config->endpoint.host_header, config->key_prefix,
-                          (unsigned long long)n, body_length, body);
+                          path, config->endpoint.host_header, config->endpoint.auth_header,
+                          config->key_prefix, (unsigned long long)n, body_length, body);
     SVC_ASSERT(length > 0 && (size_t)length < size);
     return (size_t)length;
 }
@@ -258,8 +276,8 @@ size_t lg_request_format_get(const struct lg_endpoint *endpoint, const char *pat
                              size_t size)
 {
     SVC_ASSERT(path[0] == '/');
-    int length = snprintf(out, size, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path,
-                          endpoint->host_header);
+    int length = snprintf(out, size, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", path,
+                          endpoint->host_header, endpoint->auth_header);
     SVC_ASSERT(length > 0 && (size_t)length < size);
     return (size_t)length;
 }

@@ -37,9 +37,10 @@
 /* Threads of one run. Each owns an epoll loop; more threads than cores only adds switching. */
 #define LG_THREADS_MAX 64
 
-/* Bytes of one formatted request: request line, five headers and a purchase body. The largest
- * (a 255-byte path or a 64-byte sku with a 64-byte key prefix) stays well under this. */
-#define LG_REQUEST_BYTES_MAX 1024
+/* Bytes of one formatted request: request line, six headers and a purchase body. The largest
+ * (a 255-byte path or a 64-byte sku with a 64-byte key prefix, plus a 256-byte bearer token)
+ * stays well under this. */
+#define LG_REQUEST_BYTES_MAX 1536
 
 /* Bytes of a connection's receive buffer. A response head (status line and headers) must fit
  * in it whole; bodies stream through it. h2o and nginx send heads of a few hundred bytes. */
@@ -87,6 +88,9 @@
 #define LG_PATH_BYTES_MAX 256
 #define LG_SKU_BYTES_MAX 64
 #define LG_KEY_PREFIX_BYTES_MAX 64
+/* A bearer token (stockd's AUTH_TOKEN_BYTES_MAX) and its whole header line with CRLF. */
+#define LG_TOKEN_BYTES_MAX 256
+#define LG_AUTH_HEADER_BYTES_MAX (LG_TOKEN_BYTES_MAX + 32)
 
 _Static_assert(LG_THREADS_MAX <= LG_CONNECTIONS_MAX, "every thread needs a connection");
 _Static_assert(LG_READ_BUFFER_BYTES > LG_BODY_KEEP_BYTES, "a kept body must fit the buffer");
@@ -137,11 +141,17 @@ struct lg_endpoint {
     struct sockaddr_storage address;
     socklen_t address_length;
     char host_header[LG_HOST_BYTES_MAX]; /* "host:port" exactly as in the URL */
+    char auth_header[LG_AUTH_HEADER_BYTES_MAX]; /* "Authorization: Bearer T\r\n", or "" */
 };
 
 /* Parses "http://host[:port][/...]" (port 80 by default; the path is ignored) and resolves
  * host. Returns 0, -EINVAL for a malformed URL, or -EHOSTUNREACH if host does not resolve. */
 int lg_endpoint_parse(struct lg_endpoint *out, const char *url);
+
+/* Makes every request to endpoint carry "Authorization: Bearer <token>". Call after
+ * lg_endpoint_parse (which clears it). Returns 0, or -EINVAL unless token is 1..
+ * LG_TOKEN_BYTES_MAX printable ASCII bytes without spaces. */
+int lg_endpoint_set_token(struct lg_endpoint *endpoint, const char *token);
 
 /* Opens and closes one connection to endpoint within timeout_ns. Returns 0 or -errno; used
  * before a run so that an unreachable server fails fast rather than after the whole run. */

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "app.h"
+#include "audit.h"
 #include "clock.h"
 #include "errors.h"
 #include "http.h"
@@ -36,7 +37,13 @@ static void main_usage(FILE *out)
             "  --allow-reset          enable POST /reset (seed 004, for tests)\n"
             "  --ticket-sku SKU       sku of the seed-004 routes (default TICKET-A)\n"
             "  --idempotency-retention-hours H  keep idempotency records H hours (default 168)\n"
+            "  --tokens-file FILE     bearer tokens, lines \"<principal> <role> <token>\" (role\n"
+            "                         read, write or admin; token may be sha256:<hex>); without\n"
+            "                         it: $STOCKD_TOKENS (principal:role:token,...), else\n"
+            "                         DIR/tokens, else a new admin token in DIR/admin.token\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
+            "  --audit                replay the data directory's event log, check every stock\n"
+            "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
 }
 
@@ -77,6 +84,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"ticket-sku", required_argument, 0, 's'},
         {"idempotency-retention-hours", required_argument, 0, 'i'},
         {"log-level", required_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
+        {"tokens-file", required_argument, 0, 'T'},
+        {"audit", no_argument, 0, 'a'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -91,6 +100,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
                                                        : -EINVAL; break;
         case 'i': c->idem_retention_ms = atoll(optarg) * 3600 * 1000; break;
         case 'v': rc = main_parse_level(optarg); break;
+        case 'T': c->tokens_file = optarg; break;
+        case 'a': c->audit_only = true; break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -114,6 +125,24 @@ static void main_defaults(struct app_config *c)
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
 }
 
+/* --audit: the report of audit.h on stdout; exit status 0 when every invariant holds. */
+static int main_audit(struct app_config *c)
+{
+    snprintf(c->db_path, sizeof c->db_path, "%s/stockd.db", c->data_dir);
+    struct store_reader *reader = NULL;
+    struct audit_report report;
+    if (store_reader_open(&reader, c->db_path) != 0 || audit_run(reader, &report) != 0) {
+        log_error("audit: cannot read %s", c->db_path);
+        store_reader_close(reader);
+        return 2;
+    }
+    printf("%s\n", report.json);
+    int status = report.ok ? 0 : 1;
+    audit_report_free(&report);
+    store_reader_close(reader);
+    return status;
+}
+
 /* Opens storage and loads the writer; exits with a logged reason on failure (STYLE 8). */
 static struct store *main_open_storage(struct app *app)
 {
@@ -128,7 +157,8 @@ static struct store *main_open_storage(struct app *app)
         log_error("cannot open the database %s", c->db_path);
         exit(1);
     }
-    if (dom_init(&app->domain) != 0 || queue_init(&app->queue, QUEUE_DEPTH_MAX) != 0) {
+    if (dom_init(&app->domain) != 0 || queue_init(&app->queue, QUEUE_DEPTH_MAX) != 0 ||
+        projector_init(&app->projector, c->db_path) != 0) {
         log_error("out of memory allocating the fixed tables");
         exit(1);
     }
@@ -140,7 +170,16 @@ static struct store *main_open_storage(struct app *app)
         .wall_ms = clock_wall_ms,
         .reply_context = NULL,
         .reply = http_writer_reply,
+        .committed_context = &app->projector,
+        .committed = projector_committed_hook,
     };
+    struct store_reader *reader = NULL;
+    if (store_reader_open(&reader, c->db_path) != 0 ||
+        projector_load(&app->projector, reader) != 0) {
+        log_error("cannot replay the event log of %s", c->db_path);
+        exit(1);
+    }
+    store_reader_close(reader);
     if (writer_init(&app->writer, &wc) != 0) {
         log_error("cannot load state from %s", c->db_path);
         exit(1);
@@ -167,6 +206,9 @@ int main(int argc, char **argv)
         main_usage(stderr);
         return 2;
     }
+    if (app->config.audit_only) {
+        return main_audit(&app->config);
+    }
     signal(SIGPIPE, SIG_IGN);
     sigset_t set;
     sigemptyset(&set);
@@ -175,6 +217,13 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread inherits this; main sigwaits */
     app->started_wall_ms = clock_wall_ms();
     struct store *store = main_open_storage(app);
+    char admin_token_path[1024];
+    auth_init(&app->auth);
+    int auth_source = auth_configure(&app->auth, app->config.tokens_file, app->config.data_dir,
+                                     admin_token_path, sizeof admin_token_path);
+    if (auth_source < 0) {
+        return 1; /* auth_configure logged why */
+    }
     int port = 0;
     int fd = http_listen(app->config.listen_host, app->config.listen_port, &port);
     if (fd < 0) {
@@ -188,6 +237,9 @@ int main(int argc, char **argv)
     }
     printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,
            port, app->config.db_path, app->config.io_thread_count);
+    if (auth_source == AUTH_SOURCE_GENERATED) {
+        printf("admin token written to %s\n", admin_token_path); /* after: tests read line 1 */
+    }
     fflush(stdout);
     int signal_number = main_wait_for_signal();
     log_info("signal %d: stopping", signal_number);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "http.h"
 
 #define ROUTE_WRITE 0x1     /* a command: goes to the writer */
@@ -20,6 +21,8 @@
 #define ROUTE_IDEMPOTENT 0x4 /* requires Idempotency-Key (every POST command under /v1) */
 #define ROUTE_JSON_BODY 0x8  /* requires a JSON body (Content-Type, size) */
 #define ROUTE_SEED 0x10      /* a seed-compatible alias */
+#define ROUTE_PUBLIC 0x20    /* no token needed (ops routes); ROUTE_SEED implies it */
+#define ROUTE_ADMIN 0x40     /* needs the admin role (admin and ops commands) */
 
 typedef void (*route_handler)(struct http_request *r);
 
@@ -40,7 +43,14 @@ struct route {
 extern struct route routes_table[];
 extern const size_t routes_count;
 
-/* Matches r against the table and runs the handler (or sends 404/405). */
+/* The role a route needs (auth.h). Public: ROUTE_PUBLIC or ROUTE_SEED (the seeds' own clients
+ * send no token). Admin: ROUTE_ADMIN, or a path under /v1/admin/, /v1/dlt or
+ * /v1/projections/rebuild even when the row forgets the flag. Otherwise a ROUTE_WRITE command
+ * needs write and anything else read. */
+enum auth_role routes_role(const struct route *route);
+
+/* Matches r against the table, checks its bearer token against the route's role (401 missing
+ * or unknown, 403 too weak), sets r->principal and runs the handler (or sends 404/405). */
 void routes_dispatch(struct http_request *r);
 
 /* Matches path against pattern; on a match *param gets the {id} segment (may be empty). */

@@ -66,8 +66,32 @@ static const char *const schema_v1_sqlite[] = {
     NULL,
 };
 
+/* Reservations with TTL (issue 4): the reservation and its lines; ACTIVE ones are loaded
+ * into memory at start, the others are kept for lookups and history. */
+static const char *const schema_v2_sqlite[] = {
+    "CREATE TABLE reservations ("
+    " reservation_seq INTEGER PRIMARY KEY CHECK (reservation_seq >= 1),"
+    " store_id TEXT NOT NULL REFERENCES stores (store_id),"
+    " customer_id TEXT NOT NULL,"
+    " status TEXT NOT NULL"
+    "  CHECK (status IN ('ACTIVE', 'CONFIRMED', 'CANCELLED', 'EXPIRED')),"
+    " expires_at_ms INTEGER NOT NULL,"
+    " version INTEGER NOT NULL CHECK (version >= 1),"
+    " created_at_ms INTEGER NOT NULL,"
+    " updated_at_ms INTEGER NOT NULL)",
+    "CREATE INDEX reservations_active ON reservations (status) WHERE status = 'ACTIVE'",
+    "CREATE TABLE reservation_lines ("
+    " reservation_seq INTEGER NOT NULL REFERENCES reservations (reservation_seq),"
+    " line_no INTEGER NOT NULL,"
+    " sku TEXT NOT NULL REFERENCES products (sku),"
+    " qty INTEGER NOT NULL CHECK (qty >= 1),"
+    " PRIMARY KEY (reservation_seq, line_no)) WITHOUT ROWID",
+    NULL,
+};
+
 const struct schema_migration schema_migrations_sqlite[] = {
     {1, schema_v1_sqlite},
+    {2, schema_v2_sqlite},
 };
 
 const int schema_migration_count_sqlite =

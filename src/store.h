@@ -81,6 +81,24 @@ struct row_event {
     int64_t version;
 };
 
+struct row_reservation { /* the reservation after the batch (insert or update) */
+    int64_t reservation_seq;
+    const char *store_id;
+    const char *customer_id;
+    const char *status;
+    int64_t expires_at_ms;
+    int64_t version;
+    int64_t created_at_ms;
+    int64_t updated_at_ms;
+};
+
+struct row_reservation_line { /* written once, with a new reservation */
+    int64_t reservation_seq;
+    int line_no;
+    const char *sku;
+    int64_t qty;
+};
+
 /* Everything one batch writes. Arrays are owned by the writer and valid during the call. */
 struct store_batch {
     const struct row_store *stores;
@@ -95,6 +113,10 @@ struct store_batch {
     size_t idem_count;
     const struct row_event *events;
     size_t event_count;
+    const struct row_reservation *reservations;
+    size_t reservation_count;
+    const struct row_reservation_line *reservation_lines;
+    size_t reservation_line_count;
 };
 
 /* What the writer learns from storage at startup, row by row. */
@@ -104,12 +126,18 @@ struct store_loader {
     int (*on_product)(void *context, const char *sku, const char *name);
     int (*on_item)(void *context, const char *store_id, const char *sku, int64_t on_hand,
                    int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms);
+    /* ACTIVE reservations, each followed by its lines in order. */
+    int (*on_reservation)(void *context, int64_t seq, const char *store_id,
+                          const char *customer_id, int64_t expires_at_ms, int64_t version,
+                          int64_t created_at_ms);
+    int (*on_reservation_line)(void *context, int64_t seq, const char *sku, int64_t qty);
 };
 
 /* The high-water marks of the sequences, so new ids continue after them. */
 struct store_sequences {
     int64_t order_seq_max;
     int64_t event_seq_max;
+    int64_t reservation_seq_max;
 };
 
 /* A stored idempotency record. body points into the backend's memory and stays valid until
@@ -137,6 +165,11 @@ int store_load(struct store *s, const struct store_loader *loader, struct store_
 int store_idem_find(struct store *s, const char *principal, const char *key,
                     struct store_idem_found *out);
 
+/* Looks up a reservation that is not in memory (finished). 1 found (status copied, up to 15
+ * bytes, and version set), 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
+int store_reservation_status(struct store *s, int64_t seq, char status_out[16],
+                             int64_t *version_out);
+
 /* Writes the whole batch in one transaction and makes it durable. 0, or
  * SVC_ESTORAGE_UNAVAILABLE with nothing of the batch written. */
 int store_commit_batch(struct store *s, const struct store_batch *batch);
@@ -156,5 +189,39 @@ void store_reader_close(struct store_reader *r);
  * SVC_ESTORAGE_UNAVAILABLE. *length_out gets the bytes written. */
 int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out, size_t size,
                             size_t *length_out);
+
+/* Streams the events with seq > since_seq, in seq order, at most limit of them, optionally only
+ * those of store_id and/or sku (NULL: any), to each_event (is_stock false: the structured stock
+ * fields are not filled; parse data_json). The row's strings are valid during the call only. A
+ * non-zero return of each_event stops the scan and is returned. Otherwise 0 or
+ * SVC_ESTORAGE_UNAVAILABLE; a failed scan never calls each_event again. Used by the projector
+ * (replay at startup and rebuild), GET /v1/events and the SSE replay. */
+int store_reader_events(struct store_reader *r, int64_t since_seq, const char *store_id,
+                        const char *sku, int limit, void *context,
+                        int (*each_event)(void *context, const struct row_event *row));
+
+/* Streams every stored stock item (the durable state the audit compares the log with). The
+ * strings are valid during the call only. 0, the callback's non-zero return, or
+ * SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_items(struct store_reader *r, void *context,
+                       int (*each_item)(void *context, const char *store_id, const char *sku,
+                                        int64_t on_hand, int64_t reserved));
+
+/* The highest seq in the events table (0 when empty) into *out. 0 or SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_event_seq_max(struct store_reader *r, int64_t *out);
+
+/* A stored idempotency record as GET /v1/idempotency/{key} shows it. body points into the
+ * reader's memory and stays valid until the next call on the same handle. */
+struct store_idem_view {
+    int status;
+    bool problem;
+    const char *body;
+    size_t body_length;
+    int64_t created_at_ms;
+};
+
+/* Looks up (principal, key) on a reader. 1 found, 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_idem(struct store_reader *r, const char *principal, const char *key,
+                      struct store_idem_view *out);
 
 #endif

@@ -51,6 +51,17 @@
                     " store_id, sku, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")             \
     X(FIND_IDEM, "SELECT fingerprint, status, body, problem FROM idempotency"                \
                  " WHERE principal = ?1 AND idem_key = ?2")                                  \
+    X(UPSERT_RESERVATION, "INSERT INTO reservations (reservation_seq, store_id, customer_id,"  \
+                          " status, expires_at_ms, version, created_at_ms, updated_at_ms)"   \
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"                         \
+                          " ON CONFLICT (reservation_seq) DO UPDATE SET"                     \
+                          " status = excluded.status, version = excluded.version,"           \
+                          " updated_at_ms = excluded.updated_at_ms"                          \
+                          " WHERE reservations.version < excluded.version")                  \
+    X(INSERT_RESERVATION_LINE, "INSERT INTO reservation_lines (reservation_seq, line_no,"     \
+                               " sku, qty) VALUES (?1, ?2, ?3, ?4)")                         \
+    X(FIND_RESERVATION, "SELECT status, version FROM reservations"                           \
+                        " WHERE reservation_seq = ?1")                                       \
     X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                   \
                   " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < ?1"   \
                   " LIMIT ?2)")
@@ -98,7 +109,22 @@ struct store {
 struct store_reader {
     sqlite3 *db;              /* owned, read-only */
     sqlite3_stmt *order_get;  /* owned */
+    sqlite3_stmt *events_get; /* owned: the event log since a seq, filtered */
+    sqlite3_stmt *seq_max;    /* owned */
+    sqlite3_stmt *idem_get;   /* owned */
+    char *idem_body;          /* owned copy of the last found idempotency body */
+    size_t idem_body_size;
 };
+
+/* The reader's statements besides the order lookup, prepared at open (STYLE 24). */
+#define STORE_READER_EVENTS_SQL                                                              \
+    "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data FROM events" \
+    " WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2) AND (?3 IS NULL OR sku = ?3)"        \
+    " ORDER BY seq LIMIT ?4"
+#define STORE_READER_SEQ_MAX_SQL "SELECT COALESCE(MAX(seq), 0) FROM events"
+#define STORE_READER_IDEM_SQL                                                                \
+    "SELECT status, problem, body, created_at_ms FROM idempotency"                           \
+    " WHERE principal = ?1 AND idem_key = ?2"
 
 static int store_fail(sqlite3 *db, const char *what)
 {
@@ -391,6 +417,19 @@ static int store_load_item_row(sqlite3_stmt *stmt, const struct store_loader *lo
                            sqlite3_column_int64(stmt, 5), sqlite3_column_int64(stmt, 6));
 }
 
+static int store_load_reservation_row(sqlite3_stmt *stmt, const struct store_loader *loader)
+{
+    if (sqlite3_column_type(stmt, 6) == SQLITE_NULL) { /* the reservation's own row */
+        return loader->on_reservation(loader->context, sqlite3_column_int64(stmt, 0),
+                                      store_column_text(stmt, 1), store_column_text(stmt, 2),
+                                      sqlite3_column_int64(stmt, 3),
+                                      sqlite3_column_int64(stmt, 4),
+                                      sqlite3_column_int64(stmt, 5));
+    }
+    return loader->on_reservation_line(loader->context, sqlite3_column_int64(stmt, 0),
+                                       store_column_text(stmt, 7), sqlite3_column_int64(stmt, 8));
+}
+
 static int64_t store_select_int(struct store *s, const char *sql)
 {
     sqlite3_stmt *stmt = NULL;
@@ -418,12 +457,27 @@ int store_load(struct store *s, const struct store_loader *loader, struct store_
                             " updated_at_ms FROM stock_items",
                             store_load_item_row, loader);
     }
+    if (rc == 0 && loader->on_reservation != NULL) {
+        /* Each ACTIVE reservation, then its lines (line_no NULL marks the reservation). */
+        rc = store_each_row(s,
+                            "SELECT r.reservation_seq, r.store_id, r.customer_id,"
+                            " r.expires_at_ms, r.version, r.created_at_ms, NULL, NULL, NULL"
+                            " FROM reservations r WHERE r.status = 'ACTIVE'"
+                            " UNION ALL SELECT l.reservation_seq, NULL, NULL, NULL, NULL, NULL,"
+                            " l.line_no, l.sku, l.qty FROM reservation_lines l"
+                            " JOIN reservations r USING (reservation_seq)"
+                            " WHERE r.status = 'ACTIVE'"
+                            " ORDER BY 1, 7", /* NULL sorts first: the reservation, then lines */
+                            store_load_reservation_row, loader);
+    }
     if (rc != 0) {
         return rc;
     }
+    out->reservation_seq_max =
+        store_select_int(s, "SELECT COALESCE(MAX(reservation_seq), 0) FROM reservations");
     out->order_seq_max = store_select_int(s, "SELECT COALESCE(MAX(order_seq), 0) FROM orders");
     out->event_seq_max = store_select_int(s, "SELECT COALESCE(MAX(seq), 0) FROM events");
-    if (out->order_seq_max < 0 || out->event_seq_max < 0) {
+    if (out->order_seq_max < 0 || out->event_seq_max < 0 || out->reservation_seq_max < 0) {
         return store_fail(s->db, "load sequences");
     }
     return 0;
@@ -563,6 +617,59 @@ static int store_write_records(struct store *s, const struct store_batch *b)
     return rc;
 }
 
+static int store_write_reservations(struct store *s, const struct store_batch *b)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < b->reservation_count; i++) {
+        const struct row_reservation *row = &b->reservations[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_UPSERT_RESERVATION];
+        sqlite3_bind_int64(stmt, 1, row->reservation_seq);
+        sqlite3_bind_text(stmt, 2, row->store_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 3, row->customer_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 4, row->status, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 5, row->expires_at_ms);
+        sqlite3_bind_int64(stmt, 6, row->version);
+        sqlite3_bind_int64(stmt, 7, row->created_at_ms);
+        sqlite3_bind_int64(stmt, 8, row->updated_at_ms);
+        rc = store_step_done(s, STORE_STMT_UPSERT_RESERVATION);
+        if (rc == 0 && sqlite3_changes(s->db) != 1) {
+            log_error("sqlite: reservation %" PRId64 " version %" PRId64 " not newer",
+                      row->reservation_seq, row->version);
+            rc = SVC_ESTORAGE_UNAVAILABLE;
+        }
+    }
+    for (size_t i = 0; rc == 0 && i < b->reservation_line_count; i++) {
+        const struct row_reservation_line *row = &b->reservation_lines[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_STMT_INSERT_RESERVATION_LINE];
+        sqlite3_bind_int64(stmt, 1, row->reservation_seq);
+        sqlite3_bind_int(stmt, 2, row->line_no);
+        sqlite3_bind_text(stmt, 3, row->sku, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 4, row->qty);
+        rc = store_step_done(s, STORE_STMT_INSERT_RESERVATION_LINE);
+    }
+    return rc;
+}
+
+int store_reservation_status(struct store *s, int64_t seq, char status_out[16],
+                             int64_t *version_out)
+{
+    SVC_ASSERT(seq >= 1);
+    sqlite3_stmt *stmt = s->stmts[STORE_STMT_FIND_RESERVATION];
+    sqlite3_bind_int64(stmt, 1, seq);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        snprintf(status_out, 16, "%s", store_column_text(stmt, 0));
+        *version_out = sqlite3_column_int64(stmt, 1);
+        rc = 1;
+    } else if (step != SQLITE_DONE) {
+        rc = store_fail(s->db, "find reservation");
+    }
+    sqlite3_reset(stmt);
+    SVC_ASSERT(rc != 1 || *version_out >= 1);
+    return rc;
+}
+
 int store_commit_batch(struct store *s, const struct store_batch *batch)
 {
     SVC_ASSERT(s != NULL);
@@ -575,6 +682,9 @@ int store_commit_batch(struct store *s, const struct store_batch *batch)
     rc = store_write_catalog(s, batch);
     if (rc == 0) {
         rc = store_write_records(s, batch);
+    }
+    if (rc == 0) {
+        rc = store_write_reservations(s, batch);
     }
     if (rc == 0) {
         rc = store_step_done(s, STORE_STMT_COMMIT);
@@ -596,6 +706,22 @@ int store_idem_prune(struct store *s, int64_t before_ms, int max_rows)
     return rc == 0 ? sqlite3_changes(s->db) : rc;
 }
 
+static int store_reader_prepare(struct store_reader *r)
+{
+    static const char *const sql[] = {STORE_READER_EVENTS_SQL, STORE_READER_SEQ_MAX_SQL,
+                                      STORE_READER_IDEM_SQL};
+    sqlite3_stmt **stmts[] = {&r->events_get, &r->seq_max, &r->idem_get};
+    SVC_ASSERT(r->db != NULL);
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+        SVC_ASSERT(*stmts[i] == NULL);
+        if (sqlite3_prepare_v3(r->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, stmts[i], NULL) !=
+            SQLITE_OK) {
+            return store_fail(r->db, sql[i]);
+        }
+    }
+    return 0;
+}
+
 int store_reader_open(struct store_reader **out, const char *uri)
 {
     struct store_reader *r = calloc(1, sizeof *r);
@@ -615,6 +741,9 @@ int store_reader_open(struct store_reader **out, const char *uri)
             rc = store_fail(r->db, "prepare order lookup");
         }
     }
+    if (rc == 0) {
+        rc = store_reader_prepare(r);
+    }
     if (rc != 0) {
         store_reader_close(r);
         return rc;
@@ -629,8 +758,35 @@ void store_reader_close(struct store_reader *r)
         return;
     }
     sqlite3_finalize(r->order_get);
+    sqlite3_finalize(r->events_get);
+    sqlite3_finalize(r->seq_max);
+    sqlite3_finalize(r->idem_get);
     sqlite3_close(r->db);
+    free(r->idem_body);
     free(r);
+}
+
+int store_reader_items(struct store_reader *r, void *context,
+                       int (*each_item)(void *context, const char *store_id, const char *sku,
+                                        int64_t on_hand, int64_t reserved))
+{
+    SVC_ASSERT(each_item != NULL);
+    sqlite3_stmt *stmt = NULL;
+    const char *sql = "SELECT store_id, sku, on_hand, reserved FROM stock_items";
+    if (sqlite3_prepare_v2(r->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+        return store_fail(r->db, sql);
+    }
+    int rc = 0;
+    int step = SQLITE_ROW;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        rc = each_item(context, store_column_text(stmt, 0), store_column_text(stmt, 1),
+                       sqlite3_column_int64(stmt, 2), sqlite3_column_int64(stmt, 3));
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        rc = store_fail(r->db, sql);
+    }
+    sqlite3_finalize(stmt);
+    return rc;
 }
 
 int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out, size_t size,
@@ -664,5 +820,90 @@ int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out
         rc = store_fail(r->db, "order lookup");
     }
     sqlite3_reset(stmt);
+    return rc;
+}
+
+int store_reader_events(struct store_reader *r, int64_t since_seq, const char *store_id,
+                        const char *sku, int limit, void *context,
+                        int (*each_event)(void *context, const struct row_event *row))
+{
+    SVC_ASSERT(since_seq >= 0);
+    SVC_ASSERT(limit >= 1);
+    sqlite3_stmt *stmt = r->events_get;
+    sqlite3_bind_int64(stmt, 1, since_seq);
+    store_bind_text_or_null(stmt, 2, store_id);
+    store_bind_text_or_null(stmt, 3, sku);
+    sqlite3_bind_int(stmt, 4, limit);
+    int rc = 0;
+    int step = SQLITE_ROW;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct row_event row;
+        memset(&row, 0, sizeof row);
+        row.seq = sqlite3_column_int64(stmt, 0);
+        row.event_type = store_column_text(stmt, 1);
+        row.event_version = sqlite3_column_int(stmt, 2);
+        row.occurred_at_ms = sqlite3_column_int64(stmt, 3);
+        row.store_id = (const char *)sqlite3_column_text(stmt, 4); /* NULL stays NULL */
+        row.sku = (const char *)sqlite3_column_text(stmt, 5);
+        row.data_json = store_column_text(stmt, 6);
+        SVC_ASSERT(row.seq > since_seq);
+        rc = each_event(context, &row);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        rc = store_fail(r->db, "read events");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+int store_reader_event_seq_max(struct store_reader *r, int64_t *out)
+{
+    sqlite3_stmt *stmt = r->seq_max;
+    int rc = 0;
+    if (sqlite3_step(stmt) == SQLITE_ROW) {
+        *out = sqlite3_column_int64(stmt, 0);
+        SVC_ASSERT(*out >= 0);
+    } else {
+        rc = store_fail(r->db, "read the event seq");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}
+
+int store_reader_idem(struct store_reader *r, const char *principal, const char *key,
+                      struct store_idem_view *out)
+{
+    SVC_ASSERT(principal != NULL && key != NULL);
+    sqlite3_stmt *stmt = r->idem_get;
+    sqlite3_bind_text(stmt, 1, principal, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        size_t length = (size_t)sqlite3_column_bytes(stmt, 2);
+        if (length + 1 > r->idem_body_size) {
+            char *grown = realloc(r->idem_body, length + 1); /* grows to the largest body once */
+            if (grown == NULL) {
+                sqlite3_reset(stmt);
+                return SVC_ESTORAGE_UNAVAILABLE;
+            }
+            r->idem_body = grown;
+            r->idem_body_size = length + 1;
+        }
+        memcpy(r->idem_body, store_column_text(stmt, 2), length);
+        r->idem_body[length] = '\0';
+        out->status = sqlite3_column_int(stmt, 0);
+        out->problem = sqlite3_column_int(stmt, 1) != 0;
+        out->body = r->idem_body;
+        out->body_length = length;
+        out->created_at_ms = sqlite3_column_int64(stmt, 3);
+        rc = 1;
+    } else if (step != SQLITE_DONE) {
+        rc = store_fail(r->db, "find idempotency record");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    SVC_ASSERT(rc != 1 || out->status >= 100);
     return rc;
 }

@@ -86,8 +86,76 @@
 /* The seed-004 ticket item is reset to this level by POST /reset. */
 #define TICKET_RESET_ON_HAND 100
 
+/* Lines of one multi-line command (reservation, transfer, reconciliation): DESIGN.md. */
+#define CMD_LINES_MAX 100
+
+/* Reply body of a multi-line command: 100 lines of a 64-byte sku with four numbers each. */
+#define LINES_REPLY_BYTES_MAX (16 * 1024)
+
+/* Multi-line commands an I/O thread may have in flight; each holds a line block (~23 KiB).
+ * Far fewer than single-line purchases: reservations and transfers are not the hot path. */
+#define THREAD_LINE_BLOCKS_MAX 512
+
+/* Reservations ACTIVE at once (held in memory with their lines, ~0.9 KiB each). A confirmed,
+ * cancelled or expired reservation leaves memory; its final state stays in the database. */
+#define RESERVATIONS_ACTIVE_MAX 16384
+#define RESERVATION_SLOTS (2 * RESERVATIONS_ACTIVE_MAX) /* id hash, load <= 0.5 */
+
+/* Reservation TTL bounds: a second to a week. */
+#define RESERVATION_TTL_SECONDS_MAX (7 * 24 * 3600)
+
+/* The projector (read model fed by events, projector.c). Reservations it remembers, ACTIVE or
+ * finished: GET /v1/reservations/{id} answers from memory, so keep more than the writer's active
+ * set; 65,536 at ~0.4 KiB is 26 MiB per projection (two exist, for rebuilds; pages are touched
+ * only as rows are used). Past the limit new reservations are counted as dropped and 404. */
+#define PROJ_RESERVATIONS_MAX 65536
+#define PROJ_RESERVATION_SLOTS (2 * PROJ_RESERVATIONS_MAX) /* id hash, load <= 0.5 */
+/* Reservation ids the projector keeps ("res_<seq>" today; room for client-visible formats). */
+#define PROJ_RESERVATION_ID_BYTES_MAX 64
+/* Reservation lines held in all: four lines per reservation on average (16 B each, 4 MiB). */
+#define PROJ_RESERVATION_LINES_MAX (4 * PROJ_RESERVATIONS_MAX)
+/* Events read per query while replaying the log (startup, rebuild): large enough to amortise
+ * the statement, small enough that the read transaction stays short. */
+#define PROJ_REPLAY_CHUNK 4096
+/* A rebuild catches up unlocked until fewer than this many events remain, then finishes under
+ * the apply mutex, stalling the writer only for that many events (well under a millisecond). */
+#define PROJ_REBUILD_LOCKED_MAX 256
+/* Response bodies of list queries (events, totals, per-sku breakdown): 1000 events of a few
+ * hundred bytes, or 200 products with 64-byte skus and 200-byte names, fit in 1 MiB. */
+#define LIST_BODY_BYTES_MAX (1024 * 1024)
+/* GET /v1/events: limit bounds (DESIGN.md / issue 4). */
+#define EVENTS_PAGE_MAX 1000
+#define EVENTS_PAGE_DEFAULT 100
+/* GET /v1/products/totals: size bounds. */
+#define TOTALS_PAGE_MAX 200
+#define TOTALS_PAGE_DEFAULT 50
+/* SSE (GET /v1/stream): bytes a subscriber may have queued and not yet sent. A subscriber that
+ * falls this far behind is disconnected (it reconnects with Last-Event-ID) rather than making
+ * anyone wait or the server grow. */
+#define SSE_BUFFER_BYTES (256 * 1024)
+/* SSE subscribers per I/O thread, and event batches queued from the writer to one thread before
+ * that thread's subscribers are dropped as too slow (each batch is one message). */
+#define SSE_SUBSCRIBERS_MAX 256
+#define SSE_PENDING_BATCHES_MAX 4096
+
 /* Query string parameters are copied into fixed buffers of this size. */
 #define QUERY_VALUE_BYTES_MAX 256
+
+/* Bearer tokens configured at once (file, env or the generated admin token). The check hashes
+ * the presented token once and compares it with every entry, so the cost is linear: 64 entries
+ * cover one token per client or team with room to spare and keep the check well under 10 us. */
+#define AUTH_TOKENS_MAX 64
+
+/* A principal name: 1..64 of [A-Za-z0-9._-], the alphabet of the other identifiers, so that it
+ * fits a fixed field of a command and an idempotency row without escaping. */
+#define AUTH_PRINCIPAL_BYTES_MAX 64
+
+/* A plaintext bearer token: 1..256 printable ASCII bytes. The generated one is 64 hex digits;
+ * 256 leaves room for JWT-sized opaque tokens a deployment may already have. */
+#define AUTH_TOKEN_BYTES_MAX 256
+
+/* One line of a tokens file: principal, role, token (or "sha256:" and 64 hex) and spaces. */
+#define AUTH_LINE_BYTES_MAX 1024
 
 _Static_assert(QUEUE_DEPTH_MAX >= BATCH_COMMANDS_MAX, "a batch must fit in the queue");
 _Static_assert((QUEUE_DEPTH_MAX & (QUEUE_DEPTH_MAX - 1)) == 0, "the queue ring is a power of two");
@@ -97,5 +165,14 @@ _Static_assert(THREAD_COMMANDS_MAX > QUEUE_DEPTH_MAX, "one thread must be able t
 _Static_assert(ITEMS_MAX >= PRODUCTS_MAX, "every product has at least one item");
 _Static_assert(QTY_MAX * 1000 < ON_HAND_MAX, "stock bound leaves room above the qty bound");
 _Static_assert(REPLY_BODY_BYTES_MAX >= 512, "a problem+json body with detail must fit");
+_Static_assert((PROJ_RESERVATION_SLOTS & (PROJ_RESERVATION_SLOTS - 1)) == 0, "power of two");
+_Static_assert(LIST_BODY_BYTES_MAX >= TOTALS_PAGE_MAX * (SKU_BYTES_MAX + 6 * NAME_BYTES_MAX),
+               "a full totals page of escaped names must fit");
+_Static_assert(AUTH_LINE_BYTES_MAX > AUTH_PRINCIPAL_BYTES_MAX + AUTH_TOKEN_BYTES_MAX + 16,
+               "a tokens-file line must hold the longest principal and token");
+_Static_assert(LINES_REPLY_BYTES_MAX >= CMD_LINES_MAX * (SKU_BYTES_MAX + 96),
+               "a 100-line reply with four numbers per line must fit");
+_Static_assert((RESERVATION_SLOTS & (RESERVATION_SLOTS - 1)) == 0, "slots: a power of two");
+_Static_assert(RESERVATIONS_ACTIVE_MAX <= BATCH_ARENA_BYTES, "bounded reservation work");
 
 #endif

@@ -44,41 +44,7 @@
 #include "problem.h"
 #include "svc_assert.h"
 
-/* Rows one command may add at most: a product and its stock event, a reset adds two events. */
-#define WRITER_EVENTS_PER_COMMAND_MAX 2
-#define WRITER_ITEMS_PER_COMMAND_MAX 2
-#define WRITER_IDEM_SLOTS (4 * BATCH_COMMANDS_MAX) /* batch-local key table, load <= 0.25 */
-#define WRITER_PRINCIPAL "anonymous" /* until bearer auth names principals */
-
-_Static_assert((WRITER_IDEM_SLOTS & (WRITER_IDEM_SLOTS - 1)) == 0, "slots: a power of two");
-_Static_assert(WRITER_IDEM_SLOTS >= 2 * BATCH_COMMANDS_MAX, "key table load must stay low");
-
-/* What a command's reply depends on, for the failure path. */
-enum writer_outcome {
-    WRITER_OUTCOME_NONE = 0,     /* refused; stands only if the batch commits */
-    WRITER_OUTCOME_FRESH,        /* applied in this batch: reply only if the batch commits */
-    WRITER_OUTCOME_STORED_REPLAY,/* replayed from storage: reply stands */
-    WRITER_OUTCOME_BATCH_REPLAY, /* copied from an earlier command of this batch */
-};
-
-struct writer_batch {
-    struct row_store stores[BATCH_COMMANDS_MAX];
-    struct row_product products[BATCH_COMMANDS_MAX];
-    struct row_item items[WRITER_ITEMS_PER_COMMAND_MAX * BATCH_COMMANDS_MAX];
-    struct row_order orders[BATCH_COMMANDS_MAX];
-    struct row_idem idems[BATCH_COMMANDS_MAX];
-    struct row_event events[WRITER_EVENTS_PER_COMMAND_MAX * BATCH_COMMANDS_MAX];
-    struct store_batch rows;
-    enum writer_outcome outcomes[BATCH_COMMANDS_MAX];
-    int16_t idem_slots[WRITER_IDEM_SLOTS]; /* command index + 1; 0 = empty */
-    uint32_t idem_used[BATCH_COMMANDS_MAX]; /* slots to clear at reset */
-    uint32_t idem_used_count;
-    struct command **commands; /* the batch in hand, borrowed for the batch */
-    size_t command_count;
-    char *arena;               /* BATCH_ARENA_BYTES, owned */
-    size_t arena_used;
-    int64_t now_ms;            /* wall time of the batch: one clock read per batch */
-};
+#include "writer_internal.h"
 
 static bool writer_invariants_hold(const struct writer *w)
 {
@@ -90,7 +56,13 @@ static bool writer_invariants_hold(const struct writer *w)
         b->rows.idem_count > b->command_count || b->rows.store_count > b->command_count) {
         return false;
     }
-    if (b->rows.event_count > WRITER_EVENTS_PER_COMMAND_MAX * b->command_count) {
+    if (b->rows.event_count > WRITER_EVENTS_MAX || b->rows.item_count > b->rows.event_count) {
+        return false;
+    }
+    if (w->reservation_seq_committed > w->reservation_seq) {
+        return false;
+    }
+    if (b->command_count == 0 && w->reservations.touched_count != 0) {
         return false;
     }
     if (b->command_count == 0 && w->config.domain->dirty_count != 0) {
@@ -105,19 +77,22 @@ static bool writer_invariants_hold(const struct writer *w)
 static int writer_load_store(void *context, const char *id, const char *name,
                              int64_t latency_ms)
 {
-    return dom_load_store(context, id, name, latency_ms);
+    struct writer *w = context;
+    return dom_load_store(w->config.domain, id, name, latency_ms);
 }
 
 static int writer_load_product(void *context, const char *sku, const char *name)
 {
-    return dom_load_product(context, sku, name);
+    struct writer *w = context;
+    return dom_load_product(w->config.domain, sku, name);
 }
 
 static int writer_load_item(void *context, const char *store_id, const char *sku,
                             int64_t on_hand, int64_t reserved, int64_t version, int64_t sold,
                             int64_t updated_at_ms)
 {
-    return dom_load_item(context, store_id, sku, on_hand, reserved, version, sold,
+    struct writer *w = context;
+    return dom_load_item(w->config.domain, store_id, sku, on_hand, reserved, version, sold,
                          updated_at_ms);
 }
 
@@ -128,13 +103,19 @@ int writer_init(struct writer *w, const struct writer_config *config)
     memset(w, 0, sizeof *w);
     w->config = *config;
     w->batch = calloc(1, sizeof *w->batch);
-    if (w->batch == NULL || (w->batch->arena = malloc(BATCH_ARENA_BYTES)) == NULL) {
+    if (w->batch == NULL || (w->batch->arena = malloc(BATCH_ARENA_BYTES)) == NULL ||
+        res_init(&w->reservations) != 0) {
+        free(w->batch ? w->batch->arena : NULL);
         free(w->batch);
         return -ENOMEM;
     }
-    struct store_loader loader = {config->domain, writer_load_store, writer_load_product,
-                                  writer_load_item};
-    struct store_sequences sequences = {0, 0};
+    struct store_loader loader = {w,
+                                  writer_load_store,
+                                  writer_load_product,
+                                  writer_load_item,
+                                  writer_load_reservation,
+                                  writer_load_reservation_line};
+    struct store_sequences sequences = {0, 0, 0};
     int rc = store_load(config->store, &loader, &sequences);
     if (rc != 0) {
         log_error("writer: loading state failed: %s", svc_err_name(rc));
@@ -144,14 +125,17 @@ int writer_init(struct writer *w, const struct writer_config *config)
     dom_publish(config->domain);
     w->order_seq = w->order_seq_committed = sequences.order_seq_max;
     w->event_seq = w->event_seq_committed = sequences.event_seq_max;
+    w->reservation_seq = w->reservation_seq_committed = sequences.reservation_seq_max;
+    res_commit(&w->reservations); /* loaded reservations are committed state */
     w->prune_due_ms = config->wall_ms();
     atomic_store(&w->storage_ok, true);
     SVC_ASSERT(dom_invariants_hold(config->domain));
     SVC_ASSERT(writer_invariants_hold(w));
     log_info("writer: loaded %u stores, %u products, %u items; orders to %" PRId64
-             ", events to %" PRId64,
+             ", events to %" PRId64 "; %u active reservations",
              config->domain->store_count, config->domain->product_count,
-             config->domain->item_count, w->order_seq, w->event_seq);
+             config->domain->item_count, w->order_seq, w->event_seq,
+             res_count(&w->reservations));
     return 0;
 }
 
@@ -162,6 +146,7 @@ void writer_deinit(struct writer *w)
         free(w->batch->arena);
         free(w->batch);
         w->batch = NULL;
+        res_deinit(&w->reservations);
     }
 }
 
@@ -181,6 +166,8 @@ static void writer_batch_reset(struct writer_batch *b, struct command **commands
     b->rows.orders = b->orders;
     b->rows.idems = b->idems;
     b->rows.events = b->events;
+    b->rows.reservations = b->reservations;
+    b->rows.reservation_lines = b->reservation_lines;
     b->commands = commands;
     b->command_count = count;
     b->arena_used = 0;
@@ -189,13 +176,13 @@ static void writer_batch_reset(struct writer_batch *b, struct command **commands
 }
 
 /* Starts a JSON text in the arena; finish with writer_arena_finish. */
-static void writer_arena_begin(struct writer_batch *b, struct jbuf *out)
+void writer_arena_begin(struct writer_batch *b, struct jbuf *out)
 {
     SVC_ASSERT(b->arena_used < BATCH_ARENA_BYTES);
     jbuf_init(out, b->arena + b->arena_used, BATCH_ARENA_BYTES - b->arena_used);
 }
 
-static const char *writer_arena_finish(struct writer_batch *b, struct jbuf *text)
+const char *writer_arena_finish(struct writer_batch *b, struct jbuf *text)
 {
     SVC_ASSERT(jbuf_ok(text)); /* the arena holds BATCH_COMMANDS_MAX worst-case payloads */
     const char *start = text->data;
@@ -204,11 +191,11 @@ static const char *writer_arena_finish(struct writer_batch *b, struct jbuf *text
     return start;
 }
 
-static struct row_event *writer_event(struct writer *w, const char *type, const char *store_id,
+struct row_event *writer_event(struct writer *w, const char *type, const char *store_id,
                                       const char *sku, const char *data_json)
 {
     struct writer_batch *b = w->batch;
-    SVC_ASSERT(b->rows.event_count < WRITER_EVENTS_PER_COMMAND_MAX * BATCH_COMMANDS_MAX);
+    SVC_ASSERT(b->rows.event_count < WRITER_EVENTS_MAX);
     struct row_event *event = &b->events[b->rows.event_count++];
     event->seq = ++w->event_seq;
     event->event_type = type;
@@ -224,7 +211,7 @@ static struct row_event *writer_event(struct writer *w, const char *type, const 
 }
 
 /* Appends an event whose data is the stock change of item: delta and the values after it. */
-static void writer_stock_event(struct writer *w, const char *type, uint32_t item_index,
+void writer_stock_event(struct writer *w, const char *type, uint32_t item_index,
                                int64_t delta, int64_t reserved_delta,
                                const struct jbuf *prefix_members)
 {
@@ -260,27 +247,27 @@ static void writer_stock_event(struct writer *w, const char *type, uint32_t item
 
 /* ---- replies ---------------------------------------------------------------------------- */
 
-static void writer_reply_problem(struct command *cmd, int err, const char *detail,
+void writer_reply_problem(struct command *cmd, int err, const char *detail,
                                  const char *extra_key, int64_t extra_value)
 {
     cmd->reply_status = svc_err_http_status(err);
     cmd->reply_problem = true;
-    cmd->reply_length = problem_format(cmd->reply_body, sizeof cmd->reply_body, err, detail,
+    cmd->reply_length = problem_format(cmd->reply_body, cmd->reply_capacity, err, detail,
                                        extra_key, extra_value);
-    SVC_ASSERT(cmd->reply_length < sizeof cmd->reply_body);
+    SVC_ASSERT(cmd->reply_length < cmd->reply_capacity);
 }
 
 /* Starts a JSON success body in the command's reply buffer. */
-static void writer_reply_begin(struct command *cmd, int status, struct jbuf *out)
+void writer_reply_begin(struct command *cmd, int status, struct jbuf *out)
 {
     SVC_ASSERT(status >= 200 && status < 300);
     cmd->reply_status = status;
     cmd->reply_problem = false;
-    jbuf_init(out, cmd->reply_body, sizeof cmd->reply_body);
+    jbuf_init(out, cmd->reply_body, cmd->reply_capacity);
     jbuf_lit(out, "{");
 }
 
-static void writer_reply_end(struct command *cmd, struct jbuf *body)
+void writer_reply_end(struct command *cmd, struct jbuf *body)
 {
     jbuf_lit(body, "}");
     SVC_ASSERT(jbuf_ok(body)); /* fields are bounded by limits.h; the buffer fits them all */
@@ -292,7 +279,7 @@ static void writer_reply_seed004(struct command *cmd, int status, bool success,
                                  const char *message, int64_t remaining)
 {
     struct jbuf body;
-    jbuf_init(&body, cmd->reply_body, sizeof cmd->reply_body);
+    jbuf_init(&body, cmd->reply_body, cmd->reply_capacity);
     jbuf_lit(&body, success ? "{\"success\":true" : "{\"success\":false");
     jbuf_kv_str(&body, "message", message);
     jbuf_kv_int(&body, "remaining_stock", remaining);
@@ -303,7 +290,7 @@ static void writer_reply_seed004(struct command *cmd, int status, bool success,
     cmd->reply_length = body.length;
 }
 
-static void writer_reply_item(struct writer *w, struct command *cmd, uint32_t item_index)
+void writer_reply_item(struct writer *w, struct command *cmd, uint32_t item_index)
 {
     const struct domain *d = w->config.domain;
     const struct dom_item *item = &d->items[item_index];
@@ -570,25 +557,41 @@ static bool writer_apply_kind(struct writer *w, struct command *cmd)
         return writer_apply_adjust(w, cmd);
     case CMD_TICKET_RESET:
         return writer_apply_ticket_reset(w, cmd);
+    case CMD_SET_ABSOLUTE:
+        return writer_apply_set_absolute(w, cmd);
+    case CMD_RESERVE:
+        return writer_apply_reserve(w, cmd);
+    case CMD_CONFIRM:
+        return writer_apply_confirm(w, cmd);
+    case CMD_CANCEL:
+        return writer_apply_cancel(w, cmd);
+    case CMD_TRANSFER:
+        return writer_apply_transfer(w, cmd);
+    case CMD_RECONCILE:
+        return writer_apply_reconcile(w, cmd);
     }
     SVC_UNREACHABLE();
 }
 
 /* ---- idempotency ------------------------------------------------------------------------ */
 
-/* Finds key among the earlier commands of this batch; returns its index or -1, and the slot
- * where it is or would go. */
-static int32_t writer_idem_batch_find(struct writer_batch *b, const char *key, uint32_t *slot_out)
+/* Finds cmd's (principal, key) among the earlier commands of this batch; returns its index or
+ * -1, and the slot where it is or would go. The same key of two principals is two records. */
+static int32_t writer_idem_batch_find(struct writer_batch *b, const struct command *cmd,
+                                      uint32_t *slot_out)
 {
-    uint32_t slot = (uint32_t)hash_fnv1a(HASH_FNV_OFFSET, key, strlen(key)) &
-                    (WRITER_IDEM_SLOTS - 1);
+    const char *key = cmd->idem_key;
+    SVC_ASSERT(cmd->principal[0] != '\0');
+    uint64_t h = hash_fnv1a(HASH_FNV_OFFSET, cmd->principal, strlen(cmd->principal));
+    uint32_t slot = (uint32_t)hash_fnv1a(h ^ 0xff, key, strlen(key)) & (WRITER_IDEM_SLOTS - 1);
     for (uint32_t probes = 0; probes < WRITER_IDEM_SLOTS; probes++) {
         int16_t entry = b->idem_slots[slot];
         if (entry == 0) {
             *slot_out = slot;
             return -1;
         }
-        if (strcmp(b->commands[entry - 1]->idem_key, key) == 0) {
+        if (strcmp(b->commands[entry - 1]->idem_key, key) == 0 &&
+            strcmp(b->commands[entry - 1]->principal, cmd->principal) == 0) {
             *slot_out = slot;
             return entry - 1;
         }
@@ -622,7 +625,13 @@ static void writer_replay_order(struct command *cmd)
 static void writer_reply_copy(struct command *cmd, int status, bool problem, const char *body,
                               size_t length)
 {
-    SVC_ASSERT(length <= sizeof cmd->reply_body);
+    if (length > cmd->reply_capacity) {
+        /* Same key and fingerprint means the same request, so the same reply buffer class;
+         * only a 64-bit fingerprint collision gets here. Refuse rather than truncate. */
+        writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request", NULL,
+                             0);
+        return;
+    }
     cmd->reply_status = status;
     cmd->reply_problem = problem;
     cmd->reply_replayed = true;
@@ -638,7 +647,7 @@ static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
     struct writer_batch *b = w->batch;
     struct command *cmd = b->commands[index];
     uint32_t slot = 0;
-    int32_t earlier = writer_idem_batch_find(b, cmd->idem_key, &slot);
+    int32_t earlier = writer_idem_batch_find(b, cmd, &slot);
     if (earlier >= 0) {
         const struct command *first = b->commands[earlier];
         SVC_ASSERT((size_t)earlier < index);
@@ -652,7 +661,7 @@ static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
         return WRITER_OUTCOME_BATCH_REPLAY;
     }
     struct store_idem_found found;
-    int rc = store_idem_find(w->config.store, WRITER_PRINCIPAL, cmd->idem_key, &found);
+    int rc = store_idem_find(w->config.store, cmd->principal, cmd->idem_key, &found);
     if (rc < 0) {
         writer_reply_problem(cmd, SVC_ESTORAGE_UNAVAILABLE, NULL, NULL, 0);
         return WRITER_OUTCOME_NONE;
@@ -677,7 +686,7 @@ static void writer_idem_row(struct writer *w, const struct command *cmd)
     SVC_ASSERT(cmd->has_idem_key);
     SVC_ASSERT(b->rows.idem_count < b->command_count);
     b->idems[b->rows.idem_count++] =
-        (struct row_idem){WRITER_PRINCIPAL, cmd->idem_key,   cmd->fingerprint,
+        (struct row_idem){cmd->principal, cmd->idem_key,   cmd->fingerprint,
                           cmd->reply_status, cmd->reply_problem, cmd->reply_body,
                           cmd->reply_length, b->now_ms};
 }
@@ -688,6 +697,7 @@ static void writer_apply(struct writer *w, size_t index)
 {
     struct writer_batch *b = w->batch;
     struct command *cmd = b->commands[index];
+    command_reply_prepare(cmd);
     cmd->reply_replayed = false;
     cmd->reply_order_created = false;
     if (cmd->has_idem_key) {
@@ -713,7 +723,7 @@ static void writer_collect_items(struct writer *w)
 {
     struct writer_batch *b = w->batch;
     const struct domain *d = w->config.domain;
-    SVC_ASSERT(d->dirty_count <= WRITER_ITEMS_PER_COMMAND_MAX * b->command_count);
+    SVC_ASSERT(d->dirty_count <= b->rows.event_count);
     for (uint32_t k = 0; k < d->dirty_count; k++) {
         const struct dom_item *item = &d->items[d->dirty[k]];
         b->items[k] = (struct row_item){d->stores[item->store_index].id,
@@ -731,8 +741,10 @@ static void writer_fail_batch(struct writer *w)
 {
     struct writer_batch *b = w->batch;
     dom_rollback(w->config.domain);
+    res_rollback(&w->reservations);
     w->order_seq = w->order_seq_committed;
     w->event_seq = w->event_seq_committed;
+    w->reservation_seq = w->reservation_seq_committed;
     atomic_fetch_add(&w->stats.batch_failures, 1);
     for (size_t i = 0; i < b->command_count; i++) {
         /* Only a replay from storage stands: it answers from durable state. A refusal
@@ -769,24 +781,39 @@ static void writer_record_stats(struct writer *w, size_t count, int64_t commit_u
     atomic_fetch_add_explicit(&st->batch_size_buckets[bucket], 1, memory_order_relaxed);
 }
 
+size_t writer_command_weight(const struct command *cmd)
+{
+    size_t lines = cmd->lines != NULL ? cmd->lines->count : 0;
+    SVC_ASSERT(lines <= CMD_LINES_MAX);
+    return 2 + 2 * lines; /* a transfer line makes two stock events, others at most one */
+}
+
 void writer_run_batch(struct writer *w, struct command **commands, size_t count)
 {
-    SVC_ASSERT(count >= 1 && count <= BATCH_COMMANDS_MAX);
+    SVC_ASSERT(count <= BATCH_COMMANDS_MAX);
     SVC_ASSERT(writer_invariants_hold(w));
     SVC_TESTCASE(count == BATCH_COMMANDS_MAX);
+    size_t weight = 0;
+    for (size_t i = 0; i < count; i++) {
+        weight += writer_command_weight(commands[i]);
+    }
+    SVC_ASSERT(weight <= WRITER_COMMAND_WEIGHT_MAX); /* writer_loop cuts batches to fit */
     struct writer_batch *b = w->batch;
     writer_batch_reset(b, commands, count, w->config.wall_ms());
+    writer_expire_due(w); /* release expired holds before the batch competes for stock */
     for (size_t i = 0; i < count; i++) {
         writer_apply(w, i);
     }
     writer_collect_items(w);
     int64_t started_us = clock_mono_us();
     bool has_rows = b->rows.idem_count + b->rows.event_count + b->rows.item_count +
-                        b->rows.order_count > 0;
+                        b->rows.order_count + b->rows.reservation_count > 0;
     int rc = has_rows ? store_commit_batch(w->config.store, &b->rows) : 0;
     int64_t commit_us = clock_mono_us() - started_us;
     if (rc == 0) {
         dom_publish(w->config.domain);
+        res_commit(&w->reservations);
+        w->reservation_seq_committed = w->reservation_seq;
         if (w->config.committed != NULL && b->rows.event_count > 0) {
             w->config.committed(b->rows.events, b->rows.event_count, w->config.committed_context);
         }
@@ -797,7 +824,9 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
         writer_fail_batch(w);
         atomic_store(&w->storage_ok, false);
     }
-    writer_record_stats(w, count, commit_us);
+    if (count > 0) {
+        writer_record_stats(w, count, commit_us);
+    }
     SVC_ASSERT(w->config.domain->dirty_count == 0);
     for (size_t i = 0; i < count; i++) {
         if (b->outcomes[i] == WRITER_OUTCOME_STORED_REPLAY ||
@@ -828,23 +857,57 @@ void writer_housekeeping(struct writer *w)
     }
 }
 
+/* How many of the first count commands fit one batch's row budget (at least one). */
+static size_t writer_batch_fit(struct command **commands, size_t count)
+{
+    size_t weight = 0;
+    size_t fit = 0;
+    while (fit < count && weight + writer_command_weight(commands[fit]) <=
+                              WRITER_COMMAND_WEIGHT_MAX) {
+        weight += writer_command_weight(commands[fit]);
+        fit++;
+    }
+    SVC_ASSERT(fit >= 1 || count == 0);
+    return fit;
+}
+
+/* How long the idle writer may sleep: until the next reservation expires, at most a second. */
+static int writer_idle_wait_ms(struct writer *w)
+{
+    int64_t next = res_next_expiry(&w->reservations);
+    int64_t now = w->config.wall_ms();
+    if (next <= now) {
+        return 0;
+    }
+    return next - now < WRITER_IDLE_WAIT_MS ? (int)(next - now) : WRITER_IDLE_WAIT_MS;
+}
+
 static void *writer_loop(void *arg)
 {
     struct writer *w = arg;
     struct command *commands[BATCH_COMMANDS_MAX];
+    size_t carried = 0; /* commands popped but left for the next batch (row budget) */
     SVC_ASSERT(w->started);
     for (;;) {
-        size_t count = queue_pop_batch(w->config.queue, (void **)commands, BATCH_COMMANDS_MAX);
+        size_t count = carried + queue_pop_batch(w->config.queue, (void **)commands + carried,
+                                                 BATCH_COMMANDS_MAX - carried);
         SVC_TESTCASE(count == 0);
         if (count > 0) {
-            writer_run_batch(w, commands, count);
+            size_t fit = writer_batch_fit(commands, count);
+            writer_run_batch(w, commands, fit);
+            carried = count - fit;
+            memmove(commands, commands + fit, carried * sizeof commands[0]);
             continue;
         }
         if (atomic_load(&w->stopping)) {
             break; /* the queue is drained: every accepted command got its reply */
         }
+        if (res_next_expiry(&w->reservations) <= w->config.wall_ms()) {
+            writer_run_batch(w, commands, 0); /* a batch of expiries only */
+            continue;
+        }
         writer_housekeeping(w);
-        queue_wait(w->config.queue, WRITER_IDLE_WAIT_MS);
+        queue_wait(w->config.queue, writer_idle_wait_ms(w));
     }
     return NULL;
 }

@@ -19,6 +19,7 @@
 #include "command.h"
 #include "domain.h"
 #include "queue.h"
+#include "reservations.h"
 #include "store.h"
 
 /* Batch-size histogram buckets: [1], [2,3], [4,7], ... [512,1023], [1024]. */
@@ -60,6 +61,9 @@ struct writer {
     int64_t event_seq;          /* last event number used (working) */
     int64_t order_seq_committed;
     int64_t event_seq_committed;
+    int64_t reservation_seq;    /* last reservation number used (working) */
+    int64_t reservation_seq_committed;
+    struct res_table reservations; /* ACTIVE reservations and their expiry heap */
     int64_t prune_due_ms;       /* wall time of the next idempotency pruning */
     pthread_t thread;
     bool started;

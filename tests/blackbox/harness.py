@@ -7,6 +7,10 @@ it over HTTP/1.1 keep-alive (`Client`), asserts with `check`, and stops the serv
 running, and prints the tail of the server log of a failed test.
 
 The binary comes from $STOCKD_BIN (meson sets it), else build-bb/stockd, else build/stockd.
+
+Auth: a first start generates <data_dir>/admin.token; `start_stockd` reads it into
+`Server.token`, and `Server.client()` sends `Authorization: Bearer <token>` on every request.
+`server.client(token=None)` sends none, `server.client(token="...")` another one.
 """
 
 import collections
@@ -33,6 +37,7 @@ TEST_TIMEOUT_S = 150  # per test function: a hung test fails instead of hanging 
 
 Response = collections.namedtuple("Response", "status headers body json")
 
+_DEFAULT = object()  # "the server's admin token" for Server.client(token=...)
 _servers = []      # every Server started by the current test, for cleanup and logs
 _temp_dirs = []    # data directories we created; removed when the whole script passes
 _skipped_bugs = []  # SKIP-BUG lines printed, repeated in the summary
@@ -75,12 +80,19 @@ class Server:
         self.port = port
         self.data_dir = data_dir
         self.log_path = log_path
+        self.token = None  # <data_dir>/admin.token, when stockd generated one
 
     def alive(self):
         return self.proc.poll() is None
 
-    def client(self, timeout=REQUEST_TIMEOUT_S):
-        return Client(self.port, timeout=timeout)
+    def client(self, timeout=REQUEST_TIMEOUT_S, token=_DEFAULT):
+        """A Client that sends this server's admin token, or token (None: no token)."""
+        return Client(self.port, timeout=timeout,
+                      token=self.token if token is _DEFAULT else token)
+
+    def auth_header(self):
+        """The raw Authorization header line (with CRLF) of the admin token, for raw sockets."""
+        return b"Authorization: Bearer %s\r\n" % self.token.encode() if self.token else b""
 
     def stop(self):
         """SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit code."""
@@ -114,10 +126,11 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_stockd(extra_args=None, data_dir=None, threads=2):
+def start_stockd(extra_args=None, data_dir=None, threads=2, env=None):
     """Starts stockd on 127.0.0.1:0 with data_dir (a new temporary one when None) and waits
     for its "stockd listening on http://127.0.0.1:PORT ..." line. stderr goes (appended) to
-    <data_dir>/stockd.stderr.log."""
+    <data_dir>/stockd.stderr.log. env adds environment variables (STOCKD_TOKENS is never
+    inherited from ours). Server.token is <data_dir>/admin.token when it exists."""
     if data_dir is None:
         data_dir = tempfile.mkdtemp(prefix="stockd-bb-")
         _temp_dirs.append(data_dir)
@@ -127,8 +140,10 @@ def start_stockd(extra_args=None, data_dir=None, threads=2):
     with open(log_path, "ab") as log:
         log.write(("=== start: %s\n" % " ".join(args)).encode())
         log.flush()
+        child_env = {k: v for k, v in os.environ.items() if k != "STOCKD_TOKENS"}
+        child_env.update(env or {})
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=log, cwd=data_dir)
+                                stderr=log, cwd=data_dir, env=child_env)
     server = Server(proc, 0, data_dir, log_path)
     _servers.append(server)
     line = b""
@@ -157,6 +172,10 @@ def start_stockd(extra_args=None, data_dir=None, threads=2):
     check(port_text.isdigit() and 0 < int(port_text) < 65536, "no port in %r" % text)
     check("(data " in rest and "threads)" in rest, "unexpected listening line %r" % text)
     server.port = int(port_text)
+    token_path = os.path.join(data_dir, "admin.token")
+    if os.path.exists(token_path):
+        with open(token_path) as f:
+            server.token = f.read().strip()
     return server
 
 
@@ -191,8 +210,9 @@ class Client:
     """A keep-alive HTTP/1.1 client on one connection. Every call returns a Response
     (status, headers lower-cased, body bytes, parsed JSON or None)."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=REQUEST_TIMEOUT_S):
+    def __init__(self, port, host="127.0.0.1", timeout=REQUEST_TIMEOUT_S, token=None):
         self.port = port
+        self.token = token  # sent as "Authorization: Bearer <token>" unless None
         self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
 
     def connect(self):
@@ -210,6 +230,8 @@ class Client:
 
     def request(self, method, path, body=None, headers=None, retry=False):
         headers = dict(headers or {})
+        if self.token is not None and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = "Bearer " + self.token
         for attempt in (0, 1):
             try:
                 self.conn.request(method, path, body=body, headers=headers)

@@ -340,7 +340,8 @@ def test_bad_http():
                                    b"Content-Length: abc\r\n\r\n{}"),
             ("header without colon", b"GET /health HTTP/1.1\r\nHost x\r\n\r\n"),
             ("truncated body", b"POST /v1/purchase HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                               b"application/json\r\nIdempotency-Key: t1\r\n"
+                               b"application/json\r\nIdempotency-Key: t1\r\n" +
+                               s.auth_header() +
                                b"Content-Length: 100\r\n\r\n{\"sku\""),
         ]
         for name, data in raws:
@@ -368,8 +369,8 @@ def test_clients_hang_up():
 
         def hang_up(i):
             request = (b"POST /v1/purchase HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                       b"\r\nIdempotency-Key: hang-%d\r\nContent-Length: %d\r\n\r\n"
-                       % (i, len(body)) + body)
+                       b"\r\nIdempotency-Key: hang-%d\r\n%sContent-Length: %d\r\n\r\n"
+                       % (i, s.auth_header(), len(body)) + body)
             sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
             sock.sendall(request)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
