@@ -9,7 +9,7 @@ packages=(gcc pkg-config meson ninja-build libh2o-evloop-dev libjansson-dev libs
           libssl-dev sqlite3 curl ca-certificates)
 case "$profile" in
   run) ;;
-  test) packages+=(libcmocka-dev python3 clang-format) ;;
+  test) packages+=(libcmocka-dev python3 python3-yaml clang-format) ;;
   bench) packages+=(libcmocka-dev python3 postgresql postgresql-contrib nginx-light gnuplot-nox
                     linux-perf valgrind) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;

@@ -3,7 +3,7 @@
  *   api_inventory.c  stores, products, adjustments, availability
  *   api_orders.c     purchase and orders
  *   api_seed.c       the seed-compatible aliases (seed 004)
- *   api_ops.c        health, readiness, metrics, the home page
+ *   api_ops.c        health, readiness, metrics, the OpenAPI document, the home page
  * All share one signature (route_handler) and the decoding helpers below (api_common.c).
  */
 #ifndef STOCKD_API_H
@@ -16,7 +16,6 @@
 void api_store_create(struct http_request *r);
 void api_product_create(struct http_request *r);
 void api_adjustment(struct http_request *r);
-void api_availability(struct http_request *r);
 void api_purchase(struct http_request *r);
 void api_set_absolute(struct http_request *r);
 void api_reservation_create(struct http_request *r);
@@ -32,6 +31,8 @@ void api_home(struct http_request *r);
 void api_health(struct http_request *r);
 void api_ready(struct http_request *r);
 void api_metrics(struct http_request *r);
+/* GET /openapi.yaml: the OpenAPI document compiled in from openapi.yaml (tools/embed.py). */
+void api_openapi(struct http_request *r);
 void api_audit(struct http_request *r);
 /* Queries from the read model (api_queries.c). */
 void api_query_availability(struct http_request *r);

@@ -1,6 +1,7 @@
 /*
  * api_ops.c - operations routes: /health (the process answers), /ready (storage reachable and
- * not shutting down), /metrics (Prometheus text), and the home page.
+ * not shutting down), /metrics (Prometheus text), /openapi.yaml (the API document, compiled in)
+ * and the home page.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,6 +13,11 @@
 #include "svc_assert.h"
 
 #define API_METRICS_BYTES_MAX 16384
+
+/* openapi.yaml at the repository root, embedded at build time by tools/embed.py (meson.build):
+ * its bytes and a terminating 0 that the length does not count. */
+extern const char openapi_yaml[];
+extern const size_t openapi_yaml_length;
 
 void api_health(struct http_request *r)
 {
@@ -112,6 +118,12 @@ void api_metrics(struct http_request *r)
     http_send(r, 200, "text/plain; version=0.0.4", out, used);
 }
 
+void api_openapi(struct http_request *r)
+{
+    SVC_ASSERT(openapi_yaml_length > 0 && openapi_yaml[openapi_yaml_length] == '\0');
+    http_send(r, 200, "application/yaml", openapi_yaml, openapi_yaml_length);
+}
+
 /* Runs the audit on this thread's reader. It reads the whole event log, so it holds this I/O
  * thread for as long (an admin operation; other threads keep serving). */
 void api_audit(struct http_request *r)
@@ -136,6 +148,7 @@ void api_home(struct http_request *r)
         "group commit, no oversell, no duplicate orders.</p><ul>"
         "<li><a href=\"/health\">/health</a></li><li><a href=\"/ready\">/ready</a></li>"
         "<li><a href=\"/metrics\">/metrics</a></li>"
+        "<li><a href=\"/openapi.yaml\">/openapi.yaml</a> (the API)</li>"
         "<li><a href=\"/inventory\">/inventory</a> (seed 004 ticket)</li></ul></body></html>";
     http_send(r, 200, "text/html; charset=utf-8", page, sizeof page - 1);
 }

@@ -186,9 +186,10 @@ static void query_availability(struct http_request *r, struct projection *v)
 
 void api_query_availability(struct http_request *r)
 {
+    SVC_ASSERT(r->route != NULL && r->thread != NULL);
     struct projection *v = projector_read_begin(&r->thread->app->projector);
     query_availability(r, v);
-    projector_read_end(v);
+    projector_read_end(&r->thread->app->projector, v);
 }
 
 /* Writes the per-store rows of GET /v1/items/{sku}/availability; sums into *sum. */
@@ -259,9 +260,10 @@ static void query_item_availability(struct http_request *r, struct projection *v
 
 void api_query_item_availability(struct http_request *r)
 {
+    SVC_ASSERT(r->route != NULL && r->thread != NULL);
     struct projection *v = projector_read_begin(&r->thread->app->projector);
     query_item_availability(r, v);
-    projector_read_end(v);
+    projector_read_end(&r->thread->app->projector, v);
 }
 
 /* ---- products/totals and stores --------------------------------------------------------- */
@@ -347,15 +349,17 @@ static void query_totals(struct http_request *r, struct projection *v)
 
 void api_query_totals(struct http_request *r)
 {
+    SVC_ASSERT(r->route != NULL && r->thread != NULL);
     struct projection *v = projector_read_begin(&r->thread->app->projector);
     query_totals(r, v);
-    projector_read_end(v);
+    projector_read_end(&r->thread->app->projector, v);
 }
 
 void api_query_stores(struct http_request *r)
 {
     struct projection *v = projector_read_begin(&r->thread->app->projector);
     uint32_t count = projector_store_count(v);
+    SVC_ASSERT(count <= STORES_MAX);
     char body[STORES_MAX * (STORE_ID_BYTES_MAX + 6 * NAME_BYTES_MAX + 64) + 32];
     struct jbuf b;
     jbuf_init(&b, body, sizeof body);
@@ -374,7 +378,7 @@ void api_query_stores(struct http_request *r)
     char tag[32];
     snprintf(tag, sizeof tag, "s%" PRIu32, count); /* stores never change once created */
     query_send(r, projector_lag_ms(&r->thread->app->projector, v), tag, body, b.length);
-    projector_read_end(v);
+    projector_read_end(&r->thread->app->projector, v);
 }
 
 /* ---- reservations ----------------------------------------------------------------------- */
@@ -418,9 +422,10 @@ static void query_reservation(struct http_request *r, struct projection *v)
 
 void api_query_reservation(struct http_request *r)
 {
+    SVC_ASSERT(r->route != NULL && r->thread != NULL);
     struct projection *v = projector_read_begin(&r->thread->app->projector);
     query_reservation(r, v);
-    projector_read_end(v);
+    projector_read_end(&r->thread->app->projector, v);
 }
 
 /* ---- projections status and rebuild ----------------------------------------------------- */
@@ -455,13 +460,14 @@ void api_query_projection_status(struct http_request *r)
     jbuf_kv_int(&b, "stores", projector_store_count(v));
     jbuf_kv_int(&b, "products", projector_product_count(v));
     jbuf_kv_int(&b, "reservations", projector_reservation_count(v));
+    jbuf_kv_int(&b, "notProjected", (int64_t)projector_dropped_count(v));
     jbuf_lit(&b, "}}");
     SVC_ASSERT(jbuf_ok(&b));
     char tag[64];
     snprintf(tag, sizeof tag, "q%" PRId64 "-%" PRId64 "-%d-%" PRId64, applied, log_seq,
              rebuilding ? 1 : 0, rebuilt_at);
     query_send(r, projector_lag_ms(p, v), tag, body, b.length);
-    projector_read_end(v);
+    projector_read_end(&r->thread->app->projector, v);
 }
 
 void api_projection_rebuild(struct http_request *r)
@@ -570,7 +576,7 @@ void api_query_events(struct http_request *r)
     snprintf(tag, sizeof tag, "e%" PRId64 "-%" PRId64 "-%d", since, q.last_seq, q.count);
     struct projection *v = projector_read_begin(&r->thread->app->projector);
     int64_t lag = projector_lag_ms(&r->thread->app->projector, v);
-    projector_read_end(v);
+    projector_read_end(&r->thread->app->projector, v);
     query_send(r, lag, tag, out, b.length);
 }
 
@@ -841,6 +847,7 @@ static void sse_stop(h2o_generator_t *generator, h2o_req_t *req)
 {
     struct sse_subscriber *sub = (struct sse_subscriber *)generator;
     SVC_ASSERT(sub->req == req);
+    SVC_ASSERT(sub->owner != NULL);
     sub->closed = true; /* the client is gone; the pool dispose unlinks it */
 }
 
@@ -849,6 +856,7 @@ static void sse_dispose(void *object)
 {
     struct sse_subscriber *sub = object;
     struct sse_thread *st = sub->owner;
+    SVC_ASSERT(st != NULL && st->ready);
     for (struct sse_subscriber **link = &st->subscribers; *link != NULL; link = &(*link)->next) {
         if (*link == sub) {
             *link = sub->next;

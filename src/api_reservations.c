@@ -238,12 +238,15 @@ void api_reservation_create(struct http_request *r)
 
 void api_reservation_confirm(struct http_request *r)
 {
-    api_submit(r, CMD_CONFIRM, false, api_decode_confirm);
+    /* A line block for its reply: the reservation's lines (up to 100) do not fit the
+     * inline reply buffer. */
+    api_submit(r, CMD_CONFIRM, true, api_decode_confirm);
 }
 
 void api_reservation_cancel(struct http_request *r)
 {
-    api_submit(r, CMD_CANCEL, false, api_decode_cancel);
+    /* A line block for its reply, as for confirm. */
+    api_submit(r, CMD_CANCEL, true, api_decode_cancel);
 }
 
 void api_transfer(struct http_request *r)

@@ -18,11 +18,14 @@
  *   StockReleased      reservationId, qty, reason (cancel or expiry; reservedDelta = -qty)
  *   StockCommitted     reservationId, qty         (confirm; delta = reservedDelta = -qty)
  *   StockTransferredOut / StockTransferredIn  transferId, qty, fromStore, toStore
+ *   TransferCompleted     transferId, status, fromStore, toStore, lines (no stock change)
+ *   ReconciliationCompleted  reconciliationId, storeId, source, adjustments (no stock change)
  *
  * Catalog and lifecycle events (no stock change):
  *   StoreCreated          storeId, name, latencyMs
  *   ReservationCreated    reservationId, storeId, customerId, lines [{sku,qty}], expiresAt
- *                         (ms since the epoch), status "ACTIVE"
+ *                         (RFC 3339), expiresAtMs (ms since the epoch), status "ACTIVE",
+ *                         version; the other Reservation* events carry the same members
  *   ReservationConfirmed  reservationId, storeId, paymentRef (may be absent), status
  *   ReservationCancelled  reservationId, storeId, reason, status
  *   ReservationExpired    reservationId, storeId, status

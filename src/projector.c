@@ -72,11 +72,15 @@ struct projection {
     _Atomic uint32_t reservation_count;
     struct projector_line *lines;             /* PROJ_RESERVATION_LINES_MAX, owned */
     uint32_t line_count;                      /* applier only */
-    uint64_t dropped;                         /* events that did not fit (capacity), applier */
+    _Atomic uint64_t dropped;                 /* events not projected (capacity, corrupt) */
     _Atomic int64_t applied_seq;
     _Atomic int64_t applied_at_ms;
-    _Atomic int readers;                      /* pins by projector_read_begin */
 };
+
+/* Reader threads get pin slots in the order they first read; the slot index is per thread and
+ * the same for every projector (tests run several). */
+static _Atomic uint32_t projector_slots_used;
+static _Thread_local int32_t projector_slot = -1;
 
 /* ---- allocation ------------------------------------------------------------------------- */
 
@@ -116,10 +120,10 @@ static struct projection *projection_alloc(void)
 }
 
 /* Empties v for a rebuild: only the used prefix of each table is cleared, so pages never
- * touched stay untouched. Nobody may read v (readers == 0, not live). */
+ * touched stay untouched. Nobody may read v (not live, pinned by no reader). */
 static void projection_reset(struct projection *v)
 {
-    SVC_ASSERT(atomic_load(&v->readers) == 0);
+    SVC_ASSERT(v != NULL);
     uint32_t products = atomic_load(&v->product_count);
     uint32_t items = atomic_load(&v->item_count);
     uint32_t reservations = atomic_load(&v->reservation_count);
@@ -136,10 +140,10 @@ static void projection_reset(struct projection *v)
     atomic_store(&v->item_count, 0);
     atomic_store(&v->reservation_count, 0);
     v->line_count = 0;
-    v->dropped = 0;
+    atomic_store(&v->dropped, 0);
     atomic_store(&v->applied_seq, 0);
     atomic_store(&v->applied_at_ms, 0);
-    SVC_ASSERT(atomic_load(&v->readers) == 0);
+    SVC_ASSERT(atomic_load(&v->applied_seq) == 0);
 }
 
 int projector_init(struct projector *p, const char *db_path)
@@ -180,6 +184,7 @@ static uint32_t projection_slot(const char *key, uint32_t slots)
 static int32_t projection_product_probe(const struct projection *v, const char *sku,
                                         uint32_t *slot_out)
 {
+    SVC_ASSERT(sku != NULL);
     uint32_t slot = projection_slot(sku, PRODUCT_HASH_SLOTS);
     for (uint32_t probes = 0; probes < PRODUCT_HASH_SLOTS; probes++) {
         uint32_t entry = atomic_load_explicit(&v->product_hash[slot], memory_order_acquire);
@@ -195,6 +200,7 @@ static int32_t projection_product_probe(const struct projection *v, const char *
 static int32_t projection_reservation_probe(const struct projection *v, const char *id,
                                             uint32_t *slot_out)
 {
+    SVC_ASSERT(id != NULL);
     uint32_t slot = projection_slot(id, PROJ_RESERVATION_SLOTS);
     for (uint32_t probes = 0; probes < PROJ_RESERVATION_SLOTS; probes++) {
         uint32_t entry = atomic_load_explicit(&v->reservation_hash[slot], memory_order_acquire);
@@ -240,6 +246,7 @@ static int32_t projection_store_add(struct projection *v, const char *id, const 
         return found;
     }
     uint32_t count = atomic_load(&v->store_count);
+    SVC_ASSERT(count <= STORES_MAX);
     if (count == STORES_MAX || id[0] == '\0') {
         v->dropped++;
         return -1;
@@ -261,6 +268,7 @@ static int32_t projection_product_add(struct projection *v, const char *sku, con
         return found;
     }
     uint32_t count = atomic_load(&v->product_count);
+    SVC_ASSERT(count <= PRODUCTS_MAX);
     if (count == PRODUCTS_MAX || sku[0] == '\0') {
         v->dropped++;
         return -1;
@@ -301,6 +309,8 @@ static void projection_item_set(struct projection *v, uint32_t product_index,
                                 uint32_t store_index, const struct projection_stock *stock,
                                 int64_t at_ms)
 {
+    SVC_ASSERT(product_index < atomic_load(&v->product_count));
+    SVC_ASSERT(store_index < atomic_load(&v->store_count));
     struct projection_product *product = &v->products[product_index];
     int32_t index = atomic_load(&product->item_by_store[store_index]);
     if (index < 0) {
@@ -343,7 +353,11 @@ static void projection_apply_stock(struct projection *v, const struct row_event 
     if (store_index < 0 || product_index < 0) {
         return;
     }
-    SVC_ASSERT(stock.reserved >= 0 && stock.reserved <= stock.on_hand);
+    if (stock.reserved < 0 || stock.reserved > stock.on_hand || stock.version < 1) {
+        log_warn("projector: event %lld has an impossible item; skipped", (long long)e->seq);
+        v->dropped++; /* the log is external data here: refuse it rather than crash */
+        return;
+    }
     projection_item_set(v, (uint32_t)product_index, (uint32_t)store_index, &stock,
                         e->occurred_at_ms);
 }
@@ -353,6 +367,7 @@ static void projection_reservation_write(struct projection_reservation *r, int32
 {
     uint32_t seq = atomic_load_explicit(&r->seqlock, memory_order_relaxed);
     SVC_ASSERT(seq % 2 == 0);
+    SVC_ASSERT(status >= PROJECTOR_ACTIVE && status <= PROJECTOR_EXPIRED);
     atomic_store_explicit(&r->seqlock, seq + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&r->status, status, memory_order_relaxed);
@@ -431,6 +446,7 @@ static void projection_reservation_create(struct projection *v, const struct row
     projection_reservation_write(r, status, version, e->occurred_at_ms);
     atomic_store_explicit(&v->reservation_hash[slot], count + 1, memory_order_release);
     atomic_store_explicit(&v->reservation_count, count + 1, memory_order_release);
+    SVC_ASSERT(projection_reservation_probe(v, id, &slot) == (int32_t)count);
 }
 
 static void projection_reservation_change(struct projection *v, const struct row_event *e,
@@ -475,6 +491,8 @@ static void projection_apply_parsed(struct projection *v, const struct row_event
                                     json_t *data)
 {
     const char *type = e->event_type;
+    SVC_ASSERT(type != NULL);
+    SVC_ASSERT(data != NULL || e->is_stock); /* only stock rows come without parsed data */
     if (strcmp(type, "StoreCreated") == 0) {
         const char *id = e->store_id ? e->store_id : projection_json_str(data, "storeId");
         projection_store_add(v, id, projection_json_str(data, "name"),
@@ -549,7 +567,8 @@ int projector_load(struct projector *p, struct store_reader *reader)
         atomic_store(&p->log_seq, atomic_load(&v->applied_seq));
         atomic_store(&p->log_at_ms, atomic_load(&v->applied_at_ms));
         log_info("projector: replayed the event log to seq %lld (%llu not projected)",
-                 (long long)atomic_load(&v->applied_seq), (unsigned long long)v->dropped);
+                 (long long)atomic_load(&v->applied_seq),
+                 (unsigned long long)atomic_load(&v->dropped));
     }
     return rc;
 }
@@ -602,8 +621,11 @@ int projector_rebuild_run(struct projector *p)
     }
     struct projection *live = atomic_load(&p->live);
     struct projection *fresh = live == p->instances[0] ? p->instances[1] : p->instances[0];
-    while (atomic_load(&fresh->readers) != 0) {
-        sched_yield(); /* a reader pinned it before the last swap: microseconds */
+    uint32_t slots = atomic_load(&projector_slots_used);
+    for (uint32_t i = 0; i < slots && i < PROJ_READER_SLOTS; i++) {
+        while (atomic_load(&p->pins[i].pinned) == fresh) {
+            sched_yield(); /* a reader pinned it before the last swap: microseconds */
+        }
     }
     projection_reset(fresh);
     rc = projection_replay(fresh, reader); /* unlocked: the hook keeps feeding the live one */
@@ -656,21 +678,27 @@ int projector_rebuild_start(struct projector *p)
 
 struct projection *projector_read_begin(struct projector *p)
 {
+    if (projector_slot < 0) {
+        projector_slot = (int32_t)atomic_fetch_add(&projector_slots_used, 1);
+    }
+    SVC_ASSERT(projector_slot < PROJ_READER_SLOTS);
+    struct projector_pin *pin = &p->pins[projector_slot];
+    SVC_ASSERT(atomic_load_explicit(&pin->pinned, memory_order_relaxed) == NULL);
     for (;;) {
         struct projection *v = atomic_load(&p->live);
         SVC_ASSERT(v != NULL);
-        atomic_fetch_add(&v->readers, 1);
+        atomic_store(&pin->pinned, v); /* seq_cst: ordered before the re-check below */
         if (atomic_load(&p->live) == v) {
             return v; /* a rebuild resets only a projection that is not live and unpinned */
         }
-        atomic_fetch_sub(&v->readers, 1);
     }
 }
 
-void projector_read_end(struct projection *v)
+void projector_read_end(struct projector *p, struct projection *v)
 {
-    int before = atomic_fetch_sub(&v->readers, 1);
-    SVC_ASSERT(before >= 1);
+    SVC_ASSERT(projector_slot >= 0 && projector_slot < PROJ_READER_SLOTS);
+    SVC_ASSERT(atomic_load_explicit(&p->pins[projector_slot].pinned, memory_order_relaxed) == v);
+    atomic_store_explicit(&p->pins[projector_slot].pinned, NULL, memory_order_release);
 }
 
 int64_t projector_applied_seq(const struct projection *v)
@@ -691,6 +719,12 @@ int64_t projector_lag_ms(const struct projector *p, const struct projection *v)
     }
     int64_t lag = atomic_load(&p->log_at_ms) - projector_applied_at_ms(v);
     return lag > 0 ? lag : 0;
+}
+
+uint64_t projector_dropped_count(const struct projection *v)
+{
+    SVC_ASSERT(v != NULL);
+    return atomic_load_explicit(&v->dropped, memory_order_relaxed);
 }
 
 uint32_t projector_store_count(const struct projection *v)

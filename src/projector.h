@@ -47,6 +47,13 @@ struct projector_tap_entry {
     void *context;
 };
 
+/* What one reader thread has pinned (or NULL), alone on its cache line so that readers on
+ * different threads never write to the same line. */
+struct projector_pin {
+    _Alignas(64) _Atomic(struct projection *) pinned;
+    char padding[64 - sizeof(void *)];
+};
+
 struct projector {
     struct projection *instances[2];       /* owned */
     _Atomic(struct projection *) live;     /* the one readers and the hook use */
@@ -59,6 +66,7 @@ struct projector {
     char db_path[600];                     /* for the rebuild's own reader connection */
     struct projector_tap_entry taps[IO_THREADS_MAX]; /* under apply_mutex */
     uint32_t tap_count;
+    struct projector_pin pins[PROJ_READER_SLOTS];    /* one per reader thread */
 };
 
 /* Snapshots copied out for readers. */
@@ -121,15 +129,20 @@ int projector_tap_add(struct projector *p, projector_tap tap, void *context);
 
 /* ---- readers (any thread, lock-free) ---- */
 
-/* Pins the live projection for the duration of one response; pair with projector_read_end. */
+/* Pins the live projection for the duration of one response; pair with projector_read_end on
+ * the same thread. One pin per thread at a time (no nesting). Wait-free unless a rebuild swaps
+ * the live projection in between, then it retries once. */
 struct projection *projector_read_begin(struct projector *p);
-void projector_read_end(struct projection *v);
+void projector_read_end(struct projector *p, struct projection *v);
 
 /* The seq and occurredAt of the last event applied to v. */
 int64_t projector_applied_seq(const struct projection *v);
 int64_t projector_applied_at_ms(const struct projection *v);
 /* ms between the newest committed event and the newest applied one; 0 when caught up. */
 int64_t projector_lag_ms(const struct projector *p, const struct projection *v);
+
+/* Events v could not project: past a table's capacity, or impossible values (logged). */
+uint64_t projector_dropped_count(const struct projection *v);
 
 uint32_t projector_store_count(const struct projection *v);
 void projector_store_get(const struct projection *v, uint32_t index, struct projector_store *out);

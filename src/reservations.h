@@ -4,8 +4,9 @@
  * A fixed table of RESERVATIONS_ACTIVE_MAX slots with their lines, an id index (open
  * addressing on res_<seq>), and a min-heap of expiry times that drives the writer's TTL timer
  * (no scan of a table). Heap entries are lazy: an entry whose reservation is gone or whose
- * time changed is skipped when it surfaces. Only the writer thread touches this module; the
- * read model learns about reservations from events. Read writer_internal.h next.
+ * time changed is skipped when it surfaces, and a heap full of them is rebuilt from the ACTIVE
+ * slots. Only the writer thread touches this module; the read model learns about reservations
+ * from events. Read writer_internal.h next.
  */
 #ifndef STOCKD_RESERVATIONS_H
 #define STOCKD_RESERVATIONS_H

@@ -60,6 +60,8 @@ struct route routes_table[] = {
     {"GET", "/ready", api_ready, ROUTE_READONLY | ROUTE_PUBLIC, 0,
      "Readiness (storage reachable)", {0}},
     {"GET", "/metrics", api_metrics, ROUTE_READONLY | ROUTE_PUBLIC, 0, "Prometheus metrics", {0}},
+    {"GET", "/openapi.yaml", api_openapi, ROUTE_READONLY | ROUTE_PUBLIC, 0,
+     "This API as an OpenAPI 3.0 document", {0}},
     {"POST", "/buy_ticket", api_seed_buy_ticket, SEED_COMMAND, BODY_BYTES_MAX,
      "Seed 004: buy one ticket", {0}},
     {"GET", "/inventory", api_seed_inventory, ROUTE_READONLY | ROUTE_SEED, 0,

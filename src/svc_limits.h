@@ -120,6 +120,9 @@
 /* A rebuild catches up unlocked until fewer than this many events remain, then finishes under
  * the apply mutex, stalling the writer only for that many events (well under a millisecond). */
 #define PROJ_REBUILD_LOCKED_MAX 256
+/* Threads that may read projections over the life of the process, each with its own pin slot
+ * (one cache line): the I/O threads plus room for tests and tools. */
+#define PROJ_READER_SLOTS (2 * IO_THREADS_MAX)
 /* Response bodies of list queries (events, totals, per-sku breakdown): 1000 events of a few
  * hundred bytes, or 200 products with 64-byte skus and 200-byte names, fit in 1 MiB. */
 #define LIST_BODY_BYTES_MAX (1024 * 1024)

@@ -781,9 +781,18 @@ static void writer_record_stats(struct writer *w, size_t count, int64_t commit_u
     atomic_fetch_add_explicit(&st->batch_size_buckets[bucket], 1, memory_order_relaxed);
 }
 
-size_t writer_command_weight(const struct command *cmd)
+size_t writer_command_weight(struct writer *w, const struct command *cmd)
 {
     size_t lines = cmd->lines != NULL ? cmd->lines->count : 0;
+    if (cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL) {
+        /* Ending a reservation makes one stock event per line of the reservation, which the
+         * command does not carry: count its lines. One not in memory has ended (no events),
+         * unless its id is still to come: an earlier command of the batch may create it. */
+        SVC_ASSERT(lines == 0 && cmd->reservation_seq >= 1);
+        const struct reservation *r = res_find(&w->reservations, cmd->reservation_seq);
+        lines = r != NULL ? r->line_count
+                          : cmd->reservation_seq > w->reservation_seq ? CMD_LINES_MAX : 0;
+    }
     SVC_ASSERT(lines <= CMD_LINES_MAX);
     return 2 + 2 * lines; /* a transfer line makes two stock events, others at most one */
 }
@@ -795,7 +804,7 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
     SVC_TESTCASE(count == BATCH_COMMANDS_MAX);
     size_t weight = 0;
     for (size_t i = 0; i < count; i++) {
-        weight += writer_command_weight(commands[i]);
+        weight += writer_command_weight(w, commands[i]);
     }
     SVC_ASSERT(weight <= WRITER_COMMAND_WEIGHT_MAX); /* writer_loop cuts batches to fit */
     struct writer_batch *b = w->batch;
@@ -858,13 +867,13 @@ void writer_housekeeping(struct writer *w)
 }
 
 /* How many of the first count commands fit one batch's row budget (at least one). */
-static size_t writer_batch_fit(struct command **commands, size_t count)
+static size_t writer_batch_fit(struct writer *w, struct command **commands, size_t count)
 {
     size_t weight = 0;
     size_t fit = 0;
-    while (fit < count && weight + writer_command_weight(commands[fit]) <=
+    while (fit < count && weight + writer_command_weight(w, commands[fit]) <=
                               WRITER_COMMAND_WEIGHT_MAX) {
-        weight += writer_command_weight(commands[fit]);
+        weight += writer_command_weight(w, commands[fit]);
         fit++;
     }
     SVC_ASSERT(fit >= 1 || count == 0);
@@ -893,7 +902,7 @@ static void *writer_loop(void *arg)
                                                  BATCH_COMMANDS_MAX - carried);
         SVC_TESTCASE(count == 0);
         if (count > 0) {
-            size_t fit = writer_batch_fit(commands, count);
+            size_t fit = writer_batch_fit(w, commands, count);
             writer_run_batch(w, commands, fit);
             carried = count - fit;
             memmove(commands, commands + fit, carried * sizeof commands[0]);

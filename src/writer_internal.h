@@ -23,7 +23,6 @@
 #define WRITER_EXPIRY_EVENTS_MAX (WRITER_EVENTS_MAX / 2)
 #define WRITER_RESERVATION_ROWS_MAX (BATCH_COMMANDS_MAX + WRITER_EXPIRY_EVENTS_MAX)
 #define WRITER_IDEM_SLOTS (4 * BATCH_COMMANDS_MAX) /* batch-local key table, load <= 0.25 */
-#define WRITER_PRINCIPAL "anonymous" /* until bearer auth names principals */
 
 _Static_assert((WRITER_IDEM_SLOTS & (WRITER_IDEM_SLOTS - 1)) == 0, "slots: a power of two");
 _Static_assert(WRITER_IDEM_SLOTS >= 2 * BATCH_COMMANDS_MAX, "key table load must stay low");
@@ -99,7 +98,8 @@ int writer_load_reservation(void *context, int64_t seq, const char *store_id,
                             int64_t created_at_ms);
 int writer_load_reservation_line(void *context, int64_t seq, const char *sku, int64_t qty);
 
-/* The weight of a command against the batch's row budget (see writer_loop). */
-size_t writer_command_weight(const struct command *cmd);
+/* The weight of a command against the batch's row budget (see writer_loop); the lines of
+ * the reservation a confirm or cancel names count too. */
+size_t writer_command_weight(struct writer *w, const struct command *cmd);
 
 #endif

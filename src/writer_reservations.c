@@ -187,6 +187,38 @@ static int32_t reserve_choose_store(const struct domain *d, const struct res_lin
     return best;
 }
 
+/* The line to name when no store can hold a reservation without storeId: the first line no
+ * store has enough of, with the most any store has available; when each line fits somewhere
+ * but no store fits them all, the first short line of the first store. */
+static void reserve_short_anywhere(const struct domain *d, const struct res_line *lines,
+                                   uint32_t count, uint32_t *line_out, int64_t *available_out)
+{
+    SVC_ASSERT(d->store_count >= 1);
+    for (uint32_t i = 0; i < count; i++) {
+        int64_t wanted = 0;
+        for (uint32_t j = 0; j < count; j++) {
+            if (lines[j].product_index == lines[i].product_index) {
+                wanted += lines[j].qty;
+            }
+        }
+        int64_t best = 0;
+        for (uint32_t s = 0; s < d->store_count; s++) {
+            int32_t item = dom_item_find(d, s, lines[i].product_index);
+            int64_t available = item >= 0 ? dom_item_available(&d->items[item]) : 0;
+            best = available > best ? available : best;
+        }
+        if (best < wanted) {
+            *line_out = i;
+            *available_out = best;
+            return;
+        }
+    }
+    int64_t slack = reserve_slack(d, 0, lines, count, line_out);
+    SVC_ASSERT(slack < 0); /* no store fits, the first one neither */
+    int32_t item = dom_item_find(d, 0, lines[*line_out].product_index);
+    *available_out = item >= 0 ? dom_item_available(&d->items[item]) : 0;
+}
+
 /* Picks and checks the store; replies and returns -1 when the reservation cannot be made. */
 static int32_t reserve_store(struct writer *w, struct command *cmd, const struct res_line *lines)
 {
@@ -199,18 +231,20 @@ static int32_t reserve_store(struct writer *w, struct command *cmd, const struct
         return -1;
     }
     uint32_t short_line = 0;
-    if (store < 0 || reserve_slack(d, (uint32_t)store, lines, count, &short_line) < 0) {
-        int32_t item = store >= 0 ? dom_item_find(d, (uint32_t)store,
-                                                  lines[short_line].product_index)
-                                  : -1;
-        char detail[SKU_BYTES_MAX + 48];
-        snprintf(detail, sizeof detail, "not enough available of %s to hold every line",
-                 cmd->lines->items[short_line].sku);
-        writer_reply_problem(cmd, SVC_EINSUFFICIENT_STOCK, detail, "available",
-                             item >= 0 ? dom_item_available(&d->items[item]) : 0);
-        return -1;
+    int64_t available = 0;
+    if (store < 0) {
+        reserve_short_anywhere(d, lines, count, &short_line, &available);
+    } else if (reserve_slack(d, (uint32_t)store, lines, count, &short_line) < 0) {
+        int32_t item = dom_item_find(d, (uint32_t)store, lines[short_line].product_index);
+        available = item >= 0 ? dom_item_available(&d->items[item]) : 0;
+    } else {
+        return store;
     }
-    return store;
+    char detail[SKU_BYTES_MAX + 48];
+    snprintf(detail, sizeof detail, "not enough available of %s to hold every line",
+             cmd->lines->items[short_line].sku);
+    writer_reply_problem(cmd, SVC_EINSUFFICIENT_STOCK, detail, "available", available);
+    return -1;
 }
 
 static void reserve_line_rows(struct writer *w, const struct reservation *r)

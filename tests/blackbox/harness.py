@@ -344,6 +344,64 @@ def wait_health(server, timeout=5.0):
     raise AssertionError("/health did not answer 200 within %.0f s: %s" % (timeout, last))
 
 
+def _events_from_api(server):
+    """Every stock event (sku set) from GET /v1/events, paged; None when the route is absent."""
+    rows = []
+    since = 0
+    with server.client() as c:
+        while True:
+            r = c.get("/v1/events?limit=1000&since=%d" % since)
+            if r.status == 404:
+                return None  # no such route in this build: read the database instead
+            check_status(r, 200, "GET /v1/events since %d" % since)
+            items = r.json["items"]
+            if not items:
+                return rows
+            for e in items:
+                check(e["seq"] > since, "events out of order: %d after %d" % (e["seq"], since))
+                since = e["seq"]
+                if e.get("sku") is not None:
+                    rows.append((e["storeId"], e["sku"], e["eventType"], e["data"]))
+
+
+def _sqlite_rows(server, sql):
+    import sqlite3
+    path = os.path.join(server.data_dir, "stockd.db")
+    db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def audit_events(server):
+    """The invariant audit by replay of the event log (DESIGN.md "Domain", events.h): per
+    (store, sku) onHand == sum(delta), reserved == sum(reservedDelta), 0 <= reserved <= onHand
+    after every event, each event's onHand/reserved equal the running sums, and the stored
+    stock_items equal the sums. Events come from GET /v1/events, else from <data_dir>/stockd.db.
+    Returns {(store, sku): (onHand, reserved)}."""
+    rows = _events_from_api(server)
+    if rows is None:
+        rows = [(store, sku, None, json.loads(data)) for store, sku, data in _sqlite_rows(
+            server, "SELECT store_id, sku, data FROM events WHERE sku IS NOT NULL ORDER BY seq")]
+    sums = {}
+    for store, sku, event_type, data in rows:
+        on_hand, reserved = sums.get((store, sku), (0, 0))
+        on_hand += data.get("delta", 0)
+        reserved += data.get("reservedDelta", 0)
+        what = "audit %s/%s after %s %s" % (store, sku, event_type or "event", data)
+        check(0 <= reserved <= on_hand, "%s: reserved %d, onHand %d" % (what, reserved, on_hand))
+        if "onHand" in data:
+            check_eq(data["onHand"], on_hand, what + ": onHand member vs sum of deltas")
+        if "reserved" in data:
+            check_eq(data["reserved"], reserved, what + ": reserved member vs sum")
+        sums[(store, sku)] = (on_hand, reserved)
+    stored = {(store, sku): (on_hand, reserved) for store, sku, on_hand, reserved in _sqlite_rows(
+        server, "SELECT store_id, sku, on_hand, reserved FROM stock_items")}
+    check_eq(stored, sums, "stock_items vs the event log replayed")
+    return sums
+
+
 class _TestTimeout(Exception):
     pass
 

@@ -11,7 +11,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (check, check_eq, check_problem, check_status, main, new_key,  # noqa: E402
-                     start_stockd)
+                     run_threads, start_stockd)
 
 
 def post_ok(c, path, body, status=201, key=None):
@@ -258,6 +258,56 @@ def test_stream():
                   "replay starts after Last-Event-ID: %r" % data[:300])
             check(b"id: 1\n" not in data, "Last-Event-ID itself is not resent")
             sock.close()
+            sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            sock.sendall(b"GET /v1/stream?since=0 HTTP/1.1\r\nHost: x\r\n" +
+                         s.auth_header() + b"\r\n")
+            data = sse_read_until(sock, order_id)
+            check(b"id: 1\nevent: StoreCreated\n" in data, "?since=0 replays from seq 1")
+            sock.close()
+            with s.client(token=None) as nobody:
+                check_problem(nobody.get("/v1/stream"), 401, None, "stream without a token")
+            check_problem(c.get("/v1/stream?since=x"), 400, "validation_failed", "bad since")
+    finally:
+        s.stop()
+
+
+def test_slow_stream_subscriber_is_dropped():
+    """A subscriber that never reads is disconnected once its bounded buffer is full; writes
+    go on at full speed and it can resume with Last-Event-ID."""
+    s = start_stockd()
+    try:
+        with s.client() as c:
+            post_ok(c, "/v1/products", {"sku": "X", "name": "X", "initialOnHand": 10 ** 9})
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.port))
+        sock.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n" + s.auth_header() + b"\r\n")
+        time.sleep(0.2)
+        threads, per_thread = 8, 2500  # ~9 MB of SSE text: far above socket buffers + 256 KiB
+
+        def writer(i):
+            with s.client() as c:
+                for _ in range(per_thread):
+                    r = c.post("/v1/adjustments", {"storeId": "S1", "sku": "X", "delta": 1,
+                                                   "reason": "r" * 200}, key=new_key())
+                    check_status(r, 200, "adjustment while a subscriber stalls")
+
+        run_threads(writer, threads, timeout=120)
+        sock.settimeout(10)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(1 << 20)
+            check(chunk, "the stream closed without its last chunk")
+            data += chunk
+        sock.close()
+        last_id = int(data[data.rindex(b"id: ") + 4:].split(b"\n", 1)[0])
+        total = threads * per_thread + 2
+        check(last_id < total, "the stalled subscriber was cut off (last id %d of %d)"
+              % (last_id, total))
+        sock = sse_open(s, b"Last-Event-ID: %d\r\n" % last_id)
+        resumed = sse_read_until(sock, b"id: %d\n" % (last_id + 1))
+        check(b"id: %d\n" % last_id not in resumed, "resume starts after Last-Event-ID")
+        sock.close()
     finally:
         s.stop()
 
@@ -332,8 +382,37 @@ def test_rebuild_under_writes():
         s.stop()
 
 
+def test_roles_and_principals():
+    """Reads need the read role, rebuild the admin role; idempotency records are per principal."""
+    s = start_stockd(env={"STOCKD_TOKENS": "boss:admin:boss-secret,viewer:read:viewer-secret,"
+                                           "alice:write:alice-secret"})
+    try:
+        with s.client(token="boss-secret") as boss, \
+                s.client(token="viewer-secret") as viewer, \
+                s.client(token="alice-secret") as alice, s.client(token=None) as nobody:
+            post_ok(boss, "/v1/products", {"sku": "P", "name": "P", "initialOnHand": 5})
+            check_status(viewer.get("/v1/products/totals"), 200, "read role reads totals")
+            check_problem(nobody.get("/v1/products/totals"), 401, None, "totals without token")
+            check_problem(nobody.get("/v1/events"), 401, None, "events without token")
+            r = viewer.post("/v1/projections/rebuild", b"", content_type=None)
+            check_problem(r, 403, None, "rebuild with the read role")
+            r = alice.post("/v1/projections/rebuild", b"", content_type=None)
+            check_problem(r, 403, None, "rebuild with the write role")
+            check(boss.post("/v1/projections/rebuild", b"", content_type=None).status
+                  in (200, 202), "rebuild with the admin role")
+            key = new_key("mine")
+            post_ok(alice, "/v1/purchase", {"sku": "P", "qty": 1, "customerId": "a"}, key=key)
+            check_eq(get_ok(alice, "/v1/idempotency/" + key).json["status"], 201,
+                     "the principal sees its own record")
+            check_problem(boss.get("/v1/idempotency/" + key), 404, "not_found",
+                          "another principal does not see it")
+    finally:
+        s.stop()
+
+
 if __name__ == "__main__":
     main([test_availability_etag, test_item_availability, test_products_totals,
           test_stores_list, test_reservation_lookup, test_events_paging,
-          test_idempotency_lookup, test_stream, test_rebuild_and_restart,
-          test_rebuild_under_writes])
+          test_idempotency_lookup, test_stream, test_slow_stream_subscriber_is_dropped,
+          test_rebuild_and_restart,
+          test_rebuild_under_writes, test_roles_and_principals])

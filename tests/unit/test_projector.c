@@ -20,7 +20,7 @@
 #define T0_MS 1700000000000LL
 #define GEN_STORES 3
 #define GEN_SKUS 5
-#define GEN_EVENTS_MAX 4096
+#define GEN_EVENTS_MAX 8192
 #define GEN_JSON_BYTES 512
 
 /* ---- a generator of consistent event streams --------------------------------------------- */
@@ -135,7 +135,7 @@ static void gen_reservation(struct gen *g, int s, int k)
              "{\"reservationId\":\"res_%d\",\"storeId\":\"%s\",\"customerId\":\"c%d\","
              "\"lines\":[{\"sku\":\"%s\",\"qty\":%" PRId64 "}],\"expiresAt\":%" PRId64
              ",\"status\":\"ACTIVE\"}",
-             n, g->store_ids[s], n, g->skus[k], qty, T0_MS + 60000);
+             n, g->store_ids[s], n, g->skus[k], qty, (int64_t)(T0_MS + 60000));
     g->res_qty[n] = qty;
     g->res_store[n] = s;
     g->res_sku[n] = k;
@@ -262,9 +262,10 @@ static void assert_matches_model(struct projector *p, const struct gen *g)
         ASSERT_TRUE(projector_reservation_find(v, id, &res));
         ASSERT_EQ_INT(res.status == PROJECTOR_ACTIVE, g->res_qty[n] > 0);
         ASSERT_EQ_UINT(res.line_count, 1);
-        ASSERT_EQ_STR(projector_product_sku(v, res.lines[0].product_index), g->skus[g->res_sku[n]]);
+        const char *sku = projector_product_sku(v, res.lines[0].product_index);
+        ASSERT_EQ_STR(sku, g->skus[g->res_sku[n]]);
     }
-    projector_read_end(v);
+    projector_read_end(p, v);
 }
 
 /* ---- tests ------------------------------------------------------------------------------ */
@@ -287,7 +288,26 @@ static void test_synthetic_batches(void **state)
     ASSERT_EQ_STR(projector_product_name(v, 3), "Product 3");
     ASSERT_EQ_INT(projector_product_find(v, "nope"), -1);
     ASSERT_EQ_INT(projector_lag_ms(&p, v), 0);
-    projector_read_end(v);
+    ASSERT_EQ_UINT(projector_dropped_count(v), 0);
+    projector_read_end(&p, v);
+    /* An impossible item and unparsable data are counted, logged and skipped, not applied. */
+    struct row_event bad = {.seq = f->gen.seq + 1, .event_type = "StockAdjusted",
+                            .event_version = 1, .occurred_at_ms = T0_MS, .store_id = "S1",
+                            .sku = "K0", .data_json = "{}", .is_stock = true, .on_hand = 1,
+                            .reserved = 2, .version = 9};
+    struct row_event junk = {.seq = f->gen.seq + 2, .event_type = "StoreCreated",
+                             .event_version = 1, .occurred_at_ms = T0_MS, .store_id = "S9",
+                             .data_json = "not json"};
+    projector_apply(&p, &bad, 1);
+    projector_apply(&p, &junk, 1);
+    v = projector_read_begin(&p);
+    ASSERT_EQ_UINT(projector_dropped_count(v), 2);
+    ASSERT_EQ_INT(projector_applied_seq(v), f->gen.seq + 2);
+    ASSERT_EQ_INT(projector_store_find(v, "S9"), -1);
+    struct projector_item item;
+    ASSERT_TRUE(projector_item_get(v, (uint32_t)projector_product_find(v, "K0"), 0, &item));
+    ASSERT_EQ_INT(item.version, 1);
+    projector_read_end(&p, v);
     projector_deinit(&p);
 }
 
@@ -352,6 +372,50 @@ static void test_replay_equivalence(void **state)
     projector_deinit(&live);
 }
 
+/* Commits and applies batches of random steps, as the writer and its hook would. */
+static void run_batches(struct fixture *f, struct projector *p, int batches)
+{
+    for (int batch = 0; batch < batches; batch++) {
+        size_t from = f->gen.count;
+        int steps = 1 + (int)(gen_next(&f->gen) % 8);
+        for (int i = 0; i < steps; i++) {
+            gen_step(&f->gen);
+        }
+        if (f->gen.count > from) {
+            commit_events(f, from, f->gen.count);
+            projector_apply(p, f->gen.events + from, f->gen.count - from);
+        }
+    }
+    SVC_ASSERT(f->gen.count <= GEN_EVENTS_MAX);
+}
+
+/* A rebuild on its thread while batches keep committing: nothing committed meanwhile is lost,
+ * whichever side of the swap it lands on. */
+static void test_rebuild_while_writing(void **state)
+{
+    struct fixture *f = *state;
+    struct projector p;
+    load_projector(f, &p);
+    gen_init(&f->gen, 99);
+    gen_catalog(&f->gen);
+    commit_events(f, 0, f->gen.count);
+    projector_apply(&p, f->gen.events, f->gen.count);
+    run_batches(f, &p, 150);
+    struct projection *before = atomic_load(&p.live);
+    ASSERT_EQ_INT(projector_rebuild_start(&p), 0);
+    ASSERT_EQ_INT(projector_rebuild_start(&p), 1); /* one at a time */
+    run_batches(f, &p, 150);
+    for (int waited_ms = 0; atomic_load(&p.rebuilding); waited_ms++) {
+        ASSERT_LT_INT(waited_ms, 10000);
+        usleep(1000);
+    }
+    ASSERT_TRUE(atomic_load(&p.live) != before);
+    assert_matches_model(&p, &f->gen);
+    run_batches(f, &p, 20); /* the hook feeds the new projection */
+    assert_matches_model(&p, &f->gen);
+    projector_deinit(&p);
+}
+
 struct watcher {
     struct projector *p;
     _Atomic bool stop;
@@ -374,7 +438,7 @@ static void *watcher_main(void *arg)
             w->backwards += item.version < last_version;
             last_version = item.version;
         }
-        projector_read_end(v);
+        projector_read_end(w->p, v);
     }
     return NULL;
 }
@@ -404,8 +468,21 @@ static void test_readers_never_see_torn_items(void **state)
     ASSERT_EQ_UINT(w.backwards, 0);
     struct projection *v = projector_read_begin(&p);
     ASSERT_EQ_INT(projector_applied_seq(v), 20001);
-    projector_read_end(v);
+    projector_read_end(&p, v);
     projector_deinit(&p);
+}
+
+struct seen {
+    int count;
+    int64_t seqs[64];
+};
+
+static int seen_row(void *context, const struct row_event *row)
+{
+    struct seen *seen = context;
+    SVC_ASSERT(seen->count < 64);
+    seen->seqs[seen->count++] = row->seq;
+    return 0;
 }
 
 static void test_events_reader_filters(void **state)
@@ -419,13 +496,17 @@ static void test_events_reader_filters(void **state)
     int64_t max = 0;
     ASSERT_OK(store_reader_event_seq_max(reader, &max));
     ASSERT_EQ_INT(max, f->gen.seq);
-    struct projection *v = projection_alloc();
-    ASSERT_NOT_NULL(v);
-    ASSERT_OK(store_reader_events(reader, 0, "S2", "K1", 100, v, projection_replay_row));
-    ASSERT_EQ_UINT(atomic_load(&v->product_count), 1); /* only K1's ProductCreated in S2 */
-    ASSERT_OK(store_reader_events(reader, 0, NULL, NULL, 1, v, projection_replay_row));
-    ASSERT_EQ_UINT(atomic_load(&v->store_count), 2);   /* S2 (above), then S1 at seq 1 */
-    projection_free(v);
+    struct seen seen = {0, {0}};
+    ASSERT_OK(store_reader_events(reader, 0, "S2", "K1", 100, &seen, seen_row));
+    ASSERT_EQ_INT(seen.count, 1); /* K1's ProductCreated, in S2 */
+    seen.count = 0;
+    ASSERT_OK(store_reader_events(reader, 0, NULL, NULL, 2, &seen, seen_row));
+    ASSERT_EQ_INT(seen.count, 2);
+    ASSERT_EQ_INT(seen.seqs[0], 1);
+    ASSERT_EQ_INT(seen.seqs[1], 2);
+    seen.count = 0;
+    ASSERT_OK(store_reader_events(reader, max, NULL, NULL, 10, &seen, seen_row));
+    ASSERT_EQ_INT(seen.count, 0);
     store_reader_close(reader);
 }
 
@@ -436,6 +517,7 @@ int main(void)
         PROJECTOR_TEST(test_synthetic_batches),
         PROJECTOR_TEST(test_duplicate_batches_are_skipped),
         PROJECTOR_TEST(test_replay_equivalence),
+        PROJECTOR_TEST(test_rebuild_while_writing),
         PROJECTOR_TEST(test_readers_never_see_torn_items),
         PROJECTOR_TEST(test_events_reader_filters),
     };
