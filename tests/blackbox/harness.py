@@ -380,6 +380,11 @@ def audit_events(server):
     after every event, each event's onHand/reserved equal the running sums, and the stored
     stock_items equal the sums. Events come from GET /v1/events, else from <data_dir>/stockd.db.
     Returns {(store, sku): (onHand, reserved)}."""
+    with server.client() as c:  # the server's own audit (GET /v1/admin/audit) first
+        r = c.get("/v1/admin/audit")
+    check_eq(r.status, 200, "GET /v1/admin/audit")
+    check(r.json.get("ok") is True and r.json.get("violationCount") == 0,
+          "the server's audit found violations: %s" % r.body[:2000])
     rows = _events_from_api(server)
     if rows is None:
         rows = [(store, sku, None, json.loads(data)) for store, sku, data in _sqlite_rows(

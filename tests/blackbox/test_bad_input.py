@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (check, check_eq, check_problem, describe, encode_body,  # noqa: E402
+from harness import (audit_events, check, check_eq, check_problem, describe, encode_body,  # noqa: E402
                      main, new_key, run_threads, start_stockd)
 
 SKU = "BAD-1"
@@ -393,6 +393,7 @@ def test_clients_hang_up():
             r = client.get("/v1/orders/ord_%d" % (count + 1))
             check_problem(r, 404, "unknown_order", "no order beyond one per key")
         check(s.alive(), "stockd died")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 

@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (check, check_eq, check_problem, check_status, describe,  # noqa: E402
+from harness import (audit_events, check, check_eq, check_problem, check_status, describe,  # noqa: E402
                      main, new_key, run_threads, start_stockd, wait_health)
 
 SKU = "CRASH"
@@ -203,6 +203,7 @@ def test_kill9_during_purchase_burst():
             check_status(r, 201, "purchase after recovery")
             check_eq(r.json["orderId"], "ord_%d" % (existing_before + 1),
                      "the next order number after recovery")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 
@@ -235,6 +236,7 @@ def test_sigterm_during_purchase_burst():
         check_acked_after_restart(s, acked, 1)
         print("  %d acknowledged, %d refused while stopping, %d cut off"
               % (len(acked), len(refused), in_flight), flush=True)
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 

@@ -8,7 +8,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
+from harness import (audit_events, check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
                      new_key, run_threads, start_stockd)
 
 SKU = "IDEM-1"
@@ -153,6 +153,7 @@ def test_concurrent_same_key():
             check_status(r, 201, "next purchase")
             check_eq(r.json["orderId"], "ord_%d" % (int(order_id[4:]) + 1),
                      "the next order number (no order was created by the duplicates)")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 
@@ -210,6 +211,7 @@ def test_keys_survive_restart():
             changed = dict(body, qty=2)
             r = c.post("/v1/purchase", changed, key=key)
             check_problem(r, 422, "idempotency_key_reused", "reuse after restart")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 

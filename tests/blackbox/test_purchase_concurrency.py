@@ -7,7 +7,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (check, check_eq, check_status, describe, main, new_key,  # noqa: E402
+from harness import (audit_events, check, check_eq, check_status, describe, main, new_key,  # noqa: E402
                      run_threads, start_stockd)
 
 
@@ -98,6 +98,7 @@ def test_flash_sale_one_store():
             check_eq(r.status, 404, "no 101st order")
         check_orders_readable(s, ok, "one store")
         check(s.alive(), "stockd died")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 
@@ -130,6 +131,7 @@ def test_flash_sale_three_stores_round_robin():
                 check_eq(r.json["onHand"], 0, "onHand in %s" % store)
             check_eq(c.get("/v1/availability?sku=RR").json["onHand"], 0, "global onHand")
         check_orders_readable(s, ok, "three stores")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 
@@ -161,6 +163,7 @@ def test_mixed_quantities():
             # Stock only goes down: what is left cannot serve any refused request.
             check(left < body["qty"], "%d left although qty %d was refused" % (left, body["qty"]))
         check_orders_readable(s, ok, "mixed quantities")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 

@@ -9,7 +9,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
+from harness import (audit_events, check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
                      run_threads, start_stockd)
 
 INVENTORY_KEYS = {"item_id", "item_name", "current_stock", "initial_stock", "total_purchases",
@@ -116,6 +116,7 @@ def test_reset_buy_inventory():
             body = inventory(c)
             check_eq((body["current_stock"], body["total_purchases"]), (99, 1),
                      "inventory after a restart and one sale")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 
@@ -149,6 +150,7 @@ def test_proof_of_correctness():
             check_eq(body["current_stock"], 0, "current_stock after the second sale")
             check_eq(body["total_purchases"], 100, "total_purchases after the second sale "
                      "(seed test 1: exactly 100 purchase records)")
+        audit_events(s)  # the event log replays to the stored stock
     finally:
         s.stop()
 

@@ -343,6 +343,33 @@ static void test_heap_full_of_stale_entries(void **state)
     ASSERT_EQ_UINT(res_count(t), 0);
 }
 
+/* A rollback that reschedules into a full heap rebuilds it, keeping the restored one. */
+static void test_rollback_into_full_heap(void **state)
+{
+    struct res_table *t = *state;
+    struct reservation *blocker = make_committed(t, 1, 1000);
+    res_commit(t);
+    int64_t seq = 2;
+    while (t->heap_count < RES_HEAP_MAX) {
+        ASSERT_LT_INT(seq, 2 + 2 * RES_HEAP_MAX);
+        struct reservation *r = make_committed(t, seq, 2000 + seq);
+        res_commit(t);
+        finish(t, r, RES_CANCELLED);
+        res_commit(t);
+        seq++;
+    }
+    finish(t, blocker, RES_CONFIRMED); /* a confirm leaves its entry; the batch then fails */
+    res_rollback(t);
+    ASSERT_EQ_INT(blocker->status, RES_ACTIVE);
+    ASSERT_EQ_INT(blocker->version, 1);
+    ASSERT_EQ_UINT(t->heap_count, 1); /* rebuilt: one entry per ACTIVE reservation */
+    ASSERT_TRUE(res_pop_due(t, 1500) == blocker);
+    finish(t, blocker, RES_EXPIRED);
+    ASSERT_NULL(res_pop_due(t, INT64_MAX - 1));
+    res_commit(t);
+    ASSERT_EQ_UINT(res_count(t), 0);
+}
+
 /* ---- batch protocol: commit and rollback ------------------------------------------------ */
 
 static void test_commit_frees_finished(void **state)
@@ -502,6 +529,7 @@ int main(void)
         RES_TEST(test_index_delete_wrapping_chain),
         RES_TEST(test_heap_order_and_stale_entries),
         RES_TEST(test_heap_full_of_stale_entries),
+        RES_TEST(test_rollback_into_full_heap),
         RES_TEST(test_commit_frees_finished),
         RES_TEST(test_rollback_restores_batch),
         RES_TEST(test_capacity),
