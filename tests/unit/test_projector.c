@@ -90,11 +90,13 @@ static void gen_stock(struct gen *g, const char *type, int s, int k, int64_t del
     g->version[s][k] += 1;
     SVC_ASSERT(g->reserved[s][k] >= 0 && g->reserved[s][k] <= g->on_hand[s][k]);
     struct row_event *e = gen_event(g, type, g->store_ids[s], g->skus[k]);
-    snprintf((char *)e->data_json, GEN_JSON_BYTES,
+    char text[GEN_JSON_BYTES]; /* formatted apart: the sources live in *g too */
+    snprintf(text, sizeof text,
              "{%s\"storeId\":\"%s\",\"sku\":\"%s\",\"delta\":%" PRId64 ",\"reservedDelta\":%"
              PRId64 ",\"onHand\":%" PRId64 ",\"reserved\":%" PRId64 ",\"version\":%" PRId64 "}",
              extra, g->store_ids[s], g->skus[k], delta, reserved_delta, g->on_hand[s][k],
              g->reserved[s][k], g->version[s][k]);
+    memcpy((char *)e->data_json, text, sizeof text);
     e->is_stock = true;
     e->delta = delta;
     e->reserved_delta = reserved_delta;
@@ -107,9 +109,11 @@ static void gen_catalog(struct gen *g)
 {
     for (int s = 1; s < GEN_STORES; s++) {
         struct row_event *e = gen_event(g, "StoreCreated", g->store_ids[s], NULL);
-        snprintf((char *)e->data_json, GEN_JSON_BYTES,
+        char text[GEN_JSON_BYTES]; /* formatted apart: the sources live in *g too */
+    snprintf(text, sizeof text,
                  "{\"storeId\":\"%s\",\"name\":\"Store %d\",\"latencyMs\":%d}", g->store_ids[s],
                  s + 1, 10 * s);
+    memcpy((char *)e->data_json, text, sizeof text);
     }
     for (int k = 0; k < GEN_SKUS; k++) {
         char extra[64];
@@ -131,11 +135,13 @@ static void gen_reservation(struct gen *g, int s, int k)
     snprintf(extra, sizeof extra, "\"reservationId\":\"res_%d\",\"qty\":%" PRId64 ",", n, qty);
     gen_stock(g, "StockReserved", s, k, 0, qty, extra);
     struct row_event *e = gen_event(g, "ReservationCreated", g->store_ids[s], NULL);
-    snprintf((char *)e->data_json, GEN_JSON_BYTES,
+    char text[GEN_JSON_BYTES]; /* formatted apart: the sources live in *g too */
+    snprintf(text, sizeof text,
              "{\"reservationId\":\"res_%d\",\"storeId\":\"%s\",\"customerId\":\"c%d\","
              "\"lines\":[{\"sku\":\"%s\",\"qty\":%" PRId64 "}],\"expiresAt\":%" PRId64
              ",\"status\":\"ACTIVE\"}",
              n, g->store_ids[s], n, g->skus[k], qty, (int64_t)(T0_MS + 60000));
+    memcpy((char *)e->data_json, text, sizeof text);
     g->res_qty[n] = qty;
     g->res_store[n] = s;
     g->res_sku[n] = k;
@@ -152,9 +158,11 @@ static void gen_finish_reservation(struct gen *g, int n, bool confirm)
               extra);
     struct row_event *e = gen_event(g, confirm ? "ReservationConfirmed" : "ReservationCancelled",
                                     g->store_ids[s], NULL);
-    snprintf((char *)e->data_json, GEN_JSON_BYTES,
+    char text[GEN_JSON_BYTES]; /* formatted apart: the sources live in *g too */
+    snprintf(text, sizeof text,
              "{\"reservationId\":\"res_%d\",\"storeId\":\"%s\",\"status\":\"%s\"}", n,
              g->store_ids[s], confirm ? "CONFIRMED" : "CANCELLED");
+    memcpy((char *)e->data_json, text, sizeof text);
     g->res_qty[n] = 0;
 }
 
