@@ -65,6 +65,15 @@ int api_get_int(json_t *body, const char *name, bool required, int64_t min, int6
  * required when the route says so). On failure sends 428/400/429 and returns NULL. */
 struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kind);
 
+/* Decodes a command's body into cmd: 0, or an svc_err with *why set. r gives path params. */
+typedef int (*api_decoder)(const struct http_request *r, json_t *body, struct command *cmd,
+                           const char **why);
+
+/* The shared path of a v1 command: Idempotency-Key, a line block when with_lines, the JSON
+ * body, If-Match, decode, submit. Sends every error response itself. */
+void api_submit_command(struct http_request *r, enum cmd_kind kind, bool with_lines,
+                        api_decoder decode);
+
 /* Reads If-Match: "<version>" into the command. 0 (absent or set) or SVC_EVALIDATION. */
 int api_if_match(struct http_request *r, struct command *cmd);
 

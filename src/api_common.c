@@ -199,3 +199,34 @@ struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kin
     }
     return hc;
 }
+
+void api_submit_command(struct http_request *r, enum cmd_kind kind, bool with_lines,
+                        api_decoder decode)
+{
+    struct http_command *hc = api_command_begin(r, kind);
+    if (hc == NULL) {
+        return;
+    }
+    if (with_lines && !http_command_take_lines(hc)) {
+        http_command_free(hc);
+        http_send_problem(r, SVC_EQUEUE_FULL, "too many multi-line commands in flight", NULL, 0);
+        return;
+    }
+    json_t *body = api_parse_body(r);
+    if (body == NULL) {
+        http_command_free(hc);
+        return;
+    }
+    const char *why = "If-Match must be a quoted version number";
+    int rc = api_if_match(r, &hc->cmd);
+    if (rc == 0) {
+        rc = decode(r, body, &hc->cmd, &why);
+    }
+    json_decref(body);
+    if (rc != 0) {
+        http_command_free(hc);
+        http_send_problem(r, rc, why, NULL, 0);
+        return;
+    }
+    http_command_submit(r, hc);
+}

@@ -12,34 +12,10 @@
 #include "svc_assert.h"
 
 /* Decodes the body with decode and submits; shared by every v1 command of this file. */
-static void api_submit_decoded(struct http_request *r, enum cmd_kind kind,
-                               int (*decode)(json_t *, struct command *, const char **))
+static int api_decode_store(const struct http_request *r, json_t *body,
+                            struct command *cmd, const char **why)
 {
-    struct http_command *hc = api_command_begin(r, kind);
-    if (hc == NULL) {
-        return;
-    }
-    json_t *body = api_parse_body(r);
-    if (body == NULL) {
-        http_command_free(hc);
-        return;
-    }
-    const char *why = "If-Match must be a quoted version number";
-    int rc = api_if_match(r, &hc->cmd);
-    if (rc == 0) {
-        rc = decode(body, &hc->cmd, &why);
-    }
-    json_decref(body);
-    if (rc != 0) {
-        http_command_free(hc);
-        http_send_problem(r, rc, why, NULL, 0);
-        return;
-    }
-    http_command_submit(r, hc);
-}
-
-static int api_decode_store(json_t *body, struct command *cmd, const char **why)
-{
+    (void)r;
     int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
                             why);
     if (rc >= 0) {
@@ -52,8 +28,10 @@ static int api_decode_store(json_t *body, struct command *cmd, const char **why)
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_product(json_t *body, struct command *cmd, const char **why)
+static int api_decode_product(const struct http_request *r, json_t *body,
+                              struct command *cmd, const char **why)
 {
+    (void)r;
     int rc = api_get_string(body, "sku", true, true, cmd->sku, sizeof cmd->sku, why);
     if (rc >= 0) {
         rc = api_get_string(body, "name", true, false, cmd->name, sizeof cmd->name, why);
@@ -70,8 +48,10 @@ static int api_decode_product(json_t *body, struct command *cmd, const char **wh
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_adjustment(json_t *body, struct command *cmd, const char **why)
+static int api_decode_adjustment(const struct http_request *r, json_t *body,
+                                 struct command *cmd, const char **why)
 {
+    (void)r;
     int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
                             why);
     if (rc >= 0) {
@@ -92,15 +72,15 @@ static int api_decode_adjustment(json_t *body, struct command *cmd, const char *
 
 void api_store_create(struct http_request *r)
 {
-    api_submit_decoded(r, CMD_STORE_CREATE, api_decode_store);
+    api_submit_command(r, CMD_STORE_CREATE, false, api_decode_store);
 }
 
 void api_product_create(struct http_request *r)
 {
-    api_submit_decoded(r, CMD_PRODUCT_CREATE, api_decode_product);
+    api_submit_command(r, CMD_PRODUCT_CREATE, false, api_decode_product);
 }
 
 void api_adjustment(struct http_request *r)
 {
-    api_submit_decoded(r, CMD_ADJUST, api_decode_adjustment);
+    api_submit_command(r, CMD_ADJUST, false, api_decode_adjustment);
 }

@@ -11,42 +11,6 @@
 #include "errors.h"
 #include "svc_assert.h"
 
-/* A decoder fills the command from the body; returns 0 or SVC_EVALIDATION with *why set. */
-typedef int (*api_decoder)(struct http_request *r, json_t *body, struct http_command *hc,
-                           const char **why);
-
-/* The shared path of every command here: key, body, If-Match, decode, submit. */
-static void api_submit(struct http_request *r, enum cmd_kind kind, bool with_lines,
-                       api_decoder decode)
-{
-    struct http_command *hc = api_command_begin(r, kind);
-    if (hc == NULL) {
-        return;
-    }
-    if (with_lines && !http_command_take_lines(hc)) {
-        http_command_free(hc);
-        http_send_problem(r, SVC_EQUEUE_FULL, "too many multi-line commands in flight", NULL, 0);
-        return;
-    }
-    json_t *body = api_parse_body(r);
-    if (body == NULL) {
-        http_command_free(hc);
-        return;
-    }
-    const char *why = "If-Match must be a quoted version number";
-    int rc = api_if_match(r, &hc->cmd);
-    if (rc == 0) {
-        rc = decode(r, body, hc, &why);
-    }
-    json_decref(body);
-    if (rc != 0) {
-        http_command_free(hc);
-        http_send_problem(r, rc, why, NULL, 0);
-        return;
-    }
-    http_command_submit(r, hc);
-}
-
 /* Decodes "lines": 1..CMD_LINES_MAX objects {sku, qty >= 1}. */
 static int api_decode_lines(json_t *body, struct cmd_lines *out, const char **why)
 {
@@ -77,11 +41,10 @@ static int api_decode_lines(json_t *body, struct cmd_lines *out, const char **wh
     return 0;
 }
 
-static int api_decode_set_absolute(struct http_request *r, json_t *body, struct http_command *hc,
-                                   const char **why)
+static int api_decode_set_absolute(const struct http_request *r, json_t *body,
+                                   struct command *cmd, const char **why)
 {
     (void)r;
-    struct command *cmd = &hc->cmd;
     int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
                             why);
     if (rc >= 0) {
@@ -96,11 +59,10 @@ static int api_decode_set_absolute(struct http_request *r, json_t *body, struct 
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_reservation(struct http_request *r, json_t *body, struct http_command *hc,
-                                  const char **why)
+static int api_decode_reservation(const struct http_request *r, json_t *body,
+                                  struct command *cmd, const char **why)
 {
     (void)r;
-    struct command *cmd = &hc->cmd;
     int rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id,
                             why);
     cmd->has_store = rc == 1;
@@ -135,10 +97,9 @@ static int64_t api_reservation_seq(h2o_iovec_t id)
     return seq;
 }
 
-static int api_decode_confirm(struct http_request *r, json_t *body, struct http_command *hc,
-                              const char **why)
+static int api_decode_confirm(const struct http_request *r, json_t *body,
+                              struct command *cmd, const char **why)
 {
-    struct command *cmd = &hc->cmd;
     cmd->reservation_seq = api_reservation_seq(r->path_param);
     if (cmd->reservation_seq == 0) {
         *why = "reservation ids look like res_123";
@@ -149,10 +110,9 @@ static int api_decode_confirm(struct http_request *r, json_t *body, struct http_
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_cancel(struct http_request *r, json_t *body, struct http_command *hc,
-                             const char **why)
+static int api_decode_cancel(const struct http_request *r, json_t *body,
+                             struct command *cmd, const char **why)
 {
-    struct command *cmd = &hc->cmd;
     cmd->reservation_seq = api_reservation_seq(r->path_param);
     if (cmd->reservation_seq == 0) {
         *why = "reservation ids look like res_123";
@@ -162,11 +122,10 @@ static int api_decode_cancel(struct http_request *r, json_t *body, struct http_c
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_transfer(struct http_request *r, json_t *body, struct http_command *hc,
-                               const char **why)
+static int api_decode_transfer(const struct http_request *r, json_t *body,
+                               struct command *cmd, const char **why)
 {
     (void)r;
-    struct command *cmd = &hc->cmd;
     int rc = api_get_string(body, "fromStore", true, true, cmd->store_id, sizeof cmd->store_id,
                             why);
     if (rc >= 0) {
@@ -210,11 +169,10 @@ static int api_decode_snapshot(json_t *body, struct cmd_lines *out, const char *
     return 0;
 }
 
-static int api_decode_reconciliation(struct http_request *r, json_t *body,
-                                     struct http_command *hc, const char **why)
+static int api_decode_reconciliation(const struct http_request *r, json_t *body,
+                                     struct command *cmd, const char **why)
 {
     (void)r;
-    struct command *cmd = &hc->cmd;
     int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
                             why);
     if (rc >= 0) {
@@ -228,33 +186,33 @@ static int api_decode_reconciliation(struct http_request *r, json_t *body,
 
 void api_set_absolute(struct http_request *r)
 {
-    api_submit(r, CMD_SET_ABSOLUTE, false, api_decode_set_absolute);
+    api_submit_command(r, CMD_SET_ABSOLUTE, false, api_decode_set_absolute);
 }
 
 void api_reservation_create(struct http_request *r)
 {
-    api_submit(r, CMD_RESERVE, true, api_decode_reservation);
+    api_submit_command(r, CMD_RESERVE, true, api_decode_reservation);
 }
 
 void api_reservation_confirm(struct http_request *r)
 {
     /* A line block for its reply: the reservation's lines (up to 100) do not fit the
      * inline reply buffer. */
-    api_submit(r, CMD_CONFIRM, true, api_decode_confirm);
+    api_submit_command(r, CMD_CONFIRM, true, api_decode_confirm);
 }
 
 void api_reservation_cancel(struct http_request *r)
 {
     /* A line block for its reply, as for confirm. */
-    api_submit(r, CMD_CANCEL, true, api_decode_cancel);
+    api_submit_command(r, CMD_CANCEL, true, api_decode_cancel);
 }
 
 void api_transfer(struct http_request *r)
 {
-    api_submit(r, CMD_TRANSFER, true, api_decode_transfer);
+    api_submit_command(r, CMD_TRANSFER, true, api_decode_transfer);
 }
 
 void api_reconciliation(struct http_request *r)
 {
-    api_submit(r, CMD_RECONCILE, true, api_decode_reconciliation);
+    api_submit_command(r, CMD_RECONCILE, true, api_decode_reconciliation);
 }
