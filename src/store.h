@@ -174,6 +174,10 @@ int store_reservation_status(struct store *s, int64_t seq, char status_out[16],
  * SVC_ESTORAGE_UNAVAILABLE with nothing of the batch written. */
 int store_commit_batch(struct store *s, const struct store_batch *batch);
 
+/* Called by the writer between batches, after the replies left: keeps the WAL bounded (see
+ * STORE_WAL_RESET_FRAMES in store_sqlite.c). Cheap when there is nothing to do. */
+void store_batch_done(struct store *s);
+
 /* Deletes at most max_rows idempotency records created before before_ms; returns how many
  * were deleted or SVC_ESTORAGE_UNAVAILABLE. */
 int store_idem_prune(struct store *s, int64_t before_ms, int max_rows);

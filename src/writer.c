@@ -904,6 +904,7 @@ static void *writer_loop(void *arg)
         if (count > 0) {
             size_t fit = writer_batch_fit(w, commands, count);
             writer_run_batch(w, commands, fit);
+            store_batch_done(w->config.store);
             carried = count - fit;
             memmove(commands, commands + fit, carried * sizeof commands[0]);
             continue;
