@@ -1,15 +1,13 @@
-# The two commands of the README:
-#   make run    installs what is missing, builds, and runs stockd on SQLite at 127.0.0.1:8080
-#   make test   installs what is missing and runs every test suite (ASan+UBSan, TSan, release)
-# Other targets: build, bench, tidy, format, clean.
+# Shortcuts for the README's two commands (scripts/run.sh, scripts/test.sh, which need only
+# bash on a fresh Debian 12) and a few more: build, bench, tidy, format, clean.
 
 DATA_DIR ?= ./data
 ARGS ?=
 
 .PHONY: run build test test-asan test-tsan test-release tidy format bench clean deps
 
-run: build
-	./build/stockd --data-dir $(DATA_DIR) $(ARGS)
+run:
+	DATA_DIR=$(DATA_DIR) scripts/run.sh $(ARGS)
 
 deps:
 	@scripts/install-deps.sh run
@@ -19,8 +17,7 @@ build: deps
 	ninja -C build stockd
 
 test:
-	@scripts/install-deps.sh test
-	@scripts/run-tests.sh
+	@scripts/test.sh
 
 tidy:
 	python3 tools/tidy.py
