@@ -248,16 +248,19 @@ class Client:
                     raise
         raise AssertionError("unreachable")
 
-    def post(self, path, obj_or_bytes, key=None, headers=None, content_type="application/json"):
+    def post(self, path, obj_or_bytes, key=None, headers=None, content_type="application/json",
+             retry=False):
         """POSTs obj (JSON-encoded) or raw bytes. key sets Idempotency-Key; content_type None
-        sends no Content-Type."""
+        sends no Content-Type. retry resends once on a reset connection: only for keyed
+        requests, which the server answers once however often they arrive."""
         all_headers = {}
         if content_type is not None:
             all_headers["Content-Type"] = content_type
         if key is not None:
             all_headers["Idempotency-Key"] = key
         all_headers.update(headers or {})
-        return self.request("POST", path, encode_body(obj_or_bytes), all_headers)
+        check(not retry or key is not None, "only a keyed POST may be retried")
+        return self.request("POST", path, encode_body(obj_or_bytes), all_headers, retry=retry)
 
     def get(self, path, headers=None):
         return self.request("GET", path, None, headers, retry=True)

@@ -124,7 +124,7 @@ def check_acked_after_restart(server, acked, cycle):
                 if (r.json.get("customerId"), r.json.get("lines")) != \
                         (body["customerId"], [{"sku": SKU, "qty": 1}]):
                     errors.append("%s differs from its purchase: %r" % (order_id, r.json))
-                again = client.post("/v1/purchase", body, key=key)
+                again = client.post("/v1/purchase", body, key=key, retry=True)
                 if again.status != 201 or again.body != first.body or \
                         again.headers.get("idempotent-replayed") != "true":
                     errors.append("replay of %s: %s replayed=%s, first %r" % (
