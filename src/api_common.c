@@ -9,21 +9,12 @@
 #include "errors.h"
 #include "hash.h"
 #include "svc_assert.h"
+#include "text.h"
 
 bool api_is_id(const char *s, size_t length, size_t max)
 {
-    if (length < 1 || length > max) {
-        return false;
-    }
-    for (size_t i = 0; i < length; i++) {
-        char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok) {
-            return false;
-        }
-    }
-    return true;
+    SVC_ASSERT(s != NULL || length == 0);
+    return text_is_id(s, length, max);
 }
 
 static bool api_content_type_is_json(h2o_iovec_t value)

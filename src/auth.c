@@ -22,6 +22,7 @@
 #include "errors.h"
 #include "log.h"
 #include "svc_assert.h"
+#include "text.h"
 
 /* Random bytes of a generated admin token (hex-encoded: twice as many characters). */
 #define AUTH_GENERATED_TOKEN_BYTES 32
@@ -71,19 +72,6 @@ static void auth_sha256(const char *data, size_t length, unsigned char out[AUTH_
     SVC_ASSERT(out_length == AUTH_HASH_BYTES);
 }
 
-static int auth_hex_value(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
 
 /* Decodes exactly 2 * AUTH_HASH_BYTES hex digits. 0 or SVC_EVALIDATION. */
 static int auth_hex_decode(const char *hex, size_t length, unsigned char out[AUTH_HASH_BYTES])
@@ -94,8 +82,8 @@ static int auth_hex_decode(const char *hex, size_t length, unsigned char out[AUT
         return SVC_EVALIDATION;
     }
     for (size_t i = 0; i < AUTH_HASH_BYTES; i++) {
-        int high = auth_hex_value(hex[2 * i]);
-        int low = auth_hex_value(hex[2 * i + 1]);
+        int high = text_hex_value(hex[2 * i]);
+        int low = text_hex_value(hex[2 * i + 1]);
         if (high < 0 || low < 0) {
             return SVC_EVALIDATION;
         }
@@ -120,18 +108,7 @@ static void auth_hex_encode(const unsigned char *bytes, size_t length, char *out
 static bool auth_principal_valid(const char *s, size_t length)
 {
     SVC_ASSERT(s != NULL);
-    if (length < 1 || length > AUTH_PRINCIPAL_BYTES_MAX) {
-        return false;
-    }
-    for (size_t i = 0; i < length; i++) {
-        char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok) {
-            return false;
-        }
-    }
-    return true;
+    return text_is_id(s, length, AUTH_PRINCIPAL_BYTES_MAX);
 }
 
 /* A plaintext token: 1..AUTH_TOKEN_BYTES_MAX printable ASCII bytes, no spaces. */

@@ -20,6 +20,7 @@
 #include "problem.h"
 #include "routes.h"
 #include "svc_assert.h"
+#include "text.h"
 
 /* Connections accepted per readiness callback before yielding to other work on the loop. */
 #define HTTP_ACCEPT_BATCH_MAX 64
@@ -350,19 +351,6 @@ h2o_iovec_t http_header(const struct http_request *r, const char *name)
     return r->req->headers.entries[index].value;
 }
 
-static int http_hex_value(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
 
 /* Percent-decodes in[0..length) into out; SVC_EVALIDATION when malformed or too long. */
 static int http_percent_decode(const char *in, size_t length, char *out, size_t size)
@@ -374,8 +362,8 @@ static int http_percent_decode(const char *in, size_t length, char *out, size_t 
             if (i + 2 >= length) {
                 return SVC_EVALIDATION;
             }
-            int high = http_hex_value(in[i + 1]);
-            int low = http_hex_value(in[i + 2]);
+            int high = text_hex_value(in[i + 1]);
+            int low = text_hex_value(in[i + 2]);
             if (high < 0 || low < 0) {
                 return SVC_EVALIDATION;
             }
