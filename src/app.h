@@ -13,6 +13,7 @@
 
 #include "auth.h"
 #include "domain.h"
+#include "follower.h"
 #include "projector.h"
 #include "svc_limits.h"
 #include "queue.h"
@@ -22,7 +23,8 @@ struct app_config {
     char listen_host[64];
     int listen_port;            /* 0 picks a free port; the chosen one is printed */
     char data_dir[512];
-    char db_path[600];          /* <data_dir>/stockd.db */
+    char db_path[600];          /* <data_dir>/stockd.db, or the --store uri */
+    char store_uri[600];        /* --store postgres://...; empty: SQLite in data_dir */
     int io_thread_count;        /* default: the number of cores */
     bool allow_reset;           /* seed 004 POST /reset */
     bool audit_only;            /* --audit: check the data directory's log and exit */
@@ -37,6 +39,7 @@ struct app {
     struct queue queue;
     struct writer writer;
     struct projector projector; /* the read model; fed by the writer's committed hook */
+    struct follower follower;   /* shared backends: follows other instances' events */
     struct auth auth;           /* bearer tokens, filled before the threads start */
     int64_t started_wall_ms;
     _Atomic bool shutting_down;

@@ -463,6 +463,33 @@ int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64
     return 0;
 }
 
+int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
+                     int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
+{
+    int32_t store_index = dom_store_find(d, store_id);
+    int32_t product_index = dom_product_find(d, sku);
+    if (store_index < 0 || product_index < 0 || reserved < 0 || reserved > on_hand ||
+        on_hand > ON_HAND_MAX || version < 1 || sold < 0) {
+        return SVC_EVALIDATION;
+    }
+    int32_t index = atomic_load(&d->products[product_index].item_by_store[store_index]);
+    if (index < 0) {
+        return dom_load_item(d, store_id, sku, on_hand, reserved, version, sold, updated_at_ms);
+    }
+    struct dom_item *item = &d->items[index];
+    if (item->version == version) {
+        return 0; /* nobody else changed it */
+    }
+    d->stores[store_index].on_hand_total += on_hand - item->on_hand;
+    item->on_hand = on_hand;
+    item->reserved = reserved;
+    item->version = version;
+    item->sold = sold;
+    item->updated_at_ms = updated_at_ms;
+    dom_mark_dirty(d, (uint32_t)index); /* the caller publishes: committed state */
+    return 0;
+}
+
 bool dom_invariants_hold(const struct domain *d)
 {
     int64_t totals[STORES_MAX] = {0};

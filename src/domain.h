@@ -142,6 +142,11 @@ int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64
                   int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms);
 
 /* Checks every invariant of the working state (O(items)); used in assertions and tests. */
+/* Sets an item to the committed values another instance left in shared storage (creating it
+ * when absent); the caller then publishes. Store and product must be known. 0 or
+ * SVC_EVALIDATION. */
+int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
+                     int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms);
 bool dom_invariants_hold(const struct domain *d);
 
 /* Reader side (any thread). Indexes returned are stable for the life of the process. */

@@ -32,7 +32,10 @@ static void main_usage(FILE *out)
     fprintf(out,
             "usage: stockd [options]\n"
             "  --listen HOST:PORT     address to serve (default 127.0.0.1:8080; port 0 = any)\n"
-            "  --data-dir DIR         where the SQLite database lives (default ./data)\n"
+            "  --data-dir DIR         where the SQLite database (and admin.token) live\n"
+            "                         (default ./data)\n"
+            "  --store URI            postgres://user@host:port/db: keep everything in\n"
+            "                         PostgreSQL instead (several instances may share it)\n"
             "  --threads N            HTTP I/O threads (default: number of cores)\n"
             "  --allow-reset          enable POST /reset (seed 004, for tests)\n"
             "  --ticket-sku SKU       sku of the seed-004 routes (default TICKET-A)\n"
@@ -42,7 +45,7 @@ static void main_usage(FILE *out)
             "                         it: $STOCKD_TOKENS (principal:role:token,...), else\n"
             "                         DIR/tokens, else a new admin token in DIR/admin.token\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
-            "  --audit                replay the data directory's event log, check every stock\n"
+            "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
 }
@@ -86,6 +89,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"log-level", required_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
         {"tokens-file", required_argument, 0, 'T'},
         {"audit", no_argument, 0, 'a'},
+        {"store", required_argument, 0, 'S'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -102,6 +106,9 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         case 'v': rc = main_parse_level(optarg); break;
         case 'T': c->tokens_file = optarg; break;
         case 'a': c->audit_only = true; break;
+        case 'S': rc = store_uri_is_postgres(optarg) && strlen(optarg) < sizeof c->store_uri
+                           ? (strcpy(c->store_uri, optarg), 0)
+                           : -EINVAL; break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -125,10 +132,47 @@ static void main_defaults(struct app_config *c)
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
 }
 
+/* The database: the --store uri, else the SQLite file in the data directory. */
+static void main_db_path(struct app_config *c)
+{
+    if (c->store_uri[0] != '\0') {
+        strcpy(c->db_path, c->store_uri);
+    } else {
+        snprintf(c->db_path, sizeof c->db_path, "%s/stockd.db", c->data_dir);
+    }
+}
+
+/* Appends length bytes of text to out (size bytes), truncating; keeps it terminated. */
+static void main_append(char *out, size_t size, const char *text, size_t length)
+{
+    size_t used = strlen(out);
+    size_t room = size - 1 - used;
+    size_t n = length < room ? length : room;
+    memcpy(out + used, text, n);
+    out[used + n] = '\0';
+}
+
+/* The database for logs and the listening line: a uri's password is never printed. */
+static void main_db_shown(const char *db_path, char *out, size_t size)
+{
+    SVC_ASSERT(size > 0);
+    out[0] = '\0';
+    const char *scheme_end = strstr(db_path, "://");
+    const char *at = scheme_end != NULL ? strchr(scheme_end + 3, '@') : NULL;
+    const char *colon = scheme_end != NULL ? strchr(scheme_end + 3, ':') : NULL;
+    if (at == NULL || colon == NULL || colon > at) {
+        main_append(out, size, db_path, strlen(db_path));
+        return;
+    }
+    main_append(out, size, db_path, (size_t)(colon - db_path));
+    main_append(out, size, ":***", 4);
+    main_append(out, size, at, strlen(at));
+}
+
 /* --audit: the report of audit.h on stdout; exit status 0 when every invariant holds. */
 static int main_audit(struct app_config *c)
 {
-    snprintf(c->db_path, sizeof c->db_path, "%s/stockd.db", c->data_dir);
+    main_db_path(c);
     struct store_reader *reader = NULL;
     struct audit_report report;
     if (store_reader_open(&reader, c->db_path) != 0 || audit_run(reader, &report) != 0) {
@@ -151,10 +195,12 @@ static struct store *main_open_storage(struct app *app)
         log_error("cannot create data directory %s: %s", c->data_dir, strerror(errno));
         exit(1);
     }
-    snprintf(c->db_path, sizeof c->db_path, "%s/stockd.db", c->data_dir);
+    main_db_path(c);
+    char shown[sizeof c->db_path];
+    main_db_shown(c->db_path, shown, sizeof shown);
     struct store *store = NULL;
     if (store_open(&store, c->db_path) != 0) {
-        log_error("cannot open the database %s", c->db_path);
+        log_error("cannot open the database %s", shown);
         exit(1);
     }
     if (dom_init(&app->domain) != 0 || queue_init(&app->queue, QUEUE_DEPTH_MAX) != 0 ||
@@ -176,12 +222,17 @@ static struct store *main_open_storage(struct app *app)
     struct store_reader *reader = NULL;
     if (store_reader_open(&reader, c->db_path) != 0 ||
         projector_load(&app->projector, reader) != 0) {
-        log_error("cannot replay the event log of %s", c->db_path);
+        log_error("cannot replay the event log of %s", shown);
         exit(1);
     }
     store_reader_close(reader);
     if (writer_init(&app->writer, &wc) != 0) {
-        log_error("cannot load state from %s", c->db_path);
+        log_error("cannot load state from %s", shown);
+        exit(1);
+    }
+    if (store_is_shared(store) &&
+        follower_start(&app->follower, &app->projector, c->db_path) != 0) {
+        log_error("cannot start the follower of the shared event log");
         exit(1);
     }
     return store;
@@ -235,8 +286,10 @@ int main(int argc, char **argv)
         log_error("cannot start threads");
         return 1;
     }
+    char shown[sizeof app->config.db_path];
+    main_db_shown(app->config.db_path, shown, sizeof shown);
     printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,
-           port, app->config.db_path, app->config.io_thread_count);
+           port, shown, app->config.io_thread_count);
     if (auth_source == AUTH_SOURCE_GENERATED) {
         printf("admin token written to %s\n", admin_token_path); /* after: tests read line 1 */
     }
@@ -245,6 +298,7 @@ int main(int argc, char **argv)
     log_info("signal %d: stopping", signal_number);
     atomic_store(&app->shutting_down, true);
     writer_stop(&app->writer);
+    follower_stop(&app->follower);
     usleep(MAIN_SHUTDOWN_GRACE_US);
     store_close(store);
     log_info("stopped");

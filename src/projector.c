@@ -573,27 +573,123 @@ int projector_load(struct projector *p, struct store_reader *reader)
     return rc;
 }
 
-void projector_apply(struct projector *p, const struct row_event *events, size_t count)
+/* Raises the newest known seq of the log (and its time) to seq. */
+void projector_note_log(struct projector *p, int64_t seq, int64_t at_ms)
+{
+    int64_t known = atomic_load(&p->log_seq);
+    while (seq > known && !atomic_compare_exchange_weak(&p->log_seq, &known, seq)) {
+    }
+    if (seq >= known) {
+        atomic_store(&p->log_at_ms, at_ms);
+    }
+}
+
+size_t projector_apply(struct projector *p, const struct row_event *events, size_t count)
 {
     SVC_ASSERT(count >= 1);
     SVC_ASSERT(events[count - 1].seq >= events[0].seq);
-    atomic_store(&p->log_at_ms, events[count - 1].occurred_at_ms);
-    atomic_store(&p->log_seq, events[count - 1].seq);
+    projector_note_log(p, events[count - 1].seq, events[count - 1].occurred_at_ms);
     pthread_mutex_lock(&p->apply_mutex);
     struct projection *v = atomic_load(&p->live);
-    for (size_t i = 0; i < count; i++) {
-        projection_apply(v, &events[i]);
+    int64_t applied = atomic_load_explicit(&v->applied_seq, memory_order_relaxed);
+    size_t first = 0;
+    while (first < count && events[first].seq <= applied) {
+        first++; /* the follower brought these already */
     }
-    for (uint32_t t = 0; t < p->tap_count; t++) {
-        p->taps[t].tap(events, count, p->taps[t].context);
+    size_t n = 0;
+    while (first + n < count && events[first + n].seq == applied + 1) {
+        projection_apply(v, &events[first + n]);
+        applied++;
+        n++;
+    }
+    /* Past a gap (another instance's events not yet read) nothing is applied: the log is
+     * applied in seq order only, and the follower reads the rest from the events table. */
+    for (uint32_t t = 0; n > 0 && t < p->tap_count; t++) {
+        p->taps[t].tap(events + first, n, p->taps[t].context);
     }
     pthread_mutex_unlock(&p->apply_mutex);
+    return first + n;
 }
 
 void projector_committed_hook(const struct row_event *events, size_t count, void *context)
 {
     SVC_ASSERT(context != NULL);
-    projector_apply(context, events, count);
+    (void)projector_apply(context, events, count);
+}
+
+/* ---- following a shared log ------------------------------------------------------------- */
+
+/* A chunk of the log copied out of the reader (its rows live only during the callback). */
+struct projector_chunk {
+    struct row_event rows[PROJ_FOLLOW_CHUNK];
+    size_t count;
+    char *text;      /* owned arena for the rows' strings */
+    size_t used;
+    size_t capacity;
+    bool full;       /* the arena ran out: stop the chunk here */
+};
+
+static const char *projector_chunk_copy(struct projector_chunk *c, const char *text)
+{
+    if (text == NULL) {
+        return NULL;
+    }
+    size_t n = strlen(text) + 1;
+    if (c->used + n > c->capacity) {
+        c->full = true;
+        return NULL;
+    }
+    char *out = c->text + c->used;
+    memcpy(out, text, n);
+    c->used += n;
+    return out;
+}
+
+static int projector_chunk_row(void *context, const struct row_event *row)
+{
+    struct projector_chunk *c = context;
+    SVC_ASSERT(c->count < PROJ_FOLLOW_CHUNK);
+    struct row_event copy = *row;
+    copy.event_type = projector_chunk_copy(c, row->event_type);
+    copy.store_id = projector_chunk_copy(c, row->store_id);
+    copy.sku = projector_chunk_copy(c, row->sku);
+    copy.data_json = projector_chunk_copy(c, row->data_json);
+    if (c->full) {
+        return 1; /* stop: the rest comes in the next chunk */
+    }
+    c->rows[c->count++] = copy;
+    return 0;
+}
+
+int64_t projector_follow(struct projector *p, struct store_reader *reader)
+{
+    struct projector_chunk *c = calloc(1, sizeof *c);
+    if (c == NULL || (c->text = malloc(PROJ_FOLLOW_TEXT_BYTES)) == NULL) {
+        free(c);
+        return 0;
+    }
+    c->capacity = PROJ_FOLLOW_TEXT_BYTES;
+    int64_t applied = 0;
+    for (;;) {
+        struct projection *v = atomic_load(&p->live);
+        int64_t since = atomic_load(&v->applied_seq);
+        c->count = c->used = 0;
+        c->full = false;
+        /* Read without the apply lock (the writer's hook keeps going), apply under it. */
+        int rc = store_reader_events(reader, since, NULL, NULL, PROJ_FOLLOW_CHUNK, c,
+                                     projector_chunk_row);
+        if ((rc != 0 && rc != 1) || c->count == 0) {
+            break;
+        }
+        size_t done = projector_apply(p, c->rows, c->count);
+        applied += (int64_t)done;
+        if (done == 0 || (c->count < PROJ_FOLLOW_CHUNK && !c->full)) {
+            break; /* the end of the log, or nothing new (a rebuild swapped the projection) */
+        }
+    }
+    free(c->text);
+    free(c);
+    return applied;
 }
 
 int projector_tap_add(struct projector *p, projector_tap tap, void *context)

@@ -114,7 +114,12 @@ int projector_load(struct projector *p, struct store_reader *reader);
 /* Applies a batch of committed events (seq ascending) to the live projection; events at or
  * below its applied seq are skipped, so overlap with a replay is harmless. Then runs the taps.
  * Called on the writer thread. */
-void projector_apply(struct projector *p, const struct row_event *events, size_t count);
+size_t projector_apply(struct projector *p, const struct row_event *events, size_t count);
+/* Applies the events table after the live projection's applied seq, in chunks, until the end
+ * of the log (the follower of a shared database). Returns how many events it applied. */
+int64_t projector_follow(struct projector *p, struct store_reader *reader);
+/* Records that the log reaches seq (at at_ms), for the lag report. */
+void projector_note_log(struct projector *p, int64_t seq, int64_t at_ms);
 /* The writer_config.committed adapter: context is the struct projector. */
 void projector_committed_hook(const struct row_event *events, size_t count, void *context);
 

@@ -224,6 +224,25 @@ struct reservation *res_pop_due(struct res_table *t, int64_t now_ms)
     return r;
 }
 
+static void res_due_visit(const struct res_table *t, uint32_t i, int64_t now_ms, int64_t *out,
+                          uint32_t max, uint32_t *n)
+{
+    if (i >= t->heap_count || t->heap[i].expires_at_ms > now_ms || *n == max) {
+        return; /* a heap: nothing below a later entry is due */
+    }
+    out[(*n)++] = t->heap[i].seq;
+    res_due_visit(t, 2 * i + 1, now_ms, out, max, n);
+    res_due_visit(t, 2 * i + 2, now_ms, out, max, n);
+}
+
+uint32_t res_due_seqs(const struct res_table *t, int64_t now_ms, int64_t *out, uint32_t max)
+{
+    uint32_t n = 0;
+    res_due_visit(t, 0, now_ms, out, max, &n); /* depth: log2 of the heap, about 15 */
+    SVC_ASSERT(n <= max);
+    return n;
+}
+
 void res_touch(struct res_table *t, struct reservation *r)
 {
     if (!r->touched) {

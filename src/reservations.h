@@ -72,6 +72,10 @@ struct reservation *res_create(struct res_table *t, int64_t seq);
 /* Pushes r's expiry onto the heap. */
 void res_schedule(struct res_table *t, const struct reservation *r);
 
+/* Writes the seqs of up to max heap entries due at now_ms into out (stale entries too: a
+ * shared backend locks and re-reads them before the batch). Returns how many. */
+uint32_t res_due_seqs(const struct res_table *t, int64_t now_ms, int64_t *out, uint32_t max);
+
 /* Marks r as changed by the current batch (for commit and rollback). */
 void res_touch(struct res_table *t, struct reservation *r);
 

@@ -8,12 +8,26 @@
 #ifndef STOCKD_SCHEMA_H
 #define STOCKD_SCHEMA_H
 
+#include <stddef.h>
+
 struct schema_migration {
     int version;
     const char *const *statements; /* NULL-terminated */
 };
 
-extern const struct schema_migration schema_migrations_sqlite[];
-extern const int schema_migration_count_sqlite;
+enum schema_dialect {
+    SCHEMA_SQLITE = 0,
+    SCHEMA_POSTGRES,
+    SCHEMA_DIALECT_COUNT,
+};
+
+/* Longest statement after rendering. */
+#define SCHEMA_STATEMENT_BYTES_MAX 2048
+
+extern const struct schema_migration schema_migrations[];
+extern const int schema_migration_count;
+
+/* Writes statement in dialect's spelling into out (size bytes). 0 or SVC_ECAPACITY. */
+int schema_render(enum schema_dialect dialect, const char *statement, char *out, size_t size);
 
 #endif

@@ -1,11 +1,11 @@
 /*
  * store.h - the storage interface behind the writer.
  *
- * A backend (store_sqlite.c today) keeps the durable copy of everything: stores, products,
- * stock items, orders, idempotency records and the event log (the outbox). The writer hands it
- * one batch of rows at a time and it writes them in ONE transaction; nothing of a batch is
- * visible or durable until store_commit_batch returns 0. Readers (I/O threads) get their own
- * read-only handles. The schema with its CHECK and UNIQUE constraints is in schema.c.
+ * A backend (store_sqlite.c, store_pg.c; store.c picks one by uri) keeps the durable copy of
+ * everything: stores, products, stock items, orders, idempotency records and the event log
+ * (the outbox). The writer hands it one batch of rows at a time and it writes them in ONE
+ * transaction; nothing of a batch is visible or durable until store_commit_batch returns 0.
+ * Readers (I/O threads) get their own read-only handles. The schema with its CHECK and UNIQUE constraints is in schema.c.
  *
  * Read writer.h next.
  */
@@ -131,6 +131,9 @@ struct store_loader {
                           const char *customer_id, int64_t expires_at_ms, int64_t version,
                           int64_t created_at_ms);
     int (*on_reservation_line)(void *context, int64_t seq, const char *sku, int64_t qty);
+    /* store_prepare_batch only (NULL at load): a reservation of the keys that is no longer
+     * ACTIVE (or does not exist). */
+    int (*on_reservation_ended)(void *context, int64_t seq);
 };
 
 /* The high-water marks of the sequences, so new ids continue after them. */
@@ -152,14 +155,111 @@ struct store_idem_found {
 
 /* A stored order, formatted by the backend's reader as the v1 order JSON. */
 
-/* Opens (creating if needed) the database named by uri: a filesystem path for SQLite. Applies
- * the schema. 0 or SVC_ESTORAGE_UNAVAILABLE (detail logged). */
+/* A stored idempotency record as GET /v1/idempotency/{key} shows it. body points into the
+ * reader's memory and stays valid until the next call on the same handle. */
+struct store_idem_view {
+    int status;
+    bool problem;
+    const char *body;
+    size_t body_length;
+    int64_t created_at_ms;
+};
+
+/* What a batch will touch, for a backend shared by several stockd instances: it locks these
+ * rows and reports their committed values before the batch applies (store_prepare_batch). */
+struct store_item_key {
+    const char *store_id;
+    const char *sku;
+};
+
+struct store_idem_key {
+    const char *principal;
+    const char *key;
+};
+
+struct store_batch_keys {
+    const struct store_item_key *items; /* stock rows, any order, duplicates allowed */
+    size_t item_count;
+    const int64_t *reservation_seqs;    /* reservations ended or confirmed by the batch; their
+                                         * lines' stock rows are locked too */
+    size_t reservation_count;
+    const char *const *store_ids;       /* stores the batch names */
+    size_t store_count;
+    const char *const *skus;            /* products the batch names */
+    size_t sku_count;
+    const struct store_idem_key *idems; /* keys of the batch's keyed commands */
+    size_t idem_count;
+};
+
+/* commit_batch's answer when another instance won a race on a unique key (an idempotency
+ * key, a new store or product): nothing was written; prepare and apply the batch again. */
+#define STORE_COMMIT_RETRY 1
+
+/* A backend: the operations behind the store_* functions below. Each backend's handles begin
+ * with a struct store / struct store_reader naming its table. */
+struct store_ops {
+    const char *name;
+    void (*close)(struct store *s);
+    int (*load)(struct store *s, const struct store_loader *loader, struct store_sequences *out);
+    /* NULL for a backend that one process owns (its memory is the truth between batches). */
+    int (*prepare_batch)(struct store *s, const struct store_batch_keys *keys,
+                         const struct store_loader *fresh, struct store_sequences *out);
+    int (*idem_find)(struct store *s, const char *principal, const char *key,
+                     struct store_idem_found *out);
+    int (*reservation_status)(struct store *s, int64_t seq, char status_out[16],
+                              int64_t *version_out);
+    int (*commit_batch)(struct store *s, const struct store_batch *batch);
+    void (*batch_done)(struct store *s);
+    int (*idem_prune)(struct store *s, int64_t before_ms, int max_rows);
+    void (*reader_close)(struct store_reader *r);
+    int (*reader_order_json)(struct store_reader *r, int64_t order_seq, char *out, size_t size,
+                             size_t *length_out);
+    int (*reader_events)(struct store_reader *r, int64_t since_seq, const char *store_id,
+                         const char *sku, int limit, void *context,
+                         int (*each_event)(void *context, const struct row_event *row));
+    int (*reader_items)(struct store_reader *r, void *context,
+                        int (*each_item)(void *context, const char *store_id, const char *sku,
+                                         int64_t on_hand, int64_t reserved));
+    int (*reader_event_seq_max)(struct store_reader *r, int64_t *out);
+    int (*reader_idem)(struct store_reader *r, const char *principal, const char *key,
+                       struct store_idem_view *out);
+    /* NULL when no other process writes the database. */
+    int (*reader_wait)(struct store_reader *r, int timeout_ms, int64_t *seq_out);
+};
+
+struct store {
+    const struct store_ops *ops;
+};
+
+struct store_reader {
+    const struct store_ops *ops;
+};
+
+/* Opens (creating if needed) the database named by uri: "postgres://..." or
+ * "postgresql://..." for PostgreSQL (store_pg.c), else a filesystem path for SQLite
+ * (store_sqlite.c). Applies the schema. 0 or SVC_ESTORAGE_UNAVAILABLE (detail logged). */
 int store_open(struct store **out, const char *uri);
 /* Closes and frees. */
 void store_close(struct store *s);
+/* The backend's name ("sqlite", "postgres"). */
+const char *store_backend_name(const struct store *s);
+/* True when other processes may write the same database (store_prepare_batch is needed). */
+bool store_is_shared(const struct store *s);
+/* True when uri names a PostgreSQL database. */
+bool store_uri_is_postgres(const char *uri);
 
 /* Streams every store, product and item to loader and reports the sequences. */
 int store_load(struct store *s, const struct store_loader *loader, struct store_sequences *out);
+
+/* Shared backends only: opens the batch's transaction, locks the stock rows of keys in key
+ * order (then the reservations), takes the instance-wide sequencer lock and reports, through
+ * fresh, the committed values of the stores, products, items and reservations named by keys
+ * (ACTIVE ones with their lines, ended ones through on_reservation_ended), and the sequences.
+ * The idempotency records of keys are fetched too, for store_idem_find. The transaction stays
+ * open until store_commit_batch (or the next prepare, which rolls it back). 0 or
+ * SVC_ESTORAGE_UNAVAILABLE. */
+int store_prepare_batch(struct store *s, const struct store_batch_keys *keys,
+                        const struct store_loader *fresh, struct store_sequences *out);
 
 /* Looks up (principal, key). 1 found (out set), 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
 int store_idem_find(struct store *s, const char *principal, const char *key,
@@ -170,8 +270,9 @@ int store_idem_find(struct store *s, const char *principal, const char *key,
 int store_reservation_status(struct store *s, int64_t seq, char status_out[16],
                              int64_t *version_out);
 
-/* Writes the whole batch in one transaction and makes it durable. 0, or
- * SVC_ESTORAGE_UNAVAILABLE with nothing of the batch written. */
+/* Writes the whole batch in one transaction and makes it durable. 0, STORE_COMMIT_RETRY, or
+ * SVC_ESTORAGE_UNAVAILABLE with nothing of the batch written (or, when the connection broke
+ * during COMMIT, in doubt: a shared backend's next prepare reads what really happened). */
 int store_commit_batch(struct store *s, const struct store_batch *batch);
 
 /* Called by the writer between batches, after the replies left: keeps the WAL bounded (see
@@ -182,11 +283,17 @@ void store_batch_done(struct store *s);
  * were deleted or SVC_ESTORAGE_UNAVAILABLE. */
 int store_idem_prune(struct store *s, int64_t before_ms, int max_rows);
 
-/* How many times the writer's connection found the database busy and waited (metrics). */
+/* How many times the writer's SQLite connection found the database busy and waited. */
 uint64_t store_busy_wait_count(void);
 
 /* Opens a read-only handle on the same database for one I/O thread. */
 int store_reader_open(struct store_reader **out, const char *uri);
+/* The backends' own openers (store_open and store_reader_open choose by uri). */
+int store_sqlite_open(struct store **out, const char *uri);
+int store_sqlite_reader_open(struct store_reader **out, const char *uri);
+int store_pg_open(struct store **out, const char *uri);
+int store_pg_reader_open(struct store_reader **out, const char *uri);
+uint64_t store_sqlite_busy_wait_count(void);
 void store_reader_close(struct store_reader *r);
 
 /* Formats order ord_<seq> as JSON into out (size bytes). 1 found, 0 absent, or
@@ -214,18 +321,15 @@ int store_reader_items(struct store_reader *r, void *context,
 /* The highest seq in the events table (0 when empty) into *out. 0 or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_event_seq_max(struct store_reader *r, int64_t *out);
 
-/* A stored idempotency record as GET /v1/idempotency/{key} shows it. body points into the
- * reader's memory and stays valid until the next call on the same handle. */
-struct store_idem_view {
-    int status;
-    bool problem;
-    const char *body;
-    size_t body_length;
-    int64_t created_at_ms;
-};
 
 /* Looks up (principal, key) on a reader. 1 found, 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_idem(struct store_reader *r, const char *principal, const char *key,
                       struct store_idem_view *out);
+
+/* Waits up to timeout_ms for another instance to commit events (PostgreSQL LISTEN/NOTIFY).
+ * 1 notified (*seq_out: the newest seq announced, or 0 if unknown), 0 timed out, or
+ * SVC_ESTORAGE_UNAVAILABLE. A backend that no other process writes returns 0 after the
+ * timeout. */
+int store_reader_wait(struct store_reader *r, int timeout_ms, int64_t *seq_out);
 
 #endif

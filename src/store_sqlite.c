@@ -109,7 +109,8 @@ struct store_checkpointer {
     _Atomic uint64_t checkpoints;
 };
 
-struct store {
+struct sqlite_store {
+    struct store base;                         /* first: the backend's operations */
     sqlite3 *db;                               /* owned; used by the writer thread only */
     struct store_checkpointer checkpointer;
     sqlite3_stmt *stmts[STORE_STMT_COUNT];     /* owned, prepared at open */
@@ -117,7 +118,8 @@ struct store {
     size_t idem_body_size;
 };
 
-struct store_reader {
+struct sqlite_reader {
+    struct store_reader base; /* first: the backend's operations */
     sqlite3 *db;              /* owned, read-only */
     sqlite3_stmt *order_get;  /* owned */
     sqlite3_stmt *events_get; /* owned: the event log since a seq, filtered */
@@ -126,6 +128,9 @@ struct store_reader {
     char *idem_body;          /* owned copy of the last found idempotency body */
     size_t idem_body_size;
 };
+
+static void sqlite_close(struct store *base);
+static void sqlite_reader_close(struct store_reader *base);
 
 /* The reader's statements besides the order lookup, prepared at open (STYLE 24). */
 #define STORE_READER_EVENTS_SQL                                                              \
@@ -174,15 +179,19 @@ static int store_migrate(sqlite3 *db)
 {
     int version = 0;
     store_schema_version(db, &version);
-    for (int m = 0; m < schema_migration_count_sqlite; m++) {
-        const struct schema_migration *migration = &schema_migrations_sqlite[m];
+    for (int m = 0; m < schema_migration_count; m++) {
+        const struct schema_migration *migration = &schema_migrations[m];
         if (migration->version <= version) {
             continue;
         }
         SVC_ASSERT(migration->version == version + 1);
         int rc = store_exec(db, "BEGIN IMMEDIATE");
+        char sql_text[SCHEMA_STATEMENT_BYTES_MAX];
         for (int i = 0; rc == 0 && migration->statements[i] != NULL; i++) {
-            rc = store_exec(db, migration->statements[i]);
+            rc = schema_render(SCHEMA_SQLITE, migration->statements[i], sql_text,
+                               sizeof sql_text);
+            SVC_ASSERT(rc == 0); /* the statements are constants that fit */
+            rc = store_exec(db, sql_text);
         }
         char sql[128];
         snprintf(sql, sizeof sql,
@@ -225,7 +234,7 @@ static int store_busy_handler(void *context, int tries)
     return 1;
 }
 
-uint64_t store_busy_wait_count(void)
+uint64_t store_sqlite_busy_wait_count(void)
 {
     return atomic_load_explicit(&store_busy_waits, memory_order_relaxed);
 }
@@ -292,7 +301,7 @@ static void *store_checkpointer_main(void *arg)
     return NULL;
 }
 
-static int store_checkpointer_start(struct store *s, const char *uri)
+static int store_checkpointer_start(struct sqlite_store *s, const char *uri)
 {
     struct store_checkpointer *c = &s->checkpointer;
     pthread_mutex_init(&c->mutex, NULL);
@@ -332,18 +341,21 @@ static void store_checkpointer_stop(struct store_checkpointer *c)
     c->db = NULL;
 }
 
-int store_open(struct store **out, const char *uri)
+static const struct store_ops sqlite_ops;
+
+int store_sqlite_open(struct store **out, const char *uri)
 {
     SVC_ASSERT(out != NULL);
     SVC_ASSERT(uri != NULL);
-    struct store *s = calloc(1, sizeof *s);
+    struct sqlite_store *s = calloc(1, sizeof *s);
     if (s == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
+    s->base.ops = &sqlite_ops;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(uri, &s->db, flags, NULL) != SQLITE_OK) {
         int rc = store_fail(s->db, uri);
-        store_close(s);
+        sqlite_close(&s->base);
         return rc;
     }
     int rc = store_configure(s->db);
@@ -360,15 +372,16 @@ int store_open(struct store **out, const char *uri)
         rc = store_checkpointer_start(s, uri);
     }
     if (rc != 0) {
-        store_close(s);
+        sqlite_close(&s->base);
         return rc;
     }
-    *out = s;
+    *out = &s->base;
     return 0;
 }
 
-void store_close(struct store *s)
+static void sqlite_close(struct store *base)
 {
+    struct sqlite_store *s = (struct sqlite_store *)base;
     if (s == NULL) {
         return;
     }
@@ -388,7 +401,7 @@ static const char *store_column_text(sqlite3_stmt *stmt, int column)
 }
 
 /* Runs a SELECT and hands every row to each_row; stops at its first non-zero return. */
-static int store_each_row(struct store *s, const char *sql,
+static int store_each_row(struct sqlite_store *s, const char *sql,
                           int (*each_row)(sqlite3_stmt *, const struct store_loader *),
                           const struct store_loader *loader)
 {
@@ -441,7 +454,7 @@ static int store_load_reservation_row(sqlite3_stmt *stmt, const struct store_loa
                                        store_column_text(stmt, 7), sqlite3_column_int64(stmt, 8));
 }
 
-static int64_t store_select_int(struct store *s, const char *sql)
+static int64_t store_select_int(struct sqlite_store *s, const char *sql)
 {
     sqlite3_stmt *stmt = NULL;
     int64_t value = -1;
@@ -453,8 +466,10 @@ static int64_t store_select_int(struct store *s, const char *sql)
     return value;
 }
 
-int store_load(struct store *s, const struct store_loader *loader, struct store_sequences *out)
+static int sqlite_load(struct store *base, const struct store_loader *loader,
+                       struct store_sequences *out)
 {
+    struct sqlite_store *s = (struct sqlite_store *)base;
     SVC_ASSERT(loader->on_store && loader->on_product && loader->on_item);
     int rc = store_each_row(s, "SELECT store_id, name, latency_ms FROM stores ORDER BY rowid",
                             store_load_store_row, loader);
@@ -494,9 +509,10 @@ int store_load(struct store *s, const struct store_loader *loader, struct store_
     return 0;
 }
 
-int store_idem_find(struct store *s, const char *principal, const char *key,
+static int sqlite_idem_find(struct store *base, const char *principal, const char *key,
                     struct store_idem_found *out)
 {
+    struct sqlite_store *s = (struct sqlite_store *)base;
     sqlite3_stmt *stmt = s->stmts[STORE_STMT_FIND_IDEM];
     sqlite3_bind_text(stmt, 1, principal, -1, SQLITE_STATIC);
     sqlite3_bind_text(stmt, 2, key, -1, SQLITE_STATIC);
@@ -527,7 +543,7 @@ int store_idem_find(struct store *s, const char *principal, const char *key,
 }
 
 /* Steps one bound insert/update statement to completion and resets it. */
-static int store_step_done(struct store *s, enum store_stmt which)
+static int store_step_done(struct sqlite_store *s, enum store_stmt which)
 {
     sqlite3_stmt *stmt = s->stmts[which];
     int step = sqlite3_step(stmt);
@@ -547,7 +563,7 @@ static void store_bind_text_or_null(sqlite3_stmt *stmt, int column, const char *
     }
 }
 
-static int store_write_catalog(struct store *s, const struct store_batch *b)
+static int store_write_catalog(struct sqlite_store *s, const struct store_batch *b)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < b->store_count; i++) {
@@ -586,7 +602,7 @@ static int store_write_catalog(struct store *s, const struct store_batch *b)
     return rc;
 }
 
-static int store_write_records(struct store *s, const struct store_batch *b)
+static int store_write_records(struct sqlite_store *s, const struct store_batch *b)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < b->order_count; i++) {
@@ -628,7 +644,7 @@ static int store_write_records(struct store *s, const struct store_batch *b)
     return rc;
 }
 
-static int store_write_reservations(struct store *s, const struct store_batch *b)
+static int store_write_reservations(struct sqlite_store *s, const struct store_batch *b)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < b->reservation_count; i++) {
@@ -661,9 +677,10 @@ static int store_write_reservations(struct store *s, const struct store_batch *b
     return rc;
 }
 
-int store_reservation_status(struct store *s, int64_t seq, char status_out[16],
+static int sqlite_reservation_status(struct store *base, int64_t seq, char status_out[16],
                              int64_t *version_out)
 {
+    struct sqlite_store *s = (struct sqlite_store *)base;
     SVC_ASSERT(seq >= 1);
     sqlite3_stmt *stmt = s->stmts[STORE_STMT_FIND_RESERVATION];
     sqlite3_bind_int64(stmt, 1, seq);
@@ -681,8 +698,9 @@ int store_reservation_status(struct store *s, int64_t seq, char status_out[16],
     return rc;
 }
 
-int store_commit_batch(struct store *s, const struct store_batch *batch)
+static int sqlite_commit_batch(struct store *base, const struct store_batch *batch)
 {
+    struct sqlite_store *s = (struct sqlite_store *)base;
     SVC_ASSERT(s != NULL);
     SVC_ASSERT(batch != NULL);
     SVC_ASSERT(sqlite3_get_autocommit(s->db)); /* no transaction left open by a prior call */
@@ -707,8 +725,9 @@ int store_commit_batch(struct store *s, const struct store_batch *batch)
     return rc;
 }
 
-void store_batch_done(struct store *s)
+static void sqlite_batch_done(struct store *base)
 {
+    struct sqlite_store *s = (struct sqlite_store *)base;
     SVC_ASSERT(s != NULL);
     SVC_ASSERT(sqlite3_get_autocommit(s->db)); /* between transactions */
     if (atomic_load_explicit(&s->checkpointer.wal_frames, memory_order_relaxed) <
@@ -726,8 +745,9 @@ void store_batch_done(struct store *s)
     atomic_store_explicit(&s->checkpointer.wal_frames, 0, memory_order_relaxed);
 }
 
-int store_idem_prune(struct store *s, int64_t before_ms, int max_rows)
+static int sqlite_idem_prune(struct store *base, int64_t before_ms, int max_rows)
 {
+    struct sqlite_store *s = (struct sqlite_store *)base;
     SVC_ASSERT(max_rows > 0);
     sqlite3_stmt *stmt = s->stmts[STORE_STMT_PRUNE_IDEM];
     sqlite3_bind_int64(stmt, 1, before_ms);
@@ -736,7 +756,7 @@ int store_idem_prune(struct store *s, int64_t before_ms, int max_rows)
     return rc == 0 ? sqlite3_changes(s->db) : rc;
 }
 
-static int store_reader_prepare(struct store_reader *r)
+static int store_reader_prepare(struct sqlite_reader *r)
 {
     static const char *const sql[] = {STORE_READER_EVENTS_SQL, STORE_READER_SEQ_MAX_SQL,
                                       STORE_READER_IDEM_SQL};
@@ -752,12 +772,13 @@ static int store_reader_prepare(struct store_reader *r)
     return 0;
 }
 
-int store_reader_open(struct store_reader **out, const char *uri)
+int store_sqlite_reader_open(struct store_reader **out, const char *uri)
 {
-    struct store_reader *r = calloc(1, sizeof *r);
+    struct sqlite_reader *r = calloc(1, sizeof *r);
     if (r == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
+    r->base.ops = &sqlite_ops;
     int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
     int rc = 0;
     if (sqlite3_open_v2(uri, &r->db, flags, NULL) != SQLITE_OK) {
@@ -775,15 +796,16 @@ int store_reader_open(struct store_reader **out, const char *uri)
         rc = store_reader_prepare(r);
     }
     if (rc != 0) {
-        store_reader_close(r);
+        sqlite_reader_close(&r->base);
         return rc;
     }
-    *out = r;
+    *out = &r->base;
     return 0;
 }
 
-void store_reader_close(struct store_reader *r)
+static void sqlite_reader_close(struct store_reader *base)
 {
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
     if (r == NULL) {
         return;
     }
@@ -796,10 +818,11 @@ void store_reader_close(struct store_reader *r)
     free(r);
 }
 
-int store_reader_items(struct store_reader *r, void *context,
+static int sqlite_reader_items(struct store_reader *base, void *context,
                        int (*each_item)(void *context, const char *store_id, const char *sku,
                                         int64_t on_hand, int64_t reserved))
 {
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(each_item != NULL);
     sqlite3_stmt *stmt = NULL;
     const char *sql = "SELECT store_id, sku, on_hand, reserved FROM stock_items";
@@ -819,9 +842,11 @@ int store_reader_items(struct store_reader *r, void *context,
     return rc;
 }
 
-int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out, size_t size,
+static int sqlite_reader_order_json(struct store_reader *base, int64_t order_seq, char *out,
+                                    size_t size,
                             size_t *length_out)
 {
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(order_seq >= 1);
     SVC_ASSERT(size > 0);
     sqlite3_stmt *stmt = r->order_get;
@@ -853,10 +878,11 @@ int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out
     return rc;
 }
 
-int store_reader_events(struct store_reader *r, int64_t since_seq, const char *store_id,
+static int sqlite_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
                         const char *sku, int limit, void *context,
                         int (*each_event)(void *context, const struct row_event *row))
 {
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(since_seq >= 0);
     SVC_ASSERT(limit >= 1);
     sqlite3_stmt *stmt = r->events_get;
@@ -887,8 +913,9 @@ int store_reader_events(struct store_reader *r, int64_t since_seq, const char *s
     return rc;
 }
 
-int store_reader_event_seq_max(struct store_reader *r, int64_t *out)
+static int sqlite_reader_event_seq_max(struct store_reader *base, int64_t *out)
 {
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
     sqlite3_stmt *stmt = r->seq_max;
     int rc = 0;
     if (sqlite3_step(stmt) == SQLITE_ROW) {
@@ -901,9 +928,10 @@ int store_reader_event_seq_max(struct store_reader *r, int64_t *out)
     return rc;
 }
 
-int store_reader_idem(struct store_reader *r, const char *principal, const char *key,
+static int sqlite_reader_idem(struct store_reader *base, const char *principal, const char *key,
                       struct store_idem_view *out)
 {
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(principal != NULL && key != NULL);
     sqlite3_stmt *stmt = r->idem_get;
     sqlite3_bind_text(stmt, 1, principal, -1, SQLITE_STATIC);
@@ -937,3 +965,22 @@ int store_reader_idem(struct store_reader *r, const char *principal, const char 
     SVC_ASSERT(rc != 1 || out->status >= 100);
     return rc;
 }
+
+static const struct store_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = sqlite_close,
+    .load = sqlite_load,
+    .prepare_batch = NULL, /* one process owns the file: memory is always fresh */
+    .idem_find = sqlite_idem_find,
+    .reservation_status = sqlite_reservation_status,
+    .commit_batch = sqlite_commit_batch,
+    .batch_done = sqlite_batch_done,
+    .idem_prune = sqlite_idem_prune,
+    .reader_close = sqlite_reader_close,
+    .reader_order_json = sqlite_reader_order_json,
+    .reader_events = sqlite_reader_events,
+    .reader_items = sqlite_reader_items,
+    .reader_event_seq_max = sqlite_reader_event_seq_max,
+    .reader_idem = sqlite_reader_idem,
+    .reader_wait = NULL, /* no other writer to follow */
+};

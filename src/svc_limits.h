@@ -122,6 +122,10 @@
 #define PROJ_REBUILD_LOCKED_MAX 256
 /* Threads that may read projections over the life of the process, each with its own pin slot
  * (one cache line): the I/O threads plus room for tests and tools. */
+/* The follower of a shared log reads this many events at a time, their strings in an arena of
+ * PROJ_FOLLOW_TEXT_BYTES (a chunk stops early when the arena is full). */
+#define PROJ_FOLLOW_CHUNK 1024
+#define PROJ_FOLLOW_TEXT_BYTES (4 * 1024 * 1024)
 #define PROJ_READER_SLOTS (2 * IO_THREADS_MAX)
 /* Response bodies of list queries (events, totals, per-sku breakdown): 1000 events of a few
  * hundred bytes, or 200 products with 64-byte skus and 200-byte names, fit in 1 MiB. */

@@ -114,7 +114,8 @@ int writer_init(struct writer *w, const struct writer_config *config)
                                   writer_load_product,
                                   writer_load_item,
                                   writer_load_reservation,
-                                  writer_load_reservation_line};
+                                  writer_load_reservation_line,
+                                  NULL};
     struct store_sequences sequences = {0, 0, 0};
     int rc = store_load(config->store, &loader, &sequences);
     if (rc != 0) {
@@ -144,6 +145,7 @@ void writer_deinit(struct writer *w)
     SVC_ASSERT(!w->started);
     if (w->batch) {
         free(w->batch->arena);
+        free(w->batch->shared.items);
         free(w->batch);
         w->batch = NULL;
         res_deinit(&w->reservations);
@@ -737,14 +739,20 @@ static void writer_collect_items(struct writer *w)
     b->rows.item_count = d->dirty_count;
 }
 
-static void writer_fail_batch(struct writer *w)
+/* Undoes the working state of a batch that was not committed. */
+static void writer_undo_batch(struct writer *w)
 {
-    struct writer_batch *b = w->batch;
     dom_rollback(w->config.domain);
     res_rollback(&w->reservations);
     w->order_seq = w->order_seq_committed;
     w->event_seq = w->event_seq_committed;
     w->reservation_seq = w->reservation_seq_committed;
+}
+
+static void writer_fail_batch(struct writer *w)
+{
+    struct writer_batch *b = w->batch;
+    writer_undo_batch(w);
     atomic_fetch_add(&w->stats.batch_failures, 1);
     for (size_t i = 0; i < b->command_count; i++) {
         /* Only a replay from storage stands: it answers from durable state. A refusal
@@ -753,6 +761,7 @@ static void writer_fail_batch(struct writer *w)
          * after a purchase that never happened), so it is not a true answer either. */
         if (b->outcomes[i] != WRITER_OUTCOME_STORED_REPLAY) {
             struct command *cmd = b->commands[i];
+            command_reply_prepare(cmd); /* it may never have applied (a failed prepare) */
             writer_reply_problem(cmd, SVC_ESTORAGE_UNAVAILABLE,
                                  "the batch could not be made durable; retry with the same key",
                                  NULL, 0);
@@ -790,11 +799,31 @@ size_t writer_command_weight(struct writer *w, const struct command *cmd)
          * unless its id is still to come: an earlier command of the batch may create it. */
         SVC_ASSERT(lines == 0 && cmd->reservation_seq >= 1);
         const struct reservation *r = res_find(&w->reservations, cmd->reservation_seq);
-        lines = r != NULL ? r->line_count
-                          : cmd->reservation_seq > w->reservation_seq ? CMD_LINES_MAX : 0;
+        bool may_exist = cmd->reservation_seq > w->reservation_seq ||
+                         store_is_shared(w->config.store); /* made by another instance */
+        lines = r != NULL ? r->line_count : may_exist ? CMD_LINES_MAX : 0;
     }
     SVC_ASSERT(lines <= CMD_LINES_MAX);
     return 2 + 2 * lines; /* a transfer line makes two stock events, others at most one */
+}
+
+/* Prepares (a shared backend), applies and commits the batch in b once. */
+static int writer_attempt(struct writer *w)
+{
+    struct writer_batch *b = w->batch;
+    bool shared = store_is_shared(w->config.store);
+    if (shared && writer_shared_prepare(w) != 0) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    writer_expire_due(w); /* release expired holds before the batch competes for stock */
+    for (size_t i = 0; i < b->command_count; i++) {
+        writer_apply(w, i);
+    }
+    writer_collect_items(w);
+    bool has_rows = b->rows.idem_count + b->rows.event_count + b->rows.item_count +
+                        b->rows.order_count + b->rows.reservation_count > 0;
+    /* A shared backend's transaction is open since the prepare: always end it. */
+    return has_rows || shared ? store_commit_batch(w->config.store, &b->rows) : 0;
 }
 
 void writer_run_batch(struct writer *w, struct command **commands, size_t count)
@@ -808,16 +837,19 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
     }
     SVC_ASSERT(weight <= WRITER_COMMAND_WEIGHT_MAX); /* writer_loop cuts batches to fit */
     struct writer_batch *b = w->batch;
-    writer_batch_reset(b, commands, count, w->config.wall_ms());
-    writer_expire_due(w); /* release expired holds before the batch competes for stock */
-    for (size_t i = 0; i < count; i++) {
-        writer_apply(w, i);
-    }
-    writer_collect_items(w);
+    int64_t now_ms = w->config.wall_ms();
     int64_t started_us = clock_mono_us();
-    bool has_rows = b->rows.idem_count + b->rows.event_count + b->rows.item_count +
-                        b->rows.order_count + b->rows.reservation_count > 0;
-    int rc = has_rows ? store_commit_batch(w->config.store, &b->rows) : 0;
+    int rc = 0;
+    for (int attempt = 1;; attempt++) {
+        writer_batch_reset(b, commands, count, now_ms);
+        rc = writer_attempt(w);
+        if (rc != STORE_COMMIT_RETRY || attempt == WRITER_COMMIT_ATTEMPTS_MAX) {
+            break;
+        }
+        writer_undo_batch(w); /* another instance won a race: read again, apply again */
+        atomic_fetch_add_explicit(&w->stats.batch_retries, 1, memory_order_relaxed);
+    }
+    rc = rc == STORE_COMMIT_RETRY ? SVC_ESTORAGE_UNAVAILABLE : rc;
     int64_t commit_us = clock_mono_us() - started_us;
     if (rc == 0) {
         dom_publish(w->config.domain);

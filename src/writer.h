@@ -46,6 +46,7 @@ struct writer_stats { /* written by the writer, read by /metrics */
     _Atomic uint64_t commands;
     _Atomic uint64_t batch_size_max;
     _Atomic uint64_t batch_failures;
+    _Atomic uint64_t batch_retries; /* shared backend: prepared again after a lost race */
     _Atomic uint64_t replays;
     _Atomic uint64_t commit_us_total;
     _Atomic uint64_t commit_us_max;

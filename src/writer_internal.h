@@ -31,6 +31,29 @@ _Static_assert(WRITER_COMMAND_WEIGHT_MAX >= 2 * BATCH_COMMANDS_MAX,
 _Static_assert(WRITER_COMMAND_WEIGHT_MAX >= 2 + 2 * CMD_LINES_MAX, "any one command fits");
 _Static_assert(WRITER_EXPIRY_EVENTS_MAX >= 1 + CMD_LINES_MAX, "any one expiry fits");
 
+/* A shared backend's prefetch (writer_shared.c): what the batch names. */
+#define WRITER_SHARED_NAMES_MAX (2 * BATCH_COMMANDS_MAX + WRITER_COMMAND_WEIGHT_MAX)
+#define WRITER_SHARED_RESERVATIONS_MAX (BATCH_COMMANDS_MAX + WRITER_EXPIRY_EVENTS_MAX)
+/* How often a batch is prepared and applied again after STORE_COMMIT_RETRY before its
+ * commands get 503. */
+#define WRITER_COMMIT_ATTEMPTS_MAX 4
+
+struct writer_shared {
+    struct store_item_key *items; /* owned, grown */
+    size_t item_count;
+    size_t item_capacity;
+    const char *store_ids[WRITER_SHARED_NAMES_MAX]; /* point into the batch's commands */
+    size_t store_count;
+    const char *skus[WRITER_SHARED_NAMES_MAX];
+    size_t sku_count;
+    struct store_idem_key idems[BATCH_COMMANDS_MAX];
+    size_t idem_count;
+    int64_t reservation_seqs[WRITER_SHARED_RESERVATIONS_MAX];
+    size_t reservation_count;
+    int64_t loading[WRITER_SHARED_RESERVATIONS_MAX]; /* reservations loaded by this prepare */
+    uint32_t loading_count;
+};
+
 /* What a command's reply depends on, for the failure path. */
 enum writer_outcome {
     WRITER_OUTCOME_NONE = 0,     /* refused; stands only if the batch commits */
@@ -58,6 +81,7 @@ struct writer_batch {
     char *arena;               /* BATCH_ARENA_BYTES, owned */
     size_t arena_used;
     int64_t now_ms;            /* wall time of the batch: one clock read per batch */
+    struct writer_shared shared;
 };
 
 
@@ -97,6 +121,10 @@ int writer_load_reservation(void *context, int64_t seq, const char *store_id,
                             const char *customer_id, int64_t expires_at_ms, int64_t version,
                             int64_t created_at_ms);
 int writer_load_reservation_line(void *context, int64_t seq, const char *sku, int64_t qty);
+
+/* writer_shared.c: on a shared backend, locks and reads what the batch will touch and makes
+ * it the committed state in memory. 0 or SVC_ESTORAGE_UNAVAILABLE. */
+int writer_shared_prepare(struct writer *w);
 
 /* The weight of a command against the batch's row budget (see writer_loop); the lines of
  * the reservation a confirm or cancel names count too. */
