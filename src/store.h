@@ -5,7 +5,8 @@
  * everything: stores, products, stock items, orders, idempotency records and the event log
  * (the outbox). The writer hands it one batch of rows at a time and it writes them in ONE
  * transaction; nothing of a batch is visible or durable until store_commit_batch returns 0.
- * Readers (I/O threads) get their own read-only handles. The schema with its CHECK and UNIQUE constraints is in schema.c.
+ * Readers (I/O threads) get their own read-only handles. The schema with its CHECK and UNIQUE
+ * constraints is in schema.c.
  *
  * Read writer.h next.
  */
