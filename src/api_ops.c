@@ -96,6 +96,14 @@ static void api_metrics_writer(const struct writer_stats *st, char *out, size_t 
                        cumulative, cumulative, (unsigned long long)atomic_load(&st->commands));
 }
 
+static int64_t api_projection_lag_ms(struct app *app)
+{
+    struct projection *v = projector_read_begin(&app->projector);
+    int64_t lag = projector_lag_ms(&app->projector, v);
+    projector_read_end(&app->projector, v);
+    return lag;
+}
+
 void api_metrics(struct http_request *r)
 {
     struct app *app = r->thread->app;
@@ -105,9 +113,18 @@ void api_metrics(struct http_request *r)
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_store_busy_waits_total counter\n"
                        "stockd_store_busy_waits_total %llu\n"
+                       "# TYPE stockd_writer_batch_retries_total counter\n"
+                       "stockd_writer_batch_retries_total %llu\n"
+                       "# TYPE stockd_follower_catch_ups_total counter\n"
+                       "stockd_follower_catch_ups_total %llu\n"
+                       "# TYPE stockd_projection_lag_seconds gauge\n"
+                       "stockd_projection_lag_seconds %.3f\n"
                        "# TYPE stockd_queue_depth gauge\nstockd_queue_depth %zu\n"
                        "# TYPE stockd_http_requests_total counter\n",
-                       (unsigned long long)store_busy_wait_count(), queue_depth(&app->queue));
+                       (unsigned long long)store_busy_wait_count(),
+                       (unsigned long long)atomic_load(&app->writer.stats.batch_retries),
+                       (unsigned long long)atomic_load(&app->follower.catch_ups),
+                       (double)api_projection_lag_ms(app) / 1000.0, queue_depth(&app->queue));
     for (size_t i = 0; i < routes_count; i++) {
         api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                            "stockd_http_requests_total{method=\"%s\",route=\"%s\"} %llu\n",

@@ -85,6 +85,15 @@ int store_idem_prune(struct store *s, int64_t before_ms, int max_rows)
     return s->ops->idem_prune(s, before_ms, max_rows);
 }
 
+int store_reservations_due(struct store *s, int64_t before_ms, int64_t *out, int max)
+{
+    SVC_ASSERT(store_is_shared(s) && s->ops->reservations_due != NULL);
+    SVC_ASSERT(max >= 1);
+    int rc = s->ops->reservations_due(s, before_ms, out, max);
+    SVC_ASSERT(rc <= max);
+    return rc;
+}
+
 uint64_t store_busy_wait_count(void)
 {
     return store_sqlite_busy_wait_count();

@@ -212,6 +212,8 @@ struct store_ops {
     int (*commit_batch)(struct store *s, const struct store_batch *batch);
     void (*batch_done)(struct store *s);
     int (*idem_prune)(struct store *s, int64_t before_ms, int max_rows);
+    /* Shared backends only (else NULL). */
+    int (*reservations_due)(struct store *s, int64_t before_ms, int64_t *out, int max);
     void (*reader_close)(struct store_reader *r);
     int (*reader_order_json)(struct store_reader *r, int64_t order_seq, char *out, size_t size,
                              size_t *length_out);
@@ -283,6 +285,11 @@ void store_batch_done(struct store *s);
 /* Deletes at most max_rows idempotency records created before before_ms; returns how many
  * were deleted or SVC_ESTORAGE_UNAVAILABLE. */
 int store_idem_prune(struct store *s, int64_t before_ms, int max_rows);
+
+/* Shared backends: writes into out the seqs of up to max ACTIVE reservations that expired
+ * before before_ms, whichever instance made them (one that stopped for good leaves its
+ * reservations to the others). Returns how many, or SVC_ESTORAGE_UNAVAILABLE. */
+int store_reservations_due(struct store *s, int64_t before_ms, int64_t *out, int max);
 
 /* How many times the writer's SQLite connection found the database busy and waited. */
 uint64_t store_busy_wait_count(void);

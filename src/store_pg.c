@@ -120,6 +120,8 @@ _Static_assert((PG_IDEM_SLOTS & (PG_IDEM_SLOTS - 1)) == 0, "slots: a power of tw
                               " FROM reservation_lines l JOIN reservations r"                \
                               " USING (reservation_seq) WHERE r.status = 'ACTIVE'"           \
                               " ORDER BY l.reservation_seq, l.line_no")                      \
+    X(RESERVATIONS_DUE, "SELECT reservation_seq FROM reservations WHERE status = 'ACTIVE'"  \
+                        " AND expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2")           \
     X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                   \
                   " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < $1"   \
                   " LIMIT $2)")
@@ -902,6 +904,29 @@ static int pg_idem_prune(struct store *base, int64_t before_ms, int max_rows)
     return rc;
 }
 
+static int pg_reservations_due(struct store *base, int64_t before_ms, int64_t *out, int max)
+{
+    struct pg_store *s = (struct pg_store *)base;
+    SVC_ASSERT(!s->in_transaction);
+    char before[24];
+    char limit[24];
+    snprintf(before, sizeof before, "%" PRId64, before_ms);
+    snprintf(limit, sizeof limit, "%d", max);
+    const char *values[] = {before, limit};
+    PGresult *r = NULL;
+    int rc = pg_conn_ready(&s->writer);
+    rc = rc == 0 ? pg_send(&s->writer, PG_STMT_RESERVATIONS_DUE, 2, values) : rc;
+    rc = rc == 0 ? pg_round_trip(&s->writer, &r, 1) : rc;
+    if (rc == 0 && !pg_result_ok(r)) {
+        rc = SVC_ESTORAGE_UNAVAILABLE;
+    }
+    for (int i = 0; rc >= 0 && r != NULL && i < PQntuples(r) && i < max; i++) {
+        out[rc++] = pg_int(r, i, 0);
+    }
+    PQclear(r);
+    return rc;
+}
+
 const struct store_ops store_pg_ops = {
     .name = "postgres",
     .close = pg_close,
@@ -912,6 +937,7 @@ const struct store_ops store_pg_ops = {
     .commit_batch = pg_commit_batch,
     .batch_done = pg_batch_done,
     .idem_prune = pg_idem_prune,
+    .reservations_due = pg_reservations_due,
     .reader_close = pg_reader_close,
     .reader_order_json = pg_reader_order_json,
     .reader_events = pg_reader_events,

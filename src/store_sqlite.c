@@ -976,6 +976,7 @@ static const struct store_ops sqlite_ops = {
     .commit_batch = sqlite_commit_batch,
     .batch_done = sqlite_batch_done,
     .idem_prune = sqlite_idem_prune,
+    .reservations_due = NULL, /* every reservation is in this process's memory */
     .reader_close = sqlite_reader_close,
     .reader_order_json = sqlite_reader_order_json,
     .reader_events = sqlite_reader_events,

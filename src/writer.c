@@ -934,6 +934,7 @@ static void *writer_loop(void *arg)
                                                  BATCH_COMMANDS_MAX - carried);
         SVC_TESTCASE(count == 0);
         if (count > 0) {
+            (void)writer_shared_sweep(w, w->config.wall_ms()); /* rate-limited; busy too */
             size_t fit = writer_batch_fit(w, commands, count);
             writer_run_batch(w, commands, fit);
             store_batch_done(w->config.store);
@@ -944,7 +945,8 @@ static void *writer_loop(void *arg)
         if (atomic_load(&w->stopping)) {
             break; /* the queue is drained: every accepted command got its reply */
         }
-        if (res_next_expiry(&w->reservations) <= w->config.wall_ms()) {
+        int64_t now_ms = w->config.wall_ms();
+        if (res_next_expiry(&w->reservations) <= now_ms || writer_shared_sweep(w, now_ms)) {
             writer_run_batch(w, commands, 0); /* a batch of expiries only */
             continue;
         }

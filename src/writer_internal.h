@@ -34,6 +34,15 @@ _Static_assert(WRITER_EXPIRY_EVENTS_MAX >= 1 + CMD_LINES_MAX, "any one expiry fi
 /* A shared backend's prefetch (writer_shared.c): what the batch names. */
 #define WRITER_SHARED_NAMES_MAX (2 * BATCH_COMMANDS_MAX + WRITER_COMMAND_WEIGHT_MAX)
 #define WRITER_SHARED_RESERVATIONS_MAX (BATCH_COMMANDS_MAX + WRITER_EXPIRY_EVENTS_MAX)
+/* The sweep for expired reservations that no instance holds (their instance stopped): every
+ * WRITER_SWEEP_INTERVAL_MS when idle, those expired WRITER_SWEEP_GRACE_MS ago or more (their
+ * own instance, if alive, is quicker), at most WRITER_ADOPT_MAX at a time. */
+#define WRITER_SWEEP_INTERVAL_MS 1000
+#define WRITER_SWEEP_GRACE_MS 1000
+#define WRITER_ADOPT_MAX 256
+_Static_assert(WRITER_ADOPT_MAX * (1 + CMD_LINES_MAX) <= 32 * WRITER_EXPIRY_EVENTS_MAX,
+               "adopted reservations expire over a few batches");
+
 /* How often a batch is prepared and applied again after STORE_COMMIT_RETRY before its
  * commands get 503. */
 #define WRITER_COMMIT_ATTEMPTS_MAX 4
@@ -52,6 +61,9 @@ struct writer_shared {
     size_t reservation_count;
     int64_t loading[WRITER_SHARED_RESERVATIONS_MAX]; /* reservations loaded by this prepare */
     uint32_t loading_count;
+    int64_t adopt[WRITER_ADOPT_MAX]; /* expired reservations no instance expired (the sweep) */
+    uint32_t adopt_count;
+    int64_t sweep_due_ms;            /* wall ms of the next sweep */
 };
 
 /* What a command's reply depends on, for the failure path. */
@@ -125,6 +137,10 @@ int writer_load_reservation_line(void *context, int64_t seq, const char *sku, in
 /* writer_shared.c: on a shared backend, locks and reads what the batch will touch and makes
  * it the committed state in memory. 0 or SVC_ESTORAGE_UNAVAILABLE. */
 int writer_shared_prepare(struct writer *w);
+
+/* writer_shared.c: the idle writer's sweep (see WRITER_SWEEP_INTERVAL_MS). True when it found
+ * reservations to adopt: run a batch. */
+bool writer_shared_sweep(struct writer *w, int64_t now_ms);
 
 /* The weight of a command against the batch's row budget (see writer_loop); the lines of
  * the reservation a confirm or cancel names count too. */

@@ -103,6 +103,11 @@ static void writer_shared_keys(struct writer *w)
         }
         shared_command_items(w, cmd);
     }
+    for (uint32_t i = 0; i < k->adopt_count; i++) {
+        SVC_ASSERT(k->reservation_count < WRITER_SHARED_RESERVATIONS_MAX);
+        k->reservation_seqs[k->reservation_count++] = k->adopt[i];
+    }
+    k->adopt_count = 0; /* loaded by this prepare, then held and expired like our own */
     k->loading_count = 0;
 }
 
@@ -206,4 +211,25 @@ int writer_shared_prepare(struct writer *w)
     w->event_seq = w->event_seq_committed = sequences.event_seq_max;
     w->reservation_seq = w->reservation_seq_committed = sequences.reservation_seq_max;
     return 0;
+}
+
+bool writer_shared_sweep(struct writer *w, int64_t now_ms)
+{
+    struct writer_shared *k = &w->batch->shared;
+    if (!store_is_shared(w->config.store) || now_ms < k->sweep_due_ms || k->adopt_count > 0) {
+        return k->adopt_count > 0;
+    }
+    k->sweep_due_ms = now_ms + WRITER_SWEEP_INTERVAL_MS;
+    int64_t due[WRITER_ADOPT_MAX];
+    int n = store_reservations_due(w->config.store, now_ms - WRITER_SWEEP_GRACE_MS, due,
+                                   WRITER_ADOPT_MAX);
+    for (int i = 0; i < n; i++) {
+        if (res_find(&w->reservations, due[i]) == NULL) {
+            k->adopt[k->adopt_count++] = due[i];
+        }
+    }
+    if (k->adopt_count > 0) {
+        log_info("writer: adopting %u expired reservations of other instances", k->adopt_count);
+    }
+    return k->adopt_count > 0;
 }
