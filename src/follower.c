@@ -31,7 +31,10 @@ static void *follower_main(void *arg)
         if (rc < 0) {
             continue; /* the reader reconnects on its next call */
         }
-        /* Timed out or announced: read what is there either way (a NOTIFY can be lost when
+        if (rc == 1 && announced > 0 && announced <= projector_live_seq(f->projector)) {
+            continue; /* our own batch: the writer's hook applied it already */
+        }
+        /* Timed out, reconnected or announced: read what is there (a NOTIFY can be lost when
          * the connection drops). */
         int64_t applied = projector_follow(f->projector, reader);
         if (applied > 0) {

@@ -661,6 +661,11 @@ static int projector_chunk_row(void *context, const struct row_event *row)
     return 0;
 }
 
+int64_t projector_live_seq(struct projector *p)
+{
+    return atomic_load(&atomic_load(&p->live)->applied_seq);
+}
+
 int64_t projector_follow(struct projector *p, struct store_reader *reader)
 {
     struct projector_chunk *c = calloc(1, sizeof *c);

@@ -24,6 +24,8 @@
     X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"  \
               " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"          \
               " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                   \
+    X(EVENTS_ALL, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku,"   \
+                  " data FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")                  \
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
     X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                   \
             " WHERE principal = $1 AND idem_key = $2")                                       \
@@ -127,7 +129,10 @@ int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *s
     snprintf(since, sizeof since, "%" PRId64, since_seq);
     snprintf(count, sizeof count, "%d", limit);
     const char *values[] = {since, store_id, sku, count};
-    PGresult *res = pg_exec(&r->conn, PG_READER_EVENTS, 4, values);
+    const char *all_values[] = {since, count};
+    bool filtered = store_id != NULL || sku != NULL; /* the follower's and replay's read: not */
+    PGresult *res = filtered ? pg_exec(&r->conn, PG_READER_EVENTS, 4, values)
+                             : pg_exec(&r->conn, PG_READER_EVENTS_ALL, 2, all_values);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
