@@ -2,14 +2,15 @@
 # Starts a throwaway PostgreSQL server on loopback for tests and benchmarks.
 # Usage: scripts/pg-start.sh DIR PORT   -> prints the connection URI on stdout.
 #        scripts/pg-stop.sh DIR         -> stops it.
-# The server runs as the `postgres` user (it refuses root), keeps its data and socket in DIR,
+# As root the server runs as the `postgres` user (it refuses root), otherwise as the calling
+# user (its superuser role is `postgres` either way); it keeps its data and socket in DIR,
 # and is durable as shipped: fsync=on, synchronous_commit=on, full_page_writes=on.
 set -euo pipefail
 dir=$1
 port=$2
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 as_postgres() {
-  if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+  if [ "$(id -u)" -ne 0 ]; then "$@"; else runuser -u postgres -- "$@"; fi
 }
 mkdir -p "$dir"
 chmod 755 "$dir"

@@ -4,7 +4,7 @@ set -uo pipefail
 dir=$1
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [ -f "$dir/data/postmaster.pid" ] || exit 0
-if [ "$(id -un)" = postgres ]; then
+if [ "$(id -u)" -ne 0 ]; then  # the server runs as the calling user (see pg-start.sh)
   "$pgbin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
 else
   runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null

@@ -3,7 +3,11 @@
 #   1. ASan+UBSan debug build: unit and black-box suites
 #   2. TSan build: the thread and queue tests (suite tsan)
 #   3. release build with assertions on: unit and black-box suites
+#   4. the release build again on PostgreSQL: the black-box scripts of suite blackbox-pg on a
+#      throwaway cluster (scripts/pg-start.sh in a temporary directory, a free port from 55432)
 # plus the tidy check (function and line lengths). Exit status is non-zero on any failure.
+# The PostgreSQL suite runs on the release build only: its scripts are the SQLite ones again
+# (already run under ASan) plus the multi-instance tests, and CI time stays reasonable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +34,51 @@ run_suite build-tsan --suite tsan || failed_steps+=("tsan")
 
 setup build --buildtype=release -Db_ndebug=false || failed_steps+=("setup release")
 run_suite build --suite unit --suite blackbox || failed_steps+=("release")
+
+# 4. PostgreSQL. Its results go to build/meson-logs/testlog-pg.json (--logbase), beside the
+# release run's testlog.json, so that the summary counts both.
+pg_dir=""
+stop_pg() {
+  [ -n "$pg_dir" ] || return 0
+  scripts/pg-stop.sh "$pg_dir" >/dev/null 2>&1
+  rm -rf "$pg_dir"
+  pg_dir=""
+}
+trap stop_pg EXIT
+trap 'stop_pg; exit 130' INT TERM
+free_port() { # the first port from 55432 on which nothing listens on loopback
+  python3 - <<'PY'
+import socket
+for port in range(55432, 55532):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+PY
+}
+start_pg() {
+  local port
+  port=$(free_port) && [ -n "$port" ] || { echo "no free port for PostgreSQL"; return 1; }
+  pg_dir=$(mktemp -d /tmp/stockd-test-pg-XXXXXX) || return 1
+  scripts/pg-start.sh "$pg_dir" "$port" >/dev/null || {
+    echo "PostgreSQL did not start; its log:"; tail -20 "$pg_dir/server.log" 2>/dev/null
+    return 1
+  }
+  export STOCKD_TEST_PG="postgres://postgres@127.0.0.1:$port"
+  export STOCKD_TEST_PG_DIR="$pg_dir"
+}
+rm -f build/meson-logs/testlog-pg.json
+if start_pg; then
+  run_suite build --suite blackbox-pg --logbase testlog-pg || failed_steps+=("release-pg")
+else
+  failed_steps+=("setup postgresql")
+fi
+stop_pg
 
 python3 tools/test_summary.py build-asan build-tsan build
 if [ ${#failed_steps[@]} -ne 0 ]; then

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Prints one line summing the meson test logs of the given build directories:
-'N passed, N failed' (', N skipped' when some were), the plain closing line CI reads."""
+'N passed, N failed' (', N skipped' when some were), the plain closing line CI reads.
+Every meson-logs/testlog*.json of a directory counts: scripts/run-tests.sh runs the release
+build twice (testlog.json: unit + blackbox; testlog-pg.json: blackbox-pg, via --logbase)."""
+import glob
 import json
 import os
 import sys
@@ -8,10 +11,9 @@ import sys
 
 def main(dirs):
     passed = failed = skipped = 0
-    for d in dirs:
-        path = os.path.join(d, "meson-logs", "testlog.json")
-        if not os.path.exists(path):
-            continue
+    paths = [p for d in dirs
+             for p in sorted(glob.glob(os.path.join(d, "meson-logs", "testlog*.json")))]
+    for path in paths:
         with open(path) as f:
             for line in f:
                 line = line.strip()

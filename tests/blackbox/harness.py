@@ -8,6 +8,16 @@ running, and prints the tail of the server log of a failed test.
 
 The binary comes from $STOCKD_BIN (meson sets it), else build-bb/stockd, else build/stockd.
 
+PostgreSQL mode (suite blackbox-pg): when $STOCKD_TEST_PG holds a base URI such as
+postgres://postgres@127.0.0.1:55432 (a trailing /dbname is ignored), `start_stockd` runs stockd
+with `--store <base>/<db>` on a fresh, empty database made for that data directory and named in
+<data_dir>/pg.dbname, so a restart on the same data directory finds the same database again.
+`new_pg_database()` + `start_stockd(pg_db=name)` put several instances on one database;
+`pg_stop()` / `pg_start()` stop and start the server of $STOCKD_TEST_PG_DIR (scripts/pg-stop.sh,
+scripts/pg-start.sh). The databases of a script that passes are dropped at its end. A test that
+only makes sense on one backend calls `skip_test(reason)` (a SKIP line, not a failure); a script
+started with STOCKD_TEST_REQUIRE_PG=1 but no $STOCKD_TEST_PG skips as a whole (exit 77).
+
 Auth: a first start generates <data_dir>/admin.token; `start_stockd` reads it into
 `Server.token`, and `Server.client()` sends `Authorization: Bearer <token>` on every request.
 `server.client(token=None)` sends none, `server.client(token="...")` another one.
@@ -26,6 +36,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -41,6 +52,124 @@ _DEFAULT = object()  # "the server's admin token" for Server.client(token=...)
 _servers = []      # every Server started by the current test, for cleanup and logs
 _temp_dirs = []    # data directories we created; removed when the whole script passes
 _skipped_bugs = []  # SKIP-BUG lines printed, repeated in the summary
+_pg_databases = []  # PostgreSQL databases we created; dropped when the whole script passes
+_pg_state = {"stopped": False}  # a test stopped the server (pg_stop) and did not start it
+
+PG_BASE = os.environ.get("STOCKD_TEST_PG", "").strip()
+PG_DIR = os.environ.get("STOCKD_TEST_PG_DIR", "").strip()
+PG_START_TIMEOUT_S = 90.0
+
+
+class SkipTest(Exception):
+    """Raised by skip_test: the test does not apply here (printed as a SKIP line)."""
+
+
+def skip_test(reason):
+    raise SkipTest(reason)
+
+
+def pg_mode():
+    """True when the tests run stockd on PostgreSQL ($STOCKD_TEST_PG set)."""
+    return bool(PG_BASE)
+
+
+def _pg_parts():
+    """(scheme://userinfo@host:port, host, port, user) of $STOCKD_TEST_PG, path dropped."""
+    u = urllib.parse.urlsplit(PG_BASE)
+    check(u.scheme in ("postgres", "postgresql") and u.hostname,
+          "STOCKD_TEST_PG=%r is not a postgres://user@host:port URI" % PG_BASE)
+    return ("%s://%s" % (u.scheme, u.netloc), u.hostname, u.port or 5432,
+            u.username or "postgres")
+
+
+def pg_uri(db):
+    """The URI of database db on the test server: <base>/<db>."""
+    return "%s/%s" % (_pg_parts()[0], db)
+
+
+def _psql_bin():
+    found = shutil.which("psql")
+    if found:
+        return found
+    candidates = sorted(d for d in os.listdir("/usr/lib/postgresql") if d.isdigit()) \
+        if os.path.isdir("/usr/lib/postgresql") else []
+    check(candidates, "no psql (install postgresql-client)")
+    return "/usr/lib/postgresql/%s/bin/psql" % candidates[-1]
+
+
+def psql(sql, db="postgres", timeout=60.0):
+    """Runs sql through psql on database db of the test server; returns the rows as lists of
+    strings (unaligned, tuples only). Raises AssertionError with psql's message on error."""
+    args = [_psql_bin(), "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
+            "-d", pg_uri(db), "-c", sql]
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
+    try:
+        p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                           env=env)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("psql %r on %s: no answer within %.0f s" % (sql, db, timeout))
+    if p.returncode != 0:
+        raise AssertionError("psql %r on %s failed (%d): %s" % (
+            sql, db, p.returncode, p.stderr.decode("utf-8", "replace").strip()))
+    text = p.stdout.decode("utf-8")
+    return [line.split("\x1f") for line in text.splitlines() if line]
+
+
+_db_counter = [0]
+
+
+def new_pg_database(prefix="stockd_bb"):
+    """Creates a fresh, empty database on the test server and returns its name."""
+    check(pg_mode(), "new_pg_database needs STOCKD_TEST_PG")
+    with _key_lock:
+        _db_counter[0] += 1
+        n = _db_counter[0]
+    script = os.path.splitext(os.path.basename(sys.argv[0] or "x"))[0]
+    script = "".join(ch for ch in script.lower() if ch.isalnum() or ch == "_")[:20]
+    name = "%s_%s_%d_%d_%d" % (prefix, script, os.getpid(), int(time.time()) % 100000, n)
+    psql('CREATE DATABASE "%s"' % name)
+    _pg_databases.append(name)
+    return name
+
+
+def pg_database_of(data_dir):
+    """The database remembered in <data_dir>/pg.dbname, or None."""
+    try:
+        with open(os.path.join(data_dir, "pg.dbname")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _pg_script(name, *args):
+    check(PG_DIR, "STOCKD_TEST_PG_DIR is not set: cannot stop or start PostgreSQL")
+    path = os.path.join(REPO, "scripts", name)
+    p = subprocess.run(["bash", path, PG_DIR] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=PG_START_TIMEOUT_S)
+    check(p.returncode == 0, "%s %s failed (%d): %s %s" % (
+        name, PG_DIR, p.returncode, p.stdout.decode(errors="replace"),
+        p.stderr.decode(errors="replace")))
+
+
+def pg_stop():
+    """Stops the test PostgreSQL server (fast shutdown: sessions are cut)."""
+    _pg_state["stopped"] = True
+    _pg_script("pg-stop.sh")
+
+
+def pg_start():
+    """Starts the test PostgreSQL server again (same directory and port) and waits for it."""
+    _pg_script("pg-start.sh", _pg_parts()[2])
+    deadline = time.monotonic() + PG_START_TIMEOUT_S
+    while True:
+        try:
+            psql("SELECT 1", timeout=10)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    _pg_state["stopped"] = False
 
 
 def stockd_bin():
@@ -81,6 +210,7 @@ class Server:
         self.data_dir = data_dir
         self.log_path = log_path
         self.token = None  # <data_dir>/admin.token, when stockd generated one
+        self.pg_db = None  # PostgreSQL mode: the name of its database
 
     def alive(self):
         return self.proc.poll() is None
@@ -126,16 +256,36 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_stockd(extra_args=None, data_dir=None, threads=2, env=None):
+def _store_args(data_dir, extra_args, pg_db):
+    """PostgreSQL mode: ["--store", URI] of pg_db, else of <data_dir>/pg.dbname, else of a new
+    database (remembered there). SQLite mode, or --store among extra_args: []."""
+    if "--store" in extra_args:
+        return [], pg_db
+    if not pg_mode():
+        check(pg_db is None, "pg_db=%r without STOCKD_TEST_PG" % pg_db)
+        return [], None
+    remembered = pg_database_of(data_dir)
+    db = pg_db or remembered or new_pg_database()
+    if db != remembered:
+        with open(os.path.join(data_dir, "pg.dbname"), "w") as f:
+            f.write(db + "\n")
+    return ["--store", pg_uri(db)], db
+
+
+def start_stockd(extra_args=None, data_dir=None, threads=2, env=None, pg_db=None):
     """Starts stockd on 127.0.0.1:0 with data_dir (a new temporary one when None) and waits
     for its "stockd listening on http://127.0.0.1:PORT ..." line. stderr goes (appended) to
     <data_dir>/stockd.stderr.log. env adds environment variables (STOCKD_TOKENS is never
-    inherited from ours). Server.token is <data_dir>/admin.token when it exists."""
+    inherited from ours). Server.token is <data_dir>/admin.token when it exists.
+    PostgreSQL mode: --store on pg_db (a name from new_pg_database), else on the database of
+    data_dir (see the module doc); Server.pg_db is its name (None on SQLite)."""
     if data_dir is None:
         data_dir = tempfile.mkdtemp(prefix="stockd-bb-")
         _temp_dirs.append(data_dir)
+    extra_args = list(extra_args or [])
+    store_args, db = _store_args(data_dir, extra_args, pg_db)
     args = [stockd_bin(), "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-            "--threads", str(threads)] + list(extra_args or [])
+            "--threads", str(threads)] + store_args + extra_args
     log_path = os.path.join(data_dir, "stockd.stderr.log")
     with open(log_path, "ab") as log:
         log.write(("=== start: %s\n" % " ".join(args)).encode())
@@ -145,6 +295,7 @@ def start_stockd(extra_args=None, data_dir=None, threads=2, env=None):
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=log, cwd=data_dir, env=child_env)
     server = Server(proc, 0, data_dir, log_path)
+    server.pg_db = db
     _servers.append(server)
     line = b""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -170,7 +321,8 @@ def start_stockd(extra_args=None, data_dir=None, threads=2, env=None):
     rest = text[len(prefix):]
     port_text = rest.split(" ", 1)[0]
     check(port_text.isdigit() and 0 < int(port_text) < 65536, "no port in %r" % text)
-    check("(data " in rest and "threads)" in rest, "unexpected listening line %r" % text)
+    check(("(data " in rest or pg_mode()) and "threads)" in rest,
+          "unexpected listening line %r" % text)
     server.port = int(port_text)
     token_path = os.path.join(data_dir, "admin.token")
     if os.path.exists(token_path):
@@ -377,20 +529,35 @@ def _sqlite_rows(server, sql):
         db.close()
 
 
-def audit_events(server):
-    """The invariant audit by replay of the event log (DESIGN.md "Domain", events.h): per
-    (store, sku) onHand == sum(delta), reserved == sum(reservedDelta), 0 <= reserved <= onHand
-    after every event, each event's onHand/reserved equal the running sums, and the stored
-    stock_items equal the sums. Events come from GET /v1/events, else from <data_dir>/stockd.db.
-    Returns {(store, sku): (onHand, reserved)}."""
-    with server.client() as c:  # the server's own audit (GET /v1/admin/audit) first
-        r = c.get("/v1/admin/audit")
-    check_eq(r.status, 200, "GET /v1/admin/audit")
-    check(r.json.get("ok") is True and r.json.get("violationCount") == 0,
-          "the server's audit found violations: %s" % r.body[:2000])
+def _stored_rows(server, sql):
+    """Rows of sql on the server's database: <data_dir>/stockd.db, or its PostgreSQL database."""
+    if server.pg_db is None:
+        return _sqlite_rows(server, sql)
+    return psql(sql, db=server.pg_db)
+
+
+def audit_cli(server):
+    """PostgreSQL mode: `stockd --audit --store URI` on the server's database (it may run
+    beside live instances); checks exit status 0 and returns its report (stdout)."""
+    check(server.pg_db is not None, "audit_cli is for PostgreSQL mode")
+    audit_dir = tempfile.mkdtemp(prefix="stockd-bb-audit-")
+    _temp_dirs.append(audit_dir)
+    args = [stockd_bin(), "--audit", "--data-dir", audit_dir, "--store", pg_uri(server.pg_db)]
+    try:
+        p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                           cwd=audit_dir)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("%s: no exit within 120 s" % " ".join(args))
+    out = p.stdout.decode("utf-8", "replace")
+    check(p.returncode == 0, "%s exited %d:\n%s\n%s" % (
+        " ".join(args), p.returncode, out[-2000:], p.stderr.decode("utf-8", "replace")[-2000:]))
+    return out
+
+
+def _audit_once(server):
     rows = _events_from_api(server)
     if rows is None:
-        rows = [(store, sku, None, json.loads(data)) for store, sku, data in _sqlite_rows(
+        rows = [(store, sku, None, json.loads(data)) for store, sku, data in _stored_rows(
             server, "SELECT store_id, sku, data FROM events WHERE sku IS NOT NULL ORDER BY seq")]
     sums = {}
     for store, sku, event_type, data in rows:
@@ -404,9 +571,39 @@ def audit_events(server):
         if "reserved" in data:
             check_eq(data["reserved"], reserved, what + ": reserved member vs sum")
         sums[(store, sku)] = (on_hand, reserved)
-    stored = {(store, sku): (on_hand, reserved) for store, sku, on_hand, reserved in _sqlite_rows(
-        server, "SELECT store_id, sku, on_hand, reserved FROM stock_items")}
+    stored = {(store, sku): (int(on_hand), int(reserved))
+              for store, sku, on_hand, reserved in _stored_rows(
+                  server, "SELECT store_id, sku, on_hand, reserved FROM stock_items")}
     check_eq(stored, sums, "stock_items vs the event log replayed")
+    return sums
+
+
+def audit_events(server, settle_s=10.0):
+    """The invariant audit by replay of the event log (DESIGN.md "Domain", events.h): per
+    (store, sku) onHand == sum(delta), reserved == sum(reservedDelta), 0 <= reserved <= onHand
+    after every event, each event's onHand/reserved equal the running sums, and the stored
+    stock_items equal the sums. Events come from GET /v1/events, else from the database.
+    PostgreSQL mode: the stored rows come from the server's PostgreSQL database, the replay is
+    retried for up to settle_s (an instance sharing its database with others follows their
+    events with some lag), and `stockd --audit --store URI` must pass too.
+    Returns {(store, sku): (onHand, reserved)}."""
+    with server.client() as c:  # the server's own audit (GET /v1/admin/audit) first
+        r = c.get("/v1/admin/audit")
+    check_eq(r.status, 200, "GET /v1/admin/audit")
+    check(r.json.get("ok") is True and r.json.get("violationCount") == 0,
+          "the server's audit found violations: %s" % r.body[:2000])
+    if server.pg_db is None:
+        return _audit_once(server)
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            sums = _audit_once(server)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+    audit_cli(server)
     return sums
 
 
@@ -418,16 +615,32 @@ def _on_alarm(signum, frame):
     raise _TestTimeout("test exceeded %d s" % TEST_TIMEOUT_S)
 
 
-def main(tests):
-    """Runs each test function in order; prints ok/FAIL lines and 'N passed, M failed'."""
+def _drop_pg_databases():
+    for db in _pg_databases:
+        try:
+            psql('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % db)
+        except AssertionError as e:
+            print("note: could not drop database %s: %s" % (db, e))
+
+
+def main(tests, needs_pg=False):
+    """Runs each test function in order; prints ok/FAIL/SKIP lines and 'N passed, M failed'.
+    needs_pg: the script is about PostgreSQL only; without $STOCKD_TEST_PG it skips whole."""
     sys.stdout.reconfigure(line_buffering=True)
+    if not pg_mode() and (needs_pg or os.environ.get("STOCKD_TEST_REQUIRE_PG")):
+        print("SKIP: these tests need PostgreSQL: set STOCKD_TEST_PG (e.g. "
+              "postgres://postgres@127.0.0.1:55432) and STOCKD_TEST_PG_DIR "
+              "(scripts/run-tests.sh does)")
+        sys.exit(77)  # meson's "skipped"
     binary = stockd_bin()
     if not os.access(binary, os.X_OK):
         print("FAIL setup: no stockd binary at %s (set STOCKD_BIN)" % binary)
         print("0 passed, %d failed" % len(tests))
         sys.exit(1)
+    if pg_mode():
+        print("PostgreSQL mode: --store %s/<a new database per data directory>" % _pg_parts()[0])
     signal.signal(signal.SIGALRM, _on_alarm)
-    passed = failed = 0
+    passed = failed = skipped = 0
     script_started = time.monotonic()
     for test in tests:
         name = test.__name__
@@ -439,6 +652,10 @@ def main(tests):
             signal.alarm(0)
             passed += 1
             print("ok %s" % name)
+        except SkipTest as e:
+            signal.alarm(0)
+            skipped += 1
+            print("SKIP %s: %s" % (name, e))
         except BaseException as e:  # noqa: BLE001 - every failure is reported, then we go on
             signal.alarm(0)
             if isinstance(e, KeyboardInterrupt):
@@ -456,13 +673,24 @@ def main(tests):
             for server in _servers:
                 if server.alive():
                     server.kill9()
+            if _pg_state["stopped"]:  # the test stopped PostgreSQL: the next one needs it
+                try:
+                    pg_start()
+                except AssertionError as e:
+                    print("note: could not start PostgreSQL again: %s" % e)
     if failed == 0:
         for d in _temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
+        _drop_pg_databases()
     else:
         print("data directories kept: %s" % " ".join(_temp_dirs))
+        if _pg_databases:
+            print("PostgreSQL databases kept: %s" % " ".join(_pg_databases))
     for line in _skipped_bugs:
         print(line)
     print("(%.1f s)" % (time.monotonic() - script_started))
-    print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    tail = ", %d skipped" % skipped if skipped else ""
+    print("%d passed, %d failed%s" % (passed, failed, tail))
+    if failed:
+        sys.exit(1)
+    sys.exit(77 if skipped and not passed else 0)
