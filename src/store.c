@@ -7,9 +7,12 @@
  */
 #include "store.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "errors.h"
+#include "json_out.h"
 #include "svc_assert.h"
 
 bool store_uri_is_postgres(const char *uri)
@@ -117,6 +120,29 @@ int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out
                             size_t *length_out)
 {
     return r->ops->reader_order_json(r, order_seq, out, size, length_out);
+}
+
+int store_order_json(int64_t order_seq, const char *const columns[5], int64_t created_at_ms,
+                     char *out, size_t size, size_t *length_out)
+{
+    SVC_ASSERT(order_seq >= 1 && size > 0);
+    char order_id[32];
+    snprintf(order_id, sizeof order_id, "ord_%" PRId64, order_seq);
+    struct jbuf b;
+    jbuf_init(&b, out, size);
+    jbuf_lit(&b, "{");
+    jbuf_kv_str(&b, "orderId", order_id);
+    jbuf_kv_str(&b, "customerId", columns[0]);
+    jbuf_kv_str(&b, "storeId", columns[1]);
+    jbuf_kv_str(&b, "status", columns[2]);
+    jbuf_key(&b, "lines");
+    jbuf_lit(&b, columns[3]); /* stored JSON, written by the writer */
+    jbuf_key(&b, "history");
+    jbuf_lit(&b, columns[4]);
+    jbuf_kv_time(&b, "createdAt", created_at_ms);
+    jbuf_lit(&b, "}");
+    *length_out = b.length;
+    return jbuf_ok(&b) ? 1 : SVC_ECAPACITY;
 }
 
 int store_reader_events(struct store_reader *r, int64_t since_seq, const char *store_id,

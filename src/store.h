@@ -309,6 +309,11 @@ void store_reader_close(struct store_reader *r);
 int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out, size_t size,
                             size_t *length_out);
 
+/* Both backends' reader: the v1 order JSON from the order row's columns (customer_id,
+ * store_id, status, lines JSON, history JSON) and created_at_ms. 1, or SVC_ECAPACITY. */
+int store_order_json(int64_t order_seq, const char *const columns[5], int64_t created_at_ms,
+                     char *out, size_t size, size_t *length_out);
+
 /* Streams the events with seq > since_seq, in seq order, at most limit of them, optionally only
  * those of store_id and/or sku (NULL: any), to each_event (is_stock false: the structured stock
  * fields are not filled; parse data_json). The row's strings are valid during the call only. A

@@ -883,22 +883,36 @@ static void pg_batch_done(struct store *base)
     (void)base; /* PostgreSQL checkpoints by itself */
 }
 
+/* Runs one statement outside a batch with (before_ms, limit); *out gets its result (the caller
+ * clears it). 0 or SVC_ESTORAGE_UNAVAILABLE. */
+static int pg_run_limited(struct pg_store *s, enum pg_stmt which, int64_t before_ms, int limit,
+                          PGresult **out)
+{
+    SVC_ASSERT(!s->in_transaction && limit > 0);
+    char before[24];
+    char count[24];
+    snprintf(before, sizeof before, "%" PRId64, before_ms);
+    snprintf(count, sizeof count, "%d", limit);
+    const char *values[] = {before, count};
+    *out = NULL;
+    int rc = pg_conn_ready(&s->writer);
+    rc = rc == 0 ? pg_send(&s->writer, which, 2, values) : rc;
+    rc = rc == 0 ? pg_round_trip(&s->writer, out, 1) : rc;
+    if (rc == 0 && !pg_result_ok(*out)) {
+        log_error("postgres: %s: %s", pg_statements[which].name, PQresultErrorMessage(*out));
+        PQclear(*out);
+        *out = NULL;
+        rc = SVC_ESTORAGE_UNAVAILABLE;
+    }
+    return rc;
+}
+
 static int pg_idem_prune(struct store *base, int64_t before_ms, int max_rows)
 {
-    struct pg_store *s = (struct pg_store *)base;
-    SVC_ASSERT(max_rows > 0);
-    SVC_ASSERT(!s->in_transaction);
-    char before[24];
-    char limit[24];
-    snprintf(before, sizeof before, "%" PRId64, before_ms);
-    snprintf(limit, sizeof limit, "%d", max_rows);
-    const char *values[] = {before, limit};
     PGresult *r = NULL;
-    int rc = pg_conn_ready(&s->writer);
-    rc = rc == 0 ? pg_send(&s->writer, PG_STMT_PRUNE_IDEM, 2, values) : rc;
-    rc = rc == 0 ? pg_round_trip(&s->writer, &r, 1) : rc;
+    int rc = pg_run_limited((struct pg_store *)base, PG_STMT_PRUNE_IDEM, before_ms, max_rows, &r);
     if (rc == 0) {
-        rc = pg_result_ok(r) ? (int)strtol(PQcmdTuples(r), NULL, 10) : SVC_ESTORAGE_UNAVAILABLE;
+        rc = (int)strtol(PQcmdTuples(r), NULL, 10);
     }
     PQclear(r);
     return rc;
@@ -906,20 +920,9 @@ static int pg_idem_prune(struct store *base, int64_t before_ms, int max_rows)
 
 static int pg_reservations_due(struct store *base, int64_t before_ms, int64_t *out, int max)
 {
-    struct pg_store *s = (struct pg_store *)base;
-    SVC_ASSERT(!s->in_transaction);
-    char before[24];
-    char limit[24];
-    snprintf(before, sizeof before, "%" PRId64, before_ms);
-    snprintf(limit, sizeof limit, "%d", max);
-    const char *values[] = {before, limit};
     PGresult *r = NULL;
-    int rc = pg_conn_ready(&s->writer);
-    rc = rc == 0 ? pg_send(&s->writer, PG_STMT_RESERVATIONS_DUE, 2, values) : rc;
-    rc = rc == 0 ? pg_round_trip(&s->writer, &r, 1) : rc;
-    if (rc == 0 && !pg_result_ok(r)) {
-        rc = SVC_ESTORAGE_UNAVAILABLE;
-    }
+    int rc = pg_run_limited((struct pg_store *)base, PG_STMT_RESERVATIONS_DUE, before_ms, max,
+                            &r);
     for (int i = 0; rc >= 0 && r != NULL && i < PQntuples(r) && i < max; i++) {
         out[rc++] = pg_int(r, i, 0);
     }

@@ -96,23 +96,11 @@ int pg_reader_order_json(struct store_reader *base, int64_t order_seq, char *out
     }
     int rc = 0;
     if (PQntuples(res) == 1) {
-        struct jbuf b;
-        char order_id[32];
-        snprintf(order_id, sizeof order_id, "ord_%" PRId64, order_seq);
-        jbuf_init(&b, out, size);
-        jbuf_lit(&b, "{");
-        jbuf_kv_str(&b, "orderId", order_id);
-        jbuf_kv_str(&b, "customerId", PQgetvalue(res, 0, 0));
-        jbuf_kv_str(&b, "storeId", PQgetvalue(res, 0, 1));
-        jbuf_kv_str(&b, "status", PQgetvalue(res, 0, 2));
-        jbuf_key(&b, "lines");
-        jbuf_lit(&b, PQgetvalue(res, 0, 3));
-        jbuf_key(&b, "history");
-        jbuf_lit(&b, PQgetvalue(res, 0, 4));
-        jbuf_kv_time(&b, "createdAt", pg_int(res, 0, 5));
-        jbuf_lit(&b, "}");
-        rc = jbuf_ok(&b) ? 1 : SVC_ECAPACITY;
-        *length_out = b.length;
+        const char *columns[5];
+        for (int i = 0; i < 5; i++) {
+            columns[i] = PQgetvalue(res, 0, i);
+        }
+        rc = store_order_json(order_seq, columns, pg_int(res, 0, 5), out, size, length_out);
     }
     PQclear(res);
     return rc;

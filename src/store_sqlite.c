@@ -843,8 +843,7 @@ static int sqlite_reader_items(struct store_reader *base, void *context,
 }
 
 static int sqlite_reader_order_json(struct store_reader *base, int64_t order_seq, char *out,
-                                    size_t size,
-                            size_t *length_out)
+                                    size_t size, size_t *length_out)
 {
     struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(order_seq >= 1);
@@ -854,23 +853,12 @@ static int sqlite_reader_order_json(struct store_reader *base, int64_t order_seq
     int step = sqlite3_step(stmt);
     int rc = 0;
     if (step == SQLITE_ROW) {
-        struct jbuf b;
-        char order_id[32];
-        snprintf(order_id, sizeof order_id, "ord_%" PRId64, order_seq);
-        jbuf_init(&b, out, size);
-        jbuf_lit(&b, "{");
-        jbuf_kv_str(&b, "orderId", order_id);
-        jbuf_kv_str(&b, "customerId", store_column_text(stmt, 0));
-        jbuf_kv_str(&b, "storeId", store_column_text(stmt, 1));
-        jbuf_kv_str(&b, "status", store_column_text(stmt, 2));
-        jbuf_key(&b, "lines");
-        jbuf_lit(&b, store_column_text(stmt, 3));
-        jbuf_key(&b, "history");
-        jbuf_lit(&b, store_column_text(stmt, 4));
-        jbuf_kv_time(&b, "createdAt", sqlite3_column_int64(stmt, 5));
-        jbuf_lit(&b, "}");
-        rc = jbuf_ok(&b) ? 1 : SVC_ECAPACITY;
-        *length_out = b.length;
+        const char *columns[5];
+        for (int i = 0; i < 5; i++) {
+            columns[i] = store_column_text(stmt, i);
+        }
+        rc = store_order_json(order_seq, columns, sqlite3_column_int64(stmt, 5), out, size,
+                              length_out);
     } else if (step != SQLITE_DONE) {
         rc = store_fail(r->db, "order lookup");
     }
