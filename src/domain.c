@@ -439,14 +439,22 @@ int dom_load_product(struct domain *d, const char *sku, const char *name)
     return 0;
 }
 
+/* Stored values of an item are sane (the database CHECKs make a failure unreachable). */
+static bool dom_stored_item_valid(int64_t on_hand, int64_t reserved, int64_t version,
+                                  int64_t sold)
+{
+    return reserved >= 0 && reserved <= on_hand && on_hand <= ON_HAND_MAX && version >= 1 &&
+           sold >= 0;
+}
+
 int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
                   int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
 {
     int32_t store_index = dom_store_find(d, store_id);
     int32_t product_index = dom_product_find(d, sku);
-    if (store_index < 0 || product_index < 0 || reserved < 0 || reserved > on_hand ||
-        on_hand > ON_HAND_MAX || version < 1 || sold < 0) {
-        return SVC_EVALIDATION; /* the database CHECKs make this unreachable */
+    if (store_index < 0 || product_index < 0 ||
+        !dom_stored_item_valid(on_hand, reserved, version, sold)) {
+        return SVC_EVALIDATION;
     }
     uint32_t index = 0;
     int rc = dom_item_create(d, (uint32_t)store_index, (uint32_t)product_index, &index);
@@ -468,8 +476,8 @@ int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, in
 {
     int32_t store_index = dom_store_find(d, store_id);
     int32_t product_index = dom_product_find(d, sku);
-    if (store_index < 0 || product_index < 0 || reserved < 0 || reserved > on_hand ||
-        on_hand > ON_HAND_MAX || version < 1 || sold < 0) {
+    if (store_index < 0 || product_index < 0 ||
+        !dom_stored_item_valid(on_hand, reserved, version, sold)) {
         return SVC_EVALIDATION;
     }
     int32_t index = atomic_load(&d->products[product_index].item_by_store[store_index]);

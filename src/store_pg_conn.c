@@ -300,12 +300,18 @@ void pg_array_text_n(struct pg_text *t, const char *value, size_t length)
     pg_text_append(t, "\"", 1);
 }
 
-void pg_array_int(struct pg_text *t, int64_t value)
+static void pg_append_int(struct pg_text *t, int64_t value)
 {
     char digits[24];
     int n = snprintf(digits, sizeof digits, "%" PRId64, value);
-    pg_array_separator(t);
+    SVC_ASSERT(n > 0 && (size_t)n < sizeof digits);
     pg_text_append(t, digits, (size_t)n);
+}
+
+void pg_array_int(struct pg_text *t, int64_t value)
+{
+    pg_array_separator(t);
+    pg_append_int(t, value);
 }
 
 void pg_array_end(struct pg_text *t)
@@ -315,10 +321,8 @@ void pg_array_end(struct pg_text *t)
 
 void pg_text_int(struct pg_text *t, int64_t value)
 {
-    char digits[24];
-    int n = snprintf(digits, sizeof digits, "%" PRId64, value);
     pg_text_reset(t);
-    pg_text_append(t, digits, (size_t)n);
+    pg_append_int(t, value);
 }
 
 int64_t pg_int(const PGresult *r, int row, int column)
