@@ -228,6 +228,12 @@ static int pg_exec_simple(PGconn *conn, const char *sql)
 
 static int pg_schema_version(PGconn *conn)
 {
+    PGresult *exists = PQexec(conn, "SELECT to_regclass('meta') IS NOT NULL");
+    bool fresh = !pg_result_ok(exists) || strcmp(PQgetvalue(exists, 0, 0), "t") != 0;
+    PQclear(exists);
+    if (fresh) {
+        return 0; /* no meta table yet (asking would log an error in the server's log) */
+    }
     PGresult *r = PQexec(conn, "SELECT value FROM meta WHERE key = 'schema_version'");
     int version = 0;
     if (pg_result_ok(r) && PQntuples(r) == 1) {
