@@ -87,7 +87,7 @@ def pg_uri(db):
     return "%s/%s" % (_pg_parts()[0], db)
 
 
-def _psql_bin():
+def psql_bin():
     found = shutil.which("psql")
     if found:
         return found
@@ -100,7 +100,7 @@ def _psql_bin():
 def psql(sql, db="postgres", timeout=60.0):
     """Runs sql through psql on database db of the test server; returns the rows as lists of
     strings (unaligned, tuples only). Raises AssertionError with psql's message on error."""
-    args = [_psql_bin(), "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
+    args = [psql_bin(), "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
             "-d", pg_uri(db), "-c", sql]
     env = dict(os.environ, PGCONNECT_TIMEOUT="10")
     try:

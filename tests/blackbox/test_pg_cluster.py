@@ -8,6 +8,7 @@ poll (`eventually`) with generous deadlines; no test asserts how fast anything i
 
 import http.client
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +16,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (PG_DIR, audit_events, check, check_eq, check_problem, check_status,  # noqa: E402
-                     describe, main, new_key, new_pg_database, pg_start, pg_stop, psql,
+                     describe, main, new_key, new_pg_database, pg_start, pg_stop, pg_uri, psql,
+                     psql_bin,
                      run_threads, skip_test, start_stockd, wait_health)
 
 SETTLE_S = 15.0  # how long another instance may take to see a change (the contract says ~5 s)
@@ -516,6 +518,60 @@ def test_pg_restart_during_load():
         s.stop()
 
 
+def test_pg_unique_violation_retries_batch():
+    """A unique violation on an idempotency key at commit makes the writer run the batch again,
+    which then answers from the record that won. The race is staged: another session holds
+    orders in EXCLUSIVE mode, so stockd's batch (its locks and reads already done) waits at its
+    INSERT INTO orders; meanwhile that key's record is inserted behind stockd's back."""
+    db = new_pg_database()
+    s = start_stockd(pg_db=db)
+    holder = None
+    try:
+        make_product(s, "UV", 10)
+        principal = psql("SELECT principal FROM idempotency LIMIT 1", db=db)[0][0]
+        holder = subprocess.Popen([psql_bin(), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                                   "-d", pg_uri(db)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        holder.stdin.write(b"BEGIN;\nLOCK TABLE orders IN EXCLUSIVE MODE;\nSELECT 'locked';\n")
+        holder.stdin.flush()
+        check_eq(holder.stdout.readline().strip(), b"locked", "the holder's lock")
+        key = new_key("uv")
+        answer = {}
+
+        def buy():
+            with s.client() as c:
+                answer["r"] = c.post("/v1/purchase", {"sku": "UV", "qty": 1,
+                                                      "customerId": "c-uv"}, key=key)
+        buyer = threading.Thread(target=buy)
+        buyer.start()
+        eventually(lambda: check_eq(psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stockd'"
+            " AND wait_event_type = 'Lock'", db=db)[0][0], "1", "stockd waiting on the lock"),
+            "stockd's batch blocked at INSERT INTO orders", timeout=4.0)
+        psql("INSERT INTO idempotency (principal, idem_key, fingerprint, status, problem, body,"
+             " created_at_ms) VALUES ('%s', '%s', 12345, 201, 0, '{\"other\":true}', 0)"
+             % (principal, key), db=db)
+        holder.stdin.write(b"COMMIT;\n")
+        holder.stdin.close()
+        buyer.join(30)
+        check(not buyer.is_alive(), "the purchase got no answer")
+        check_problem(answer["r"], 422, "idempotency_key_reused", "the purchase after the race")
+        check_eq(availability(s, "UV")["onHand"], 10, "onHand after the refused purchase")
+        check_eq(psql("SELECT count(*) FROM orders", db=db)[0][0], "0", "orders stored")
+        with s.client() as c:
+            metrics = c.get("/metrics").body.decode()
+        retries = [line for line in metrics.splitlines()
+                   if line.startswith("stockd_writer_batch_retries_total ")]
+        check(retries and int(retries[0].split()[1]) >= 1, "no batch retry counted: %r" % retries)
+        audit_events(s)
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+        s.stop()
+
+
 if __name__ == "__main__":
     main([test_pg_three_instances_no_oversell, test_pg_duplicate_key_two_instances,
-          test_pg_kill9_during_load, test_pg_restart_during_load], needs_pg=True)
+          test_pg_kill9_during_load, test_pg_restart_during_load,
+          test_pg_unique_violation_retries_batch], needs_pg=True)
