@@ -94,9 +94,20 @@ static const char *const schema_v2[] = {
     NULL,
 };
 
+/* Several instances on one database (issue 5): the one row every batch of a shared backend
+ * locks first, so that batches of all instances commit in one order and event seqs are
+ * gap-free in commit order (store_pg.c). A plain row lock, not an advisory lock, so that a
+ * PostgreSQL-compatible distributed engine serves as well. SQLite never reads it. */
+static const char *const schema_v3[] = {
+    "CREATE TABLE sequencer (id @INT@ PRIMARY KEY CHECK (id = 1))",
+    "INSERT INTO sequencer (id) VALUES (1)",
+    NULL,
+};
+
 const struct schema_migration schema_migrations[] = {
     {1, schema_v1},
     {2, schema_v2},
+    {3, schema_v3},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

@@ -10,8 +10,8 @@
  *   commit:   INSERT ... SELECT FROM unnest(arrays) for every kind of row (stock rows as
  *             upserts guarded by version); pg_notify('stockd_events', last seq); COMMIT -> Sync
  *
- * The sequencer is a transaction-scoped advisory lock taken first by every batch of every
- * instance: it puts batches in one total order, so event seqs are handed out gap-free in
+ * The sequencer is the one row of table sequencer, locked (FOR UPDATE) first by every batch of
+ * every instance: it puts batches in one total order, so event seqs are handed out gap-free in
  * commit order (the read models of other instances tail the events table by seq and can
  * never skip a late commit), and everything read after it is the committed truth. The stock
  * rows are then locked in key order, so nothing else that locks them (another tool, a future
@@ -34,9 +34,8 @@
 #include "svc_assert.h"
 #include "svc_limits.h"
 
-/* The advisory lock keys: one sequencer for batches, one for schema migrations. */
-#define PG_SEQUENCER_LOCK 7380001
-#define PG_MIGRATION_LOCK 7380002
+/* The session advisory lock under which an instance applies schema migrations. */
+#define PG_MIGRATION_LOCK "7380002"
 /* Slots of the batch's idempotency lookup table (a power of two, load <= 0.25). */
 #define PG_IDEM_SLOTS (4 * BATCH_COMMANDS_MAX)
 _Static_assert((PG_IDEM_SLOTS & (PG_IDEM_SLOTS - 1)) == 0, "slots: a power of two");
@@ -48,7 +47,7 @@ _Static_assert((PG_IDEM_SLOTS & (PG_IDEM_SLOTS - 1)) == 0, "slots: a power of tw
     X(BEGIN, "BEGIN")                                                                        \
     X(COMMIT, "COMMIT")                                                                      \
     X(ROLLBACK, "ROLLBACK")                                                                  \
-    X(SEQUENCER, "SELECT pg_advisory_xact_lock(7380001)")                                    \
+    X(SEQUENCER, "SELECT id FROM sequencer WHERE id = 1 FOR UPDATE")                         \
     X(LOCK_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items WHERE (store_id, sku) IN"     \
                   " (SELECT k.s, k.p FROM unnest($1::text[], $2::text[]) AS k(s, p)"         \
                   " UNION SELECT r.store_id, l.sku FROM reservations r"                      \
@@ -271,7 +270,7 @@ static int pg_apply_migration(PGconn *conn, const struct schema_migration *migra
 static int pg_migrate(PGconn *conn)
 {
     int rc = pg_exec_simple(conn, "SET client_min_messages = warning");
-    rc = rc == 0 ? pg_exec_simple(conn, "SELECT pg_advisory_lock(7380002)") : rc;
+    rc = rc == 0 ? pg_exec_simple(conn, "SELECT pg_advisory_lock(" PG_MIGRATION_LOCK ")") : rc;
     if (rc != 0) {
         return rc;
     }
@@ -288,7 +287,7 @@ static int pg_migrate(PGconn *conn)
             log_info("postgres: schema migrated to version %d", version);
         }
     }
-    pg_exec_simple(conn, "SELECT pg_advisory_unlock(7380002)");
+    pg_exec_simple(conn, "SELECT pg_advisory_unlock(" PG_MIGRATION_LOCK ")");
     return rc;
 }
 
