@@ -2,10 +2,10 @@
  * follower.h - keeps this instance's read model up with the events other stockd instances
  * commit to a shared database.
  *
- * The writer's committed hook feeds the projector this instance's own batches; on a shared
- * backend, other instances' batches interleave with them in the seq order and the projector
- * applies the log in that order only (projector_apply stops at a gap). The follower thread
- * closes the gaps: it waits for the backend's announcement of new events (PostgreSQL
+ * The writer's committed hook feeds the projector this instance's own batches, each preceded by
+ * the events other instances committed since the previous one (read in the batch's prepare);
+ * the projector applies the log in seq order only (projector_apply stops at a gap). That
+ * covers an instance that writes; the follower thread covers one that is idle or only reads: it waits for the backend's announcement of new events (PostgreSQL
  * LISTEN/NOTIFY, or FOLLOWER_POLL_MS at the latest), reads the events table after the
  * projection's applied seq and applies them (projector_follow). X-Projection-Lag-ms and
  * /v1/projections report how far behind it is. Not started on SQLite (one writer only).

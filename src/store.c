@@ -55,7 +55,7 @@ int store_prepare_batch(struct store *s, const struct store_batch_keys *keys,
                         const struct store_loader *fresh, struct store_sequences *out)
 {
     SVC_ASSERT(store_is_shared(s));
-    SVC_ASSERT(fresh->on_reservation_ended != NULL);
+    SVC_ASSERT(fresh->on_reservation_ended != NULL && fresh->on_events != NULL);
     return s->ops->prepare_batch(s, keys, fresh, out);
 }
 

@@ -135,7 +135,14 @@ struct store_loader {
     /* store_prepare_batch only (NULL at load): a reservation of the keys that is no longer
      * ACTIVE (or does not exist). */
     int (*on_reservation_ended)(void *context, int64_t seq);
+    /* store_prepare_batch only (NULL at load): the events other instances committed after
+     * keys->events_after, in seq order (at most STORE_GAP_EVENTS_MAX; rows valid during the
+     * call only), so that this instance's read model has them before its own batch's. */
+    void (*on_events)(void *context, const struct row_event *rows, size_t count);
 };
+
+/* The most events of other instances one prepare hands on (more are left to the follower). */
+#define STORE_GAP_EVENTS_MAX 4096
 
 /* The high-water marks of the sequences, so new ids continue after them. */
 struct store_sequences {
@@ -190,6 +197,7 @@ struct store_batch_keys {
     size_t sku_count;
     const struct store_idem_key *idems; /* keys of the batch's keyed commands */
     size_t idem_count;
+    int64_t events_after;               /* the last event seq this instance has seen */
 };
 
 /* commit_batch's answer when another instance won a race on a unique key (an idempotency
@@ -259,7 +267,8 @@ int store_load(struct store *s, const struct store_loader *loader, struct store_
  * fresh, the committed values of the stores, products, items and reservations named by keys
  * (ACTIVE ones with their lines, ended ones through on_reservation_ended), and the sequences.
  * The idempotency records of keys are fetched too, for store_idem_find. The transaction stays
- * open until store_commit_batch (or the next prepare, which rolls it back). 0 or
+ * open until store_commit_batch (or the next prepare, which rolls it back). Events committed
+ * by other instances since keys->events_after go to fresh->on_events. 0 or
  * SVC_ESTORAGE_UNAVAILABLE. */
 int store_prepare_batch(struct store *s, const struct store_batch_keys *keys,
                         const struct store_loader *fresh, struct store_sequences *out);

@@ -69,6 +69,8 @@ _Static_assert((PG_IDEM_SLOTS & (PG_IDEM_SLOTS - 1)) == 0, "slots: a power of tw
     X(IDEMS, "SELECT principal, idem_key, fingerprint, status, problem, body FROM idempotency" \
              " WHERE (principal, idem_key) IN"                                               \
              " (SELECT * FROM unnest($1::text[], $2::text[]))")                              \
+    X(GAP_EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data" \
+                  " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")                     \
     X(SEQUENCES, "SELECT (SELECT COALESCE(MAX(order_seq), 0) FROM orders),"                 \
                  " (SELECT COALESCE(MAX(seq), 0) FROM events),"                              \
                  " (SELECT COALESCE(MAX(reservation_seq), 0) FROM reservations)")            \
@@ -150,6 +152,7 @@ struct pg_store {
     PGresult *idem_rows;              /* owned: the batch's prefetched idempotency records */
     int16_t idem_slots[PG_IDEM_SLOTS]; /* row + 1; 0 empty */
     bool idem_prefetched;
+    struct row_event *gap_events;     /* owned, STORE_GAP_EVENTS_MAX: other instances' events */
     char *found_body;                 /* owned copy for store_idem_find */
     size_t found_body_size;
 };
@@ -303,6 +306,7 @@ static void pg_close(struct store *base)
         pg_text_free(&s->texts[i]);
     }
     free(s->found_body);
+    free(s->gap_events);
     free(s);
 }
 
@@ -314,7 +318,9 @@ int store_pg_open(struct store **out, const char *uri)
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     struct pg_store *s = calloc(1, sizeof *s);
-    if (s == NULL) {
+    if (s == NULL || (s->gap_events = calloc(STORE_GAP_EVENTS_MAX, sizeof *s->gap_events)) ==
+                         NULL) {
+        free(s);
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     s->base.ops = &store_pg_ops;
@@ -458,6 +464,7 @@ struct pg_prepare_params {
     const char *skus;
     const char *idem_principals;
     const char *idem_keys;
+    const char *events_after;
 };
 
 static void pg_prepare_params(struct pg_store *s, const struct store_batch_keys *keys,
@@ -499,9 +506,11 @@ static void pg_prepare_params(struct pg_store *s, const struct store_batch_keys 
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         pg_array_end(all[i]);
     }
+    struct pg_text *events_after = pg_param(s);
+    pg_text_int(events_after, keys->events_after);
     *out = (struct pg_prepare_params){item_stores->data, item_skus->data, reservations->data,
                                       stores->data,      skus->data,      principals->data,
-                                      idem_keys->data};
+                                      idem_keys->data,   events_after->data};
 }
 
 enum pg_prepare_result {
@@ -514,6 +523,7 @@ enum pg_prepare_result {
     PG_PREP_PRODUCTS,
     PG_PREP_IDEMS,
     PG_PREP_SEQUENCES,
+    PG_PREP_GAP_EVENTS,
     PG_PREP_COUNT
 };
 
@@ -534,7 +544,32 @@ static int pg_prepare_send(struct pg_store *s, const struct pg_prepare_params *p
     rc = rc == 0 ? pg_send(c, PG_STMT_PRODUCTS, 2, skus) : rc;
     rc = rc == 0 ? pg_send(c, PG_STMT_IDEMS, 2, idems) : rc;
     rc = rc == 0 ? pg_send(c, PG_STMT_SEQUENCES, 0, NULL) : rc;
+    const char *after[] = {p->events_after};
+    rc = rc == 0 ? pg_send(c, PG_STMT_GAP_EVENTS, 1, after) : rc;
     return rc;
+}
+
+/* Hands the events of other instances (a GAP_EVENTS result) to fresh->on_events. */
+static void pg_feed_gap_events(struct pg_store *s, const PGresult *r,
+                               const struct store_loader *fresh)
+{
+    int n = PQntuples(r);
+    SVC_ASSERT(n <= STORE_GAP_EVENTS_MAX);
+    for (int i = 0; i < n; i++) {
+        struct row_event *row = &s->gap_events[i];
+        memset(row, 0, sizeof *row);
+        row->seq = pg_int(r, i, 0);
+        row->event_type = PQgetvalue(r, i, 1);
+        row->event_version = (int)pg_int(r, i, 2);
+        row->occurred_at_ms = pg_int(r, i, 3);
+        row->store_id = PQgetisnull(r, i, 4) ? NULL : PQgetvalue(r, i, 4);
+        row->sku = PQgetisnull(r, i, 5) ? NULL : PQgetvalue(r, i, 5);
+        row->data_json = PQgetvalue(r, i, 6);
+        SVC_ASSERT(i == 0 || row->seq > s->gap_events[i - 1].seq);
+    }
+    if (n > 0) {
+        fresh->on_events(fresh->context, s->gap_events, (size_t)n);
+    }
 }
 
 /* Reports the reservations of keys that have no row at all as ended. */
@@ -588,6 +623,7 @@ static int pg_prepare_batch(struct store *base, const struct store_batch_keys *k
     rc = rc == 0 ? pg_missing_reservations(r[PG_PREP_RESERVATIONS], keys, fresh) : rc;
     if (rc == 0) {
         pg_sequences(r[PG_PREP_SEQUENCES], out);
+        pg_feed_gap_events(s, r[PG_PREP_GAP_EVENTS], fresh);
         pg_idem_index(s, r[PG_PREP_IDEMS]);
         r[PG_PREP_IDEMS] = NULL; /* now owned by s */
     }

@@ -115,6 +115,7 @@ int writer_init(struct writer *w, const struct writer_config *config)
                                   writer_load_item,
                                   writer_load_reservation,
                                   writer_load_reservation_line,
+                                  NULL,
                                   NULL};
     struct store_sequences sequences = {0, 0, 0};
     int rc = store_load(config->store, &loader, &sequences);

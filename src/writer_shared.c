@@ -181,6 +181,16 @@ static int shared_fresh_ended(void *context, int64_t seq)
     return 0;
 }
 
+/* Other instances' committed events: into the read model before this batch's own, so that
+ * what this instance acknowledges next is readable here with everything before it. */
+static void shared_fresh_events(void *context, const struct row_event *rows, size_t count)
+{
+    struct writer *w = context;
+    if (w->config.committed != NULL) {
+        w->config.committed(rows, count, w->config.committed_context);
+    }
+}
+
 int writer_shared_prepare(struct writer *w)
 {
     SVC_ASSERT(store_is_shared(w->config.store));
@@ -190,14 +200,15 @@ int writer_shared_prepare(struct writer *w)
     struct store_batch_keys keys = {k->items,     k->item_count,  k->reservation_seqs,
                                     k->reservation_count,         k->store_ids,
                                     k->store_count, k->skus,      k->sku_count,
-                                    k->idems,     k->idem_count};
+                                    k->idems,     k->idem_count,  w->event_seq_committed};
     struct store_loader fresh = {w,
                                  shared_fresh_store,
                                  shared_fresh_product,
                                  shared_fresh_item,
                                  shared_fresh_reservation,
                                  shared_fresh_line,
-                                 shared_fresh_ended};
+                                 shared_fresh_ended,
+                                 shared_fresh_events};
     struct store_sequences sequences = {0, 0, 0};
     int rc = store_prepare_batch(w->config.store, &keys, &fresh, &sequences);
     /* What was read is committed state, whether or not the batch goes on. */

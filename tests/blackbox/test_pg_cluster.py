@@ -518,6 +518,33 @@ def test_pg_restart_during_load():
         s.stop()
 
 
+def test_pg_read_your_writes_across_instances():
+    """What an instance acknowledged is readable on that instance at once, with what other
+    instances committed before it: B sells a product A has just created, and B's read model
+    shows both the product and the sale right after the 201 (no polling)."""
+    db = new_pg_database()
+    a = start_stockd(pg_db=db)
+    b = start_stockd(pg_db=db)
+    try:
+        with a.client() as ca, b.client() as cb:
+            for i in range(20):
+                sku = "RYW-%d" % i
+                r = ca.post("/v1/products", {"sku": sku, "name": sku, "initialOnHand": 5,
+                                             "storeId": "S1"}, key=new_key("ryw-p"))
+                check_status(r, 201, "create %s on A" % sku)
+                r = cb.post("/v1/purchase", {"sku": sku, "qty": 1, "customerId": "c-ryw"},
+                            key=new_key("ryw-b"))
+                check_status(r, 201, "buy %s on B" % sku)
+                r = cb.get("/v1/availability?sku=" + sku)
+                check_status(r, 200, "availability of %s on B right after its 201" % sku)
+                check_eq((r.json["onHand"], r.json["available"]), (4, 4),
+                         "availability of %s on B right after its 201" % sku)
+        audit_events(b)
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_pg_unique_violation_retries_batch():
     """A unique violation on an idempotency key at commit makes the writer run the batch again,
     which then answers from the record that won. The race is staged: another session holds
@@ -574,4 +601,5 @@ def test_pg_unique_violation_retries_batch():
 if __name__ == "__main__":
     main([test_pg_three_instances_no_oversell, test_pg_duplicate_key_two_instances,
           test_pg_kill9_during_load, test_pg_restart_during_load,
-          test_pg_unique_violation_retries_batch], needs_pg=True)
+          test_pg_unique_violation_retries_batch, test_pg_read_your_writes_across_instances],
+         needs_pg=True)
