@@ -5,9 +5,10 @@
  * The writer's committed hook feeds the projector this instance's own batches, each preceded by
  * the events other instances committed since the previous one (read in the batch's prepare);
  * the projector applies the log in seq order only (projector_apply stops at a gap). That
- * covers an instance that writes; the follower thread covers one that is idle or only reads: it waits for the backend's announcement of new events (PostgreSQL
- * LISTEN/NOTIFY, or FOLLOWER_POLL_MS at the latest), reads the events table after the
- * projection's applied seq and applies them (projector_follow). X-Projection-Lag-ms and
+ * covers an instance that writes; the follower thread covers one that is idle or only reads:
+ * it waits for the backend's announcement of new events (PostgreSQL LISTEN/NOTIFY, or
+ * FOLLOWER_POLL_MS at the latest), reads the events table after the projection's applied seq
+ * and applies them (projector_follow). X-Projection-Lag-ms and
  * /v1/projections report how far behind it is. Not started on SQLite (one writer only).
  */
 #ifndef STOCKD_FOLLOWER_H
