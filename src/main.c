@@ -218,6 +218,7 @@ static struct store *main_open_storage(struct app *app)
         .reply = http_writer_reply,
         .committed_context = &app->projector,
         .committed = projector_committed_hook,
+        .applied_seq = projector_applied_hook,
     };
     struct store_reader *reader = NULL;
     if (store_reader_open(&reader, c->db_path) != 0 ||

@@ -666,6 +666,11 @@ int64_t projector_live_seq(struct projector *p)
     return atomic_load(&atomic_load(&p->live)->applied_seq);
 }
 
+int64_t projector_applied_hook(void *context)
+{
+    return projector_live_seq(context);
+}
+
 int64_t projector_follow(struct projector *p, struct store_reader *reader)
 {
     struct projector_chunk *c = calloc(1, sizeof *c);

@@ -118,8 +118,9 @@ size_t projector_apply(struct projector *p, const struct row_event *events, size
 /* Applies the events table after the live projection's applied seq, in chunks, until the end
  * of the log (the follower of a shared database). Returns how many events it applied. */
 int64_t projector_follow(struct projector *p, struct store_reader *reader);
-/* The applied seq of the live projection. */
+/* The applied seq of the live projection; and the same as a writer_config.applied_seq. */
 int64_t projector_live_seq(struct projector *p);
+int64_t projector_applied_hook(void *context);
 /* Records that the log reaches seq (at at_ms), for the lag report. */
 void projector_note_log(struct projector *p, int64_t seq, int64_t at_ms);
 /* The writer_config.committed adapter: context is the struct projector. */

@@ -39,6 +39,10 @@ struct writer_config {
      * reply leaves (read-your-writes for the projections). The rows are valid during the
      * call only. Called on the writer thread. */
     void (*committed)(const struct row_event *events, size_t count, void *committed_context);
+    /* Optional: the last seq the committed hook's consumer has applied (it may have more than
+     * this writer committed: other instances' events, read by a follower). A shared backend's
+     * prepare reads only the events after it. */
+    int64_t (*applied_seq)(void *committed_context);
 };
 
 struct writer_stats { /* written by the writer, read by /metrics */

@@ -197,10 +197,15 @@ int writer_shared_prepare(struct writer *w)
     SVC_ASSERT(w->config.domain->dirty_count == 0);
     writer_shared_keys(w);
     const struct writer_shared *k = &w->batch->shared;
+    int64_t seen = w->event_seq_committed;
+    if (w->config.applied_seq != NULL) {
+        int64_t applied = w->config.applied_seq(w->config.committed_context);
+        seen = applied > seen ? applied : seen; /* the follower brought those already */
+    }
     struct store_batch_keys keys = {k->items,     k->item_count,  k->reservation_seqs,
                                     k->reservation_count,         k->store_ids,
                                     k->store_count, k->skus,      k->sku_count,
-                                    k->idems,     k->idem_count,  w->event_seq_committed};
+                                    k->idems,     k->idem_count,  seen};
     struct store_loader fresh = {w,
                                  shared_fresh_store,
                                  shared_fresh_product,
