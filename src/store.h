@@ -350,8 +350,8 @@ int store_reader_idem(struct store_reader *r, const char *principal, const char 
 
 /* Waits up to timeout_ms for another instance to commit events (PostgreSQL LISTEN/NOTIFY).
  * 1 notified (*seq_out: the newest seq announced, or 0 if unknown), 0 timed out, or
- * SVC_ESTORAGE_UNAVAILABLE. A backend that no other process writes returns 0 after the
- * timeout. */
+ * SVC_ESTORAGE_UNAVAILABLE. A backend that no other process writes returns 0 at once (the
+ * follower is not started on one). */
 int store_reader_wait(struct store_reader *r, int timeout_ms, int64_t *seq_out);
 
 #endif

@@ -14,9 +14,13 @@
  *
  * 2. Transitions and the functions that perform them:
  *    IDLE -> APPLYING     writer_loop: a non-empty pop; writer_batch_reset clears the scratch.
+ *                         On a shared backend writer_shared_prepare first locks and re-reads
+ *                         what the batch touches (writer_shared.c).
  *    APPLYING             writer_apply: idempotency first (batch-local table, then storage),
  *                         then the domain change, the reply body, and the rows to write.
- *    APPLYING -> WRITING  writer_commit: one store_commit_batch for the whole batch.
+ *    APPLYING -> WRITING  writer_attempt: one store_commit_batch for the whole batch; when it
+ *                         answers STORE_COMMIT_RETRY (another instance won a race), undo and
+ *                         go back to APPLYING, at most WRITER_COMMIT_ATTEMPTS_MAX times.
  *    WRITING -> REPLYING  ok: dom_publish makes the batch visible to readers.
  *                         failed: dom_rollback, and every command but a replay from storage
  *                         becomes 503 storage_unavailable (nothing of it was written).
