@@ -817,9 +817,11 @@ static int writer_attempt(struct writer *w)
 {
     struct writer_batch *b = w->batch;
     bool shared = store_is_shared(w->config.store);
+    int64_t t0 = clock_mono_us();
     if (shared && writer_shared_prepare(w) != 0) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
+    int64_t t1 = clock_mono_us();
     writer_expire_due(w); /* release expired holds before the batch competes for stock */
     for (size_t i = 0; i < b->command_count; i++) {
         writer_apply(w, i);
@@ -827,8 +829,16 @@ static int writer_attempt(struct writer *w)
     writer_collect_items(w);
     bool has_rows = b->rows.idem_count + b->rows.event_count + b->rows.item_count +
                         b->rows.order_count + b->rows.reservation_count > 0;
+    int64_t t2 = clock_mono_us();
     /* A shared backend's transaction is open since the prepare: always end it. */
-    return has_rows || shared ? store_commit_batch(w->config.store, &b->rows) : 0;
+    int rc = has_rows || shared ? store_commit_batch(w->config.store, &b->rows) : 0;
+    int64_t t3 = clock_mono_us();
+    if (t3 - t0 >= WRITER_SLOW_BATCH_US) {
+        log_warn("writer: slow batch of %zu commands: prepare %lld us, apply %lld us, commit"
+                 " %lld us", b->command_count, (long long)(t1 - t0), (long long)(t2 - t1),
+                 (long long)(t3 - t2));
+    }
+    return rc;
 }
 
 void writer_run_batch(struct writer *w, struct command **commands, size_t count)

@@ -43,6 +43,9 @@ _Static_assert(WRITER_EXPIRY_EVENTS_MAX >= 1 + CMD_LINES_MAX, "any one expiry fi
 _Static_assert(WRITER_ADOPT_MAX * (1 + CMD_LINES_MAX) <= 32 * WRITER_EXPIRY_EVENTS_MAX,
                "adopted reservations expire over a few batches");
 
+/* A batch slower than this is logged with where its time went (prepare, apply, commit). */
+#define WRITER_SLOW_BATCH_US (50 * 1000)
+
 /* How often a batch is prepared and applied again after STORE_COMMIT_RETRY before its
  * commands get 503. */
 #define WRITER_COMMIT_ATTEMPTS_MAX 4
