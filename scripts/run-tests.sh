@@ -3,11 +3,10 @@
 #   1. ASan+UBSan debug build: unit and black-box suites
 #   2. TSan build: the thread and queue tests (suite tsan)
 #   3. release build with assertions on: unit and black-box suites
-#   4. the release build again on PostgreSQL: the black-box scripts of suite blackbox-pg on a
-#      throwaway cluster (scripts/pg-start.sh in a temporary directory, a free port from 55432)
+#   4. the ASan+UBSan and the release builds again on PostgreSQL: the black-box scripts of suite
+#      blackbox-pg on a throwaway cluster (scripts/pg-start.sh in a temporary directory, a free
+#      port from 55432); under the sanitizers because the PostgreSQL backend is C of its own
 # plus the tidy check (function and line lengths). Exit status is non-zero on any failure.
-# The PostgreSQL suite runs on the release build only: its scripts are the SQLite ones again
-# (already run under ASan) plus the multi-instance tests, and CI time stays reasonable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,8 +34,8 @@ run_suite build-tsan --suite tsan || failed_steps+=("tsan")
 setup build --buildtype=release -Db_ndebug=false || failed_steps+=("setup release")
 run_suite build --suite unit --suite blackbox || failed_steps+=("release")
 
-# 4. PostgreSQL. Its results go to build/meson-logs/testlog-pg.json (--logbase), beside the
-# release run's testlog.json, so that the summary counts both.
+# 4. PostgreSQL. Its results go to <build>/meson-logs/testlog-pg.json (--logbase), beside each
+# build's testlog.json, so that the summary counts both.
 pg_dir=""
 stop_pg() {
   [ -n "$pg_dir" ] || return 0
@@ -72,8 +71,10 @@ start_pg() {
   export STOCKD_TEST_PG="postgres://postgres@127.0.0.1:$port"
   export STOCKD_TEST_PG_DIR="$pg_dir"
 }
-rm -f build/meson-logs/testlog-pg.json
+rm -f build/meson-logs/testlog-pg.json build-asan/meson-logs/testlog-pg.json
 if start_pg; then
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    run_suite build-asan --suite blackbox-pg --logbase testlog-pg || failed_steps+=("asan-pg")
   run_suite build --suite blackbox-pg --logbase testlog-pg || failed_steps+=("release-pg")
 else
   failed_steps+=("setup postgresql")
