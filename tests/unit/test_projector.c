@@ -480,6 +480,105 @@ static void test_readers_never_see_torn_items(void **state)
     projector_deinit(&p);
 }
 
+/* A tap that checks it sees every seq once, in order. */
+struct tap_check {
+    int64_t last;
+    uint64_t events;
+    uint64_t out_of_order;
+};
+
+static void tap_check_events(const struct row_event *events, size_t count, void *context)
+{
+    struct tap_check *t = context;
+    for (size_t i = 0; i < count; i++) {
+        t->out_of_order += events[i].seq != t->last + 1;
+        t->last = events[i].seq;
+        t->events++;
+    }
+}
+
+/* Several instances on one database: a batch whose seqs start past the applied one is not
+ * applied (another instance's events are missing) until the missing ones come. */
+static void test_gaps_wait_for_the_missing_events(void **state)
+{
+    struct fixture *f = *state;
+    struct projector p;
+    load_projector(f, &p);
+    gen_init(&f->gen, 13);
+    gen_catalog(&f->gen);
+    for (int i = 0; i < 200; i++) {
+        gen_step(&f->gen);
+    }
+    struct tap_check tc = {projector_live_seq(&p), 0, 0};
+    ASSERT_OK(projector_tap_add(&p, tap_check_events, &tc));
+    size_t n = f->gen.count;
+    size_t k = n / 2;
+    ASSERT_EQ_UINT(projector_apply(&p, f->gen.events + k, n - k), 0);
+    ASSERT_EQ_INT(projector_live_seq(&p), 1); /* the schema's StoreCreated only */
+    ASSERT_EQ_UINT(projector_apply(&p, f->gen.events, k), k);
+    ASSERT_EQ_UINT(projector_apply(&p, f->gen.events + k - 10, n - k + 10), n - k + 10);
+    assert_matches_model(&p, &f->gen);
+    ASSERT_EQ_UINT(tc.events, n);
+    ASSERT_EQ_UINT(tc.out_of_order, 0);
+    projector_deinit(&p);
+}
+
+struct follower_thread {
+    struct fixture *f;
+    struct projector *p;
+    int64_t until;
+    int64_t applied;
+};
+
+static void *follower_thread_main(void *arg)
+{
+    struct follower_thread *t = arg;
+    struct store_reader *reader = NULL;
+    SVC_ASSERT(store_reader_open(&reader, t->f->path) == 0);
+    while (projector_live_seq(t->p) < t->until) {
+        t->applied += projector_follow(t->p, reader);
+    }
+    store_reader_close(reader);
+    return NULL;
+}
+
+/* The writer's hook (this instance's batches) and the follower (everything in the log) feed
+ * one projector at once: every event is applied once, in seq order, whoever brings it first
+ * (run under TSan too). */
+static void test_hook_and_follower_together(void **state)
+{
+    struct fixture *f = *state;
+    struct projector p;
+    load_projector(f, &p);
+    gen_init(&f->gen, 17);
+    gen_catalog(&f->gen);
+    for (int i = 0; i < 3000; i++) {
+        gen_step(&f->gen);
+    }
+    commit_events(f, 0, f->gen.count); /* all committed: ours and the other instances' */
+    struct tap_check tc = {projector_live_seq(&p), 0, 0};
+    ASSERT_OK(projector_tap_add(&p, tap_check_events, &tc));
+    struct follower_thread t = {f, &p, f->gen.seq, 0};
+    pthread_t thread;
+    ASSERT_EQ_INT(pthread_create(&thread, NULL, follower_thread_main, &t), 0);
+    uint64_t rng = 5;
+    for (size_t at = 0, chunk = 0; at < f->gen.count; chunk++) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        size_t size = 1 + (size_t)(rng >> 33) % 40;
+        size = size < f->gen.count - at ? size : f->gen.count - at;
+        if (chunk % 2 == 0) { /* ours; the odd chunks are another instance's */
+            projector_apply(&p, f->gen.events + at, size);
+        }
+        at += size;
+    }
+    pthread_join(thread, NULL);
+    assert_matches_model(&p, &f->gen);
+    ASSERT_EQ_UINT(tc.events, f->gen.count);
+    ASSERT_EQ_UINT(tc.out_of_order, 0);
+    ASSERT_GT_INT(t.applied, 0);
+    projector_deinit(&p);
+}
+
 struct seen {
     int count;
     int64_t seqs[64];
@@ -528,6 +627,8 @@ int main(void)
         PROJECTOR_TEST(test_rebuild_while_writing),
         PROJECTOR_TEST(test_readers_never_see_torn_items),
         PROJECTOR_TEST(test_events_reader_filters),
+        PROJECTOR_TEST(test_gaps_wait_for_the_missing_events),
+        PROJECTOR_TEST(test_hook_and_follower_together),
     };
 #undef PROJECTOR_TEST
     log_set_level(LOG_WARN);
