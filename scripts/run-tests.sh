@@ -6,6 +6,7 @@
 #   4. the ASan+UBSan and the release builds again on PostgreSQL: the black-box scripts of suite
 #      blackbox-pg on a throwaway cluster (scripts/pg-start.sh in a temporary directory, a free
 #      port from 55432); under the sanitizers because the PostgreSQL backend is C of its own
+#   5. a fuzz smoke test of the libFuzzer harnesses (scripts/fuzz.sh 20)
 # plus the tidy check (function and line lengths). Exit status is non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +81,9 @@ else
   failed_steps+=("setup postgresql")
 fi
 stop_pg
+
+# 5. A fuzz smoke test: each libFuzzer harness for 20 s (clang, ASan+UBSan; fuzz/README.md).
+bash scripts/fuzz.sh 20 || failed_steps+=("fuzz")
 
 python3 tools/test_summary.py build-asan build-tsan build
 if [ ${#failed_steps[@]} -ne 0 ]; then
