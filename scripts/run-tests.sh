@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test suite in the three builds of STYLE 22, then prints one summary line:
-#   1. ASan+UBSan debug build: unit and black-box suites
+#   1. ASan+UBSan debug build: unit, writer simulation (tests/sim) and black-box suites
 #   2. TSan build: the thread and queue tests (suite tsan)
-#   3. release build with assertions on: unit and black-box suites
+#   3. release build with assertions on: unit, simulation and black-box suites
 #   4. the ASan+UBSan and the release builds again on PostgreSQL: the black-box scripts of suite
 #      blackbox-pg on a throwaway cluster (scripts/pg-start.sh in a temporary directory, a free
 #      port from 55432); under the sanitizers because the PostgreSQL backend is C of its own
@@ -27,13 +27,13 @@ python3 tools/tidy.py || failed_steps+=("tidy")
 setup build-asan --buildtype=debug -Db_sanitize=address,undefined \
   -Dc_args=-fno-sanitize-recover=all || failed_steps+=("setup asan")
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  run_suite build-asan --suite unit --suite blackbox || failed_steps+=("asan")
+  run_suite build-asan --suite unit --suite sim --suite blackbox || failed_steps+=("asan")
 
 setup build-tsan --buildtype=debug -Db_sanitize=thread || failed_steps+=("setup tsan")
 run_suite build-tsan --suite tsan || failed_steps+=("tsan")
 
 setup build --buildtype=release -Db_ndebug=false || failed_steps+=("setup release")
-run_suite build --suite unit --suite blackbox || failed_steps+=("release")
+run_suite build --suite unit --suite sim --suite blackbox || failed_steps+=("release")
 
 # 4. PostgreSQL. Its results go to <build>/meson-logs/testlog-pg.json (--logbase), beside each
 # build's testlog.json, so that the summary counts both.

@@ -33,7 +33,8 @@ def check_file(path, problems):
 def main():
     problems = []
     files = sorted(glob.glob("src/*.[ch]") + glob.glob("tests/unit/*.[ch]") +
-                   glob.glob("bench/*.c") + glob.glob("tools/*.c") + glob.glob("fuzz/*.c"))
+                   glob.glob("tests/sim/*.c") + glob.glob("bench/*.c") + glob.glob("tools/*.c") +
+                   glob.glob("fuzz/*.c"))
     for path in files:
         check_file(path, problems)
     for p in problems:
