@@ -26,6 +26,7 @@ void pg_conn_init(struct pg_conn *c, const char *uri, const char *role,
     c->statements = statements;
     c->statement_count = statement_count;
     c->pipeline = pipeline;
+    c->timeout_ms = PG_ROUND_TRIP_TIMEOUT_MS;
 }
 
 void pg_conn_close(struct pg_conn *c)
@@ -180,7 +181,8 @@ int pg_round_trip(struct pg_conn *c, PGresult **results, int count)
 {
     SVC_ASSERT(c->pipeline && c->conn != NULL);
     SVC_ASSERT(count >= 0 && count <= PG_PIPELINE_MAX);
-    int64_t deadline_us = clock_mono_us() + (int64_t)PG_ROUND_TRIP_TIMEOUT_MS * 1000;
+    SVC_ASSERT(c->timeout_ms > 0);
+    int64_t deadline_us = clock_mono_us() + (int64_t)c->timeout_ms * 1000;
     memset(results, 0, (size_t)count * sizeof results[0]);
     int rc = PQpipelineSync(c->conn) == 1 ? pg_flush(c, deadline_us) : -1;
     for (int i = 0; rc == 0 && i < count; i++) {
@@ -214,19 +216,17 @@ const char *pg_result_state(const PGresult *r)
 
 PGresult *pg_exec(struct pg_conn *c, int index, int count, const char *const *values)
 {
-    SVC_ASSERT(!c->pipeline);
+    SVC_ASSERT(c->pipeline);
     SVC_ASSERT(index >= 0 && index < c->statement_count);
-    if (pg_conn_ready(c) != 0) {
-        return NULL;
+    PGresult *r = NULL;
+    if (pg_conn_ready(c) != 0 || pg_send(c, index, count, values) != 0 ||
+        pg_round_trip(c, &r, 1) != 0) {
+        return NULL; /* the connection was dropped; the next call reconnects */
     }
-    PGresult *r = PQexecPrepared(c->conn, c->statements[index].name, count, values, NULL, NULL, 0);
     if (!pg_result_ok(r)) {
         log_error("postgres %s: %s: %s", c->role, c->statements[index].name,
                   PQresultErrorMessage(r));
         PQclear(r);
-        if (PQstatus(c->conn) != CONNECTION_OK || PQtransactionStatus(c->conn) != PQTRANS_IDLE) {
-            pg_conn_fail(c, c->statements[index].name);
-        }
         return NULL;
     }
     return r;

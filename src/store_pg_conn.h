@@ -4,8 +4,9 @@
  *
  * A connection is opened lazily and again after any failure (at most every
  * PG_RECONNECT_INTERVAL_MS), so that a restarted PostgreSQL is picked up without restarting
- * stockd. Every wait is bounded by PG_ROUND_TRIP_TIMEOUT_MS: a server that stops answering
- * turns into SVC_ESTORAGE_UNAVAILABLE (503 to clients), never into a hung writer. Statements
+ * stockd. Every wait is bounded (PG_ROUND_TRIP_TIMEOUT_MS for the writer, PG_READ_TIMEOUT_MS
+ * for the I/O threads' readers): a server that stops answering turns into
+ * SVC_ESTORAGE_UNAVAILABLE (503 to clients), never into a hung writer or I/O thread. Statements
  * are prepared once per connection (STYLE 24); no SQL is ever built from user input: values
  * travel as parameters, many rows at once as text arrays (unnest).
  *
@@ -27,6 +28,9 @@
 #define PG_CONNECT_TIMEOUT_S 2
 /* The longest the writer waits for one pipeline round trip (a batch's locks or its commit). */
 #define PG_ROUND_TRIP_TIMEOUT_MS 5000
+/* The longest an I/O thread waits for a read (an order, the event log, a key's record); it
+ * serves nothing else meanwhile. */
+#define PG_READ_TIMEOUT_MS 2000
 /* Most statements in one pipeline round trip. */
 #define PG_PIPELINE_MAX 16
 /* Most parameters of one statement. */
@@ -42,7 +46,8 @@ struct pg_conn {
     const char *role;                       /* "writer", "reader": for logs */
     const struct pg_statement *statements;  /* prepared at each connect */
     int statement_count;
-    bool pipeline;                          /* nonblocking pipeline mode (the writer) */
+    bool pipeline;                          /* nonblocking pipeline mode (all but migration) */
+    int timeout_ms;                         /* deadline of one round trip */
     PGconn *conn;                           /* owned; NULL while disconnected */
     int64_t next_attempt_ms;                /* monotonic ms of the next reconnect attempt */
     bool was_down;                          /* for the "reconnected" log line */
@@ -79,8 +84,8 @@ bool pg_result_ok(const PGresult *r);
 /* The SQLSTATE of a failed result ("" if none). */
 const char *pg_result_state(const PGresult *r);
 
-/* Blocking mode: runs statement `index` and returns its result (the caller clears it), or NULL
- * after a failure (connection dropped when it broke). */
+/* One statement as its own round trip (within the deadline): its result (the caller clears
+ * it), or NULL after a failure (connection dropped when it broke). */
 PGresult *pg_exec(struct pg_conn *c, int index, int count, const char *const *values);
 
 /* Text parameters. */

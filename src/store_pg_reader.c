@@ -1,9 +1,10 @@
 /*
- * store_pg_reader.c - the read-only handles of the PostgreSQL backend: one blocking
- * connection per I/O thread (orders by id, the event log, idempotency lookups, the audit's
- * stock rows) and the follower's LISTEN stockd_events. A failed statement drops the
- * connection; the next call reconnects (store_pg_conn.c), so reads come back by themselves
- * after PostgreSQL restarts.
+ * store_pg_reader.c - the read-only handles of the PostgreSQL backend: one connection per I/O
+ * thread (orders by id, the event log, idempotency lookups, the audit's stock rows) and the
+ * follower's LISTEN stockd_events, nonblocking with a deadline per read (PG_READ_TIMEOUT_MS),
+ * so that a PostgreSQL that stops answering costs an I/O thread at most that long. A broken
+ * connection is dropped; the next call reconnects (store_pg_conn.c), so reads come back by
+ * themselves after PostgreSQL restarts.
  */
 #include <inttypes.h>
 #include <poll.h>
@@ -45,6 +46,9 @@ static const struct pg_statement pg_reader_statements[PG_READER_COUNT] = {
 #undef PG_READER_ENTRY_
 };
 
+/* Events per round trip of a long read (the audit, a replay). */
+#define PG_READ_EVENTS_CHUNK 4096
+
 struct pg_reader {
     struct store_reader base; /* first: the backend's operations */
     struct pg_conn conn;
@@ -63,7 +67,8 @@ int store_pg_reader_open(struct store_reader **out, const char *uri)
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     r->base.ops = &store_pg_ops;
-    pg_conn_init(&r->conn, uri, "reader", pg_reader_statements, PG_READER_COUNT, false);
+    pg_conn_init(&r->conn, uri, "reader", pg_reader_statements, PG_READER_COUNT, true);
+    r->conn.timeout_ms = PG_READ_TIMEOUT_MS;
     /* The first connection is made here so that a wrong uri fails at startup; later ones come
      * back by themselves. */
     if (pg_conn_ready(&r->conn) != 0) {
@@ -106,18 +111,20 @@ int pg_reader_order_json(struct store_reader *base, int64_t order_seq, char *out
     return rc;
 }
 
-int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
-                     const char *sku, int limit, void *context,
-                     int (*each_event)(void *context, const struct row_event *row))
+/* Reads at most limit events after *since (filtered), hands them to each_event and moves
+ * *since to the last one. Returns the callback's non-zero answer, SVC_ESTORAGE_UNAVAILABLE, or
+ * 0 with *count_out rows read. */
+static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char *store_id,
+                                 const char *sku, int limit, void *context,
+                                 int (*each_event)(void *context, const struct row_event *row),
+                                 int *count_out)
 {
-    struct pg_reader *r = (struct pg_reader *)base;
-    SVC_ASSERT(since_seq >= 0 && limit >= 1);
-    char since[24];
+    char since_text[24];
     char count[24];
-    snprintf(since, sizeof since, "%" PRId64, since_seq);
+    snprintf(since_text, sizeof since_text, "%" PRId64, *since);
     snprintf(count, sizeof count, "%d", limit);
-    const char *values[] = {since, store_id, sku, count};
-    const char *all_values[] = {since, count};
+    const char *values[] = {since_text, store_id, sku, count};
+    const char *all_values[] = {since_text, count};
     bool filtered = store_id != NULL || sku != NULL; /* the follower's and replay's read: not */
     PGresult *res = filtered ? pg_exec(&r->conn, PG_READER_EVENTS, 4, values)
                              : pg_exec(&r->conn, PG_READER_EVENTS_ALL, 2, all_values);
@@ -125,7 +132,8 @@ int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *s
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     int rc = 0;
-    for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+    *count_out = PQntuples(res);
+    for (int i = 0; rc == 0 && i < *count_out; i++) {
         struct row_event row;
         memset(&row, 0, sizeof row);
         row.seq = pg_int(res, i, 0);
@@ -135,11 +143,35 @@ int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *s
         row.store_id = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
         row.sku = PQgetisnull(res, i, 5) ? NULL : PQgetvalue(res, i, 5);
         row.data_json = PQgetvalue(res, i, 6);
-        SVC_ASSERT(row.seq > since_seq);
+        SVC_ASSERT(row.seq > *since);
+        *since = row.seq;
         rc = each_event(context, &row);
     }
     PQclear(res);
     return rc;
+}
+
+int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
+                     const char *sku, int limit, void *context,
+                     int (*each_event)(void *context, const struct row_event *row))
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(since_seq >= 0 && limit >= 1);
+    /* In chunks: every round trip stays within the read deadline and a long log (the audit
+     * reads all of it) is never one result in memory. */
+    int64_t since = since_seq;
+    int left = limit;
+    while (left > 0) {
+        int chunk = left < PG_READ_EVENTS_CHUNK ? left : PG_READ_EVENTS_CHUNK;
+        int count = 0;
+        int rc = pg_reader_event_chunk(r, &since, store_id, sku, chunk, context, each_event,
+                                       &count);
+        if (rc != 0 || count < chunk) {
+            return rc;
+        }
+        left -= count;
+    }
+    return 0;
 }
 
 int pg_reader_items(struct store_reader *base, void *context,
