@@ -8,6 +8,7 @@ poll (`eventually`) with generous deadlines; no test asserts how fast anything i
 
 import http.client
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -545,6 +546,66 @@ def test_pg_read_your_writes_across_instances():
         b.stop()
 
 
+def pg_processes():
+    """The postmaster of the test cluster and its children (backends, checkpointer...)."""
+    with open(os.path.join(PG_DIR, "data", "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True,
+                              timeout=10).stdout.split()
+    return [postmaster] + [int(c) for c in children]
+
+
+def test_pg_frozen_server():
+    """PostgreSQL stops answering without closing its connections (every process stopped
+    with SIGSTOP for a few seconds): an order lookup answers 503 instead of holding its I/O
+    thread, availability keeps answering 200, a purchase answers 503 + Retry-After; after
+    SIGCONT everything works again without restarting stockd, and the purchase sent again with
+    its key succeeds once. A hang fails the test through the client's timeout."""
+    if not PG_DIR:
+        skip_test("STOCKD_TEST_PG_DIR is not set: this test must stop PostgreSQL's processes")
+    s = start_stockd(pg_db=new_pg_database())
+    frozen = []
+    try:
+        make_product(s, "FRZ", 50)
+        body = {"sku": "FRZ", "qty": 1, "customerId": "c-frz"}
+        with s.client() as c:
+            r = c.post("/v1/purchase", body, key="frz-0")
+            check_status(r, 201, "a purchase before the freeze")
+        order_id = r.json["orderId"]
+        frozen = pg_processes()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        with s.client(timeout=30) as c:
+            r = c.get("/v1/orders/" + order_id)
+            check_problem(r, 503, "storage_unavailable", "an order lookup while frozen")
+            r = c.get("/v1/availability?sku=FRZ")
+            check_status(r, 200, "availability while frozen")
+            check_eq(r.json["onHand"], 49, "onHand while frozen")
+            r = c.post("/v1/purchase", body, key="frz-1")
+            check_problem(r, 503, "storage_unavailable", "a purchase while frozen")
+            check(r.headers.get("retry-after"), "no Retry-After on the 503")
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        frozen = []
+
+        def retried_purchase():
+            with s.client(timeout=30) as c:
+                r = c.post("/v1/purchase", body, key="frz-1")
+            check_status(r, 201, "the purchase sent again after the freeze")
+            return r
+        r = eventually(retried_purchase, "a purchase after the freeze", timeout=30)
+        with s.client(timeout=30) as c:
+            again = c.post("/v1/purchase", body, key="frz-1")
+            check_eq((again.status, again.body), (201, r.body), "the replay of frz-1")
+            check_status(c.get("/v1/orders/" + order_id), 200, "the first order after")
+        check_eq(psql("SELECT count(*) FROM orders", db=s.pg_db)[0][0], "2", "orders stored")
+        audit_events(s)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        s.stop()
+
+
 def test_pg_unique_violation_retries_batch():
     """A unique violation on an idempotency key at commit makes the writer run the batch again,
     which then answers from the record that won. The race is staged: another session holds
@@ -601,5 +662,6 @@ def test_pg_unique_violation_retries_batch():
 if __name__ == "__main__":
     main([test_pg_three_instances_no_oversell, test_pg_duplicate_key_two_instances,
           test_pg_kill9_during_load, test_pg_restart_during_load,
-          test_pg_unique_violation_retries_batch, test_pg_read_your_writes_across_instances],
+          test_pg_unique_violation_retries_batch, test_pg_read_your_writes_across_instances,
+          test_pg_frozen_server],
          needs_pg=True)
