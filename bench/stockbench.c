@@ -108,19 +108,19 @@ struct sb_options {
 /* What verify found; see sb_verify_print for the meaning of each check. */
 struct sb_verify {
     bool ok;
-    int64_t stock_before;      /* onHand (purchase) or current_stock (buy-ticket) */
+    int64_t stock_before; /* onHand (purchase) or current_stock (buy-ticket) */
     int64_t stock_after;
-    bool stock_after_known;    /* the read after the run succeeded */
+    bool stock_after_known; /* the read after the run succeeded */
     uint64_t keys_sent;
-    uint64_t keys_2xx;         /* distinct keys answered 2xx */
-    uint64_t keys_no_order;    /* answered 2xx without an orderId (purchase only) */
-    uint64_t keys_conflict;    /* answered 2xx with two different orderIds */
-    uint64_t keys_unanswered;  /* still without an answer after the replays */
+    uint64_t keys_2xx;        /* distinct keys answered 2xx */
+    uint64_t keys_no_order;   /* answered 2xx without an orderId (purchase only) */
+    uint64_t keys_conflict;   /* answered 2xx with two different orderIds */
+    uint64_t keys_unanswered; /* still without an answer after the replays */
     uint64_t keys_replayed;
-    uint64_t duplicate_ids;    /* orderIds returned for two different keys */
-    uint64_t orders_wanted;    /* sample size: min(orderIds, SB_VERIFY_ORDERS_MAX) */
+    uint64_t duplicate_ids; /* orderIds returned for two different keys */
+    uint64_t orders_wanted; /* sample size: min(orderIds, SB_VERIFY_ORDERS_MAX) */
     uint64_t orders_checked;
-    uint64_t orders_ok;        /* of those, answered 200 */
+    uint64_t orders_ok; /* of those, answered 200 */
 };
 
 static volatile sig_atomic_t sb_interrupted;
@@ -256,23 +256,18 @@ static bool sb_option_number(struct sb_options *o, int option, const char *value
     double seconds = 0;
     long long n = 0;
     switch (option) {
-    case 'r':
-        o->rate_given = true;
-        return sb_parse_double(value, 1e-3, SB_RATE_MAX, &c->rate_rps);
+    case 'r': o->rate_given = true; return sb_parse_double(value, 1e-3, SB_RATE_MAX, &c->rate_rps);
     case 'c':
         return sb_parse_int(value, 1, LG_CONNECTIONS_MAX, &n) && (c->connections = (uint32_t)n);
-    case 't':
-        return sb_parse_int(value, 1, LG_THREADS_MAX, &n) && (c->threads = (uint32_t)n);
+    case 't': return sb_parse_int(value, 1, LG_THREADS_MAX, &n) && (c->threads = (uint32_t)n);
     case 'd':
         return sb_parse_double(value, 1e-3, SB_SECONDS_MAX, &seconds) &&
                (c->duration_ns = (int64_t)(seconds * 1e9)) > 0;
     case 'w':
         return sb_parse_double(value, 0, SB_SECONDS_MAX, &seconds) &&
                ((c->warmup_ns = (int64_t)(seconds * 1e9)), true);
-    case 'q':
-        return sb_parse_int(value, 1, SB_QTY_MAX, &n) && (c->qty = n);
-    case 'o':
-        return sb_parse_int(value, 1, SB_TIMEOUT_MS_MAX, &n) && (c->timeout_ns = n * 1000000);
+    case 'q': return sb_parse_int(value, 1, SB_QTY_MAX, &n) && (c->qty = n);
+    case 'o': return sb_parse_int(value, 1, SB_TIMEOUT_MS_MAX, &n) && (c->timeout_ns = n * 1000000);
     }
     SVC_UNREACHABLE();
 }
@@ -283,21 +278,12 @@ static bool sb_option_text(struct sb_options *o, int option, const char *value)
     struct lg_config *c = &o->lg;
     SVC_ASSERT(value != NULL);
     switch (option) {
-    case 'u':
-        o->url = value;
-        return true;
-    case 'p':
-        return sb_path_valid(value) && strcpy(c->path, value);
-    case 's':
-        return sb_token_valid(value, LG_SKU_BYTES_MAX) && strcpy(c->sku, value);
-    case 'k':
-        return sb_token_valid(value, LG_KEY_PREFIX_BYTES_MAX) && strcpy(c->key_prefix, value);
-    case 'l':
-        o->label = value;
-        return true;
-    case 'j':
-        o->json_path = value;
-        return true;
+    case 'u': o->url = value; return true;
+    case 'p': return sb_path_valid(value) && strcpy(c->path, value);
+    case 's': return sb_token_valid(value, LG_SKU_BYTES_MAX) && strcpy(c->sku, value);
+    case 'k': return sb_token_valid(value, LG_KEY_PREFIX_BYTES_MAX) && strcpy(c->key_prefix, value);
+    case 'l': o->label = value; return true;
+    case 'j': o->json_path = value; return true;
     case 'a':
         o->token = value; /* checked by lg_endpoint_set_token in sb_options_check */
         return true;
@@ -340,16 +326,26 @@ static const char *sb_options_check(struct sb_options *o)
 }
 
 static const struct option sb_long_options[] = {
-    {"url", required_argument, 0, 'u'},         {"mode", required_argument, 0, 'm'},
-    {"rate", required_argument, 0, 'r'},        {"connections", required_argument, 0, 'c'},
-    {"threads", required_argument, 0, 't'},     {"duration", required_argument, 0, 'd'},
-    {"warmup", required_argument, 0, 'w'},      {"target", required_argument, 0, 'T'},
-    {"path", required_argument, 0, 'p'},        {"sku", required_argument, 0, 's'},
-    {"qty", required_argument, 0, 'q'},         {"key-prefix", required_argument, 0, 'k'},
-    {"timeout-ms", required_argument, 0, 'o'},  {"retry", no_argument, 0, 'R'},
-    {"verify", no_argument, 0, 'V'},            {"label", required_argument, 0, 'l'},
-    {"json", required_argument, 0, 'j'},        {"quiet", no_argument, 0, 'Q'},
-    {"token", required_argument, 0, 'a'},       {"help", no_argument, 0, 'h'},
+    {"url", required_argument, 0, 'u'},
+    {"mode", required_argument, 0, 'm'},
+    {"rate", required_argument, 0, 'r'},
+    {"connections", required_argument, 0, 'c'},
+    {"threads", required_argument, 0, 't'},
+    {"duration", required_argument, 0, 'd'},
+    {"warmup", required_argument, 0, 'w'},
+    {"target", required_argument, 0, 'T'},
+    {"path", required_argument, 0, 'p'},
+    {"sku", required_argument, 0, 's'},
+    {"qty", required_argument, 0, 'q'},
+    {"key-prefix", required_argument, 0, 'k'},
+    {"timeout-ms", required_argument, 0, 'o'},
+    {"retry", no_argument, 0, 'R'},
+    {"verify", no_argument, 0, 'V'},
+    {"label", required_argument, 0, 'l'},
+    {"json", required_argument, 0, 'j'},
+    {"quiet", no_argument, 0, 'Q'},
+    {"token", required_argument, 0, 'a'},
+    {"help", no_argument, 0, 'h'},
     {0, 0, 0, 0},
 };
 
@@ -392,8 +388,9 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
 static const char *sb_target_name(enum lg_target target)
 {
     SVC_ASSERT(target <= LG_TARGET_GET);
-    return target == LG_TARGET_PURCHASE ? "purchase"
-           : target == LG_TARGET_BUY_TICKET ? "buy-ticket" : "get";
+    return target == LG_TARGET_PURCHASE     ? "purchase"
+           : target == LG_TARGET_BUY_TICKET ? "buy-ticket"
+                                            : "get";
 }
 
 /* Prints the line for the second between prev and cur. */
@@ -409,13 +406,16 @@ static void sb_progress_print(const struct lg_progress *prev, const struct lg_pr
     SVC_ASSERT(scratch->count <= cur->latency.count);
     double seconds = (double)(cur->elapsed_ns - prev->elapsed_ns) / 1e9;
     double rate = seconds > 0 ? (double)(cur->completed - prev->completed) / seconds : 0;
-    fprintf(stderr, "%7.1fs  completed %10llu  rate %9.0f/s  p99 %8.3f ms  2xx %llu  4xx %llu"
+    fprintf(stderr,
+            "%7.1fs  completed %10llu  rate %9.0f/s  p99 %8.3f ms  2xx %llu  4xx %llu"
             "  5xx %llu  errors %llu%s\n",
             (double)cur->elapsed_ns / 1e9, (unsigned long long)cur->completed, rate,
-            (double)lg_hist_percentile_ns(scratch, 99.0) / 1e6,
-            (unsigned long long)cur->class_2xx, (unsigned long long)cur->class_4xx,
-            (unsigned long long)cur->class_5xx, (unsigned long long)cur->errors,
-            prev->warmup ? "  (warm-up)" : prev->draining ? "  (draining)" : "");
+            (double)lg_hist_percentile_ns(scratch, 99.0) / 1e6, (unsigned long long)cur->class_2xx,
+            (unsigned long long)cur->class_4xx, (unsigned long long)cur->class_5xx,
+            (unsigned long long)cur->errors,
+            prev->warmup     ? "  (warm-up)"
+            : prev->draining ? "  (draining)"
+                             : "");
 }
 
 /* Waits for the run to end, printing a progress line every second unless quiet, and passing
@@ -466,10 +466,10 @@ static void sb_report_print(const struct sb_options *o, const struct lg_result *
     SVC_ASSERT(h->count == n->completed);
     SVC_ASSERT(n->unsent <= n->requests);
     printf("stockbench %s: %s loop, %u connections, %u thread%s, %.1f s measured "
-           "(+%.1f s warm-up)\n", sb_target_name(o->lg.target),
-           o->lg.mode == LG_MODE_OPEN ? "open" : "closed", o->lg.connections, o->lg.threads,
-           o->lg.threads == 1 ? "" : "s", (double)r->measured_ns / 1e9,
-           (double)o->lg.warmup_ns / 1e9);
+           "(+%.1f s warm-up)\n",
+           sb_target_name(o->lg.target), o->lg.mode == LG_MODE_OPEN ? "open" : "closed",
+           o->lg.connections, o->lg.threads, o->lg.threads == 1 ? "" : "s",
+           (double)r->measured_ns / 1e9, (double)o->lg.warmup_ns / 1e9);
     if (o->lg.mode == LG_MODE_OPEN) {
         printf("  target rate     %.1f req/s\n", o->lg.rate_rps);
     }
@@ -498,7 +498,8 @@ static void sb_report_print(const struct sb_options *o, const struct lg_result *
            (unsigned long long)n->connects, (unsigned long long)n->reconnects);
     if (r->keys_exhausted) {
         printf("  note            stopped sending early: %lld answers is the most verify "
-               "remembers\n", (long long)LG_KEYS_MAX);
+               "remembers\n",
+               (long long)LG_KEYS_MAX);
     }
 }
 
@@ -662,7 +663,8 @@ static void sb_verify_replay(struct lg_run *run, struct lg_client *client, struc
     char request[LG_REQUEST_BYTES_MAX];
     int failures = 0; /* in a row */
     for (uint64_t n = 0; n < span && v->keys_replayed < SB_REPLAY_KEYS_MAX &&
-                         failures < SB_VERIFY_TRANSPORT_FAILURES_MAX; n++) {
+                         failures < SB_VERIFY_TRANSPORT_FAILURES_MAX;
+         n++) {
         if (lg_run_key_outcome(run, n) != LG_KEY_UNANSWERED) {
             continue;
         }
@@ -799,9 +801,9 @@ static void sb_verify_print(const struct sb_options *o, const struct sb_verify *
            (unsigned long long)v->keys_2xx, ticket ? "200" : "2xx",
            sb_verdict(v->stock_after_known && sold == qty * (int64_t)v->keys_2xx));
     printf("verify: every key sent has an answer (%llu sent, %llu replayed after the run, "
-           "%llu still unanswered): %s\n", (unsigned long long)v->keys_sent,
-           (unsigned long long)v->keys_replayed, (unsigned long long)v->keys_unanswered,
-           sb_verdict(v->keys_unanswered == 0));
+           "%llu still unanswered): %s\n",
+           (unsigned long long)v->keys_sent, (unsigned long long)v->keys_replayed,
+           (unsigned long long)v->keys_unanswered, sb_verdict(v->keys_unanswered == 0));
     if (!ticket) {
         printf("verify: one orderId per key answered 2xx (%llu without, %llu with two): %s\n",
                (unsigned long long)v->keys_no_order, (unsigned long long)v->keys_conflict,
@@ -809,8 +811,7 @@ static void sb_verify_print(const struct sb_options *o, const struct sb_verify *
         printf("verify: no orderId returned for two keys (%llu duplicates): %s\n",
                (unsigned long long)v->duplicate_ids, sb_verdict(v->duplicate_ids == 0));
         printf("verify: orders read back %llu/%llu: %s\n", (unsigned long long)v->orders_ok,
-               (unsigned long long)v->orders_wanted,
-               sb_verdict(v->orders_ok == v->orders_wanted));
+               (unsigned long long)v->orders_wanted, sb_verdict(v->orders_ok == v->orders_wanted));
     }
     printf("verify: %s\n", v->ok ? "PASS" : "FAIL");
 }

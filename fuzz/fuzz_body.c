@@ -24,8 +24,8 @@
 /* The longest path parameter the harness passes (routes cap theirs at the URL length). */
 #define FUZZ_PATH_PARAM_MAX 128
 
-static int fuzz_decode_purchase(const struct http_request *r, json_t *body,
-                                struct command *cmd, const char **why)
+static int fuzz_decode_purchase(const struct http_request *r, json_t *body, struct command *cmd,
+                                const char **why)
 {
     (void)r;
     return api_decode_purchase(body, cmd, why);
@@ -35,11 +35,11 @@ static const struct {
     api_decoder decode;
     bool with_lines;
 } fuzz_decoders[] = {
-    {api_decode_store, false},       {api_decode_product, false},
-    {api_decode_adjustment, false},  {fuzz_decode_purchase, false},
+    {api_decode_store, false},        {api_decode_product, false},
+    {api_decode_adjustment, false},   {fuzz_decode_purchase, false},
     {api_decode_set_absolute, false}, {api_decode_reservation, true},
-    {api_decode_confirm, true},      {api_decode_cancel, true},
-    {api_decode_transfer, true},     {api_decode_reconciliation, true},
+    {api_decode_confirm, true},       {api_decode_cancel, true},
+    {api_decode_transfer, true},      {api_decode_reconciliation, true},
 };
 
 #define FUZZ_DECODER_COUNT (sizeof fuzz_decoders / sizeof fuzz_decoders[0])
@@ -93,8 +93,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t which = data[0] % FUZZ_DECODER_COUNT;
     data++;
     size--;
-    const uint8_t *newline = memchr(data, '\n', size < FUZZ_PATH_PARAM_MAX ? size
-                                                                           : FUZZ_PATH_PARAM_MAX);
+    const uint8_t *newline =
+        memchr(data, '\n', size < FUZZ_PATH_PARAM_MAX ? size : FUZZ_PATH_PARAM_MAX);
     size_t param_length = newline != NULL ? (size_t)(newline - data) : 0;
     const uint8_t *body_bytes = newline != NULL ? newline + 1 : data;
     size_t body_length = size - (size_t)(body_bytes - data);
@@ -104,8 +104,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&r, 0, sizeof r);
     r.path_param = h2o_iovec_init(data, param_length);
     json_error_t error;
-    json_t *body = json_loadb((const char *)body_bytes, body_length, JSON_REJECT_DUPLICATES,
-                              &error);
+    json_t *body =
+        json_loadb((const char *)body_bytes, body_length, JSON_REJECT_DUPLICATES, &error);
     if (body == NULL || !json_is_object(body)) {
         json_decref(body);
         return 0; /* api_parse_body answers 400 invalid_json before any decoder */

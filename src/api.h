@@ -54,8 +54,8 @@ json_t *api_parse_body(struct http_request *r);
 
 /* Validates and copies a string member. required: absent is an error. charset_id: only
  * [A-Za-z0-9._-]. Returns 1 copied, 0 absent (optional), or SVC_EVALIDATION with *why set. */
-int api_get_string(json_t *body, const char *name, bool required, bool charset_id,
-                   char *out, size_t size, const char **why);
+int api_get_string(json_t *body, const char *name, bool required, bool charset_id, char *out,
+                   size_t size, const char **why);
 
 /* Validates an integer member within [min, max]. 1 set, 0 absent, SVC_EVALIDATION. */
 int api_get_int(json_t *body, const char *name, bool required, int64_t min, int64_t max,

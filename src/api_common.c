@@ -33,8 +33,8 @@ json_t *api_parse_body(struct http_request *r)
     SVC_ASSERT(r->route->flags & ROUTE_JSON_BODY);
     h2o_iovec_t entity = r->req->entity;
     if (entity.len > r->route->body_bytes_max) {
-        http_send_problem(r, SVC_EBODY_TOO_LARGE, "the body exceeds 65536 bytes",
-                          "maxBytes", (int64_t)r->route->body_bytes_max);
+        http_send_problem(r, SVC_EBODY_TOO_LARGE, "the body exceeds 65536 bytes", "maxBytes",
+                          (int64_t)r->route->body_bytes_max);
         return NULL;
     }
     if (!api_content_type_is_json(http_header(r, "content-type"))) {
@@ -43,9 +43,8 @@ json_t *api_parse_body(struct http_request *r)
         return NULL;
     }
     json_error_t error;
-    json_t *body = entity.base ? json_loadb(entity.base, entity.len, JSON_REJECT_DUPLICATES,
-                                            &error)
-                               : NULL;
+    json_t *body =
+        entity.base ? json_loadb(entity.base, entity.len, JSON_REJECT_DUPLICATES, &error) : NULL;
     if (body == NULL) {
         http_send_problem(r, SVC_EINVALID_JSON, entity.base ? error.text : "the body is empty",
                           NULL, 0);
@@ -59,8 +58,8 @@ json_t *api_parse_body(struct http_request *r)
     return body;
 }
 
-int api_get_string(json_t *body, const char *name, bool required, bool charset_id,
-                   char *out, size_t size, const char **why)
+int api_get_string(json_t *body, const char *name, bool required, bool charset_id, char *out,
+                   size_t size, const char **why)
 {
     SVC_ASSERT(size >= 2);
     json_t *member = json_object_get(body, name);
@@ -165,8 +164,8 @@ struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kin
     }
     struct http_command *hc = http_command_alloc(r);
     if (hc == NULL) {
-        http_send_problem(r, SVC_EQUEUE_FULL, "too many commands in flight; retry shortly",
-                          NULL, 0);
+        http_send_problem(r, SVC_EQUEUE_FULL, "too many commands in flight; retry shortly", NULL,
+                          0);
         return NULL;
     }
     struct command *cmd = &hc->cmd;

@@ -12,12 +12,11 @@
 #include "svc_assert.h"
 
 /* Decodes the body with decode and submits; shared by every v1 command of this file. */
-static int api_decode_store(const struct http_request *r, json_t *body,
-                            struct command *cmd, const char **why)
+static int api_decode_store(const struct http_request *r, json_t *body, struct command *cmd,
+                            const char **why)
 {
     (void)r;
-    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id, why);
     if (rc >= 0) {
         rc = api_get_string(body, "name", true, false, cmd->name, sizeof cmd->name, why);
     }
@@ -28,8 +27,8 @@ static int api_decode_store(const struct http_request *r, json_t *body,
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_product(const struct http_request *r, json_t *body,
-                              struct command *cmd, const char **why)
+static int api_decode_product(const struct http_request *r, json_t *body, struct command *cmd,
+                              const char **why)
 {
     (void)r;
     int rc = api_get_string(body, "sku", true, true, cmd->sku, sizeof cmd->sku, why);
@@ -41,19 +40,17 @@ static int api_decode_product(const struct http_request *r, json_t *body,
         rc = api_get_int(body, "initialOnHand", false, 0, QTY_MAX, &cmd->initial_on_hand, why);
     }
     if (rc >= 0) {
-        rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+        rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
         cmd->has_store = rc == 1;
     }
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_adjustment(const struct http_request *r, json_t *body,
-                                 struct command *cmd, const char **why)
+static int api_decode_adjustment(const struct http_request *r, json_t *body, struct command *cmd,
+                                 const char **why)
 {
     (void)r;
-    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id, why);
     if (rc >= 0) {
         rc = api_get_string(body, "sku", true, true, cmd->sku, sizeof cmd->sku, why);
     }

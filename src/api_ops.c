@@ -33,8 +33,7 @@ void api_ready(struct http_request *r)
         return;
     }
     if (!atomic_load(&app->writer.storage_ok)) {
-        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the last batch failed to commit", NULL,
-                          0);
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the last batch failed to commit", NULL, 0);
         return;
     }
     static const char body[] = "{\"status\":\"ready\"}";
@@ -57,8 +56,7 @@ static void api_metrics_printf(char *out, size_t size, size_t *used, const char 
     }
 }
 
-static void api_metrics_writer(const struct writer_stats *st, char *out, size_t size,
-                               size_t *used)
+static void api_metrics_writer(const struct writer_stats *st, char *out, size_t size, size_t *used)
 {
     api_metrics_printf(out, size, used,
                        "# TYPE stockd_writer_batches_total counter\n"
@@ -148,8 +146,7 @@ void api_audit(struct http_request *r)
     struct audit_report report;
     int rc = audit_run(r->thread->reader, &report);
     if (rc != 0) {
-        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL,
-                          0);
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL, 0);
         return;
     }
     SVC_ASSERT(report.json != NULL);

@@ -45,8 +45,7 @@ static int api_decode_purchase(json_t *body, struct command *cmd, const char **w
                             sizeof cmd->customer_id, why);
     }
     if (rc >= 0) {
-        rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+        rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
         cmd->has_store = rc == 1;
     }
     if (rc >= 0) {

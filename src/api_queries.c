@@ -68,9 +68,8 @@ static void query_send(struct http_request *r, int64_t lag_ms, const char *tag, 
                    h2o_strdup(&req->pool, etag, (size_t)etag_length).base, (size_t)etag_length);
     char lag[24];
     int lag_length = snprintf(lag, sizeof lag, "%" PRId64, lag_ms);
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-projection-lag-ms"), 0,
-                          NULL, h2o_strdup(&req->pool, lag, (size_t)lag_length).base,
-                          (size_t)lag_length);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-projection-lag-ms"), 0, NULL,
+                          h2o_strdup(&req->pool, lag, (size_t)lag_length).base, (size_t)lag_length);
     if (query_not_modified(r, etag, (size_t)etag_length)) {
         http_send(r, 304, "application/json", NULL, 0);
         return;
@@ -128,8 +127,8 @@ struct query_sum {
     int64_t version; /* sum of item versions: grows with every change, so it makes the ETag */
 };
 
-static void query_sum_items(const struct projection *v, uint32_t product_index,
-                            int32_t store_index, struct query_sum *sum)
+static void query_sum_items(const struct projection *v, uint32_t product_index, int32_t store_index,
+                            struct query_sum *sum)
 {
     memset(sum, 0, sizeof *sum);
     uint32_t store_count = projector_store_count(v);
@@ -193,8 +192,8 @@ void api_query_availability(struct http_request *r)
 }
 
 /* Writes the per-store rows of GET /v1/items/{sku}/availability; sums into *sum. */
-static void query_item_stores(const struct projection *v, uint32_t product_index,
-                              struct jbuf *b, struct query_sum *sum)
+static void query_item_stores(const struct projection *v, uint32_t product_index, struct jbuf *b,
+                              struct query_sum *sum)
 {
     memset(sum, 0, sizeof *sum);
     uint32_t store_count = projector_store_count(v);
@@ -475,8 +474,7 @@ void api_projection_rebuild(struct http_request *r)
     struct projector *p = &r->thread->app->projector;
     int rc = projector_rebuild_start(p);
     if (rc < 0) {
-        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "cannot start the rebuild thread", NULL,
-                          0);
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "cannot start the rebuild thread", NULL, 0);
         return;
     }
     SVC_ASSERT(rc == 0 || rc == 1);
@@ -593,8 +591,7 @@ void api_query_idempotency(struct http_request *r)
     struct store_idem_view found;
     int rc = store_reader_idem(r->thread->reader, principal, key, &found);
     if (rc < 0) {
-        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "cannot read idempotency records", NULL,
-                          0);
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "cannot read idempotency records", NULL, 0);
         return;
     }
     if (rc == 0) {
@@ -635,31 +632,31 @@ struct sse_thread;
 
 /* One open GET /v1/stream, allocated on its request's pool (freed with the request). */
 struct sse_subscriber {
-    h2o_generator_t generator;  /* first member: h2o hands it back to proceed/stop */
+    h2o_generator_t generator; /* first member: h2o hands it back to proceed/stop */
     h2o_req_t *req;
     struct sse_thread *owner;
     struct sse_subscriber *next;
-    int64_t last_seq;           /* newest event written into pending */
-    bool replaying;             /* catching up from the log: live batches are skipped */
-    bool sending;               /* inflight is with h2o until proceed */
-    bool closing;               /* too slow: end the stream at the next proceed */
-    bool closed;                /* ended or disposed: never touch req again */
-    char *pending;              /* SSE_BUFFER_BYTES on the pool: not yet handed to h2o */
+    int64_t last_seq; /* newest event written into pending */
+    bool replaying;   /* catching up from the log: live batches are skipped */
+    bool sending;     /* inflight is with h2o until proceed */
+    bool closing;     /* too slow: end the stream at the next proceed */
+    bool closed;      /* ended or disposed: never touch req again */
+    char *pending;    /* SSE_BUFFER_BYTES on the pool: not yet handed to h2o */
     size_t pending_length;
-    char *inflight;             /* SSE_BUFFER_BYTES on the pool: handed to h2o */
+    char *inflight; /* SSE_BUFFER_BYTES on the pool: handed to h2o */
 };
 
 /* Per I/O thread: the queue the tap feeds and the thread's subscribers. Set up by the thread
  * at its first stream request; the tap reads only the atomics and the receiver. */
 struct sse_thread {
-    bool ready;                            /* owner thread only */
+    bool ready; /* owner thread only */
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t receiver;
     struct io_thread *thread;
-    struct sse_subscriber *subscribers;    /* owner thread only */
+    struct sse_subscriber *subscribers; /* owner thread only */
     _Atomic uint32_t subscriber_count;
-    _Atomic uint32_t pending_batches;      /* messages sent and not yet received */
-    _Atomic bool overflowed;               /* the tap dropped a batch: drop every subscriber */
+    _Atomic uint32_t pending_batches; /* messages sent and not yet received */
+    _Atomic bool overflowed;          /* the tap dropped a batch: drop every subscriber */
 };
 
 static struct sse_thread sse_threads[IO_THREADS_MAX];
@@ -775,16 +772,14 @@ static void sse_on_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t
         h2o_linklist_unlink(&m->message.link);
         atomic_fetch_sub(&st->pending_batches, 1);
         /* next is read first: ending a stream may dispose its request (and unlink it). */
-        for (struct sse_subscriber *sub = st->subscribers, *next = NULL; sub != NULL;
-             sub = next) {
+        for (struct sse_subscriber *sub = st->subscribers, *next = NULL; sub != NULL; sub = next) {
             next = sub->next;
             sse_append(sub, m);
         }
         free(m);
     }
     if (atomic_exchange(&st->overflowed, false)) {
-        for (struct sse_subscriber *sub = st->subscribers, *next = NULL; sub != NULL;
-             sub = next) {
+        for (struct sse_subscriber *sub = st->subscribers, *next = NULL; sub != NULL; sub = next) {
             next = sub->next;
             sse_close(sub);
         }
@@ -950,8 +945,8 @@ void api_query_stream(struct http_request *r)
                    H2O_STRLIT("text/event-stream"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
                    H2O_STRLIT("no-cache"));
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-projection-lag-ms"), 0,
-                          NULL, H2O_STRLIT("0"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-projection-lag-ms"), 0, NULL,
+                          H2O_STRLIT("0"));
     h2o_start_response(req, &sub->generator);
     if (sub->replaying) {
         sse_replay(sub);

@@ -41,12 +41,11 @@ static int api_decode_lines(json_t *body, struct cmd_lines *out, const char **wh
     return 0;
 }
 
-static int api_decode_set_absolute(const struct http_request *r, json_t *body,
-                                   struct command *cmd, const char **why)
+static int api_decode_set_absolute(const struct http_request *r, json_t *body, struct command *cmd,
+                                   const char **why)
 {
     (void)r;
-    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id, why);
     if (rc >= 0) {
         rc = api_get_string(body, "sku", true, true, cmd->sku, sizeof cmd->sku, why);
     }
@@ -59,12 +58,11 @@ static int api_decode_set_absolute(const struct http_request *r, json_t *body,
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_reservation(const struct http_request *r, json_t *body,
-                                  struct command *cmd, const char **why)
+static int api_decode_reservation(const struct http_request *r, json_t *body, struct command *cmd,
+                                  const char **why)
 {
     (void)r;
-    int rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+    int rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
     cmd->has_store = rc == 1;
     if (rc >= 0) {
         rc = api_get_int(body, "ttlSeconds", true, 1, RESERVATION_TTL_SECONDS_MAX,
@@ -97,21 +95,20 @@ static int64_t api_reservation_seq(h2o_iovec_t id)
     return seq;
 }
 
-static int api_decode_confirm(const struct http_request *r, json_t *body,
-                              struct command *cmd, const char **why)
+static int api_decode_confirm(const struct http_request *r, json_t *body, struct command *cmd,
+                              const char **why)
 {
     cmd->reservation_seq = api_reservation_seq(r->path_param);
     if (cmd->reservation_seq == 0) {
         *why = "reservation ids look like res_123";
         return SVC_EUNKNOWN_RESERVATION;
     }
-    int rc = api_get_string(body, "paymentRef", false, false, cmd->reason, sizeof cmd->reason,
-                            why);
+    int rc = api_get_string(body, "paymentRef", false, false, cmd->reason, sizeof cmd->reason, why);
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_cancel(const struct http_request *r, json_t *body,
-                             struct command *cmd, const char **why)
+static int api_decode_cancel(const struct http_request *r, json_t *body, struct command *cmd,
+                             const char **why)
 {
     cmd->reservation_seq = api_reservation_seq(r->path_param);
     if (cmd->reservation_seq == 0) {
@@ -122,15 +119,15 @@ static int api_decode_cancel(const struct http_request *r, json_t *body,
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_transfer(const struct http_request *r, json_t *body,
-                               struct command *cmd, const char **why)
+static int api_decode_transfer(const struct http_request *r, json_t *body, struct command *cmd,
+                               const char **why)
 {
     (void)r;
-    int rc = api_get_string(body, "fromStore", true, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+    int rc =
+        api_get_string(body, "fromStore", true, true, cmd->store_id, sizeof cmd->store_id, why);
     if (rc >= 0) {
-        rc = api_get_string(body, "toStore", true, true, cmd->to_store_id,
-                            sizeof cmd->to_store_id, why);
+        rc = api_get_string(body, "toStore", true, true, cmd->to_store_id, sizeof cmd->to_store_id,
+                            why);
     }
     if (rc >= 0 && strcmp(cmd->store_id, cmd->to_store_id) == 0) {
         *why = "fromStore and toStore must differ";
@@ -154,7 +151,8 @@ static int api_decode_snapshot(json_t *body, struct cmd_lines *out, const char *
     const char *sku = NULL;
     json_t *count = NULL;
     out->count = 0;
-    json_object_foreach(snapshot, sku, count) {
+    json_object_foreach(snapshot, sku, count)
+    {
         struct cmd_line *dst = &out->items[out->count];
         if (!api_is_id(sku, strlen(sku), SKU_BYTES_MAX) || !json_is_integer(count) ||
             json_integer_value(count) < 0 || json_integer_value(count) > QTY_MAX) {
@@ -173,8 +171,7 @@ static int api_decode_reconciliation(const struct http_request *r, json_t *body,
                                      struct command *cmd, const char **why)
 {
     (void)r;
-    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id,
-                            why);
+    int rc = api_get_string(body, "storeId", true, true, cmd->store_id, sizeof cmd->store_id, why);
     if (rc >= 0) {
         rc = api_get_string(body, "source", true, false, cmd->reason, sizeof cmd->reason, why);
     }

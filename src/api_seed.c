@@ -67,8 +67,8 @@ void api_seed_inventory(struct http_request *r)
     int32_t product_index = dom_read_product_find(d, sku);
     struct dom_item_view view;
     if (product_index < 0 || !dom_read_item(d, (uint32_t)product_index, 0, &view)) {
-        http_send_problem(r, SVC_EUNKNOWN_SKU, "no ticket item yet: POST /reset creates it",
-                          NULL, 0);
+        http_send_problem(r, SVC_EUNKNOWN_SKU, "no ticket item yet: POST /reset creates it", NULL,
+                          0);
         return;
     }
     char updated[32];

@@ -21,16 +21,16 @@
 
 struct app_config {
     char listen_host[64];
-    int listen_port;            /* 0 picks a free port; the chosen one is printed */
+    int listen_port; /* 0 picks a free port; the chosen one is printed */
     char data_dir[512];
-    char db_path[600];          /* <data_dir>/stockd.db, or the --store uri */
-    char store_uri[600];        /* --store postgres://...; empty: SQLite in data_dir */
-    int io_thread_count;        /* default: the number of cores */
-    bool allow_reset;           /* seed 004 POST /reset */
-    bool audit_only;            /* --audit: check the data directory's log and exit */
+    char db_path[600];                  /* <data_dir>/stockd.db, or the --store uri */
+    char store_uri[600];                /* --store postgres://...; empty: SQLite in data_dir */
+    int io_thread_count;                /* default: the number of cores */
+    bool allow_reset;                   /* seed 004 POST /reset */
+    bool audit_only;                    /* --audit: check the data directory's log and exit */
     char ticket_sku[SKU_BYTES_MAX + 1]; /* the item of the seed-004 aliases */
     int64_t idem_retention_ms;
-    const char *tokens_file;    /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
+    const char *tokens_file; /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
 };
 
 struct app {

@@ -16,8 +16,8 @@
 #include "svc_limits.h"
 
 struct audit_state {
-    json_t *sums;        /* key -> [onHandSum, reservedSum], owned */
-    json_t *violations;  /* array of {seq?, storeId, sku, problem}, owned */
+    json_t *sums;       /* key -> [onHandSum, reservedSum], owned */
+    json_t *violations; /* array of {seq?, storeId, sku, problem}, owned */
     int64_t last_seq;
     struct audit_report *report;
 };
@@ -99,8 +99,8 @@ static int audit_each_event(void *context, const struct row_event *row)
     return 0;
 }
 
-static int audit_each_item(void *context, const char *store_id, const char *sku,
-                           int64_t on_hand, int64_t reserved)
+static int audit_each_item(void *context, const char *store_id, const char *sku, int64_t on_hand,
+                           int64_t reserved)
 {
     struct audit_state *st = context;
     json_t *sums = audit_sums_of(st, store_id, sku);
@@ -119,7 +119,8 @@ static void audit_missing_items(struct audit_state *st)
 {
     const char *key = NULL;
     json_t *sums = NULL;
-    json_object_foreach(st->sums, key, sums) {
+    json_object_foreach(st->sums, key, sums)
+    {
         if (json_array_size(sums) < 3 && json_integer_value(json_array_get(sums, 0)) != 0) {
             audit_violation(st, 0, key, NULL, "the log has stock for an item the table lacks");
         }
@@ -138,11 +139,10 @@ int audit_run(struct store_reader *reader, struct audit_report *out)
     if (rc == 0) {
         audit_missing_items(&st);
         out->ok = out->violations == 0;
-        json_t *report = json_pack("{s:b,s:I,s:I,s:I,s:I,s:O}", "ok", out->ok, "events",
-                                   (json_int_t)out->events, "stockEvents",
-                                   (json_int_t)out->stock_events, "items", (json_int_t)out->items,
-                                   "violationCount", (json_int_t)out->violations, "violations",
-                                   st.violations);
+        json_t *report =
+            json_pack("{s:b,s:I,s:I,s:I,s:I,s:O}", "ok", out->ok, "events", (json_int_t)out->events,
+                      "stockEvents", (json_int_t)out->stock_events, "items", (json_int_t)out->items,
+                      "violationCount", (json_int_t)out->violations, "violations", st.violations);
         out->json = json_dumps(report, JSON_COMPACT);
         out->json_length = out->json ? strlen(out->json) : 0;
         json_decref(report);

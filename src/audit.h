@@ -25,7 +25,7 @@ struct audit_report {
     int64_t stock_events; /* of which about one item */
     int64_t items;        /* (store, sku) pairs seen in the log or the table */
     int64_t violations;
-    char *json;           /* the report as a JSON object; owned, free with audit_report_free */
+    char *json; /* the report as a JSON object; owned, free with audit_report_free */
     size_t json_length;
 };
 

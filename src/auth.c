@@ -72,7 +72,6 @@ static void auth_sha256(const char *data, size_t length, unsigned char out[AUTH_
     SVC_ASSERT(out_length == AUTH_HASH_BYTES);
 }
 
-
 /* Decodes exactly 2 * AUTH_HASH_BYTES hex digits. 0 or SVC_EVALIDATION. */
 static int auth_hex_decode(const char *hex, size_t length, unsigned char out[AUTH_HASH_BYTES])
 {
@@ -218,9 +217,8 @@ int auth_parse_env(struct auth *a, const char *value)
             continue; /* trailing or doubled comma */
         }
         const char *first = memchr(entry, ':', entry_length);
-        const char *second = first ? memchr(first + 1, ':', (size_t)(entry + entry_length -
-                                                                      first - 1))
-                                   : NULL;
+        const char *second =
+            first ? memchr(first + 1, ':', (size_t)(entry + entry_length - first - 1)) : NULL;
         if (second == NULL) {
             return SVC_EVALIDATION; /* want principal:role:secret */
         }
@@ -277,8 +275,7 @@ static int auth_write_private(const char *path, const char *text)
         return -errno;
     }
     size_t length = strlen(text);
-    bool ok = fchmod(fd, 0600) == 0 && write(fd, text, length) == (ssize_t)length &&
-              fsync(fd) == 0;
+    bool ok = fchmod(fd, 0600) == 0 && write(fd, text, length) == (ssize_t)length && fsync(fd) == 0;
     int err = ok ? 0 : -errno;
     close(fd);
     if (ok && rename(temporary, path) != 0) {
@@ -293,8 +290,7 @@ static int auth_write_private(const char *path, const char *text)
 
 /* Generates an admin token: the plaintext into <data_dir>/admin.token, its hash into
  * <data_dir>/tokens and into a. 0 or -errno. */
-static int auth_generate_admin(struct auth *a, const char *data_dir, char *token_path,
-                               size_t size)
+static int auth_generate_admin(struct auth *a, const char *data_dir, char *token_path, size_t size)
 {
     unsigned char random_bytes[AUTH_GENERATED_TOKEN_BYTES];
     if (getrandom(random_bytes, sizeof random_bytes, 0) != (ssize_t)sizeof random_bytes) {
@@ -311,7 +307,8 @@ static int auth_generate_admin(struct auth *a, const char *data_dir, char *token
     snprintf(tokens_text, sizeof tokens_text,
              "# stockd tokens: <principal> <role> <token | sha256:<hex>>, one per line.\n"
              "# Generated on first start; the plaintext is in admin.token.\n"
-             "admin admin sha256:%s\n", hash_hex);
+             "admin admin sha256:%s\n",
+             hash_hex);
     char tokens_path[1024];
     snprintf(token_path, size, "%s/admin.token", data_dir);
     snprintf(tokens_path, sizeof tokens_path, "%s/tokens", data_dir);

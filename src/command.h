@@ -56,7 +56,7 @@ enum cmd_style {
 struct command {
     enum cmd_kind kind;
     enum cmd_style style;
-    void *owner;      /* opaque to the writer: the I/O thread's reply target */
+    void *owner;       /* opaque to the writer: the I/O thread's reply target */
     int64_t queued_us; /* monotonic time of the push, for queue-wait metrics */
 
     /* Idempotency: (principal, key) -> fingerprint of (method, path, body). */
@@ -81,20 +81,20 @@ struct command {
     bool has_expected_version; /* If-Match: the command applies only at this version */
     int64_t expected_version;
     char to_store_id[STORE_ID_BYTES_MAX + 1]; /* transfers: store_id is the source */
-    int64_t reservation_seq;  /* confirm, cancel: the reservation res_<seq> */
-    int64_t ttl_seconds;      /* reserve */
-    struct cmd_lines *lines;  /* multi-line commands, else NULL; see struct cmd_lines */
+    int64_t reservation_seq;                  /* confirm, cancel: the reservation res_<seq> */
+    int64_t ttl_seconds;                      /* reserve */
+    struct cmd_lines *lines; /* multi-line commands, else NULL; see struct cmd_lines */
 
     /* Reply, written by the writer before it hands the command back. */
-    int reply_status;          /* HTTP status */
-    bool reply_problem;        /* body is application/problem+json */
-    bool reply_replayed;       /* an idempotent replay of an earlier response */
-    bool reply_order_created;  /* reply_body describes a new order: send a Location */
-    int64_t reply_order_seq;   /* with reply_order_created */
-    size_t reply_length;       /* bytes of reply_body */
-    char *reply_body;          /* reply_inline, or lines->reply for multi-line commands; the
-                                * writer points a NULL one at reply_inline */
-    size_t reply_capacity;     /* bytes at reply_body */
+    int reply_status;         /* HTTP status */
+    bool reply_problem;       /* body is application/problem+json */
+    bool reply_replayed;      /* an idempotent replay of an earlier response */
+    bool reply_order_created; /* reply_body describes a new order: send a Location */
+    int64_t reply_order_seq;  /* with reply_order_created */
+    size_t reply_length;      /* bytes of reply_body */
+    char *reply_body;         /* reply_inline, or lines->reply for multi-line commands; the
+                               * writer points a NULL one at reply_inline */
+    size_t reply_capacity;    /* bytes at reply_body */
     char reply_inline[REPLY_BODY_BYTES_MAX];
 };
 

@@ -174,9 +174,8 @@ static int32_t dom_lowest_stock_store(const struct domain *d)
     return best;
 }
 
-int dom_product_create(struct domain *d, const char *sku, const char *name,
-                       int64_t initial_on_hand, int32_t store_index, int64_t now_ms,
-                       uint32_t *item_out)
+int dom_product_create(struct domain *d, const char *sku, const char *name, int64_t initial_on_hand,
+                       int32_t store_index, int64_t now_ms, uint32_t *item_out)
 {
     SVC_ASSERT(initial_on_hand >= 0 && initial_on_hand <= ON_HAND_MAX);
     SVC_ASSERT(strlen(sku) >= 1 && strlen(sku) <= SKU_BYTES_MAX);
@@ -221,8 +220,7 @@ static int32_t dom_choose_item(struct domain *d, struct dom_product *product,
         if (policy == DOM_POLICY_ROUND_ROBIN) {
             s = (product->round_robin_next + k) % d->store_count;
         }
-        int32_t item_index = atomic_load_explicit(&product->item_by_store[s],
-                                                  memory_order_relaxed);
+        int32_t item_index = atomic_load_explicit(&product->item_by_store[s], memory_order_relaxed);
         if (item_index < 0) {
             continue;
         }
@@ -360,8 +358,7 @@ void dom_publish(struct domain *d)
         atomic_store_explicit(&item->pub_on_hand, item->on_hand, memory_order_relaxed);
         atomic_store_explicit(&item->pub_reserved, item->reserved, memory_order_relaxed);
         atomic_store_explicit(&item->pub_sold, item->sold, memory_order_relaxed);
-        atomic_store_explicit(&item->pub_updated_at_ms, item->updated_at_ms,
-                              memory_order_relaxed);
+        atomic_store_explicit(&item->pub_updated_at_ms, item->updated_at_ms, memory_order_relaxed);
         atomic_store_explicit(&item->pub_version, item->version, memory_order_relaxed);
         atomic_store_explicit(&item->pub_seq, seq + 2, memory_order_release);
         item->dirty = false;
@@ -440,8 +437,7 @@ int dom_load_product(struct domain *d, const char *sku, const char *name)
 }
 
 /* Stored values of an item are sane (the database CHECKs make a failure unreachable). */
-static bool dom_stored_item_valid(int64_t on_hand, int64_t reserved, int64_t version,
-                                  int64_t sold)
+static bool dom_stored_item_valid(int64_t on_hand, int64_t reserved, int64_t version, int64_t sold)
 {
     return reserved >= 0 && reserved <= on_hand && on_hand <= ON_HAND_MAX && version >= 1 &&
            sold >= 0;
@@ -572,8 +568,7 @@ bool dom_read_item(const struct domain *d, uint32_t product_index, uint32_t stor
         out->on_hand = atomic_load_explicit(&item->pub_on_hand, memory_order_relaxed);
         out->reserved = atomic_load_explicit(&item->pub_reserved, memory_order_relaxed);
         out->sold = atomic_load_explicit(&item->pub_sold, memory_order_relaxed);
-        out->updated_at_ms = atomic_load_explicit(&item->pub_updated_at_ms,
-                                                  memory_order_relaxed);
+        out->updated_at_ms = atomic_load_explicit(&item->pub_updated_at_ms, memory_order_relaxed);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&item->pub_seq, memory_order_relaxed) == seq) {
             break;

@@ -55,16 +55,16 @@ struct dom_item {
 struct dom_product {
     char sku[SKU_BYTES_MAX + 1];
     char name[NAME_BYTES_MAX + 1];
-    uint32_t round_robin_next;              /* writer-owned: next store index to try */
+    uint32_t round_robin_next;                 /* writer-owned: next store index to try */
     _Atomic int32_t item_by_store[STORES_MAX]; /* item index, or -1 when not stocked there */
 };
 
 struct domain {
     struct dom_store stores[STORES_MAX];
-    struct dom_product *products;     /* PRODUCTS_MAX, owned, allocated by dom_init */
-    struct dom_item *items;           /* ITEMS_MAX, owned */
-    _Atomic uint32_t *product_hash;   /* PRODUCT_HASH_SLOTS of product index + 1; 0 = empty */
-    uint32_t *dirty;                  /* item indexes touched this batch, owned */
+    struct dom_product *products;   /* PRODUCTS_MAX, owned, allocated by dom_init */
+    struct dom_item *items;         /* ITEMS_MAX, owned */
+    _Atomic uint32_t *product_hash; /* PRODUCT_HASH_SLOTS of product index + 1; 0 = empty */
+    uint32_t *dirty;                /* item indexes touched this batch, owned */
     uint32_t dirty_count;
     /* Working counts (writer) and committed counts (what readers may see). */
     uint32_t store_count;
@@ -100,9 +100,8 @@ int dom_store_create(struct domain *d, const char *id, const char *name, int64_t
 /* Adds a product stocked in store_index with initial_on_hand, or, with store_index < 0, in
  * the store with the lowest total stock. SVC_EPRODUCT_EXISTS, SVC_EUNKNOWN_STORE,
  * SVC_ECAPACITY. On success *item_out is the new item. */
-int dom_product_create(struct domain *d, const char *sku, const char *name,
-                       int64_t initial_on_hand, int32_t store_index, int64_t now_ms,
-                       uint32_t *item_out);
+int dom_product_create(struct domain *d, const char *sku, const char *name, int64_t initial_on_hand,
+                       int32_t store_index, int64_t now_ms, uint32_t *item_out);
 
 /* Sells qty of product from store_index, or with store_index < 0 from the store chosen by
  * policy among those with enough available. SVC_EINSUFFICIENT_STOCK sets *available_out to

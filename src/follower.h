@@ -29,7 +29,7 @@ struct follower {
     pthread_t thread;
     bool started;
     _Atomic bool stopping;
-    _Atomic uint64_t catch_ups;  /* reads of the log that found something */
+    _Atomic uint64_t catch_ups; /* reads of the log that found something */
 };
 
 /* Starts the thread on uri's database. 0 or -errno. */

@@ -95,8 +95,8 @@ static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
     r.query = h2o_iovec_init("", 0);
     if (req->query_at != SIZE_MAX) {
         r.path = h2o_iovec_init(req->path.base, req->query_at);
-        r.query = h2o_iovec_init(req->path.base + req->query_at + 1,
-                                 req->path.len - req->query_at - 1);
+        r.query =
+            h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
     }
     routes_dispatch(&r);
     return 0;
@@ -122,23 +122,21 @@ static void http_send_reply(struct http_command *hc)
     const struct command *cmd = &hc->cmd;
     h2o_req_t *req = hc->req;
     if (cmd->reply_replayed) {
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("idempotent-replayed"),
-                              0, NULL, H2O_STRLIT("true"));
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("idempotent-replayed"), 0,
+                              NULL, H2O_STRLIT("true"));
     }
     if (cmd->reply_order_created) {
         char *location = h2o_mem_alloc_pool(&req->pool, 48);
-        int length = snprintf(location, 48, "/v1/orders/ord_%lld",
-                              (long long)cmd->reply_order_seq);
+        int length = snprintf(location, 48, "/v1/orders/ord_%lld", (long long)cmd->reply_order_seq);
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL, location,
                        (size_t)length);
     }
     if (cmd->reply_status == 503 || cmd->reply_status == 429) {
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-                       H2O_STRLIT("1"));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
     }
     http_send(&r, cmd->reply_status,
-              cmd->reply_problem ? "application/problem+json" : "application/json",
-              cmd->reply_body, cmd->reply_length);
+              cmd->reply_problem ? "application/problem+json" : "application/json", cmd->reply_body,
+              cmd->reply_length);
 }
 
 static void http_on_reply(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
@@ -324,8 +322,8 @@ void http_send_json(struct http_request *r, int status, const char *body, size_t
     http_send(r, status, "application/json", body, length);
 }
 
-void http_send_problem(struct http_request *r, int err, const char *detail,
-                       const char *extra_key, int64_t extra_value)
+void http_send_problem(struct http_request *r, int err, const char *detail, const char *extra_key,
+                       int64_t extra_value)
 {
     char body[REPLY_BODY_BYTES_MAX];
     size_t length = problem_format(body, sizeof body, err, detail, extra_key, extra_value);
@@ -350,7 +348,6 @@ h2o_iovec_t http_header(const struct http_request *r, const char *name)
     }
     return r->req->headers.entries[index].value;
 }
-
 
 /* Percent-decodes in[0..length) into out; SVC_EVALIDATION when malformed or too long. */
 static int http_percent_decode(const char *in, size_t length, char *out, size_t size)
@@ -392,8 +389,7 @@ int http_query_param(const struct http_request *r, const char *name, char *out, 
         const char *stop = amp ? amp : end;
         const char *eq = memchr(cursor, '=', (size_t)(stop - cursor));
         const char *key_end = eq ? eq : stop;
-        if ((size_t)(key_end - cursor) == name_length &&
-            memcmp(cursor, name, name_length) == 0) {
+        if ((size_t)(key_end - cursor) == name_length && memcmp(cursor, name, name_length) == 0) {
             const char *value = eq ? eq + 1 : stop;
             int rc = http_percent_decode(value, (size_t)(stop - value), out, size);
             return rc == 0 ? 1 : rc;
@@ -484,8 +480,8 @@ void http_command_submit(struct http_request *r, struct http_command *hc)
         if (stopping) {
             http_send_problem(r, SVC_ESHUTTING_DOWN, "stockd is stopping", NULL, 0);
         } else {
-            http_send_problem(r, SVC_EQUEUE_FULL, "the writer queue is full; retry shortly",
-                              NULL, 0);
+            http_send_problem(r, SVC_EQUEUE_FULL, "the writer queue is full; retry shortly", NULL,
+                              0);
         }
     }
 }

@@ -29,10 +29,10 @@ struct io_thread;
 struct http_command {
     h2o_multithread_message_t message; /* link for the reply queue; first member */
     struct command cmd;
-    struct io_thread *thread;          /* owner: the thread whose pool it belongs to */
-    h2o_req_t *req;                    /* NULL once h2o disposed the request */
-    struct http_command **guard;       /* on req's pool; points back at us while req lives */
-    struct http_command *next_free;    /* pool free list */
+    struct io_thread *thread;       /* owner: the thread whose pool it belongs to */
+    h2o_req_t *req;                 /* NULL once h2o disposed the request */
+    struct http_command **guard;    /* on req's pool; points back at us while req lives */
+    struct http_command *next_free; /* pool free list */
 };
 
 struct io_thread {
@@ -42,11 +42,11 @@ struct io_thread {
     h2o_multithread_queue_t *reply_queue;
     h2o_multithread_receiver_t reply_receiver;
     h2o_socket_t *listener;
-    struct app *app;                   /* borrowed, immutable */
-    struct store_reader *reader;       /* owned, this thread only */
-    struct http_command *pool;         /* THREAD_COMMANDS_MAX, owned */
+    struct app *app;             /* borrowed, immutable */
+    struct store_reader *reader; /* owned, this thread only */
+    struct http_command *pool;   /* THREAD_COMMANDS_MAX, owned */
     struct http_command *free_list;
-    struct cmd_lines *line_blocks;     /* THREAD_LINE_BLOCKS_MAX, owned */
+    struct cmd_lines *line_blocks; /* THREAD_LINE_BLOCKS_MAX, owned */
     struct cmd_lines *free_line_blocks;
     unsigned index;
     uint64_t trace_counter;
@@ -61,8 +61,8 @@ struct http_request {
     h2o_iovec_t query;      /* after '?', may be empty */
     h2o_iovec_t path_param; /* the {id} segment of the route, if any */
     const struct route *route;
-    const char *principal;  /* who sent it (set by routes_dispatch): a token's principal in
-                             * the immutable auth table, or "public" on a public route */
+    const char *principal; /* who sent it (set by routes_dispatch): a token's principal in
+                            * the immutable auth table, or "public" on a public route */
 };
 
 /* Binds the listening socket on host:port (port 0: any free port); *port_out gets the port. */
@@ -82,8 +82,8 @@ void http_send(struct http_request *r, int status, const char *content_type, con
 /* Sends application/json. */
 void http_send_json(struct http_request *r, int status, const char *body, size_t length);
 /* Sends a problem+json for err with optional detail and one optional integer member. */
-void http_send_problem(struct http_request *r, int err, const char *detail,
-                       const char *extra_key, int64_t extra_value);
+void http_send_problem(struct http_request *r, int err, const char *detail, const char *extra_key,
+                       int64_t extra_value);
 
 /* Finds a request header by lower-case name; returns its value or a NULL-base iovec. */
 h2o_iovec_t http_header(const struct http_request *r, const char *name);

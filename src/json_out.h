@@ -14,10 +14,10 @@
 #include <stdint.h>
 
 struct jbuf {
-    char *data;      /* caller-owned storage, NUL-terminated while !overflow */
-    size_t size;     /* bytes of data, including room for the NUL */
-    size_t length;   /* bytes written, excluding the NUL */
-    bool overflow;   /* a write did not fit; the content is truncated and unusable */
+    char *data;    /* caller-owned storage, NUL-terminated while !overflow */
+    size_t size;   /* bytes of data, including room for the NUL */
+    size_t length; /* bytes written, excluding the NUL */
+    bool overflow; /* a write did not fit; the content is truncated and unusable */
 };
 
 /* Points b at caller-owned storage of size bytes (size >= 1) and empties it. */

@@ -253,17 +253,19 @@ size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, 
     const char *path;
     if (config->target == LG_TARGET_PURCHASE) {
         path = "/v1/purchase";
-        body_length = snprintf(body, sizeof body, "{\"sku\":\"%s\",\"qty\":%lld,"
+        body_length = snprintf(body, sizeof body,
+                               "{\"sku\":\"%s\",\"qty\":%lld,"
                                "\"customerId\":\"c%llu\"}",
                                config->sku, (long long)config->qty, (unsigned long long)n);
     } else {
         SVC_ASSERT(config->target == LG_TARGET_BUY_TICKET);
         path = "/buy_ticket";
-        body_length = snprintf(body, sizeof body, "{\"customer_id\":\"c%llu\"}",
-                               (unsigned long long)n);
+        body_length =
+            snprintf(body, sizeof body, "{\"customer_id\":\"c%llu\"}", (unsigned long long)n);
     }
     SVC_ASSERT(body_length > 0 && (size_t)body_length < sizeof body);
-    int length = snprintf(out, size, "POST %s HTTP/1.1\r\nHost: %s\r\n%s"
+    int length = snprintf(out, size,
+                          "POST %s HTTP/1.1\r\nHost: %s\r\n%s"
                           "Content-Type: application/json\r\nIdempotency-Key: %s-%llu\r\n"
                           "Content-Length: %d\r\n\r\n%s",
                           path, config->endpoint.host_header, config->endpoint.auth_header,
@@ -325,7 +327,7 @@ static bool lg_contains_ci(const char *text, size_t length, const char *token)
 struct lg_head {
     int64_t content_length; /* -1 if absent */
     bool chunked;
-    int connection;         /* 0 unspecified, 1 close, 2 keep-alive */
+    int connection; /* 0 unspecified, 1 close, 2 keep-alive */
 };
 
 /* Folds one header line (no CRLF) into head. Returns 0 or -EPROTO. */
@@ -355,8 +357,9 @@ static int lg_parse_header(const char *line, size_t length, struct lg_head *head
     } else if (name_length == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
         head->chunked = lg_contains_ci(value, value_length, "chunked");
     } else if (name_length == 10 && strncasecmp(line, "connection", 10) == 0) {
-        head->connection = lg_contains_ci(value, value_length, "close") ? 1
-                           : lg_contains_ci(value, value_length, "keep-alive") ? 2 : 0;
+        head->connection = lg_contains_ci(value, value_length, "close")        ? 1
+                           : lg_contains_ci(value, value_length, "keep-alive") ? 2
+                                                                               : 0;
     }
     SVC_ASSERT(head->content_length >= -1);
     return 0;
@@ -366,9 +369,8 @@ static int lg_parse_header(const char *line, size_t length, struct lg_head *head
 static int lg_parse_head(struct lg_parser *p, const char *data, size_t head_length)
 {
     SVC_ASSERT(head_length >= 4);
-    if (head_length < 16 || memcmp(data, "HTTP/1.", 7) != 0 || data[8] != ' ' ||
-        data[9] < '1' || data[9] > '5' || data[10] < '0' || data[10] > '9' || data[11] < '0' ||
-        data[11] > '9') {
+    if (head_length < 16 || memcmp(data, "HTTP/1.", 7) != 0 || data[8] != ' ' || data[9] < '1' ||
+        data[9] > '5' || data[10] < '0' || data[10] > '9' || data[11] < '0' || data[11] > '9') {
         return -EPROTO;
     }
     p->status = (data[9] - '0') * 100 + (data[10] - '0') * 10 + (data[11] - '0');
@@ -410,8 +412,10 @@ static int lg_parse_chunk_size(struct lg_parser *p, const char *line, size_t len
     size_t i = 0;
     for (; i < length && i < 15; i++) {
         char c = line[i];
-        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                    : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int digit = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
         if (digit < 0) {
             break;
         }
@@ -427,8 +431,7 @@ static int lg_parse_chunk_size(struct lg_parser *p, const char *line, size_t len
 }
 
 /* Line-oriented states: a head, a chunk-size line, a trailer line. Needs the whole line. */
-static int lg_parse_line_step(struct lg_parser *p, const char *data, size_t length,
-                              size_t *used)
+static int lg_parse_line_step(struct lg_parser *p, const char *data, size_t length, size_t *used)
 {
     SVC_ASSERT(*used == 0);
     if (p->state == LG_PARSE_HEAD) {
@@ -461,8 +464,7 @@ static int lg_parse_step(struct lg_parser *p, const char *data, size_t length, s
     switch (p->state) {
     case LG_PARSE_HEAD:
     case LG_PARSE_CHUNK_SIZE:
-    case LG_PARSE_TRAILER:
-        return lg_parse_line_step(p, data, length, used);
+    case LG_PARSE_TRAILER: return lg_parse_line_step(p, data, length, used);
     case LG_PARSE_BODY_LENGTH:
     case LG_PARSE_CHUNK_DATA: {
         size_t take = p->remaining < length ? (size_t)p->remaining : length;
@@ -485,8 +487,7 @@ static int lg_parse_step(struct lg_parser *p, const char *data, size_t length, s
         lg_parser_keep(p, data, length);
         *used = length;
         return 0;
-    case LG_PARSE_DONE:
-        break;
+    case LG_PARSE_DONE: break;
     }
     SVC_UNREACHABLE();
 }
@@ -580,23 +581,29 @@ struct lg_request {
 };
 
 struct lg_conn {
-    int fd;                  /* -1 unless CONNECTING, READY or BUSY */
+    int fd; /* -1 unless CONNECTING, READY or BUSY */
     enum lg_conn_state state;
-    bool in_free;            /* on the thread's free stack (open loop) */
-    bool want_out;           /* EPOLLOUT is registered */
-    int64_t deadline_ns;     /* see enum lg_conn_state */
+    bool in_free;        /* on the thread's free stack (open loop) */
+    bool want_out;       /* EPOLLOUT is registered */
+    int64_t deadline_ns; /* see enum lg_conn_state */
     struct lg_request request;
-    size_t out_length;       /* bytes of out to send */
+    size_t out_length; /* bytes of out to send */
     size_t out_sent;
-    size_t in_length;        /* unparsed bytes in in */
+    size_t in_length; /* unparsed bytes in in */
     struct lg_parser parser;
     char out[LG_REQUEST_BYTES_MAX]; /* the request; kept for retries */
     char in[LG_READ_BUFFER_BYTES];
 };
 
 /* Live counters that lg_run_progress reads while the thread writes them. */
-enum lg_live { LG_LIVE_COMPLETED, LG_LIVE_2XX, LG_LIVE_4XX, LG_LIVE_5XX, LG_LIVE_ERRORS,
-               LG_LIVE_COUNT };
+enum lg_live {
+    LG_LIVE_COMPLETED,
+    LG_LIVE_2XX,
+    LG_LIVE_4XX,
+    LG_LIVE_5XX,
+    LG_LIVE_ERRORS,
+    LG_LIVE_COUNT
+};
 
 struct lg_thread {
     struct lg_run *run;
@@ -605,23 +612,23 @@ struct lg_thread {
     pthread_t handle;
     int epoll_fd;
     uint32_t conn_count;
-    uint32_t free_count;            /* entries of free_stack */
-    uint32_t waiting_count;         /* connections in LG_CONN_WAITING */
-    uint32_t active_count;          /* connections carrying a request */
-    struct lg_conn *conns;          /* owned */
-    uint32_t *free_stack;           /* owned; READY connections (open loop) */
-    int64_t *keys;                  /* this thread's slice of run->keys, or NULL */
-    uint64_t next_local;            /* the next request number to send */
-    int64_t measure_ns;             /* the measured window is [measure_ns, end_ns) */
-    int64_t end_ns;                 /* moved earlier by lg_run_stop */
-    int64_t drain_end_ns;           /* give up on answers after this */
-    int64_t sweep_ns;               /* period of deadline scans */
+    uint32_t free_count;    /* entries of free_stack */
+    uint32_t waiting_count; /* connections in LG_CONN_WAITING */
+    uint32_t active_count;  /* connections carrying a request */
+    struct lg_conn *conns;  /* owned */
+    uint32_t *free_stack;   /* owned; READY connections (open loop) */
+    int64_t *keys;          /* this thread's slice of run->keys, or NULL */
+    uint64_t next_local;    /* the next request number to send */
+    int64_t measure_ns;     /* the measured window is [measure_ns, end_ns) */
+    int64_t end_ns;         /* moved earlier by lg_run_stop */
+    int64_t drain_end_ns;   /* give up on answers after this */
+    int64_t sweep_ns;       /* period of deadline scans */
     int64_t next_sweep_ns;
-    int64_t next_reconnect_ns;      /* earliest deadline of a WAITING connection */
-    double request_ns;              /* open loop: ns between successive run-wide requests */
+    int64_t next_reconnect_ns; /* earliest deadline of a WAITING connection */
+    double request_ns;         /* open loop: ns between successive run-wide requests */
     bool ended;
     bool keys_exhausted;
-    struct lg_hist latency;         /* measured requests */
+    struct lg_hist latency; /* measured requests */
     struct lg_counts counts;
     _Atomic uint64_t live[LG_LIVE_COUNT];
     _Atomic uint64_t live_hist[LG_HIST_BUCKETS];
@@ -820,8 +827,10 @@ static void lg_conn_send_new(struct lg_thread *t, struct lg_conn *c, int64_t int
     SVC_ASSERT(c->state == LG_CONN_READY && !c->in_free);
     SVC_ASSERT(!c->request.active);
     struct lg_request *r = &c->request;
-    *r = (struct lg_request){.local = t->next_local++, .intended_ns = intended_ns,
-                             .measured = intended_ns >= t->measure_ns, .active = true};
+    *r = (struct lg_request){.local = t->next_local++,
+                             .intended_ns = intended_ns,
+                             .measured = intended_ns >= t->measure_ns,
+                             .active = true};
     t->active_count++;
     t->counts.requests += r->measured ? 1 : 0;
     uint64_t n = r->local * t->config->threads + t->index;
@@ -886,8 +895,10 @@ static void lg_conn_complete(struct lg_thread *t, struct lg_conn *c)
     int64_t latency_ns = now - r->intended_ns;
     lg_live_add(&t->live[LG_LIVE_COMPLETED], 1);
     if (status / 100 >= 2 && status / 100 <= 5 && status / 100 != 3) {
-        lg_live_add(&t->live[status / 100 == 2 ? LG_LIVE_2XX : status / 100 == 4 ? LG_LIVE_4XX
-                                                                              : LG_LIVE_5XX], 1);
+        lg_live_add(&t->live[status / 100 == 2   ? LG_LIVE_2XX
+                             : status / 100 == 4 ? LG_LIVE_4XX
+                                                 : LG_LIVE_5XX],
+                    1);
     }
     lg_live_add(&t->live_hist[lg_hist_bucket(latency_ns)], 1);
     if (r->measured) {
@@ -971,9 +982,7 @@ static void lg_conn_event(struct lg_thread *t, struct lg_conn *c, uint32_t event
     const uint32_t readable = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP;
     SVC_ASSERT(events != 0);
     switch (c->state) {
-    case LG_CONN_CONNECTING:
-        lg_conn_on_connect(t, c, now);
-        break;
+    case LG_CONN_CONNECTING: lg_conn_on_connect(t, c, now); break;
     case LG_CONN_BUSY:
         if ((events & EPOLLOUT) && c->out_sent < c->out_length) {
             lg_conn_flush(t, c, now);
@@ -988,8 +997,7 @@ static void lg_conn_event(struct lg_thread *t, struct lg_conn *c, uint32_t event
         }
         break;
     case LG_CONN_CLOSED:
-    case LG_CONN_WAITING:
-        break; /* an event of a socket closed earlier in this batch */
+    case LG_CONN_WAITING: break; /* an event of a socket closed earlier in this batch */
     }
     SVC_ASSERT(c->state != LG_CONN_CONNECTING || c->fd >= 0);
 }
@@ -1005,9 +1013,9 @@ static void lg_thread_reconnect_due(struct lg_thread *t, int64_t now)
             continue;
         }
         if (c->deadline_ns > now) {
-            t->next_reconnect_ns = t->waiting_count++ == 0 ? c->deadline_ns
-                                                            : lg_min(t->next_reconnect_ns,
-                                                                     c->deadline_ns);
+            t->next_reconnect_ns = t->waiting_count++ == 0
+                                       ? c->deadline_ns
+                                       : lg_min(t->next_reconnect_ns, c->deadline_ns);
             continue;
         }
         c->state = LG_CONN_CLOSED;
@@ -1024,8 +1032,7 @@ static void lg_thread_sweep(struct lg_thread *t, int64_t now)
     SVC_ASSERT(t->sweep_ns >= LG_SWEEP_NS_MIN);
     for (uint32_t i = 0; i < t->conn_count; i++) {
         struct lg_conn *c = &t->conns[i];
-        if ((c->state == LG_CONN_BUSY || c->state == LG_CONN_CONNECTING) &&
-            now >= c->deadline_ns) {
+        if ((c->state == LG_CONN_BUSY || c->state == LG_CONN_CONNECTING) && now >= c->deadline_ns) {
             lg_conn_fail(t, c, now, c->state == LG_CONN_BUSY ? LG_FAIL_TIMEOUT : LG_FAIL_CONNECT);
         }
     }
@@ -1116,8 +1123,7 @@ static int64_t lg_thread_wake_ns(const struct lg_thread *t)
     if (t->waiting_count > 0) {
         wake = lg_min(wake, t->next_reconnect_ns);
     }
-    if (t->config->mode == LG_MODE_OPEN && !t->ended && t->free_count > 0 &&
-        !t->keys_exhausted) {
+    if (t->config->mode == LG_MODE_OPEN && !t->ended && t->free_count > 0 && !t->keys_exhausted) {
         wake = lg_min(wake, lg_open_intended_ns(t, t->next_local));
     }
     SVC_ASSERT(wake > 0);
@@ -1325,8 +1331,8 @@ void lg_run_progress(const struct lg_run *run, struct lg_progress *out)
     int64_t elapsed = lg_now_ns() - run->start_ns;
     out->elapsed_ns = elapsed;
     out->warmup = elapsed < run->config.warmup_ns;
-    out->draining = atomic_load(&run->stop) ||
-                    elapsed >= run->config.warmup_ns + run->config.duration_ns;
+    out->draining =
+        atomic_load(&run->stop) || elapsed >= run->config.warmup_ns + run->config.duration_ns;
     for (uint32_t i = 0; i < run->config.threads; i++) {
         struct lg_thread *t = run->threads[i];
         out->completed += atomic_load_explicit(&t->live[LG_LIVE_COMPLETED], memory_order_relaxed);
@@ -1460,7 +1466,8 @@ static int lg_client_connect(struct lg_client *c, int64_t deadline_ns)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     int rc = connect(fd, (const struct sockaddr *)&e->address, e->address_length) == 0 ? 0
-             : errno == EINPROGRESS ? lg_client_poll(fd, POLLOUT, deadline_ns) : -errno;
+             : errno == EINPROGRESS ? lg_client_poll(fd, POLLOUT, deadline_ns)
+                                    : -errno;
     int error = 0;
     socklen_t length = sizeof error;
     if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error != 0) {
@@ -1482,8 +1489,10 @@ static int lg_client_send(struct lg_client *c, const char *request, size_t lengt
     size_t sent = 0;
     while (sent < length) {
         ssize_t n = send(c->fd, request + sent, length - sent, MSG_NOSIGNAL);
-        int rc = n >= 0 ? 0 : errno == EAGAIN ? lg_client_poll(c->fd, POLLOUT, deadline_ns)
-                        : errno == EINTR ? 0 : -errno;
+        int rc = n >= 0            ? 0
+                 : errno == EAGAIN ? lg_client_poll(c->fd, POLLOUT, deadline_ns)
+                 : errno == EINTR  ? 0
+                                   : -errno;
         if (rc < 0) {
             return rc;
         }
@@ -1506,8 +1515,9 @@ static int lg_client_receive(struct lg_client *c, int64_t deadline_ns)
         }
         ssize_t n = recv(c->fd, c->in + c->in_length, room, 0);
         if (n < 0) {
-            int rc = errno == EAGAIN ? lg_client_poll(c->fd, POLLIN, deadline_ns)
-                     : errno == EINTR ? 0 : -errno;
+            int rc = errno == EAGAIN  ? lg_client_poll(c->fd, POLLIN, deadline_ns)
+                     : errno == EINTR ? 0
+                                      : -errno;
             if (rc < 0) {
                 return rc;
             }

@@ -140,7 +140,7 @@ enum lg_target {
 struct lg_endpoint {
     struct sockaddr_storage address;
     socklen_t address_length;
-    char host_header[LG_HOST_BYTES_MAX]; /* "host:port" exactly as in the URL */
+    char host_header[LG_HOST_BYTES_MAX];        /* "host:port" exactly as in the URL */
     char auth_header[LG_AUTH_HEADER_BYTES_MAX]; /* "Authorization: Bearer T\r\n", or "" */
 };
 
@@ -162,18 +162,18 @@ struct lg_config {
     struct lg_endpoint endpoint;
     enum lg_mode mode;
     enum lg_target target;
-    char path[LG_PATH_BYTES_MAX];               /* LG_TARGET_GET only; starts with '/' */
-    char sku[LG_SKU_BYTES_MAX + 1];             /* [A-Za-z0-9._-]; purchase only */
-    int64_t qty;                                /* units per purchase, >= 1 */
+    char path[LG_PATH_BYTES_MAX];                 /* LG_TARGET_GET only; starts with '/' */
+    char sku[LG_SKU_BYTES_MAX + 1];               /* [A-Za-z0-9._-]; purchase only */
+    int64_t qty;                                  /* units per purchase, >= 1 */
     char key_prefix[LG_KEY_PREFIX_BYTES_MAX + 1]; /* Idempotency-Key is "<prefix>-<n>" */
-    uint32_t connections;                       /* threads..LG_CONNECTIONS_MAX */
-    uint32_t threads;                           /* 1..LG_THREADS_MAX */
-    double rate_rps;                            /* open loop: requests per second, > 0 */
-    int64_t warmup_ns;                          /* sent and answered but not measured */
-    int64_t duration_ns;                        /* the measured window after the warm-up */
-    int64_t timeout_ns;                         /* per attempt, from its send */
-    bool retry;                                 /* resend timed-out requests, same key */
-    bool record_keys;                           /* remember each key's answer (verify) */
+    uint32_t connections;                         /* threads..LG_CONNECTIONS_MAX */
+    uint32_t threads;                             /* 1..LG_THREADS_MAX */
+    double rate_rps;                              /* open loop: requests per second, > 0 */
+    int64_t warmup_ns;                            /* sent and answered but not measured */
+    int64_t duration_ns;                          /* the measured window after the warm-up */
+    int64_t timeout_ns;                           /* per attempt, from its send */
+    bool retry;                                   /* resend timed-out requests, same key */
+    bool record_keys;                             /* remember each key's answer (verify) */
 };
 
 /* Formats the request for key n into out: the purchase/buy-ticket body names customer "c<n>"
@@ -201,11 +201,11 @@ enum lg_parse_state {
 /* An incremental HTTP/1.x response parser over a caller's receive buffer. */
 struct lg_parser {
     enum lg_parse_state state;
-    int status;                          /* status code once the head is parsed */
-    bool close;                          /* the server will close after this response */
-    uint64_t remaining;                  /* body or chunk bytes still to come */
-    size_t body_length;                  /* bytes kept in body */
-    char body[LG_BODY_KEEP_BYTES + 1];   /* the start of the body, NUL-terminated */
+    int status;                        /* status code once the head is parsed */
+    bool close;                        /* the server will close after this response */
+    uint64_t remaining;                /* body or chunk bytes still to come */
+    size_t body_length;                /* bytes kept in body */
+    char body[LG_BODY_KEEP_BYTES + 1]; /* the start of the body, NUL-terminated */
 };
 
 /* Prepares p for a new response. */
@@ -250,20 +250,20 @@ struct lg_counts {
 
 /* What a finished run measured. */
 struct lg_result {
-    struct lg_hist latency;  /* of measured, answered requests */
+    struct lg_hist latency; /* of measured, answered requests */
     struct lg_counts counts;
-    int64_t measured_ns;     /* length of the measured window actually run */
-    bool keys_exhausted;     /* a thread stopped early: LG_KEYS_MAX answers remembered */
+    int64_t measured_ns; /* length of the measured window actually run */
+    bool keys_exhausted; /* a thread stopped early: LG_KEYS_MAX answers remembered */
 };
 
 /* A live view for progress lines: cumulative since the start, warm-up included. */
 struct lg_progress {
     int64_t elapsed_ns;
-    bool warmup;       /* still in the warm-up */
-    bool draining;     /* past the window, waiting for answers */
+    bool warmup;   /* still in the warm-up */
+    bool draining; /* past the window, waiting for answers */
     uint64_t completed;
     uint64_t class_2xx, class_4xx, class_5xx;
-    uint64_t errors;   /* timeouts and socket errors */
+    uint64_t errors;        /* timeouts and socket errors */
     struct lg_hist latency; /* counts only (max_ns and sum_ns are 0) */
 };
 
@@ -276,9 +276,9 @@ struct lg_run {
     struct lg_thread **threads; /* config.threads of them */
     int64_t *keys;              /* key outcomes, LG_KEYS_MAX; NULL unless record_keys */
     uint64_t keys_per_thread;
-    int64_t start_ns;           /* monotonic; warm-up starts here */
-    atomic_bool stop;           /* set by lg_run_stop: end the window now */
-    uint32_t started;           /* threads running or joined */
+    int64_t start_ns; /* monotonic; warm-up starts here */
+    atomic_bool stop; /* set by lg_run_stop: end the window now */
+    uint32_t started; /* threads running or joined */
     bool joined;
 };
 
@@ -309,7 +309,7 @@ struct lg_client {
     int fd;                             /* -1 when not connected */
     int64_t timeout_ns;
     size_t in_length;
-    struct lg_parser parser;            /* the last response; body holds its start */
+    struct lg_parser parser; /* the last response; body holds its start */
     char in[LG_READ_BUFFER_BYTES];
 };
 

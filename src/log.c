@@ -34,10 +34,10 @@ void log_write(enum log_level level, const char *file, int line, const char *fmt
     struct tm tm;
     gmtime_r(&now.tv_sec, &tm);
     const char *base = strrchr(file, '/');
-    int used = snprintf(buffer, sizeof buffer, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s:%d ",
-                        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                        tm.tm_sec, now.tv_nsec / 1000000, names[level], base ? base + 1 : file,
-                        line);
+    int used =
+        snprintf(buffer, sizeof buffer, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s:%d ",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 now.tv_nsec / 1000000, names[level], base ? base + 1 : file, line);
     SVC_ASSERT(used > 0);
     va_list args;
     va_start(args, fmt);

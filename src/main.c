@@ -82,11 +82,14 @@ static int main_parse_level(const char *value)
 static int main_parse(struct app_config *c, int argc, char **argv)
 {
     static const struct option options[] = {
-        {"listen", required_argument, 0, 'l'},   {"data-dir", required_argument, 0, 'd'},
-        {"threads", required_argument, 0, 't'},  {"allow-reset", no_argument, 0, 'r'},
+        {"listen", required_argument, 0, 'l'},
+        {"data-dir", required_argument, 0, 'd'},
+        {"threads", required_argument, 0, 't'},
+        {"allow-reset", no_argument, 0, 'r'},
         {"ticket-sku", required_argument, 0, 's'},
         {"idempotency-retention-hours", required_argument, 0, 'i'},
-        {"log-level", required_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
+        {"log-level", required_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'},
         {"tokens-file", required_argument, 0, 'T'},
         {"audit", no_argument, 0, 'a'},
         {"store", required_argument, 0, 'S'},
@@ -100,15 +103,18 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         case 'd': rc = strlen(optarg) < 512 ? (strcpy(c->data_dir, optarg), 0) : -EINVAL; break;
         case 't': c->io_thread_count = atoi(optarg); break;
         case 'r': c->allow_reset = true; break;
-        case 's': rc = strlen(optarg) <= SKU_BYTES_MAX ? (strcpy(c->ticket_sku, optarg), 0)
-                                                       : -EINVAL; break;
+        case 's':
+            rc = strlen(optarg) <= SKU_BYTES_MAX ? (strcpy(c->ticket_sku, optarg), 0) : -EINVAL;
+            break;
         case 'i': c->idem_retention_ms = atoll(optarg) * 3600 * 1000; break;
         case 'v': rc = main_parse_level(optarg); break;
         case 'T': c->tokens_file = optarg; break;
         case 'a': c->audit_only = true; break;
-        case 'S': rc = store_uri_is_postgres(optarg) && strlen(optarg) < sizeof c->store_uri
-                           ? (strcpy(c->store_uri, optarg), 0)
-                           : -EINVAL; break;
+        case 'S':
+            rc = store_uri_is_postgres(optarg) && strlen(optarg) < sizeof c->store_uri
+                     ? (strcpy(c->store_uri, optarg), 0)
+                     : -EINVAL;
+            break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -279,8 +285,8 @@ int main(int argc, char **argv)
     int port = 0;
     int fd = http_listen(app->config.listen_host, app->config.listen_port, &port);
     if (fd < 0) {
-        log_error("cannot listen on %s:%d: %s", app->config.listen_host,
-                  app->config.listen_port, strerror(-fd));
+        log_error("cannot listen on %s:%d: %s", app->config.listen_host, app->config.listen_port,
+                  strerror(-fd));
         return 1;
     }
     if (writer_start(&app->writer) != 0 || http_start(app, fd, app->config.io_thread_count) != 0) {

@@ -15,8 +15,8 @@
 _Static_assert(PROBLEM_DETAIL_BYTES_MAX * 6 + 200 < REPLY_BODY_BYTES_MAX,
                "an escaped detail plus the fixed members must fit a reply body");
 
-size_t problem_format(char *out, size_t size, int err, const char *detail,
-                      const char *extra_key, int64_t extra_value)
+size_t problem_format(char *out, size_t size, int err, const char *detail, const char *extra_key,
+                      int64_t extra_value)
 {
     SVC_ASSERT(err < 0);
     SVC_ASSERT(size >= REPLY_BODY_BYTES_MAX);

@@ -14,7 +14,7 @@
 /* Formats the problem for err (an svc_err) into out; returns the length. detail may be NULL;
  * extra_key NULL means no extra member. The output always fits REPLY_BODY_BYTES_MAX: a detail
  * that would not fit is cut. */
-size_t problem_format(char *out, size_t size, int err, const char *detail,
-                      const char *extra_key, int64_t extra_value);
+size_t problem_format(char *out, size_t size, int err, const char *detail, const char *extra_key,
+                      int64_t extra_value);
 
 #endif

@@ -62,17 +62,17 @@ struct projection_reservation {
 struct projection {
     struct projection_store stores[STORES_MAX];
     _Atomic uint32_t store_count;
-    struct projection_product *products;      /* PRODUCTS_MAX, owned */
-    _Atomic uint32_t *product_hash;           /* PRODUCT_HASH_SLOTS of index + 1; 0 empty */
+    struct projection_product *products; /* PRODUCTS_MAX, owned */
+    _Atomic uint32_t *product_hash;      /* PRODUCT_HASH_SLOTS of index + 1; 0 empty */
     _Atomic uint32_t product_count;
-    struct projection_item *items;            /* ITEMS_MAX, owned */
+    struct projection_item *items; /* ITEMS_MAX, owned */
     _Atomic uint32_t item_count;
     struct projection_reservation *reservations; /* PROJ_RESERVATIONS_MAX, owned */
-    _Atomic uint32_t *reservation_hash;       /* PROJ_RESERVATION_SLOTS of index + 1 */
+    _Atomic uint32_t *reservation_hash;          /* PROJ_RESERVATION_SLOTS of index + 1 */
     _Atomic uint32_t reservation_count;
-    struct projector_line *lines;             /* PROJ_RESERVATION_LINES_MAX, owned */
-    uint32_t line_count;                      /* applier only */
-    _Atomic uint64_t dropped;                 /* events not projected (capacity, corrupt) */
+    struct projector_line *lines; /* PROJ_RESERVATION_LINES_MAX, owned */
+    uint32_t line_count;          /* applier only */
+    _Atomic uint64_t dropped;     /* events not projected (capacity, corrupt) */
     _Atomic int64_t applied_seq;
     _Atomic int64_t applied_at_ms;
 };
@@ -110,8 +110,8 @@ static struct projection *projection_alloc(void)
     v->reservations = calloc(PROJ_RESERVATIONS_MAX, sizeof *v->reservations);
     v->reservation_hash = calloc(PROJ_RESERVATION_SLOTS, sizeof *v->reservation_hash);
     v->lines = calloc(PROJ_RESERVATION_LINES_MAX, sizeof *v->lines);
-    if (!v->products || !v->product_hash || !v->items || !v->reservations ||
-        !v->reservation_hash || !v->lines) {
+    if (!v->products || !v->product_hash || !v->items || !v->reservations || !v->reservation_hash ||
+        !v->lines) {
         projection_free(v);
         return NULL;
     }
@@ -132,8 +132,7 @@ static void projection_reset(struct projection *v)
     memset((void *)v->product_hash, 0, PRODUCT_HASH_SLOTS * sizeof *v->product_hash);
     memset(v->items, 0, items * sizeof *v->items);
     memset(v->reservations, 0, reservations * sizeof *v->reservations);
-    memset((void *)v->reservation_hash, 0,
-           PROJ_RESERVATION_SLOTS * sizeof *v->reservation_hash);
+    memset((void *)v->reservation_hash, 0, PROJ_RESERVATION_SLOTS * sizeof *v->reservation_hash);
     memset(v->lines, 0, v->line_count * sizeof *v->lines);
     atomic_store(&v->store_count, 0);
     atomic_store(&v->product_count, 0);
@@ -305,9 +304,8 @@ static const char *projection_json_str(json_t *data, const char *name)
     return json_is_string(member) ? json_string_value(member) : "";
 }
 
-static void projection_item_set(struct projection *v, uint32_t product_index,
-                                uint32_t store_index, const struct projection_stock *stock,
-                                int64_t at_ms)
+static void projection_item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
+                                const struct projection_stock *stock, int64_t at_ms)
 {
     SVC_ASSERT(product_index < atomic_load(&v->product_count));
     SVC_ASSERT(store_index < atomic_load(&v->store_count));
@@ -337,8 +335,7 @@ static void projection_item_set(struct projection *v, uint32_t product_index,
 }
 
 /* A stock event: the item after the change (events.h). ProductCreated also names it. */
-static void projection_apply_stock(struct projection *v, const struct row_event *e,
-                                   json_t *data)
+static void projection_apply_stock(struct projection *v, const struct row_event *e, json_t *data)
 {
     SVC_ASSERT(e->store_id != NULL && e->sku != NULL);
     struct projection_stock stock = {e->on_hand, e->reserved, e->version};
@@ -403,8 +400,8 @@ static bool projection_lines_add(struct projection *v, json_t *lines,
         if (product < 0) {
             continue;
         }
-        v->lines[v->line_count++] = (struct projector_line){(uint32_t)product,
-                                                            projection_json_int(line, "qty")};
+        v->lines[v->line_count++] =
+            (struct projector_line){(uint32_t)product, projection_json_int(line, "qty")};
         r->line_count++;
     }
     SVC_ASSERT(r->line_first + r->line_count == v->line_count);
@@ -430,16 +427,14 @@ static void projection_reservation_create(struct projection *v, const struct row
         return;
     }
     projection_copy(r->id, sizeof r->id, id);
-    projection_copy(r->customer_id, sizeof r->customer_id,
-                    projection_json_str(data, "customerId"));
+    projection_copy(r->customer_id, sizeof r->customer_id, projection_json_str(data, "customerId"));
     r->store_index = (uint32_t)store_index;
     /* events.h: expiresAt in ms; the writer also sends it as text with expiresAtMs beside. */
     r->expires_at_ms = json_is_integer(json_object_get(data, "expiresAtMs"))
                            ? projection_json_int(data, "expiresAtMs")
                            : projection_json_int(data, "expiresAt");
     r->created_at_ms = e->occurred_at_ms;
-    int32_t status = projection_status_parse(projection_json_str(data, "status"),
-                                             PROJECTOR_ACTIVE);
+    int32_t status = projection_status_parse(projection_json_str(data, "status"), PROJECTOR_ACTIVE);
     int64_t version = json_is_integer(json_object_get(data, "version"))
                           ? projection_json_int(data, "version")
                           : 1;
@@ -453,8 +448,8 @@ static void projection_reservation_change(struct projection *v, const struct row
                                           json_t *data, int32_t status)
 {
     uint32_t slot = 0;
-    int32_t index = projection_reservation_probe(v, projection_json_str(data, "reservationId"),
-                                                 &slot);
+    int32_t index =
+        projection_reservation_probe(v, projection_json_str(data, "reservationId"), &slot);
     if (index < 0) {
         v->dropped++; /* created past the capacity, or a log that starts mid-way */
         return;
@@ -473,9 +468,9 @@ static void projection_reservation_change(struct projection *v, const struct row
 static bool projection_is_stock_type(const char *type)
 {
     static const char *const types[] = {
-        "ProductCreated", "StockAdjusted", "StockCounted", "StockReconciled", "OrderCompleted",
-        "StockReserved", "StockReleased", "StockCommitted", "StockTransferredOut",
-        "StockTransferredIn",
+        "ProductCreated",      "StockAdjusted",      "StockCounted",  "StockReconciled",
+        "OrderCompleted",      "StockReserved",      "StockReleased", "StockCommitted",
+        "StockTransferredOut", "StockTransferredIn",
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         if (strcmp(type, types[i]) == 0) {
@@ -487,8 +482,7 @@ static bool projection_is_stock_type(const char *type)
 
 /* Applies one event; data is its parsed JSON, or NULL when the row's structured fields are
  * all this event type needs. */
-static void projection_apply_parsed(struct projection *v, const struct row_event *e,
-                                    json_t *data)
+static void projection_apply_parsed(struct projection *v, const struct row_event *e, json_t *data)
 {
     const char *type = e->event_type;
     SVC_ASSERT(type != NULL);
@@ -623,10 +617,10 @@ void projector_committed_hook(const struct row_event *events, size_t count, void
 struct projector_chunk {
     struct row_event rows[PROJ_FOLLOW_CHUNK];
     size_t count;
-    char *text;      /* owned arena for the rows' strings */
+    char *text; /* owned arena for the rows' strings */
     size_t used;
     size_t capacity;
-    bool full;       /* the arena ran out: stop the chunk here */
+    bool full; /* the arena ran out: stop the chunk here */
 };
 
 static const char *projector_chunk_copy(struct projector_chunk *c, const char *text)
@@ -735,12 +729,12 @@ int projector_rebuild_run(struct projector *p)
     }
     projection_reset(fresh);
     rc = projection_replay(fresh, reader); /* unlocked: the hook keeps feeding the live one */
-    while (rc == 0 && atomic_load(&p->log_seq) - atomic_load(&fresh->applied_seq) >
-                          PROJ_REBUILD_LOCKED_MAX) {
+    while (rc == 0 &&
+           atomic_load(&p->log_seq) - atomic_load(&fresh->applied_seq) > PROJ_REBUILD_LOCKED_MAX) {
         rc = projection_replay(fresh, reader);
     }
     if (rc == 0) {
-        pthread_mutex_lock(&p->apply_mutex); /* no batch can be applied to the old one now */
+        pthread_mutex_lock(&p->apply_mutex);   /* no batch can be applied to the old one now */
         rc = projection_replay(fresh, reader); /* every committed event is in the table */
         if (rc == 0) {
             SVC_ASSERT(atomic_load(&fresh->applied_seq) >= atomic_load(&live->applied_seq));
@@ -935,8 +929,7 @@ bool projector_reservation_find(const struct projection *v, const char *id,
         if (seq % 2 == 1) {
             continue;
         }
-        out->status = (enum projector_status)atomic_load_explicit(&r->status,
-                                                                  memory_order_relaxed);
+        out->status = (enum projector_status)atomic_load_explicit(&r->status, memory_order_relaxed);
         out->version = atomic_load_explicit(&r->version, memory_order_relaxed);
         out->updated_at_ms = atomic_load_explicit(&r->updated_at_ms, memory_order_relaxed);
         atomic_thread_fence(memory_order_acquire);

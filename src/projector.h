@@ -55,23 +55,23 @@ struct projector_pin {
 };
 
 struct projector {
-    struct projection *instances[2];       /* owned */
-    _Atomic(struct projection *) live;     /* the one readers and the hook use */
-    pthread_mutex_t apply_mutex;           /* hook vs. rebuild finish vs. tap registration;
-                                            * never taken by readers */
+    struct projection *instances[2];   /* owned */
+    _Atomic(struct projection *) live; /* the one readers and the hook use */
+    pthread_mutex_t apply_mutex;       /* hook vs. rebuild finish vs. tap registration;
+                                        * never taken by readers */
     _Atomic bool rebuilding;
-    _Atomic int64_t rebuilt_at_ms;         /* wall ms of the last finished rebuild, 0 never */
-    _Atomic int64_t log_seq;               /* newest committed seq seen by the hook */
-    _Atomic int64_t log_at_ms;             /* its occurredAt */
-    char db_path[600];                     /* for the rebuild's own reader connection */
+    _Atomic int64_t rebuilt_at_ms; /* wall ms of the last finished rebuild, 0 never */
+    _Atomic int64_t log_seq;       /* newest committed seq seen by the hook */
+    _Atomic int64_t log_at_ms;     /* its occurredAt */
+    char db_path[600];             /* for the rebuild's own reader connection */
     struct projector_tap_entry taps[IO_THREADS_MAX]; /* under apply_mutex */
     uint32_t tap_count;
-    struct projector_pin pins[PROJ_READER_SLOTS];    /* one per reader thread */
+    struct projector_pin pins[PROJ_READER_SLOTS]; /* one per reader thread */
 };
 
 /* Snapshots copied out for readers. */
 struct projector_store {
-    const char *id;   /* points into the projection: immutable once published */
+    const char *id; /* points into the projection: immutable once published */
     const char *name;
     int64_t latency_ms;
 };
@@ -89,7 +89,7 @@ struct projector_line {
 };
 
 struct projector_reservation {
-    const char *id;          /* immutable once published */
+    const char *id; /* immutable once published */
     const char *customer_id;
     uint32_t store_index;
     int64_t expires_at_ms;
@@ -97,7 +97,7 @@ struct projector_reservation {
     const struct projector_line *lines; /* immutable once published */
     uint32_t line_count;
     enum projector_status status;
-    int64_t version;         /* 1 when created, +1 per lifecycle event */
+    int64_t version; /* 1 when created, +1 per lifecycle event */
     int64_t updated_at_ms;
 };
 

@@ -69,8 +69,7 @@ int queue_push(struct queue *q, void *item)
         intptr_t difference = (intptr_t)sequence - (intptr_t)position;
         if (difference == 0) {
             if (atomic_compare_exchange_weak_explicit(&q->head, &position, position + 1,
-                                                      memory_order_relaxed,
-                                                      memory_order_relaxed)) {
+                                                      memory_order_relaxed, memory_order_relaxed)) {
                 cell->item = item;
                 atomic_store_explicit(&cell->sequence, position + 1, memory_order_release);
                 break;

@@ -22,12 +22,12 @@ struct queue_cell {
 };
 
 struct queue {
-    struct queue_cell *cells; /* capacity cells, owned, allocated by queue_init */
-    size_t capacity;          /* power of two */
-    _Alignas(64) _Atomic size_t head;         /* next position producers claim */
-    _Alignas(64) _Atomic size_t tail;         /* next position the consumer reads */
+    struct queue_cell *cells;                   /* capacity cells, owned, allocated by queue_init */
+    size_t capacity;                            /* power of two */
+    _Alignas(64) _Atomic size_t head;           /* next position producers claim */
+    _Alignas(64) _Atomic size_t tail;           /* next position the consumer reads */
     _Alignas(64) _Atomic int consumer_sleeping; /* 1 while the consumer waits on wake_fd */
-    int wake_fd;                              /* eventfd, owned */
+    int wake_fd;                                /* eventfd, owned */
 };
 
 /* Allocates a ring of capacity (a power of two) cells and the wake eventfd. 0 or -errno. */

@@ -29,15 +29,15 @@ struct res_line {
 };
 
 struct reservation {
-    int64_t seq;               /* res_<seq>; 0 marks a free slot */
-    enum res_status status;    /* ACTIVE, or its final status until the batch commits */
+    int64_t seq;            /* res_<seq>; 0 marks a free slot */
+    enum res_status status; /* ACTIVE, or its final status until the batch commits */
     uint32_t store_index;
     uint32_t line_count;
     int64_t expires_at_ms;
     int64_t created_at_ms;
-    int64_t version;           /* 1 when created, +1 on every change */
-    bool touched;              /* changed by the current batch (listed in touched[]) */
-    bool created;              /* created by the current batch */
+    int64_t version; /* 1 when created, +1 on every change */
+    bool touched;    /* changed by the current batch (listed in touched[]) */
+    bool created;    /* created by the current batch */
     char customer_id[CUSTOMER_ID_BYTES_MAX + 1];
     struct res_line lines[CMD_LINES_MAX];
 };
@@ -48,13 +48,13 @@ struct res_heap_entry {
 };
 
 struct res_table {
-    struct reservation *slots;    /* RESERVATIONS_ACTIVE_MAX, owned */
-    uint32_t *free_slots;         /* stack of free slot indexes, owned */
+    struct reservation *slots; /* RESERVATIONS_ACTIVE_MAX, owned */
+    uint32_t *free_slots;      /* stack of free slot indexes, owned */
     uint32_t free_count;
-    int32_t *index;               /* RESERVATION_SLOTS of slot + 1 (0 empty), owned */
-    struct res_heap_entry *heap;  /* 2 * RESERVATIONS_ACTIVE_MAX, owned */
+    int32_t *index;              /* RESERVATION_SLOTS of slot + 1 (0 empty), owned */
+    struct res_heap_entry *heap; /* 2 * RESERVATIONS_ACTIVE_MAX, owned */
     uint32_t heap_count;
-    uint32_t *touched;            /* slots changed by the current batch, owned */
+    uint32_t *touched; /* slots changed by the current batch, owned */
     uint32_t touched_count;
 };
 

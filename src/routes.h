@@ -16,8 +16,8 @@
 #include "auth.h"
 #include "http.h"
 
-#define ROUTE_WRITE 0x1     /* a command: goes to the writer */
-#define ROUTE_READONLY 0x2  /* a query: served from the read model on the I/O thread */
+#define ROUTE_WRITE 0x1      /* a command: goes to the writer */
+#define ROUTE_READONLY 0x2   /* a query: served from the read model on the I/O thread */
 #define ROUTE_IDEMPOTENT 0x4 /* requires Idempotency-Key (every POST command under /v1) */
 #define ROUTE_JSON_BODY 0x8  /* requires a JSON body (Content-Type, size) */
 #define ROUTE_SEED 0x10      /* a seed-compatible alias */

@@ -128,9 +128,8 @@ struct store_loader {
     int (*on_item)(void *context, const char *store_id, const char *sku, int64_t on_hand,
                    int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms);
     /* ACTIVE reservations, each followed by its lines in order. */
-    int (*on_reservation)(void *context, int64_t seq, const char *store_id,
-                          const char *customer_id, int64_t expires_at_ms, int64_t version,
-                          int64_t created_at_ms);
+    int (*on_reservation)(void *context, int64_t seq, const char *store_id, const char *customer_id,
+                          int64_t expires_at_ms, int64_t version, int64_t created_at_ms);
     int (*on_reservation_line)(void *context, int64_t seq, const char *sku, int64_t qty);
     /* store_prepare_batch only (NULL at load): a reservation of the keys that is no longer
      * ACTIVE (or does not exist). */
@@ -188,16 +187,16 @@ struct store_idem_key {
 struct store_batch_keys {
     const struct store_item_key *items; /* stock rows, any order, duplicates allowed */
     size_t item_count;
-    const int64_t *reservation_seqs;    /* reservations ended or confirmed by the batch; their
-                                         * lines' stock rows are locked too */
+    const int64_t *reservation_seqs; /* reservations ended or confirmed by the batch; their
+                                      * lines' stock rows are locked too */
     size_t reservation_count;
-    const char *const *store_ids;       /* stores the batch names */
+    const char *const *store_ids; /* stores the batch names */
     size_t store_count;
-    const char *const *skus;            /* products the batch names */
+    const char *const *skus; /* products the batch names */
     size_t sku_count;
     const struct store_idem_key *idems; /* keys of the batch's keyed commands */
     size_t idem_count;
-    int64_t events_after;               /* the last event seq this instance has seen */
+    int64_t events_after; /* the last event seq this instance has seen */
 };
 
 /* commit_batch's answer when another instance won a race on a unique key (an idempotency
@@ -342,7 +341,6 @@ int store_reader_items(struct store_reader *r, void *context,
 
 /* The highest seq in the events table (0 when empty) into *out. 0 or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_event_seq_max(struct store_reader *r, int64_t *out);
-
 
 /* Looks up (principal, key) on a reader. 1 found, 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_idem(struct store_reader *r, const char *principal, const char *key,

@@ -43,95 +43,95 @@ _Static_assert((PG_IDEM_SLOTS & (PG_IDEM_SLOTS - 1)) == 0, "slots: a power of tw
 #define PG_ITEM_COLUMNS "store_id, sku, on_hand, reserved, version, sold, updated_at_ms"
 #define PG_RES_COLUMNS "reservation_seq, store_id, customer_id, status, expires_at_ms, version"
 
-#define PG_STMT_MAP(X)                                                                       \
-    X(BEGIN, "BEGIN")                                                                        \
-    X(COMMIT, "COMMIT")                                                                      \
-    X(ROLLBACK, "ROLLBACK")                                                                  \
-    X(SEQUENCER, "SELECT id FROM sequencer WHERE id = 1 FOR UPDATE")                         \
-    X(LOCK_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items WHERE (store_id, sku) IN"     \
-                  " (SELECT k.s, k.p FROM unnest($1::text[], $2::text[]) AS k(s, p)"         \
-                  " UNION SELECT r.store_id, l.sku FROM reservations r"                      \
-                  " JOIN reservation_lines l USING (reservation_seq)"                        \
-                  " WHERE r.reservation_seq = ANY($3::bigint[]))"                            \
-                  " ORDER BY store_id, sku FOR UPDATE")                                      \
-    X(LOCK_RESERVATIONS, "SELECT " PG_RES_COLUMNS ", created_at_ms FROM reservations"        \
-                         " WHERE reservation_seq = ANY($1::bigint[])"                        \
-                         " ORDER BY reservation_seq FOR UPDATE")                             \
-    X(RESERVATION_LINES, "SELECT reservation_seq, sku, qty FROM reservation_lines"           \
-                         " WHERE reservation_seq = ANY($1::bigint[])"                        \
-                         " ORDER BY reservation_seq, line_no")                               \
-    X(STORES, "SELECT store_id, name, latency_ms FROM stores WHERE store_id = ANY($1::text[])"\
-              " OR store_id IN (SELECT store_id FROM reservations"                           \
+#define PG_STMT_MAP(X)                                                                         \
+    X(BEGIN, "BEGIN")                                                                          \
+    X(COMMIT, "COMMIT")                                                                        \
+    X(ROLLBACK, "ROLLBACK")                                                                    \
+    X(SEQUENCER, "SELECT id FROM sequencer WHERE id = 1 FOR UPDATE")                           \
+    X(LOCK_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items WHERE (store_id, sku) IN"       \
+                  " (SELECT k.s, k.p FROM unnest($1::text[], $2::text[]) AS k(s, p)"           \
+                  " UNION SELECT r.store_id, l.sku FROM reservations r"                        \
+                  " JOIN reservation_lines l USING (reservation_seq)"                          \
+                  " WHERE r.reservation_seq = ANY($3::bigint[]))"                              \
+                  " ORDER BY store_id, sku FOR UPDATE")                                        \
+    X(LOCK_RESERVATIONS, "SELECT " PG_RES_COLUMNS ", created_at_ms FROM reservations"          \
+                         " WHERE reservation_seq = ANY($1::bigint[])"                          \
+                         " ORDER BY reservation_seq FOR UPDATE")                               \
+    X(RESERVATION_LINES, "SELECT reservation_seq, sku, qty FROM reservation_lines"             \
+                         " WHERE reservation_seq = ANY($1::bigint[])"                          \
+                         " ORDER BY reservation_seq, line_no")                                 \
+    X(STORES, "SELECT store_id, name, latency_ms FROM stores WHERE store_id = ANY($1::text[])" \
+              " OR store_id IN (SELECT store_id FROM reservations"                             \
               " WHERE reservation_seq = ANY($2::bigint[])) ORDER BY created_at_ms, store_id")  \
-    X(PRODUCTS, "SELECT sku, name FROM products WHERE sku = ANY($1::text[])"                 \
-                " OR sku IN (SELECT sku FROM reservation_lines"                              \
+    X(PRODUCTS, "SELECT sku, name FROM products WHERE sku = ANY($1::text[])"                   \
+                " OR sku IN (SELECT sku FROM reservation_lines"                                \
                 " WHERE reservation_seq = ANY($2::bigint[])) ORDER BY created_at_ms, sku")     \
     X(IDEMS, "SELECT principal, idem_key, fingerprint, status, problem, body FROM idempotency" \
-             " WHERE (principal, idem_key) IN"                                               \
-             " (SELECT * FROM unnest($1::text[], $2::text[]))")                              \
+             " WHERE (principal, idem_key) IN"                                                 \
+             " (SELECT * FROM unnest($1::text[], $2::text[]))")                                \
     X(GAP_EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data" \
-                  " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")                     \
-    X(SEQUENCES, "SELECT (SELECT COALESCE(MAX(order_seq), 0) FROM orders),"                 \
-                 " (SELECT COALESCE(MAX(seq), 0) FROM events),"                              \
-                 " (SELECT COALESCE(MAX(reservation_seq), 0) FROM reservations)")            \
-    X(INSERT_STORES, "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"        \
-                     " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[],"           \
-                     " $4::bigint[])")                                                       \
-    X(INSERT_PRODUCTS, "INSERT INTO products (sku, name, created_at_ms)"                     \
-                       " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])")        \
-    X(UPSERT_ITEMS, "INSERT INTO stock_items (" PG_ITEM_COLUMNS ") SELECT * FROM unnest("    \
-                    "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"      \
-                    " $6::bigint[], $7::bigint[]) ON CONFLICT (store_id, sku) DO UPDATE SET" \
-                    " on_hand = excluded.on_hand, reserved = excluded.reserved,"             \
-                    " version = excluded.version, sold = excluded.sold,"                     \
-                    " updated_at_ms = excluded.updated_at_ms"                                \
-                    " WHERE stock_items.version < excluded.version")                         \
-    X(INSERT_ORDERS, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"   \
-                     " history, created_at_ms) SELECT * FROM unnest($1::bigint[], $2::text[],"\
-                     " $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])")       \
-    X(INSERT_IDEMS, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"     \
-                    " problem, body, created_at_ms) SELECT * FROM unnest($1::text[],"        \
-                    " $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],"     \
-                    " $7::bigint[])")                                                        \
-    X(INSERT_EVENTS, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"   \
-                     " store_id, sku, data) SELECT * FROM unnest($1::bigint[], $2::text[],"  \
-                     " $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[])")     \
-    X(UPSERT_RESERVATIONS, "INSERT INTO reservations (" PG_RES_COLUMNS ", created_at_ms,"    \
-                           " updated_at_ms) SELECT * FROM unnest($1::bigint[], $2::text[],"  \
-                           " $3::text[], $4::text[], $5::bigint[], $6::bigint[],"            \
-                           " $7::bigint[], $8::bigint[]) ON CONFLICT (reservation_seq)"      \
-                           " DO UPDATE SET status = excluded.status,"                        \
-                           " version = excluded.version,"                                    \
-                           " updated_at_ms = excluded.updated_at_ms"                         \
-                           " WHERE reservations.version < excluded.version")                 \
-    X(INSERT_RESERVATION_LINES, "INSERT INTO reservation_lines (reservation_seq, line_no,"   \
-                                " sku, qty) SELECT * FROM unnest($1::bigint[], $2::bigint[],"\
-                                " $3::text[], $4::bigint[])")                                \
-    X(NOTIFY, "SELECT pg_notify('stockd_events', $1)")                                       \
-    X(FIND_IDEM, "SELECT fingerprint, status, body, problem FROM idempotency"                \
-                 " WHERE principal = $1 AND idem_key = $2")                                  \
+                  " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")                       \
+    X(SEQUENCES, "SELECT (SELECT COALESCE(MAX(order_seq), 0) FROM orders),"                    \
+                 " (SELECT COALESCE(MAX(seq), 0) FROM events),"                                \
+                 " (SELECT COALESCE(MAX(reservation_seq), 0) FROM reservations)")              \
+    X(INSERT_STORES, "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"          \
+                     " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[],"             \
+                     " $4::bigint[])")                                                         \
+    X(INSERT_PRODUCTS, "INSERT INTO products (sku, name, created_at_ms)"                       \
+                       " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])")          \
+    X(UPSERT_ITEMS, "INSERT INTO stock_items (" PG_ITEM_COLUMNS ") SELECT * FROM unnest("      \
+                    "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"        \
+                    " $6::bigint[], $7::bigint[]) ON CONFLICT (store_id, sku) DO UPDATE SET"   \
+                    " on_hand = excluded.on_hand, reserved = excluded.reserved,"               \
+                    " version = excluded.version, sold = excluded.sold,"                       \
+                    " updated_at_ms = excluded.updated_at_ms"                                  \
+                    " WHERE stock_items.version < excluded.version")                           \
+    X(INSERT_ORDERS, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"    \
+                     " history, created_at_ms) SELECT * FROM unnest($1::bigint[], $2::text[]," \
+                     " $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])")         \
+    X(INSERT_IDEMS, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"       \
+                    " problem, body, created_at_ms) SELECT * FROM unnest($1::text[],"          \
+                    " $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],"       \
+                    " $7::bigint[])")                                                          \
+    X(INSERT_EVENTS, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"     \
+                     " store_id, sku, data) SELECT * FROM unnest($1::bigint[], $2::text[],"    \
+                     " $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[])")       \
+    X(UPSERT_RESERVATIONS, "INSERT INTO reservations (" PG_RES_COLUMNS ", created_at_ms,"      \
+                           " updated_at_ms) SELECT * FROM unnest($1::bigint[], $2::text[],"    \
+                           " $3::text[], $4::text[], $5::bigint[], $6::bigint[],"              \
+                           " $7::bigint[], $8::bigint[]) ON CONFLICT (reservation_seq)"        \
+                           " DO UPDATE SET status = excluded.status,"                          \
+                           " version = excluded.version,"                                      \
+                           " updated_at_ms = excluded.updated_at_ms"                           \
+                           " WHERE reservations.version < excluded.version")                   \
+    X(INSERT_RESERVATION_LINES, "INSERT INTO reservation_lines (reservation_seq, line_no,"     \
+                                " sku, qty) SELECT * FROM unnest($1::bigint[], $2::bigint[],"  \
+                                " $3::text[], $4::bigint[])")                                  \
+    X(NOTIFY, "SELECT pg_notify('stockd_events', $1)")                                         \
+    X(FIND_IDEM, "SELECT fingerprint, status, body, problem FROM idempotency"                  \
+                 " WHERE principal = $1 AND idem_key = $2")                                    \
     X(FIND_RESERVATION, "SELECT status, version FROM reservations WHERE reservation_seq = $1") \
-    X(LOAD_STORES, "SELECT store_id, name, latency_ms FROM stores"                          \
-                   " ORDER BY created_at_ms, store_id")                                      \
-    X(LOAD_PRODUCTS, "SELECT sku, name FROM products ORDER BY created_at_ms, sku")           \
-    X(LOAD_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items")                             \
-    X(LOAD_RESERVATIONS, "SELECT " PG_RES_COLUMNS ", created_at_ms FROM reservations"        \
-                         " WHERE status = 'ACTIVE' ORDER BY reservation_seq")                \
-    X(LOAD_RESERVATION_LINES, "SELECT l.reservation_seq, l.sku, l.qty"                       \
-                              " FROM reservation_lines l JOIN reservations r"                \
-                              " USING (reservation_seq) WHERE r.status = 'ACTIVE'"           \
-                              " ORDER BY l.reservation_seq, l.line_no")                      \
-    X(RESERVATIONS_DUE, "SELECT reservation_seq FROM reservations WHERE status = 'ACTIVE'"  \
-                        " AND expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2")           \
-    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                   \
-                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < $1"   \
+    X(LOAD_STORES, "SELECT store_id, name, latency_ms FROM stores"                             \
+                   " ORDER BY created_at_ms, store_id")                                        \
+    X(LOAD_PRODUCTS, "SELECT sku, name FROM products ORDER BY created_at_ms, sku")             \
+    X(LOAD_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items")                               \
+    X(LOAD_RESERVATIONS, "SELECT " PG_RES_COLUMNS ", created_at_ms FROM reservations"          \
+                         " WHERE status = 'ACTIVE' ORDER BY reservation_seq")                  \
+    X(LOAD_RESERVATION_LINES, "SELECT l.reservation_seq, l.sku, l.qty"                         \
+                              " FROM reservation_lines l JOIN reservations r"                  \
+                              " USING (reservation_seq) WHERE r.status = 'ACTIVE'"             \
+                              " ORDER BY l.reservation_seq, l.line_no")                        \
+    X(RESERVATIONS_DUE, "SELECT reservation_seq FROM reservations WHERE status = 'ACTIVE'"     \
+                        " AND expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2")             \
+    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                     \
+                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < $1"     \
                   " LIMIT $2)")
 
 enum pg_stmt {
 #define PG_STMT_ENUM_(name, sql) PG_STMT_##name,
     PG_STMT_MAP(PG_STMT_ENUM_)
 #undef PG_STMT_ENUM_
-    PG_STMT_COUNT
+        PG_STMT_COUNT
 };
 
 static const struct pg_statement pg_statements[PG_STMT_COUNT] = {
@@ -144,19 +144,18 @@ static const struct pg_statement pg_statements[PG_STMT_COUNT] = {
 #define PG_TEXTS_MAX 48
 
 struct pg_store {
-    struct store base;                /* first: the backend's operations */
+    struct store base; /* first: the backend's operations */
     struct pg_conn writer;
-    bool in_transaction;              /* a prepared batch's transaction is open */
+    bool in_transaction;                /* a prepared batch's transaction is open */
     struct pg_text texts[PG_TEXTS_MAX]; /* owned parameter buffers, reused */
     int text_used;
-    PGresult *idem_rows;              /* owned: the batch's prefetched idempotency records */
+    PGresult *idem_rows;               /* owned: the batch's prefetched idempotency records */
     int16_t idem_slots[PG_IDEM_SLOTS]; /* row + 1; 0 empty */
     bool idem_prefetched;
-    struct row_event *gap_events;     /* owned, STORE_GAP_EVENTS_MAX: other instances' events */
-    char *found_body;                 /* owned copy for store_idem_find */
+    struct row_event *gap_events; /* owned, STORE_GAP_EVENTS_MAX: other instances' events */
+    char *found_body;             /* owned copy for store_idem_find */
     size_t found_body_size;
 };
-
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -318,8 +317,8 @@ int store_pg_open(struct store **out, const char *uri)
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     struct pg_store *s = calloc(1, sizeof *s);
-    if (s == NULL || (s->gap_events = calloc(STORE_GAP_EVENTS_MAX, sizeof *s->gap_events)) ==
-                         NULL) {
+    if (s == NULL ||
+        (s->gap_events = calloc(STORE_GAP_EVENTS_MAX, sizeof *s->gap_events)) == NULL) {
         free(s);
         return SVC_ESTORAGE_UNAVAILABLE;
     }
@@ -388,9 +387,8 @@ static int pg_feed_reservations(const PGresult *r, const PGresult *lines,
             rc = loader->on_reservation_ended(loader->context, seq);
             continue;
         }
-        rc = loader->on_reservation(loader->context, seq, PQgetvalue(r, i, 1),
-                                    PQgetvalue(r, i, 2), pg_int(r, i, 4), pg_int(r, i, 5),
-                                    pg_int(r, i, 6));
+        rc = loader->on_reservation(loader->context, seq, PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                                    pg_int(r, i, 4), pg_int(r, i, 5), pg_int(r, i, 6));
     }
     for (int i = 0; rc == 0 && i < PQntuples(lines); i++) {
         rc = loader->on_reservation_line(loader->context, pg_int(lines, i, 0),
@@ -430,10 +428,13 @@ static int pg_load(struct store *base, const struct store_loader *loader,
                    struct store_sequences *out)
 {
     struct pg_store *s = (struct pg_store *)base;
-    static const enum pg_stmt which[] = {PG_STMT_BEGIN, PG_STMT_LOAD_STORES,
-                                         PG_STMT_LOAD_PRODUCTS, PG_STMT_LOAD_ITEMS,
+    static const enum pg_stmt which[] = {PG_STMT_BEGIN,
+                                         PG_STMT_LOAD_STORES,
+                                         PG_STMT_LOAD_PRODUCTS,
+                                         PG_STMT_LOAD_ITEMS,
                                          PG_STMT_LOAD_RESERVATIONS,
-                                         PG_STMT_LOAD_RESERVATION_LINES, PG_STMT_SEQUENCES,
+                                         PG_STMT_LOAD_RESERVATION_LINES,
+                                         PG_STMT_SEQUENCES,
                                          PG_STMT_COMMIT};
     enum { COUNT = sizeof which / sizeof which[0] };
     PGresult *r[COUNT];
@@ -501,15 +502,15 @@ static void pg_prepare_params(struct pg_store *s, const struct store_batch_keys 
         pg_array_text(principals, keys->idems[i].principal);
         pg_array_text(idem_keys, keys->idems[i].key);
     }
-    struct pg_text *all[] = {item_stores, item_skus, reservations, stores, skus, principals,
-                             idem_keys};
+    struct pg_text *all[] = {item_stores, item_skus,  reservations, stores,
+                             skus,        principals, idem_keys};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         pg_array_end(all[i]);
     }
     struct pg_text *events_after = pg_param(s);
     pg_text_int(events_after, keys->events_after);
-    *out = (struct pg_prepare_params){item_stores->data, item_skus->data, reservations->data,
-                                      stores->data,      skus->data,      principals->data,
+    *out = (struct pg_prepare_params){item_stores->data, item_skus->data,   reservations->data,
+                                      stores->data,      skus->data,        principals->data,
                                       idem_keys->data,   events_after->data};
 }
 
@@ -781,8 +782,8 @@ static int pg_write_records(struct pg_store *s, const struct store_batch *b, str
         for (size_t i = 0; i < b->order_count; i++) {
             const struct row_order *row = &b->orders[i];
             pg_array_int(t[0], row->order_seq);
-            const char *texts[] = {row->customer_id, row->store_id, row->status,
-                                   row->lines_json, row->history_json};
+            const char *texts[] = {row->customer_id, row->store_id, row->status, row->lines_json,
+                                   row->history_json};
             for (int k = 0; k < 5; k++) {
                 pg_array_text(t[1 + k], texts[k]);
             }
@@ -962,8 +963,7 @@ static int pg_idem_prune(struct store *base, int64_t before_ms, int max_rows)
 static int pg_reservations_due(struct store *base, int64_t before_ms, int64_t *out, int max)
 {
     PGresult *r = NULL;
-    int rc = pg_run_limited((struct pg_store *)base, PG_STMT_RESERVATIONS_DUE, before_ms, max,
-                            &r);
+    int rc = pg_run_limited((struct pg_store *)base, PG_STMT_RESERVATIONS_DUE, before_ms, max, &r);
     for (int i = 0; rc >= 0 && r != NULL && i < PQntuples(r) && i < max; i++) {
         out[rc++] = pg_int(r, i, 0);
     }

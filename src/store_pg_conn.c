@@ -78,8 +78,7 @@ int pg_conn_ready(struct pg_conn *c)
     /* Custom plans always: a statement prepared while the tables were small (a fresh
      * database) would otherwise keep a generic plan that scans whole tables (seen: a batch's
      * idempotency lookup read every row until the first ANALYZE, 15k -> 2k purchases/s). */
-    const char *const keys[] = {"dbname", "connect_timeout", "application_name", "options",
-                                NULL};
+    const char *const keys[] = {"dbname", "connect_timeout", "application_name", "options", NULL};
     const char *const values[] = {c->uri, timeout, "stockd", "-c plan_cache_mode=force_custom_plan",
                                   NULL};
     c->conn = PQconnectdbParams(keys, values, 1);

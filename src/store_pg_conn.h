@@ -43,14 +43,14 @@ struct pg_statement {
 
 struct pg_conn {
     char uri[PG_URI_BYTES_MAX];
-    const char *role;                       /* "writer", "reader": for logs */
-    const struct pg_statement *statements;  /* prepared at each connect */
+    const char *role;                      /* "writer", "reader": for logs */
+    const struct pg_statement *statements; /* prepared at each connect */
     int statement_count;
-    bool pipeline;                          /* nonblocking pipeline mode (all but migration) */
-    int timeout_ms;                         /* deadline of one round trip */
-    PGconn *conn;                           /* owned; NULL while disconnected */
-    int64_t next_attempt_ms;                /* monotonic ms of the next reconnect attempt */
-    bool was_down;                          /* for the "reconnected" log line */
+    bool pipeline;           /* nonblocking pipeline mode (all but migration) */
+    int timeout_ms;          /* deadline of one round trip */
+    PGconn *conn;            /* owned; NULL while disconnected */
+    int64_t next_attempt_ms; /* monotonic ms of the next reconnect attempt */
+    bool was_down;           /* for the "reconnected" log line */
 };
 
 /* A growable text parameter: an array literal or a number. */

@@ -19,25 +19,25 @@
 #include "store_pg_conn.h"
 #include "svc_assert.h"
 
-#define PG_READER_STMT_MAP(X)                                                                \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"          \
-             " FROM orders WHERE order_seq = $1")                                            \
-    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"  \
-              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"          \
-              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                   \
-    X(EVENTS_ALL, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku,"   \
-                  " data FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")                  \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                   \
-            " WHERE principal = $1 AND idem_key = $2")                                       \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                     \
+#define PG_READER_STMT_MAP(X)                                                              \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"         \
+             " FROM orders WHERE order_seq = $1")                                          \
+    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data" \
+              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"        \
+              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                 \
+    X(EVENTS_ALL, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku,"  \
+                  " data FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")                \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                 \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                 \
+            " WHERE principal = $1 AND idem_key = $2")                                     \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                   \
     X(LISTEN, "LISTEN stockd_events")
 
 enum pg_reader_stmt {
 #define PG_READER_ENUM_(name, sql) PG_READER_##name,
     PG_READER_STMT_MAP(PG_READER_ENUM_)
 #undef PG_READER_ENUM_
-    PG_READER_COUNT
+        PG_READER_COUNT
 };
 
 static const struct pg_statement pg_reader_statements[PG_READER_COUNT] = {
@@ -52,8 +52,8 @@ static const struct pg_statement pg_reader_statements[PG_READER_COUNT] = {
 struct pg_reader {
     struct store_reader base; /* first: the backend's operations */
     struct pg_conn conn;
-    PGconn *listening;        /* the connection LISTEN ran on (compared, never owned) */
-    char *idem_body;          /* owned copy of the last found idempotency body */
+    PGconn *listening; /* the connection LISTEN ran on (compared, never owned) */
+    char *idem_body;   /* owned copy of the last found idempotency body */
     size_t idem_body_size;
 };
 
@@ -164,8 +164,8 @@ int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *s
     while (left > 0) {
         int chunk = left < PG_READ_EVENTS_CHUNK ? left : PG_READ_EVENTS_CHUNK;
         int count = 0;
-        int rc = pg_reader_event_chunk(r, &since, store_id, sku, chunk, context, each_event,
-                                       &count);
+        int rc =
+            pg_reader_event_chunk(r, &since, store_id, sku, chunk, context, each_event, &count);
         if (rc != 0 || count < chunk) {
             return rc;
         }

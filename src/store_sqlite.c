@@ -30,47 +30,47 @@
 #include "svc_assert.h"
 
 /* The statement registry: every SQL the writer runs, prepared at open (STYLE 24). */
-#define STORE_STMT_MAP(X)                                                                    \
-    X(BEGIN, "BEGIN IMMEDIATE")                                                              \
-    X(COMMIT, "COMMIT")                                                                      \
-    X(ROLLBACK, "ROLLBACK")                                                                  \
-    X(INSERT_STORE, "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"         \
-                    " VALUES (?1, ?2, ?3, ?4)")                                              \
-    X(INSERT_PRODUCT, "INSERT INTO products (sku, name, created_at_ms) VALUES (?1, ?2, ?3)") \
+#define STORE_STMT_MAP(X)                                                                      \
+    X(BEGIN, "BEGIN IMMEDIATE")                                                                \
+    X(COMMIT, "COMMIT")                                                                        \
+    X(ROLLBACK, "ROLLBACK")                                                                    \
+    X(INSERT_STORE, "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"           \
+                    " VALUES (?1, ?2, ?3, ?4)")                                                \
+    X(INSERT_PRODUCT, "INSERT INTO products (sku, name, created_at_ms) VALUES (?1, ?2, ?3)")   \
     X(UPSERT_ITEM, "INSERT INTO stock_items (store_id, sku, on_hand, reserved, version, sold," \
-                   " updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"                     \
-                   " ON CONFLICT (store_id, sku) DO UPDATE SET on_hand = excluded.on_hand,"  \
-                   " reserved = excluded.reserved, version = excluded.version,"              \
-                   " sold = excluded.sold, updated_at_ms = excluded.updated_at_ms"           \
-                   " WHERE stock_items.version < excluded.version")                          \
-    X(INSERT_ORDER, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"   \
-                    " history, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")          \
-    X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"      \
-                   " problem, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")     \
-    X(INSERT_EVENT, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"    \
-                    " store_id, sku, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")             \
-    X(FIND_IDEM, "SELECT fingerprint, status, body, problem FROM idempotency"                \
-                 " WHERE principal = ?1 AND idem_key = ?2")                                  \
+                   " updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"                       \
+                   " ON CONFLICT (store_id, sku) DO UPDATE SET on_hand = excluded.on_hand,"    \
+                   " reserved = excluded.reserved, version = excluded.version,"                \
+                   " sold = excluded.sold, updated_at_ms = excluded.updated_at_ms"             \
+                   " WHERE stock_items.version < excluded.version")                            \
+    X(INSERT_ORDER, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"     \
+                    " history, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")            \
+    X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
+                   " problem, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")       \
+    X(INSERT_EVENT, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"      \
+                    " store_id, sku, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")               \
+    X(FIND_IDEM, "SELECT fingerprint, status, body, problem FROM idempotency"                  \
+                 " WHERE principal = ?1 AND idem_key = ?2")                                    \
     X(UPSERT_RESERVATION, "INSERT INTO reservations (reservation_seq, store_id, customer_id,"  \
-                          " status, expires_at_ms, version, created_at_ms, updated_at_ms)"   \
-                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"                         \
-                          " ON CONFLICT (reservation_seq) DO UPDATE SET"                     \
-                          " status = excluded.status, version = excluded.version,"           \
-                          " updated_at_ms = excluded.updated_at_ms"                          \
-                          " WHERE reservations.version < excluded.version")                  \
-    X(INSERT_RESERVATION_LINE, "INSERT INTO reservation_lines (reservation_seq, line_no,"     \
-                               " sku, qty) VALUES (?1, ?2, ?3, ?4)")                         \
-    X(FIND_RESERVATION, "SELECT status, version FROM reservations"                           \
-                        " WHERE reservation_seq = ?1")                                       \
-    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                   \
-                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < ?1"   \
+                          " status, expires_at_ms, version, created_at_ms, updated_at_ms)"     \
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"                           \
+                          " ON CONFLICT (reservation_seq) DO UPDATE SET"                       \
+                          " status = excluded.status, version = excluded.version,"             \
+                          " updated_at_ms = excluded.updated_at_ms"                            \
+                          " WHERE reservations.version < excluded.version")                    \
+    X(INSERT_RESERVATION_LINE, "INSERT INTO reservation_lines (reservation_seq, line_no,"      \
+                               " sku, qty) VALUES (?1, ?2, ?3, ?4)")                           \
+    X(FIND_RESERVATION, "SELECT status, version FROM reservations"                             \
+                        " WHERE reservation_seq = ?1")                                         \
+    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                     \
+                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < ?1"     \
                   " LIMIT ?2)")
 
 enum store_stmt {
 #define STORE_STMT_ENUM_(name, sql) STORE_STMT_##name,
     STORE_STMT_MAP(STORE_STMT_ENUM_)
 #undef STORE_STMT_ENUM_
-    STORE_STMT_COUNT
+        STORE_STMT_COUNT
 };
 
 static const char *const store_stmt_sql[STORE_STMT_COUNT] = {
@@ -100,21 +100,21 @@ _Static_assert(STORE_WAL_RESET_FRAMES > 4 * STORE_CHECKPOINT_FRAMES,
 
 struct store_checkpointer {
     pthread_t thread;
-    pthread_mutex_t mutex;   /* guards stopping and the wake-up, not the request path */
+    pthread_mutex_t mutex; /* guards stopping and the wake-up, not the request path */
     pthread_cond_t wake;
     bool stopping;
     bool started;
-    sqlite3 *db;             /* owned; the checkpointer thread's own connection */
-    _Atomic int wal_frames;  /* WAL size after the last commit, from the wal hook */
+    sqlite3 *db;            /* owned; the checkpointer thread's own connection */
+    _Atomic int wal_frames; /* WAL size after the last commit, from the wal hook */
     _Atomic uint64_t checkpoints;
 };
 
 struct sqlite_store {
-    struct store base;                         /* first: the backend's operations */
-    sqlite3 *db;                               /* owned; used by the writer thread only */
+    struct store base; /* first: the backend's operations */
+    sqlite3 *db;       /* owned; used by the writer thread only */
     struct store_checkpointer checkpointer;
-    sqlite3_stmt *stmts[STORE_STMT_COUNT];     /* owned, prepared at open */
-    char *idem_body;                           /* owned copy of the last found body */
+    sqlite3_stmt *stmts[STORE_STMT_COUNT]; /* owned, prepared at open */
+    char *idem_body;                       /* owned copy of the last found body */
     size_t idem_body_size;
 };
 
@@ -135,11 +135,11 @@ static void sqlite_reader_close(struct store_reader *base);
 /* The reader's statements besides the order lookup, prepared at open (STYLE 24). */
 #define STORE_READER_EVENTS_SQL                                                              \
     "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data FROM events" \
-    " WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2) AND (?3 IS NULL OR sku = ?3)"        \
+    " WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2) AND (?3 IS NULL OR sku = ?3)"         \
     " ORDER BY seq LIMIT ?4"
 #define STORE_READER_SEQ_MAX_SQL "SELECT COALESCE(MAX(seq), 0) FROM events"
-#define STORE_READER_IDEM_SQL                                                                \
-    "SELECT status, problem, body, created_at_ms FROM idempotency"                           \
+#define STORE_READER_IDEM_SQL                                      \
+    "SELECT status, problem, body, created_at_ms FROM idempotency" \
     " WHERE principal = ?1 AND idem_key = ?2"
 
 static int store_fail(sqlite3 *db, const char *what)
@@ -163,8 +163,8 @@ static int store_schema_version(sqlite3 *db, int *version_out)
 {
     sqlite3_stmt *stmt = NULL;
     *version_out = 0;
-    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'schema_version'", -1,
-                           &stmt, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'schema_version'", -1, &stmt,
+                           NULL) != SQLITE_OK) {
         return 0; /* no meta table: a fresh database */
     }
     if (sqlite3_step(stmt) == SQLITE_ROW) {
@@ -188,8 +188,7 @@ static int store_migrate(sqlite3 *db)
         int rc = store_exec(db, "BEGIN IMMEDIATE");
         char sql_text[SCHEMA_STATEMENT_BYTES_MAX];
         for (int i = 0; rc == 0 && migration->statements[i] != NULL; i++) {
-            rc = schema_render(SCHEMA_SQLITE, migration->statements[i], sql_text,
-                               sizeof sql_text);
+            rc = schema_render(SCHEMA_SQLITE, migration->statements[i], sql_text, sizeof sql_text);
             SVC_ASSERT(rc == 0); /* the statements are constants that fit */
             rc = store_exec(db, sql_text);
         }
@@ -423,8 +422,8 @@ static int store_each_row(struct sqlite_store *s, const char *sql,
 
 static int store_load_store_row(sqlite3_stmt *stmt, const struct store_loader *loader)
 {
-    return loader->on_store(loader->context, store_column_text(stmt, 0),
-                            store_column_text(stmt, 1), sqlite3_column_int64(stmt, 2));
+    return loader->on_store(loader->context, store_column_text(stmt, 0), store_column_text(stmt, 1),
+                            sqlite3_column_int64(stmt, 2));
 }
 
 static int store_load_product_row(sqlite3_stmt *stmt, const struct store_loader *loader)
@@ -435,10 +434,10 @@ static int store_load_product_row(sqlite3_stmt *stmt, const struct store_loader 
 
 static int store_load_item_row(sqlite3_stmt *stmt, const struct store_loader *loader)
 {
-    return loader->on_item(loader->context, store_column_text(stmt, 0),
-                           store_column_text(stmt, 1), sqlite3_column_int64(stmt, 2),
-                           sqlite3_column_int64(stmt, 3), sqlite3_column_int64(stmt, 4),
-                           sqlite3_column_int64(stmt, 5), sqlite3_column_int64(stmt, 6));
+    return loader->on_item(loader->context, store_column_text(stmt, 0), store_column_text(stmt, 1),
+                           sqlite3_column_int64(stmt, 2), sqlite3_column_int64(stmt, 3),
+                           sqlite3_column_int64(stmt, 4), sqlite3_column_int64(stmt, 5),
+                           sqlite3_column_int64(stmt, 6));
 }
 
 static int store_load_reservation_row(sqlite3_stmt *stmt, const struct store_loader *loader)
@@ -446,8 +445,7 @@ static int store_load_reservation_row(sqlite3_stmt *stmt, const struct store_loa
     if (sqlite3_column_type(stmt, 6) == SQLITE_NULL) { /* the reservation's own row */
         return loader->on_reservation(loader->context, sqlite3_column_int64(stmt, 0),
                                       store_column_text(stmt, 1), store_column_text(stmt, 2),
-                                      sqlite3_column_int64(stmt, 3),
-                                      sqlite3_column_int64(stmt, 4),
+                                      sqlite3_column_int64(stmt, 3), sqlite3_column_int64(stmt, 4),
                                       sqlite3_column_int64(stmt, 5));
     }
     return loader->on_reservation_line(loader->context, sqlite3_column_int64(stmt, 0),
@@ -510,7 +508,7 @@ static int sqlite_load(struct store *base, const struct store_loader *loader,
 }
 
 static int sqlite_idem_find(struct store *base, const char *principal, const char *key,
-                    struct store_idem_found *out)
+                            struct store_idem_found *out)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     sqlite3_stmt *stmt = s->stmts[STORE_STMT_FIND_IDEM];
@@ -678,7 +676,7 @@ static int store_write_reservations(struct sqlite_store *s, const struct store_b
 }
 
 static int sqlite_reservation_status(struct store *base, int64_t seq, char status_out[16],
-                             int64_t *version_out)
+                                     int64_t *version_out)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     SVC_ASSERT(seq >= 1);
@@ -819,8 +817,8 @@ static void sqlite_reader_close(struct store_reader *base)
 }
 
 static int sqlite_reader_items(struct store_reader *base, void *context,
-                       int (*each_item)(void *context, const char *store_id, const char *sku,
-                                        int64_t on_hand, int64_t reserved))
+                               int (*each_item)(void *context, const char *store_id,
+                                                const char *sku, int64_t on_hand, int64_t reserved))
 {
     struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(each_item != NULL);
@@ -867,8 +865,8 @@ static int sqlite_reader_order_json(struct store_reader *base, int64_t order_seq
 }
 
 static int sqlite_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
-                        const char *sku, int limit, void *context,
-                        int (*each_event)(void *context, const struct row_event *row))
+                                const char *sku, int limit, void *context,
+                                int (*each_event)(void *context, const struct row_event *row))
 {
     struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(since_seq >= 0);
@@ -917,7 +915,7 @@ static int sqlite_reader_event_seq_max(struct store_reader *base, int64_t *out)
 }
 
 static int sqlite_reader_idem(struct store_reader *base, const char *principal, const char *key,
-                      struct store_idem_view *out)
+                              struct store_idem_view *out)
 {
     struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(principal != NULL && key != NULL);

@@ -14,8 +14,7 @@
 /* Logs the failed expression with its location and a backtrace, then aborts. Never returns. */
 _Noreturn void svc_assert_fail(const char *expr, const char *file, int line);
 
-#define SVC_ASSERT(expr) \
-    ((expr) ? (void)0 : svc_assert_fail(#expr, __FILE__, __LINE__))
+#define SVC_ASSERT(expr) ((expr) ? (void)0 : svc_assert_fail(#expr, __FILE__, __LINE__))
 
 #ifdef NDEBUG_SLOW
 #define SVC_DEBUG_ASSERT(expr) ((void)0)

@@ -78,8 +78,7 @@ static bool writer_invariants_hold(const struct writer *w)
 
 /* ---- loading ---------------------------------------------------------------------------- */
 
-static int writer_load_store(void *context, const char *id, const char *name,
-                             int64_t latency_ms)
+static int writer_load_store(void *context, const char *id, const char *name, int64_t latency_ms)
 {
     struct writer *w = context;
     return dom_load_store(w->config.domain, id, name, latency_ms);
@@ -91,9 +90,8 @@ static int writer_load_product(void *context, const char *sku, const char *name)
     return dom_load_product(w->config.domain, sku, name);
 }
 
-static int writer_load_item(void *context, const char *store_id, const char *sku,
-                            int64_t on_hand, int64_t reserved, int64_t version, int64_t sold,
-                            int64_t updated_at_ms)
+static int writer_load_item(void *context, const char *store_id, const char *sku, int64_t on_hand,
+                            int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
 {
     struct writer *w = context;
     return dom_load_item(w->config.domain, store_id, sku, on_hand, reserved, version, sold,
@@ -139,9 +137,8 @@ int writer_init(struct writer *w, const struct writer_config *config)
     SVC_ASSERT(writer_invariants_hold(w));
     log_info("writer: loaded %u stores, %u products, %u items; orders to %" PRId64
              ", events to %" PRId64 "; %u active reservations",
-             config->domain->store_count, config->domain->product_count,
-             config->domain->item_count, w->order_seq, w->event_seq,
-             res_count(&w->reservations));
+             config->domain->store_count, config->domain->product_count, config->domain->item_count,
+             w->order_seq, w->event_seq, res_count(&w->reservations));
     return 0;
 }
 
@@ -199,7 +196,7 @@ const char *writer_arena_finish(struct writer_batch *b, struct jbuf *text)
 }
 
 struct row_event *writer_event(struct writer *w, const char *type, const char *store_id,
-                                      const char *sku, const char *data_json)
+                               const char *sku, const char *data_json)
 {
     struct writer_batch *b = w->batch;
     SVC_ASSERT(b->rows.event_count < WRITER_EVENTS_MAX);
@@ -218,9 +215,8 @@ struct row_event *writer_event(struct writer *w, const char *type, const char *s
 }
 
 /* Appends an event whose data is the stock change of item: delta and the values after it. */
-void writer_stock_event(struct writer *w, const char *type, uint32_t item_index,
-                               int64_t delta, int64_t reserved_delta,
-                               const struct jbuf *prefix_members)
+void writer_stock_event(struct writer *w, const char *type, uint32_t item_index, int64_t delta,
+                        int64_t reserved_delta, const struct jbuf *prefix_members)
 {
     struct writer_batch *b = w->batch;
     const struct domain *d = w->config.domain;
@@ -254,13 +250,13 @@ void writer_stock_event(struct writer *w, const char *type, uint32_t item_index,
 
 /* ---- replies ---------------------------------------------------------------------------- */
 
-void writer_reply_problem(struct command *cmd, int err, const char *detail,
-                                 const char *extra_key, int64_t extra_value)
+void writer_reply_problem(struct command *cmd, int err, const char *detail, const char *extra_key,
+                          int64_t extra_value)
 {
     cmd->reply_status = svc_err_http_status(err);
     cmd->reply_problem = true;
-    cmd->reply_length = problem_format(cmd->reply_body, cmd->reply_capacity, err, detail,
-                                       extra_key, extra_value);
+    cmd->reply_length =
+        problem_format(cmd->reply_body, cmd->reply_capacity, err, detail, extra_key, extra_value);
     SVC_ASSERT(cmd->reply_length < cmd->reply_capacity);
 }
 
@@ -282,8 +278,8 @@ void writer_reply_end(struct command *cmd, struct jbuf *body)
 }
 
 /* The seed-004 body {success,message,remaining_stock} with its own status codes. */
-static void writer_reply_seed004(struct command *cmd, int status, bool success,
-                                 const char *message, int64_t remaining)
+static void writer_reply_seed004(struct command *cmd, int status, bool success, const char *message,
+                                 int64_t remaining)
 {
     struct jbuf body;
     jbuf_init(&body, cmd->reply_body, cmd->reply_capacity);
@@ -320,8 +316,7 @@ static bool writer_apply_store_create(struct writer *w, struct command *cmd)
 {
     struct writer_batch *b = w->batch;
     uint32_t index = 0;
-    int rc = dom_store_create(w->config.domain, cmd->store_id, cmd->name, cmd->latency_ms,
-                              &index);
+    int rc = dom_store_create(w->config.domain, cmd->store_id, cmd->name, cmd->latency_ms, &index);
     if (rc != 0) {
         const char *why = rc == SVC_ESTORE_EXISTS ? "a store with this storeId exists"
                                                   : "the store table is full (STORES_MAX)";
@@ -459,14 +454,13 @@ static bool writer_apply_purchase(struct writer *w, struct command *cmd)
     int rc = dom_purchase(d, (uint32_t)product_index, store_index, cmd->policy, cmd->qty,
                           w->batch->now_ms, &item_index, &available);
     if (rc == SVC_EINSUFFICIENT_STOCK && cmd->style == CMD_STYLE_SEED004) {
-        writer_reply_seed004(cmd, 410, false, "SOLD OUT - No more inventory available",
-                             available);
+        writer_reply_seed004(cmd, 410, false, "SOLD OUT - No more inventory available", available);
         return false;
     }
     if (rc != 0) {
         SVC_ASSERT(rc == SVC_EINSUFFICIENT_STOCK);
-        writer_reply_problem(cmd, rc, "not enough available to sell this quantity",
-                             "available", available);
+        writer_reply_problem(cmd, rc, "not enough available to sell this quantity", "available",
+                             available);
         return false;
     }
     writer_order_rows(w, cmd, item_index);
@@ -554,28 +548,17 @@ static bool writer_apply_ticket_reset(struct writer *w, struct command *cmd)
 static bool writer_apply_kind(struct writer *w, struct command *cmd)
 {
     switch (cmd->kind) {
-    case CMD_STORE_CREATE:
-        return writer_apply_store_create(w, cmd);
-    case CMD_PRODUCT_CREATE:
-        return writer_apply_product_create(w, cmd);
-    case CMD_PURCHASE:
-        return writer_apply_purchase(w, cmd);
-    case CMD_ADJUST:
-        return writer_apply_adjust(w, cmd);
-    case CMD_TICKET_RESET:
-        return writer_apply_ticket_reset(w, cmd);
-    case CMD_SET_ABSOLUTE:
-        return writer_apply_set_absolute(w, cmd);
-    case CMD_RESERVE:
-        return writer_apply_reserve(w, cmd);
-    case CMD_CONFIRM:
-        return writer_apply_confirm(w, cmd);
-    case CMD_CANCEL:
-        return writer_apply_cancel(w, cmd);
-    case CMD_TRANSFER:
-        return writer_apply_transfer(w, cmd);
-    case CMD_RECONCILE:
-        return writer_apply_reconcile(w, cmd);
+    case CMD_STORE_CREATE: return writer_apply_store_create(w, cmd);
+    case CMD_PRODUCT_CREATE: return writer_apply_product_create(w, cmd);
+    case CMD_PURCHASE: return writer_apply_purchase(w, cmd);
+    case CMD_ADJUST: return writer_apply_adjust(w, cmd);
+    case CMD_TICKET_RESET: return writer_apply_ticket_reset(w, cmd);
+    case CMD_SET_ABSOLUTE: return writer_apply_set_absolute(w, cmd);
+    case CMD_RESERVE: return writer_apply_reserve(w, cmd);
+    case CMD_CONFIRM: return writer_apply_confirm(w, cmd);
+    case CMD_CANCEL: return writer_apply_cancel(w, cmd);
+    case CMD_TRANSFER: return writer_apply_transfer(w, cmd);
+    case CMD_RECONCILE: return writer_apply_reconcile(w, cmd);
     }
     SVC_UNREACHABLE();
 }
@@ -635,8 +618,7 @@ static void writer_reply_copy(struct command *cmd, int status, bool problem, con
     if (length > cmd->reply_capacity) {
         /* Same key and fingerprint means the same request, so the same reply buffer class;
          * only a 64-bit fingerprint collision gets here. Refuse rather than truncate. */
-        writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request", NULL,
-                             0);
+        writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request", NULL, 0);
         return;
     }
     cmd->reply_status = status;
@@ -659,8 +641,8 @@ static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
         const struct command *first = b->commands[earlier];
         SVC_ASSERT((size_t)earlier < index);
         if (first->fingerprint != cmd->fingerprint) {
-            writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request",
-                                 NULL, 0);
+            writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request", NULL,
+                                 0);
             return WRITER_OUTCOME_NONE;
         }
         writer_reply_copy(cmd, first->reply_status, first->reply_problem, first->reply_body,
@@ -674,8 +656,7 @@ static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
         return WRITER_OUTCOME_NONE;
     }
     if (rc == 1 && found.fingerprint != cmd->fingerprint) {
-        writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request", NULL,
-                             0);
+        writer_reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request", NULL, 0);
         return WRITER_OUTCOME_NONE;
     }
     if (rc == 1) {
@@ -693,9 +674,8 @@ static void writer_idem_row(struct writer *w, const struct command *cmd)
     SVC_ASSERT(cmd->has_idem_key);
     SVC_ASSERT(b->rows.idem_count < b->command_count);
     b->idems[b->rows.idem_count++] =
-        (struct row_idem){cmd->principal, cmd->idem_key,   cmd->fingerprint,
-                          cmd->reply_status, cmd->reply_problem, cmd->reply_body,
-                          cmd->reply_length, b->now_ms};
+        (struct row_idem){cmd->principal,     cmd->idem_key,   cmd->fingerprint,  cmd->reply_status,
+                          cmd->reply_problem, cmd->reply_body, cmd->reply_length, b->now_ms};
 }
 
 /* ---- the batch -------------------------------------------------------------------------- */
@@ -722,8 +702,8 @@ static void writer_apply(struct writer *w, size_t index)
     if (cmd->has_idem_key) {
         writer_idem_row(w, cmd);
     }
-    b->outcomes[index] = (changed || cmd->has_idem_key) ? WRITER_OUTCOME_FRESH
-                                                          : WRITER_OUTCOME_NONE;
+    b->outcomes[index] =
+        (changed || cmd->has_idem_key) ? WRITER_OUTCOME_FRESH : WRITER_OUTCOME_NONE;
 }
 
 static void writer_collect_items(struct writer *w)
@@ -828,14 +808,16 @@ static int writer_attempt(struct writer *w)
     }
     writer_collect_items(w);
     bool has_rows = b->rows.idem_count + b->rows.event_count + b->rows.item_count +
-                        b->rows.order_count + b->rows.reservation_count > 0;
+                        b->rows.order_count + b->rows.reservation_count >
+                    0;
     int64_t t2 = clock_mono_us();
     /* A shared backend's transaction is open since the prepare: always end it. */
     int rc = has_rows || shared ? store_commit_batch(w->config.store, &b->rows) : 0;
     int64_t t3 = clock_mono_us();
     if (t3 - t0 >= WRITER_SLOW_BATCH_US) {
         log_warn("writer: slow batch of %zu commands: prepare %lld us, apply %lld us, commit"
-                 " %lld us", b->command_count, (long long)(t1 - t0), (long long)(t2 - t1),
+                 " %lld us",
+                 b->command_count, (long long)(t1 - t0), (long long)(t2 - t1),
                  (long long)(t3 - t2));
     }
     return rc;
@@ -918,8 +900,8 @@ static size_t writer_batch_fit(struct writer *w, struct command **commands, size
 {
     size_t weight = 0;
     size_t fit = 0;
-    while (fit < count && weight + writer_command_weight(w, commands[fit]) <=
-                              WRITER_COMMAND_WEIGHT_MAX) {
+    while (fit < count &&
+           weight + writer_command_weight(w, commands[fit]) <= WRITER_COMMAND_WEIGHT_MAX) {
         weight += writer_command_weight(w, commands[fit]);
         fit++;
     }

@@ -30,7 +30,7 @@ struct writer_config {
     struct domain *domain; /* borrowed; the writer is its only mutator */
     struct queue *queue;   /* borrowed; the writer is its only consumer */
     int64_t idem_retention_ms;
-    int64_t (*wall_ms)(void);  /* injectable clock (tests run on fake time) */
+    int64_t (*wall_ms)(void); /* injectable clock (tests run on fake time) */
     void *reply_context;
     /* Hands a finished command back to its owner; called on the writer thread. */
     void (*reply)(struct command *cmd, void *reply_context);
@@ -66,14 +66,14 @@ struct writer {
     int64_t event_seq;          /* last event number used (working) */
     int64_t order_seq_committed;
     int64_t event_seq_committed;
-    int64_t reservation_seq;    /* last reservation number used (working) */
+    int64_t reservation_seq; /* last reservation number used (working) */
     int64_t reservation_seq_committed;
     struct res_table reservations; /* ACTIVE reservations and their expiry heap */
-    int64_t prune_due_ms;       /* wall time of the next idempotency pruning */
+    int64_t prune_due_ms;          /* wall time of the next idempotency pruning */
     pthread_t thread;
     bool started;
     _Atomic bool stopping;
-    _Atomic bool storage_ok;    /* false after a failed commit, until one succeeds */
+    _Atomic bool storage_ok; /* false after a failed commit, until one succeeds */
     struct writer_stats stats;
 };
 

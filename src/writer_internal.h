@@ -40,7 +40,7 @@ _Static_assert(WRITER_EXPIRY_EVENTS_MAX >= 1 + CMD_LINES_MAX, "any one expiry fi
 #define WRITER_SWEEP_INTERVAL_MS 1000
 #define WRITER_SWEEP_GRACE_MS 1000
 #define WRITER_ADOPT_MAX 256
-_Static_assert(WRITER_ADOPT_MAX * (1 + CMD_LINES_MAX) <= 32 * WRITER_EXPIRY_EVENTS_MAX,
+_Static_assert(WRITER_ADOPT_MAX *(1 + CMD_LINES_MAX) <= 32 * WRITER_EXPIRY_EVENTS_MAX,
                "adopted reservations expire over a few batches");
 
 /* A batch slower than this is logged with where its time went (prepare, apply, commit). */
@@ -66,15 +66,15 @@ struct writer_shared {
     uint32_t loading_count;
     int64_t adopt[WRITER_ADOPT_MAX]; /* expired reservations no instance expired (the sweep) */
     uint32_t adopt_count;
-    int64_t sweep_due_ms;            /* wall ms of the next sweep */
+    int64_t sweep_due_ms; /* wall ms of the next sweep */
 };
 
 /* What a command's reply depends on, for the failure path. */
 enum writer_outcome {
-    WRITER_OUTCOME_NONE = 0,     /* refused; stands only if the batch commits */
-    WRITER_OUTCOME_FRESH,        /* applied in this batch: reply only if the batch commits */
-    WRITER_OUTCOME_STORED_REPLAY,/* replayed from storage: reply stands */
-    WRITER_OUTCOME_BATCH_REPLAY, /* copied from an earlier command of this batch */
+    WRITER_OUTCOME_NONE = 0,      /* refused; stands only if the batch commits */
+    WRITER_OUTCOME_FRESH,         /* applied in this batch: reply only if the batch commits */
+    WRITER_OUTCOME_STORED_REPLAY, /* replayed from storage: reply stands */
+    WRITER_OUTCOME_BATCH_REPLAY,  /* copied from an earlier command of this batch */
 };
 
 struct writer_batch {
@@ -88,17 +88,16 @@ struct writer_batch {
     struct row_reservation_line reservation_lines[WRITER_EVENTS_MAX];
     struct store_batch rows;
     enum writer_outcome outcomes[BATCH_COMMANDS_MAX];
-    int16_t idem_slots[WRITER_IDEM_SLOTS]; /* command index + 1; 0 = empty */
+    int16_t idem_slots[WRITER_IDEM_SLOTS];  /* command index + 1; 0 = empty */
     uint32_t idem_used[BATCH_COMMANDS_MAX]; /* slots to clear at reset */
     uint32_t idem_used_count;
     struct command **commands; /* the batch in hand, borrowed for the batch */
     size_t command_count;
-    char *arena;               /* BATCH_ARENA_BYTES, owned */
+    char *arena; /* BATCH_ARENA_BYTES, owned */
     size_t arena_used;
-    int64_t now_ms;            /* wall time of the batch: one clock read per batch */
+    int64_t now_ms; /* wall time of the batch: one clock read per batch */
     struct writer_shared shared;
 };
-
 
 /* Starts a JSON text in the batch arena; finish with writer_arena_finish. */
 void writer_arena_begin(struct writer_batch *b, struct jbuf *out);
@@ -111,8 +110,8 @@ struct row_event *writer_event(struct writer *w, const char *type, const char *s
 void writer_stock_event(struct writer *w, const char *type, uint32_t item_index, int64_t delta,
                         int64_t reserved_delta, const struct jbuf *prefix_members);
 /* Sets a problem+json reply for err. */
-void writer_reply_problem(struct command *cmd, int err, const char *detail,
-                          const char *extra_key, int64_t extra_value);
+void writer_reply_problem(struct command *cmd, int err, const char *detail, const char *extra_key,
+                          int64_t extra_value);
 /* Starts and ends a JSON success body in the command's reply buffer. */
 void writer_reply_begin(struct command *cmd, int status, struct jbuf *out);
 void writer_reply_end(struct command *cmd, struct jbuf *body);

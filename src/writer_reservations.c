@@ -24,8 +24,7 @@ static void reservation_id(int64_t seq, char out[32])
 }
 
 /* Writes the reservation's members (no braces) into b: the reply and the events share them. */
-static void reservation_members(const struct writer *w, const struct reservation *r,
-                                struct jbuf *b)
+static void reservation_members(const struct writer *w, const struct reservation *r, struct jbuf *b)
 {
     const struct domain *d = w->config.domain;
     char id[32];
@@ -64,9 +63,11 @@ static void reservation_rows(struct writer *w, const struct reservation *r, cons
     struct writer_batch *b = w->batch;
     const struct domain *d = w->config.domain;
     SVC_ASSERT(b->rows.reservation_count < WRITER_RESERVATION_ROWS_MAX);
-    b->reservations[b->rows.reservation_count++] = (struct row_reservation){
-        r->seq, d->stores[r->store_index].id, r->customer_id, res_status_name(r->status),
-        r->expires_at_ms, r->version, r->created_at_ms, b->now_ms};
+    b->reservations[b->rows.reservation_count++] =
+        (struct row_reservation){r->seq,           d->stores[r->store_index].id,
+                                 r->customer_id,   res_status_name(r->status),
+                                 r->expires_at_ms, r->version,
+                                 r->created_at_ms, b->now_ms};
     struct jbuf data;
     writer_arena_begin(b, &data);
     jbuf_lit(&data, "{");
@@ -89,8 +90,7 @@ static void reservation_move(struct writer *w, const struct reservation *r, cons
         int32_t item = dom_item_find(d, r->store_index, r->lines[i].product_index);
         SVC_ASSERT(item >= 0); /* a reservation holds units of an existing item */
         int64_t qty = r->lines[i].qty;
-        dom_item_move(d, (uint32_t)item, sign_on_hand * qty, sign_reserved * qty,
-                      w->batch->now_ms);
+        dom_item_move(d, (uint32_t)item, sign_on_hand * qty, sign_reserved * qty, w->batch->now_ms);
         char members[REASON_BYTES_MAX * 6 + 96];
         struct jbuf prefix;
         jbuf_init(&prefix, members, sizeof members);
@@ -224,8 +224,8 @@ static int32_t reserve_store(struct writer *w, struct command *cmd, const struct
 {
     const struct domain *d = w->config.domain;
     uint32_t count = cmd->lines->count;
-    int32_t store = cmd->has_store ? dom_store_find(d, cmd->store_id)
-                                   : reserve_choose_store(d, lines, count);
+    int32_t store =
+        cmd->has_store ? dom_store_find(d, cmd->store_id) : reserve_choose_store(d, lines, count);
     if (cmd->has_store && store < 0) {
         writer_reply_problem(cmd, SVC_EUNKNOWN_STORE, cmd->store_id, NULL, 0);
         return -1;
@@ -298,15 +298,14 @@ static void reservation_refuse(struct writer *w, struct command *cmd, const stru
     if (r != NULL) {
         snprintf(status, sizeof status, "%s", res_status_name(r->status));
     } else {
-        int rc = store_reservation_status(w->config.store, cmd->reservation_seq, status,
-                                          &version);
+        int rc = store_reservation_status(w->config.store, cmd->reservation_seq, status, &version);
         if (rc < 0) {
             writer_reply_problem(cmd, SVC_ESTORAGE_UNAVAILABLE, NULL, NULL, 0);
             return;
         }
         if (rc == 0) {
-            writer_reply_problem(cmd, SVC_EUNKNOWN_RESERVATION, "no reservation with this id",
-                                 NULL, 0);
+            writer_reply_problem(cmd, SVC_EUNKNOWN_RESERVATION, "no reservation with this id", NULL,
+                                 0);
             return;
         }
     }
@@ -321,8 +320,7 @@ static void reservation_refuse(struct writer *w, struct command *cmd, const stru
 
 /* The ACTIVE reservation cmd names, or NULL with the reply set. One past its expiry is
  * expired first, which changes state: *changed tells the caller. */
-static struct reservation *reservation_target(struct writer *w, struct command *cmd,
-                                              bool *changed)
+static struct reservation *reservation_target(struct writer *w, struct command *cmd, bool *changed)
 {
     SVC_ASSERT(cmd->reservation_seq >= 1);
     *changed = false;

@@ -89,8 +89,8 @@ static void writer_shared_keys(struct writer *w)
     struct writer_batch *b = w->batch;
     struct writer_shared *k = &b->shared;
     k->item_count = k->store_count = k->sku_count = k->idem_count = 0;
-    k->reservation_count = res_due_seqs(&w->reservations, b->now_ms, k->reservation_seqs,
-                                        WRITER_EXPIRY_EVENTS_MAX);
+    k->reservation_count =
+        res_due_seqs(&w->reservations, b->now_ms, k->reservation_seqs, WRITER_EXPIRY_EVENTS_MAX);
     for (size_t i = 0; i < b->command_count; i++) {
         const struct command *cmd = b->commands[i];
         if (cmd->has_idem_key) {
@@ -113,8 +113,7 @@ static void writer_shared_keys(struct writer *w)
 
 /* ---- fresh rows ------------------------------------------------------------------------- */
 
-static int shared_fresh_store(void *context, const char *id, const char *name,
-                              int64_t latency_ms)
+static int shared_fresh_store(void *context, const char *id, const char *name, int64_t latency_ms)
 {
     struct writer *w = context;
     if (dom_store_find(w->config.domain, id) >= 0) {
@@ -132,9 +131,8 @@ static int shared_fresh_product(void *context, const char *sku, const char *name
     return dom_load_product(w->config.domain, sku, name);
 }
 
-static int shared_fresh_item(void *context, const char *store_id, const char *sku,
-                             int64_t on_hand, int64_t reserved, int64_t version, int64_t sold,
-                             int64_t updated_at_ms)
+static int shared_fresh_item(void *context, const char *store_id, const char *sku, int64_t on_hand,
+                             int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
 {
     struct writer *w = context;
     return dom_refresh_item(w->config.domain, store_id, sku, on_hand, reserved, version, sold,
@@ -143,8 +141,8 @@ static int shared_fresh_item(void *context, const char *store_id, const char *sk
 
 /* An ACTIVE reservation: one this instance does not hold (another made it) is loaded. */
 static int shared_fresh_reservation(void *context, int64_t seq, const char *store_id,
-                                    const char *customer_id, int64_t expires_at_ms,
-                                    int64_t version, int64_t created_at_ms)
+                                    const char *customer_id, int64_t expires_at_ms, int64_t version,
+                                    int64_t created_at_ms)
 {
     struct writer *w = context;
     struct writer_shared *k = &w->batch->shared;
@@ -202,10 +200,17 @@ int writer_shared_prepare(struct writer *w)
         int64_t applied = w->config.applied_seq(w->config.committed_context);
         seen = applied > seen ? applied : seen; /* the follower brought those already */
     }
-    struct store_batch_keys keys = {k->items,     k->item_count,  k->reservation_seqs,
-                                    k->reservation_count,         k->store_ids,
-                                    k->store_count, k->skus,      k->sku_count,
-                                    k->idems,     k->idem_count,  seen};
+    struct store_batch_keys keys = {k->items,
+                                    k->item_count,
+                                    k->reservation_seqs,
+                                    k->reservation_count,
+                                    k->store_ids,
+                                    k->store_count,
+                                    k->skus,
+                                    k->sku_count,
+                                    k->idems,
+                                    k->idem_count,
+                                    seen};
     struct store_loader fresh = {w,
                                  shared_fresh_store,
                                  shared_fresh_product,

@@ -100,8 +100,8 @@ bool writer_apply_set_absolute(struct writer *w, struct command *cmd)
     }
     int64_t delta = cmd->qty - stock_on_hand(d, (uint32_t)store, (uint32_t)product);
     uint32_t item_index = 0;
-    int rc = dom_adjust(d, (uint32_t)store, (uint32_t)product, delta, w->batch->now_ms,
-                        &item_index);
+    int rc =
+        dom_adjust(d, (uint32_t)store, (uint32_t)product, delta, w->batch->now_ms, &item_index);
     if (rc != 0) {
         writer_reply_problem(cmd, rc, "stock limit reached", NULL, 0);
         return false;
@@ -190,11 +190,10 @@ bool writer_apply_transfer(struct writer *w, struct command *cmd)
         jbuf_kv_int(&prefix, "qty", lines[k].qty);
         jbuf_kv_str(&prefix, "fromStore", cmd->store_id);
         jbuf_kv_str(&prefix, "toStore", cmd->to_store_id);
-        writer_stock_event(w, "StockTransferredOut", (uint32_t)out_item, -lines[k].qty, 0,
-                           &prefix);
+        writer_stock_event(w, "StockTransferredOut", (uint32_t)out_item, -lines[k].qty, 0, &prefix);
         uint32_t in_item = 0;
-        int rc = dom_adjust(d, (uint32_t)to, lines[k].product_index, lines[k].qty,
-                            w->batch->now_ms, &in_item);
+        int rc = dom_adjust(d, (uint32_t)to, lines[k].product_index, lines[k].qty, w->batch->now_ms,
+                            &in_item);
         SVC_ASSERT(rc == 0); /* room was checked by transfer_check */
         writer_stock_event(w, "StockTransferredIn", in_item, lines[k].qty, 0, &prefix);
     }

@@ -28,12 +28,12 @@
 #define SIM_STEPS 3000
 #define SIM_STORES 3
 #define SIM_SKUS 4
-#define SIM_KEYS 80000           /* idempotency keys a run may use: "k<index>" */
+#define SIM_KEYS 80000 /* idempotency keys a run may use: "k<index>" */
 #define SIM_ITEMS_MAX (SIM_STORES * SIM_SKUS)
 #define SIM_ORDERS_MAX (SIM_STEPS * 40)
 #define SIM_RESERVATIONS_MAX (SIM_STEPS * 40)
 #define SIM_BATCH_MAX 48
-#define SIM_FAIL_PERCENT 7       /* commits that fail on purpose */
+#define SIM_FAIL_PERCENT 7 /* commits that fail on purpose */
 
 static uint64_t sim_seed;
 static uint64_t sim_rng;
@@ -57,13 +57,13 @@ static int64_t sim_wall_ms(void)
     return sim_now_ms;
 }
 
-#define SIM_CHECK(cond)                                                                       \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            fprintf(stderr, "sim_writer: %s:%d: check failed: %s\nseed=%llu\n", __FILE__,     \
-                    __LINE__, #cond, (unsigned long long)sim_seed);                           \
-            exit(1);                                                                          \
-        }                                                                                     \
+#define SIM_CHECK(cond)                                                                   \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
+            fprintf(stderr, "sim_writer: %s:%d: check failed: %s\nseed=%llu\n", __FILE__, \
+                    __LINE__, #cond, (unsigned long long)sim_seed);                       \
+            exit(1);                                                                      \
+        }                                                                                 \
     } while (0)
 
 /* ---- sim_store: an in-memory backend with the database's constraints ---------------------- */
@@ -102,11 +102,11 @@ struct sim_store {
     int sku_count;
     struct sim_item items[SIM_ITEMS_MAX];
     int item_count;
-    struct sim_idem *idems;                 /* SIM_KEYS */
-    bool *orders;                           /* SIM_ORDERS_MAX: order seq exists */
+    struct sim_idem *idems; /* SIM_KEYS */
+    bool *orders;           /* SIM_ORDERS_MAX: order seq exists */
     int64_t order_max;
     int64_t event_max;
-    struct sim_reservation *reservations;   /* SIM_RESERVATIONS_MAX, index = seq */
+    struct sim_reservation *reservations; /* SIM_RESERVATIONS_MAX, index = seq */
     int64_t reservation_max;
     char found_body[REPLY_BODY_BYTES_MAX];
 };
@@ -151,10 +151,9 @@ static int sim_load(struct store *base, const struct store_loader *loader,
     for (int64_t seq = 1; rc == 0 && seq <= sim.reservation_max; seq++) {
         const struct sim_reservation *r = &sim.reservations[seq];
         if (strcmp(r->status, "ACTIVE") == 0) {
-            rc = loader->on_reservation(loader->context, seq, r->store_id, "cust",
-                                        r->expires_at_ms, r->version, r->created_at_ms);
-            rc = rc == 0 ? loader->on_reservation_line(loader->context, seq, r->sku, r->qty)
-                         : rc;
+            rc = loader->on_reservation(loader->context, seq, r->store_id, "cust", r->expires_at_ms,
+                                        r->version, r->created_at_ms);
+            rc = rc == 0 ? loader->on_reservation_line(loader->context, seq, r->sku, r->qty) : rc;
         }
     }
     *out = (struct store_sequences){sim.order_max, sim.event_max, sim.reservation_max};
@@ -295,7 +294,7 @@ static int sim_commit_batch(struct store *base, const struct store_batch *b)
     }
     sim_commit_records(b); /* stores and products before the items that name them */
     sim_commit_items(b);
-    sim_commit_events(b);  /* stock events after the items they move */
+    sim_commit_events(b); /* stock events after the items they move */
     sim_commit_reservations(b);
     return 0;
 }
@@ -335,16 +334,16 @@ struct sim_key { /* what a key was first sent with, and its first stored answer 
     bool answered;
     int status;
     size_t length;
-    uint64_t body_hash;    /* FNV-1a of the first stored answer */
+    uint64_t body_hash; /* FNV-1a of the first stored answer */
 };
 
 struct sim_driver {
     struct domain *domain;
     struct queue queue;
     struct writer writer;
-    struct sim_key *keys;  /* SIM_KEYS */
+    struct sim_key *keys; /* SIM_KEYS */
     uint32_t key_count;
-    bool *acked_orders;    /* SIM_ORDERS_MAX: a 201 named this order */
+    bool *acked_orders; /* SIM_ORDERS_MAX: a 201 named this order */
     int64_t acked_count;
     struct command *replied[SIM_BATCH_MAX];
     size_t reply_count;
@@ -416,10 +415,9 @@ static uint32_t sim_new_key(void)
     SIM_CHECK(drv.key_count < SIM_KEYS);
     struct sim_key *k = &drv.keys[drv.key_count];
     memset(k, 0, sizeof *k);
-    static const enum cmd_kind kinds[] = {CMD_PURCHASE, CMD_PURCHASE, CMD_PURCHASE,
-                                          CMD_PURCHASE, CMD_ADJUST,   CMD_ADJUST,
-                                          CMD_RESERVE,  CMD_RESERVE,  CMD_CONFIRM,
-                                          CMD_CANCEL};
+    static const enum cmd_kind kinds[] = {CMD_PURCHASE, CMD_PURCHASE, CMD_PURCHASE, CMD_PURCHASE,
+                                          CMD_ADJUST,   CMD_ADJUST,   CMD_RESERVE,  CMD_RESERVE,
+                                          CMD_CONFIRM,  CMD_CANCEL};
     k->kind = kinds[sim_below(sizeof kinds / sizeof kinds[0])];
     bool any_store = k->kind == CMD_PURCHASE && sim_below(2) == 0;
     if (!any_store) {
@@ -450,8 +448,7 @@ static void sim_check_reply(const struct command *cmd)
     if (k->answered) {
         drv.stats_replays++;
         SIM_CHECK(cmd->reply_status == k->status && cmd->reply_length == k->length);
-        SIM_CHECK(hash_fnv1a(HASH_FNV_OFFSET, cmd->reply_body, cmd->reply_length) ==
-                  k->body_hash);
+        SIM_CHECK(hash_fnv1a(HASH_FNV_OFFSET, cmd->reply_body, cmd->reply_length) == k->body_hash);
         return;
     }
     k->answered = true;

@@ -92,8 +92,8 @@ static void gen_stock(struct gen *g, const char *type, int s, int k, int64_t del
     struct row_event *e = gen_event(g, type, g->store_ids[s], g->skus[k]);
     char text[GEN_JSON_BYTES]; /* formatted apart: the sources live in *g too */
     snprintf(text, sizeof text,
-             "{%s\"storeId\":\"%s\",\"sku\":\"%s\",\"delta\":%" PRId64 ",\"reservedDelta\":%"
-             PRId64 ",\"onHand\":%" PRId64 ",\"reserved\":%" PRId64 ",\"version\":%" PRId64 "}",
+             "{%s\"storeId\":\"%s\",\"sku\":\"%s\",\"delta\":%" PRId64 ",\"reservedDelta\":%" PRId64
+             ",\"onHand\":%" PRId64 ",\"reserved\":%" PRId64 ",\"version\":%" PRId64 "}",
              extra, g->store_ids[s], g->skus[k], delta, reserved_delta, g->on_hand[s][k],
              g->reserved[s][k], g->version[s][k]);
     memcpy((char *)e->data_json, text, sizeof text);
@@ -110,10 +110,9 @@ static void gen_catalog(struct gen *g)
     for (int s = 1; s < GEN_STORES; s++) {
         struct row_event *e = gen_event(g, "StoreCreated", g->store_ids[s], NULL);
         char text[GEN_JSON_BYTES]; /* formatted apart: the sources live in *g too */
-    snprintf(text, sizeof text,
-                 "{\"storeId\":\"%s\",\"name\":\"Store %d\",\"latencyMs\":%d}", g->store_ids[s],
-                 s + 1, 10 * s);
-    memcpy((char *)e->data_json, text, sizeof text);
+        snprintf(text, sizeof text, "{\"storeId\":\"%s\",\"name\":\"Store %d\",\"latencyMs\":%d}",
+                 g->store_ids[s], s + 1, 10 * s);
+        memcpy((char *)e->data_json, text, sizeof text);
     }
     for (int k = 0; k < GEN_SKUS; k++) {
         char extra[64];
@@ -253,8 +252,8 @@ static void assert_matches_model(struct projector *p, const struct gen *g)
             int32_t product_index = projector_product_find(v, g->skus[k]);
             struct projector_item item;
             ASSERT_GE_INT(product_index, 0);
-            bool found = projector_item_get(v, (uint32_t)product_index, (uint32_t)store_index,
-                                            &item);
+            bool found =
+                projector_item_get(v, (uint32_t)product_index, (uint32_t)store_index, &item);
             ASSERT_EQ_INT(found, g->version[s][k] > 0);
             if (found) {
                 ASSERT_EQ_INT(item.on_hand, g->on_hand[s][k]);
@@ -299,12 +298,22 @@ static void test_synthetic_batches(void **state)
     ASSERT_EQ_UINT(projector_dropped_count(v), 0);
     projector_read_end(&p, v);
     /* An impossible item and unparsable data are counted, logged and skipped, not applied. */
-    struct row_event bad = {.seq = f->gen.seq + 1, .event_type = "StockAdjusted",
-                            .event_version = 1, .occurred_at_ms = T0_MS, .store_id = "S1",
-                            .sku = "K0", .data_json = "{}", .is_stock = true, .on_hand = 1,
-                            .reserved = 2, .version = 9};
-    struct row_event junk = {.seq = f->gen.seq + 2, .event_type = "StoreCreated",
-                             .event_version = 1, .occurred_at_ms = T0_MS, .store_id = "S9",
+    struct row_event bad = {.seq = f->gen.seq + 1,
+                            .event_type = "StockAdjusted",
+                            .event_version = 1,
+                            .occurred_at_ms = T0_MS,
+                            .store_id = "S1",
+                            .sku = "K0",
+                            .data_json = "{}",
+                            .is_stock = true,
+                            .on_hand = 1,
+                            .reserved = 2,
+                            .version = 9};
+    struct row_event junk = {.seq = f->gen.seq + 2,
+                             .event_type = "StoreCreated",
+                             .event_version = 1,
+                             .occurred_at_ms = T0_MS,
+                             .store_id = "S9",
                              .data_json = "not json"};
     projector_apply(&p, &bad, 1);
     projector_apply(&p, &junk, 1);
@@ -428,8 +437,8 @@ struct watcher {
     struct projector *p;
     _Atomic bool stop;
     uint64_t reads;
-    uint64_t torn;       /* reads where onHand != 2 * reserved (the applier keeps it so) */
-    uint64_t backwards;  /* versions that went down */
+    uint64_t torn;      /* reads where onHand != 2 * reserved (the applier keeps it so) */
+    uint64_t backwards; /* versions that went down */
 };
 
 static void *watcher_main(void *arg)
@@ -462,12 +471,19 @@ static void test_readers_never_see_torn_items(void **state)
     static char json[64];
     strcpy(json, "{}");
     for (int64_t i = 1; i <= 20000; i++) {
-        struct row_event e = {.seq = 1 + i, .event_type = i == 1 ? "ProductCreated"
-                                                                 : "StockAdjusted",
-                              .event_version = 1, .occurred_at_ms = T0_MS + i,
-                              .store_id = "S1", .sku = "W", .data_json = json,
-                              .is_stock = true, .delta = 2, .reserved_delta = 1,
-                              .on_hand = 2 * i, .reserved = i, .version = i};
+        struct row_event e = {.seq = 1 + i,
+                              .event_type = i == 1 ? "ProductCreated" : "StockAdjusted",
+                              .event_version = 1,
+                              .occurred_at_ms = T0_MS + i,
+                              .store_id = "S1",
+                              .sku = "W",
+                              .data_json = json,
+                              .is_stock = true,
+                              .delta = 2,
+                              .reserved_delta = 1,
+                              .on_hand = 2 * i,
+                              .reserved = i,
+                              .version = i};
         projector_apply(&p, &e, 1);
     }
     atomic_store(&w.stop, true);

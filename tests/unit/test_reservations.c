@@ -117,8 +117,8 @@ static void test_create_and_find(void **state)
 static bool in_window(uint32_t home)
 {
     uint32_t end_distance = (home + WINDOW) & (RESERVATION_SLOTS - 1);
-    return end_distance < 2 * WINDOW || (home >= RESERVATION_SLOTS / 2 &&
-                                         home < RESERVATION_SLOTS / 2 + WINDOW);
+    return end_distance < 2 * WINDOW ||
+           (home >= RESERVATION_SLOTS / 2 && home < RESERVATION_SLOTS / 2 + WINDOW);
 }
 
 static void test_index_colliding_random(void **state)
@@ -253,8 +253,7 @@ static void test_heap_order_and_stale_entries(void **state)
             want[seq] = 0;
             ended++;
             break;
-        default:
-            break;
+        default: break;
         }
     }
     res_commit(t);
@@ -291,7 +290,7 @@ static void test_heap_order_and_stale_entries(void **state)
             ASSERT_GE_INT(r->expires_at_ms, last);
             ASSERT_EQ_INT(r->expires_at_ms, want[r->seq]);
             last = r->expires_at_ms;
-            want[r->seq] = -1; /* popped */
+            want[r->seq] = -1;         /* popped */
             finish(t, r, RES_EXPIRED); /* as the writer does at once */
             popped++;
         }
