@@ -4,6 +4,9 @@
 DATA_DIR ?= ./data
 ARGS ?=
 
+# The C files clang-format keeps (scripts/run-tests.sh checks them).
+C_SOURCES = src/*.[ch] tests/unit/*.[ch] tests/sim/*.c fuzz/*.c bench/*.c
+
 .PHONY: run build test test-asan test-tsan test-release tidy format bench clean deps
 
 run:
@@ -23,7 +26,7 @@ tidy:
 	python3 tools/tidy.py
 
 format:
-	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h
+	clang-format -i $(C_SOURCES)
 
 bench:
 	@scripts/install-deps.sh bench
