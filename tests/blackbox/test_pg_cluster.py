@@ -606,6 +606,41 @@ def test_pg_frozen_server():
         s.stop()
 
 
+def test_pg_reservations_across_instances():
+    """A reservation made on one instance is confirmed on another (which loads it under
+    lock), and the first then sees it ended; a reservation whose instance is killed for good
+    is expired by the surviving one once overdue, and its units are available again."""
+    db = new_pg_database()
+    a = start_stockd(pg_db=db)
+    b = start_stockd(pg_db=db)
+    try:
+        make_product(a, "RSV", 10)
+        with a.client() as ca, b.client() as cb:
+            r = ca.post("/v1/reservations", {"storeId": "S1", "customerId": "c-r", "ttlSeconds":
+                                             600, "lines": [{"sku": "RSV", "qty": 3}]},
+                        key=new_key("rsv"))
+            check_status(r, 201, "reserve on A")
+            first = r.json["reservationId"]
+            r = cb.post("/v1/reservations/%s:confirm" % first, {}, key=new_key("conf"))
+            check_status(r, 200, "confirm on B of A's reservation")
+            check_eq(r.json["status"], "CONFIRMED", "status after the confirm on B")
+            r = ca.post("/v1/reservations/%s:cancel" % first, {"reason": "late"},
+                        key=new_key("canc"))
+            check_problem(r, 409, "reservation_not_active", "cancel on A after B confirmed")
+            r = ca.post("/v1/reservations", {"storeId": "S1", "customerId": "c-r", "ttlSeconds":
+                                             1, "lines": [{"sku": "RSV", "qty": 4}]},
+                        key=new_key("rsv"))
+            check_status(r, 201, "a short reservation on A")
+        a.kill9()  # A never comes back: B must expire A's reservation
+        wait_on_hand([b], "RSV", 7, "after B expired the reservation of the killed A")
+        check_eq(psql("SELECT status FROM reservations ORDER BY reservation_seq", db=db),
+                 [["CONFIRMED"], ["EXPIRED"]], "stored reservation statuses")
+        audit_events(b)
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_pg_unique_violation_retries_batch():
     """A unique violation on an idempotency key at commit makes the writer run the batch again,
     which then answers from the record that won. The race is staged: another session holds
@@ -663,5 +698,5 @@ if __name__ == "__main__":
     main([test_pg_three_instances_no_oversell, test_pg_duplicate_key_two_instances,
           test_pg_kill9_during_load, test_pg_restart_during_load,
           test_pg_unique_violation_retries_batch, test_pg_read_your_writes_across_instances,
-          test_pg_frozen_server],
+          test_pg_frozen_server, test_pg_reservations_across_instances],
          needs_pg=True)
