@@ -443,28 +443,25 @@ static bool dom_stored_item_valid(int64_t on_hand, int64_t reserved, int64_t ver
            sold >= 0;
 }
 
-int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
-                  int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
+/* Sets an item to stored values (its store's total follows). */
+static void dom_item_set_stored(struct domain *d, struct dom_item *item, int64_t on_hand,
+                                int64_t reserved, int64_t version, int64_t sold,
+                                int64_t updated_at_ms)
 {
-    int32_t store_index = dom_store_find(d, store_id);
-    int32_t product_index = dom_product_find(d, sku);
-    if (store_index < 0 || product_index < 0 ||
-        !dom_stored_item_valid(on_hand, reserved, version, sold)) {
-        return SVC_EVALIDATION;
-    }
-    uint32_t index = 0;
-    int rc = dom_item_create(d, (uint32_t)store_index, (uint32_t)product_index, &index);
-    if (rc != 0) {
-        return rc;
-    }
-    struct dom_item *item = &d->items[index];
+    SVC_ASSERT(dom_stored_item_valid(on_hand, reserved, version, sold));
+    d->stores[item->store_index].on_hand_total += on_hand - item->on_hand;
     item->on_hand = on_hand;
     item->reserved = reserved;
     item->version = version;
     item->sold = sold;
     item->updated_at_ms = updated_at_ms;
-    d->stores[store_index].on_hand_total += on_hand;
-    return 0;
+    SVC_ASSERT(d->stores[item->store_index].on_hand_total >= on_hand);
+}
+
+int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
+                  int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
+{
+    return dom_refresh_item(d, store_id, sku, on_hand, reserved, version, sold, updated_at_ms);
 }
 
 int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
@@ -478,18 +475,16 @@ int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, in
     }
     int32_t index = atomic_load(&d->products[product_index].item_by_store[store_index]);
     if (index < 0) {
-        return dom_load_item(d, store_id, sku, on_hand, reserved, version, sold, updated_at_ms);
-    }
-    struct dom_item *item = &d->items[index];
-    if (item->version == version) {
+        uint32_t created = 0; /* marked dirty: the caller publishes it */
+        int rc = dom_item_create(d, (uint32_t)store_index, (uint32_t)product_index, &created);
+        if (rc != 0) {
+            return rc;
+        }
+        index = (int32_t)created;
+    } else if (d->items[index].version == version) {
         return 0; /* nobody else changed it */
     }
-    d->stores[store_index].on_hand_total += on_hand - item->on_hand;
-    item->on_hand = on_hand;
-    item->reserved = reserved;
-    item->version = version;
-    item->sold = sold;
-    item->updated_at_ms = updated_at_ms;
+    dom_item_set_stored(d, &d->items[index], on_hand, reserved, version, sold, updated_at_ms);
     dom_mark_dirty(d, (uint32_t)index); /* the caller publishes: committed state */
     return 0;
 }
