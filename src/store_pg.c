@@ -69,8 +69,8 @@ _Static_assert((PG_IDEM_SLOTS & (PG_IDEM_SLOTS - 1)) == 0, "slots: a power of tw
     X(IDEMS, "SELECT principal, idem_key, fingerprint, status, problem, body FROM idempotency" \
              " WHERE (principal, idem_key) IN"                                                 \
              " (SELECT * FROM unnest($1::text[], $2::text[]))")                                \
-    X(GAP_EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data" \
-                  " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")                       \
+    X(GAP_EVENTS,                                                                              \
+      "SELECT " PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")        \
     X(SEQUENCES, "SELECT (SELECT COALESCE(MAX(order_seq), 0) FROM orders),"                    \
                  " (SELECT COALESCE(MAX(seq), 0) FROM events),"                                \
                  " (SELECT COALESCE(MAX(reservation_seq), 0) FROM reservations)")              \
@@ -147,6 +147,7 @@ struct pg_store {
     struct store base; /* first: the backend's operations */
     struct pg_conn writer;
     bool in_transaction;                /* a prepared batch's transaction is open */
+    uint64_t transaction_connect;       /* writer.connects when it was opened */
     struct pg_text texts[PG_TEXTS_MAX]; /* owned parameter buffers, reused */
     int text_used;
     PGresult *idem_rows;               /* owned: the batch's prefetched idempotency records */
@@ -557,16 +558,8 @@ static void pg_feed_gap_events(struct pg_store *s, const PGresult *r,
     int n = PQntuples(r);
     SVC_ASSERT(n <= STORE_GAP_EVENTS_MAX);
     for (int i = 0; i < n; i++) {
-        struct row_event *row = &s->gap_events[i];
-        memset(row, 0, sizeof *row);
-        row->seq = pg_int(r, i, 0);
-        row->event_type = PQgetvalue(r, i, 1);
-        row->event_version = (int)pg_int(r, i, 2);
-        row->occurred_at_ms = pg_int(r, i, 3);
-        row->store_id = PQgetisnull(r, i, 4) ? NULL : PQgetvalue(r, i, 4);
-        row->sku = PQgetisnull(r, i, 5) ? NULL : PQgetvalue(r, i, 5);
-        row->data_json = PQgetvalue(r, i, 6);
-        SVC_ASSERT(i == 0 || row->seq > s->gap_events[i - 1].seq);
+        pg_row_event(r, i, &s->gap_events[i]);
+        SVC_ASSERT(i == 0 || s->gap_events[i].seq > s->gap_events[i - 1].seq);
     }
     if (n > 0) {
         fresh->on_events(fresh->context, s->gap_events, (size_t)n);
@@ -610,6 +603,7 @@ static int pg_prepare_batch(struct store *base, const struct store_batch_keys *k
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     s->in_transaction = true;
+    s->transaction_connect = s->writer.connects;
     for (int i = 0; rc == 0 && i < PG_PREP_COUNT; i++) {
         if (!pg_result_ok(r[i])) {
             log_error("postgres: prepare batch: %s", PQresultErrorMessage(r[i]));
@@ -682,14 +676,8 @@ static int pg_reservation_status(struct store *base, int64_t seq, char status_ou
     char seq_text[24];
     snprintf(seq_text, sizeof seq_text, "%" PRId64, seq);
     const char *values[] = {seq_text};
-    PGresult *r = NULL;
-    int rc = pg_conn_ready(&s->writer);
-    rc = rc == 0 ? pg_send(&s->writer, PG_STMT_FIND_RESERVATION, 1, values) : rc;
-    rc = rc == 0 ? pg_round_trip(&s->writer, &r, 1) : rc;
-    if (rc == 0 && !pg_result_ok(r)) {
-        log_error("postgres: find reservation: %s", PQresultErrorMessage(r));
-        rc = SVC_ESTORAGE_UNAVAILABLE;
-    }
+    PGresult *r = pg_exec(&s->writer, PG_STMT_FIND_RESERVATION, 1, values);
+    int rc = r != NULL ? 0 : SVC_ESTORAGE_UNAVAILABLE;
     if (rc == 0 && PQntuples(r) == 1) {
         snprintf(status_out, 16, "%s", PQgetvalue(r, 0, 0));
         *version_out = pg_int(r, 0, 1);
@@ -887,6 +875,12 @@ static int pg_commit_batch(struct store *base, const struct store_batch *batch)
     struct pg_store *s = (struct pg_store *)base;
     SVC_ASSERT(s->in_transaction); /* store_prepare_batch opened it */
     pg_idem_forget(s);
+    if (s->writer.conn == NULL || s->writer.connects != s->transaction_connect) {
+        /* The connection broke since the prepare (a lookup during apply reconnected): the
+         * locks and fresh reads are gone with it, so nothing may be written on the new one. */
+        s->in_transaction = false;
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
     s->text_used = 0;
     struct pg_write w[PG_PIPELINE_MAX];
     int n = pg_write_catalog(s, batch, w);
@@ -901,8 +895,7 @@ static int pg_commit_batch(struct store *base, const struct store_batch *batch)
     SVC_ASSERT(n <= PG_PIPELINE_MAX);
     int rc = 0;
     for (int i = 0; rc == 0 && i < n; i++) {
-        rc = s->writer.conn != NULL ? pg_send(&s->writer, w[i].which, w[i].count, w[i].values)
-                                    : SVC_ESTORAGE_UNAVAILABLE;
+        rc = pg_send(&s->writer, w[i].which, w[i].count, w[i].values);
     }
     PGresult *r[PG_PIPELINE_MAX];
     rc = rc == 0 ? pg_round_trip(&s->writer, r, n) : rc;
@@ -936,17 +929,8 @@ static int pg_run_limited(struct pg_store *s, enum pg_stmt which, int64_t before
     snprintf(before, sizeof before, "%" PRId64, before_ms);
     snprintf(count, sizeof count, "%d", limit);
     const char *values[] = {before, count};
-    *out = NULL;
-    int rc = pg_conn_ready(&s->writer);
-    rc = rc == 0 ? pg_send(&s->writer, which, 2, values) : rc;
-    rc = rc == 0 ? pg_round_trip(&s->writer, out, 1) : rc;
-    if (rc == 0 && !pg_result_ok(*out)) {
-        log_error("postgres: %s: %s", pg_statements[which].name, PQresultErrorMessage(*out));
-        PQclear(*out);
-        *out = NULL;
-        rc = SVC_ESTORAGE_UNAVAILABLE;
-    }
-    return rc;
+    *out = pg_exec(&s->writer, which, 2, values);
+    return *out != NULL ? 0 : SVC_ESTORAGE_UNAVAILABLE;
 }
 
 static int pg_idem_prune(struct store *base, int64_t before_ms, int max_rows)

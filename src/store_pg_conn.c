@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "errors.h"
 #include "log.h"
+#include "store.h"
 #include "svc_assert.h"
 
 void pg_conn_init(struct pg_conn *c, const char *uri, const char *role,
@@ -94,6 +95,7 @@ int pg_conn_ready(struct pg_conn *c)
         pg_conn_fail(c, "enter pipeline mode");
         return SVC_ESTORAGE_UNAVAILABLE;
     }
+    c->connects++;
     if (c->was_down) {
         log_info("postgres %s: connected again", c->role);
         c->was_down = false;
@@ -335,4 +337,18 @@ int64_t pg_int(const PGresult *r, int row, int column)
         return 0;
     }
     return strtoll(PQgetvalue(r, row, column), NULL, 10);
+}
+
+void pg_row_event(const PGresult *r, int i, struct row_event *out)
+{
+    SVC_ASSERT(i >= 0 && i < PQntuples(r) && PQnfields(r) == 7);
+    memset(out, 0, sizeof *out);
+    out->seq = pg_int(r, i, 0);
+    out->event_type = PQgetvalue(r, i, 1);
+    out->event_version = (int)pg_int(r, i, 2);
+    out->occurred_at_ms = pg_int(r, i, 3);
+    out->store_id = PQgetisnull(r, i, 4) ? NULL : PQgetvalue(r, i, 4);
+    out->sku = PQgetisnull(r, i, 5) ? NULL : PQgetvalue(r, i, 5);
+    out->data_json = PQgetvalue(r, i, 6);
+    SVC_ASSERT(out->seq >= 1);
 }

@@ -51,6 +51,7 @@ struct pg_conn {
     PGconn *conn;            /* owned; NULL while disconnected */
     int64_t next_attempt_ms; /* monotonic ms of the next reconnect attempt */
     bool was_down;           /* for the "reconnected" log line */
+    uint64_t connects;       /* successful connects: a transaction lives on one of them */
 };
 
 /* A growable text parameter: an array literal or a number. */
@@ -120,6 +121,11 @@ int pg_reader_idem(struct store_reader *r, const char *principal, const char *ke
 int pg_reader_wait(struct store_reader *r, int timeout_ms, int64_t *seq_out);
 /* The operations table of store_pg.c, which readers share. */
 extern const struct store_ops store_pg_ops;
+
+/* The event of row i of a result whose columns are PG_EVENT_COLUMNS. Its strings point into
+ * the result. */
+#define PG_EVENT_COLUMNS "seq, event_type, event_version, occurred_at_ms, store_id, sku, data"
+void pg_row_event(const PGresult *r, int i, struct row_event *out);
 
 /* Column helpers: an integer column (0 when NULL). */
 int64_t pg_int(const PGresult *r, int row, int column);

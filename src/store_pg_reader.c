@@ -19,18 +19,17 @@
 #include "store_pg_conn.h"
 #include "svc_assert.h"
 
-#define PG_READER_STMT_MAP(X)                                                              \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"         \
-             " FROM orders WHERE order_seq = $1")                                          \
-    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data" \
-              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"        \
-              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                 \
-    X(EVENTS_ALL, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku,"  \
-                  " data FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")                \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                 \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                 \
-            " WHERE principal = $1 AND idem_key = $2")                                     \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                   \
+#define PG_READER_STMT_MAP(X)                                                                     \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"                \
+             " FROM orders WHERE order_seq = $1")                                                 \
+    X(EVENTS, "SELECT " PG_EVENT_COLUMNS                                                          \
+              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"               \
+              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                        \
+    X(EVENTS_ALL, "SELECT " PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2") \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                        \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                        \
+            " WHERE principal = $1 AND idem_key = $2")                                            \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                          \
     X(LISTEN, "LISTEN stockd_events")
 
 enum pg_reader_stmt {
@@ -135,14 +134,7 @@ static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char
     *count_out = PQntuples(res);
     for (int i = 0; rc == 0 && i < *count_out; i++) {
         struct row_event row;
-        memset(&row, 0, sizeof row);
-        row.seq = pg_int(res, i, 0);
-        row.event_type = PQgetvalue(res, i, 1);
-        row.event_version = (int)pg_int(res, i, 2);
-        row.occurred_at_ms = pg_int(res, i, 3);
-        row.store_id = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
-        row.sku = PQgetisnull(res, i, 5) ? NULL : PQgetvalue(res, i, 5);
-        row.data_json = PQgetvalue(res, i, 6);
+        pg_row_event(res, i, &row);
         SVC_ASSERT(row.seq > *since);
         *since = row.seq;
         rc = each_event(context, &row);
