@@ -145,6 +145,8 @@ static void projection_reset(struct projection *v)
     SVC_ASSERT(atomic_load(&v->applied_seq) == 0);
 }
 
+static void projector_follow_chunk_free(struct projector *p);
+
 int projector_init(struct projector *p, const char *db_path)
 {
     SVC_ASSERT(p != NULL && db_path != NULL);
@@ -166,6 +168,8 @@ void projector_deinit(struct projector *p)
 {
     SVC_ASSERT(p != NULL);
     SVC_ASSERT(!atomic_load(&p->rebuilding));
+    SVC_ASSERT(!atomic_load(&p->following));
+    projector_follow_chunk_free(p);
     projection_free(p->instances[0]);
     projection_free(p->instances[1]);
     p->instances[0] = p->instances[1] = NULL;
@@ -665,16 +669,37 @@ int64_t projector_applied_hook(void *context)
     return projector_live_seq(context);
 }
 
+/* The follower's scratch, allocated once (it is read into on every announcement). */
+static struct projector_chunk *projector_follow_chunk(struct projector *p)
+{
+    if (p->follow_chunk == NULL) {
+        struct projector_chunk *c = calloc(1, sizeof *c);
+        if (c == NULL || (c->text = malloc(PROJ_FOLLOW_TEXT_BYTES)) == NULL) {
+            free(c);
+            return NULL;
+        }
+        c->capacity = PROJ_FOLLOW_TEXT_BYTES;
+        p->follow_chunk = c;
+    }
+    return p->follow_chunk;
+}
+
+static void projector_follow_chunk_free(struct projector *p)
+{
+    if (p->follow_chunk != NULL) {
+        free(p->follow_chunk->text);
+        free(p->follow_chunk);
+        p->follow_chunk = NULL;
+    }
+}
+
 int64_t projector_follow(struct projector *p, struct store_reader *reader)
 {
-    struct projector_chunk *c = calloc(1, sizeof *c);
-    if (c == NULL || (c->text = malloc(PROJ_FOLLOW_TEXT_BYTES)) == NULL) {
-        free(c);
-        return 0;
-    }
-    c->capacity = PROJ_FOLLOW_TEXT_BYTES;
+    bool busy = atomic_exchange(&p->following, true);
+    SVC_ASSERT(!busy); /* one caller at a time: the follower thread */
+    struct projector_chunk *c = projector_follow_chunk(p);
     int64_t applied = 0;
-    for (;;) {
+    while (c != NULL) {
         struct projection *v = atomic_load(&p->live);
         int64_t since = atomic_load(&v->applied_seq);
         c->count = c->used = 0;
@@ -691,8 +716,7 @@ int64_t projector_follow(struct projector *p, struct store_reader *reader)
             break; /* the end of the log, or nothing new (a rebuild swapped the projection) */
         }
     }
-    free(c->text);
-    free(c);
+    atomic_store(&p->following, false);
     return applied;
 }
 

@@ -29,7 +29,8 @@
 #include "store.h"
 #include "svc_limits.h"
 
-struct projection; /* one instance of the read model; see projector.c */
+struct projection;      /* one instance of the read model; see projector.c */
+struct projector_chunk; /* the follower's scratch; see projector.c */
 
 enum projector_status {
     PROJECTOR_ACTIVE = 0,
@@ -67,6 +68,9 @@ struct projector {
     struct projector_tap_entry taps[IO_THREADS_MAX]; /* under apply_mutex */
     uint32_t tap_count;
     struct projector_pin pins[PROJ_READER_SLOTS]; /* one per reader thread */
+    struct projector_chunk *follow_chunk;         /* owned; allocated at projector_follow's first
+                                                   * call: one caller (the follower thread) */
+    _Atomic bool following;                       /* a projector_follow call is running */
 };
 
 /* Snapshots copied out for readers. */
