@@ -5,7 +5,7 @@ DATA_DIR ?= ./data
 ARGS ?=
 
 # The C files clang-format keeps (scripts/run-tests.sh checks them).
-C_SOURCES = src/*.[ch] tests/unit/*.[ch] tests/sim/*.c fuzz/*.c bench/*.c
+C_SOURCES = src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] tests/sim/*.c fuzz/*.c bench/*.c
 
 .PHONY: run build test test-asan test-tsan test-release tidy format bench clean deps
 

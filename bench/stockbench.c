@@ -22,11 +22,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "json_out.h"
+#include "base/clock.h"
+#include "base/json_out.h"
 #include "loadgen.h"
-#include "log.h"
-#include "svc_assert.h"
+#include "base/log.h"
+#include "base/svc_assert.h"
 
 /* Orders read back by verify: a sample spread over the run, enough to catch a class of lost
  * orders (1,000 reads take well under a second) without reading back a million. */

@@ -10,16 +10,16 @@
  * fields, identifiers of [A-Za-z0-9._-] only, and at most CMD_LINES_MAX lines. See
  * fuzz/README.md for running, minimising and merging.
  */
-#include "../src/api_inventory.c"
-#include "../src/api_orders.c"
-#include "../src/api_reservations.c"
+#include "../src/http/api_inventory.c"
+#include "../src/http/api_orders.c"
+#include "../src/http/api_reservations.c"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/errors.h"
-#include "../src/http.h"
+#include "base/errors.h"
+#include "http/http.h"
 
 /* The longest path parameter the harness passes (routes cap theirs at the URL length). */
 #define FUZZ_PATH_PARAM_MAX 128

@@ -25,7 +25,7 @@ run_suite() { # dir, meson test args...
 
 python3 tools/tidy.py || failed_steps+=("tidy")
 # clang-format (STYLE 21): the tree must be as .clang-format leaves it (`make format` fixes it).
-clang-format --dry-run -Werror src/*.[ch] tests/unit/*.[ch] tests/sim/*.c fuzz/*.c bench/*.c ||
+clang-format --dry-run -Werror src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] tests/sim/*.c fuzz/*.c bench/*.c ||
   failed_steps+=("format")
 
 setup build-asan --buildtype=debug -Db_sanitize=address,undefined \

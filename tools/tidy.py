@@ -32,7 +32,7 @@ def check_file(path, problems):
 
 def main():
     problems = []
-    files = sorted(glob.glob("src/*.[ch]") + glob.glob("tests/unit/*.[ch]") +
+    files = sorted(glob.glob("src/*.[ch]") + glob.glob("src/*/*.[ch]") + glob.glob("tests/unit/*.[ch]") +
                    glob.glob("tests/sim/*.c") + glob.glob("bench/*.c") + glob.glob("tools/*.c") +
                    glob.glob("fuzz/*.c"))
     for path in files:

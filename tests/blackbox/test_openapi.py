@@ -1,8 +1,8 @@
 """Black-box tests of the OpenAPI document (issue 4): openapi.yaml at the repository root
-describes exactly the route table of src/routes.c (every row is an operation and every
+describes exactly the route table of src/http/routes.c (every row is an operation and every
 operation a row, with the row's summary and the role the row needs), it is well formed OpenAPI
 3.0 (bearer scheme, resolvable $refs, declared path parameters, Idempotency-Key on every /v1
-command), its problem `code` enum is the code list of src/errors.h, and a running stockd serves
+command), its problem `code` enum is the code list of src/base/errors.h, and a running stockd serves
 it at GET /openapi.yaml byte for byte, without a token, as application/yaml. Needs python3-yaml
 (scripts/install-deps.sh test)."""
 
@@ -20,11 +20,11 @@ except ImportError:  # reported by every test instead of an import traceback
     yaml = None
 
 SPEC_PATH = os.path.join(REPO, "openapi.yaml")
-ROUTES_PATH = os.path.join(REPO, "src", "routes.c")
-ERRORS_PATH = os.path.join(REPO, "src", "errors.h")
+ROUTES_PATH = os.path.join(REPO, "src", "http", "routes.c")
+ERRORS_PATH = os.path.join(REPO, "src", "base", "errors.h")
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 ROLES = ("read", "write", "admin", "public")
-# routes_role (src/routes.c): these path prefixes need admin whatever the row's flags say.
+# routes_role (src/http/routes.c): these path prefixes need admin whatever the row's flags say.
 ADMIN_PREFIXES = ("/v1/admin/", "/v1/dlt", "/v1/projections/rebuild")
 
 
@@ -60,7 +60,7 @@ def route_rows():
     macros = {name: set(re.findall(r"\w+", value)) for name, value in
               re.findall(r"^#define\s+(\w+)\s+\(([^)]*)\)", text, flags=re.M)}
     start = text.find("routes_table[] = {")
-    check(start >= 0, "src/routes.c: no `routes_table[] = {`")
+    check(start >= 0, "src/http/routes.c: no `routes_table[] = {`")
     end = text.find("\n};", start)
     table = text[start:end]
     head = re.compile(r'\{\s*"([A-Z]+)",\s*"(/[^"]*)",')
@@ -74,8 +74,8 @@ def route_rows():
         rows.append((m.group(1), m.group(2), flags, c_string(m.group(6))))
     heads = head.findall(table)
     check_eq(len(rows), len(heads), "route rows parsed in full (method, pattern, handler, flags,"
-             " body limit, summary, stats) vs rows seen in src/routes.c")
-    check(len(rows) >= 10, "only %d routes parsed from src/routes.c" % len(rows))
+             " body limit, summary, stats) vs rows seen in src/http/routes.c")
+    check(len(rows) >= 10, "only %d routes parsed from src/http/routes.c" % len(rows))
     return rows
 
 
@@ -132,14 +132,14 @@ def test_every_route_is_documented_and_vice_versa():
     rows = route_rows()
     table = {(method, normalise(pattern)): (pattern, flags, summary)
              for method, pattern, flags, summary in rows}
-    check_eq(len(table), len(rows), "distinct (method, path) rows in src/routes.c")
+    check_eq(len(table), len(rows), "distinct (method, path) rows in src/http/routes.c")
     ops = spec_operations(spec)
     missing = sorted("%s %s" % (m, table[(m, p)][0]) for m, p in set(table) - set(ops))
     extra = sorted("%s %s" % (m, ops[(m, p)][0]) for m, p in set(ops) - set(table))
     for line in missing:
-        print("in src/routes.c, not in openapi.yaml: " + line)
+        print("in src/http/routes.c, not in openapi.yaml: " + line)
     for line in extra:
-        print("in openapi.yaml, not in src/routes.c: " + line)
+        print("in openapi.yaml, not in src/http/routes.c: " + line)
     check(not missing and not extra,
           "route table and openapi.yaml differ: %d route(s) undocumented %s, %d operation(s) "
           "with no route %s" % (len(missing), missing, len(extra), extra))
@@ -249,16 +249,16 @@ def test_problem_codes_match_errors_h():
     missing = sorted(codes - documented)
     extra = sorted(documented - codes)
     for code in missing:
-        print("in src/errors.h, not in the Problem code enum: " + code)
+        print("in src/base/errors.h, not in the Problem code enum: " + code)
     for code in extra:
-        print("in the Problem code enum, not in src/errors.h: " + code)
+        print("in the Problem code enum, not in src/base/errors.h: " + code)
     check(not missing and not extra, "problem codes differ: missing %s, extra %s"
           % (missing, extra))
     # Every status an error code maps to is documented on at least one operation.
     used = {str(code) for item in spec["paths"].values() for method, op in item.items()
             if method in METHODS for code in (op.get("responses") or {})}
     statuses = sorted({status for status, _ in table} - used - {"405"})  # 405: any path
-    check(not statuses, "error statuses of src/errors.h no operation documents: %s" % statuses)
+    check(not statuses, "error statuses of src/base/errors.h no operation documents: %s" % statuses)
 
 
 def test_served_byte_for_byte():

@@ -17,7 +17,7 @@
  * On a failure it prints seed=N; `sim_writer N` replays that run. Not a unit test of one
  * module (tests/unit/) and not the real database (tests/blackbox/).
  */
-#include "../../src/writer.c"
+#include "../../src/core/writer.c"
 
 #include <stdio.h>
 #include <stdlib.h>

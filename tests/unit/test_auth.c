@@ -13,7 +13,7 @@
 
 #include "test_helpers.h"
 
-#include "../../src/auth.c"
+#include "../../src/http/auth.c"
 
 /* SHA-256("abc"), FIPS 180-2 appendix B.1. */
 #define ABC_SHA256 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -10,10 +10,10 @@
  */
 #include "test_helpers.h"
 
-#include "domain.h"
-#include "errors.h"
-#include "hash.h"
-#include "svc_assert.h"
+#include "core/domain.h"
+#include "base/errors.h"
+#include "base/hash.h"
+#include "base/svc_assert.h"
 
 /* ---- fixture and helpers ----------------------------------------------------------------- */
 

@@ -10,7 +10,7 @@
 
 #include "test_helpers.h"
 
-#include "errors.h"
+#include "base/errors.h"
 
 struct expected_err {
     const char *name; /* the enum name, for messages */

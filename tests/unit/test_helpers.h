@@ -24,7 +24,7 @@
 
 #include <cmocka.h>
 
-#include "errors.h"
+#include "base/errors.h"
 
 /* The seed of the randomized test running now, or 0; failures print it so they replay. */
 static uint64_t test_seed_active_ __attribute__((unused));

@@ -10,11 +10,11 @@
 
 #include "test_helpers.h"
 
-#include "errors.h"
-#include "json_out.h"
-#include "svc_limits.h"
-#include "problem.h"
-#include "svc_assert.h"
+#include "base/errors.h"
+#include "base/json_out.h"
+#include "base/svc_limits.h"
+#include "base/problem.h"
+#include "base/svc_assert.h"
 
 #define GUARD_BYTES 64
 #define GUARD_VALUE 0x5a

@@ -8,7 +8,7 @@
  * the events table with store_commit_batch, exactly as the writer writes them. The file
  * includes projector.c to reach its statics (STYLE 17). Read test_writer.c next.
  */
-#include "../../src/projector.c"
+#include "../../src/read/projector.c"
 
 #include <pthread.h>
 #include <sqlite3.h>

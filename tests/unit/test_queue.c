@@ -16,9 +16,9 @@
 
 #include "test_helpers.h"
 
-#include "clock.h"
-#include "svc_limits.h"
-#include "queue.h"
+#include "base/clock.h"
+#include "base/svc_limits.h"
+#include "core/queue.h"
 
 static int queue_setup_small(void **state)
 {

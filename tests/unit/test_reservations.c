@@ -11,7 +11,7 @@
  */
 #include "test_helpers.h"
 
-#include "../../src/reservations.c"
+#include "../../src/core/reservations.c"
 
 /* ---- fixture and helpers ----------------------------------------------------------------- */
 

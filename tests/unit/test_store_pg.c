@@ -7,10 +7,10 @@
 
 #include "test_helpers.h"
 
-#include "errors.h"
-#include "schema.h"
-#include "store.h"
-#include "store_pg_conn.h"
+#include "base/errors.h"
+#include "store/schema.h"
+#include "store/store.h"
+#include "store/store_pg_conn.h"
 
 static void test_array_quotes_and_escapes(void **state)
 {

@@ -14,7 +14,7 @@
  * The file includes writer.c to reach writer_invariants_hold (STYLE 17). Read
  * tests/blackbox/ next.
  */
-#include "../../src/writer.c"
+#include "../../src/core/writer.c"
 
 #include <jansson.h>
 #include <pthread.h>

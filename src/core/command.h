@@ -1,0 +1,114 @@
+/*
+ * command.h - a decoded write request on its way to the writer and back.
+ *
+ * Ownership travels with the pointer: an I/O thread fills a command from its own pool and
+ * pushes it (queue_push); from then the writer owns it, sets the reply fields, and hands it
+ * back through writer_config.reply; the I/O thread then owns it again, sends the reply and
+ * returns it to its pool. Nobody else ever holds it, so it needs no lock.
+ *
+ * Every string is a fixed, NUL-terminated field validated before the push. Read store.h next.
+ */
+#ifndef STOCKD_COMMAND_H
+#define STOCKD_COMMAND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/domain.h"
+#include "base/svc_limits.h"
+
+enum cmd_kind {
+    CMD_STORE_CREATE,   /* POST /v1/stores */
+    CMD_PRODUCT_CREATE, /* POST /v1/products */
+    CMD_PURCHASE,       /* POST /v1/purchase, POST /buy_ticket */
+    CMD_ADJUST,         /* POST /v1/adjustments */
+    CMD_TICKET_RESET,   /* POST /reset (seed 004, --allow-reset only) */
+    CMD_SET_ABSOLUTE,   /* POST /v1/items:set-absolute */
+    CMD_RESERVE,        /* POST /v1/reservations */
+    CMD_CONFIRM,        /* POST /v1/reservations/{id}:confirm */
+    CMD_CANCEL,         /* POST /v1/reservations/{id}:cancel */
+    CMD_TRANSFER,       /* POST /v1/transfers */
+    CMD_RECONCILE,      /* POST /v1/reconciliations */
+};
+
+struct cmd_line {
+    char sku[SKU_BYTES_MAX + 1];
+    int64_t qty; /* units; for a reconciliation, the counted onHand (may be 0) */
+};
+
+/* The lines of a multi-line command and room for its longer reply. Owned like the command
+ * that points at it: taken from the I/O thread's block pool with the command, returned with
+ * it. */
+struct cmd_lines {
+    uint32_t count;
+    struct cmd_line items[CMD_LINES_MAX];
+    char reply[LINES_REPLY_BYTES_MAX];
+    struct cmd_lines *next_free; /* pool free list */
+};
+
+/* How the writer formats the reply: the v1 contract or a seed's own body shapes. */
+enum cmd_style {
+    CMD_STYLE_V1,      /* DESIGN.md bodies and problem+json errors */
+    CMD_STYLE_SEED004, /* {success,message,remaining_stock}, 410 when sold out */
+};
+
+struct command {
+    enum cmd_kind kind;
+    enum cmd_style style;
+    void *owner;       /* opaque to the writer: the I/O thread's reply target */
+    int64_t queued_us; /* monotonic time of the push, for queue-wait metrics */
+
+    /* Idempotency: (principal, key) -> fingerprint of (method, path, body). */
+    bool has_idem_key;
+    char idem_key[IDEM_KEY_BYTES_MAX + 1];
+    uint64_t fingerprint;
+    char principal[AUTH_PRINCIPAL_BYTES_MAX + 1]; /* who sent it: a token's principal or
+                                                   * "public"; never empty once pushed */
+
+    /* Arguments; which are set depends on kind (see the api_*.c decoders). */
+    bool has_store;
+    char store_id[STORE_ID_BYTES_MAX + 1];
+    char sku[SKU_BYTES_MAX + 1];
+    char name[NAME_BYTES_MAX + 1];
+    char customer_id[CUSTOMER_ID_BYTES_MAX + 1];
+    char reason[REASON_BYTES_MAX + 1];
+    enum dom_policy policy;
+    int64_t qty;
+    int64_t delta;
+    int64_t latency_ms;
+    int64_t initial_on_hand;
+    bool has_expected_version; /* If-Match: the command applies only at this version */
+    int64_t expected_version;
+    char to_store_id[STORE_ID_BYTES_MAX + 1]; /* transfers: store_id is the source */
+    int64_t reservation_seq;                  /* confirm, cancel: the reservation res_<seq> */
+    int64_t ttl_seconds;                      /* reserve */
+    struct cmd_lines *lines; /* multi-line commands, else NULL; see struct cmd_lines */
+
+    /* Reply, written by the writer before it hands the command back. */
+    int reply_status;         /* HTTP status */
+    bool reply_problem;       /* body is application/problem+json */
+    bool reply_replayed;      /* an idempotent replay of an earlier response */
+    bool reply_order_created; /* reply_body describes a new order: send a Location */
+    int64_t reply_order_seq;  /* with reply_order_created */
+    size_t reply_length;      /* bytes of reply_body */
+    char *reply_body;         /* reply_inline, or lines->reply for multi-line commands; the
+                               * writer points a NULL one at reply_inline */
+    size_t reply_capacity;    /* bytes at reply_body */
+    char reply_inline[REPLY_BODY_BYTES_MAX];
+};
+
+/* Points the reply buffer at the right storage; idempotent. Called by whoever fills a
+ * command (I/O thread) and again by the writer before it writes a reply. */
+static inline void command_reply_prepare(struct command *cmd)
+{
+    if (cmd->lines != NULL) {
+        cmd->reply_body = cmd->lines->reply;
+        cmd->reply_capacity = sizeof cmd->lines->reply;
+    } else {
+        cmd->reply_body = cmd->reply_inline;
+        cmd->reply_capacity = sizeof cmd->reply_inline;
+    }
+}
+
+#endif

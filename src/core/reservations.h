@@ -1,0 +1,100 @@
+/*
+ * reservations.h - the ACTIVE reservations, held by the writer in memory.
+ *
+ * A fixed table of RESERVATIONS_ACTIVE_MAX slots with their lines, an id index (open
+ * addressing on res_<seq>), and a min-heap of expiry times that drives the writer's TTL timer
+ * (no scan of a table). Heap entries are lazy: an entry whose reservation is gone or whose
+ * time changed is skipped when it surfaces, and a heap full of them is rebuilt from the ACTIVE
+ * slots. Only the writer thread touches this module; the read model learns about reservations
+ * from events. Read writer_internal.h next.
+ */
+#ifndef STOCKD_RESERVATIONS_H
+#define STOCKD_RESERVATIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/svc_limits.h"
+
+enum res_status {
+    RES_ACTIVE = 0,
+    RES_CONFIRMED,
+    RES_CANCELLED,
+    RES_EXPIRED,
+};
+
+struct res_line {
+    uint32_t product_index;
+    int64_t qty;
+};
+
+struct reservation {
+    int64_t seq;            /* res_<seq>; 0 marks a free slot */
+    enum res_status status; /* ACTIVE, or its final status until the batch commits */
+    uint32_t store_index;
+    uint32_t line_count;
+    int64_t expires_at_ms;
+    int64_t created_at_ms;
+    int64_t version; /* 1 when created, +1 on every change */
+    bool touched;    /* changed by the current batch (listed in touched[]) */
+    bool created;    /* created by the current batch */
+    char customer_id[CUSTOMER_ID_BYTES_MAX + 1];
+    struct res_line lines[CMD_LINES_MAX];
+};
+
+struct res_heap_entry {
+    int64_t expires_at_ms;
+    int64_t seq;
+};
+
+struct res_table {
+    struct reservation *slots; /* RESERVATIONS_ACTIVE_MAX, owned */
+    uint32_t *free_slots;      /* stack of free slot indexes, owned */
+    uint32_t free_count;
+    int32_t *index;              /* RESERVATION_SLOTS of slot + 1 (0 empty), owned */
+    struct res_heap_entry *heap; /* 2 * RESERVATIONS_ACTIVE_MAX, owned */
+    uint32_t heap_count;
+    uint32_t *touched; /* slots changed by the current batch, owned */
+    uint32_t touched_count;
+};
+
+/* Allocates the fixed tables. 0 or -ENOMEM. */
+int res_init(struct res_table *t);
+void res_deinit(struct res_table *t);
+
+/* The reservation res_<seq> if it is in memory (ACTIVE or finished in this batch), or NULL. */
+struct reservation *res_find(struct res_table *t, int64_t seq);
+
+/* Takes a free slot for a new reservation seq and indexes it; NULL when full. The caller fills
+ * the lines and times, then calls res_schedule. */
+struct reservation *res_create(struct res_table *t, int64_t seq);
+
+/* Pushes r's expiry onto the heap. */
+void res_schedule(struct res_table *t, const struct reservation *r);
+
+/* Writes the seqs of up to max heap entries due at now_ms into out (stale entries too: a
+ * shared backend locks and re-reads them before the batch). Returns how many. */
+uint32_t res_due_seqs(const struct res_table *t, int64_t now_ms, int64_t *out, uint32_t max);
+
+/* Marks r as changed by the current batch (for commit and rollback). */
+void res_touch(struct res_table *t, struct reservation *r);
+
+/* The earliest scheduled expiry, or INT64_MAX when none. Stale entries are dropped. */
+int64_t res_next_expiry(struct res_table *t);
+
+/* Pops the earliest ACTIVE reservation due at now_ms, or NULL. */
+struct reservation *res_pop_due(struct res_table *t, int64_t now_ms);
+
+/* After a durable commit: frees the slots of reservations that left ACTIVE, clears marks. */
+void res_commit(struct res_table *t);
+
+/* After a failed commit: frees created slots, returns changed ones to ACTIVE at their prior
+ * version and reschedules them. */
+void res_rollback(struct res_table *t);
+
+/* Number of ACTIVE or touched reservations in memory. */
+uint32_t res_count(const struct res_table *t);
+
+const char *res_status_name(enum res_status status);
+
+#endif

@@ -1,0 +1,222 @@
+/*
+ * api_common.c - request decoding shared by the handlers: body rules, typed JSON members,
+ * idempotency keys. Every failure here is an operating error answered 4xx (STYLE 8).
+ */
+#include <string.h>
+#include <strings.h>
+
+#include "http/api.h"
+#include "base/errors.h"
+#include "base/hash.h"
+#include "base/svc_assert.h"
+#include "base/text.h"
+
+bool api_is_id(const char *s, size_t length, size_t max)
+{
+    SVC_ASSERT(s != NULL || length == 0);
+    return text_is_id(s, length, max);
+}
+
+static bool api_content_type_is_json(h2o_iovec_t value)
+{
+    static const char json[] = "application/json";
+    size_t length = sizeof json - 1;
+    if (value.base == NULL || value.len < length || strncasecmp(value.base, json, length) != 0) {
+        return false;
+    }
+    return value.len == length || value.base[length] == ';' || value.base[length] == ' ';
+}
+
+json_t *api_parse_body(struct http_request *r)
+{
+    SVC_ASSERT(r->route != NULL);
+    SVC_ASSERT(r->route->flags & ROUTE_JSON_BODY);
+    h2o_iovec_t entity = r->req->entity;
+    if (entity.len > r->route->body_bytes_max) {
+        http_send_problem(r, SVC_EBODY_TOO_LARGE, "the body exceeds 65536 bytes", "maxBytes",
+                          (int64_t)r->route->body_bytes_max);
+        return NULL;
+    }
+    if (!api_content_type_is_json(http_header(r, "content-type"))) {
+        http_send_problem(r, SVC_EUNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json",
+                          NULL, 0);
+        return NULL;
+    }
+    json_error_t error;
+    json_t *body =
+        entity.base ? json_loadb(entity.base, entity.len, JSON_REJECT_DUPLICATES, &error) : NULL;
+    if (body == NULL) {
+        http_send_problem(r, SVC_EINVALID_JSON, entity.base ? error.text : "the body is empty",
+                          NULL, 0);
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        http_send_problem(r, SVC_EINVALID_JSON, "the body must be a JSON object", NULL, 0);
+        return NULL;
+    }
+    return body;
+}
+
+int api_get_string(json_t *body, const char *name, bool required, bool charset_id, char *out,
+                   size_t size, const char **why)
+{
+    SVC_ASSERT(size >= 2);
+    json_t *member = json_object_get(body, name);
+    out[0] = '\0';
+    if (member == NULL || json_is_null(member)) {
+        *why = "a required member is missing";
+        return required ? SVC_EVALIDATION : 0;
+    }
+    if (!json_is_string(member)) {
+        *why = "a member must be a string";
+        return SVC_EVALIDATION;
+    }
+    size_t length = json_string_length(member);
+    const char *value = json_string_value(member);
+    if (length == 0 || length > size - 1 || memchr(value, '\0', length) != NULL) {
+        *why = "a string member is empty or too long";
+        return SVC_EVALIDATION;
+    }
+    if (charset_id && !api_is_id(value, length, size - 1)) {
+        *why = "an identifier must be 1-64 of [A-Za-z0-9._-]";
+        return SVC_EVALIDATION;
+    }
+    memcpy(out, value, length + 1);
+    return 1;
+}
+
+int api_get_int(json_t *body, const char *name, bool required, int64_t min, int64_t max,
+                int64_t *out, const char **why)
+{
+    SVC_ASSERT(min <= max);
+    json_t *member = json_object_get(body, name);
+    if (member == NULL || json_is_null(member)) {
+        *why = "a required member is missing";
+        return required ? SVC_EVALIDATION : 0;
+    }
+    if (!json_is_integer(member)) {
+        *why = "a member must be an integer";
+        return SVC_EVALIDATION;
+    }
+    json_int_t value = json_integer_value(member);
+    if (value < min || value > max) {
+        *why = "an integer member is out of range";
+        return SVC_EVALIDATION;
+    }
+    *out = (int64_t)value;
+    return 1;
+}
+
+int api_if_match(struct http_request *r, struct command *cmd)
+{
+    h2o_iovec_t value = http_header(r, "if-match");
+    cmd->has_expected_version = false;
+    if (value.base == NULL) {
+        return 0;
+    }
+    const char *text = value.base;
+    size_t length = value.len;
+    if (length >= 2 && text[0] == '"' && text[length - 1] == '"') {
+        text++;
+        length -= 2;
+    }
+    int64_t version = 0;
+    if (length < 1 || length > 18) {
+        return SVC_EVALIDATION;
+    }
+    for (size_t i = 0; i < length; i++) {
+        if (text[i] < '0' || text[i] > '9') {
+            return SVC_EVALIDATION;
+        }
+        version = version * 10 + (text[i] - '0');
+    }
+    SVC_ASSERT(version >= 0);
+    cmd->has_expected_version = true;
+    cmd->expected_version = version;
+    return 0;
+}
+
+static bool api_idem_key_valid(h2o_iovec_t key)
+{
+    if (key.len < 1 || key.len > IDEM_KEY_BYTES_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < key.len; i++) {
+        if ((unsigned char)key.base[i] < 0x21 || (unsigned char)key.base[i] > 0x7e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kind)
+{
+    h2o_iovec_t key = http_header(r, "idempotency-key");
+    if (key.base == NULL && (r->route->flags & ROUTE_IDEMPOTENT)) {
+        http_send_problem(r, SVC_EIDEM_KEY_REQUIRED, "send an Idempotency-Key header", NULL, 0);
+        return NULL;
+    }
+    if (key.base != NULL && !api_idem_key_valid(key)) {
+        http_send_problem(r, SVC_EVALIDATION,
+                          "Idempotency-Key must be 1-255 printable ASCII characters", NULL, 0);
+        return NULL;
+    }
+    struct http_command *hc = http_command_alloc(r);
+    if (hc == NULL) {
+        http_send_problem(r, SVC_EQUEUE_FULL, "too many commands in flight; retry shortly", NULL,
+                          0);
+        return NULL;
+    }
+    struct command *cmd = &hc->cmd;
+    cmd->kind = kind;
+    cmd->style = CMD_STYLE_V1;
+    size_t principal_length = strlen(r->principal);
+    SVC_ASSERT(principal_length >= 1 && principal_length <= AUTH_PRINCIPAL_BYTES_MAX);
+    memcpy(cmd->principal, r->principal, principal_length + 1);
+    if (key.base != NULL) {
+        cmd->has_idem_key = true;
+        memcpy(cmd->idem_key, key.base, key.len);
+        cmd->idem_key[key.len] = '\0';
+        uint64_t h = hash_fnv1a(HASH_FNV_OFFSET, r->req->method.base, r->req->method.len);
+        h = hash_fnv1a(h, " ", 1);
+        h = hash_fnv1a(h, r->req->path.base, r->req->path.len);
+        h = hash_fnv1a(h, "\n", 1);
+        if (r->req->entity.base != NULL) {
+            h = hash_fnv1a(h, r->req->entity.base, r->req->entity.len);
+        }
+        cmd->fingerprint = h;
+    }
+    return hc;
+}
+
+void api_submit_command(struct http_request *r, enum cmd_kind kind, bool with_lines,
+                        api_decoder decode)
+{
+    struct http_command *hc = api_command_begin(r, kind);
+    if (hc == NULL) {
+        return;
+    }
+    if (with_lines && !http_command_take_lines(hc)) {
+        http_command_free(hc);
+        http_send_problem(r, SVC_EQUEUE_FULL, "too many multi-line commands in flight", NULL, 0);
+        return;
+    }
+    json_t *body = api_parse_body(r);
+    if (body == NULL) {
+        http_command_free(hc);
+        return;
+    }
+    const char *why = "If-Match must be a quoted version number";
+    int rc = api_if_match(r, &hc->cmd);
+    if (rc == 0) {
+        rc = decode(r, body, &hc->cmd, &why);
+    }
+    json_decref(body);
+    if (rc != 0) {
+        http_command_free(hc);
+        http_send_problem(r, rc, why, NULL, 0);
+        return;
+    }
+    http_command_submit(r, hc);
+}

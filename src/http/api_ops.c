@@ -1,0 +1,168 @@
+/*
+ * api_ops.c - operations routes: /health (the process answers), /ready (storage reachable and
+ * not shutting down), /metrics (Prometheus text), /openapi.yaml (the API document, compiled in)
+ * and the home page.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "http/api.h"
+#include "read/audit.h"
+#include "base/errors.h"
+#include "base/svc_assert.h"
+
+#define API_METRICS_BYTES_MAX 16384
+
+/* openapi.yaml at the repository root, embedded at build time by tools/embed.py (meson.build):
+ * its bytes and a terminating 0 that the length does not count. */
+extern const char openapi_yaml[];
+extern const size_t openapi_yaml_length;
+
+void api_health(struct http_request *r)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    http_send_json(r, 200, body, sizeof body - 1);
+}
+
+void api_ready(struct http_request *r)
+{
+    struct app *app = r->thread->app;
+    if (atomic_load(&app->shutting_down)) {
+        http_send_problem(r, SVC_ESHUTTING_DOWN, NULL, NULL, 0);
+        return;
+    }
+    if (!atomic_load(&app->writer.storage_ok)) {
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the last batch failed to commit", NULL, 0);
+        return;
+    }
+    static const char body[] = "{\"status\":\"ready\"}";
+    http_send_json(r, 200, body, sizeof body - 1);
+}
+
+/* Appends printf output to the metrics buffer, keeping *used within size. */
+static void api_metrics_printf(char *out, size_t size, size_t *used, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void api_metrics_printf(char *out, size_t size, size_t *used, const char *fmt, ...)
+{
+    SVC_ASSERT(*used <= size);
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(out + *used, size - *used, fmt, args);
+    va_end(args);
+    if (n > 0) {
+        *used += (size_t)n < size - *used ? (size_t)n : size - *used - 1;
+    }
+}
+
+static void api_metrics_writer(const struct writer_stats *st, char *out, size_t size, size_t *used)
+{
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_writer_batches_total counter\n"
+                       "stockd_writer_batches_total %llu\n"
+                       "# TYPE stockd_writer_commands_total counter\n"
+                       "stockd_writer_commands_total %llu\n"
+                       "# TYPE stockd_writer_batch_size_max gauge\n"
+                       "stockd_writer_batch_size_max %llu\n"
+                       "# TYPE stockd_writer_batch_failures_total counter\n"
+                       "stockd_writer_batch_failures_total %llu\n"
+                       "# TYPE stockd_idempotent_replays_total counter\n"
+                       "stockd_idempotent_replays_total %llu\n"
+                       "# TYPE stockd_writer_commit_seconds_total counter\n"
+                       "stockd_writer_commit_seconds_total %.6f\n"
+                       "# TYPE stockd_writer_commit_seconds_max gauge\n"
+                       "stockd_writer_commit_seconds_max %.6f\n"
+                       "# TYPE stockd_writer_batch_size histogram\n",
+                       (unsigned long long)atomic_load(&st->batches),
+                       (unsigned long long)atomic_load(&st->commands),
+                       (unsigned long long)atomic_load(&st->batch_size_max),
+                       (unsigned long long)atomic_load(&st->batch_failures),
+                       (unsigned long long)atomic_load(&st->replays),
+                       (double)atomic_load(&st->commit_us_total) / 1e6,
+                       (double)atomic_load(&st->commit_us_max) / 1e6);
+    unsigned long long cumulative = 0;
+    for (unsigned b = 0; b < WRITER_BATCH_BUCKETS; b++) {
+        cumulative += atomic_load(&st->batch_size_buckets[b]);
+        api_metrics_printf(out, size, used, "stockd_writer_batch_size_bucket{le=\"%u\"} %llu\n",
+                           (2u << b) - 1, cumulative);
+    }
+    api_metrics_printf(out, size, used,
+                       "stockd_writer_batch_size_bucket{le=\"+Inf\"} %llu\n"
+                       "stockd_writer_batch_size_count %llu\n"
+                       "stockd_writer_batch_size_sum %llu\n",
+                       cumulative, cumulative, (unsigned long long)atomic_load(&st->commands));
+}
+
+static int64_t api_projection_lag_ms(struct app *app)
+{
+    struct projection *v = projector_read_begin(&app->projector);
+    int64_t lag = projector_lag_ms(&app->projector, v);
+    projector_read_end(&app->projector, v);
+    return lag;
+}
+
+void api_metrics(struct http_request *r)
+{
+    struct app *app = r->thread->app;
+    char *out = h2o_mem_alloc_pool(&r->req->pool, API_METRICS_BYTES_MAX);
+    size_t used = 0;
+    api_metrics_writer(&app->writer.stats, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_store_busy_waits_total counter\n"
+                       "stockd_store_busy_waits_total %llu\n"
+                       "# TYPE stockd_writer_batch_retries_total counter\n"
+                       "stockd_writer_batch_retries_total %llu\n"
+                       "# TYPE stockd_follower_catch_ups_total counter\n"
+                       "stockd_follower_catch_ups_total %llu\n"
+                       "# TYPE stockd_projection_lag_seconds gauge\n"
+                       "stockd_projection_lag_seconds %.3f\n"
+                       "# TYPE stockd_queue_depth gauge\nstockd_queue_depth %zu\n"
+                       "# TYPE stockd_http_requests_total counter\n",
+                       (unsigned long long)store_busy_wait_count(),
+                       (unsigned long long)atomic_load(&app->writer.stats.batch_retries),
+                       (unsigned long long)atomic_load(&app->follower.catch_ups),
+                       (double)api_projection_lag_ms(app) / 1000.0, queue_depth(&app->queue));
+    for (size_t i = 0; i < routes_count; i++) {
+        api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                           "stockd_http_requests_total{method=\"%s\",route=\"%s\"} %llu\n",
+                           routes_table[i].method, routes_table[i].pattern,
+                           (unsigned long long)atomic_load(&routes_table[i].stats.calls));
+    }
+    SVC_ASSERT(used < API_METRICS_BYTES_MAX);
+    http_send(r, 200, "text/plain; version=0.0.4", out, used);
+}
+
+void api_openapi(struct http_request *r)
+{
+    SVC_ASSERT(openapi_yaml_length > 0 && openapi_yaml[openapi_yaml_length] == '\0');
+    http_send(r, 200, "application/yaml", openapi_yaml, openapi_yaml_length);
+}
+
+/* Runs the audit on this thread's reader. It reads the whole event log, so it holds this I/O
+ * thread for as long (an admin operation; other threads keep serving). */
+void api_audit(struct http_request *r)
+{
+    struct audit_report report;
+    int rc = audit_run(r->thread->reader, &report);
+    if (rc != 0) {
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL, 0);
+        return;
+    }
+    SVC_ASSERT(report.json != NULL);
+    http_send_json(r, 200, report.json, report.json_length); /* "ok" says the verdict */
+    audit_report_free(&report);
+}
+
+void api_home(struct http_request *r)
+{
+    static const char page[] =
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>stockd</title></head>"
+        "<body><h1>stockd</h1><p>Inventory and orders for flash sales: one writer, batched "
+        "group commit, no oversell, no duplicate orders.</p><ul>"
+        "<li><a href=\"/health\">/health</a></li><li><a href=\"/ready\">/ready</a></li>"
+        "<li><a href=\"/metrics\">/metrics</a></li>"
+        "<li><a href=\"/openapi.yaml\">/openapi.yaml</a> (the API)</li>"
+        "<li><a href=\"/inventory\">/inventory</a> (seed 004 ticket)</li></ul></body></html>";
+    http_send(r, 200, "text/html; charset=utf-8", page, sizeof page - 1);
+}

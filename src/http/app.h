@@ -1,0 +1,48 @@
+/*
+ * app.h - the process-wide singletons, wired by main and immutable after startup.
+ *
+ * I/O threads reach the writer only through `queue`, read inventory only through `domain`'s
+ * dom_read_* functions, and read stats through atomics. Nothing here is locked because nothing
+ * here changes after the threads start (STYLE 4). Read routes.h next.
+ */
+#ifndef STOCKD_APP_H
+#define STOCKD_APP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "http/auth.h"
+#include "core/domain.h"
+#include "read/follower.h"
+#include "read/projector.h"
+#include "base/svc_limits.h"
+#include "core/queue.h"
+#include "core/writer.h"
+
+struct app_config {
+    char listen_host[64];
+    int listen_port; /* 0 picks a free port; the chosen one is printed */
+    char data_dir[512];
+    char db_path[600];                  /* <data_dir>/stockd.db, or the --store uri */
+    char store_uri[600];                /* --store postgres://...; empty: SQLite in data_dir */
+    int io_thread_count;                /* default: the number of cores */
+    bool allow_reset;                   /* seed 004 POST /reset */
+    bool audit_only;                    /* --audit: check the data directory's log and exit */
+    char ticket_sku[SKU_BYTES_MAX + 1]; /* the item of the seed-004 aliases */
+    int64_t idem_retention_ms;
+    const char *tokens_file; /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
+};
+
+struct app {
+    struct app_config config;
+    struct domain domain;
+    struct queue queue;
+    struct writer writer;
+    struct projector projector; /* the read model; fed by the writer's committed hook */
+    struct follower follower;   /* shared backends: follows other instances' events */
+    struct auth auth;           /* bearer tokens, filled before the threads start */
+    int64_t started_wall_ms;
+    _Atomic bool shutting_down;
+};
+
+#endif

@@ -1,0 +1,973 @@
+/*
+ * projector.c - see projector.h. Applying events to a projection, replay, rebuild, and the
+ * lock-free reader side.
+ *
+ * Publication: a new store, product, item or reservation row is written completely, then made
+ * findable (hash slot or item_by_store entry, release store), then counted (release store).
+ * Mutable fields (item stock, reservation status) are rewritten under the row's seqlock:
+ * odd while the applying thread writes, readers retry until they see an even, unchanged value.
+ * Events carry the full item state after the change (events.h), so applying one is a copy,
+ * not arithmetic, and replaying the log twice gives the same answer.
+ *
+ * Not here: HTTP formatting (api_queries.c), the writer's own state (domain.c).
+ */
+#include "read/projector.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "base/errors.h"
+#include "base/hash.h"
+#include "base/log.h"
+#include "base/svc_assert.h"
+
+struct projection_store {
+    char id[STORE_ID_BYTES_MAX + 1];
+    char name[NAME_BYTES_MAX + 1];
+    int64_t latency_ms;
+};
+
+struct projection_product {
+    char sku[SKU_BYTES_MAX + 1];
+    char name[NAME_BYTES_MAX + 1];
+    _Atomic int32_t item_by_store[STORES_MAX]; /* item index, -1 when never stocked there */
+};
+
+struct projection_item {
+    _Atomic uint32_t seqlock; /* odd while the applier rewrites the fields below */
+    _Atomic int64_t on_hand;
+    _Atomic int64_t reserved;
+    _Atomic int64_t version;
+    _Atomic int64_t updated_at_ms;
+};
+
+struct projection_reservation {
+    char id[PROJ_RESERVATION_ID_BYTES_MAX + 1];
+    char customer_id[CUSTOMER_ID_BYTES_MAX + 1];
+    uint32_t store_index;
+    uint32_t line_first; /* index into projection.lines */
+    uint32_t line_count;
+    int64_t expires_at_ms;
+    int64_t created_at_ms;
+    _Atomic uint32_t seqlock;
+    _Atomic int32_t status;
+    _Atomic int64_t version;
+    _Atomic int64_t updated_at_ms;
+};
+
+struct projection {
+    struct projection_store stores[STORES_MAX];
+    _Atomic uint32_t store_count;
+    struct projection_product *products; /* PRODUCTS_MAX, owned */
+    _Atomic uint32_t *product_hash;      /* PRODUCT_HASH_SLOTS of index + 1; 0 empty */
+    _Atomic uint32_t product_count;
+    struct projection_item *items; /* ITEMS_MAX, owned */
+    _Atomic uint32_t item_count;
+    struct projection_reservation *reservations; /* PROJ_RESERVATIONS_MAX, owned */
+    _Atomic uint32_t *reservation_hash;          /* PROJ_RESERVATION_SLOTS of index + 1 */
+    _Atomic uint32_t reservation_count;
+    struct projector_line *lines; /* PROJ_RESERVATION_LINES_MAX, owned */
+    uint32_t line_count;          /* applier only */
+    _Atomic uint64_t dropped;     /* events not projected (capacity, corrupt) */
+    _Atomic int64_t applied_seq;
+    _Atomic int64_t applied_at_ms;
+};
+
+/* Reader threads get pin slots in the order they first read; the slot index is per thread and
+ * the same for every projector (tests run several). */
+static _Atomic uint32_t projector_slots_used;
+static _Thread_local int32_t projector_slot = -1;
+
+/* ---- allocation ------------------------------------------------------------------------- */
+
+static void projection_free(struct projection *v)
+{
+    if (v == NULL) {
+        return;
+    }
+    free(v->products);
+    free((void *)v->product_hash);
+    free(v->items);
+    free(v->reservations);
+    free((void *)v->reservation_hash);
+    free(v->lines);
+    free(v);
+}
+
+static struct projection *projection_alloc(void)
+{
+    struct projection *v = calloc(1, sizeof *v);
+    if (v == NULL) {
+        return NULL;
+    }
+    v->products = calloc(PRODUCTS_MAX, sizeof *v->products);
+    v->product_hash = calloc(PRODUCT_HASH_SLOTS, sizeof *v->product_hash);
+    v->items = calloc(ITEMS_MAX, sizeof *v->items);
+    v->reservations = calloc(PROJ_RESERVATIONS_MAX, sizeof *v->reservations);
+    v->reservation_hash = calloc(PROJ_RESERVATION_SLOTS, sizeof *v->reservation_hash);
+    v->lines = calloc(PROJ_RESERVATION_LINES_MAX, sizeof *v->lines);
+    if (!v->products || !v->product_hash || !v->items || !v->reservations || !v->reservation_hash ||
+        !v->lines) {
+        projection_free(v);
+        return NULL;
+    }
+    SVC_ASSERT(atomic_load(&v->applied_seq) == 0);
+    return v;
+}
+
+/* Empties v for a rebuild: only the used prefix of each table is cleared, so pages never
+ * touched stay untouched. Nobody may read v (not live, pinned by no reader). */
+static void projection_reset(struct projection *v)
+{
+    SVC_ASSERT(v != NULL);
+    uint32_t products = atomic_load(&v->product_count);
+    uint32_t items = atomic_load(&v->item_count);
+    uint32_t reservations = atomic_load(&v->reservation_count);
+    memset(v->stores, 0, sizeof v->stores);
+    memset(v->products, 0, products * sizeof *v->products);
+    memset((void *)v->product_hash, 0, PRODUCT_HASH_SLOTS * sizeof *v->product_hash);
+    memset(v->items, 0, items * sizeof *v->items);
+    memset(v->reservations, 0, reservations * sizeof *v->reservations);
+    memset((void *)v->reservation_hash, 0, PROJ_RESERVATION_SLOTS * sizeof *v->reservation_hash);
+    memset(v->lines, 0, v->line_count * sizeof *v->lines);
+    atomic_store(&v->store_count, 0);
+    atomic_store(&v->product_count, 0);
+    atomic_store(&v->item_count, 0);
+    atomic_store(&v->reservation_count, 0);
+    v->line_count = 0;
+    atomic_store(&v->dropped, 0);
+    atomic_store(&v->applied_seq, 0);
+    atomic_store(&v->applied_at_ms, 0);
+    SVC_ASSERT(atomic_load(&v->applied_seq) == 0);
+}
+
+static void projector_follow_chunk_free(struct projector *p);
+
+int projector_init(struct projector *p, const char *db_path)
+{
+    SVC_ASSERT(p != NULL && db_path != NULL);
+    SVC_ASSERT(strlen(db_path) < sizeof p->db_path);
+    memset(p, 0, sizeof *p);
+    strcpy(p->db_path, db_path);
+    p->instances[0] = projection_alloc();
+    p->instances[1] = projection_alloc();
+    if (p->instances[0] == NULL || p->instances[1] == NULL) {
+        projector_deinit(p);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&p->apply_mutex, NULL);
+    atomic_store(&p->live, p->instances[0]);
+    return 0;
+}
+
+void projector_deinit(struct projector *p)
+{
+    SVC_ASSERT(p != NULL);
+    SVC_ASSERT(!atomic_load(&p->rebuilding));
+    SVC_ASSERT(!atomic_load(&p->following));
+    projector_follow_chunk_free(p);
+    projection_free(p->instances[0]);
+    projection_free(p->instances[1]);
+    p->instances[0] = p->instances[1] = NULL;
+    atomic_store(&p->live, NULL);
+}
+
+/* ---- lookups shared by the applier and readers ------------------------------------------ */
+
+static uint32_t projection_slot(const char *key, uint32_t slots)
+{
+    SVC_ASSERT((slots & (slots - 1)) == 0);
+    return (uint32_t)(hash_fnv1a(HASH_FNV_OFFSET, key, strlen(key)) & (slots - 1));
+}
+
+static int32_t projection_product_probe(const struct projection *v, const char *sku,
+                                        uint32_t *slot_out)
+{
+    SVC_ASSERT(sku != NULL);
+    uint32_t slot = projection_slot(sku, PRODUCT_HASH_SLOTS);
+    for (uint32_t probes = 0; probes < PRODUCT_HASH_SLOTS; probes++) {
+        uint32_t entry = atomic_load_explicit(&v->product_hash[slot], memory_order_acquire);
+        if (entry == 0 || strcmp(v->products[entry - 1].sku, sku) == 0) {
+            *slot_out = slot;
+            return entry == 0 ? -1 : (int32_t)(entry - 1);
+        }
+        slot = (slot + 1) & (PRODUCT_HASH_SLOTS - 1);
+    }
+    SVC_UNREACHABLE(); /* load factor <= 0.5: an empty slot always exists */
+}
+
+static int32_t projection_reservation_probe(const struct projection *v, const char *id,
+                                            uint32_t *slot_out)
+{
+    SVC_ASSERT(id != NULL);
+    uint32_t slot = projection_slot(id, PROJ_RESERVATION_SLOTS);
+    for (uint32_t probes = 0; probes < PROJ_RESERVATION_SLOTS; probes++) {
+        uint32_t entry = atomic_load_explicit(&v->reservation_hash[slot], memory_order_acquire);
+        if (entry == 0 || strcmp(v->reservations[entry - 1].id, id) == 0) {
+            *slot_out = slot;
+            return entry == 0 ? -1 : (int32_t)(entry - 1);
+        }
+        slot = (slot + 1) & (PROJ_RESERVATION_SLOTS - 1);
+    }
+    SVC_UNREACHABLE();
+}
+
+static int32_t projection_store_find(const struct projection *v, const char *id)
+{
+    uint32_t count = atomic_load_explicit(&v->store_count, memory_order_acquire);
+    SVC_ASSERT(count <= STORES_MAX);
+    for (uint32_t i = 0; i < count; i++) {
+        if (strcmp(v->stores[i].id, id) == 0) {
+            return (int32_t)i;
+        }
+    }
+    return -1;
+}
+
+/* ---- applying (one thread per projection at a time) --------------------------------------- */
+
+static void projection_copy(char *out, size_t size, const char *text)
+{
+    SVC_ASSERT(size >= 1);
+    size_t length = text ? strlen(text) : 0;
+    if (length > size - 1) {
+        length = size - 1; /* the writer validated lengths; a cut keeps a corrupt log bounded */
+    }
+    memcpy(out, text ? text : "", length);
+    out[length] = '\0';
+}
+
+static int32_t projection_store_add(struct projection *v, const char *id, const char *name,
+                                    int64_t latency_ms)
+{
+    int32_t found = projection_store_find(v, id);
+    if (found >= 0) {
+        return found;
+    }
+    uint32_t count = atomic_load(&v->store_count);
+    SVC_ASSERT(count <= STORES_MAX);
+    if (count == STORES_MAX || id[0] == '\0') {
+        v->dropped++;
+        return -1;
+    }
+    struct projection_store *store = &v->stores[count];
+    projection_copy(store->id, sizeof store->id, id);
+    projection_copy(store->name, sizeof store->name, name);
+    store->latency_ms = latency_ms;
+    atomic_store_explicit(&v->store_count, count + 1, memory_order_release);
+    SVC_ASSERT(projection_store_find(v, id) == (int32_t)count);
+    return (int32_t)count;
+}
+
+static int32_t projection_product_add(struct projection *v, const char *sku, const char *name)
+{
+    uint32_t slot = 0;
+    int32_t found = projection_product_probe(v, sku, &slot);
+    if (found >= 0) {
+        return found;
+    }
+    uint32_t count = atomic_load(&v->product_count);
+    SVC_ASSERT(count <= PRODUCTS_MAX);
+    if (count == PRODUCTS_MAX || sku[0] == '\0') {
+        v->dropped++;
+        return -1;
+    }
+    struct projection_product *product = &v->products[count];
+    projection_copy(product->sku, sizeof product->sku, sku);
+    projection_copy(product->name, sizeof product->name, name);
+    for (uint32_t s = 0; s < STORES_MAX; s++) {
+        atomic_store_explicit(&product->item_by_store[s], -1, memory_order_relaxed);
+    }
+    atomic_store_explicit(&v->product_hash[slot], count + 1, memory_order_release);
+    atomic_store_explicit(&v->product_count, count + 1, memory_order_release);
+    SVC_ASSERT(projection_product_probe(v, sku, &slot) == (int32_t)count);
+    return (int32_t)count;
+}
+
+/* The structured stock fields of an event: from the row when the writer filled them, else
+ * parsed from data (replay). */
+struct projection_stock {
+    int64_t on_hand;
+    int64_t reserved;
+    int64_t version;
+};
+
+static int64_t projection_json_int(json_t *data, const char *name)
+{
+    json_t *member = json_object_get(data, name);
+    return json_is_integer(member) ? (int64_t)json_integer_value(member) : 0;
+}
+
+static const char *projection_json_str(json_t *data, const char *name)
+{
+    json_t *member = json_object_get(data, name);
+    return json_is_string(member) ? json_string_value(member) : "";
+}
+
+static void projection_item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
+                                const struct projection_stock *stock, int64_t at_ms)
+{
+    SVC_ASSERT(product_index < atomic_load(&v->product_count));
+    SVC_ASSERT(store_index < atomic_load(&v->store_count));
+    struct projection_product *product = &v->products[product_index];
+    int32_t index = atomic_load(&product->item_by_store[store_index]);
+    if (index < 0) {
+        uint32_t count = atomic_load(&v->item_count);
+        if (count == ITEMS_MAX) {
+            v->dropped++;
+            return;
+        }
+        index = (int32_t)count;
+        atomic_store_explicit(&v->item_count, count + 1, memory_order_release);
+    }
+    struct projection_item *item = &v->items[index];
+    uint32_t seq = atomic_load_explicit(&item->seqlock, memory_order_relaxed);
+    SVC_ASSERT(seq % 2 == 0);
+    atomic_store_explicit(&item->seqlock, seq + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&item->on_hand, stock->on_hand, memory_order_relaxed);
+    atomic_store_explicit(&item->reserved, stock->reserved, memory_order_relaxed);
+    atomic_store_explicit(&item->version, stock->version, memory_order_relaxed);
+    atomic_store_explicit(&item->updated_at_ms, at_ms, memory_order_relaxed);
+    atomic_store_explicit(&item->seqlock, seq + 2, memory_order_release);
+    /* Published after its first values: a reader finding the index sees a whole item. */
+    atomic_store_explicit(&product->item_by_store[store_index], index, memory_order_release);
+}
+
+/* A stock event: the item after the change (events.h). ProductCreated also names it. */
+static void projection_apply_stock(struct projection *v, const struct row_event *e, json_t *data)
+{
+    SVC_ASSERT(e->store_id != NULL && e->sku != NULL);
+    struct projection_stock stock = {e->on_hand, e->reserved, e->version};
+    if (!e->is_stock) {
+        stock.on_hand = projection_json_int(data, "onHand");
+        stock.reserved = projection_json_int(data, "reserved");
+        stock.version = projection_json_int(data, "version");
+    }
+    const char *name = data != NULL ? projection_json_str(data, "name") : "";
+    int32_t store_index = projection_store_add(v, e->store_id, e->store_id, 0);
+    int32_t product_index = projection_product_add(v, e->sku, name);
+    if (store_index < 0 || product_index < 0) {
+        return;
+    }
+    if (stock.reserved < 0 || stock.reserved > stock.on_hand || stock.version < 1) {
+        log_warn("projector: event %lld has an impossible item; skipped", (long long)e->seq);
+        v->dropped++; /* the log is external data here: refuse it rather than crash */
+        return;
+    }
+    projection_item_set(v, (uint32_t)product_index, (uint32_t)store_index, &stock,
+                        e->occurred_at_ms);
+}
+
+static void projection_reservation_write(struct projection_reservation *r, int32_t status,
+                                         int64_t version, int64_t at_ms)
+{
+    uint32_t seq = atomic_load_explicit(&r->seqlock, memory_order_relaxed);
+    SVC_ASSERT(seq % 2 == 0);
+    SVC_ASSERT(status >= PROJECTOR_ACTIVE && status <= PROJECTOR_EXPIRED);
+    atomic_store_explicit(&r->seqlock, seq + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&r->status, status, memory_order_relaxed);
+    atomic_store_explicit(&r->version, version, memory_order_relaxed);
+    atomic_store_explicit(&r->updated_at_ms, at_ms, memory_order_relaxed);
+    atomic_store_explicit(&r->seqlock, seq + 2, memory_order_release);
+}
+
+static int32_t projection_status_parse(const char *text, int32_t fallback)
+{
+    static const char *const names[] = {"ACTIVE", "CONFIRMED", "CANCELLED", "EXPIRED"};
+    for (int32_t i = 0; i < 4; i++) {
+        if (strcmp(text, names[i]) == 0) {
+            return i;
+        }
+    }
+    return fallback;
+}
+
+/* Copies the lines [{sku,qty}] into the line pool; false when they do not fit. */
+static bool projection_lines_add(struct projection *v, json_t *lines,
+                                 struct projection_reservation *r)
+{
+    size_t count = json_array_size(lines);
+    if (v->line_count + count > PROJ_RESERVATION_LINES_MAX) {
+        return false;
+    }
+    r->line_first = v->line_count;
+    r->line_count = 0;
+    for (size_t i = 0; i < count; i++) {
+        json_t *line = json_array_get(lines, i);
+        int32_t product = projection_product_add(v, projection_json_str(line, "sku"), "");
+        if (product < 0) {
+            continue;
+        }
+        v->lines[v->line_count++] =
+            (struct projector_line){(uint32_t)product, projection_json_int(line, "qty")};
+        r->line_count++;
+    }
+    SVC_ASSERT(r->line_first + r->line_count == v->line_count);
+    return true;
+}
+
+static void projection_reservation_create(struct projection *v, const struct row_event *e,
+                                          json_t *data)
+{
+    const char *id = projection_json_str(data, "reservationId");
+    uint32_t slot = 0;
+    uint32_t count = atomic_load(&v->reservation_count);
+    if (id[0] == '\0' || strlen(id) > PROJ_RESERVATION_ID_BYTES_MAX ||
+        projection_reservation_probe(v, id, &slot) >= 0 || count == PROJ_RESERVATIONS_MAX) {
+        v->dropped++;
+        return;
+    }
+    const char *store_id = projection_json_str(data, "storeId");
+    int32_t store_index = projection_store_add(v, store_id, store_id, 0);
+    struct projection_reservation *r = &v->reservations[count];
+    if (store_index < 0 || !projection_lines_add(v, json_object_get(data, "lines"), r)) {
+        v->dropped++;
+        return;
+    }
+    projection_copy(r->id, sizeof r->id, id);
+    projection_copy(r->customer_id, sizeof r->customer_id, projection_json_str(data, "customerId"));
+    r->store_index = (uint32_t)store_index;
+    /* events.h: expiresAt in ms; the writer also sends it as text with expiresAtMs beside. */
+    r->expires_at_ms = json_is_integer(json_object_get(data, "expiresAtMs"))
+                           ? projection_json_int(data, "expiresAtMs")
+                           : projection_json_int(data, "expiresAt");
+    r->created_at_ms = e->occurred_at_ms;
+    int32_t status = projection_status_parse(projection_json_str(data, "status"), PROJECTOR_ACTIVE);
+    int64_t version = json_is_integer(json_object_get(data, "version"))
+                          ? projection_json_int(data, "version")
+                          : 1;
+    projection_reservation_write(r, status, version, e->occurred_at_ms);
+    atomic_store_explicit(&v->reservation_hash[slot], count + 1, memory_order_release);
+    atomic_store_explicit(&v->reservation_count, count + 1, memory_order_release);
+    SVC_ASSERT(projection_reservation_probe(v, id, &slot) == (int32_t)count);
+}
+
+static void projection_reservation_change(struct projection *v, const struct row_event *e,
+                                          json_t *data, int32_t status)
+{
+    uint32_t slot = 0;
+    int32_t index =
+        projection_reservation_probe(v, projection_json_str(data, "reservationId"), &slot);
+    if (index < 0) {
+        v->dropped++; /* created past the capacity, or a log that starts mid-way */
+        return;
+    }
+    struct projection_reservation *r = &v->reservations[index];
+    status = projection_status_parse(projection_json_str(data, "status"), status);
+    int64_t version = atomic_load_explicit(&r->version, memory_order_relaxed) + 1;
+    if (json_is_integer(json_object_get(data, "version"))) {
+        version = projection_json_int(data, "version"); /* the writer's own count, if sent */
+    }
+    projection_reservation_write(r, status, version, e->occurred_at_ms);
+    SVC_ASSERT(version >= 1);
+}
+
+/* True for the events that change a stock item (events.h). */
+static bool projection_is_stock_type(const char *type)
+{
+    static const char *const types[] = {
+        "ProductCreated",      "StockAdjusted",      "StockCounted",  "StockReconciled",
+        "OrderCompleted",      "StockReserved",      "StockReleased", "StockCommitted",
+        "StockTransferredOut", "StockTransferredIn",
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        if (strcmp(type, types[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Applies one event; data is its parsed JSON, or NULL when the row's structured fields are
+ * all this event type needs. */
+static void projection_apply_parsed(struct projection *v, const struct row_event *e, json_t *data)
+{
+    const char *type = e->event_type;
+    SVC_ASSERT(type != NULL);
+    SVC_ASSERT(data != NULL || e->is_stock); /* only stock rows come without parsed data */
+    if (strcmp(type, "StoreCreated") == 0) {
+        const char *id = e->store_id ? e->store_id : projection_json_str(data, "storeId");
+        projection_store_add(v, id, projection_json_str(data, "name"),
+                             projection_json_int(data, "latencyMs"));
+    } else if (strcmp(type, "ReservationCreated") == 0) {
+        projection_reservation_create(v, e, data);
+    } else if (strcmp(type, "ReservationConfirmed") == 0) {
+        projection_reservation_change(v, e, data, PROJECTOR_CONFIRMED);
+    } else if (strcmp(type, "ReservationCancelled") == 0) {
+        projection_reservation_change(v, e, data, PROJECTOR_CANCELLED);
+    } else if (strcmp(type, "ReservationExpired") == 0) {
+        projection_reservation_change(v, e, data, PROJECTOR_EXPIRED);
+    } else if (e->store_id != NULL && e->sku != NULL && projection_is_stock_type(type)) {
+        projection_apply_stock(v, e, data);
+    }
+}
+
+/* Applies e to v unless already applied. */
+static void projection_apply(struct projection *v, const struct row_event *e)
+{
+    SVC_ASSERT(e->seq >= 1);
+    SVC_ASSERT(e->event_type != NULL && e->data_json != NULL);
+    if (e->seq <= atomic_load_explicit(&v->applied_seq, memory_order_relaxed)) {
+        return;
+    }
+    bool needs_json = !e->is_stock || strcmp(e->event_type, "ProductCreated") == 0;
+    json_t *data = needs_json ? json_loads(e->data_json, 0, NULL) : NULL;
+    if (needs_json && !json_is_object(data)) {
+        log_warn("projector: event %lld has no JSON object data; skipped", (long long)e->seq);
+        v->dropped++;
+    } else {
+        projection_apply_parsed(v, e, data);
+    }
+    json_decref(data);
+    atomic_store_explicit(&v->applied_at_ms, e->occurred_at_ms, memory_order_relaxed);
+    atomic_store_explicit(&v->applied_seq, e->seq, memory_order_release);
+}
+
+static int projection_replay_row(void *context, const struct row_event *row)
+{
+    struct projection *v = context;
+    projection_apply(v, row);
+    SVC_ASSERT(atomic_load(&v->applied_seq) >= row->seq);
+    return 0;
+}
+
+/* Replays the log after v's applied seq until a chunk comes back short: the end of the log
+ * at that moment. */
+static int projection_replay(struct projection *v, struct store_reader *reader)
+{
+    for (;;) {
+        int64_t before = atomic_load(&v->applied_seq);
+        int rc = store_reader_events(reader, before, NULL, NULL, PROJ_REPLAY_CHUNK, v,
+                                     projection_replay_row);
+        if (rc != 0) {
+            return rc;
+        }
+        int64_t after = atomic_load(&v->applied_seq);
+        SVC_ASSERT(after >= before);
+        if (after - before < PROJ_REPLAY_CHUNK) {
+            return 0; /* seqs are gap-free, so a short chunk is the end of the log */
+        }
+    }
+}
+
+int projector_load(struct projector *p, struct store_reader *reader)
+{
+    struct projection *v = atomic_load(&p->live);
+    SVC_ASSERT(v != NULL && reader != NULL);
+    int rc = projection_replay(v, reader);
+    if (rc == 0) {
+        atomic_store(&p->log_seq, atomic_load(&v->applied_seq));
+        atomic_store(&p->log_at_ms, atomic_load(&v->applied_at_ms));
+        log_info("projector: replayed the event log to seq %lld (%llu not projected)",
+                 (long long)atomic_load(&v->applied_seq),
+                 (unsigned long long)atomic_load(&v->dropped));
+    }
+    return rc;
+}
+
+/* Raises the newest known seq of the log (and its time) to seq. */
+void projector_note_log(struct projector *p, int64_t seq, int64_t at_ms)
+{
+    int64_t known = atomic_load(&p->log_seq);
+    while (seq > known && !atomic_compare_exchange_weak(&p->log_seq, &known, seq)) {
+    }
+    if (seq >= known) {
+        atomic_store(&p->log_at_ms, at_ms);
+    }
+}
+
+size_t projector_apply(struct projector *p, const struct row_event *events, size_t count)
+{
+    SVC_ASSERT(count >= 1);
+    SVC_ASSERT(events[count - 1].seq >= events[0].seq);
+    projector_note_log(p, events[count - 1].seq, events[count - 1].occurred_at_ms);
+    pthread_mutex_lock(&p->apply_mutex);
+    struct projection *v = atomic_load(&p->live);
+    int64_t applied = atomic_load_explicit(&v->applied_seq, memory_order_relaxed);
+    size_t first = 0;
+    while (first < count && events[first].seq <= applied) {
+        first++; /* the follower brought these already */
+    }
+    size_t n = 0;
+    while (first + n < count && events[first + n].seq == applied + 1) {
+        projection_apply(v, &events[first + n]);
+        applied++;
+        n++;
+    }
+    /* Past a gap (another instance's events not yet read) nothing is applied: the log is
+     * applied in seq order only, and the follower reads the rest from the events table. */
+    for (uint32_t t = 0; n > 0 && t < p->tap_count; t++) {
+        p->taps[t].tap(events + first, n, p->taps[t].context);
+    }
+    pthread_mutex_unlock(&p->apply_mutex);
+    return first + n;
+}
+
+void projector_committed_hook(const struct row_event *events, size_t count, void *context)
+{
+    SVC_ASSERT(context != NULL);
+    (void)projector_apply(context, events, count);
+}
+
+/* ---- following a shared log ------------------------------------------------------------- */
+
+/* A chunk of the log copied out of the reader (its rows live only during the callback). */
+struct projector_chunk {
+    struct row_event rows[PROJ_FOLLOW_CHUNK];
+    size_t count;
+    char *text; /* owned arena for the rows' strings */
+    size_t used;
+    size_t capacity;
+    bool full; /* the arena ran out: stop the chunk here */
+};
+
+static const char *projector_chunk_copy(struct projector_chunk *c, const char *text)
+{
+    if (text == NULL) {
+        return NULL;
+    }
+    size_t n = strlen(text) + 1;
+    if (c->used + n > c->capacity) {
+        c->full = true;
+        return NULL;
+    }
+    char *out = c->text + c->used;
+    memcpy(out, text, n);
+    c->used += n;
+    return out;
+}
+
+static int projector_chunk_row(void *context, const struct row_event *row)
+{
+    struct projector_chunk *c = context;
+    SVC_ASSERT(c->count < PROJ_FOLLOW_CHUNK);
+    struct row_event copy = *row;
+    copy.event_type = projector_chunk_copy(c, row->event_type);
+    copy.store_id = projector_chunk_copy(c, row->store_id);
+    copy.sku = projector_chunk_copy(c, row->sku);
+    copy.data_json = projector_chunk_copy(c, row->data_json);
+    if (c->full) {
+        return 1; /* stop: the rest comes in the next chunk */
+    }
+    c->rows[c->count++] = copy;
+    return 0;
+}
+
+int64_t projector_live_seq(struct projector *p)
+{
+    return atomic_load(&atomic_load(&p->live)->applied_seq);
+}
+
+int64_t projector_applied_hook(void *context)
+{
+    return projector_live_seq(context);
+}
+
+/* The follower's scratch, allocated once (it is read into on every announcement). */
+static struct projector_chunk *projector_follow_chunk(struct projector *p)
+{
+    if (p->follow_chunk == NULL) {
+        struct projector_chunk *c = calloc(1, sizeof *c);
+        if (c == NULL || (c->text = malloc(PROJ_FOLLOW_TEXT_BYTES)) == NULL) {
+            free(c);
+            return NULL;
+        }
+        c->capacity = PROJ_FOLLOW_TEXT_BYTES;
+        p->follow_chunk = c;
+    }
+    return p->follow_chunk;
+}
+
+static void projector_follow_chunk_free(struct projector *p)
+{
+    if (p->follow_chunk != NULL) {
+        free(p->follow_chunk->text);
+        free(p->follow_chunk);
+        p->follow_chunk = NULL;
+    }
+}
+
+int64_t projector_follow(struct projector *p, struct store_reader *reader)
+{
+    bool busy = atomic_exchange(&p->following, true);
+    SVC_ASSERT(!busy); /* one caller at a time: the follower thread */
+    struct projector_chunk *c = projector_follow_chunk(p);
+    int64_t applied = 0;
+    while (c != NULL) {
+        struct projection *v = atomic_load(&p->live);
+        int64_t since = atomic_load(&v->applied_seq);
+        c->count = c->used = 0;
+        c->full = false;
+        /* Read without the apply lock (the writer's hook keeps going), apply under it. */
+        int rc = store_reader_events(reader, since, NULL, NULL, PROJ_FOLLOW_CHUNK, c,
+                                     projector_chunk_row);
+        if ((rc != 0 && rc != 1) || c->count == 0) {
+            break;
+        }
+        size_t done = projector_apply(p, c->rows, c->count);
+        applied += (int64_t)done;
+        if (done == 0 || (c->count < PROJ_FOLLOW_CHUNK && !c->full)) {
+            break; /* the end of the log, or nothing new (a rebuild swapped the projection) */
+        }
+    }
+    atomic_store(&p->following, false);
+    return applied;
+}
+
+int projector_tap_add(struct projector *p, projector_tap tap, void *context)
+{
+    SVC_ASSERT(tap != NULL);
+    pthread_mutex_lock(&p->apply_mutex);
+    int rc = SVC_ECAPACITY;
+    if (p->tap_count < IO_THREADS_MAX) {
+        p->taps[p->tap_count++] = (struct projector_tap_entry){tap, context};
+        rc = 0;
+    }
+    pthread_mutex_unlock(&p->apply_mutex);
+    return rc;
+}
+
+/* ---- rebuild ---------------------------------------------------------------------------- */
+
+int projector_rebuild_run(struct projector *p)
+{
+    SVC_ASSERT(atomic_load(&p->rebuilding));
+    struct store_reader *reader = NULL;
+    int rc = store_reader_open(&reader, p->db_path);
+    if (rc != 0) {
+        return rc;
+    }
+    struct projection *live = atomic_load(&p->live);
+    struct projection *fresh = live == p->instances[0] ? p->instances[1] : p->instances[0];
+    uint32_t slots = atomic_load(&projector_slots_used);
+    for (uint32_t i = 0; i < slots && i < PROJ_READER_SLOTS; i++) {
+        while (atomic_load(&p->pins[i].pinned) == fresh) {
+            sched_yield(); /* a reader pinned it before the last swap: microseconds */
+        }
+    }
+    projection_reset(fresh);
+    rc = projection_replay(fresh, reader); /* unlocked: the hook keeps feeding the live one */
+    while (rc == 0 &&
+           atomic_load(&p->log_seq) - atomic_load(&fresh->applied_seq) > PROJ_REBUILD_LOCKED_MAX) {
+        rc = projection_replay(fresh, reader);
+    }
+    if (rc == 0) {
+        pthread_mutex_lock(&p->apply_mutex);   /* no batch can be applied to the old one now */
+        rc = projection_replay(fresh, reader); /* every committed event is in the table */
+        if (rc == 0) {
+            SVC_ASSERT(atomic_load(&fresh->applied_seq) >= atomic_load(&live->applied_seq));
+            atomic_store(&p->live, fresh);
+            atomic_store(&p->rebuilt_at_ms, clock_wall_ms());
+        }
+        pthread_mutex_unlock(&p->apply_mutex);
+    }
+    store_reader_close(reader);
+    log_info("projector: rebuild %s at seq %lld", rc == 0 ? "finished" : "failed",
+             (long long)atomic_load(&fresh->applied_seq));
+    return rc;
+}
+
+static void *projector_rebuild_main(void *arg)
+{
+    struct projector *p = arg;
+    SVC_ASSERT(atomic_load(&p->rebuilding));
+    projector_rebuild_run(p);
+    atomic_store(&p->rebuilding, false);
+    return NULL;
+}
+
+int projector_rebuild_start(struct projector *p)
+{
+    bool expected = false;
+    if (!atomic_compare_exchange_strong(&p->rebuilding, &expected, true)) {
+        return 1;
+    }
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, projector_rebuild_main, p);
+    if (rc != 0) {
+        atomic_store(&p->rebuilding, false);
+        return -rc;
+    }
+    pthread_detach(thread);
+    return 0;
+}
+
+/* ---- readers ---------------------------------------------------------------------------- */
+
+struct projection *projector_read_begin(struct projector *p)
+{
+    if (projector_slot < 0) {
+        projector_slot = (int32_t)atomic_fetch_add(&projector_slots_used, 1);
+    }
+    SVC_ASSERT(projector_slot < PROJ_READER_SLOTS);
+    struct projector_pin *pin = &p->pins[projector_slot];
+    SVC_ASSERT(atomic_load_explicit(&pin->pinned, memory_order_relaxed) == NULL);
+    for (;;) {
+        struct projection *v = atomic_load(&p->live);
+        SVC_ASSERT(v != NULL);
+        atomic_store(&pin->pinned, v); /* seq_cst: ordered before the re-check below */
+        if (atomic_load(&p->live) == v) {
+            return v; /* a rebuild resets only a projection that is not live and unpinned */
+        }
+    }
+}
+
+void projector_read_end(struct projector *p, struct projection *v)
+{
+    SVC_ASSERT(projector_slot >= 0 && projector_slot < PROJ_READER_SLOTS);
+    SVC_ASSERT(atomic_load_explicit(&p->pins[projector_slot].pinned, memory_order_relaxed) == v);
+    atomic_store_explicit(&p->pins[projector_slot].pinned, NULL, memory_order_release);
+}
+
+int64_t projector_applied_seq(const struct projection *v)
+{
+    return atomic_load_explicit(&v->applied_seq, memory_order_acquire);
+}
+
+int64_t projector_applied_at_ms(const struct projection *v)
+{
+    return atomic_load_explicit(&v->applied_at_ms, memory_order_acquire);
+}
+
+int64_t projector_lag_ms(const struct projector *p, const struct projection *v)
+{
+    int64_t applied = projector_applied_seq(v);
+    if (atomic_load(&p->log_seq) <= applied) {
+        return 0;
+    }
+    int64_t lag = atomic_load(&p->log_at_ms) - projector_applied_at_ms(v);
+    return lag > 0 ? lag : 0;
+}
+
+uint64_t projector_dropped_count(const struct projection *v)
+{
+    SVC_ASSERT(v != NULL);
+    return atomic_load_explicit(&v->dropped, memory_order_relaxed);
+}
+
+uint32_t projector_store_count(const struct projection *v)
+{
+    return atomic_load_explicit(&v->store_count, memory_order_acquire);
+}
+
+void projector_store_get(const struct projection *v, uint32_t index, struct projector_store *out)
+{
+    SVC_ASSERT(index < projector_store_count(v));
+    const struct projection_store *store = &v->stores[index];
+    out->id = store->id;
+    out->name = store->name;
+    out->latency_ms = store->latency_ms;
+}
+
+int32_t projector_store_find(const struct projection *v, const char *store_id)
+{
+    SVC_ASSERT(store_id != NULL);
+    return projection_store_find(v, store_id);
+}
+
+uint32_t projector_product_count(const struct projection *v)
+{
+    return atomic_load_explicit(&v->product_count, memory_order_acquire);
+}
+
+int32_t projector_product_find(const struct projection *v, const char *sku)
+{
+    uint32_t slot = 0;
+    SVC_ASSERT(sku != NULL);
+    return projection_product_probe(v, sku, &slot);
+}
+
+const char *projector_product_sku(const struct projection *v, uint32_t index)
+{
+    SVC_ASSERT(index < PRODUCTS_MAX);
+    return v->products[index].sku;
+}
+
+const char *projector_product_name(const struct projection *v, uint32_t index)
+{
+    SVC_ASSERT(index < PRODUCTS_MAX);
+    return v->products[index].name;
+}
+
+bool projector_item_get(const struct projection *v, uint32_t product_index, uint32_t store_index,
+                        struct projector_item *out)
+{
+    SVC_ASSERT(product_index < PRODUCTS_MAX);
+    SVC_ASSERT(store_index < STORES_MAX);
+    int32_t index = atomic_load_explicit(&v->products[product_index].item_by_store[store_index],
+                                         memory_order_acquire);
+    if (index < 0) {
+        return false;
+    }
+    const struct projection_item *item = &v->items[index];
+    for (;;) {
+        uint32_t seq = atomic_load_explicit(&item->seqlock, memory_order_acquire);
+        if (seq % 2 == 1) {
+            continue; /* the applier is copying four values: spin */
+        }
+        out->on_hand = atomic_load_explicit(&item->on_hand, memory_order_relaxed);
+        out->reserved = atomic_load_explicit(&item->reserved, memory_order_relaxed);
+        out->version = atomic_load_explicit(&item->version, memory_order_relaxed);
+        out->updated_at_ms = atomic_load_explicit(&item->updated_at_ms, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&item->seqlock, memory_order_relaxed) == seq) {
+            break;
+        }
+    }
+    SVC_ASSERT(out->reserved >= 0 && out->reserved <= out->on_hand);
+    return true;
+}
+
+uint32_t projector_reservation_count(const struct projection *v)
+{
+    return atomic_load_explicit(&v->reservation_count, memory_order_acquire);
+}
+
+bool projector_reservation_find(const struct projection *v, const char *id,
+                                struct projector_reservation *out)
+{
+    uint32_t slot = 0;
+    if (strlen(id) > PROJ_RESERVATION_ID_BYTES_MAX) {
+        return false;
+    }
+    int32_t index = projection_reservation_probe(v, id, &slot);
+    if (index < 0) {
+        return false;
+    }
+    const struct projection_reservation *r = &v->reservations[index];
+    out->id = r->id;
+    out->customer_id = r->customer_id;
+    out->store_index = r->store_index;
+    out->expires_at_ms = r->expires_at_ms;
+    out->created_at_ms = r->created_at_ms;
+    out->lines = &v->lines[r->line_first];
+    out->line_count = r->line_count;
+    for (;;) {
+        uint32_t seq = atomic_load_explicit(&r->seqlock, memory_order_acquire);
+        if (seq % 2 == 1) {
+            continue;
+        }
+        out->status = (enum projector_status)atomic_load_explicit(&r->status, memory_order_relaxed);
+        out->version = atomic_load_explicit(&r->version, memory_order_relaxed);
+        out->updated_at_ms = atomic_load_explicit(&r->updated_at_ms, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&r->seqlock, memory_order_relaxed) == seq) {
+            break;
+        }
+    }
+    SVC_ASSERT(out->version >= 1);
+    return true;
+}
+
+const char *projector_status_name(enum projector_status status)
+{
+    static const char *const names[] = {"ACTIVE", "CONFIRMED", "CANCELLED", "EXPIRED"};
+    SVC_ASSERT((unsigned)status < 4);
+    return names[status];
+}

@@ -1,0 +1,155 @@
+/*
+ * schema.c - the tables of stockd. See schema.h.
+ *
+ * One text for both backends: @INT@, @WITHOUT_ROWID@ and @NOW_MS@ are spelled per dialect
+ * by schema_render. Tables: stores, products, stock_items (one per store and sku), orders,
+ * idempotency (the first response of every keyed command), events (the outbox: global seq,
+ * type, version, time, store, sku, JSON data). Migration 1 also creates the default store S1,
+ * with its event, because DESIGN.md says a fresh database has one.
+ */
+#include "store/schema.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#include "base/errors.h"
+#include "base/svc_assert.h"
+
+static const char *const schema_v1[] = {
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE stores ("
+    " store_id TEXT PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " latency_ms @INT@ NOT NULL DEFAULT 0 CHECK (latency_ms >= 0),"
+    " created_at_ms @INT@ NOT NULL)",
+    "CREATE TABLE products ("
+    " sku TEXT PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " created_at_ms @INT@ NOT NULL)",
+    "CREATE TABLE stock_items ("
+    " store_id TEXT NOT NULL REFERENCES stores (store_id),"
+    " sku TEXT NOT NULL REFERENCES products (sku),"
+    " on_hand @INT@ NOT NULL CHECK (on_hand >= 0),"
+    " reserved @INT@ NOT NULL DEFAULT 0 CHECK (reserved >= 0),"
+    " version @INT@ NOT NULL CHECK (version >= 1),"
+    " sold @INT@ NOT NULL DEFAULT 0 CHECK (sold >= 0),"
+    " updated_at_ms @INT@ NOT NULL,"
+    " CHECK (reserved <= on_hand),"
+    " PRIMARY KEY (store_id, sku))@WITHOUT_ROWID@",
+    "CREATE TABLE orders ("
+    " order_seq @INT@ PRIMARY KEY CHECK (order_seq >= 1),"
+    " customer_id TEXT NOT NULL,"
+    " store_id TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " lines TEXT NOT NULL,"
+    " history TEXT NOT NULL,"
+    " created_at_ms @INT@ NOT NULL)",
+    "CREATE TABLE idempotency ("
+    " principal TEXT NOT NULL,"
+    " idem_key TEXT NOT NULL,"
+    " fingerprint @INT@ NOT NULL,"
+    " status @INT@ NOT NULL,"
+    " problem @INT@ NOT NULL CHECK (problem IN (0, 1)),"
+    " body TEXT NOT NULL,"
+    " created_at_ms @INT@ NOT NULL,"
+    " PRIMARY KEY (principal, idem_key))@WITHOUT_ROWID@",
+    "CREATE INDEX idempotency_created ON idempotency (created_at_ms)",
+    "CREATE TABLE events ("
+    " seq @INT@ PRIMARY KEY CHECK (seq >= 1),"
+    " event_type TEXT NOT NULL,"
+    " event_version @INT@ NOT NULL,"
+    " occurred_at_ms @INT@ NOT NULL,"
+    " store_id TEXT,"
+    " sku TEXT,"
+    " data TEXT NOT NULL)",
+    "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"
+    " VALUES ('S1', 'Store 1', 0, @NOW_MS@)",
+    "INSERT INTO events (seq, event_type, event_version, occurred_at_ms, store_id, sku, data)"
+    " VALUES (1, 'StoreCreated', 1,"
+    " @NOW_MS@, 'S1', NULL,"
+    " '{\"storeId\":\"S1\",\"name\":\"Store 1\",\"latencyMs\":0}')",
+    NULL,
+};
+
+/* Reservations with TTL (issue 4): the reservation and its lines; ACTIVE ones are loaded
+ * into memory at start, the others are kept for lookups and history. */
+static const char *const schema_v2[] = {
+    "CREATE TABLE reservations ("
+    " reservation_seq @INT@ PRIMARY KEY CHECK (reservation_seq >= 1),"
+    " store_id TEXT NOT NULL REFERENCES stores (store_id),"
+    " customer_id TEXT NOT NULL,"
+    " status TEXT NOT NULL"
+    "  CHECK (status IN ('ACTIVE', 'CONFIRMED', 'CANCELLED', 'EXPIRED')),"
+    " expires_at_ms @INT@ NOT NULL,"
+    " version @INT@ NOT NULL CHECK (version >= 1),"
+    " created_at_ms @INT@ NOT NULL,"
+    " updated_at_ms @INT@ NOT NULL)",
+    "CREATE INDEX reservations_active ON reservations (status) WHERE status = 'ACTIVE'",
+    "CREATE TABLE reservation_lines ("
+    " reservation_seq @INT@ NOT NULL REFERENCES reservations (reservation_seq),"
+    " line_no @INT@ NOT NULL,"
+    " sku TEXT NOT NULL REFERENCES products (sku),"
+    " qty @INT@ NOT NULL CHECK (qty >= 1),"
+    " PRIMARY KEY (reservation_seq, line_no))@WITHOUT_ROWID@",
+    NULL,
+};
+
+/* Several instances on one database (issue 5): the one row every batch of a shared backend
+ * locks first, so that batches of all instances commit in one order and event seqs are
+ * gap-free in commit order (store_pg.c). A plain row lock, not an advisory lock, so that a
+ * PostgreSQL-compatible distributed engine serves as well. SQLite never reads it. */
+static const char *const schema_v3[] = {
+    "CREATE TABLE sequencer (id @INT@ PRIMARY KEY CHECK (id = 1))",
+    "INSERT INTO sequencer (id) VALUES (1)",
+    NULL,
+};
+
+const struct schema_migration schema_migrations[] = {
+    {1, schema_v1},
+    {2, schema_v2},
+    {3, schema_v3},
+};
+
+const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);
+
+/* The words the dialects spell differently; everything else is the same SQL. "INTEGER
+ * PRIMARY KEY" is SQLite's rowid alias (the fast table layout); PostgreSQL's 64-bit integer is
+ * BIGINT. */
+static const struct {
+    const char *token;
+    const char *spelling[SCHEMA_DIALECT_COUNT];
+} schema_tokens[] = {
+    {"@INT@", {"INTEGER", "BIGINT"}},
+    {"@WITHOUT_ROWID@", {" WITHOUT ROWID", ""}},
+    {"@NOW_MS@",
+     {"CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+      "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"}},
+};
+
+int schema_render(enum schema_dialect dialect, const char *statement, char *out, size_t size)
+{
+    SVC_ASSERT(dialect < SCHEMA_DIALECT_COUNT && size > 0);
+    size_t length = 0;
+    const char *p = statement;
+    while (*p != '\0') {
+        const char *text = NULL;
+        size_t consumed = 1;
+        for (size_t t = 0; t < sizeof schema_tokens / sizeof schema_tokens[0]; t++) {
+            size_t n = strlen(schema_tokens[t].token);
+            if (strncmp(p, schema_tokens[t].token, n) == 0) {
+                text = schema_tokens[t].spelling[dialect];
+                consumed = n;
+                break;
+            }
+        }
+        size_t n = text != NULL ? strlen(text) : 1;
+        if (length + n + 1 > size) {
+            return SVC_ECAPACITY;
+        }
+        memcpy(out + length, text != NULL ? text : p, n);
+        length += n;
+        p += consumed;
+    }
+    out[length] = '\0';
+    return 0;
+}

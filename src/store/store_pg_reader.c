@@ -1,0 +1,272 @@
+/*
+ * store_pg_reader.c - the read-only handles of the PostgreSQL backend: one connection per I/O
+ * thread (orders by id, the event log, idempotency lookups, the audit's stock rows) and the
+ * follower's LISTEN stockd_events, nonblocking with a deadline per read (PG_READ_TIMEOUT_MS),
+ * so that a PostgreSQL that stops answering costs an I/O thread at most that long. A broken
+ * connection is dropped; the next call reconnects (store_pg_conn.c), so reads come back by
+ * themselves after PostgreSQL restarts.
+ */
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/errors.h"
+#include "base/json_out.h"
+#include "base/log.h"
+#include "store/store.h"
+#include "store/store_pg_conn.h"
+#include "base/svc_assert.h"
+
+#define PG_READER_STMT_MAP(X)                                                                     \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"                \
+             " FROM orders WHERE order_seq = $1")                                                 \
+    X(EVENTS, "SELECT " PG_EVENT_COLUMNS                                                          \
+              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"               \
+              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                        \
+    X(EVENTS_ALL, "SELECT " PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2") \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                        \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                        \
+            " WHERE principal = $1 AND idem_key = $2")                                            \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                          \
+    X(LISTEN, "LISTEN stockd_events")
+
+enum pg_reader_stmt {
+#define PG_READER_ENUM_(name, sql) PG_READER_##name,
+    PG_READER_STMT_MAP(PG_READER_ENUM_)
+#undef PG_READER_ENUM_
+        PG_READER_COUNT
+};
+
+static const struct pg_statement pg_reader_statements[PG_READER_COUNT] = {
+#define PG_READER_ENTRY_(name, sql) {"stockd_r_" #name, sql},
+    PG_READER_STMT_MAP(PG_READER_ENTRY_)
+#undef PG_READER_ENTRY_
+};
+
+/* Events per round trip of a long read (the audit, a replay). */
+#define PG_READ_EVENTS_CHUNK 4096
+
+struct pg_reader {
+    struct store_reader base; /* first: the backend's operations */
+    struct pg_conn conn;
+    PGconn *listening; /* the connection LISTEN ran on (compared, never owned) */
+    char *idem_body;   /* owned copy of the last found idempotency body */
+    size_t idem_body_size;
+};
+
+int store_pg_reader_open(struct store_reader **out, const char *uri)
+{
+    if (strlen(uri) >= PG_URI_BYTES_MAX) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    struct pg_reader *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    r->base.ops = &store_pg_ops;
+    pg_conn_init(&r->conn, uri, "reader", pg_reader_statements, PG_READER_COUNT, true);
+    r->conn.timeout_ms = PG_READ_TIMEOUT_MS;
+    /* The first connection is made here so that a wrong uri fails at startup; later ones come
+     * back by themselves. */
+    if (pg_conn_ready(&r->conn) != 0) {
+        free(r);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    *out = &r->base;
+    return 0;
+}
+
+void pg_reader_close(struct store_reader *base)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    pg_conn_close(&r->conn);
+    free(r->idem_body);
+    free(r);
+}
+
+int pg_reader_order_json(struct store_reader *base, int64_t order_seq, char *out, size_t size,
+                         size_t *length_out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(order_seq >= 1 && size > 0);
+    char seq[24];
+    snprintf(seq, sizeof seq, "%" PRId64, order_seq);
+    const char *values[] = {seq};
+    PGresult *res = pg_exec(&r->conn, PG_READER_ORDER, 1, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = 0;
+    if (PQntuples(res) == 1) {
+        const char *columns[5];
+        for (int i = 0; i < 5; i++) {
+            columns[i] = PQgetvalue(res, 0, i);
+        }
+        rc = store_order_json(order_seq, columns, pg_int(res, 0, 5), out, size, length_out);
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Reads at most limit events after *since (filtered), hands them to each_event and moves
+ * *since to the last one. Returns the callback's non-zero answer, SVC_ESTORAGE_UNAVAILABLE, or
+ * 0 with *count_out rows read. */
+static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char *store_id,
+                                 const char *sku, int limit, void *context,
+                                 int (*each_event)(void *context, const struct row_event *row),
+                                 int *count_out)
+{
+    char since_text[24];
+    char count[24];
+    snprintf(since_text, sizeof since_text, "%" PRId64, *since);
+    snprintf(count, sizeof count, "%d", limit);
+    const char *values[] = {since_text, store_id, sku, count};
+    const char *all_values[] = {since_text, count};
+    bool filtered = store_id != NULL || sku != NULL; /* the follower's and replay's read: not */
+    PGresult *res = filtered ? pg_exec(&r->conn, PG_READER_EVENTS, 4, values)
+                             : pg_exec(&r->conn, PG_READER_EVENTS_ALL, 2, all_values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = 0;
+    *count_out = PQntuples(res);
+    for (int i = 0; rc == 0 && i < *count_out; i++) {
+        struct row_event row;
+        pg_row_event(res, i, &row);
+        SVC_ASSERT(row.seq > *since);
+        *since = row.seq;
+        rc = each_event(context, &row);
+    }
+    PQclear(res);
+    return rc;
+}
+
+int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
+                     const char *sku, int limit, void *context,
+                     int (*each_event)(void *context, const struct row_event *row))
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(since_seq >= 0 && limit >= 1);
+    /* In chunks: every round trip stays within the read deadline and a long log (the audit
+     * reads all of it) is never one result in memory. */
+    int64_t since = since_seq;
+    int left = limit;
+    while (left > 0) {
+        int chunk = left < PG_READ_EVENTS_CHUNK ? left : PG_READ_EVENTS_CHUNK;
+        int count = 0;
+        int rc =
+            pg_reader_event_chunk(r, &since, store_id, sku, chunk, context, each_event, &count);
+        if (rc != 0 || count < chunk) {
+            return rc;
+        }
+        left -= count;
+    }
+    return 0;
+}
+
+int pg_reader_items(struct store_reader *base, void *context,
+                    int (*each_item)(void *context, const char *store_id, const char *sku,
+                                     int64_t on_hand, int64_t reserved))
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    PGresult *res = pg_exec(&r->conn, PG_READER_ITEMS, 0, NULL);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+        rc = each_item(context, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), pg_int(res, i, 2),
+                       pg_int(res, i, 3));
+    }
+    PQclear(res);
+    return rc;
+}
+
+int pg_reader_event_seq_max(struct store_reader *base, int64_t *out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    PGresult *res = pg_exec(&r->conn, PG_READER_SEQ_MAX, 0, NULL);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    *out = pg_int(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
+int pg_reader_idem(struct store_reader *base, const char *principal, const char *key,
+                   struct store_idem_view *out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    const char *values[] = {principal, key};
+    PGresult *res = pg_exec(&r->conn, PG_READER_IDEM, 2, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = 0;
+    if (PQntuples(res) == 1) {
+        size_t length = (size_t)PQgetlength(res, 0, 2);
+        if (length + 1 > r->idem_body_size) {
+            char *grown = realloc(r->idem_body, length + 1);
+            if (grown == NULL) {
+                PQclear(res);
+                return SVC_ESTORAGE_UNAVAILABLE;
+            }
+            r->idem_body = grown;
+            r->idem_body_size = length + 1;
+        }
+        memcpy(r->idem_body, PQgetvalue(res, 0, 2), length + 1);
+        out->status = (int)pg_int(res, 0, 0);
+        out->problem = pg_int(res, 0, 1) != 0;
+        out->body = r->idem_body;
+        out->body_length = length;
+        out->created_at_ms = pg_int(res, 0, 3);
+        rc = 1;
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Drains the notifications received; *seq_out gets the newest seq announced. */
+static int pg_reader_drain(struct pg_reader *r, int64_t *seq_out)
+{
+    int got = 0;
+    PGnotify *n;
+    while ((n = PQnotifies(r->conn.conn)) != NULL) {
+        int64_t seq = strtoll(n->extra, NULL, 10);
+        *seq_out = seq > *seq_out ? seq : *seq_out;
+        got = 1;
+        PQfreemem(n);
+    }
+    return got;
+}
+
+int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *seq_out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    if (r->conn.conn == NULL || r->listening != r->conn.conn) {
+        PGresult *res = pg_exec(&r->conn, PG_READER_LISTEN, 0, NULL);
+        if (res == NULL) {
+            poll(NULL, 0, timeout_ms); /* PostgreSQL is away: try again after the wait */
+            return SVC_ESTORAGE_UNAVAILABLE;
+        }
+        PQclear(res);
+        r->listening = r->conn.conn;
+        return 1; /* (re)connected: whatever was announced meanwhile is unknown; look */
+    }
+    if (pg_reader_drain(r, seq_out)) {
+        return 1;
+    }
+    struct pollfd fd = {PQsocket(r->conn.conn), POLLIN, 0};
+    if (poll(&fd, 1, timeout_ms) <= 0) {
+        return 0;
+    }
+    if (PQconsumeInput(r->conn.conn) != 1) {
+        pg_conn_fail(&r->conn, "listen");
+        r->listening = NULL;
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    return pg_reader_drain(r, seq_out);
+}
