@@ -1,7 +1,7 @@
 /*
  * fuzz_body.c - libFuzzer harness for the request decoders: JSON bodies and the path
  * parameter of every v1 command (api_inventory.c, api_orders.c, api_reservations.c, included
- * here to reach their static decoders), and the query-string parameter reader (http.c).
+ * here to reach their static decoders), and the query-string parameter reader (request.c).
  *
  * Input: byte 0 picks the decoder; the bytes up to the first newline are the path parameter
  * ({id} of the route, e.g. res_12); the rest is the body, parsed as api_parse_body does. The
@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "base/errors.h"
-#include "http/http.h"
+#include "http/request.h"
 
 /* The longest path parameter the harness passes (routes cap theirs at the URL length). */
 #define FUZZ_PATH_PARAM_MAX 128

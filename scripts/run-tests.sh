@@ -7,8 +7,8 @@
 #      blackbox-pg on a throwaway cluster (scripts/pg-start.sh in a temporary directory, a free
 #      port from 55432); under the sanitizers because the PostgreSQL backend is C of its own
 #   5. a fuzz smoke test of the libFuzzer harnesses (scripts/fuzz.sh 20)
-# plus the tidy check (function and line lengths) and the clang-format check. Exit status is
-# non-zero on any failure.
+# plus the tidy check (function and line lengths), the module-prefix check (tools/prefixes.py)
+# and the clang-format check. Exit status is non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,8 @@ run_suite() { # dir, meson test args...
 }
 
 python3 tools/tidy.py || failed_steps+=("tidy")
+# Module prefixes (STYLE 1, 5): every function in src/ carries its own module's prefix.
+python3 tools/prefixes.py || failed_steps+=("prefixes")
 # clang-format (STYLE 21): the tree must be as .clang-format leaves it (`make format` fixes it).
 clang-format --dry-run -Werror src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] tests/sim/*.c fuzz/*.c bench/*.c ||
   failed_steps+=("format")

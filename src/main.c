@@ -13,14 +13,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "http/app.h"
-#include "read/audit.h"
 #include "base/clock.h"
 #include "base/errors.h"
-#include "http/http.h"
 #include "base/log.h"
-#include "store/store.h"
 #include "base/svc_assert.h"
+#include "http/app.h"
+#include "http/server.h"
+#include "read/audit.h"
+#include "store/store_open.h"
 
 /* Time the I/O threads get to send the last replies after the writer stopped. */
 #define MAIN_SHUTDOWN_GRACE_US 200000

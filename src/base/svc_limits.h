@@ -51,8 +51,10 @@
  * the transaction small enough that a batch commits in well under 10 ms. */
 #define BATCH_COMMANDS_MAX 1024
 
-/* Bytes of per-batch scratch (event payloads, order lines) reset after every batch. */
-#define BATCH_ARENA_BYTES (8 * 1024 * 1024)
+/* Bytes of per-batch scratch (event payloads, order lines) reset after every batch: a full
+ * batch of events (8192) with the longest members (escaped customer ids, 100-line
+ * reservations) stays under it. Pages are touched only as used. */
+#define BATCH_ARENA_BYTES (16 * 1024 * 1024)
 
 /* The MPSC command queue in front of the writer. Four full batches: a burst can wait for up
  * to about four commits before clients get 429, which bounds queueing delay. */
@@ -67,6 +69,9 @@
 
 /* Reply body the writer formats for one command; stored verbatim as the idempotency record. */
 #define REPLY_BODY_BYTES_MAX 2048
+
+/* A reply's Location header ("/v1/orders/ord_<seq>"), stored with its idempotency record. */
+#define REPLY_LOCATION_BYTES_MAX 64
 
 /* Reply bodies of read handlers (availability, order, inventory). */
 #define READ_BODY_BYTES_MAX 8192
@@ -140,10 +145,22 @@
  * falls this far behind is disconnected (it reconnects with Last-Event-ID) rather than making
  * anyone wait or the server grow. */
 #define SSE_BUFFER_BYTES (256 * 1024)
-/* SSE subscribers per I/O thread, and event batches queued from the writer to one thread before
- * that thread's subscribers are dropped as too slow (each batch is one message). */
+/* SSE subscribers per I/O thread. */
 #define SSE_SUBSCRIBERS_MAX 256
-#define SSE_PENDING_BATCHES_MAX 4096
+/* SSE: the per-I/O-thread byte ring (http/sse_ring.h) into which the projector's tap writes
+ * every applied event as "id:/event:/data:" text for that thread to copy to its subscribers.
+ * Allocated once, at the thread's first subscriber. A full batch of BATCH_COMMANDS_MAX events
+ * of about 1 KiB each is 1 MiB, so 4 MiB lets a busy thread drain a few batches late before
+ * the ring overflows; then its subscribers are dropped (they reconnect with Last-Event-ID)
+ * rather than making the writer wait or the server grow. A power of two (index masking). */
+#define SSE_RING_BYTES (4 * 1024 * 1024)
+
+/* How long a query answered from the read model waits for it to reach the last seq whose
+ * replies the writer released (replies leave before their batch is projected, and a client
+ * must read its own write). One batch's projection normally takes microseconds, so 20 ms is
+ * only reached when the applying thread is stalled (descheduled, or waiting for the apply
+ * mutex); on timeout the query serves what is there, its lag in X-Projection-Lag-ms. */
+#define API_READ_WAIT_US_MAX (20 * 1000)
 
 /* Query string parameters are copied into fixed buffers of this size. */
 #define QUERY_VALUE_BYTES_MAX 256
@@ -181,5 +198,7 @@ _Static_assert(LINES_REPLY_BYTES_MAX >= CMD_LINES_MAX * (SKU_BYTES_MAX + 96),
                "a 100-line reply with four numbers per line must fit");
 _Static_assert((RESERVATION_SLOTS & (RESERVATION_SLOTS - 1)) == 0, "slots: a power of two");
 _Static_assert(RESERVATIONS_ACTIVE_MAX <= BATCH_ARENA_BYTES, "bounded reservation work");
+_Static_assert((SSE_RING_BYTES & (SSE_RING_BYTES - 1)) == 0, "the SSE ring is a power of two");
+_Static_assert(SSE_RING_BYTES >= 4 * SSE_BUFFER_BYTES, "the ring holds what a subscriber may");
 
 #endif

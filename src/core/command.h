@@ -86,15 +86,14 @@ struct command {
     struct cmd_lines *lines; /* multi-line commands, else NULL; see struct cmd_lines */
 
     /* Reply, written by the writer before it hands the command back. */
-    int reply_status;         /* HTTP status */
-    bool reply_problem;       /* body is application/problem+json */
-    bool reply_replayed;      /* an idempotent replay of an earlier response */
-    bool reply_order_created; /* reply_body describes a new order: send a Location */
-    int64_t reply_order_seq;  /* with reply_order_created */
-    size_t reply_length;      /* bytes of reply_body */
-    char *reply_body;         /* reply_inline, or lines->reply for multi-line commands; the
-                               * writer points a NULL one at reply_inline */
-    size_t reply_capacity;    /* bytes at reply_body */
+    int reply_status;                              /* HTTP status */
+    bool reply_problem;                            /* body is application/problem+json */
+    bool reply_replayed;                           /* an idempotent replay of an earlier response */
+    char reply_location[REPLY_LOCATION_BYTES_MAX]; /* the Location header, "" for none */
+    size_t reply_length;                           /* bytes of reply_body */
+    char *reply_body;      /* reply_inline, or lines->reply for multi-line commands; the
+                            * writer points a NULL one at reply_inline */
+    size_t reply_capacity; /* bytes at reply_body */
     char reply_inline[REPLY_BODY_BYTES_MAX];
 };
 

@@ -1,9 +1,10 @@
 /*
  * domain.c - see domain.h. Pure state transitions with their invariants; no I/O.
  *
- * Visibility: the writer appends stores, products and items at the end of their arrays and
- * bumps the working counts. Readers only look below the committed counts, which dom_publish()
- * raises with release stores after the batch is durable. Rollback truncates back to them.
+ * New stores, products and items are appended at the end of their arrays (working counts);
+ * dom_commit() raises the committed counts to them, dom_rollback() truncates back. A changed
+ * item's values before the batch sit in the undo list, taken at its first change. Not here:
+ * which events a change makes (core/apply_*.c) or how it is stored (store/).
  */
 #include "core/domain.h"
 
@@ -28,11 +29,14 @@ int dom_init(struct domain *d)
     d->products = calloc(PRODUCTS_MAX, sizeof *d->products);
     d->items = calloc(ITEMS_MAX, sizeof *d->items);
     d->product_hash = calloc(PRODUCT_HASH_SLOTS, sizeof *d->product_hash);
-    d->dirty = calloc(ITEMS_MAX, sizeof *d->dirty);
-    if (!d->products || !d->items || !d->product_hash || !d->dirty) {
+    d->undo = calloc(ITEMS_MAX, sizeof *d->undo);
+    d->check_sums = calloc(ITEMS_MAX, sizeof *d->check_sums);
+    if (!d->products || !d->items || !d->product_hash || !d->undo || !d->check_sums ||
+        res_init(&d->reservations) != 0) {
         dom_deinit(d);
         return -ENOMEM;
     }
+    d->reservations_complete = true;
     SVC_ASSERT(d->store_count == 0 && d->item_count == 0);
     return 0;
 }
@@ -41,8 +45,10 @@ void dom_deinit(struct domain *d)
 {
     free(d->products);
     free(d->items);
-    free((void *)d->product_hash);
-    free(d->dirty);
+    free(d->product_hash);
+    free(d->undo);
+    free(d->check_sums);
+    res_deinit(&d->reservations);
     memset(d, 0, sizeof *d);
 }
 
@@ -58,26 +64,15 @@ int32_t dom_store_find(const struct domain *d, const char *store_id)
     return -1;
 }
 
-/* Finds sku below product_limit; *slot_out gets the slot it is in or the empty slot ending
- * the probe. Shared by the writer (working count) and readers (committed count). */
-static int32_t dom_product_probe(const struct domain *d, const char *sku, uint32_t product_limit,
-                                 uint32_t *slot_out)
+/* Finds sku; *slot_out gets the slot it is in or the empty slot ending the probe. */
+static int32_t dom_product_probe(const struct domain *d, const char *sku, uint32_t *slot_out)
 {
     uint32_t slot = dom_sku_slot(sku);
     for (uint32_t probes = 0; probes < PRODUCT_HASH_SLOTS; probes++) {
-        uint32_t entry = atomic_load_explicit(&d->product_hash[slot], memory_order_acquire);
-        if (entry == 0) {
-            if (slot_out) {
-                *slot_out = slot;
-            }
-            return -1;
-        }
-        uint32_t index = entry - 1;
-        if (index < product_limit && strcmp(d->products[index].sku, sku) == 0) {
-            if (slot_out) {
-                *slot_out = slot;
-            }
-            return (int32_t)index;
+        uint32_t entry = d->product_hash[slot];
+        if (entry == 0 || strcmp(d->products[entry - 1].sku, sku) == 0) {
+            *slot_out = slot;
+            return entry == 0 ? -1 : (int32_t)(entry - 1);
         }
         slot = (slot + 1) & (PRODUCT_HASH_SLOTS - 1);
     }
@@ -87,7 +82,17 @@ static int32_t dom_product_probe(const struct domain *d, const char *sku, uint32
 int32_t dom_product_find(const struct domain *d, const char *sku)
 {
     SVC_ASSERT(sku != NULL);
-    return dom_product_probe(d, sku, d->product_count, NULL);
+    uint32_t slot = 0;
+    int32_t found = dom_product_probe(d, sku, &slot);
+    SVC_ASSERT(found < (int32_t)d->product_count);
+    return found;
+}
+
+int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t product_index)
+{
+    SVC_ASSERT(store_index < d->store_count);
+    SVC_ASSERT(product_index < d->product_count);
+    return d->products[product_index].item_by_store[store_index];
 }
 
 int dom_store_create(struct domain *d, const char *id, const char *name, int64_t latency_ms,
@@ -111,14 +116,18 @@ int dom_store_create(struct domain *d, const char *id, const char *name, int64_t
     return 0;
 }
 
+/* Records the item's values before the batch, at its first change in the batch. */
 static void dom_mark_dirty(struct domain *d, uint32_t item_index)
 {
     struct dom_item *item = &d->items[item_index];
     if (!item->dirty) {
-        SVC_ASSERT(d->dirty_count < ITEMS_MAX);
+        SVC_ASSERT(d->undo_count < ITEMS_MAX);
         item->dirty = true;
-        d->dirty[d->dirty_count++] = item_index;
+        d->undo[d->undo_count++] =
+            (struct dom_undo){item_index,    item->on_hand, item->reserved,
+                              item->version, item->sold,    item->updated_at_ms};
     }
+    SVC_ASSERT(item->dirty);
 }
 
 /* Creates the (store, product) item with on_hand 0, version 0; the caller's change makes it
@@ -128,19 +137,16 @@ static int dom_item_create(struct domain *d, uint32_t store_index, uint32_t prod
 {
     struct dom_product *product = &d->products[product_index];
     SVC_ASSERT(store_index < d->store_count);
-    SVC_ASSERT(atomic_load(&product->item_by_store[store_index]) < 0);
+    SVC_ASSERT(product->item_by_store[store_index] < 0);
     if (d->item_count == ITEMS_MAX) {
         return SVC_ECAPACITY;
     }
     uint32_t index = d->item_count++;
     struct dom_item *item = &d->items[index];
+    memset(item, 0, sizeof *item);
     item->store_index = store_index;
     item->product_index = product_index;
-    item->on_hand = item->reserved = item->version = item->sold = item->updated_at_ms = 0;
-    item->dirty = false;
-    atomic_store(&item->pub_version, 0);
-    atomic_store_explicit(&product->item_by_store[store_index], (int32_t)index,
-                          memory_order_release);
+    product->item_by_store[store_index] = (int32_t)index;
     dom_mark_dirty(d, index);
     *item_out = index;
     return 0;
@@ -154,11 +160,11 @@ static void dom_item_change(struct domain *d, uint32_t item_index, int64_t on_ha
     struct dom_store *store = &d->stores[item->store_index];
     SVC_ASSERT(item->on_hand + on_hand_delta >= item->reserved);
     SVC_ASSERT(item->on_hand + on_hand_delta <= ON_HAND_MAX);
+    dom_mark_dirty(d, item_index);
     item->on_hand += on_hand_delta;
     store->on_hand_total += on_hand_delta;
     item->version += 1;
     item->updated_at_ms = now_ms;
-    dom_mark_dirty(d, item_index);
     SVC_ASSERT(item->reserved >= 0 && item->reserved <= item->on_hand);
     SVC_ASSERT(store->on_hand_total >= item->on_hand);
 }
@@ -174,13 +180,30 @@ static int32_t dom_lowest_stock_store(const struct domain *d)
     return best;
 }
 
+/* Appends a product with no items; the caller checked it is new and there is room. */
+static uint32_t dom_product_add(struct domain *d, const char *sku, const char *name, uint32_t slot)
+{
+    SVC_ASSERT(d->product_count < PRODUCTS_MAX);
+    SVC_ASSERT(d->product_hash[slot] == 0);
+    uint32_t index = d->product_count++;
+    struct dom_product *product = &d->products[index];
+    strcpy(product->sku, sku);
+    strcpy(product->name, name);
+    product->round_robin_next = 0;
+    for (uint32_t s = 0; s < STORES_MAX; s++) {
+        product->item_by_store[s] = -1;
+    }
+    d->product_hash[slot] = index + 1;
+    return index;
+}
+
 int dom_product_create(struct domain *d, const char *sku, const char *name, int64_t initial_on_hand,
                        int32_t store_index, int64_t now_ms, uint32_t *item_out)
 {
     SVC_ASSERT(initial_on_hand >= 0 && initial_on_hand <= ON_HAND_MAX);
     SVC_ASSERT(strlen(sku) >= 1 && strlen(sku) <= SKU_BYTES_MAX);
     uint32_t slot = 0;
-    if (dom_product_probe(d, sku, d->product_count, &slot) >= 0) {
+    if (dom_product_probe(d, sku, &slot) >= 0) {
         return SVC_EPRODUCT_EXISTS;
     }
     if (store_index < 0) {
@@ -192,15 +215,7 @@ int dom_product_create(struct domain *d, const char *sku, const char *name, int6
     if (d->product_count == PRODUCTS_MAX || d->item_count == ITEMS_MAX) {
         return SVC_ECAPACITY;
     }
-    uint32_t index = d->product_count++;
-    struct dom_product *product = &d->products[index];
-    strcpy(product->sku, sku);
-    strcpy(product->name, name);
-    product->round_robin_next = 0;
-    for (uint32_t s = 0; s < STORES_MAX; s++) {
-        atomic_store(&product->item_by_store[s], -1);
-    }
-    atomic_store_explicit(&d->product_hash[slot], index + 1, memory_order_release);
+    uint32_t index = dom_product_add(d, sku, name, slot);
     int rc = dom_item_create(d, (uint32_t)store_index, index, item_out);
     SVC_ASSERT(rc == 0); /* capacity was checked above */
     dom_item_change(d, *item_out, initial_on_hand, now_ms);
@@ -216,19 +231,14 @@ static int32_t dom_choose_item(struct domain *d, struct dom_product *product,
     int32_t chosen = -1;
     int64_t best_available = 0;
     for (uint32_t k = 0; k < d->store_count; k++) {
-        uint32_t s = k;
-        if (policy == DOM_POLICY_ROUND_ROBIN) {
-            s = (product->round_robin_next + k) % d->store_count;
-        }
-        int32_t item_index = atomic_load_explicit(&product->item_by_store[s], memory_order_relaxed);
+        uint32_t s =
+            policy == DOM_POLICY_ROUND_ROBIN ? (product->round_robin_next + k) % d->store_count : k;
+        int32_t item_index = product->item_by_store[s];
         if (item_index < 0) {
             continue;
         }
-        const struct dom_item *item = &d->items[item_index];
-        int64_t available = dom_item_available(item);
-        if (available > best_available) {
-            best_available = available;
-        }
+        int64_t available = dom_item_available(&d->items[item_index]);
+        best_available = available > best_available ? available : best_available;
         if (available < qty) {
             continue;
         }
@@ -264,12 +274,10 @@ int dom_purchase(struct domain *d, uint32_t product_index, int32_t store_index,
     int64_t best_available = 0;
     if (store_index >= 0) {
         SVC_ASSERT((uint32_t)store_index < d->store_count);
-        item_index = atomic_load(&product->item_by_store[store_index]);
+        item_index = product->item_by_store[store_index];
         if (item_index >= 0) {
             best_available = dom_item_available(&d->items[item_index]);
-            if (best_available < qty) {
-                item_index = -1;
-            }
+            item_index = best_available < qty ? -1 : item_index;
         }
     } else {
         item_index = dom_choose_item(d, product, policy, qty, &best_available);
@@ -294,8 +302,7 @@ int dom_adjust(struct domain *d, uint32_t store_index, uint32_t product_index, i
 {
     SVC_ASSERT(store_index < d->store_count);
     SVC_ASSERT(product_index < d->product_count);
-    struct dom_product *product = &d->products[product_index];
-    int32_t item_index = atomic_load(&product->item_by_store[store_index]);
+    int32_t item_index = d->products[product_index].item_by_store[store_index];
     int64_t on_hand = item_index >= 0 ? d->items[item_index].on_hand : 0;
     int64_t reserved = item_index >= 0 ? d->items[item_index].reserved : 0;
     if (on_hand + delta < reserved) {
@@ -332,76 +339,67 @@ void dom_item_move(struct domain *d, uint32_t item_index, int64_t on_hand_delta,
     struct dom_item *item = &d->items[item_index];
     SVC_ASSERT(item->reserved + reserved_delta >= 0);
     SVC_ASSERT(item->reserved + reserved_delta <= item->on_hand + on_hand_delta);
+    dom_mark_dirty(d, item_index); /* before reserved moves: the undo keeps the old value */
     item->reserved += reserved_delta;
-    dom_item_change(d, item_index, on_hand_delta, now_ms); /* bumps version, marks dirty */
+    dom_item_change(d, item_index, on_hand_delta, now_ms); /* bumps the version */
     SVC_ASSERT(item->reserved >= 0 && item->reserved <= item->on_hand);
 }
 
-int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t product_index)
+void dom_commit(struct domain *d)
 {
-    SVC_ASSERT(store_index < d->store_count);
-    SVC_ASSERT(product_index < d->product_count);
-    return atomic_load_explicit(&d->products[product_index].item_by_store[store_index],
-                                memory_order_relaxed);
-}
-
-void dom_publish(struct domain *d)
-{
-    for (uint32_t k = 0; k < d->dirty_count; k++) {
-        struct dom_item *item = &d->items[d->dirty[k]];
+    for (uint32_t k = 0; k < d->undo_count; k++) {
+        struct dom_item *item = &d->items[d->undo[k].item_index];
         SVC_ASSERT(item->dirty);
         SVC_ASSERT(item->version >= 1);
-        uint32_t seq = atomic_load_explicit(&item->pub_seq, memory_order_relaxed);
-        SVC_ASSERT(seq % 2 == 0);
-        atomic_store_explicit(&item->pub_seq, seq + 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_release);
-        atomic_store_explicit(&item->pub_on_hand, item->on_hand, memory_order_relaxed);
-        atomic_store_explicit(&item->pub_reserved, item->reserved, memory_order_relaxed);
-        atomic_store_explicit(&item->pub_sold, item->sold, memory_order_relaxed);
-        atomic_store_explicit(&item->pub_updated_at_ms, item->updated_at_ms, memory_order_relaxed);
-        atomic_store_explicit(&item->pub_version, item->version, memory_order_relaxed);
-        atomic_store_explicit(&item->pub_seq, seq + 2, memory_order_release);
         item->dirty = false;
     }
-    d->dirty_count = 0;
-    atomic_store_explicit(&d->store_count_committed, d->store_count, memory_order_release);
-    atomic_store_explicit(&d->product_count_committed, d->product_count, memory_order_release);
-    atomic_store_explicit(&d->item_count_committed, d->item_count, memory_order_release);
+    d->undo_count = 0;
+    d->store_count_committed = d->store_count;
+    d->product_count_committed = d->product_count;
+    d->item_count_committed = d->item_count;
+    res_commit(&d->reservations);
+}
+
+/* Puts back the values of the items the batch changed, newest record first. */
+static void dom_undo_items(struct domain *d)
+{
+    for (uint32_t k = d->undo_count; k > 0; k--) {
+        const struct dom_undo *u = &d->undo[k - 1];
+        struct dom_item *item = &d->items[u->item_index];
+        SVC_ASSERT(item->dirty);
+        d->stores[item->store_index].on_hand_total += u->on_hand - item->on_hand;
+        item->on_hand = u->on_hand;
+        item->reserved = u->reserved;
+        item->version = u->version;
+        item->sold = u->sold;
+        item->updated_at_ms = u->updated_at_ms;
+        item->dirty = false;
+    }
+    d->undo_count = 0;
 }
 
 void dom_rollback(struct domain *d)
 {
-    uint32_t items_committed = atomic_load(&d->item_count_committed);
-    uint32_t products_committed = atomic_load(&d->product_count_committed);
-    for (uint32_t k = 0; k < d->dirty_count; k++) {
-        struct dom_item *item = &d->items[d->dirty[k]];
-        d->stores[item->store_index].on_hand_total -= item->on_hand;
-        item->on_hand = atomic_load(&item->pub_on_hand);
-        item->reserved = atomic_load(&item->pub_reserved);
-        item->sold = atomic_load(&item->pub_sold);
-        item->updated_at_ms = atomic_load(&item->pub_updated_at_ms);
-        item->version = atomic_load(&item->pub_version);
-        item->dirty = false;
-        if (d->dirty[k] < items_committed) {
-            d->stores[item->store_index].on_hand_total += item->on_hand;
-        }
+    dom_undo_items(d); /* new items go back to 0 first, so their stores' totals stay right */
+    for (uint32_t i = d->item_count; i > d->item_count_committed; i--) {
+        const struct dom_item *item = &d->items[i - 1];
+        SVC_ASSERT(item->on_hand == 0 && item->version == 0);
+        d->products[item->product_index].item_by_store[item->store_index] = -1;
     }
-    d->dirty_count = 0;
-    for (uint32_t i = d->item_count; i > items_committed; i--) {
-        struct dom_item *item = &d->items[i - 1];
-        atomic_store(&d->products[item->product_index].item_by_store[item->store_index], -1);
-    }
-    for (uint32_t p = d->product_count; p > products_committed; p--) {
+    for (uint32_t p = d->product_count; p > d->product_count_committed; p--) {
         uint32_t slot = 0;
-        int32_t found = dom_product_probe(d, d->products[p - 1].sku, p, &slot);
+        int32_t found = dom_product_probe(d, d->products[p - 1].sku, &slot);
         SVC_ASSERT(found == (int32_t)(p - 1));
-        atomic_store(&d->product_hash[slot], 0); /* newest first: probe chains stay intact */
+        d->product_hash[slot] = 0; /* newest first: probe chains stay intact */
     }
-    d->item_count = items_committed;
-    d->product_count = products_committed;
-    d->store_count = atomic_load(&d->store_count_committed);
+    d->item_count = d->item_count_committed;
+    d->product_count = d->product_count_committed;
+    d->store_count = d->store_count_committed;
+    res_rollback(&d->reservations);
     SVC_DEBUG_ASSERT(dom_invariants_hold(d));
 }
+
+/* ---- loading ------------------------------------------------------------------------------ */
 
 int dom_load_store(struct domain *d, const char *id, const char *name, int64_t latency_ms)
 {
@@ -409,6 +407,9 @@ int dom_load_store(struct domain *d, const char *id, const char *name, int64_t l
     if (strlen(id) < 1 || strlen(id) > STORE_ID_BYTES_MAX || strlen(name) > NAME_BYTES_MAX ||
         latency_ms < 0) {
         return SVC_EVALIDATION;
+    }
+    if (dom_store_find(d, id) >= 0) {
+        return 0; /* stores never change once created */
     }
     return dom_store_create(d, id, name, latency_ms, &index);
 }
@@ -419,20 +420,13 @@ int dom_load_product(struct domain *d, const char *sku, const char *name)
     if (strlen(sku) < 1 || strlen(sku) > SKU_BYTES_MAX || strlen(name) > NAME_BYTES_MAX) {
         return SVC_EVALIDATION;
     }
-    if (dom_product_probe(d, sku, d->product_count, &slot) >= 0) {
-        return SVC_EPRODUCT_EXISTS;
+    if (dom_product_probe(d, sku, &slot) >= 0) {
+        return 0; /* products never change once created */
     }
     if (d->product_count == PRODUCTS_MAX) {
         return SVC_ECAPACITY;
     }
-    uint32_t index = d->product_count++;
-    struct dom_product *product = &d->products[index];
-    strcpy(product->sku, sku);
-    strcpy(product->name, name);
-    for (uint32_t s = 0; s < STORES_MAX; s++) {
-        atomic_store(&product->item_by_store[s], -1);
-    }
-    atomic_store_explicit(&d->product_hash[slot], index + 1, memory_order_release);
+    (void)dom_product_add(d, sku, name, slot);
     return 0;
 }
 
@@ -443,29 +437,8 @@ static bool dom_stored_item_valid(int64_t on_hand, int64_t reserved, int64_t ver
            sold >= 0;
 }
 
-/* Sets an item to stored values (its store's total follows). */
-static void dom_item_set_stored(struct domain *d, struct dom_item *item, int64_t on_hand,
-                                int64_t reserved, int64_t version, int64_t sold,
-                                int64_t updated_at_ms)
-{
-    SVC_ASSERT(dom_stored_item_valid(on_hand, reserved, version, sold));
-    d->stores[item->store_index].on_hand_total += on_hand - item->on_hand;
-    item->on_hand = on_hand;
-    item->reserved = reserved;
-    item->version = version;
-    item->sold = sold;
-    item->updated_at_ms = updated_at_ms;
-    SVC_ASSERT(d->stores[item->store_index].on_hand_total >= on_hand);
-}
-
 int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
                   int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
-{
-    return dom_refresh_item(d, store_id, sku, on_hand, reserved, version, sold, updated_at_ms);
-}
-
-int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
-                     int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
 {
     int32_t store_index = dom_store_find(d, store_id);
     int32_t product_index = dom_product_find(d, sku);
@@ -473,9 +446,9 @@ int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, in
         !dom_stored_item_valid(on_hand, reserved, version, sold)) {
         return SVC_EVALIDATION;
     }
-    int32_t index = atomic_load(&d->products[product_index].item_by_store[store_index]);
+    int32_t index = d->products[product_index].item_by_store[store_index];
     if (index < 0) {
-        uint32_t created = 0; /* marked dirty: the caller publishes it */
+        uint32_t created = 0;
         int rc = dom_item_create(d, (uint32_t)store_index, (uint32_t)product_index, &created);
         if (rc != 0) {
             return rc;
@@ -484,16 +457,112 @@ int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, in
     } else if (d->items[index].version == version) {
         return 0; /* nobody else changed it */
     }
-    dom_item_set_stored(d, &d->items[index], on_hand, reserved, version, sold, updated_at_ms);
-    dom_mark_dirty(d, (uint32_t)index); /* the caller publishes: committed state */
+    struct dom_item *item = &d->items[index];
+    dom_mark_dirty(d, (uint32_t)index);
+    d->stores[item->store_index].on_hand_total += on_hand - item->on_hand;
+    item->on_hand = on_hand;
+    item->reserved = reserved;
+    item->version = version;
+    item->sold = sold;
+    item->updated_at_ms = updated_at_ms;
+    SVC_ASSERT(d->stores[item->store_index].on_hand_total >= on_hand);
     return 0;
+}
+
+int dom_load_reservation(struct domain *d, int64_t seq, const char *store_id,
+                         const char *customer_id, int64_t expires_at_ms, int64_t version,
+                         int64_t created_at_ms)
+{
+    int32_t store = dom_store_find(d, store_id);
+    if (store < 0 || seq < 1 || version < 1 || strlen(customer_id) > CUSTOMER_ID_BYTES_MAX) {
+        return SVC_EVALIDATION; /* foreign keys and CHECKs make this unreachable */
+    }
+    const struct reservation *held = res_find(&d->reservations, seq);
+    if (held != NULL) {
+        /* Held already, lines and all; one reported twice in a read would get its lines
+         * twice: refuse the read rather than hold too much. */
+        return held->loading ? SVC_EVALIDATION : 0;
+    }
+    struct reservation *r = res_create(&d->reservations, seq);
+    if (r == NULL) {
+        return SVC_ECAPACITY;
+    }
+    r->store_index = (uint32_t)store;
+    r->expires_at_ms = expires_at_ms;
+    r->created_at_ms = created_at_ms;
+    r->version = version;
+    r->loading = true; /* its lines follow */
+    r->created = true; /* new to memory: a rollback of the read removes it again */
+    strcpy(r->customer_id, customer_id);
+    res_schedule(&d->reservations, r);
+    res_touch(&d->reservations, r); /* dom_commit clears the loading mark */
+    return 0;
+}
+
+int dom_load_reservation_line(struct domain *d, int64_t seq, const char *sku, int64_t qty)
+{
+    struct reservation *r = res_find(&d->reservations, seq);
+    if (r != NULL && !r->loading) {
+        return 0; /* held already: its lines came with it */
+    }
+    int32_t product = dom_product_find(d, sku);
+    if (r == NULL || product < 0 || qty < 1 || r->line_count == CMD_LINES_MAX) {
+        return SVC_EVALIDATION;
+    }
+    r->lines[r->line_count++] = (struct res_line){(uint32_t)product, qty};
+    return 0;
+}
+
+void dom_forget_reservation(struct domain *d, int64_t seq)
+{
+    struct reservation *r = res_find(&d->reservations, seq);
+    if (r != NULL && r->status == RES_ACTIVE) {
+        r->status = RES_CANCELLED; /* any final status: dom_commit frees the slot */
+        r->version += 1;           /* like every end, so that dom_rollback undoes it exactly */
+        res_touch(&d->reservations, r);
+    }
+    SVC_ASSERT(r == NULL || r->status != RES_ACTIVE);
+}
+
+/* ---- invariants --------------------------------------------------------------------------- */
+
+/* Every item's reserved is the sum of the ACTIVE reservation lines on it. */
+static bool dom_reserved_matches_reservations(const struct domain *d)
+{
+    memset(d->check_sums, 0, d->item_count * sizeof d->check_sums[0]);
+    const struct res_table *t = &d->reservations;
+    for (uint32_t s = 0; s < RESERVATIONS_ACTIVE_MAX; s++) {
+        const struct reservation *r = &t->slots[s];
+        if (r->seq == 0 || r->status != RES_ACTIVE) {
+            continue;
+        }
+        if (r->store_index >= d->store_count) {
+            return false;
+        }
+        for (uint32_t i = 0; i < r->line_count; i++) {
+            if (r->lines[i].product_index >= d->product_count) {
+                return false;
+            }
+            int32_t item = dom_item_find(d, r->store_index, r->lines[i].product_index);
+            if (item < 0) {
+                return false; /* a reservation holds units of an existing item */
+            }
+            d->check_sums[item] += r->lines[i].qty;
+        }
+    }
+    for (uint32_t i = 0; i < d->item_count; i++) {
+        if (d->check_sums[i] != d->items[i].reserved) {
+            return false;
+        }
+    }
+    return true;
 }
 
 bool dom_invariants_hold(const struct domain *d)
 {
     int64_t totals[STORES_MAX] = {0};
     if (d->store_count > STORES_MAX || d->product_count > PRODUCTS_MAX ||
-        d->item_count > ITEMS_MAX) {
+        d->item_count > ITEMS_MAX || d->undo_count > d->item_count) {
         return false;
     }
     for (uint32_t i = 0; i < d->item_count; i++) {
@@ -504,8 +573,7 @@ bool dom_invariants_hold(const struct domain *d)
         if (item->reserved < 0 || item->reserved > item->on_hand || item->on_hand > ON_HAND_MAX) {
             return false;
         }
-        const struct dom_product *product = &d->products[item->product_index];
-        if (atomic_load(&product->item_by_store[item->store_index]) != (int32_t)i) {
+        if (d->products[item->product_index].item_by_store[item->store_index] != (int32_t)i) {
             return false;
         }
         totals[item->store_index] += item->on_hand;
@@ -515,63 +583,5 @@ bool dom_invariants_hold(const struct domain *d)
             return false;
         }
     }
-    return true;
-}
-
-uint32_t dom_read_store_count(const struct domain *d)
-{
-    return atomic_load_explicit(&d->store_count_committed, memory_order_acquire);
-}
-
-int32_t dom_read_store_find(const struct domain *d, const char *store_id)
-{
-    uint32_t count = dom_read_store_count(d);
-    SVC_ASSERT(count <= STORES_MAX);
-    for (uint32_t i = 0; i < count; i++) {
-        if (strcmp(d->stores[i].id, store_id) == 0) {
-            return (int32_t)i;
-        }
-    }
-    return -1;
-}
-
-int32_t dom_read_product_find(const struct domain *d, const char *sku)
-{
-    uint32_t limit = atomic_load_explicit(&d->product_count_committed, memory_order_acquire);
-    SVC_ASSERT(limit <= PRODUCTS_MAX);
-    return dom_product_probe(d, sku, limit, NULL);
-}
-
-bool dom_read_item(const struct domain *d, uint32_t product_index, uint32_t store_index,
-                   struct dom_item_view *out)
-{
-    SVC_ASSERT(product_index < PRODUCTS_MAX);
-    SVC_ASSERT(store_index < STORES_MAX);
-    uint32_t limit = atomic_load_explicit(&d->item_count_committed, memory_order_acquire);
-    int32_t index = atomic_load_explicit(&d->products[product_index].item_by_store[store_index],
-                                         memory_order_acquire);
-    if (index < 0 || (uint32_t)index >= limit) {
-        return false;
-    }
-    const struct dom_item *item = &d->items[index];
-    for (;;) {
-        uint32_t seq = atomic_load_explicit(&item->pub_seq, memory_order_acquire);
-        if (seq % 2 == 1) {
-            continue; /* the writer is copying this item: a few stores, spin */
-        }
-        out->version = atomic_load_explicit(&item->pub_version, memory_order_relaxed);
-        out->on_hand = atomic_load_explicit(&item->pub_on_hand, memory_order_relaxed);
-        out->reserved = atomic_load_explicit(&item->pub_reserved, memory_order_relaxed);
-        out->sold = atomic_load_explicit(&item->pub_sold, memory_order_relaxed);
-        out->updated_at_ms = atomic_load_explicit(&item->pub_updated_at_ms, memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&item->pub_seq, memory_order_relaxed) == seq) {
-            break;
-        }
-    }
-    if (out->version == 0) {
-        return false;
-    }
-    SVC_ASSERT(out->reserved >= 0 && out->reserved <= out->on_hand);
-    return true;
+    return !d->reservations_complete || dom_reserved_matches_reservations(d);
 }

@@ -1,23 +1,31 @@
 /*
- * domain.h - the in-memory inventory: stores, products and stock items.
+ * domain.h - the writer's in-memory inventory: stores, products, stock items and the ACTIVE
+ * reservations that hold part of that stock.
  *
- * The writer thread is the only mutator. Every mutation is a pure function over this state
- * that checks its preconditions, returns an svc_err when the command must be refused, and
- * leaves the state untouched in that case. Mutations of a batch stay "working" until the batch
- * commits: dom_publish() then makes them visible to readers, dom_rollback() undoes them when
- * the storage transaction failed. I/O threads read only the published part, through the
- * dom_read_* functions, without locks (atomics with acquire/release).
+ * Only the writer thread touches it. Every mutation is a pure function over this state that
+ * checks its preconditions, returns an svc_err when the command must be refused, and leaves the
+ * state untouched in that case. The changes of a batch stay "working" until the batch commits:
+ * dom_commit() then makes them the committed state, dom_rollback() returns to it when the
+ * storage transaction failed (an undo record per item changed, taken at its first change in the
+ * batch). Nobody else reads this: the query routes read the projector (read/projector.h), which
+ * the writer feeds with the events of every committed batch.
  *
- * This file is not storage (store.h) and not the batching loop (writer.h). Read queue.h next.
+ * Invariants (dom_invariants_hold): 0 <= reserved <= on_hand <= ON_HAND_MAX per item, store
+ * totals add up, and when the domain holds every ACTIVE reservation of the database
+ * (reservations_complete: the writer owns the database), each item's reserved is the sum of
+ * the ACTIVE reservation lines on it.
+ *
+ * This file is not storage (store/store.h) and not the batching loop (core/writer.h). Read
+ * reservations.h next.
  */
 #ifndef STOCKD_DOMAIN_H
 #define STOCKD_DOMAIN_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "base/svc_limits.h"
+#include "core/reservations.h"
 
 enum dom_policy {
     DOM_POLICY_HIGHEST_AVAILABLE = 0, /* default: the store with the most available */
@@ -29,54 +37,30 @@ struct dom_store {
     char id[STORE_ID_BYTES_MAX + 1];
     char name[NAME_BYTES_MAX + 1];
     int64_t latency_ms;
-    int64_t on_hand_total; /* writer-owned: sum of on_hand over this store's items */
+    int64_t on_hand_total; /* sum of on_hand over this store's items */
 };
 
 struct dom_item {
     uint32_t store_index;   /* index into domain.stores */
     uint32_t product_index; /* index into domain.products */
-    /* Writer-owned working state. */
     int64_t on_hand;
     int64_t reserved;
     int64_t version;       /* +1 on every change; 1 when created */
     int64_t sold;          /* units sold by purchase, for seed-004 totals */
     int64_t updated_at_ms; /* wall ms of the last change */
-    bool dirty;            /* touched by the current batch, listed in domain.dirty */
-    /* Published read model: written by the writer after commit, read by I/O threads under
-     * the pub_seq seqlock (odd while the writer is copying) so readers never see a torn item. */
-    _Atomic uint32_t pub_seq;
-    _Atomic int64_t pub_on_hand;
-    _Atomic int64_t pub_reserved;
-    _Atomic int64_t pub_version;
-    _Atomic int64_t pub_sold;
-    _Atomic int64_t pub_updated_at_ms;
+    bool dirty;            /* changed by the current batch (it has an undo record) */
 };
 
 struct dom_product {
     char sku[SKU_BYTES_MAX + 1];
     char name[NAME_BYTES_MAX + 1];
-    uint32_t round_robin_next;                 /* writer-owned: next store index to try */
-    _Atomic int32_t item_by_store[STORES_MAX]; /* item index, or -1 when not stocked there */
+    uint32_t round_robin_next;         /* next store index to try; not rolled back */
+    int32_t item_by_store[STORES_MAX]; /* item index, or -1 when not stocked there */
 };
 
-struct domain {
-    struct dom_store stores[STORES_MAX];
-    struct dom_product *products;   /* PRODUCTS_MAX, owned, allocated by dom_init */
-    struct dom_item *items;         /* ITEMS_MAX, owned */
-    _Atomic uint32_t *product_hash; /* PRODUCT_HASH_SLOTS of product index + 1; 0 = empty */
-    uint32_t *dirty;                /* item indexes touched this batch, owned */
-    uint32_t dirty_count;
-    /* Working counts (writer) and committed counts (what readers may see). */
-    uint32_t store_count;
-    uint32_t product_count;
-    uint32_t item_count;
-    _Atomic uint32_t store_count_committed;
-    _Atomic uint32_t product_count_committed;
-    _Atomic uint32_t item_count_committed;
-};
-
-/* Snapshot of one item for readers; copied out of the published atomics. */
-struct dom_item_view {
+/* An item's values before the current batch first changed it. */
+struct dom_undo {
+    uint32_t item_index;
     int64_t on_hand;
     int64_t reserved;
     int64_t version;
@@ -84,14 +68,35 @@ struct dom_item_view {
     int64_t updated_at_ms;
 };
 
-/* Allocates the fixed tables; the state starts empty. Returns 0 or -ENOMEM. */
+struct domain {
+    struct dom_store stores[STORES_MAX];
+    struct dom_product *products; /* PRODUCTS_MAX, owned, allocated by dom_init */
+    struct dom_item *items;       /* ITEMS_MAX, owned */
+    uint32_t *product_hash;       /* PRODUCT_HASH_SLOTS of product index + 1; 0 = empty */
+    struct dom_undo *undo;        /* ITEMS_MAX, owned: the items the batch changed */
+    uint32_t undo_count;
+    uint32_t store_count; /* working counts */
+    uint32_t product_count;
+    uint32_t item_count;
+    uint32_t store_count_committed; /* the counts at the last dom_commit */
+    uint32_t product_count_committed;
+    uint32_t item_count_committed;
+    struct res_table reservations; /* the ACTIVE reservations (and those the batch ended) */
+    bool reservations_complete;    /* every ACTIVE reservation of the database is here */
+    int64_t *check_sums;           /* ITEMS_MAX, owned: dom_invariants_hold's scratch */
+};
+
+/* Allocates the fixed tables; the state starts empty, with reservations_complete set (the
+ * writer clears it on a shared backend). Returns 0 or -ENOMEM. */
 int dom_init(struct domain *d);
-/* Frees what dom_init allocated. No reader may be running. */
+/* Frees what dom_init allocated. */
 void dom_deinit(struct domain *d);
 
-/* Lookups for the writer (working state). Return the index or -1. */
+/* Lookups. Return the index or -1. */
 int32_t dom_store_find(const struct domain *d, const char *store_id);
 int32_t dom_product_find(const struct domain *d, const char *sku);
+/* The item of (store, product), or -1 when that store does not stock it. */
+int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t product_index);
 
 /* Adds a store. SVC_ESTORE_EXISTS, SVC_ECAPACITY. On success *store_index_out is set. */
 int dom_store_create(struct domain *d, const char *id, const char *name, int64_t latency_ms,
@@ -126,35 +131,34 @@ void dom_item_reset_sold(struct domain *d, uint32_t item_index);
 void dom_item_move(struct domain *d, uint32_t item_index, int64_t on_hand_delta,
                    int64_t reserved_delta, int64_t now_ms);
 
-/* The item of (store, product), or -1 when that store does not stock it. Writer side. */
-int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t product_index);
-
-/* Makes every working change visible to readers; called after the batch committed. */
-void dom_publish(struct domain *d);
-/* Returns the working state to the last published state; called when a batch failed. */
+/* Makes every working change the committed state (the batch is durable); ended reservations
+ * leave memory. */
+void dom_commit(struct domain *d);
+/* Returns the working state to the committed state (the batch was not written). */
 void dom_rollback(struct domain *d);
 
-/* The loader path: inserts rows read from storage at startup, already committed. */
+/* The loader path: rows read from storage (at startup, and by a shared backend's prefetch),
+ * applied as working changes; the caller commits them. 0 or SVC_EVALIDATION (a stored row
+ * that breaks an invariant the database's CHECKs guard), SVC_ECAPACITY. dom_load_store and
+ * dom_load_product keep an existing store or product (they never change once created). */
 int dom_load_store(struct domain *d, const char *id, const char *name, int64_t latency_ms);
 int dom_load_product(struct domain *d, const char *sku, const char *name);
+/* Sets the item to the stored values (creating it when absent); an unchanged version is left
+ * alone. Store and product must be known. */
 int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
                   int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms);
+/* An ACTIVE reservation and then each of its lines (scheduled for expiry). */
+int dom_load_reservation(struct domain *d, int64_t seq, const char *store_id,
+                         const char *customer_id, int64_t expires_at_ms, int64_t version,
+                         int64_t created_at_ms);
+int dom_load_reservation_line(struct domain *d, int64_t seq, const char *sku, int64_t qty);
+/* A reservation held here that storage says is no longer ACTIVE (another instance ended it):
+ * it leaves memory at the next dom_commit. */
+void dom_forget_reservation(struct domain *d, int64_t seq);
 
-/* Checks every invariant of the working state (O(items)); used in assertions and tests. */
-/* Sets an item to the committed values another instance left in shared storage (creating it
- * when absent); the caller then publishes. Store and product must be known. 0 or
- * SVC_EVALIDATION. */
-int dom_refresh_item(struct domain *d, const char *store_id, const char *sku, int64_t on_hand,
-                     int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms);
+/* Checks every invariant of the working state, O(items + RESERVATIONS_ACTIVE_MAX slots); used
+ * in assertions (SVC_DEBUG_ASSERT: debug builds only) and by the tests and the simulation. */
 bool dom_invariants_hold(const struct domain *d);
-
-/* Reader side (any thread). Indexes returned are stable for the life of the process. */
-uint32_t dom_read_store_count(const struct domain *d);
-int32_t dom_read_store_find(const struct domain *d, const char *store_id);
-int32_t dom_read_product_find(const struct domain *d, const char *sku);
-/* Copies the published item of (store, product); false when not stocked there. */
-bool dom_read_item(const struct domain *d, uint32_t product_index, uint32_t store_index,
-                   struct dom_item_view *out);
 
 static inline int64_t dom_item_available(const struct dom_item *item)
 {

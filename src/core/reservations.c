@@ -67,7 +67,7 @@ static uint32_t res_probe(const struct res_table *t, int64_t seq, bool *found)
     SVC_UNREACHABLE(); /* load <= 0.5 */
 }
 
-struct reservation *res_find(struct res_table *t, int64_t seq)
+struct reservation *res_find(const struct res_table *t, int64_t seq)
 {
     SVC_ASSERT(seq >= 1);
     bool found = false;
@@ -215,8 +215,8 @@ int64_t res_next_expiry(struct res_table *t)
 
 struct reservation *res_pop_due(struct res_table *t, int64_t now_ms)
 {
-    if (res_next_expiry(t) > now_ms) {
-        return NULL;
+    if (res_next_expiry(t) > now_ms || t->heap_count == 0) {
+        return NULL; /* INT64_MAX means nothing scheduled, even at now_ms INT64_MAX */
     }
     struct reservation *r = res_find(t, t->heap[0].seq);
     SVC_ASSERT(r != NULL && r->status == RES_ACTIVE);
@@ -259,6 +259,7 @@ void res_commit(struct res_table *t)
         SVC_ASSERT(r->touched && r->seq >= 1);
         r->touched = false;
         r->created = false;
+        r->loading = false;
         if (r->status != RES_ACTIVE) {
             res_free(t, r);
         }
@@ -272,6 +273,7 @@ void res_rollback(struct res_table *t)
         struct reservation *r = &t->slots[t->touched[k - 1]];
         SVC_ASSERT(r->touched && r->seq >= 1);
         r->touched = false;
+        r->loading = false;
         if (r->created) {
             r->created = false;
             res_free(t, r);

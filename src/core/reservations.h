@@ -5,8 +5,9 @@
  * addressing on res_<seq>), and a min-heap of expiry times that drives the writer's TTL timer
  * (no scan of a table). Heap entries are lazy: an entry whose reservation is gone or whose
  * time changed is skipped when it surfaces, and a heap full of them is rebuilt from the ACTIVE
- * slots. Only the writer thread touches this module; the read model learns about reservations
- * from events. Read writer_internal.h next.
+ * slots. The domain owns the table (core/domain.h) and keeps item.reserved equal to the sum of
+ * the ACTIVE lines; only the writer thread touches it, and the read model learns about
+ * reservations from events. Read events.h next.
  */
 #ifndef STOCKD_RESERVATIONS_H
 #define STOCKD_RESERVATIONS_H
@@ -38,6 +39,7 @@ struct reservation {
     int64_t version; /* 1 when created, +1 on every change */
     bool touched;    /* changed by the current batch (listed in touched[]) */
     bool created;    /* created by the current batch */
+    bool loading;    /* read from storage by the current load or prefetch: lines to come */
     char customer_id[CUSTOMER_ID_BYTES_MAX + 1];
     struct res_line lines[CMD_LINES_MAX];
 };
@@ -62,8 +64,9 @@ struct res_table {
 int res_init(struct res_table *t);
 void res_deinit(struct res_table *t);
 
-/* The reservation res_<seq> if it is in memory (ACTIVE or finished in this batch), or NULL. */
-struct reservation *res_find(struct res_table *t, int64_t seq);
+/* The reservation res_<seq> if it is in memory (ACTIVE or finished in this batch), or NULL.
+ * (Like strchr, a const table gives a mutable slot: the writer owns both.) */
+struct reservation *res_find(const struct res_table *t, int64_t seq);
 
 /* Takes a free slot for a new reservation seq and indexes it; NULL when full. The caller fills
  * the lines and times, then calls res_schedule. */

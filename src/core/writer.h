@@ -1,12 +1,15 @@
 /*
  * writer.h - the single writer: the only thread that changes inventory.
  *
- * It drains the command queue in batches of up to BATCH_COMMANDS_MAX, applies each command to
- * the in-memory domain, writes the whole batch in ONE storage transaction, and only then
- * releases the replies (durable before acknowledged). Idempotency is decided here too, so two
+ * It drains the command queue in batches of up to BATCH_COMMANDS_MAX and runs each batch in
+ * four steps (TigerBeetle's prefetch -> commit -> persist -> reply): prefetch reads in one round
+ * whatever the batch needs that memory does not hold; apply decides every command in memory
+ * with no storage call (core/apply.h); persist writes the whole batch in ONE storage
+ * transaction; only then are the replies released (durable before acknowledged), and after
+ * them the batch's events go to the read model. Idempotency is decided here too, so two
  * requests with one key can never both apply. See the state machine at the top of writer.c.
  *
- * Read http.h next.
+ * Read core/apply.h next.
  */
 #ifndef STOCKD_WRITER_H
 #define STOCKD_WRITER_H
@@ -18,8 +21,8 @@
 
 #include "core/command.h"
 #include "core/domain.h"
+#include "core/events.h"
 #include "core/queue.h"
-#include "core/reservations.h"
 #include "store/store.h"
 
 /* Batch-size histogram buckets: [1], [2,3], [4,7], ... [512,1023], [1024]. */
@@ -27,7 +30,7 @@
 
 struct writer_config {
     struct store *store;   /* borrowed; used by the writer thread only once started */
-    struct domain *domain; /* borrowed; the writer is its only mutator */
+    struct domain *domain; /* borrowed; the writer is its only user */
     struct queue *queue;   /* borrowed; the writer is its only consumer */
     int64_t idem_retention_ms;
     int64_t (*wall_ms)(void); /* injectable clock (tests run on fake time) */
@@ -35,13 +38,12 @@ struct writer_config {
     /* Hands a finished command back to its owner; called on the writer thread. */
     void (*reply)(struct command *cmd, void *reply_context);
     void *committed_context;
-    /* Optional: the events of a batch, in seq order, once the batch is durable and before any
-     * reply leaves (read-your-writes for the projections). The rows are valid during the
-     * call only. Called on the writer thread. */
-    void (*committed)(const struct row_event *events, size_t count, void *committed_context);
+    /* Optional: the events of a durable batch, in seq order, after its replies left (other
+     * instances' events that its prefetch read come first). Valid during the call only. */
+    void (*committed)(const struct event *events, size_t count, void *committed_context);
     /* Optional: the last seq the committed hook's consumer has applied (it may have more than
      * this writer committed: other instances' events, read by a follower). A shared backend's
-     * prepare reads only the events after it. */
+     * prefetch reads only the events after it. */
     int64_t (*applied_seq)(void *committed_context);
 };
 
@@ -50,34 +52,41 @@ struct writer_stats { /* written by the writer, read by /metrics */
     _Atomic uint64_t commands;
     _Atomic uint64_t batch_size_max;
     _Atomic uint64_t batch_failures;
-    _Atomic uint64_t batch_retries; /* shared backend: prepared again after a lost race */
+    _Atomic uint64_t batch_retries; /* shared backend: prefetched again after a lost race */
     _Atomic uint64_t replays;
     _Atomic uint64_t commit_us_total;
     _Atomic uint64_t commit_us_max;
     _Atomic uint64_t batch_size_buckets[WRITER_BATCH_BUCKETS];
 };
 
-struct writer_batch; /* per-batch scratch: rows, arena, batch-local idempotency table */
+/* Where the batch in hand is (writer.c's state machine). */
+enum writer_state {
+    WRITER_IDLE = 0,
+    WRITER_PREFETCHING,
+    WRITER_APPLYING,
+    WRITER_PERSISTING,
+    WRITER_REPLYING,
+    WRITER_PUBLISHING,
+};
+
+struct batch;          /* per-batch scratch: core/batch.h */
+struct writer_scratch; /* writer.c's own: per-command outcomes, the prefetch keys */
 
 struct writer {
     struct writer_config config;
-    struct writer_batch *batch; /* owned */
-    int64_t order_seq;          /* last order number used (working) */
-    int64_t event_seq;          /* last event number used (working) */
-    int64_t order_seq_committed;
-    int64_t event_seq_committed;
-    int64_t reservation_seq; /* last reservation number used (working) */
-    int64_t reservation_seq_committed;
-    struct res_table reservations; /* ACTIVE reservations and their expiry heap */
-    int64_t prune_due_ms;          /* wall time of the next idempotency pruning */
+    struct batch *batch;            /* owned */
+    struct writer_scratch *scratch; /* owned */
+    enum writer_state state;
+    int64_t prune_due_ms; /* wall time of the next idempotency pruning */
     pthread_t thread;
     bool started;
     _Atomic bool stopping;
-    _Atomic bool storage_ok; /* false after a failed commit, until one succeeds */
+    _Atomic bool storage_ok;   /* false after a failed commit, until one succeeds */
+    _Atomic int64_t acked_seq; /* the last event seq of a batch whose replies were released */
     struct writer_stats stats;
 };
 
-/* Loads the domain from storage and prepares the batch scratch. 0, -ENOMEM or
+/* Loads the domain from storage and allocates the batch scratch. 0, -ENOMEM or
  * SVC_ESTORAGE_UNAVAILABLE. Called by main before any I/O thread starts. */
 int writer_init(struct writer *w, const struct writer_config *config);
 /* Frees the scratch. The thread must have been stopped. */
@@ -88,12 +97,20 @@ int writer_start(struct writer *w);
 /* Asks the thread to finish the batch in hand and the queue's contents, then joins it. */
 void writer_stop(struct writer *w);
 
-/* Runs one batch synchronously on the calling thread: apply, commit, reply. The writer
- * thread's loop body; exposed for the unit tests. Takes ownership of every command until it
- * is handed to config.reply. */
+/* Runs one batch synchronously on the calling thread: prefetch, apply, persist, reply,
+ * publish. The writer thread's loop body; exposed for the tests. Takes ownership of every
+ * command until it is handed to config.reply. count 0 runs the due expiries only. */
 void writer_run_batch(struct writer *w, struct command **commands, size_t count);
+
+/* How many of the first count commands fit one batch's row budget (at least one when count
+ * is not 0). The loop cuts batches with it; tests too. */
+size_t writer_batch_fit(struct writer *w, struct command **commands, size_t count);
 
 /* Deletes expired idempotency records if due; called by the loop when idle. */
 void writer_housekeeping(struct writer *w);
+
+/* The last event seq whose batch's replies were released: a read that must see what a client
+ * was told waits for the read model to reach it (any thread). */
+int64_t writer_acked_seq(struct writer *w);
 
 #endif

@@ -1,18 +1,35 @@
 /*
  * api.h - the route handlers, one file per resource (Redis t_*.c):
- *   api_inventory.c  stores, products, adjustments, availability
- *   api_orders.c     purchase and orders
- *   api_seed.c       the seed-compatible aliases (seed 004)
- *   api_ops.c        health, readiness, metrics, the OpenAPI document, the home page
- * All share one signature (route_handler) and the decoding helpers below (api_common.c).
+ *   api_inventory.c     stores, products, adjustments (commands)
+ *   api_orders.c        purchase (a command) and GET /v1/orders/{id} (this thread's reader)
+ *   api_reservations.c  set-absolute, reservations, transfers, reconciliations (commands)
+ *   api_queries.c       availability, totals, stores, reservations, projection status and
+ *                       rebuild (the projector), the event log and idempotency records (reader)
+ *   api_stream.c        GET /v1/stream, server-sent events (the projector's tap, the log)
+ *   api_seed.c          the seed-compatible aliases (seed 004)
+ *   api_ops.c           health, readiness, metrics, audit, the OpenAPI document, the home page
+ *   api_common.c        the helpers below: body decoding, idempotency, fresh reads, events
+ * All share one signature (route_handler) and reach the server only through request.h.
+ * Commands go to the writer; queries never touch the writer's domain. Read api_common.c next.
  */
 #ifndef STOCKD_API_H
 #define STOCKD_API_H
 
 #include <jansson.h>
 
+#include "base/json_out.h"
 #include "http/routes.h"
+#include "store/store.h"
 
+/* ---- handlers ----
+ * Each is a route_handler (routes.h): called by routes_dispatch on the request's I/O thread
+ * after the route's role was checked, it sends exactly one response, or for a command hands
+ * it to the writer, whose reply is sent when it returns (request.h). */
+
+/* Commands, decoded here and decided by the writer (api_inventory.c, api_orders.c,
+ * api_reservations.c): POST /v1/stores, /v1/products, /v1/adjustments, /v1/purchase,
+ * /v1/items:set-absolute, /v1/reservations, /v1/reservations/{id}:confirm and :cancel,
+ * /v1/transfers, /v1/reconciliations. */
 void api_store_create(struct http_request *r);
 void api_product_create(struct http_request *r);
 void api_adjustment(struct http_request *r);
@@ -23,18 +40,26 @@ void api_reservation_confirm(struct http_request *r);
 void api_reservation_cancel(struct http_request *r);
 void api_transfer(struct http_request *r);
 void api_reconciliation(struct http_request *r);
+/* GET /v1/orders/{id}: one order from this thread's store reader (api_orders.c). */
 void api_order_get(struct http_request *r);
+/* Seed 004 (api_seed.c): POST /buy_ticket and POST /reset are commands; GET /inventory reads
+ * the ticket item of the first store from the projector. */
 void api_seed_buy_ticket(struct http_request *r);
 void api_seed_inventory(struct http_request *r);
 void api_seed_reset(struct http_request *r);
+/* Operations (api_ops.c): GET /, /health, /ready, /metrics. */
 void api_home(struct http_request *r);
 void api_health(struct http_request *r);
 void api_ready(struct http_request *r);
 void api_metrics(struct http_request *r);
 /* GET /openapi.yaml: the OpenAPI document compiled in from openapi.yaml (tools/embed.py). */
 void api_openapi(struct http_request *r);
+/* GET /v1/admin/audit: replays the log on this thread's reader (api_ops.c). */
 void api_audit(struct http_request *r);
-/* Queries from the read model (api_queries.c). */
+/* Queries from the read model, with ETag and X-Projection-Lag-ms (api_queries.c):
+ * GET /v1/availability, /v1/items/{id}/availability, /v1/products/totals, /v1/stores,
+ * /v1/reservations/{id}, /v1/projections/status; and from this thread's store reader:
+ * GET /v1/events, /v1/idempotency/{id}. POST /v1/projections/rebuild starts a rebuild. */
 void api_query_availability(struct http_request *r);
 void api_query_item_availability(struct http_request *r);
 void api_query_totals(struct http_request *r);
@@ -44,7 +69,9 @@ void api_query_events(struct http_request *r);
 void api_query_idempotency(struct http_request *r);
 void api_query_projection_status(struct http_request *r);
 void api_projection_rebuild(struct http_request *r);
-void api_query_stream(struct http_request *r);
+/* GET /v1/stream (api_stream.c): server-sent events of committed events, live from the
+ * projector's tap, replayed from the log after Last-Event-ID or ?since=. */
+void api_stream_open(struct http_request *r);
 
 /* ---- decoding helpers (api_common.c) ---- */
 
@@ -79,5 +106,23 @@ int api_if_match(struct http_request *r, struct command *cmd);
 
 /* True when s is 1..max bytes of [A-Za-z0-9._-]. */
 bool api_is_id(const char *s, size_t length, size_t max);
+
+/* Reads the optional decimal query parameter name into *out when it lies in [min, max]
+ * (min >= 0). 1 set, 0 absent (*out untouched), or SVC_EVALIDATION. */
+int api_query_int(struct http_request *r, const char *name, int64_t min, int64_t max, int64_t *out);
+
+/* ---- reads (api_common.c) ---- */
+
+/* Waits (up to API_READ_WAIT_US_MAX) for the projector to apply everything the writer has
+ * acknowledged, so that a client reads its own writes: replies leave before their batch is
+ * projected. True when caught up; false on timeout, and the caller serves what is there (its
+ * lag goes out in X-Projection-Lag-ms). Called by every handler that answers from the
+ * projector, before projector_read_begin. Blocks this I/O thread for that long at most. */
+bool api_read_fresh(struct http_request *r);
+
+/* Appends one event as the object GET /v1/events lists and GET /v1/stream sends as data:
+ * seq, eventType, eventVersion, occurredAt, storeId and sku (null when absent) and data (the
+ * stored JSON, copied raw). The caller checks jbuf_ok. */
+void api_event_json(struct jbuf *b, const struct row_event *row);
 
 #endif

@@ -1,7 +1,10 @@
 /*
- * api_common.c - request decoding shared by the handlers: body rules, typed JSON members,
- * idempotency keys. Every failure here is an operating error answered 4xx (STYLE 8).
+ * api_common.c - what the handlers share: request decoding (body rules, typed JSON members,
+ * idempotency keys, If-Match), the wait that makes reads see their own writes, and the JSON of
+ * one event. Every decoding failure here is an operating error answered 4xx (STYLE 8). This
+ * file holds no handler. Read api_inventory.c next.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -9,7 +12,10 @@
 #include "base/errors.h"
 #include "base/hash.h"
 #include "base/svc_assert.h"
+#include "base/svc_limits.h"
 #include "base/text.h"
+#include "core/writer.h"
+#include "read/projector.h"
 
 bool api_is_id(const char *s, size_t length, size_t max)
 {
@@ -219,4 +225,57 @@ void api_submit_command(struct http_request *r, enum cmd_kind kind, bool with_li
         return;
     }
     http_command_submit(r, hc);
+}
+
+bool api_read_fresh(struct http_request *r)
+{
+    struct app *app = r->thread->app;
+    SVC_ASSERT(app != NULL);
+    int64_t acked = writer_acked_seq(&app->writer);
+    SVC_ASSERT(acked >= 0);
+    return projector_wait_seq(&app->projector, acked, API_READ_WAIT_US_MAX);
+}
+
+void api_event_json(struct jbuf *b, const struct row_event *row)
+{
+    SVC_ASSERT(row->seq >= 1);
+    SVC_ASSERT(row->event_type != NULL && row->data_json != NULL);
+    jbuf_lit(b, "{");
+    jbuf_kv_int(b, "seq", row->seq);
+    jbuf_kv_str(b, "eventType", row->event_type);
+    jbuf_kv_int(b, "eventVersion", row->event_version);
+    jbuf_kv_time(b, "occurredAt", row->occurred_at_ms);
+    if (row->store_id != NULL) {
+        jbuf_kv_str(b, "storeId", row->store_id);
+    } else {
+        jbuf_lit(b, ",\"storeId\":null");
+    }
+    if (row->sku != NULL) {
+        jbuf_kv_str(b, "sku", row->sku);
+    } else {
+        jbuf_lit(b, ",\"sku\":null");
+    }
+    jbuf_key(b, "data");
+    jbuf_lit(b, row->data_json); /* stored JSON text, written by the writer's encoder */
+    jbuf_lit(b, "}");
+    SVC_ASSERT(row->data_json[0] == '{');
+}
+
+int api_query_int(struct http_request *r, const char *name, int64_t min, int64_t max, int64_t *out)
+{
+    SVC_ASSERT(min >= 0 && min <= max);
+    char text[QUERY_VALUE_BYTES_MAX];
+    int rc = http_query_param(r, name, text, sizeof text);
+    if (rc != 1) {
+        return rc;
+    }
+    char *end = NULL;
+    long long value = strtoll(text, &end, 10);
+    if (text[0] == '\0' || *end != '\0' || (text[0] < '0' || text[0] > '9') || value < min ||
+        value > max) {
+        return SVC_EVALIDATION;
+    }
+    *out = value;
+    SVC_ASSERT(*out >= min && *out <= max);
+    return 1;
 }

@@ -119,7 +119,7 @@ void api_metrics(struct http_request *r)
                        "stockd_projection_lag_seconds %.3f\n"
                        "# TYPE stockd_queue_depth gauge\nstockd_queue_depth %zu\n"
                        "# TYPE stockd_http_requests_total counter\n",
-                       (unsigned long long)store_busy_wait_count(),
+                       (unsigned long long)store_busy_wait_count(app->writer.config.store),
                        (unsigned long long)atomic_load(&app->writer.stats.batch_retries),
                        (unsigned long long)atomic_load(&app->follower.catch_ups),
                        (double)api_projection_lag_ms(app) / 1000.0, queue_depth(&app->queue));

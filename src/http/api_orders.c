@@ -2,13 +2,19 @@
  * api_orders.c - POST /v1/purchase (buy now) and GET /v1/orders/{id}.
  *
  * A purchase is decoded and validated here, on the I/O thread, and then decided by the writer;
- * an order is read back through this thread's read-only store handle.
+ * an order is read back through this thread's read-only store handle (it is durable before
+ * its purchase is answered, so no wait for the read model is needed) and formatted here.
+ * Read api_reservations.c next.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "http/api.h"
 #include "base/errors.h"
+#include "base/json_out.h"
+#include "base/log.h"
 #include "base/svc_assert.h"
 
 static int api_decode_policy(json_t *body, enum dom_policy *out, const char **why)
@@ -96,6 +102,27 @@ static int64_t api_order_seq(h2o_iovec_t id)
     return seq;
 }
 
+/* Writes the v1 order JSON of ord_<seq> from its stored columns; false when it did not fit. */
+static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_order_row *row)
+{
+    SVC_ASSERT(seq >= 1);
+    SVC_ASSERT(row->lines_json != NULL && row->history_json != NULL);
+    char order_id[32];
+    snprintf(order_id, sizeof order_id, "ord_%" PRId64, seq);
+    jbuf_lit(b, "{");
+    jbuf_kv_str(b, "orderId", order_id);
+    jbuf_kv_str(b, "customerId", row->customer_id);
+    jbuf_kv_str(b, "storeId", row->store_id);
+    jbuf_kv_str(b, "status", row->status);
+    jbuf_key(b, "lines");
+    jbuf_lit(b, row->lines_json); /* stored JSON, written by the writer */
+    jbuf_key(b, "history");
+    jbuf_lit(b, row->history_json);
+    jbuf_kv_time(b, "createdAt", row->created_at_ms);
+    jbuf_lit(b, "}");
+    return jbuf_ok(b);
+}
+
 void api_order_get(struct http_request *r)
 {
     int64_t seq = api_order_seq(r->path_param);
@@ -103,17 +130,24 @@ void api_order_get(struct http_request *r)
         http_send_problem(r, SVC_EUNKNOWN_ORDER, "order ids look like ord_123", NULL, 0);
         return;
     }
-    char body[READ_BODY_BYTES_MAX];
-    size_t length = 0;
-    int rc = store_reader_order_json(r->thread->reader, seq, body, sizeof body, &length);
+    struct store_order_row row;
+    int rc = store_reader_order(r->thread->reader, seq, &row);
+    SVC_ASSERT(rc <= 1); /* 1 found, 0 absent, or an error */
     if (rc == 0) {
         http_send_problem(r, SVC_EUNKNOWN_ORDER, "no order with this id", NULL, 0);
         return;
     }
-    if (rc < 0) {
+    char body[READ_BODY_BYTES_MAX];
+    struct jbuf b;
+    jbuf_init(&b, body, sizeof body);
+    if (rc < 0 || !api_order_format(&b, seq, &row)) {
+        if (rc > 0) {
+            log_error("http: order ord_%" PRId64 " does not fit %d bytes", seq,
+                      READ_BODY_BYTES_MAX);
+        }
         http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, NULL, NULL, 0);
         return;
     }
-    SVC_ASSERT(length > 0 && length < sizeof body);
-    http_send_json(r, 200, body, length);
+    SVC_ASSERT(b.length > 0 && b.length < sizeof body);
+    http_send_json(r, 200, body, b.length);
 }

@@ -2,8 +2,10 @@
  * api_seed.c - the seed-004 routes as thin aliases onto the v1 commands, so that seed's own
  * client and proof_of_correctness script work unchanged:
  *   POST /buy_ticket  -> a purchase of one unit of the ticket sku in any store (200 / 410)
- *   GET  /inventory   -> the ticket item in the seed's shape
+ *   GET  /inventory   -> the ticket item of the first store in the seed's shape, read from
+ *                        the projector like every other query
  *   POST /reset       -> ticket stock back to 100, only with --allow-reset
+ * The commands are decided by the writer. Read api_ops.c next.
  */
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +15,7 @@
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_assert.h"
+#include "read/projector.h"
 
 void api_seed_buy_ticket(struct http_request *r)
 {
@@ -60,33 +63,49 @@ void api_seed_reset(struct http_request *r)
     http_command_submit(r, hc);
 }
 
+/* Writes GET /inventory's body for the ticket item (sku, its name, item) into out. */
+static size_t api_seed_inventory_format(char *out, size_t size, const char *sku, const char *name,
+                                        const struct projector_item *item)
+{
+    SVC_ASSERT(item->reserved >= 0 && item->reserved <= item->on_hand);
+    char updated[32];
+    time_t seconds = (time_t)(item->updated_at_ms / 1000);
+    struct tm tm;
+    gmtime_r(&seconds, &tm);
+    strftime(updated, sizeof updated, "%Y-%m-%d %H:%M:%S", &tm);
+    struct jbuf b;
+    jbuf_init(&b, out, size);
+    jbuf_lit(&b, "{\"item_id\":1");
+    jbuf_kv_str(&b, "item_name", name);
+    jbuf_kv_str(&b, "sku", sku);
+    jbuf_kv_int(&b, "current_stock", item->on_hand - item->reserved);
+    jbuf_kv_int(&b, "initial_stock", TICKET_RESET_ON_HAND);
+    jbuf_kv_int(&b, "total_purchases", item->sold);
+    jbuf_kv_str(&b, "last_updated", updated);
+    jbuf_lit(&b, "}");
+    SVC_ASSERT(jbuf_ok(&b)); /* a 200-byte name escaped fits READ_BODY_BYTES_MAX */
+    return b.length;
+}
+
 void api_seed_inventory(struct http_request *r)
 {
-    const struct domain *d = &r->thread->app->domain;
+    struct projector *p = &r->thread->app->projector;
     const char *sku = r->thread->app->config.ticket_sku;
-    int32_t product_index = dom_read_product_find(d, sku);
-    struct dom_item_view view;
-    if (product_index < 0 || !dom_read_item(d, (uint32_t)product_index, 0, &view)) {
+    SVC_ASSERT(sku[0] != '\0');
+    api_read_fresh(r); /* a buyer sees its own purchase */
+    struct projection *v = projector_read_begin(p);
+    int32_t product_index = projector_product_find(v, sku);
+    struct projector_item item;
+    /* The ticket item lives in the first store (index 0), where POST /reset puts it. */
+    if (product_index < 0 || !projector_item_get(v, (uint32_t)product_index, 0, &item)) {
+        projector_read_end(p, v);
         http_send_problem(r, SVC_EUNKNOWN_SKU, "no ticket item yet: POST /reset creates it", NULL,
                           0);
         return;
     }
-    char updated[32];
-    time_t seconds = (time_t)(view.updated_at_ms / 1000);
-    struct tm tm;
-    gmtime_r(&seconds, &tm);
-    strftime(updated, sizeof updated, "%Y-%m-%d %H:%M:%S", &tm);
     char body[READ_BODY_BYTES_MAX];
-    struct jbuf b;
-    jbuf_init(&b, body, sizeof body);
-    jbuf_lit(&b, "{\"item_id\":1");
-    jbuf_kv_str(&b, "item_name", d->products[product_index].name);
-    jbuf_kv_str(&b, "sku", sku);
-    jbuf_kv_int(&b, "current_stock", view.on_hand - view.reserved);
-    jbuf_kv_int(&b, "initial_stock", TICKET_RESET_ON_HAND);
-    jbuf_kv_int(&b, "total_purchases", view.sold);
-    jbuf_kv_str(&b, "last_updated", updated);
-    jbuf_lit(&b, "}");
-    SVC_ASSERT(jbuf_ok(&b));
-    http_send_json(r, 200, body, b.length);
+    size_t length = api_seed_inventory_format(
+        body, sizeof body, sku, projector_product_name(v, (uint32_t)product_index), &item);
+    projector_read_end(p, v); /* the name was copied into body */
+    http_send_json(r, 200, body, length);
 }

@@ -1,9 +1,13 @@
 /*
  * app.h - the process-wide singletons, wired by main and immutable after startup.
  *
- * I/O threads reach the writer only through `queue`, read inventory only through `domain`'s
- * dom_read_* functions, and read stats through atomics. Nothing here is locked because nothing
- * here changes after the threads start (STYLE 4). Read routes.h next.
+ * I/O threads reach the writer only through `queue` (and get replies back on their own
+ * queue, server.c); they read inventory only from `projector`, the read model fed by
+ * committed events, after waiting for it to catch up with `writer_acked_seq` (api_read_fresh
+ * in api_common.c); they read orders, the event log and idempotency records through their own
+ * store reader, and stats through atomics. The domain belongs to the writer alone: no I/O
+ * thread touches it. Nothing here is locked because nothing here changes after the threads
+ * start (STYLE 4). This file is not the server (server.h). Read routes.h next.
  */
 #ifndef STOCKD_APP_H
 #define STOCKD_APP_H
@@ -35,7 +39,7 @@ struct app_config {
 
 struct app {
     struct app_config config;
-    struct domain domain;
+    struct domain domain; /* the writer's; never read by I/O threads */
     struct queue queue;
     struct writer writer;
     struct projector projector; /* the read model; fed by the writer's committed hook */

@@ -1,5 +1,6 @@
 /*
- * routes.c - the route table and the dispatcher. See routes.h.
+ * routes.c - the route table and the dispatcher. See routes.h. It does not send anything but
+ * 401/403/404/405 itself: the handlers answer (api_*.c). Read api_common.c next.
  */
 #include "http/routes.h"
 
@@ -117,7 +118,7 @@ struct route routes_table[] = {
      {0}},
     {"GET",
      "/v1/stream",
-     api_query_stream,
+     api_stream_open,
      ROUTE_READONLY,
      0,
      "Server-sent events of committed events",
@@ -307,6 +308,8 @@ void routes_dispatch(struct http_request *r)
     }
     if (path_match != NULL) {
         r->route = path_match;
+        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_ALLOW, NULL,
+                       path_match->method, strlen(path_match->method));
         http_send_problem(r, SVC_EMETHOD_NOT_ALLOWED, "this path does not take this method", NULL,
                           0);
         return;

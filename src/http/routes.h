@@ -4,7 +4,10 @@
  * Every route is a row: method, path pattern (one "{id}" segment at most), handler, flags and
  * body limit; runtime stats live in a separate section of the same struct (Redis
  * redisCommand). routes_dispatch matches a request and runs the handler; unknown paths get
- * 404 and known paths with another method 405, both as problem+json. Read api.h next.
+ * 404 and known paths with another method 405 (with Allow), both as problem+json.
+ *
+ * server.c calls routes_dispatch for every request; the handlers (api.h) use request.h. This
+ * file is not the handlers and not the server. Read api.h next.
  */
 #ifndef STOCKD_ROUTES_H
 #define STOCKD_ROUTES_H
@@ -14,7 +17,7 @@
 #include <stdint.h>
 
 #include "http/auth.h"
-#include "http/http.h"
+#include "http/request.h"
 
 #define ROUTE_WRITE 0x1      /* a command: goes to the writer */
 #define ROUTE_READONLY 0x2   /* a query: served from the read model on the I/O thread */

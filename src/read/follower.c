@@ -10,7 +10,7 @@
 #include "base/clock.h"
 #include "base/errors.h"
 #include "base/log.h"
-#include "store/store.h"
+#include "store/store_open.h"
 #include "base/svc_assert.h"
 
 static void *follower_main(void *arg)

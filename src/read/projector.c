@@ -6,15 +6,16 @@
  * findable (hash slot or item_by_store entry, release store), then counted (release store).
  * Mutable fields (item stock, reservation status) are rewritten under the row's seqlock:
  * odd while the applying thread writes, readers retry until they see an even, unchanged value.
- * Events carry the full item state after the change (events.h), so applying one is a copy,
- * not arithmetic, and replaying the log twice gives the same answer.
+ * Events carry the full item state after the change (core/events.h), so applying one is a
+ * copy, not arithmetic, and replaying the log twice gives the same answer. The writer hands
+ * events over structured; replays and the follower decode stored rows (event_decode) before
+ * they take the apply mutex, so the mutex is held for copies only.
  *
  * Not here: HTTP formatting (api_queries.c), the writer's own state (domain.c).
  */
 #include "read/projector.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include "base/hash.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "store/store_open.h"
 
 struct projection_store {
     char id[STORE_ID_BYTES_MAX + 1];
@@ -42,6 +44,7 @@ struct projection_item {
     _Atomic int64_t on_hand;
     _Atomic int64_t reserved;
     _Atomic int64_t version;
+    _Atomic int64_t sold;
     _Atomic int64_t updated_at_ms;
 };
 
@@ -288,25 +291,13 @@ static int32_t projection_product_add(struct projection *v, const char *sku, con
     return (int32_t)count;
 }
 
-/* The structured stock fields of an event: from the row when the writer filled them, else
- * parsed from data (replay). */
+/* The stock state an event leaves its item in. */
 struct projection_stock {
     int64_t on_hand;
     int64_t reserved;
     int64_t version;
+    int64_t sold;
 };
-
-static int64_t projection_json_int(json_t *data, const char *name)
-{
-    json_t *member = json_object_get(data, name);
-    return json_is_integer(member) ? (int64_t)json_integer_value(member) : 0;
-}
-
-static const char *projection_json_str(json_t *data, const char *name)
-{
-    json_t *member = json_object_get(data, name);
-    return json_is_string(member) ? json_string_value(member) : "";
-}
 
 static void projection_item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
                                 const struct projection_stock *stock, int64_t at_ms)
@@ -332,33 +323,53 @@ static void projection_item_set(struct projection *v, uint32_t product_index, ui
     atomic_store_explicit(&item->on_hand, stock->on_hand, memory_order_relaxed);
     atomic_store_explicit(&item->reserved, stock->reserved, memory_order_relaxed);
     atomic_store_explicit(&item->version, stock->version, memory_order_relaxed);
+    atomic_store_explicit(&item->sold, stock->sold, memory_order_relaxed);
     atomic_store_explicit(&item->updated_at_ms, at_ms, memory_order_relaxed);
     atomic_store_explicit(&item->seqlock, seq + 2, memory_order_release);
     /* Published after its first values: a reader finding the index sees a whole item. */
     atomic_store_explicit(&product->item_by_store[store_index], index, memory_order_release);
 }
 
-/* A stock event: the item after the change (events.h). ProductCreated also names it. */
-static void projection_apply_stock(struct projection *v, const struct row_event *e, json_t *data)
+/* The item's sold count after e: carried by the event, or (a log written before events carried
+ * it) the count before plus what an order sold. */
+static int64_t projection_sold(const struct projection *v, uint32_t product_index,
+                               uint32_t store_index, const struct event *e)
 {
-    SVC_ASSERT(e->store_id != NULL && e->sku != NULL);
-    struct projection_stock stock = {e->on_hand, e->reserved, e->version};
-    if (!e->is_stock) {
-        stock.on_hand = projection_json_int(data, "onHand");
-        stock.reserved = projection_json_int(data, "reserved");
-        stock.version = projection_json_int(data, "version");
+    if (e->present & EVF(SOLD)) {
+        return e->sold;
     }
-    const char *name = data != NULL ? projection_json_str(data, "name") : "";
+    if (e->type == EVENT_STOCK_ADJUSTED && e->reason != NULL &&
+        strcmp(e->reason, EVENT_REASON_RESET) == 0) {
+        return 0; /* seed 004's reset restarted the count (the writer zeroes it too) */
+    }
+    int32_t index = atomic_load(&v->products[product_index].item_by_store[store_index]);
+    int64_t before = index >= 0 ? atomic_load(&v->items[index].sold) : 0;
+    return before + (e->type == EVENT_ORDER_COMPLETED ? e->qty : 0);
+}
+
+/* A stock event: the item after the change. ProductCreated also names its product. */
+static void projection_apply_stock(struct projection *v, const struct event *e)
+{
+    SVC_ASSERT(event_type_is_stock(e->type));
+    if (e->store_id == NULL || e->sku == NULL) {
+        v->dropped++; /* a stock event names its item: a corrupt row */
+        return;
+    }
+    const char *name = e->type == EVENT_PRODUCT_CREATED && e->name != NULL ? e->name : "";
     int32_t store_index = projection_store_add(v, e->store_id, e->store_id, 0);
     int32_t product_index = projection_product_add(v, e->sku, name);
     if (store_index < 0 || product_index < 0) {
-        return;
+        return; /* past a table's capacity: counted by the add */
     }
-    if (stock.reserved < 0 || stock.reserved > stock.on_hand || stock.version < 1) {
+    bool complete = (e->present & (EVF(ON_HAND) | EVF(VERSION))) == (EVF(ON_HAND) | EVF(VERSION));
+    if (!complete || e->reserved < 0 || e->reserved > e->on_hand || e->version < 1) {
         log_warn("projector: event %lld has an impossible item; skipped", (long long)e->seq);
         v->dropped++; /* the log is external data here: refuse it rather than crash */
         return;
     }
+    struct projection_stock stock = {
+        e->on_hand, e->reserved, e->version,
+        projection_sold(v, (uint32_t)product_index, (uint32_t)store_index, e)};
     projection_item_set(v, (uint32_t)product_index, (uint32_t)store_index, &stock,
                         e->occurred_at_ms);
 }
@@ -379,43 +390,39 @@ static void projection_reservation_write(struct projection_reservation *r, int32
 
 static int32_t projection_status_parse(const char *text, int32_t fallback)
 {
-    static const char *const names[] = {"ACTIVE", "CONFIRMED", "CANCELLED", "EXPIRED"};
-    for (int32_t i = 0; i < 4; i++) {
-        if (strcmp(text, names[i]) == 0) {
+    for (int32_t i = PROJECTOR_ACTIVE; text != NULL && i <= PROJECTOR_EXPIRED; i++) {
+        if (strcmp(text, projector_status_name((enum projector_status)i)) == 0) {
             return i;
         }
     }
     return fallback;
 }
 
-/* Copies the lines [{sku,qty}] into the line pool; false when they do not fit. */
-static bool projection_lines_add(struct projection *v, json_t *lines,
+/* Copies the event's lines into the line pool; false when they do not fit. */
+static bool projection_lines_add(struct projection *v, const struct event *e,
                                  struct projection_reservation *r)
 {
-    size_t count = json_array_size(lines);
-    if (v->line_count + count > PROJ_RESERVATION_LINES_MAX) {
+    if (v->line_count + e->line_count > PROJ_RESERVATION_LINES_MAX) {
         return false;
     }
     r->line_first = v->line_count;
     r->line_count = 0;
-    for (size_t i = 0; i < count; i++) {
-        json_t *line = json_array_get(lines, i);
-        int32_t product = projection_product_add(v, projection_json_str(line, "sku"), "");
+    for (uint32_t i = 0; i < e->line_count; i++) {
+        const char *sku = e->lines[i].sku != NULL ? e->lines[i].sku : "";
+        int32_t product = projection_product_add(v, sku, "");
         if (product < 0) {
             continue;
         }
-        v->lines[v->line_count++] =
-            (struct projector_line){(uint32_t)product, projection_json_int(line, "qty")};
+        v->lines[v->line_count++] = (struct projector_line){(uint32_t)product, e->lines[i].qty};
         r->line_count++;
     }
     SVC_ASSERT(r->line_first + r->line_count == v->line_count);
     return true;
 }
 
-static void projection_reservation_create(struct projection *v, const struct row_event *e,
-                                          json_t *data)
+static void projection_reservation_create(struct projection *v, const struct event *e)
 {
-    const char *id = projection_json_str(data, "reservationId");
+    const char *id = e->reservation_id != NULL ? e->reservation_id : "";
     uint32_t slot = 0;
     uint32_t count = atomic_load(&v->reservation_count);
     if (id[0] == '\0' || strlen(id) > PROJ_RESERVATION_ID_BYTES_MAX ||
@@ -423,127 +430,136 @@ static void projection_reservation_create(struct projection *v, const struct row
         v->dropped++;
         return;
     }
-    const char *store_id = projection_json_str(data, "storeId");
+    const char *store_id = e->store_id != NULL ? e->store_id : "";
     int32_t store_index = projection_store_add(v, store_id, store_id, 0);
     struct projection_reservation *r = &v->reservations[count];
-    if (store_index < 0 || !projection_lines_add(v, json_object_get(data, "lines"), r)) {
+    if (store_index < 0 || !projection_lines_add(v, e, r)) {
         v->dropped++;
         return;
     }
     projection_copy(r->id, sizeof r->id, id);
-    projection_copy(r->customer_id, sizeof r->customer_id, projection_json_str(data, "customerId"));
+    projection_copy(r->customer_id, sizeof r->customer_id, e->customer_id);
     r->store_index = (uint32_t)store_index;
-    /* events.h: expiresAt in ms; the writer also sends it as text with expiresAtMs beside. */
-    r->expires_at_ms = json_is_integer(json_object_get(data, "expiresAtMs"))
-                           ? projection_json_int(data, "expiresAtMs")
-                           : projection_json_int(data, "expiresAt");
+    r->expires_at_ms = e->expires_at_ms;
     r->created_at_ms = e->occurred_at_ms;
-    int32_t status = projection_status_parse(projection_json_str(data, "status"), PROJECTOR_ACTIVE);
-    int64_t version = json_is_integer(json_object_get(data, "version"))
-                          ? projection_json_int(data, "version")
-                          : 1;
+    int32_t status = projection_status_parse(e->status, PROJECTOR_ACTIVE);
+    int64_t version = (e->present & EVF(VERSION)) ? e->version : 1;
     projection_reservation_write(r, status, version, e->occurred_at_ms);
     atomic_store_explicit(&v->reservation_hash[slot], count + 1, memory_order_release);
     atomic_store_explicit(&v->reservation_count, count + 1, memory_order_release);
     SVC_ASSERT(projection_reservation_probe(v, id, &slot) == (int32_t)count);
 }
 
-static void projection_reservation_change(struct projection *v, const struct row_event *e,
-                                          json_t *data, int32_t status)
+static void projection_reservation_change(struct projection *v, const struct event *e,
+                                          int32_t status)
 {
     uint32_t slot = 0;
-    int32_t index =
-        projection_reservation_probe(v, projection_json_str(data, "reservationId"), &slot);
+    const char *id = e->reservation_id != NULL ? e->reservation_id : "";
+    int32_t index = strlen(id) <= PROJ_RESERVATION_ID_BYTES_MAX
+                        ? projection_reservation_probe(v, id, &slot)
+                        : -1;
     if (index < 0) {
         v->dropped++; /* created past the capacity, or a log that starts mid-way */
         return;
     }
     struct projection_reservation *r = &v->reservations[index];
-    status = projection_status_parse(projection_json_str(data, "status"), status);
+    status = projection_status_parse(e->status, status);
     int64_t version = atomic_load_explicit(&r->version, memory_order_relaxed) + 1;
-    if (json_is_integer(json_object_get(data, "version"))) {
-        version = projection_json_int(data, "version"); /* the writer's own count, if sent */
+    if (e->present & EVF(VERSION)) {
+        version = e->version; /* the writer's own count */
     }
     projection_reservation_write(r, status, version, e->occurred_at_ms);
     SVC_ASSERT(version >= 1);
 }
 
-/* True for the events that change a stock item (events.h). */
-static bool projection_is_stock_type(const char *type)
+/* Applies one event to v by its type. */
+static void projection_apply_typed(struct projection *v, const struct event *e)
 {
-    static const char *const types[] = {
-        "ProductCreated",      "StockAdjusted",      "StockCounted",  "StockReconciled",
-        "OrderCompleted",      "StockReserved",      "StockReleased", "StockCommitted",
-        "StockTransferredOut", "StockTransferredIn",
-    };
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        if (strcmp(type, types[i]) == 0) {
-            return true;
-        }
+    switch (e->type) {
+    case EVENT_STORE_CREATED:
+        projection_store_add(v, e->store_id != NULL ? e->store_id : "",
+                             e->name != NULL ? e->name : "", e->latency_ms);
+        return;
+    case EVENT_RESERVATION_CREATED: projection_reservation_create(v, e); return;
+    case EVENT_RESERVATION_CONFIRMED:
+        projection_reservation_change(v, e, PROJECTOR_CONFIRMED);
+        return;
+    case EVENT_RESERVATION_CANCELLED:
+        projection_reservation_change(v, e, PROJECTOR_CANCELLED);
+        return;
+    case EVENT_RESERVATION_EXPIRED: projection_reservation_change(v, e, PROJECTOR_EXPIRED); return;
+    case EVENT_TRANSFER_COMPLETED:
+    case EVENT_RECONCILIATION_COMPLETED: return; /* their stock events did the work */
+    case EVENT_UNKNOWN: v->dropped++; return;    /* a type of a newer build */
+    default: break;
     }
-    return false;
+    SVC_ASSERT(event_type_is_stock(e->type));
+    projection_apply_stock(v, e);
 }
 
-/* Applies one event; data is its parsed JSON, or NULL when the row's structured fields are
- * all this event type needs. */
-static void projection_apply_parsed(struct projection *v, const struct row_event *e, json_t *data)
-{
-    const char *type = e->event_type;
-    SVC_ASSERT(type != NULL);
-    SVC_ASSERT(data != NULL || e->is_stock); /* only stock rows come without parsed data */
-    if (strcmp(type, "StoreCreated") == 0) {
-        const char *id = e->store_id ? e->store_id : projection_json_str(data, "storeId");
-        projection_store_add(v, id, projection_json_str(data, "name"),
-                             projection_json_int(data, "latencyMs"));
-    } else if (strcmp(type, "ReservationCreated") == 0) {
-        projection_reservation_create(v, e, data);
-    } else if (strcmp(type, "ReservationConfirmed") == 0) {
-        projection_reservation_change(v, e, data, PROJECTOR_CONFIRMED);
-    } else if (strcmp(type, "ReservationCancelled") == 0) {
-        projection_reservation_change(v, e, data, PROJECTOR_CANCELLED);
-    } else if (strcmp(type, "ReservationExpired") == 0) {
-        projection_reservation_change(v, e, data, PROJECTOR_EXPIRED);
-    } else if (e->store_id != NULL && e->sku != NULL && projection_is_stock_type(type)) {
-        projection_apply_stock(v, e, data);
-    }
-}
-
-/* Applies e to v unless already applied. */
-static void projection_apply(struct projection *v, const struct row_event *e)
+/* Applies e to v unless already applied; either way v has seen e->seq. */
+static void projection_apply(struct projection *v, const struct event *e)
 {
     SVC_ASSERT(e->seq >= 1);
-    SVC_ASSERT(e->event_type != NULL && e->data_json != NULL);
+    SVC_ASSERT(e->type <= EVENT_UNKNOWN);
     if (e->seq <= atomic_load_explicit(&v->applied_seq, memory_order_relaxed)) {
         return;
     }
-    bool needs_json = !e->is_stock || strcmp(e->event_type, "ProductCreated") == 0;
-    json_t *data = needs_json ? json_loads(e->data_json, 0, NULL) : NULL;
-    if (needs_json && !json_is_object(data)) {
-        log_warn("projector: event %lld has no JSON object data; skipped", (long long)e->seq);
-        v->dropped++;
-    } else {
-        projection_apply_parsed(v, e, data);
-    }
-    json_decref(data);
+    projection_apply_typed(v, e);
     atomic_store_explicit(&v->applied_at_ms, e->occurred_at_ms, memory_order_relaxed);
     atomic_store_explicit(&v->applied_seq, e->seq, memory_order_release);
 }
 
+/* Decodes a stored row into e; a row that does not decode becomes an EVENT_UNKNOWN that only
+ * moves the applied seq (logged: the log is external data). false when the arena is full. */
+static bool projection_decode(const struct row_event *row, struct event *e,
+                              struct event_arena *arena)
+{
+    int rc = event_decode(row, e, arena);
+    if (rc == SVC_ECAPACITY) {
+        return false;
+    }
+    if (rc != 0) {
+        log_warn("projector: event %lld has unreadable data; skipped", (long long)row->seq);
+        e->type = EVENT_UNKNOWN;
+    }
+    SVC_ASSERT(e->seq == row->seq);
+    return true;
+}
+
+/* Bytes to decode one stored event into: its text plus its lines (a 100-line reservation). */
+#define PROJ_DECODE_BYTES (64 * 1024)
+
+struct projection_replay_state {
+    struct projection *v;
+    char *scratch; /* PROJ_DECODE_BYTES, owned by the caller */
+};
+
 static int projection_replay_row(void *context, const struct row_event *row)
 {
-    struct projection *v = context;
-    projection_apply(v, row);
-    SVC_ASSERT(atomic_load(&v->applied_seq) >= row->seq);
+    struct projection_replay_state *st = context;
+    struct event_arena arena = {st->scratch, PROJ_DECODE_BYTES, 0};
+    struct event e;
+    if (!projection_decode(row, &e, &arena)) {
+        log_warn("projector: event %lld is too large to project", (long long)row->seq);
+        memset(&e, 0, sizeof e);
+        e.seq = row->seq;
+        e.type = EVENT_UNKNOWN;
+        e.occurred_at_ms = row->occurred_at_ms;
+    }
+    projection_apply(st->v, &e);
+    SVC_ASSERT(atomic_load(&st->v->applied_seq) >= row->seq);
     return 0;
 }
 
 /* Replays the log after v's applied seq until a chunk comes back short: the end of the log
  * at that moment. */
-static int projection_replay(struct projection *v, struct store_reader *reader)
+static int projection_replay(struct projection *v, struct store_reader *reader, char *scratch)
 {
+    struct projection_replay_state st = {v, scratch};
     for (;;) {
         int64_t before = atomic_load(&v->applied_seq);
-        int rc = store_reader_events(reader, before, NULL, NULL, PROJ_REPLAY_CHUNK, v,
+        int rc = store_reader_events(reader, before, NULL, NULL, PROJ_REPLAY_CHUNK, &st,
                                      projection_replay_row);
         if (rc != 0) {
             return rc;
@@ -560,7 +576,9 @@ int projector_load(struct projector *p, struct store_reader *reader)
 {
     struct projection *v = atomic_load(&p->live);
     SVC_ASSERT(v != NULL && reader != NULL);
-    int rc = projection_replay(v, reader);
+    char *scratch = malloc(PROJ_DECODE_BYTES);
+    int rc = scratch != NULL ? projection_replay(v, reader, scratch) : -ENOMEM;
+    free(scratch);
     if (rc == 0) {
         atomic_store(&p->log_seq, atomic_load(&v->applied_seq));
         atomic_store(&p->log_at_ms, atomic_load(&v->applied_at_ms));
@@ -582,7 +600,7 @@ void projector_note_log(struct projector *p, int64_t seq, int64_t at_ms)
     }
 }
 
-size_t projector_apply(struct projector *p, const struct row_event *events, size_t count)
+size_t projector_apply(struct projector *p, const struct event *events, size_t count)
 {
     SVC_ASSERT(count >= 1);
     SVC_ASSERT(events[count - 1].seq >= events[0].seq);
@@ -609,22 +627,42 @@ size_t projector_apply(struct projector *p, const struct row_event *events, size
     return first + n;
 }
 
-void projector_committed_hook(const struct row_event *events, size_t count, void *context)
+void projector_committed_hook(const struct event *events, size_t count, void *context)
 {
     SVC_ASSERT(context != NULL);
     (void)projector_apply(context, events, count);
 }
 
+bool projector_wait_seq(struct projector *p, int64_t seq, int64_t timeout_us)
+{
+    SVC_ASSERT(timeout_us >= 0);
+    int64_t deadline_us = 0;
+    for (;;) {
+        if (projector_live_seq(p) >= seq) {
+            return true;
+        }
+        int64_t now_us = clock_mono_us();
+        deadline_us = deadline_us == 0 ? now_us + timeout_us : deadline_us;
+        if (now_us >= deadline_us) {
+            return false;
+        }
+        sched_yield(); /* the writer applies right after its replies: microseconds */
+    }
+}
+
 /* ---- following a shared log ------------------------------------------------------------- */
 
-/* A chunk of the log copied out of the reader (its rows live only during the callback). */
+/* A chunk of the log copied out of the reader (its rows live only during the callback), and
+ * the same chunk decoded. */
 struct projector_chunk {
     struct row_event rows[PROJ_FOLLOW_CHUNK];
+    struct event events[PROJ_FOLLOW_CHUNK];
     size_t count;
     char *text; /* owned arena for the rows' strings */
     size_t used;
     size_t capacity;
-    bool full; /* the arena ran out: stop the chunk here */
+    bool full;     /* the arena ran out: stop the chunk here */
+    char *decoded; /* owned: the decoder's arena, twice the text */
 };
 
 static const char *projector_chunk_copy(struct projector_chunk *c, const char *text)
@@ -659,6 +697,18 @@ static int projector_chunk_row(void *context, const struct row_event *row)
     return 0;
 }
 
+/* Decodes the chunk's rows, outside the apply mutex; returns how many decoded. */
+static size_t projector_chunk_decode(struct projector_chunk *c)
+{
+    struct event_arena arena = {c->decoded, 2 * c->capacity, 0};
+    size_t n = 0;
+    while (n < c->count && projection_decode(&c->rows[n], &c->events[n], &arena)) {
+        n++;
+    }
+    SVC_ASSERT(n == c->count || n > 0 || c->count == 0); /* twice the text holds one event */
+    return n;
+}
+
 int64_t projector_live_seq(struct projector *p)
 {
     return atomic_load(&atomic_load(&p->live)->applied_seq);
@@ -674,7 +724,9 @@ static struct projector_chunk *projector_follow_chunk(struct projector *p)
 {
     if (p->follow_chunk == NULL) {
         struct projector_chunk *c = calloc(1, sizeof *c);
-        if (c == NULL || (c->text = malloc(PROJ_FOLLOW_TEXT_BYTES)) == NULL) {
+        if (c == NULL || (c->text = malloc(PROJ_FOLLOW_TEXT_BYTES)) == NULL ||
+            (c->decoded = malloc(2 * PROJ_FOLLOW_TEXT_BYTES)) == NULL) {
+            free(c != NULL ? c->text : NULL);
             free(c);
             return NULL;
         }
@@ -688,6 +740,7 @@ static void projector_follow_chunk_free(struct projector *p)
 {
     if (p->follow_chunk != NULL) {
         free(p->follow_chunk->text);
+        free(p->follow_chunk->decoded);
         free(p->follow_chunk);
         p->follow_chunk = NULL;
     }
@@ -704,15 +757,16 @@ int64_t projector_follow(struct projector *p, struct store_reader *reader)
         int64_t since = atomic_load(&v->applied_seq);
         c->count = c->used = 0;
         c->full = false;
-        /* Read without the apply lock (the writer's hook keeps going), apply under it. */
+        /* Read and decode without the apply lock (the writer keeps going), apply under it. */
         int rc = store_reader_events(reader, since, NULL, NULL, PROJ_FOLLOW_CHUNK, c,
                                      projector_chunk_row);
         if ((rc != 0 && rc != 1) || c->count == 0) {
             break;
         }
-        size_t done = projector_apply(p, c->rows, c->count);
+        size_t decoded = projector_chunk_decode(c);
+        size_t done = decoded > 0 ? projector_apply(p, c->events, decoded) : 0;
         applied += (int64_t)done;
-        if (done == 0 || (c->count < PROJ_FOLLOW_CHUNK && !c->full)) {
+        if (done == 0 || (decoded == c->count && c->count < PROJ_FOLLOW_CHUNK && !c->full)) {
             break; /* the end of the log, or nothing new (a rebuild swapped the projection) */
         }
     }
@@ -740,8 +794,10 @@ int projector_rebuild_run(struct projector *p)
     SVC_ASSERT(atomic_load(&p->rebuilding));
     struct store_reader *reader = NULL;
     int rc = store_reader_open(&reader, p->db_path);
-    if (rc != 0) {
-        return rc;
+    char *scratch = rc == 0 ? malloc(PROJ_DECODE_BYTES) : NULL;
+    if (rc != 0 || scratch == NULL) {
+        store_reader_close(reader);
+        return rc != 0 ? rc : -ENOMEM;
     }
     struct projection *live = atomic_load(&p->live);
     struct projection *fresh = live == p->instances[0] ? p->instances[1] : p->instances[0];
@@ -752,14 +808,14 @@ int projector_rebuild_run(struct projector *p)
         }
     }
     projection_reset(fresh);
-    rc = projection_replay(fresh, reader); /* unlocked: the hook keeps feeding the live one */
+    rc = projection_replay(fresh, reader, scratch); /* unlocked: the live one keeps going */
     while (rc == 0 &&
            atomic_load(&p->log_seq) - atomic_load(&fresh->applied_seq) > PROJ_REBUILD_LOCKED_MAX) {
-        rc = projection_replay(fresh, reader);
+        rc = projection_replay(fresh, reader, scratch);
     }
     if (rc == 0) {
-        pthread_mutex_lock(&p->apply_mutex);   /* no batch can be applied to the old one now */
-        rc = projection_replay(fresh, reader); /* every committed event is in the table */
+        pthread_mutex_lock(&p->apply_mutex); /* no batch can be applied to the old one now */
+        rc = projection_replay(fresh, reader, scratch); /* every committed event is there */
         if (rc == 0) {
             SVC_ASSERT(atomic_load(&fresh->applied_seq) >= atomic_load(&live->applied_seq));
             atomic_store(&p->live, fresh);
@@ -768,6 +824,7 @@ int projector_rebuild_run(struct projector *p)
         pthread_mutex_unlock(&p->apply_mutex);
     }
     store_reader_close(reader);
+    free(scratch);
     log_info("projector: rebuild %s at seq %lld", rc == 0 ? "finished" : "failed",
              (long long)atomic_load(&fresh->applied_seq));
     return rc;
@@ -914,6 +971,7 @@ bool projector_item_get(const struct projection *v, uint32_t product_index, uint
         out->on_hand = atomic_load_explicit(&item->on_hand, memory_order_relaxed);
         out->reserved = atomic_load_explicit(&item->reserved, memory_order_relaxed);
         out->version = atomic_load_explicit(&item->version, memory_order_relaxed);
+        out->sold = atomic_load_explicit(&item->sold, memory_order_relaxed);
         out->updated_at_ms = atomic_load_explicit(&item->updated_at_ms, memory_order_relaxed);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&item->seqlock, memory_order_relaxed) == seq) {

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/events.h"
 #include "store/store.h"
 #include "base/svc_limits.h"
 
@@ -39,9 +40,11 @@ enum projector_status {
     PROJECTOR_EXPIRED,
 };
 
-/* Called on the writer thread with each batch's events after they were applied (SSE feed).
- * Must not block: it may only hand the events on (copying them). */
-typedef void (*projector_tap)(const struct row_event *events, size_t count, void *context);
+/* Called with each run of events right after they were applied (the SSE feed), on the thread
+ * that applied them (the writer thread after its replies left, or the follower), under the
+ * apply mutex: one tap call at a time. Must not block or allocate: it may only copy the events
+ * into memory it owns and signal. The events are valid during the call only. */
+typedef void (*projector_tap)(const struct event *events, size_t count, void *context);
 
 struct projector_tap_entry {
     projector_tap tap;
@@ -84,6 +87,7 @@ struct projector_item {
     int64_t on_hand;
     int64_t reserved;
     int64_t version;
+    int64_t sold; /* units sold by purchase (seed 004's total_purchases) */
     int64_t updated_at_ms;
 };
 
@@ -115,12 +119,15 @@ void projector_deinit(struct projector *p);
  * SVC_ESTORAGE_UNAVAILABLE. */
 int projector_load(struct projector *p, struct store_reader *reader);
 
-/* Applies a batch of committed events (seq ascending) to the live projection; events at or
- * below its applied seq are skipped, so overlap with a replay is harmless. Then runs the taps.
- * Called on the writer thread. */
-size_t projector_apply(struct projector *p, const struct row_event *events, size_t count);
+/* Applies a run of committed events (seq ascending) to the live projection; events at or
+ * below its applied seq are skipped, so overlap with a replay is harmless, and nothing past a
+ * gap is applied. Then runs the taps on what it applied. Returns how many events were consumed
+ * (applied or skipped). Called by the writer thread after a batch's replies left, and by the
+ * follower. */
+size_t projector_apply(struct projector *p, const struct event *events, size_t count);
 /* Applies the events table after the live projection's applied seq, in chunks, until the end
- * of the log (the follower of a shared database). Returns how many events it applied. */
+ * of the log (the follower of a shared database). Returns how many events it consumed (applied,
+ * or skipped because the writer's hook had applied them already). */
 int64_t projector_follow(struct projector *p, struct store_reader *reader);
 /* The applied seq of the live projection; and the same as a writer_config.applied_seq. */
 int64_t projector_live_seq(struct projector *p);
@@ -128,7 +135,10 @@ int64_t projector_applied_hook(void *context);
 /* Records that the log reaches seq (at at_ms), for the lag report. */
 void projector_note_log(struct projector *p, int64_t seq, int64_t at_ms);
 /* The writer_config.committed adapter: context is the struct projector. */
-void projector_committed_hook(const struct row_event *events, size_t count, void *context);
+void projector_committed_hook(const struct event *events, size_t count, void *context);
+/* Waits up to timeout_us for the live projection to reach seq (a reply the client already
+ * has). True when it did; false on timeout (the caller serves what is there, with its lag). */
+bool projector_wait_seq(struct projector *p, int64_t seq, int64_t timeout_us);
 
 /* Starts a rebuild on its own thread: replay the log into the idle projection, catch up with
  * the live seq, swap. 0 started, 1 already running, or -errno. */

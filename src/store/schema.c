@@ -1,11 +1,17 @@
 /*
  * schema.c - the tables of stockd. See schema.h.
  *
- * One text for both backends: @INT@, @WITHOUT_ROWID@ and @NOW_MS@ are spelled per dialect
- * by schema_render. Tables: stores, products, stock_items (one per store and sku), orders,
- * idempotency (the first response of every keyed command), events (the outbox: global seq,
- * type, version, time, store, sku, JSON data). Migration 1 also creates the default store S1,
- * with its event, because DESIGN.md says a fresh database has one.
+ * One text for both backends: @INT@, @WITHOUT_ROWID@ and @BODY_ORDER_ID@ are spelled per
+ * dialect by schema_render. Tables: stores, products, stock_items (one per store and sku),
+ * orders, idempotency (the first response of every keyed command, with its Location header
+ * since migration 4), events (the outbox: global seq, type, version, time, store, sku, JSON
+ * data), reservations and their lines (migration 2), the sequencer row (migration 3).
+ * Besides the sequencer row the schema holds no data: the default store S1 of a fresh database
+ * (DESIGN.md) is made by the writer's first batch (core/writer.c), so that its event comes from
+ * the catalogue like every other.
+ *
+ * This file runs no SQL: each backend applies the migrations in order (store_sqlite.c,
+ * store_pg.c). Read core/writer.h next: the layer above.
  */
 #include "store/schema.h"
 
@@ -62,12 +68,6 @@ static const char *const schema_v1[] = {
     " store_id TEXT,"
     " sku TEXT,"
     " data TEXT NOT NULL)",
-    "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"
-    " VALUES ('S1', 'Store 1', 0, @NOW_MS@)",
-    "INSERT INTO events (seq, event_type, event_version, occurred_at_ms, store_id, sku, data)"
-    " VALUES (1, 'StoreCreated', 1,"
-    " @NOW_MS@, 'S1', NULL,"
-    " '{\"storeId\":\"S1\",\"name\":\"Store 1\",\"latencyMs\":0}')",
     NULL,
 };
 
@@ -104,10 +104,23 @@ static const char *const schema_v3[] = {
     NULL,
 };
 
+/* The first response's Location header, stored with its idempotency record (issue 9), so that
+ * the writer answers a replay from the record alone. Records stored before this migration get
+ * the Location of a purchase back from its body (a 201 whose body starts with the orderId:
+ * "/v1/orders/<orderId>", as the writer formats it); the others had no Location and keep NULL.
+ * The writer formats every 201 purchase body as JSON, so the extraction never fails on one. */
+static const char *const schema_v4[] = {
+    "ALTER TABLE idempotency ADD COLUMN location TEXT",
+    "UPDATE idempotency SET location = '/v1/orders/' || @BODY_ORDER_ID@"
+    " WHERE status = 201 AND body LIKE '{\"orderId\":\"ord_%'",
+    NULL,
+};
+
 const struct schema_migration schema_migrations[] = {
     {1, schema_v1},
     {2, schema_v2},
     {3, schema_v3},
+    {4, schema_v4},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);
@@ -121,14 +134,15 @@ static const struct {
 } schema_tokens[] = {
     {"@INT@", {"INTEGER", "BIGINT"}},
     {"@WITHOUT_ROWID@", {" WITHOUT ROWID", ""}},
-    {"@NOW_MS@",
-     {"CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-      "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"}},
+    /* The orderId of an idempotency record's JSON body (migration 4). */
+    {"@BODY_ORDER_ID@", {"json_extract(body, '$.orderId')", "(body::json ->> 'orderId')"}},
 };
 
+/* See schema.h; the one place the dialects' spellings are chosen. */
 int schema_render(enum schema_dialect dialect, const char *statement, char *out, size_t size)
 {
     SVC_ASSERT(dialect < SCHEMA_DIALECT_COUNT && size > 0);
+    SVC_ASSERT(statement != NULL && out != NULL);
     size_t length = 0;
     const char *p = statement;
     while (*p != '\0') {
@@ -151,5 +165,6 @@ int schema_render(enum schema_dialect dialect, const char *statement, char *out,
         p += consumed;
     }
     out[length] = '\0';
+    SVC_ASSERT(length < size);
     return 0;
 }

@@ -4,6 +4,9 @@
  * Each migration is a list of statements applied in one transaction; the meta table records
  * the version reached. The constraints are the database's own guard against a bug in memory:
  * CHECK (on_hand >= 0, reserved >= 0, reserved <= on_hand), UNIQUE idempotency keys.
+ *
+ * This file is not where migrations run: each backend applies them (store_sqlite.c,
+ * store_pg.c). Read schema.c next.
  */
 #ifndef STOCKD_SCHEMA_H
 #define STOCKD_SCHEMA_H
@@ -27,7 +30,8 @@ enum schema_dialect {
 extern const struct schema_migration schema_migrations[];
 extern const int schema_migration_count;
 
-/* Writes statement in dialect's spelling into out (size bytes). 0 or SVC_ECAPACITY. */
+/* Writes statement in dialect's spelling into out (size bytes). 0 or SVC_ECAPACITY. Called by
+ * the backends' migrations and by tests that build an old schema. */
 int schema_render(enum schema_dialect dialect, const char *statement, char *out, size_t size);
 
 #endif

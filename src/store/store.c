@@ -1,178 +1,278 @@
 /*
- * store.c - picks a backend by uri and forwards the store.h calls to its operations.
+ * store.c - the store.h functions: each checks its arguments and the writer's rhythm, forwards
+ * to the backend's operations table, and checks the answer.
  *
- * "postgres://..." and "postgresql://..." go to store_pg.c; anything else is a SQLite file path
- * (store_sqlite.c). The writer and the I/O threads never know which one they talk to, except
- * through store_is_shared: a shared backend needs store_prepare_batch before every batch.
+ * The assertions here are the storage contract's guard for every backend at once: no read
+ * between store_apply_begin and store_apply_end (the writer's apply is pure), answers in their
+ * documented ranges, the sink callbacks a call needs present. This file is not a backend and
+ * knows none: it calls no backend function and includes no backend header (store_open.c opens
+ * one by uri; the backends include only store.h). Read store_open.c next.
  */
 #include "store/store.h"
 
-#include <inttypes.h>
-#include <stdio.h>
-#include <string.h>
+#include <stddef.h>
 
 #include "base/errors.h"
-#include "base/json_out.h"
 #include "base/svc_assert.h"
+#include "base/svc_limits.h"
 
-bool store_uri_is_postgres(const char *uri)
+/* True when an answer of a read is 0 or an error (a sink callback's error is passed on). */
+static bool store_read_answer_ok(int rc)
 {
-    SVC_ASSERT(uri != NULL);
-    return strncmp(uri, "postgres://", 11) == 0 || strncmp(uri, "postgresql://", 13) == 0;
+    return rc <= 0;
 }
 
-int store_open(struct store **out, const char *uri)
+/* True when every array of batch with rows has a pointer. */
+static bool store_batch_well_formed(const struct store_batch *b)
 {
-    SVC_ASSERT(out != NULL && uri != NULL);
-    int rc = store_uri_is_postgres(uri) ? store_pg_open(out, uri) : store_sqlite_open(out, uri);
-    SVC_ASSERT(rc != 0 || ((*out)->ops != NULL && (*out)->ops->commit_batch != NULL));
-    return rc;
+    return (b->store_count == 0 || b->stores != NULL) &&
+           (b->product_count == 0 || b->products != NULL) &&
+           (b->item_count == 0 || b->items != NULL) && (b->order_count == 0 || b->orders != NULL) &&
+           (b->idem_count == 0 || b->idems != NULL) && (b->event_count == 0 || b->events != NULL) &&
+           (b->reservation_count == 0 || b->reservations != NULL) &&
+           (b->reservation_line_count == 0 || b->reservation_lines != NULL);
 }
 
+/* ---- the writer handle -------------------------------------------------------------------- */
+
+/* Closes the writer handle (see store.h); called by main at shutdown and by failed opens. */
 void store_close(struct store *s)
 {
-    if (s != NULL) {
-        s->ops->close(s);
+    if (s == NULL) {
+        return;
     }
+    SVC_ASSERT(s->ops != NULL && s->ops->close != NULL);
+    SVC_ASSERT(!s->applying);
+    s->ops->close(s);
 }
 
+/* The backend's name, for logs and /metrics (see store.h). */
 const char *store_backend_name(const struct store *s)
 {
+    SVC_ASSERT(s != NULL && s->ops != NULL);
+    SVC_ASSERT(s->ops->name != NULL);
     return s->ops->name;
 }
 
+/* Whether other processes write the same database (see store.h); callable at any time, also
+ * during apply: it reads a constant of the backend. */
 bool store_is_shared(const struct store *s)
 {
-    return s->ops->prepare_batch != NULL;
+    SVC_ASSERT(s != NULL && s->ops != NULL);
+    /* Only a shared backend has other instances' reservations to sweep. */
+    SVC_ASSERT(s->ops->shared == (s->ops->reservations_due != NULL));
+    return s->ops->shared;
 }
 
-int store_load(struct store *s, const struct store_loader *loader, struct store_sequences *out)
+/* Streams the stored state to sink at startup (see store.h). The prefetch-only callbacks must
+ * be NULL: a load never reports ended reservations, idempotency records or gap events. */
+int store_load(struct store *s, const struct store_sink *sink, struct store_sequences *out)
 {
-    return s->ops->load(s, loader, out);
-}
-
-int store_prepare_batch(struct store *s, const struct store_batch_keys *keys,
-                        const struct store_loader *fresh, struct store_sequences *out)
-{
-    SVC_ASSERT(store_is_shared(s));
-    SVC_ASSERT(fresh->on_reservation_ended != NULL && fresh->on_events != NULL);
-    return s->ops->prepare_batch(s, keys, fresh, out);
-}
-
-int store_idem_find(struct store *s, const char *principal, const char *key,
-                    struct store_idem_found *out)
-{
-    return s->ops->idem_find(s, principal, key, out);
-}
-
-int store_reservation_status(struct store *s, int64_t seq, char status_out[16],
-                             int64_t *version_out)
-{
-    return s->ops->reservation_status(s, seq, status_out, version_out);
-}
-
-int store_commit_batch(struct store *s, const struct store_batch *batch)
-{
-    int rc = s->ops->commit_batch(s, batch);
-    SVC_ASSERT(rc == 0 || rc == STORE_COMMIT_RETRY || rc == SVC_ESTORAGE_UNAVAILABLE);
+    SVC_ASSERT(s != NULL && sink != NULL && out != NULL);
+    SVC_ASSERT(!s->applying);
+    SVC_ASSERT(sink->on_store != NULL && sink->on_product != NULL && sink->on_item != NULL);
+    SVC_ASSERT((sink->on_reservation == NULL) == (sink->on_reservation_line == NULL));
+    SVC_ASSERT(sink->on_reservation_ended == NULL && sink->on_idem == NULL);
+    SVC_ASSERT(sink->on_events == NULL);
+    int rc = s->ops->load(s, sink, out);
+    SVC_ASSERT(store_read_answer_ok(rc));
+    if (rc == 0) {
+        SVC_ASSERT(out->order_seq_max >= 0 && out->event_seq_max >= 0);
+        SVC_ASSERT(out->reservation_seq_max >= 0);
+    }
     return rc;
 }
 
+/* The batch's one round of reads (see store.h); called by the writer before every apply. */
+int store_prefetch(struct store *s, const struct store_prefetch_keys *keys,
+                   const struct store_sink *sink, struct store_sequences *out)
+{
+    SVC_ASSERT(s != NULL && keys != NULL && sink != NULL && out != NULL);
+    SVC_ASSERT(!s->applying);
+    SVC_ASSERT(keys->idem_count <= BATCH_COMMANDS_MAX);
+    SVC_ASSERT(keys->idem_count == 0 || keys->idems != NULL);
+    SVC_ASSERT(keys->reservation_count == 0 || keys->reservation_seqs != NULL);
+    SVC_ASSERT(sink->on_idem != NULL && sink->on_reservation_ended != NULL);
+    bool shared = store_is_shared(s);
+    if (shared) {
+        SVC_ASSERT(sink->on_store != NULL && sink->on_product != NULL && sink->on_item != NULL);
+        SVC_ASSERT(sink->on_reservation != NULL && sink->on_reservation_line != NULL);
+        SVC_ASSERT(sink->on_events != NULL);
+        SVC_ASSERT(keys->item_count == 0 || keys->items != NULL);
+        SVC_ASSERT(keys->store_count == 0 || keys->store_ids != NULL);
+        SVC_ASSERT(keys->sku_count == 0 || keys->skus != NULL);
+        SVC_ASSERT(keys->events_after >= 0);
+    }
+    int rc = s->ops->prefetch(s, keys, sink, out);
+    SVC_ASSERT(store_read_answer_ok(rc));
+    SVC_ASSERT(!s->applying); /* a sink callback must not start the apply */
+    if (rc == 0 && shared) {
+        SVC_ASSERT(out->order_seq_max >= 0 && out->event_seq_max >= 0);
+        SVC_ASSERT(out->reservation_seq_max >= 0);
+    }
+    return rc;
+}
+
+/* Marks the beginning of the writer's pure apply step (see store.h). */
+void store_apply_begin(struct store *s)
+{
+    SVC_ASSERT(s != NULL);
+    SVC_ASSERT(!s->applying); /* apply steps do not nest */
+    s->applying = true;
+}
+
+/* Marks the end of the writer's pure apply step (see store.h). */
+void store_apply_end(struct store *s)
+{
+    SVC_ASSERT(s != NULL);
+    SVC_ASSERT(s->applying); /* paired with store_apply_begin */
+    s->applying = false;
+}
+
+/* Writes one batch in one transaction (see store.h); called by the writer after apply. */
+int store_commit_batch(struct store *s, const struct store_batch *batch)
+{
+    SVC_ASSERT(s != NULL && batch != NULL);
+    SVC_ASSERT(!s->applying);
+    SVC_ASSERT(store_batch_well_formed(batch));
+    int rc = s->ops->commit_batch(s, batch);
+    SVC_ASSERT(rc == 0 || rc == STORE_COMMIT_RETRY || rc == SVC_ESTORAGE_UNAVAILABLE);
+    /* Only another instance can win a race: a backend no one else writes never asks to redo. */
+    if (rc == STORE_COMMIT_RETRY) {
+        SVC_ASSERT(s->ops->shared);
+    }
+    return rc;
+}
+
+/* Housekeeping between batches (see store.h); called by the writer after the replies left. */
 void store_batch_done(struct store *s)
 {
+    SVC_ASSERT(s != NULL && s->ops->batch_done != NULL);
+    SVC_ASSERT(!s->applying);
     s->ops->batch_done(s);
 }
 
+/* Deletes old idempotency records (see store.h); called by the writer when idle. */
 int store_idem_prune(struct store *s, int64_t before_ms, int max_rows)
 {
-    return s->ops->idem_prune(s, before_ms, max_rows);
-}
-
-int store_reservations_due(struct store *s, int64_t before_ms, int64_t *out, int max)
-{
-    SVC_ASSERT(store_is_shared(s) && s->ops->reservations_due != NULL);
-    SVC_ASSERT(max >= 1);
-    int rc = s->ops->reservations_due(s, before_ms, out, max);
-    SVC_ASSERT(rc <= max);
+    SVC_ASSERT(s != NULL && max_rows >= 1);
+    SVC_ASSERT(!s->applying);
+    int rc = s->ops->idem_prune(s, before_ms, max_rows);
+    SVC_ASSERT(rc == SVC_ESTORAGE_UNAVAILABLE || (rc >= 0 && rc <= max_rows));
     return rc;
 }
 
-uint64_t store_busy_wait_count(void)
+/* The expired ACTIVE reservations of all instances (see store.h); shared backends only. */
+int store_reservations_due(struct store *s, int64_t before_ms, int64_t *out, int max)
 {
-    return store_sqlite_busy_wait_count();
+    SVC_ASSERT(s != NULL && out != NULL && max >= 1);
+    SVC_ASSERT(!s->applying);
+    SVC_ASSERT(store_is_shared(s) && s->ops->reservations_due != NULL);
+    int rc = s->ops->reservations_due(s, before_ms, out, max);
+    SVC_ASSERT(rc == SVC_ESTORAGE_UNAVAILABLE || (rc >= 0 && rc <= max));
+    for (int i = 0; i < rc; i++) {
+        SVC_ASSERT(out[i] >= 1);
+    }
+    return rc;
 }
 
-int store_reader_open(struct store_reader **out, const char *uri)
+/* The busy waits of the writer's connection (see store.h). Call it on the writer's thread (or
+ * with the writer stopped): it asserts the handle is not applying, which only that thread may
+ * read. The counter itself is atomic in the backend. */
+uint64_t store_busy_wait_count(struct store *s)
 {
-    SVC_ASSERT(out != NULL && uri != NULL);
-    return store_uri_is_postgres(uri) ? store_pg_reader_open(out, uri)
-                                      : store_sqlite_reader_open(out, uri);
+    SVC_ASSERT(s != NULL && s->ops->busy_wait_count != NULL);
+    /* Not a read of storage but a counter (/metrics reads it from an I/O thread while the
+     * writer may be applying): no applying check here. */
+    uint64_t count = s->ops->busy_wait_count(s);
+    SVC_ASSERT(count < UINT64_MAX);
+    return count;
 }
 
+/* ---- reader handles ------------------------------------------------------------------------ */
+
+/* Closes a reader handle (see store.h); called by the thread that opened it. */
 void store_reader_close(struct store_reader *r)
 {
-    if (r != NULL) {
-        r->ops->reader_close(r);
+    if (r == NULL) {
+        return;
     }
+    SVC_ASSERT(r->ops != NULL && r->ops->close != NULL);
+    r->ops->close(r);
 }
 
-int store_reader_order_json(struct store_reader *r, int64_t order_seq, char *out, size_t size,
-                            size_t *length_out)
+/* Reads one order's columns (see store.h); called by the HTTP order handler. */
+int store_reader_order(struct store_reader *r, int64_t order_seq, struct store_order_row *out)
 {
-    return r->ops->reader_order_json(r, order_seq, out, size, length_out);
+    SVC_ASSERT(r != NULL && out != NULL);
+    SVC_ASSERT(order_seq >= 1);
+    int rc = r->ops->order(r, order_seq, out);
+    SVC_ASSERT(rc == 0 || rc == 1 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    if (rc == 1) {
+        SVC_ASSERT(out->customer_id != NULL && out->store_id != NULL && out->status != NULL);
+        SVC_ASSERT(out->lines_json != NULL && out->history_json != NULL);
+    }
+    return rc;
 }
 
-int store_order_json(int64_t order_seq, const char *const columns[5], int64_t created_at_ms,
-                     char *out, size_t size, size_t *length_out)
-{
-    SVC_ASSERT(order_seq >= 1 && size > 0);
-    char order_id[32];
-    snprintf(order_id, sizeof order_id, "ord_%" PRId64, order_seq);
-    struct jbuf b;
-    jbuf_init(&b, out, size);
-    jbuf_lit(&b, "{");
-    jbuf_kv_str(&b, "orderId", order_id);
-    jbuf_kv_str(&b, "customerId", columns[0]);
-    jbuf_kv_str(&b, "storeId", columns[1]);
-    jbuf_kv_str(&b, "status", columns[2]);
-    jbuf_key(&b, "lines");
-    jbuf_lit(&b, columns[3]); /* stored JSON, written by the writer */
-    jbuf_key(&b, "history");
-    jbuf_lit(&b, columns[4]);
-    jbuf_kv_time(&b, "createdAt", created_at_ms);
-    jbuf_lit(&b, "}");
-    *length_out = b.length;
-    return jbuf_ok(&b) ? 1 : SVC_ECAPACITY;
-}
-
+/* Streams events after since_seq (see store.h); called by handlers, the projector, the
+ * follower and the audit. */
 int store_reader_events(struct store_reader *r, int64_t since_seq, const char *store_id,
                         const char *sku, int limit, void *context,
                         int (*each_event)(void *context, const struct row_event *row))
 {
-    return r->ops->reader_events(r, since_seq, store_id, sku, limit, context, each_event);
+    SVC_ASSERT(r != NULL && each_event != NULL);
+    SVC_ASSERT(since_seq >= 0 && limit >= 1);
+    return r->ops->events(r, since_seq, store_id, sku, limit, context, each_event);
 }
 
+/* Streams every stock item (see store.h); called by the audit. */
 int store_reader_items(struct store_reader *r, void *context,
                        int (*each_item)(void *context, const char *store_id, const char *sku,
                                         int64_t on_hand, int64_t reserved))
 {
-    return r->ops->reader_items(r, context, each_item);
+    SVC_ASSERT(r != NULL);
+    SVC_ASSERT(each_item != NULL);
+    return r->ops->items(r, context, each_item);
 }
 
+/* The highest event seq (see store.h); called by the projector and the follower. */
 int store_reader_event_seq_max(struct store_reader *r, int64_t *out)
 {
-    return r->ops->reader_event_seq_max(r, out);
+    SVC_ASSERT(r != NULL && out != NULL);
+    int rc = r->ops->event_seq_max(r, out);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    if (rc == 0) {
+        SVC_ASSERT(*out >= 0);
+    }
+    return rc;
 }
 
+/* Looks up one idempotency record (see store.h); called by GET /v1/idempotency/{key}. */
 int store_reader_idem(struct store_reader *r, const char *principal, const char *key,
                       struct store_idem_view *out)
 {
-    return r->ops->reader_idem(r, principal, key, out);
+    SVC_ASSERT(r != NULL && out != NULL);
+    SVC_ASSERT(principal != NULL && key != NULL);
+    int rc = r->ops->idem(r, principal, key, out);
+    SVC_ASSERT(rc == 0 || rc == 1 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    if (rc == 1) {
+        SVC_ASSERT(out->body != NULL && out->status >= 100 && out->status <= 599);
+    }
+    return rc;
 }
 
+/* Waits for another instance's commit (see store.h); called by the follower. */
 int store_reader_wait(struct store_reader *r, int timeout_ms, int64_t *seq_out)
 {
+    SVC_ASSERT(r != NULL && seq_out != NULL);
     SVC_ASSERT(timeout_ms >= 0);
     *seq_out = 0;
-    return r->ops->reader_wait != NULL ? r->ops->reader_wait(r, timeout_ms, seq_out) : 0;
+    if (r->ops->wait == NULL) {
+        return 0; /* no other process writes the database: nothing to wait for */
+    }
+    int rc = r->ops->wait(r, timeout_ms, seq_out);
+    SVC_ASSERT(rc == 0 || rc == 1 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    SVC_ASSERT(*seq_out >= 0);
+    return rc;
 }

@@ -1,10 +1,13 @@
 /*
- * store_pg_reader.c - the read-only handles of the PostgreSQL backend: one connection per I/O
- * thread (orders by id, the event log, idempotency lookups, the audit's stock rows) and the
- * follower's LISTEN stockd_events, nonblocking with a deadline per read (PG_READ_TIMEOUT_MS),
- * so that a PostgreSQL that stops answering costs an I/O thread at most that long. A broken
- * connection is dropped; the next call reconnects (store_pg_conn.c), so reads come back by
- * themselves after PostgreSQL restarts.
+ * store_pg_reader.c - the read-only handles of the PostgreSQL backend: one connection per
+ * thread that reads (orders by id, the event log, idempotency lookups, the audit's stock rows)
+ * and the follower's LISTEN stockd_events, nonblocking with a deadline per read
+ * (STORE_PG_READ_TIMEOUT_MS), so that a PostgreSQL that stops answering costs an I/O thread at
+ * most that long. A broken connection is dropped; the next call reconnects (store_pg_conn.c),
+ * so reads come back by themselves after PostgreSQL restarts.
+ *
+ * This file is not the writer's handle (store_pg.c) and shares no operations table with it.
+ * Read schema.h next.
  */
 #include <inttypes.h>
 #include <poll.h>
@@ -13,23 +16,24 @@
 #include <string.h>
 
 #include "base/errors.h"
-#include "base/json_out.h"
 #include "base/log.h"
-#include "store/store.h"
-#include "store/store_pg_conn.h"
 #include "base/svc_assert.h"
+#include "store/store.h"
+#include "store/store_pg.h"
+#include "store/store_pg_conn.h"
 
-#define PG_READER_STMT_MAP(X)                                                                     \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"                \
-             " FROM orders WHERE order_seq = $1")                                                 \
-    X(EVENTS, "SELECT " PG_EVENT_COLUMNS                                                          \
-              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"               \
-              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                        \
-    X(EVENTS_ALL, "SELECT " PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2") \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                        \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                        \
-            " WHERE principal = $1 AND idem_key = $2")                                            \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                          \
+#define PG_READER_STMT_MAP(X)                                                               \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"          \
+             " FROM orders WHERE order_seq = $1")                                           \
+    X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                              \
+              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"         \
+              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                  \
+    X(EVENTS_ALL,                                                                           \
+      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2") \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                  \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                  \
+            " WHERE principal = $1 AND idem_key = $2")                                      \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                    \
     X(LISTEN, "LISTEN stockd_events")
 
 enum pg_reader_stmt {
@@ -39,7 +43,7 @@ enum pg_reader_stmt {
         PG_READER_COUNT
 };
 
-static const struct pg_statement pg_reader_statements[PG_READER_COUNT] = {
+static const struct store_pg_statement pg_reader_statements[PG_READER_COUNT] = {
 #define PG_READER_ENTRY_(name, sql) {"stockd_r_" #name, sql},
     PG_READER_STMT_MAP(PG_READER_ENTRY_)
 #undef PG_READER_ENTRY_
@@ -50,64 +54,76 @@ static const struct pg_statement pg_reader_statements[PG_READER_COUNT] = {
 
 struct pg_reader {
     struct store_reader base; /* first: the backend's operations */
-    struct pg_conn conn;
-    PGconn *listening; /* the connection LISTEN ran on (compared, never owned) */
-    char *idem_body;   /* owned copy of the last found idempotency body */
+    struct store_pg_conn conn;
+    PGconn *listening;     /* the connection LISTEN ran on (compared, never owned) */
+    PGresult *order_found; /* owned: the last order read, which store_order_row points into */
+    char *idem_body;       /* owned copy of the last found idempotency body */
     size_t idem_body_size;
 };
 
+static const struct store_reader_ops pg_reader_ops;
+
+/* Opens a read-only handle (see store_pg.h). */
 int store_pg_reader_open(struct store_reader **out, const char *uri)
 {
-    if (strlen(uri) >= PG_URI_BYTES_MAX) {
+    SVC_ASSERT(out != NULL && uri != NULL);
+    if (strlen(uri) >= STORE_PG_URI_BYTES_MAX) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     struct pg_reader *r = calloc(1, sizeof *r);
     if (r == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
-    r->base.ops = &store_pg_ops;
-    pg_conn_init(&r->conn, uri, "reader", pg_reader_statements, PG_READER_COUNT, true);
-    r->conn.timeout_ms = PG_READ_TIMEOUT_MS;
+    r->base.ops = &pg_reader_ops;
+    store_pg_conn_init(&r->conn, uri, "reader", pg_reader_statements, PG_READER_COUNT, true);
+    r->conn.timeout_ms = STORE_PG_READ_TIMEOUT_MS;
     /* The first connection is made here so that a wrong uri fails at startup; later ones come
      * back by themselves. */
-    if (pg_conn_ready(&r->conn) != 0) {
+    if (store_pg_conn_ready(&r->conn) != 0) {
         free(r);
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     *out = &r->base;
+    SVC_ASSERT(r->conn.conn != NULL);
     return 0;
 }
 
-void pg_reader_close(struct store_reader *base)
+static void pg_reader_close(struct store_reader *base)
 {
     struct pg_reader *r = (struct pg_reader *)base;
-    pg_conn_close(&r->conn);
+    SVC_ASSERT(r != NULL && r->base.ops == &pg_reader_ops);
+    store_pg_conn_close(&r->conn);
+    PQclear(r->order_found);
     free(r->idem_body);
     free(r);
 }
 
-int pg_reader_order_json(struct store_reader *base, int64_t order_seq, char *out, size_t size,
-                         size_t *length_out)
+/* Reads order_seq's row; the strings of *out point into the result, which the handle keeps
+ * until its next order read (or close). */
+static int pg_reader_order(struct store_reader *base, int64_t order_seq,
+                           struct store_order_row *out)
 {
     struct pg_reader *r = (struct pg_reader *)base;
-    SVC_ASSERT(order_seq >= 1 && size > 0);
+    SVC_ASSERT(order_seq >= 1 && out != NULL);
+    PQclear(r->order_found); /* the previous answer's strings end here */
+    r->order_found = NULL;
     char seq[24];
     snprintf(seq, sizeof seq, "%" PRId64, order_seq);
     const char *values[] = {seq};
-    PGresult *res = pg_exec(&r->conn, PG_READER_ORDER, 1, values);
+    PGresult *res = store_pg_exec(&r->conn, PG_READER_ORDER, 1, values);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
-    int rc = 0;
-    if (PQntuples(res) == 1) {
-        const char *columns[5];
-        for (int i = 0; i < 5; i++) {
-            columns[i] = PQgetvalue(res, 0, i);
-        }
-        rc = store_order_json(order_seq, columns, pg_int(res, 0, 5), out, size, length_out);
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return 0;
     }
-    PQclear(res);
-    return rc;
+    SVC_ASSERT(PQntuples(res) == 1 && PQnfields(res) == 6); /* order_seq is the key */
+    r->order_found = res;
+    *out = (struct store_order_row){PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+                                    PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3),
+                                    PQgetvalue(res, 0, 4), store_pg_int(res, 0, 5)};
+    return 1;
 }
 
 /* Reads at most limit events after *since (filtered), hands them to each_event and moves
@@ -118,6 +134,8 @@ static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char
                                  int (*each_event)(void *context, const struct row_event *row),
                                  int *count_out)
 {
+    SVC_ASSERT(limit >= 1 && limit <= PG_READ_EVENTS_CHUNK);
+    SVC_ASSERT(*since >= 0);
     char since_text[24];
     char count[24];
     snprintf(since_text, sizeof since_text, "%" PRId64, *since);
@@ -125,16 +143,17 @@ static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char
     const char *values[] = {since_text, store_id, sku, count};
     const char *all_values[] = {since_text, count};
     bool filtered = store_id != NULL || sku != NULL; /* the follower's and replay's read: not */
-    PGresult *res = filtered ? pg_exec(&r->conn, PG_READER_EVENTS, 4, values)
-                             : pg_exec(&r->conn, PG_READER_EVENTS_ALL, 2, all_values);
+    PGresult *res = filtered ? store_pg_exec(&r->conn, PG_READER_EVENTS, 4, values)
+                             : store_pg_exec(&r->conn, PG_READER_EVENTS_ALL, 2, all_values);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     int rc = 0;
     *count_out = PQntuples(res);
+    SVC_ASSERT(*count_out <= limit);
     for (int i = 0; rc == 0 && i < *count_out; i++) {
         struct row_event row;
-        pg_row_event(res, i, &row);
+        store_pg_row_event(res, i, &row);
         SVC_ASSERT(row.seq > *since);
         *since = row.seq;
         rc = each_event(context, &row);
@@ -143,9 +162,9 @@ static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char
     return rc;
 }
 
-int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
-                     const char *sku, int limit, void *context,
-                     int (*each_event)(void *context, const struct row_event *row))
+static int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
+                            const char *sku, int limit, void *context,
+                            int (*each_event)(void *context, const struct row_event *row))
 {
     struct pg_reader *r = (struct pg_reader *)base;
     SVC_ASSERT(since_seq >= 0 && limit >= 1);
@@ -166,42 +185,51 @@ int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *s
     return 0;
 }
 
-int pg_reader_items(struct store_reader *base, void *context,
-                    int (*each_item)(void *context, const char *store_id, const char *sku,
-                                     int64_t on_hand, int64_t reserved))
+static int pg_reader_items(struct store_reader *base, void *context,
+                           int (*each_item)(void *context, const char *store_id, const char *sku,
+                                            int64_t on_hand, int64_t reserved))
 {
     struct pg_reader *r = (struct pg_reader *)base;
-    PGresult *res = pg_exec(&r->conn, PG_READER_ITEMS, 0, NULL);
+    SVC_ASSERT(each_item != NULL);
+    PGresult *res = store_pg_exec(&r->conn, PG_READER_ITEMS, 0, NULL);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
+    SVC_ASSERT(PQnfields(res) == 4);
     int rc = 0;
     for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
-        rc = each_item(context, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), pg_int(res, i, 2),
-                       pg_int(res, i, 3));
+        int64_t on_hand = store_pg_int(res, i, 2);
+        int64_t reserved = store_pg_int(res, i, 3);
+        SVC_ASSERT(reserved >= 0 && reserved <= on_hand); /* the table's CHECKs */
+        rc = each_item(context, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), on_hand, reserved);
     }
     PQclear(res);
     return rc;
 }
 
-int pg_reader_event_seq_max(struct store_reader *base, int64_t *out)
+static int pg_reader_event_seq_max(struct store_reader *base, int64_t *out)
 {
     struct pg_reader *r = (struct pg_reader *)base;
-    PGresult *res = pg_exec(&r->conn, PG_READER_SEQ_MAX, 0, NULL);
+    SVC_ASSERT(out != NULL);
+    PGresult *res = store_pg_exec(&r->conn, PG_READER_SEQ_MAX, 0, NULL);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
-    *out = pg_int(res, 0, 0);
+    SVC_ASSERT(PQntuples(res) == 1); /* an aggregate: one row */
+    *out = store_pg_int(res, 0, 0);
+    SVC_ASSERT(*out >= 0);
     PQclear(res);
     return 0;
 }
 
-int pg_reader_idem(struct store_reader *base, const char *principal, const char *key,
-                   struct store_idem_view *out)
+static int pg_reader_idem(struct store_reader *base, const char *principal, const char *key,
+                          struct store_idem_view *out)
 {
     struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(principal != NULL && key != NULL);
+    SVC_ASSERT(out != NULL);
     const char *values[] = {principal, key};
-    PGresult *res = pg_exec(&r->conn, PG_READER_IDEM, 2, values);
+    PGresult *res = store_pg_exec(&r->conn, PG_READER_IDEM, 2, values);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
@@ -218,11 +246,12 @@ int pg_reader_idem(struct store_reader *base, const char *principal, const char 
             r->idem_body_size = length + 1;
         }
         memcpy(r->idem_body, PQgetvalue(res, 0, 2), length + 1);
-        out->status = (int)pg_int(res, 0, 0);
-        out->problem = pg_int(res, 0, 1) != 0;
+        out->status = (int)store_pg_int(res, 0, 0);
+        out->problem = store_pg_int(res, 0, 1) != 0;
         out->body = r->idem_body;
         out->body_length = length;
-        out->created_at_ms = pg_int(res, 0, 3);
+        out->created_at_ms = store_pg_int(res, 0, 3);
+        SVC_ASSERT(out->status >= 100 && out->status <= 599); /* as the writer wrote it */
         rc = 1;
     }
     PQclear(res);
@@ -232,6 +261,7 @@ int pg_reader_idem(struct store_reader *base, const char *principal, const char 
 /* Drains the notifications received; *seq_out gets the newest seq announced. */
 static int pg_reader_drain(struct pg_reader *r, int64_t *seq_out)
 {
+    SVC_ASSERT(r->conn.conn != NULL && seq_out != NULL);
     int got = 0;
     PGnotify *n;
     while ((n = PQnotifies(r->conn.conn)) != NULL) {
@@ -240,20 +270,23 @@ static int pg_reader_drain(struct pg_reader *r, int64_t *seq_out)
         got = 1;
         PQfreemem(n);
     }
+    SVC_ASSERT(*seq_out >= 0);
     return got;
 }
 
-int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *seq_out)
+static int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *seq_out)
 {
     struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(timeout_ms >= 0 && seq_out != NULL);
     if (r->conn.conn == NULL || r->listening != r->conn.conn) {
-        PGresult *res = pg_exec(&r->conn, PG_READER_LISTEN, 0, NULL);
+        PGresult *res = store_pg_exec(&r->conn, PG_READER_LISTEN, 0, NULL);
         if (res == NULL) {
             poll(NULL, 0, timeout_ms); /* PostgreSQL is away: try again after the wait */
             return SVC_ESTORAGE_UNAVAILABLE;
         }
         PQclear(res);
         r->listening = r->conn.conn;
+        SVC_ASSERT(r->listening != NULL);
         return 1; /* (re)connected: whatever was announced meanwhile is unknown; look */
     }
     if (pg_reader_drain(r, seq_out)) {
@@ -264,9 +297,20 @@ int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *seq_out)
         return 0;
     }
     if (PQconsumeInput(r->conn.conn) != 1) {
-        pg_conn_fail(&r->conn, "listen");
+        store_pg_conn_fail(&r->conn, "listen");
         r->listening = NULL;
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     return pg_reader_drain(r, seq_out);
 }
+
+static const struct store_reader_ops pg_reader_ops = {
+    .name = "postgres",
+    .close = pg_reader_close,
+    .order = pg_reader_order,
+    .events = pg_reader_events,
+    .items = pg_reader_items,
+    .event_seq_max = pg_reader_event_seq_max,
+    .idem = pg_reader_idem,
+    .wait = pg_reader_wait,
+};

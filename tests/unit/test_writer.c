@@ -15,6 +15,8 @@
  * tests/blackbox/ next.
  */
 #include "../../src/core/writer.c"
+#include "read/projector.h"
+#include "store/store_open.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -43,6 +45,7 @@ struct fixture {
     struct domain *domain;
     struct queue queue;
     struct writer writer;
+    struct projector *projector; /* the read model, fed by the writer as main wires it */
     bool open;
     size_t reply_count; /* replies recorded by record_reply since the last run */
     struct command *replies[REPLIES_MAX];
@@ -66,6 +69,12 @@ static int fixture_open(struct fixture *f, void (*reply)(struct command *, void 
     SVC_ASSERT(f->domain != NULL);
     SVC_ASSERT(dom_init(f->domain) == 0);
     SVC_ASSERT(queue_init(&f->queue, QUEUE_DEPTH_MAX) == 0);
+    f->projector = calloc(1, sizeof *f->projector);
+    SVC_ASSERT(f->projector != NULL && projector_init(f->projector, f->path) == 0);
+    struct store_reader *reader = NULL;
+    SVC_ASSERT(store_reader_open(&reader, f->path) == 0);
+    SVC_ASSERT(projector_load(f->projector, reader) == 0);
+    store_reader_close(reader);
     struct writer_config config = {
         .store = f->store,
         .domain = f->domain,
@@ -74,6 +83,9 @@ static int fixture_open(struct fixture *f, void (*reply)(struct command *, void 
         .wall_ms = fake_wall_ms,
         .reply_context = f,
         .reply = reply,
+        .committed_context = f->projector,
+        .committed = projector_committed_hook,
+        .applied_seq = projector_applied_hook,
     };
     int rc = writer_init(&f->writer, &config);
     f->open = rc == 0;
@@ -90,6 +102,8 @@ static void fixture_close(struct fixture *f)
     queue_deinit(&f->queue);
     dom_deinit(f->domain);
     free(f->domain);
+    projector_deinit(f->projector);
+    free(f->projector);
     store_close(f->store);
     f->open = false;
 }
@@ -209,7 +223,7 @@ static void run_batch(struct fixture *f, struct command *cmds, size_t count)
     }
     ASSERT_TRUE(writer_invariants_hold(&f->writer));
     ASSERT_TRUE(dom_invariants_hold(f->domain));
-    ASSERT_EQ_UINT(f->domain->dirty_count, 0);
+    ASSERT_EQ_UINT(f->domain->undo_count, 0);
 }
 
 /* ---- reading replies --------------------------------------------------------------------- */
@@ -252,8 +266,8 @@ static void assert_order_reply(const struct command *c, int64_t order_seq, int64
     char expected[64];
     ASSERT_EQ_INT(c->reply_status, 201);
     ASSERT_FALSE(c->reply_problem);
-    ASSERT_TRUE(c->reply_order_created);
-    ASSERT_EQ_INT(c->reply_order_seq, order_seq);
+    snprintf(expected, sizeof expected, "/v1/orders/ord_%" PRId64, order_seq);
+    ASSERT_EQ_STR(c->reply_location, expected);
     snprintf(expected, sizeof expected, "ord_%" PRId64, order_seq);
     reply_str(c, "orderId", text, sizeof text);
     ASSERT_EQ_STR(text, expected);
@@ -267,7 +281,7 @@ static void assert_problem_reply(const struct command *c, int status, const char
     char text[64];
     ASSERT_EQ_INT(c->reply_status, status);
     ASSERT_TRUE(c->reply_problem);
-    ASSERT_FALSE(c->reply_order_created);
+    ASSERT_EQ_STR(c->reply_location, "");
     reply_str(c, "code", text, sizeof text);
     ASSERT_EQ_STR(text, code);
     ASSERT_EQ_INT(reply_int(c, "status"), status);
@@ -344,21 +358,27 @@ static void check_events_explain_stock(const struct fixture *f, int64_t orders_e
     ASSERT_EQ_INT(db_int(f, "SELECT MAX(seq) - count(*) FROM events"), 0);
 }
 
-/* The domain, published and working, equals what is stored; so do the writer's sequences. */
+/* The writer's committed sequences. */
+static const struct batch_seqs *seqs_of(const struct fixture *f)
+{
+    return batch_seqs_committed(f->writer.batch);
+}
+
+/* The domain (between batches its working state is the committed state) equals what is
+ * stored; so do the writer's sequences. */
 static void check_domain_matches_db(const struct fixture *f)
 {
     const struct domain *d = f->domain;
-    ASSERT_EQ_UINT(d->dirty_count, 0);
+    ASSERT_EQ_UINT(d->undo_count, 0);
     ASSERT_EQ_INT(db_int(f, "SELECT count(*) FROM stores"), d->store_count);
     ASSERT_EQ_INT(db_int(f, "SELECT count(*) FROM products"), d->product_count);
     ASSERT_EQ_INT(db_int(f, "SELECT count(*) FROM stock_items"), d->item_count);
-    ASSERT_EQ_UINT(dom_read_store_count(d), d->store_count);
-    ASSERT_EQ_UINT(atomic_load(&d->product_count_committed), d->product_count);
-    ASSERT_EQ_UINT(atomic_load(&d->item_count_committed), d->item_count);
-    ASSERT_EQ_INT(f->writer.order_seq, f->writer.order_seq_committed);
-    ASSERT_EQ_INT(f->writer.event_seq, f->writer.event_seq_committed);
-    ASSERT_EQ_INT(db_int(f, "SELECT COALESCE(MAX(order_seq), 0) FROM orders"), f->writer.order_seq);
-    ASSERT_EQ_INT(db_int(f, "SELECT MAX(seq) FROM events"), f->writer.event_seq);
+    ASSERT_EQ_UINT(d->store_count_committed, d->store_count);
+    ASSERT_EQ_UINT(d->product_count_committed, d->product_count);
+    ASSERT_EQ_UINT(d->item_count_committed, d->item_count);
+    ASSERT_TRUE(memcmp(batch_seqs_working(f->writer.batch), seqs_of(f), sizeof *seqs_of(f)) == 0);
+    ASSERT_EQ_INT(db_int(f, "SELECT COALESCE(MAX(order_seq), 0) FROM orders"), seqs_of(f)->order);
+    ASSERT_EQ_INT(db_int(f, "SELECT MAX(seq) FROM events"), seqs_of(f)->event);
     sqlite3 *db = db_open(f);
     sqlite3_stmt *stmt = NULL;
     ASSERT_EQ_INT(sqlite3_prepare_v2(db,
@@ -367,34 +387,29 @@ static void check_domain_matches_db(const struct fixture *f)
                                      -1, &stmt, NULL),
                   SQLITE_OK);
     while (sqlite3_step(stmt) == SQLITE_ROW) {
-        int32_t s = dom_read_store_find(d, (const char *)sqlite3_column_text(stmt, 0));
-        int32_t p = dom_read_product_find(d, (const char *)sqlite3_column_text(stmt, 1));
+        int32_t s = dom_store_find(d, (const char *)sqlite3_column_text(stmt, 0));
+        int32_t p = dom_product_find(d, (const char *)sqlite3_column_text(stmt, 1));
         ASSERT_GE_INT(s, 0);
         ASSERT_GE_INT(p, 0);
-        struct dom_item_view view;
-        ASSERT_TRUE(dom_read_item(d, (uint32_t)p, (uint32_t)s, &view));
-        ASSERT_EQ_INT(view.on_hand, sqlite3_column_int64(stmt, 2));
-        ASSERT_EQ_INT(view.reserved, sqlite3_column_int64(stmt, 3));
-        ASSERT_EQ_INT(view.version, sqlite3_column_int64(stmt, 4));
-        ASSERT_EQ_INT(view.sold, sqlite3_column_int64(stmt, 5));
-        const struct dom_item *item = &d->items[d->products[p].item_by_store[s]];
-        ASSERT_EQ_INT(item->on_hand, view.on_hand);
-        ASSERT_EQ_INT(item->version, view.version);
+        int32_t index = dom_item_find(d, (uint32_t)s, (uint32_t)p);
+        ASSERT_GE_INT(index, 0);
+        const struct dom_item *item = &d->items[index];
+        ASSERT_EQ_INT(item->on_hand, sqlite3_column_int64(stmt, 2));
+        ASSERT_EQ_INT(item->reserved, sqlite3_column_int64(stmt, 3));
+        ASSERT_EQ_INT(item->version, sqlite3_column_int64(stmt, 4));
+        ASSERT_EQ_INT(item->sold, sqlite3_column_int64(stmt, 5));
     }
     sqlite3_finalize(stmt);
     sqlite3_close(db);
 }
 
-/* The published on_hand of (store, sku), or -1. */
+/* The committed on_hand of (store, sku), or -1. */
 static int64_t stock_of(const struct fixture *f, const char *store, const char *sku)
 {
-    int32_t s = dom_read_store_find(f->domain, store);
-    int32_t p = dom_read_product_find(f->domain, sku);
-    struct dom_item_view view;
-    if (s < 0 || p < 0 || !dom_read_item(f->domain, (uint32_t)p, (uint32_t)s, &view)) {
-        return -1;
-    }
-    return view.on_hand;
+    int32_t s = dom_store_find(f->domain, store);
+    int32_t p = dom_product_find(f->domain, sku);
+    int32_t index = s >= 0 && p >= 0 ? dom_item_find(f->domain, (uint32_t)s, (uint32_t)p) : -1;
+    return index >= 0 ? f->domain->items[index].on_hand : -1;
 }
 
 /* Creates sku with on_hand in S1 (the default store of a fresh database) in its own batch. */
@@ -412,11 +427,12 @@ static void seed_product(struct fixture *f, const char *sku, int64_t on_hand)
 static void test_fresh_database(void **state)
 {
     struct fixture *f = *state;
-    /* Migration 1 creates store S1 and its event; the writer loads it. */
+    /* The writer's first batch on a new database creates store S1 and its event. */
     ASSERT_EQ_UINT(f->domain->store_count, 1);
-    ASSERT_EQ_INT(dom_read_store_find(f->domain, "S1"), 0);
-    ASSERT_EQ_INT(f->writer.order_seq, 0);
-    ASSERT_EQ_INT(f->writer.event_seq, 1);
+    ASSERT_EQ_INT(dom_store_find(f->domain, "S1"), 0);
+    ASSERT_EQ_INT(seqs_of(f)->order, 0);
+    ASSERT_EQ_INT(seqs_of(f)->event, 1);
+    ASSERT_EQ_INT(writer_acked_seq(&f->writer), 1);
     ASSERT_TRUE(atomic_load(&f->writer.storage_ok));
     check_domain_matches_db(f);
     check_events_explain_stock(f, 0);
@@ -434,6 +450,7 @@ static void test_product_then_purchases_in_one_batch(void **state)
     cmd_adjust(&c[5], "S2", "P1", 6);   /* a new item in the new store */
     cmd_purchase(&c[6], "P1", 5, NULL); /* now S2 has enough */
     cmd_purchase(&c[7], "NOPE", 1, NULL);
+    uint64_t batches = atomic_load(&f->writer.stats.batches); /* 1: the bootstrap's S1 */
     run_batch(f, c, 8);
     ASSERT_EQ_INT(c[0].reply_status, 201);
     ASSERT_EQ_INT(c[1].reply_status, 201);
@@ -452,7 +469,7 @@ static void test_product_then_purchases_in_one_batch(void **state)
     assert_problem_reply(&c[7], 404, "unknown_sku");
     ASSERT_EQ_INT(stock_of(f, "S1", "P1"), 3);
     ASSERT_EQ_INT(stock_of(f, "S2", "P1"), 1);
-    ASSERT_EQ_UINT(atomic_load(&f->writer.stats.batches), 1);
+    ASSERT_EQ_UINT(atomic_load(&f->writer.stats.batches), batches + 1);
     check_domain_matches_db(f);
     check_events_explain_stock(f, 3);
     /* A batch of refusals only writes nothing. */
@@ -553,14 +570,13 @@ static void test_key_replayed_from_an_earlier_batch(void **state)
     ASSERT_TRUE(again[0].reply_replayed);
     ASSERT_EQ_INT(again[0].reply_status, 201);
     ASSERT_FALSE(again[0].reply_problem);
-    ASSERT_TRUE(again[0].reply_order_created); /* the replay carries the same Location */
-    ASSERT_EQ_INT(again[0].reply_order_seq, 1);
+    ASSERT_EQ_STR(again[0].reply_location, "/v1/orders/ord_1"); /* the same Location */
     ASSERT_EQ_UINT(again[0].reply_length, first[0].reply_length);
     ASSERT_EQ_MEM(again[0].reply_body, first[0].reply_body, first[0].reply_length);
     ASSERT_TRUE(again[1].reply_replayed);
     ASSERT_EQ_INT(again[1].reply_status, 409);
     ASSERT_TRUE(again[1].reply_problem); /* replayed problems keep their media type */
-    ASSERT_FALSE(again[1].reply_order_created);
+    ASSERT_EQ_STR(again[1].reply_location, "");
     ASSERT_EQ_MEM(again[1].reply_body, first[1].reply_body, first[1].reply_length);
     assert_problem_reply(&again[2], 422, "idempotency_key_reused");
     ASSERT_FALSE(again[2].reply_replayed);
@@ -614,8 +630,8 @@ static void committed_view_take(const struct fixture *f, struct committed_view *
     v->stores = f->domain->store_count;
     v->products = f->domain->product_count;
     v->items = f->domain->item_count;
-    v->order_seq = f->writer.order_seq;
-    v->event_seq = f->writer.event_seq;
+    v->order_seq = seqs_of(f)->order;
+    v->event_seq = seqs_of(f)->event;
 }
 
 static void assert_committed_view_equal(const struct committed_view *a,
@@ -674,7 +690,7 @@ static void assert_mixed_batch_succeeded(const struct fixture *f, const struct c
     ASSERT_EQ_INT(c[6].reply_status, 201);
     ASSERT_EQ_INT(c[7].reply_status, 200);
     ASSERT_EQ_INT(stock_of(f, "S9", "P"), 4);
-    ASSERT_GE_INT(dom_read_product_find(f->domain, "NEW"), 0);
+    ASSERT_GE_INT(dom_product_find(f->domain, "NEW"), 0);
 }
 
 /* Seeds P (10) and Q (5) and the stored key "done"; *done gets its reply. */
@@ -703,7 +719,7 @@ static void test_storage_failure_mid_transaction(void **state)
     snprintf(sql, sizeof sql,
              "INSERT INTO events (seq, event_type, event_version, occurred_at_ms, data)"
              " VALUES (%" PRId64 ", 'Planted', 1, 0, '{}')",
-             f->writer.event_seq + 1);
+             seqs_of(f)->event + 1);
     db_exec(db, sql);
     struct command *c = commands_new(MIXED_BATCH);
     fill_mixed_batch(c);
@@ -779,14 +795,14 @@ static void test_restart_keeps_state_sequences_and_keys(void **state)
     assert_order_reply(&c[3], 2, 7);
     struct command keyed = c[1];
     keyed.reply_body = keyed.reply_inline; /* the copy keeps its own reply bytes */
-    int64_t event_seq = f->writer.event_seq;
+    int64_t event_seq = seqs_of(f)->event;
     fixture_close(f);
     ASSERT_OK(fixture_open(f, record_reply));
     /* Everything is back: stock, versions, sequences, idempotency records. */
     ASSERT_EQ_INT(stock_of(f, "S1", "P"), 45);
     ASSERT_EQ_INT(stock_of(f, "S2", "P"), 7);
-    ASSERT_EQ_INT(f->writer.order_seq, 2);
-    ASSERT_EQ_INT(f->writer.event_seq, event_seq);
+    ASSERT_EQ_INT(seqs_of(f)->order, 2);
+    ASSERT_EQ_INT(seqs_of(f)->event, event_seq);
     ASSERT_EQ_INT(f->domain->stores[1].latency_ms, 3);
     check_domain_matches_db(f);
     cmd_purchase(&c[0], "P", 5, NULL);
@@ -959,28 +975,31 @@ static void *pusher_main(void *arg)
 
 struct watcher {
     pthread_t thread;
-    const struct domain *domain;
+    struct projector *projector;
     _Atomic bool stop;
     uint64_t reads;
     bool went_backwards; /* on_hand rose or version fell: a torn or stale read */
 };
 
-/* An I/O thread's view: reads the published item while the writer commits. */
+/* An I/O thread's view: reads the projected item, lock-free, while the writer commits and
+ * publishes. */
 static void *watcher_main(void *arg)
 {
     struct watcher *w = arg;
     int64_t last_on_hand = INT64_MAX;
     int64_t last_version = 0;
     while (!atomic_load(&w->stop)) {
-        int32_t p = dom_read_product_find(w->domain, "P");
-        struct dom_item_view view;
-        if (p >= 0 && dom_read_item(w->domain, (uint32_t)p, 0, &view)) {
-            w->went_backwards |= view.on_hand > last_on_hand || view.version < last_version;
-            w->went_backwards |= view.on_hand + view.sold != THREAD_STOCK;
-            last_on_hand = view.on_hand;
-            last_version = view.version;
+        struct projection *v = projector_read_begin(w->projector);
+        int32_t p = projector_product_find(v, "P");
+        struct projector_item item;
+        if (p >= 0 && projector_item_get(v, (uint32_t)p, 0, &item)) {
+            w->went_backwards |= item.on_hand > last_on_hand || item.version < last_version;
+            w->went_backwards |= item.on_hand + item.sold != THREAD_STOCK;
+            last_on_hand = item.on_hand;
+            last_version = item.version;
             w->reads++;
         }
+        projector_read_end(w->projector, v);
         sched_yield();
     }
     return NULL;
@@ -993,7 +1012,7 @@ static void test_writer_thread_with_two_producers(void **state)
     fixture_close(f);
     ASSERT_OK(fixture_open(f, count_reply));
     memset(&thread_replies, 0, sizeof thread_replies);
-    struct watcher watcher = {.domain = f->domain};
+    struct watcher watcher = {.projector = f->projector};
     struct pusher pushers[THREAD_PRODUCERS];
     ASSERT_OK(pthread_create(&watcher.thread, NULL, watcher_main, &watcher));
     ASSERT_OK(writer_start(&f->writer));
@@ -1024,8 +1043,9 @@ static void test_writer_thread_with_two_producers(void **state)
             const struct command *c = &pushers[i].commands[k];
             ASSERT_TRUE(c->owner == &pushers[i]);
             if (c->reply_status == 201) {
-                ASSERT_GT_INT(c->reply_order_seq, last_seq);
-                last_seq = c->reply_order_seq;
+                int64_t seq = strtoll(c->reply_location + strlen("/v1/orders/ord_"), NULL, 10);
+                ASSERT_GT_INT(seq, last_seq);
+                last_seq = seq;
             }
         }
         free(pushers[i].commands);

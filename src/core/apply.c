@@ -1,0 +1,59 @@
+/*
+ * apply.c - the dispatch of apply.h and the weight of a command. The decisions themselves are
+ * in apply_catalog.c, apply_stock.c and apply_reservations.c.
+ */
+#include "core/apply.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#include "base/svc_assert.h"
+#include "core/apply_internal.h"
+
+void apply_command(struct domain *d, struct batch *b, const struct command *cmd,
+                   struct outcome *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t events_before = batch_event_count(b);
+    switch (cmd->kind) {
+    case CMD_STORE_CREATE: apply_store_create(d, b, cmd, out); break;
+    case CMD_PRODUCT_CREATE: apply_product_create(d, b, cmd, out); break;
+    case CMD_PURCHASE: apply_purchase(d, b, cmd, out); break;
+    case CMD_ADJUST: apply_adjust(d, b, cmd, out); break;
+    case CMD_TICKET_RESET: apply_ticket_reset(d, b, cmd, out); break;
+    case CMD_SET_ABSOLUTE: apply_set_absolute(d, b, cmd, out); break;
+    case CMD_RESERVE: apply_reserve(d, b, cmd, out); break;
+    case CMD_CONFIRM: apply_confirm(d, b, cmd, out); break;
+    case CMD_CANCEL: apply_cancel(d, b, cmd, out); break;
+    case CMD_TRANSFER: apply_transfer(d, b, cmd, out); break;
+    case CMD_RECONCILE: apply_reconcile(d, b, cmd, out); break;
+    default: SVC_UNREACHABLE();
+    }
+    /* A change always leaves an event; a refusal that changed nothing leaves none. */
+    SVC_ASSERT(out->changed == (batch_event_count(b) > events_before));
+    SVC_ASSERT(out->kind != OUTCOME_PROBLEM || out->problem.err < 0);
+}
+
+void apply_expire_due(struct domain *d, struct batch *b)
+{
+    SVC_ASSERT(d != NULL && b != NULL);
+    apply_reservations_expire_due(d, b);
+}
+
+size_t apply_command_weight(const struct domain *d, const struct command *cmd,
+                            int64_t next_reservation_seq, bool shared)
+{
+    size_t lines = cmd->lines != NULL ? cmd->lines->count : 0;
+    if (cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL) {
+        /* Ending a reservation makes one stock event per line of the reservation, which the
+         * command does not carry: count its lines. One not in memory has ended (no events),
+         * unless its id is still to come (an earlier command of the batch may create it) or
+         * another instance holds it. */
+        SVC_ASSERT(lines == 0 && cmd->reservation_seq >= 1);
+        const struct reservation *r = res_find(&d->reservations, cmd->reservation_seq);
+        bool may_exist = cmd->reservation_seq >= next_reservation_seq || shared;
+        lines = r != NULL ? r->line_count : may_exist ? CMD_LINES_MAX : 0;
+    }
+    SVC_ASSERT(lines <= CMD_LINES_MAX);
+    return 2 + 2 * lines; /* a transfer line makes two stock events, others at most one */
+}

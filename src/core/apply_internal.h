@@ -1,0 +1,47 @@
+/*
+ * apply_internal.h - what the appliers share, and nothing else includes: one entry point per
+ * command kind (apply.c dispatches to them) and the product creation that the seed-004 reset
+ * reuses. The appliers sit below apply.c: they include this, never apply.h.
+ */
+#ifndef STOCKD_APPLY_INTERNAL_H
+#define STOCKD_APPLY_INTERNAL_H
+
+#include "core/batch.h"
+#include "core/command.h"
+#include "core/domain.h"
+#include "core/outcome.h"
+
+/* apply_catalog.c */
+void apply_store_create(struct domain *d, struct batch *b, const struct command *cmd,
+                        struct outcome *out);
+void apply_product_create(struct domain *d, struct batch *b, const struct command *cmd,
+                          struct outcome *out);
+/* Creates product sku in store_index (< 0: the lowest-stock store) with its ProductCreated
+ * event; out is OUTCOME_PRODUCT (index: the item) or a refusal. */
+void apply_new_product(struct domain *d, struct batch *b, const char *sku, const char *name,
+                       int64_t initial_on_hand, int32_t store_index, struct outcome *out);
+
+/* apply_stock.c */
+void apply_purchase(struct domain *d, struct batch *b, const struct command *cmd,
+                    struct outcome *out);
+void apply_adjust(struct domain *d, struct batch *b, const struct command *cmd,
+                  struct outcome *out);
+void apply_ticket_reset(struct domain *d, struct batch *b, const struct command *cmd,
+                        struct outcome *out);
+void apply_set_absolute(struct domain *d, struct batch *b, const struct command *cmd,
+                        struct outcome *out);
+void apply_transfer(struct domain *d, struct batch *b, const struct command *cmd,
+                    struct outcome *out);
+void apply_reconcile(struct domain *d, struct batch *b, const struct command *cmd,
+                     struct outcome *out);
+
+/* apply_reservations.c; apply_expire_due forwards to the last. */
+void apply_reserve(struct domain *d, struct batch *b, const struct command *cmd,
+                   struct outcome *out);
+void apply_confirm(struct domain *d, struct batch *b, const struct command *cmd,
+                   struct outcome *out);
+void apply_cancel(struct domain *d, struct batch *b, const struct command *cmd,
+                  struct outcome *out);
+void apply_reservations_expire_due(struct domain *d, struct batch *b);
+
+#endif

@@ -1,0 +1,32 @@
+/*
+ * server.h - the HTTP server: the listening socket, the h2o evloop I/O threads with their
+ * accept loop, the hand-off of every request to the route table, and the writer's reply hook
+ * that returns a finished command to the thread that sent it.
+ *
+ * Only main includes this file. It is not what handlers use (request.h) and not the route
+ * table (routes.h); the arrows are server -> routes -> api_* -> request and server -> request.
+ * Read thread.h next.
+ */
+#ifndef STOCKD_HTTP_SERVER_H
+#define STOCKD_HTTP_SERVER_H
+
+#include "core/command.h"
+#include "http/app.h"
+
+/* Binds the listening socket on host (an IPv4 address) and port (0: any free port); *port_out
+ * gets the port. Returns the socket, or -errno (-EINVAL for a bad host). Called by main before
+ * http_start. */
+int http_listen(const char *host, int port, int *port_out);
+
+/* Starts count (1..IO_THREADS_MAX) I/O threads serving listen_fd and returns once every one
+ * accepts. app is borrowed for the life of the process and must be fully set up (writer,
+ * projector, auth) and immutable from here on. 0 or -errno; a thread that fails to set itself
+ * up (memory, its store reader) exits the process with a logged reason. */
+int http_start(struct app *app, int listen_fd, int count);
+
+/* The writer's reply hook (writer_config.reply, with any reply_context): hands cmd back to its
+ * owning I/O thread, which sends the reply. Called on the writer thread; never blocks for
+ * long (a mutex held for a list insert). */
+void http_writer_reply(struct command *cmd, void *context);
+
+#endif

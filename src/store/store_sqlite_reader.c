@@ -1,0 +1,327 @@
+/*
+ * store_sqlite_reader.c - the read-only handles of the SQLite backend: one connection per
+ * thread that reads (the I/O threads' order and idempotency lookups, the event log for the
+ * projector's replays and the audit, the audit's stock rows).
+ *
+ * Each handle has its own read-only connection with every statement prepared at open; WAL
+ * lets it read while the writer commits. A statement is always reset before a call returns,
+ * so a handle never holds a read transaction between calls (that would pin the WAL and keep
+ * the handle on an old snapshot): what a caller keeps past a row's callback is copied into
+ * the handle's buffers, allocated at open and grown only for an outsized row, whose failure
+ * to grow answers SVC_ESTORAGE_UNAVAILABLE like any other storage failure.
+ *
+ * This file is not the writer's handle (store_sqlite.c) and has no wait: no other process
+ * writes the file. Read store_pg.h next.
+ */
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/errors.h"
+#include "base/log.h"
+#include "base/svc_assert.h"
+#include "base/svc_limits.h"
+#include "store/store.h"
+#include "store/store_sqlite.h"
+#include "store/store_sqlite_internal.h"
+
+/* The reader's statements, prepared at open (STYLE 24). */
+#define STORE_SQLITE_READER_STMT_MAP(X)                                                        \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms FROM orders" \
+             " WHERE order_seq = ?1")                                                          \
+    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"     \
+              " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"                  \
+              " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                           \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                     \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                     \
+            " WHERE principal = ?1 AND idem_key = ?2")                                         \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")
+
+enum sqlite_reader_stmt {
+#define STORE_SQLITE_READER_ENUM_(name, sql) STORE_SQLITE_READER_##name,
+    STORE_SQLITE_READER_STMT_MAP(STORE_SQLITE_READER_ENUM_)
+#undef STORE_SQLITE_READER_ENUM_
+        STORE_SQLITE_READER_COUNT
+};
+
+static const char *const sqlite_reader_sql[STORE_SQLITE_READER_COUNT] = {
+#define STORE_SQLITE_READER_SQL_(name, sql) sql,
+    STORE_SQLITE_READER_STMT_MAP(STORE_SQLITE_READER_SQL_)
+#undef STORE_SQLITE_READER_SQL_
+};
+
+/* How long a reader waits for a lock (only a checkpoint that restarts the WAL takes one a
+ * reader must wait for, and briefly). */
+#define STORE_SQLITE_READER_BUSY_MS 1000
+
+/* A buffer the handle owns; what the last call returned points into it. */
+struct sqlite_reader_buffer {
+    char *data; /* owned */
+    size_t size;
+};
+
+struct sqlite_reader {
+    struct store_reader base;                       /* first: the backend's operations */
+    sqlite3 *db;                                    /* owned, read-only */
+    sqlite3_stmt *stmts[STORE_SQLITE_READER_COUNT]; /* owned, prepared at open */
+    struct sqlite_reader_buffer order_text;         /* the last order's five strings */
+    struct sqlite_reader_buffer idem_body;          /* the last idempotency record's body */
+};
+
+static void sqlite_reader_close(struct store_reader *base);
+static const struct store_reader_ops sqlite_reader_ops;
+
+/* Makes b at least size bytes. 0, or SVC_ESTORAGE_UNAVAILABLE when memory is short (a request
+ * path: an answer, never an assertion). */
+static int sqlite_reader_reserve(struct sqlite_reader_buffer *b, size_t size)
+{
+    SVC_ASSERT(size >= 1);
+    if (size <= b->size) {
+        return 0;
+    }
+    char *grown = realloc(b->data, size); /* an outsized row: grows to the largest once */
+    if (grown == NULL) {
+        log_error("sqlite reader: out of memory for a %zu-byte row", size);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    b->data = grown;
+    b->size = size;
+    SVC_ASSERT(b->size >= size);
+    return 0;
+}
+
+static int sqlite_reader_prepare(struct sqlite_reader *r)
+{
+    SVC_ASSERT(r->db != NULL);
+    for (int i = 0; i < STORE_SQLITE_READER_COUNT; i++) {
+        SVC_ASSERT(r->stmts[i] == NULL);
+        if (sqlite3_prepare_v3(r->db, sqlite_reader_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                               &r->stmts[i], NULL) != SQLITE_OK) {
+            return store_sqlite_fail(r->db, sqlite_reader_sql[i]);
+        }
+    }
+    /* The usual rows fit from the start: the request path does not allocate. */
+    int rc = sqlite_reader_reserve(&r->order_text, READ_BODY_BYTES_MAX);
+    return rc == 0 ? sqlite_reader_reserve(&r->idem_body, REPLY_BODY_BYTES_MAX + 1) : rc;
+}
+
+/* Opens a read-only handle (see store_sqlite.h). */
+int store_sqlite_reader_open(struct store_reader **out, const char *path)
+{
+    SVC_ASSERT(out != NULL && path != NULL);
+    struct sqlite_reader *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    r->base.ops = &sqlite_reader_ops;
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
+    int rc = 0;
+    if (sqlite3_open_v2(path, &r->db, flags, NULL) != SQLITE_OK) {
+        rc = store_sqlite_fail(r->db, path);
+    } else {
+        sqlite3_busy_timeout(r->db, STORE_SQLITE_READER_BUSY_MS);
+        rc = sqlite_reader_prepare(r);
+    }
+    if (rc != 0) {
+        sqlite_reader_close(&r->base);
+        return rc;
+    }
+    *out = &r->base;
+    SVC_ASSERT((*out)->ops == &sqlite_reader_ops);
+    return 0;
+}
+
+static void sqlite_reader_close(struct store_reader *base)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    if (r == NULL) {
+        return;
+    }
+    SVC_ASSERT(r->base.ops == &sqlite_reader_ops);
+    for (int i = 0; i < STORE_SQLITE_READER_COUNT; i++) {
+        sqlite3_finalize(r->stmts[i]);
+    }
+    sqlite3_close(r->db);
+    free(r->order_text.data);
+    free(r->idem_body.data);
+    free(r);
+}
+
+/* Copies the order on stmt's current row into the handle's buffer and points out at it. */
+static int sqlite_reader_order_copy(struct sqlite_reader *r, sqlite3_stmt *stmt,
+                                    struct store_order_row *out)
+{
+    enum { TEXTS = 5 };
+    const char *texts[TEXTS];
+    size_t lengths[TEXTS];
+    size_t total = 0;
+    for (int i = 0; i < TEXTS; i++) {
+        texts[i] = store_sqlite_column_text(stmt, i);
+        lengths[i] = (size_t)sqlite3_column_bytes(stmt, i);
+        total += lengths[i] + 1;
+    }
+    int rc = sqlite_reader_reserve(&r->order_text, total);
+    if (rc != 0) {
+        return rc;
+    }
+    char *copies[TEXTS];
+    size_t used = 0;
+    for (int i = 0; i < TEXTS; i++) {
+        copies[i] = r->order_text.data + used;
+        memcpy(copies[i], texts[i], lengths[i]);
+        copies[i][lengths[i]] = '\0';
+        used += lengths[i] + 1;
+    }
+    SVC_ASSERT(used == total && used <= r->order_text.size);
+    *out = (struct store_order_row){copies[0], copies[1], copies[2],
+                                    copies[3], copies[4], sqlite3_column_int64(stmt, 5)};
+    return 1;
+}
+
+static int sqlite_reader_order(struct store_reader *base, int64_t order_seq,
+                               struct store_order_row *out)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(order_seq >= 1);
+    SVC_ASSERT(out != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_ORDER];
+    sqlite3_bind_int64(stmt, 1, order_seq);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        rc = sqlite_reader_order_copy(r, stmt, out);
+    } else if (step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "order lookup");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}
+
+static int sqlite_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
+                                const char *sku, int limit, void *context,
+                                int (*each_event)(void *context, const struct row_event *row))
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(since_seq >= 0);
+    SVC_ASSERT(limit >= 1);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_EVENTS];
+    sqlite3_bind_int64(stmt, 1, since_seq);
+    store_sqlite_bind_text(stmt, 2, store_id);
+    store_sqlite_bind_text(stmt, 3, sku);
+    sqlite3_bind_int(stmt, 4, limit);
+    int rc = 0;
+    int step = SQLITE_ROW;
+    int64_t last_seq = since_seq;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct row_event row;
+        row.seq = sqlite3_column_int64(stmt, 0);
+        row.event_type = store_sqlite_column_text(stmt, 1);
+        row.event_version = sqlite3_column_int(stmt, 2);
+        row.occurred_at_ms = sqlite3_column_int64(stmt, 3);
+        row.store_id = (const char *)sqlite3_column_text(stmt, 4); /* NULL stays NULL */
+        row.sku = (const char *)sqlite3_column_text(stmt, 5);
+        row.data_json = store_sqlite_column_text(stmt, 6);
+        SVC_ASSERT(row.seq > last_seq); /* in seq order, after since_seq */
+        last_seq = row.seq;
+        rc = each_event(context, &row);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "read events");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+static int sqlite_reader_items(struct store_reader *base, void *context,
+                               int (*each_item)(void *context, const char *store_id,
+                                                const char *sku, int64_t on_hand, int64_t reserved))
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(each_item != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_ITEMS];
+    int rc = 0;
+    int step = SQLITE_ROW;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        int64_t on_hand = sqlite3_column_int64(stmt, 2);
+        int64_t reserved = sqlite3_column_int64(stmt, 3);
+        SVC_ASSERT(reserved >= 0 && reserved <= on_hand); /* the table's CHECKs */
+        rc = each_item(context, store_sqlite_column_text(stmt, 0),
+                       store_sqlite_column_text(stmt, 1), on_hand, reserved);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "read stock items");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}
+
+static int sqlite_reader_event_seq_max(struct store_reader *base, int64_t *out)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(out != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_SEQ_MAX];
+    int rc = 0;
+    if (sqlite3_step(stmt) == SQLITE_ROW) {
+        *out = sqlite3_column_int64(stmt, 0);
+        SVC_ASSERT(*out >= 0);
+    } else {
+        rc = store_sqlite_fail(r->db, "read the event seq");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}
+
+/* Copies the record on stmt's current row into the handle's buffer and points out at it. */
+static int sqlite_reader_idem_copy(struct sqlite_reader *r, sqlite3_stmt *stmt,
+                                   struct store_idem_view *out)
+{
+    const char *body = store_sqlite_column_text(stmt, 2);
+    size_t length = (size_t)sqlite3_column_bytes(stmt, 2);
+    int rc = sqlite_reader_reserve(&r->idem_body, length + 1);
+    if (rc != 0) {
+        return rc;
+    }
+    memcpy(r->idem_body.data, body, length);
+    r->idem_body.data[length] = '\0';
+    out->status = sqlite3_column_int(stmt, 0);
+    out->problem = sqlite3_column_int(stmt, 1) != 0;
+    out->body = r->idem_body.data;
+    out->body_length = length;
+    out->created_at_ms = sqlite3_column_int64(stmt, 3);
+    SVC_ASSERT(out->status >= 100 && out->status <= 599); /* as the writer wrote it */
+    return 1;
+}
+
+static int sqlite_reader_idem(struct store_reader *base, const char *principal, const char *key,
+                              struct store_idem_view *out)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(principal != NULL && key != NULL);
+    SVC_ASSERT(out != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_IDEM];
+    sqlite3_bind_text(stmt, 1, principal, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        rc = sqlite_reader_idem_copy(r, stmt, out);
+    } else if (step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "find idempotency record");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+static const struct store_reader_ops sqlite_reader_ops = {
+    .name = "sqlite",
+    .close = sqlite_reader_close,
+    .order = sqlite_reader_order,
+    .events = sqlite_reader_events,
+    .items = sqlite_reader_items,
+    .event_seq_max = sqlite_reader_event_seq_max,
+    .idem = sqlite_reader_idem,
+    .wait = NULL, /* no other writer to follow */
+};
