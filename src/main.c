@@ -223,6 +223,7 @@ static struct store *main_open_storage(struct app *app)
         .reply_context = NULL,
         .reply = http_writer_reply,
         .committed_context = &app->projector,
+        .durable = projector_durable_hook,
         .committed = projector_committed_hook,
         .applied_seq = projector_applied_hook,
     };

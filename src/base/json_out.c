@@ -85,14 +85,47 @@ void jbuf_int(struct jbuf *b, int64_t value)
     jbuf_raw(b, digits + start, sizeof digits - start);
 }
 
+/* True when key needs no escaping (our member names: letters and digits), so that it can be
+ * copied in one go. */
+static bool jbuf_key_plain(const char *key, size_t length)
+{
+    for (size_t i = 0; i < length; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c < 0x20 || c == '"' || c == '\\') {
+            return false;
+        }
+    }
+    return true;
+}
+
 void jbuf_key(struct jbuf *b, const char *key)
 {
     SVC_ASSERT(key != NULL && key[0] != '\0');
-    if (b->length > 0 && b->data[b->length - 1] != '{' && b->data[b->length - 1] != '[') {
-        jbuf_raw(b, ",", 1);
+    size_t length = strlen(key);
+    bool comma = b->length > 0 && b->data[b->length - 1] != '{' && b->data[b->length - 1] != '[';
+    if (!jbuf_key_plain(key, length)) {
+        jbuf_raw(b, ",", comma ? 1 : 0); /* a key that needs escaping: the general path */
+        jbuf_str_n(b, key, length);
+        jbuf_raw(b, ":", 1);
+        return;
     }
-    jbuf_str(b, key);
-    jbuf_raw(b, ":", 1);
+    size_t need = (comma ? 1 : 0) + length + 3; /* [,]"key": */
+    if (b->overflow || need >= b->size - b->length) {
+        b->overflow = true;
+        return;
+    }
+    char *out = b->data + b->length; /* one copy: this runs for every member of every body */
+    if (comma) {
+        *out++ = ',';
+    }
+    *out++ = '"';
+    memcpy(out, key, length);
+    out += length;
+    *out++ = '"';
+    *out++ = ':';
+    b->length = (size_t)(out - b->data);
+    b->data[b->length] = '\0';
+    SVC_ASSERT(b->length < b->size);
 }
 
 void jbuf_kv_str(struct jbuf *b, const char *key, const char *value)

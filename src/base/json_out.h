@@ -32,7 +32,8 @@ void jbuf_str_n(struct jbuf *b, const char *s, size_t length);
 void jbuf_str(struct jbuf *b, const char *s);
 /* Appends a decimal integer. */
 void jbuf_int(struct jbuf *b, int64_t value);
-/* Appends ,"key": (or "key": right after an opening brace). */
+/* Appends ,"key": (or "key": right after an opening brace), key escaped like a string (our
+ * member names need none: they are copied in one go). */
 void jbuf_key(struct jbuf *b, const char *key);
 /* Appends "key":"value" with a separating comma when needed. */
 void jbuf_kv_str(struct jbuf *b, const char *key, const char *value);

@@ -484,8 +484,11 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
         dom_commit(w->config.domain);
         batch_seqs_commit(w->batch);
         atomic_store(&w->storage_ok, true);
-        atomic_store_explicit(&w->acked_seq, batch_seqs_committed(w->batch)->event,
-                              memory_order_release);
+        int64_t seq = batch_seqs_committed(w->batch)->event;
+        atomic_store_explicit(&w->acked_seq, seq, memory_order_release);
+        if (w->config.durable != NULL && batch_event_count(w->batch) > 0) {
+            w->config.durable(seq, w->config.committed_context);
+        }
     } else {
         writer_fail_batch(w);
         atomic_store(&w->storage_ok, false);

@@ -38,6 +38,9 @@ struct writer_config {
     /* Hands a finished command back to its owner; called on the writer thread. */
     void (*reply)(struct command *cmd, void *reply_context);
     void *committed_context;
+    /* Optional: called right after a batch committed, before its replies leave: the log now
+     * reaches seq, and the batch's events follow through committed after the replies. */
+    void (*durable)(int64_t seq, void *committed_context);
     /* Optional: the events of a durable batch, in seq order, after its replies left (other
      * instances' events that its prefetch read come first). Valid during the call only. */
     void (*committed)(const struct event *events, size_t count, void *committed_context);

@@ -13,6 +13,25 @@
 #include "store/store_open.h"
 #include "base/svc_assert.h"
 
+/* True when this instance's writer committed the log up to seq (its hook applies it), or
+ * the read model has it. The announcement of our own commit can arrive before the writer has
+ * read its COMMIT's answer: give it FOLLOWER_OWN_WAIT_MS to say so. */
+static bool follower_writer_has(struct follower *f, int64_t seq)
+{
+    SVC_ASSERT(seq >= 1);
+    for (int waited_ms = 0;; waited_ms++) {
+        int64_t own = projector_own_seq(f->projector);
+        int64_t live = projector_live_seq(f->projector);
+        if (seq <= own || seq <= live) {
+            return true;
+        }
+        if (waited_ms == FOLLOWER_OWN_WAIT_MS) {
+            return false; /* another instance's: read it */
+        }
+        usleep(1000);
+    }
+}
+
 static void *follower_main(void *arg)
 {
     struct follower *f = arg;
@@ -31,8 +50,11 @@ static void *follower_main(void *arg)
         if (rc < 0) {
             continue; /* the reader reconnects on its next call */
         }
-        if (rc == 1 && announced > 0 && announced <= projector_live_seq(f->projector)) {
-            continue; /* our own batch: the writer's hook applied it already */
+        if (rc == 1 && announced > 0 && follower_writer_has(f, announced)) {
+            /* Our own batch (with what its prefetch read of the others'): the writer's hook
+             * applied it already, or is about to, right after its replies. Reading and
+             * decoding it here too would only race the writer for the same events. */
+            continue;
         }
         /* Timed out, reconnected or announced: read what is there (a NOTIFY can be lost when
          * the connection drops). */

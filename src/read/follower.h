@@ -22,6 +22,11 @@
 
 /* The longest the follower sleeps without an announcement (a lost NOTIFY costs this much). */
 #define FOLLOWER_POLL_MS 500
+/* How long an announcement the writer may have made waits for the writer to claim it before
+ * the follower reads it: our own COMMIT's NOTIFY can arrive before the writer has its answer,
+ * and reading (and decoding) the batch here too was 15% of stockd's instructions on
+ * PostgreSQL. Another instance's events wait this much longer to be seen. */
+#define FOLLOWER_OWN_WAIT_MS 5
 
 struct follower {
     struct projector *projector; /* borrowed */

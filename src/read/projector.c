@@ -627,6 +627,23 @@ size_t projector_apply(struct projector *p, const struct event *events, size_t c
     return first + n;
 }
 
+void projector_durable_hook(int64_t seq, void *context)
+{
+    struct projector *p = context;
+    SVC_ASSERT(p != NULL && seq >= 1);
+    int64_t known = atomic_load(&p->own_seq);
+    while (seq > known && !atomic_compare_exchange_weak(&p->own_seq, &known, seq)) {
+    }
+    SVC_ASSERT(atomic_load(&p->own_seq) >= seq);
+}
+
+int64_t projector_own_seq(struct projector *p)
+{
+    int64_t seq = atomic_load(&p->own_seq);
+    SVC_ASSERT(seq >= 0);
+    return seq;
+}
+
 void projector_committed_hook(const struct event *events, size_t count, void *context)
 {
     SVC_ASSERT(context != NULL);

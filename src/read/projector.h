@@ -66,6 +66,8 @@ struct projector {
     _Atomic bool rebuilding;
     _Atomic int64_t rebuilt_at_ms; /* wall ms of the last finished rebuild, 0 never */
     _Atomic int64_t log_seq;       /* newest committed seq seen by the hook */
+    _Atomic int64_t own_seq;       /* the last seq this instance's writer committed: its
+                                    * events reach the hook right after its replies */
     _Atomic int64_t log_at_ms;     /* its occurredAt */
     char db_path[600];             /* for the rebuild's own reader connection */
     struct projector_tap_entry taps[IO_THREADS_MAX]; /* under apply_mutex */
@@ -134,6 +136,11 @@ int64_t projector_live_seq(struct projector *p);
 int64_t projector_applied_hook(void *context);
 /* Records that the log reaches seq (at at_ms), for the lag report. */
 void projector_note_log(struct projector *p, int64_t seq, int64_t at_ms);
+/* The writer_config.durable adapter: the writer committed the log up to seq and hands its
+ * events to the hook right after its replies (the follower leaves those to it). */
+void projector_durable_hook(int64_t seq, void *context);
+/* The seq of the last projector_durable_hook (0 before any). */
+int64_t projector_own_seq(struct projector *p);
 /* The writer_config.committed adapter: context is the struct projector. */
 void projector_committed_hook(const struct event *events, size_t count, void *context);
 /* Waits up to timeout_us for the live projection to reach seq (a reply the client already

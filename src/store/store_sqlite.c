@@ -88,12 +88,15 @@ static const char *const sqlite_stmt_sql[STORE_SQLITE_STMT_COUNT] = {
 
 /* The idempotency prefetch: one statement per batch whatever its number of keys, prepared at
  * open in these sizes (pairs of parameters). A batch's keys go to the smallest that holds
- * them and the unused pairs stay NULL, which equals nothing. Several sizes because SQLite
- * builds the whole VALUES list into an ephemeral index on every run: a batch of 3 keys should
- * not pay for 1024. The largest is a full batch, so one statement always suffices. */
-#define STORE_SQLITE_IDEM_TIERS 3
-static const size_t sqlite_idem_tier_pairs[STORE_SQLITE_IDEM_TIERS] = {8, 64, BATCH_COMMANDS_MAX};
-_Static_assert(BATCH_COMMANDS_MAX > 64, "the tiers grow");
+ * them and the unused pairs stay NULL, which equals nothing. Sizes in powers of two because
+ * SQLite builds the whole VALUES list into an ephemeral index on every run: a batch pays for
+ * at most twice its keys (with three sizes, 8, 64 and 1024, a batch of 65 keys paid for 1024
+ * and the prefetch cost more instructions per purchase than the point lookups it replaced).
+ * The largest is a full batch, so one statement always suffices. */
+#define STORE_SQLITE_IDEM_TIERS 8
+static const size_t sqlite_idem_tier_pairs[STORE_SQLITE_IDEM_TIERS] = {8,   16,  32,  64,
+                                                                       128, 256, 512, 1024};
+_Static_assert(BATCH_COMMANDS_MAX == 1024, "the largest tier is a full batch");
 /* SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32 is 32766 (Debian's build: the same). */
 _Static_assert(2 * BATCH_COMMANDS_MAX <= 32766, "a full batch's keys are parameters");
 /* Bytes of the largest tier's text: the fixed part and "(?NNNN,?NNNN)," per pair. */
@@ -671,8 +674,12 @@ static int sqlite_prefetch_idems(struct sqlite_store *s, const struct store_idem
         rc = store_sqlite_fail(s->db, "prefetch idempotency records");
     }
     sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt); /* every pair NULL again: the next run binds only its own */
-    SVC_ASSERT(found <= count);   /* IN reports each stored key once, duplicates or not */
+    for (size_t i = 0; i < 2 * count; i++) {
+        /* Every pair NULL again (the next run binds only its own), without clearing all of
+         * the tier's parameters as sqlite3_clear_bindings would. */
+        sqlite3_bind_null(stmt, (int)(i + 1));
+    }
+    SVC_ASSERT(found <= count); /* IN reports each stored key once, duplicates or not */
     return rc;
 }
 

@@ -84,6 +84,7 @@ static int fixture_open(struct fixture *f, void (*reply)(struct command *, void 
         .reply_context = f,
         .reply = reply,
         .committed_context = f->projector,
+        .durable = projector_durable_hook,
         .committed = projector_committed_hook,
         .applied_seq = projector_applied_hook,
     };
