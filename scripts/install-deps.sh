@@ -9,7 +9,10 @@ packages=(gcc pkg-config meson ninja-build libh2o-evloop-dev libjansson-dev libs
           libpq-dev libssl-dev sqlite3 curl ca-certificates)
 case "$profile" in
   run) ;;
-  test) packages+=(libcmocka-dev python3 python3-yaml clang-format postgresql clang) ;;
+  # procps: pgrep (test_pg_cluster's frozen server); libclang-rt-14-dev: the sanitizer and
+  # libFuzzer runtimes of the fuzz build, which --no-install-recommends leaves out of clang.
+  test) packages+=(libcmocka-dev python3 python3-yaml clang-format postgresql clang
+                   libclang-rt-14-dev procps) ;;
   bench) packages+=(libcmocka-dev python3 postgresql postgresql-contrib nginx-light gnuplot-nox
                     linux-perf valgrind) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;

@@ -631,6 +631,10 @@ def test_pg_reservations_across_instances():
                                              1, "lines": [{"sku": "RSV", "qty": 4}]},
                         key=new_key("rsv"))
             check_status(r, 201, "a short reservation on A")
+        # B must have seen the hold first: its read model before it (onHand 7, reserved 0) is
+        # also what the expiry leads back to, so waiting for that alone proved nothing.
+        eventually(lambda: check_eq(availability(b, "RSV")["reserved"], 4, "reserved on B"),
+                   "B follows A's short reservation")
         a.kill9()  # A never comes back: B must expire A's reservation
         wait_on_hand([b], "RSV", 7, "after B expired the reservation of the killed A")
         check_eq(psql("SELECT status FROM reservations ORDER BY reservation_seq", db=db),
