@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -193,14 +194,48 @@ static int main_audit(struct app_config *c)
     return status;
 }
 
-/* Opens storage and loads the writer; exits with a logged reason on failure (STYLE 8). */
-static struct store *main_open_storage(struct app *app)
+/* Raises the soft limit of open files to the hard one: every connection is a descriptor, and
+ * a flash sale opens thousands. */
+static void main_raise_fd_limit(void)
 {
-    struct app_config *c = &app->config;
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        return;
+    }
+    if (limit.rlim_cur < limit.rlim_max) {
+        rlim_t before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+            log_info("open files: raised the soft limit from %llu to %llu",
+                     (unsigned long long)before, (unsigned long long)limit.rlim_cur);
+        }
+    }
+}
+
+/* Creates the data directory (0700) when absent; warns when an existing one lets others in:
+ * it holds stored responses, customer ids and the token hashes. Exits when it cannot. */
+static void main_data_dir(const struct app_config *c)
+{
     if (mkdir(c->data_dir, 0700) != 0 && errno != EEXIST) {
         log_error("cannot create data directory %s: %s", c->data_dir, strerror(errno));
         exit(1);
     }
+    struct stat st;
+    if (stat(c->data_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        log_error("data directory %s is not a directory", c->data_dir);
+        exit(1);
+    }
+    if ((st.st_mode & 0077) != 0) {
+        log_warn("data directory %s has mode %03o: group and others can enter it (chmod 700)",
+                 c->data_dir, (unsigned)(st.st_mode & 0777));
+    }
+}
+
+/* Opens storage and loads the writer; exits with a logged reason on failure (STYLE 8). */
+static struct store *main_open_storage(struct app *app)
+{
+    struct app_config *c = &app->config;
+    main_data_dir(c);
     main_db_path(c);
     char shown[sizeof c->db_path];
     main_db_shown(c->db_path, shown, sizeof shown);
@@ -265,10 +300,12 @@ int main(int argc, char **argv)
         main_usage(stderr);
         return 2;
     }
+    umask(0077); /* the database, its WAL and every file stockd makes: owner only (0600) */
     if (app->config.audit_only) {
         return main_audit(&app->config);
     }
     signal(SIGPIPE, SIG_IGN);
+    main_raise_fd_limit();
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
