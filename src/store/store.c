@@ -276,3 +276,21 @@ int store_reader_wait(struct store_reader *r, int timeout_ms, int64_t *seq_out)
     SVC_ASSERT(*seq_out >= 0);
     return rc;
 }
+
+/* See store.h; called by the audit around its two scans. */
+int store_reader_snapshot_begin(struct store_reader *r)
+{
+    SVC_ASSERT(r != NULL && r->ops->snapshot_begin != NULL);
+    int rc = r->ops->snapshot_begin(r);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    return rc;
+}
+
+/* See store.h. */
+int store_reader_snapshot_end(struct store_reader *r)
+{
+    SVC_ASSERT(r != NULL && r->ops->snapshot_end != NULL);
+    int rc = r->ops->snapshot_end(r);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    return rc;
+}

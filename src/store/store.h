@@ -270,6 +270,9 @@ struct store_reader_ops {
                 struct store_idem_view *out);
     /* NULL when no other process writes the database. */
     int (*wait)(struct store_reader *r, int timeout_ms, int64_t *seq_out);
+    /* One snapshot for the reads in between (a read-only transaction). */
+    int (*snapshot_begin)(struct store_reader *r);
+    int (*snapshot_end)(struct store_reader *r);
 };
 
 /* Every backend's writer handle begins with this. */
@@ -357,6 +360,16 @@ int store_reader_event_seq_max(struct store_reader *r, int64_t *out);
 /* Looks up (principal, key). 1 found, 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_idem(struct store_reader *r, const char *principal, const char *key,
                       struct store_idem_view *out);
+
+/* Makes the reads of r up to store_reader_snapshot_end see one snapshot of the database (a
+ * read-only transaction), so that two reads agree with each other while the writer commits:
+ * the audit's scan of the event log and of the stock rows. 0 or SVC_ESTORAGE_UNAVAILABLE (no
+ * snapshot: the caller must not go on). */
+int store_reader_snapshot_begin(struct store_reader *r);
+/* Ends the snapshot (also after a failed read). 0 when every read since the begin saw the one
+ * snapshot, SVC_ESTORAGE_UNAVAILABLE when it broke (a lost connection: the reads after it
+ * were outside it) or could not end. */
+int store_reader_snapshot_end(struct store_reader *r);
 
 /* Waits up to timeout_ms for another instance to commit events (PostgreSQL LISTEN/NOTIFY).
  * 1 notified (*seq_out: the newest seq announced, or 0 if unknown), 0 timed out, or

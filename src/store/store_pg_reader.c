@@ -34,7 +34,9 @@
     X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                  \
             " WHERE principal = $1 AND idem_key = $2")                                      \
     X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                    \
-    X(LISTEN, "LISTEN stockd_events")
+    X(LISTEN, "LISTEN stockd_events")                                                       \
+    X(BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")                            \
+    X(COMMIT, "COMMIT")
 
 enum pg_reader_stmt {
 #define PG_READER_ENUM_(name, sql) PG_READER_##name,
@@ -59,6 +61,7 @@ struct pg_reader {
     PGresult *order_found; /* owned: the last order read, which store_order_row points into */
     char *idem_body;       /* owned copy of the last found idempotency body */
     size_t idem_body_size;
+    uint64_t snapshot_connect; /* conn.connects at snapshot_begin; 0 outside a snapshot */
 };
 
 static const struct store_reader_ops pg_reader_ops;
@@ -304,6 +307,40 @@ static int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *se
     return pg_reader_drain(r, seq_out);
 }
 
+/* Runs BEGIN or COMMIT of the read-only snapshot. 0 or SVC_ESTORAGE_UNAVAILABLE. */
+static int pg_reader_transaction(struct pg_reader *r, enum pg_reader_stmt which)
+{
+    SVC_ASSERT(which == PG_READER_BEGIN || which == PG_READER_COMMIT);
+    PGresult *res = store_pg_exec(&r->conn, which, 0, NULL);
+    int rc = res != NULL && store_pg_result_ok(res) ? 0 : SVC_ESTORAGE_UNAVAILABLE;
+    PQclear(res);
+    return rc;
+}
+
+/* REPEATABLE READ: every read until the COMMIT sees the snapshot of the first. */
+static int pg_reader_snapshot_begin(struct store_reader *base)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(r->snapshot_connect == 0);
+    int rc = pg_reader_transaction(r, PG_READER_BEGIN);
+    r->snapshot_connect = rc == 0 ? r->conn.connects : 0;
+    SVC_ASSERT(rc != 0 || r->snapshot_connect >= 1);
+    return rc;
+}
+
+/* A connection lost since the BEGIN took the snapshot with it: the reads after it ran on a
+ * new connection, outside it, so the snapshot broke. */
+static int pg_reader_snapshot_end(struct store_reader *base)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    uint64_t began = r->snapshot_connect;
+    r->snapshot_connect = 0;
+    if (began == 0 || r->conn.connects != began) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    return pg_reader_transaction(r, PG_READER_COMMIT);
+}
+
 static const struct store_reader_ops pg_reader_ops = {
     .name = "postgres",
     .close = pg_reader_close,
@@ -313,4 +350,6 @@ static const struct store_reader_ops pg_reader_ops = {
     .event_seq_max = pg_reader_event_seq_max,
     .idem = pg_reader_idem,
     .wait = pg_reader_wait,
+    .snapshot_begin = pg_reader_snapshot_begin,
+    .snapshot_end = pg_reader_snapshot_end,
 };

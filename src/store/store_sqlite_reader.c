@@ -36,7 +36,9 @@
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                     \
     X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                     \
             " WHERE principal = ?1 AND idem_key = ?2")                                         \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                       \
+    X(BEGIN, "BEGIN DEFERRED")                                                                 \
+    X(COMMIT, "COMMIT")
 
 enum sqlite_reader_stmt {
 #define STORE_SQLITE_READER_ENUM_(name, sql) STORE_SQLITE_READER_##name,
@@ -315,6 +317,31 @@ static int sqlite_reader_idem(struct store_reader *base, const char *principal, 
     return rc;
 }
 
+/* A read transaction: in WAL mode every read in it sees the snapshot of its first read. */
+static int sqlite_reader_snapshot_begin(struct store_reader *base)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(sqlite3_get_autocommit(r->db)); /* no snapshot open already */
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_BEGIN];
+    int step = sqlite3_step(stmt);
+    sqlite3_reset(stmt);
+    return step == SQLITE_DONE ? 0 : store_sqlite_fail(r->db, "begin a read snapshot");
+}
+
+static int sqlite_reader_snapshot_end(struct store_reader *base)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    if (sqlite3_get_autocommit(r->db)) {
+        return SVC_ESTORAGE_UNAVAILABLE; /* the begin failed: there was no snapshot */
+    }
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_COMMIT];
+    int step = sqlite3_step(stmt);
+    sqlite3_reset(stmt);
+    int rc = step == SQLITE_DONE ? 0 : store_sqlite_fail(r->db, "end a read snapshot");
+    SVC_ASSERT(rc != 0 || sqlite3_get_autocommit(r->db));
+    return rc;
+}
+
 static const struct store_reader_ops sqlite_reader_ops = {
     .name = "sqlite",
     .close = sqlite_reader_close,
@@ -324,4 +351,6 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .event_seq_max = sqlite_reader_event_seq_max,
     .idem = sqlite_reader_idem,
     .wait = NULL, /* no other writer to follow */
+    .snapshot_begin = sqlite_reader_snapshot_begin,
+    .snapshot_end = sqlite_reader_snapshot_end,
 };
