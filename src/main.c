@@ -45,6 +45,8 @@ static void main_usage(FILE *out)
             "                         read, write or admin; token may be sha256:<hex>); without\n"
             "                         it: $STOCKD_TOKENS (principal:role:token,...), else\n"
             "                         DIR/tokens, else a new admin token in DIR/admin.token\n"
+            "  --anonymous-role R     none (default), read or write: the role of a request\n"
+            "                         without a token (seed clients send none)\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
@@ -80,6 +82,22 @@ static int main_parse_level(const char *value)
     return -EINVAL;
 }
 
+/* --anonymous-role: none, read or write. Never admin: admin routes always need a token. */
+static int main_parse_anonymous_role(struct app_config *c, const char *value)
+{
+    if (strcmp(value, "none") == 0) {
+        c->anonymous_role = AUTH_ROLE_NONE;
+        return 0;
+    }
+    enum auth_role role = auth_role_parse(value, strlen(value));
+    if (role != AUTH_ROLE_READ && role != AUTH_ROLE_WRITE) {
+        fprintf(stderr, "stockd: --anonymous-role takes none, read or write, not \"%s\"\n", value);
+        return -EINVAL;
+    }
+    c->anonymous_role = role;
+    return 0;
+}
+
 static int main_parse(struct app_config *c, int argc, char **argv)
 {
     static const struct option options[] = {
@@ -94,6 +112,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"tokens-file", required_argument, 0, 'T'},
         {"audit", no_argument, 0, 'a'},
         {"store", required_argument, 0, 'S'},
+        {"anonymous-role", required_argument, 0, 'A'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -116,6 +135,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
                      ? (strcpy(c->store_uri, optarg), 0)
                      : -EINVAL;
             break;
+        case 'A': rc = main_parse_anonymous_role(c, optarg); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -319,6 +339,10 @@ int main(int argc, char **argv)
                                      admin_token_path, sizeof admin_token_path);
     if (auth_source < 0) {
         return 1; /* auth_configure logged why */
+    }
+    if (app->config.anonymous_role != AUTH_ROLE_NONE) {
+        log_warn("requests without a token have the %s role (--anonymous-role)",
+                 auth_role_name(app->config.anonymous_role));
     }
     int port = 0;
     int fd = http_listen(app->config.listen_host, app->config.listen_port, &port);

@@ -34,7 +34,8 @@ struct app_config {
     bool audit_only;                    /* --audit: check the data directory's log and exit */
     char ticket_sku[SKU_BYTES_MAX + 1]; /* the item of the seed-004 aliases */
     int64_t idem_retention_ms;
-    const char *tokens_file; /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
+    const char *tokens_file;       /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
+    enum auth_role anonymous_role; /* --anonymous-role: a request without a token has it */
 };
 
 struct app {

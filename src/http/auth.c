@@ -107,6 +107,12 @@ static void auth_hex_encode(const unsigned char *bytes, size_t length, char *out
 static bool auth_principal_valid(const char *s, size_t length)
 {
     SVC_ASSERT(s != NULL);
+    static const char anonymous[] = AUTH_ANONYMOUS_PRINCIPAL;
+    if (length == sizeof anonymous - 1 && memcmp(s, anonymous, length) == 0) {
+        /* A token of that name would share the anonymous requests' idempotency keys. */
+        log_error("auth: the principal \"%s\" is reserved for requests without a token", anonymous);
+        return false;
+    }
     return text_is_id(s, length, AUTH_PRINCIPAL_BYTES_MAX);
 }
 

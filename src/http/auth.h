@@ -19,6 +19,10 @@
 
 #include "base/svc_limits.h"
 
+/* The principal of requests without a token (public routes, --anonymous-role). Reserved: no
+ * token may name it, so token holders never share idempotency keys with anonymous clients. */
+#define AUTH_ANONYMOUS_PRINCIPAL "public"
+
 /* SHA-256 digest bytes. */
 #define AUTH_HASH_BYTES 32
 
@@ -60,7 +64,8 @@ enum auth_role auth_role_parse(const char *text, size_t length);
 const char *auth_role_name(enum auth_role role);
 
 /* Adds one token. secret is the plaintext token, or "sha256:" and 64 hex digits of its hash.
- * Returns 0, SVC_EVALIDATION for a bad principal or secret, or SVC_ECAPACITY when full. */
+ * Returns 0, SVC_EVALIDATION for a bad principal (or the reserved AUTH_ANONYMOUS_PRINCIPAL)
+ * or secret, or SVC_ECAPACITY when full. */
 int auth_add(struct auth *a, const char *principal, size_t principal_length, enum auth_role role,
              const char *secret, size_t secret_length);
 

@@ -219,8 +219,9 @@ int routes_match(const char *pattern, h2o_iovec_t path, h2o_iovec_t *param)
     return p == path.len;
 }
 
-/* The principal of requests on public routes: idempotency records of the seeds' clients. */
-#define ROUTES_PUBLIC_PRINCIPAL "public"
+/* The principal of requests without a token (public routes, --anonymous-role): the owner of
+ * the seeds' clients' idempotency records. No token may name it (auth.c). */
+#define ROUTES_PUBLIC_PRINCIPAL AUTH_ANONYMOUS_PRINCIPAL
 
 enum auth_role routes_role(const struct route *route)
 {
@@ -236,10 +237,39 @@ enum auth_role routes_role(const struct route *route)
     if (route->flags & ROUTE_ADMIN) {
         return AUTH_ROLE_ADMIN;
     }
-    if (route->flags & (ROUTE_PUBLIC | ROUTE_SEED)) {
+    if (route->flags & ROUTE_PUBLIC) {
         return AUTH_ROLE_NONE;
     }
     return (route->flags & ROUTE_WRITE) ? AUTH_ROLE_WRITE : AUTH_ROLE_READ;
+}
+
+/* Sends 401 with WWW-Authenticate: Bearer and detail. */
+static void routes_send_unauthorized(struct http_request *r, const char *detail)
+{
+    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                   H2O_STRLIT("Bearer"));
+    http_send_problem(r, SVC_EUNAUTHORIZED, detail, NULL, 0);
+}
+
+/* A request without Authorization has the --anonymous-role; 401 when that is not enough. */
+static bool routes_authorize_anonymous(struct http_request *r, enum auth_role need)
+{
+    enum auth_role anonymous = r->thread->app->config.anonymous_role;
+    SVC_ASSERT(need != AUTH_ROLE_NONE && anonymous <= AUTH_ROLE_WRITE);
+    if (anonymous >= need) {
+        return true; /* r->principal stays the anonymous one */
+    }
+    if (anonymous == AUTH_ROLE_NONE) {
+        routes_send_unauthorized(r, "send Authorization: Bearer <token>");
+        return false;
+    }
+    char detail[128];
+    snprintf(detail, sizeof detail,
+             "this route needs the %s role; requests without a token have %s: send "
+             "Authorization: Bearer <token>",
+             auth_role_name(need), auth_role_name(anonymous));
+    routes_send_unauthorized(r, detail);
+    return false;
 }
 
 /* Checks r's bearer token against the role the route needs and sets r->principal. On failure
@@ -253,19 +283,17 @@ static bool routes_authorize(struct http_request *r, const struct route *route)
         return true;
     }
     h2o_iovec_t value = http_header(r, "authorization");
+    if (value.base == NULL) {
+        return routes_authorize_anonymous(r, need);
+    }
     const struct auth_token *token = NULL;
-    if (value.base != NULL && value.len > sizeof scheme - 1 &&
-        strncasecmp(value.base, scheme, sizeof scheme - 1) == 0) {
+    if (value.len > sizeof scheme - 1 && strncasecmp(value.base, scheme, sizeof scheme - 1) == 0) {
         token = auth_check(&r->thread->app->auth, value.base + sizeof scheme - 1,
                            value.len - (sizeof scheme - 1));
     }
     if (token == NULL) {
-        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
-                       H2O_STRLIT("Bearer"));
-        http_send_problem(r, SVC_EUNAUTHORIZED,
-                          value.base == NULL ? "send Authorization: Bearer <token>"
-                                             : "the bearer token is not known",
-                          NULL, 0);
+        /* A wrong token is refused even when anonymous requests would pass: never downgrade. */
+        routes_send_unauthorized(r, "the bearer token is not known");
         return false;
     }
     SVC_ASSERT(token->role != AUTH_ROLE_NONE);

@@ -23,8 +23,8 @@
 #define ROUTE_READONLY 0x2   /* a query: served from the read model on the I/O thread */
 #define ROUTE_IDEMPOTENT 0x4 /* requires Idempotency-Key (every POST command under /v1) */
 #define ROUTE_JSON_BODY 0x8  /* requires a JSON body (Content-Type, size) */
-#define ROUTE_SEED 0x10      /* a seed-compatible alias */
-#define ROUTE_PUBLIC 0x20    /* no token needed (ops routes); ROUTE_SEED implies it */
+#define ROUTE_SEED 0x10      /* a seed-compatible alias: the role of its /v1 route */
+#define ROUTE_PUBLIC 0x20    /* no token needed (ops routes) */
 #define ROUTE_ADMIN 0x40     /* needs the admin role (admin and ops commands) */
 
 typedef void (*route_handler)(struct http_request *r);
@@ -46,14 +46,15 @@ struct route {
 extern struct route routes_table[];
 extern const size_t routes_count;
 
-/* The role a route needs (auth.h). Public: ROUTE_PUBLIC or ROUTE_SEED (the seeds' own clients
- * send no token). Admin: ROUTE_ADMIN, or a path under /v1/admin/, /v1/dlt or
- * /v1/projections/rebuild even when the row forgets the flag. Otherwise a ROUTE_WRITE command
- * needs write and anything else read. */
+/* The role a route needs (auth.h). Public: ROUTE_PUBLIC. Admin: ROUTE_ADMIN, or a path under
+ * /v1/admin/, /v1/dlt or /v1/projections/rebuild even when the row forgets the flag.
+ * Otherwise a ROUTE_WRITE command needs write and anything else read; a seed alias needs the
+ * same as its /v1 route (the seeds' clients send no token: --anonymous-role lends them one). */
 enum auth_role routes_role(const struct route *route);
 
 /* Matches r against the table, checks its bearer token against the route's role (401 missing
- * or unknown, 403 too weak), sets r->principal and runs the handler (or sends 404/405). */
+ * or unknown, 403 too weak; a request without Authorization has --anonymous-role), sets
+ * r->principal and runs the handler (or sends 404/405). */
 void routes_dispatch(struct http_request *r);
 
 /* Matches path against pattern; on a match *param gets the {id} segment (may be empty). */

@@ -1,18 +1,20 @@
 """Black-box tests of bearer auth (DESIGN.md "HTTP API (v1)"): 401 without or with an unknown
 token (with WWW-Authenticate: Bearer), 403 for a weaker role, the three token sources (tokens
 file with plaintext and sha256: entries, STOCKD_TOKENS, the admin token generated on a first
-start with mode 0600 that survives a restart), public routes without a token, and idempotency
-records per principal."""
+start with mode 0600 that survives a restart), public routes without a token, the
+--anonymous-role of token-less requests, and idempotency records per principal."""
 
 import hashlib
 import os
 import stat
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (check, check_eq, check_problem, check_status, main,  # noqa: E402
-                     new_key, start_stockd)
+                     new_key, start_stockd, stockd_bin, _temp_dirs)
 
 SKU = "AUTH-1"
 # Admin routes that may exist (issue 4); each one present must refuse a write token with 403.
@@ -147,22 +149,83 @@ def test_generated_admin_token_survives_restart():
 
 
 def test_public_routes():
+    """Only the ops routes are public by default: a seed alias needs the role of its /v1
+    route, so POST /buy_ticket without a token is a 401 (anyone could buy before)."""
     s = start_stockd(["--allow-reset"])
     try:
-        with s.client(token=None) as anon:
+        with s.client(token=None) as anon, s.client() as admin:
             for path in ("/health", "/ready", "/metrics", "/"):
                 r = anon.get(path)
                 check(r.status == 200, "GET %s without a token: %d" % (path, r.status))
             r = anon.get("/openapi.yaml")
             check(r.status in (200, 404), "GET /openapi.yaml without a token: %d" % r.status)
-            check_status(anon.post("/reset", b""), 200, "POST /reset (--allow-reset)")
-            check_status(anon.post("/buy_ticket", {"customer_id": "u1"}), 200, "buy_ticket")
-            r = anon.get("/inventory")
-            check_status(r, 200, "GET /inventory")
-            check_eq(r.json["current_stock"], 99, "tickets left")
-            check_401(anon.get("/v1/orders/ord_1"), "a v1 GET still needs a token")
+            check_401(anon.post("/reset", b""), "POST /reset without a token")
+            check_401(anon.post("/buy_ticket", {"customer_id": "u1"}), "buy_ticket, no token")
+            check_401(anon.get("/inventory"), "GET /inventory without a token")
+            check_401(anon.get("/v1/orders/ord_1"), "a v1 GET without a token")
+            check_status(admin.post("/reset", b""), 200, "POST /reset with a token")
+            check_status(admin.post("/buy_ticket", {"customer_id": "u1"}), 200,
+                         "buy_ticket with a token")
+            check_eq(admin.get("/inventory").json["current_stock"], 99, "tickets left")
     finally:
         s.stop()
+
+
+def test_anonymous_role():
+    """--anonymous-role read|write lends requests without a token that role (seed clients);
+    a wrong token is still refused, admin routes always need a token, and the principal
+    "public" (whose idempotency records the anonymous requests own) cannot be a token's."""
+    tokens = {"STOCKD_TOKENS": "reader:read:reader-secret,boss:admin:boss-secret"}
+    s = start_stockd(["--anonymous-role", "read"], env=tokens)
+    try:
+        with s.client(token="boss-secret") as boss, s.client(token=None) as anon:
+            make_product(boss)
+            r = anon.get("/v1/availability?sku=" + SKU)
+            check_status(r, 200, "a token-less read with --anonymous-role read")
+            check_eq(r.json["onHand"], 100, "onHand read without a token")
+            r = purchase(anon, new_key())
+            check_401(r, "a token-less purchase with --anonymous-role read")
+            check("needs the write role" in r.json.get("detail", ""), "detail %r" % r.json)
+            check_401(anon.post("/buy_ticket", {"customer_id": "u1"}), "buy_ticket, read role")
+            check_401(anon.get("/v1/admin/audit"), "the audit without a token")
+            check_401(s.client(token="wrong").get("/v1/availability?sku=" + SKU),
+                      "a wrong token is never downgraded to the anonymous role")
+    finally:
+        s.stop()
+    s = start_stockd(["--anonymous-role", "write", "--allow-reset"], env=tokens)
+    try:
+        with s.client(token="boss-secret") as boss, s.client(token=None) as anon, \
+                s.client(token="reader-secret") as reader:
+            make_product(boss)
+            key = new_key("anon")
+            first = purchase(anon, key)
+            check_status(first, 201, "a token-less purchase with --anonymous-role write")
+            again = purchase(anon, key)
+            check_eq(again.body, first.body, "the anonymous replay")
+            check_eq(again.headers.get("idempotent-replayed"), "true", "anonymous replayed")
+            check_status(anon.post("/reset", b""), 200, "seed 004 reset without a token")
+            check_status(anon.post("/buy_ticket", {"customer_id": "u1"}), 200,
+                         "seed 004 buy_ticket without a token")
+            check_eq(anon.get("/inventory").json["current_stock"], 99, "tickets left")
+            check_problem(purchase(reader, new_key()), 403, "forbidden",
+                          "a read token is weaker than the anonymous role, and stays read")
+            check_401(anon.post("/v1/projections/rebuild", b""), "admin without a token")
+    finally:
+        s.stop()
+    refusals = ((["--anonymous-role", "admin"], {}, "--anonymous-role takes none, read or write"),
+                (["--anonymous-role", "x"], {}, "--anonymous-role takes none, read or write"),
+                ([], {"STOCKD_TOKENS": "public:write:pub-secret"}, "is reserved for requests without"))
+    for args, env, reason in refusals:
+        data_dir = tempfile.mkdtemp(prefix="stockd-bb-refuse-")
+        _temp_dirs.append(data_dir)
+        child_env = {k: v for k, v in os.environ.items() if k != "STOCKD_TOKENS"}
+        child_env.update(env)
+        p = subprocess.run([stockd_bin(), "--listen", "127.0.0.1:0", "--data-dir", data_dir] +
+                           args, env=child_env, stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=30)
+        err = p.stderr.decode("utf-8", "replace")
+        check(p.returncode != 0, "stockd started with %r %r" % (args, env))
+        check(reason in err, "%r %r: the refusal does not say %r: %s" % (args, env, reason, err))
 
 
 def test_idempotency_per_principal():
@@ -193,4 +256,4 @@ def test_idempotency_per_principal():
 if __name__ == "__main__":
     main([test_missing_and_unknown_tokens, test_roles_from_tokens_file, test_env_tokens,
           test_generated_admin_token_survives_restart, test_public_routes,
-          test_idempotency_per_principal])
+          test_anonymous_role, test_idempotency_per_principal])

@@ -83,7 +83,7 @@ def route_role(pattern, flags):
     """The role routes_role gives a row, as x-stockd-role names it."""
     if "ROUTE_ADMIN" in flags or pattern.startswith(ADMIN_PREFIXES):
         return "admin"
-    if flags & {"ROUTE_PUBLIC", "ROUTE_SEED"}:
+    if "ROUTE_PUBLIC" in flags:
         return "public"
     return "write" if "ROUTE_WRITE" in flags else "read"
 

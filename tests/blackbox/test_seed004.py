@@ -1,6 +1,7 @@
 """Black-box tests of the seed-004 compatible routes (POST /buy_ticket, GET /inventory,
 POST /reset) and that seed's proof of correctness: 1,000 concurrent buyers, 100 tickets,
-exactly 100 sales and 900 "SOLD OUT"."""
+exactly 100 sales and 900 "SOLD OUT". The seed's client sends no token: stockd runs as the
+seed would run it, with --anonymous-role write --allow-reset, and the clients send none."""
 
 import os
 import re
@@ -11,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (audit_events, check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
                      run_threads, start_stockd)
+
+SEED_ARGS = ["--allow-reset", "--anonymous-role", "write"]
 
 INVENTORY_KEYS = {"item_id", "item_name", "current_stock", "initial_stock", "total_purchases",
                   "last_updated"}
@@ -53,7 +56,7 @@ def buyers(server, threads, per_thread):
     results = [[] for _ in range(threads)]
 
     def worker(i):
-        with server.client(timeout=60) as client:
+        with server.client(timeout=60, token=None) as client:
             client.connect()
             barrier.wait()
             for j in range(per_thread):
@@ -83,9 +86,9 @@ def check_sale(responses, tickets, what):
 
 
 def test_reset_buy_inventory():
-    s = start_stockd(["--allow-reset"])
+    s = start_stockd(SEED_ARGS)
     try:
-        with s.client() as c:
+        with s.client(token=None) as c:
             r = c.get("/inventory")
             check(400 <= r.status < 500, "/inventory before any reset: %s" % describe(r))
             reset(c)
@@ -110,8 +113,8 @@ def test_reset_buy_inventory():
             check_eq((body["current_stock"], body["total_purchases"]), (100, 0),
                      "inventory after a second reset (the seed's reset starts a new sale)")
         check_eq(s.stop(), 0, "clean stop")
-        s = start_stockd(["--allow-reset"], data_dir=s.data_dir)
-        with s.client() as c:
+        s = start_stockd(SEED_ARGS, data_dir=s.data_dir)
+        with s.client(token=None) as c:
             check_eq(buy(c, "customer_2").json.get("remaining_stock"), 99, "buy after restart")
             body = inventory(c)
             check_eq((body["current_stock"], body["total_purchases"]), (99, 1),
@@ -122,15 +125,15 @@ def test_reset_buy_inventory():
 
 
 def test_proof_of_correctness():
-    s = start_stockd(["--allow-reset"])
+    s = start_stockd(SEED_ARGS)
     try:
-        with s.client() as c:
+        with s.client(token=None) as c:
             reset(c)
         # Seed test 2: 1,000 buyers, 100 tickets.
         responses = buyers(s, 200, 5)
         check_eq(len(responses), 1000, "responses")
         check_sale(responses, 100, "1000 buyers")
-        with s.client() as c:
+        with s.client(token=None) as c:
             body = inventory(c)
             check_eq(body["current_stock"], 0, "current_stock after the sale")
             check_eq(body["total_purchases"], 100, "total_purchases after the sale")
@@ -145,7 +148,7 @@ def test_proof_of_correctness():
                      "inventory after the second reset")
         responses = buyers(s, 50, 2)
         check_sale(responses, 100, "100 buyers after reset")
-        with s.client() as c:
+        with s.client(token=None) as c:
             body = inventory(c)
             check_eq(body["current_stock"], 0, "current_stock after the second sale")
             check_eq(body["total_purchases"], 100, "total_purchases after the second sale "
@@ -158,9 +161,9 @@ def test_proof_of_correctness():
 def test_keyed_buy_ticket_replay():
     """/buy_ticket takes an optional Idempotency-Key; a replay is the first answer again,
     content type included (the seed's 410 body is not a problem+json)."""
-    s = start_stockd(["--allow-reset"])
+    s = start_stockd(SEED_ARGS)
     try:
-        with s.client() as c:
+        with s.client(token=None) as c:
             reset(c)
             first = c.post("/buy_ticket", {"customer_id": "k1"}, headers={"Idempotency-Key": "t1"})
             check_status(first, 200, "keyed buy")

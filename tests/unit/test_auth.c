@@ -65,8 +65,10 @@ static void test_file_lines(void **state)
     const char *hashed = "  bob\twrite sha256:" ABC_SHA256 "\r\n";
     ASSERT_EQ_INT(auth_parse_line(&a, hashed, strlen(hashed)), 1);
     ASSERT_EQ_UINT(a.token_count, 2);
-    const char *bad[] = {"carol superuser tok\n", "carol read\n", "carol read tok extra\n",
-                         "car/ol read tok\n", "carol read sha256:abcd\n"};
+    const char *bad[] = {
+        "carol superuser tok\n",    "carol read\n",
+        "carol read tok extra\n",   "car/ol read tok\n",
+        "carol read sha256:abcd\n", AUTH_ANONYMOUS_PRINCIPAL " write tok\n"}; /* reserved name */
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ASSERT_ERR(auth_parse_line(&a, bad[i], strlen(bad[i])), SVC_EVALIDATION);
     }
