@@ -46,6 +46,7 @@ MODULES = {
     # core
     "domain": (["src/core/domain.c"], ["dom_"]),
     "reservations": (["src/core/reservations.c"], ["res_"]),
+    "command": (["src/core/command.c"], ["command_"]),
     "queue": (["src/core/queue.c"], ["queue_"]),
     "events": (["src/core/events.c"], ["event_"]),
     "writer": (["src/core/writer.c"], ["writer_"]),

@@ -18,6 +18,8 @@
 #include "core/domain.h"
 #include "base/svc_limits.h"
 
+/* The values of cmd_kind, cmd_style and dom_policy are folded into stored fingerprints
+ * (command_fingerprint): append new ones, never reorder. */
 enum cmd_kind {
     CMD_STORE_CREATE,   /* POST /v1/stores */
     CMD_PRODUCT_CREATE, /* POST /v1/products */
@@ -59,14 +61,18 @@ struct command {
     void *owner;       /* opaque to the writer: the I/O thread's reply target */
     int64_t queued_us; /* monotonic time of the push, for queue-wait metrics */
 
-    /* Idempotency: (principal, key) -> fingerprint of (method, path, body). */
+    /* Idempotency: (principal, key) -> fingerprint of the decoded command (command_fingerprint),
+     * so a re-serialised body is the same request. fingerprint_bytes: the form before it, of
+     * (method, path, body bytes), still matched against records stored by older versions. */
     bool has_idem_key;
     char idem_key[IDEM_KEY_BYTES_MAX + 1];
     uint64_t fingerprint;
+    uint64_t fingerprint_bytes;
     char principal[AUTH_PRINCIPAL_BYTES_MAX + 1]; /* who sent it: a token's principal or
                                                    * "public"; never empty once pushed */
 
-    /* Arguments; which are set depends on kind (see the api_*.c decoders). */
+    /* Arguments; which are set depends on kind (see the api_*.c decoders). Every argument is
+     * part of the meaning: a new one must be folded in command_fingerprint. */
     bool has_store;
     char store_id[STORE_ID_BYTES_MAX + 1];
     char sku[SKU_BYTES_MAX + 1];
@@ -96,6 +102,11 @@ struct command {
     size_t reply_capacity; /* bytes at reply_body */
     char reply_inline[REPLY_BODY_BYTES_MAX];
 };
+
+/* The fingerprint of what cmd asks (kind, seed style, every argument, its lines), not of the
+ * bytes that carried it. Deterministic across machines; cmd must carry an Idempotency-Key and
+ * have every unused argument zeroed (http_command_alloc). */
+uint64_t command_fingerprint(const struct command *cmd);
 
 /* Points the reply buffer at the right storage; idempotent. Called by whoever fills a
  * command (I/O thread) and again by the writer before it writes a reply. */

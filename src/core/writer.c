@@ -243,6 +243,14 @@ static struct writer_scratch *writer_scratch_of(const struct writer *w)
 
 /* ---- applying ----------------------------------------------------------------------------- */
 
+/* A stored record is the same request as cmd: the fingerprint of its meaning, or the bytes
+ * fingerprint that versions before command_fingerprint stored (still within retention). */
+static bool writer_fingerprint_matches(uint64_t stored, const struct command *cmd)
+{
+    return stored == cmd->fingerprint ||
+           (cmd->fingerprint_bytes != 0 && stored == cmd->fingerprint_bytes);
+}
+
 /* Decides a keyed command by its key when the key answers it (a replay, a reuse); returns
  * WRITER_OUTCOME_FRESH when the command must apply (the key is then claimed). */
 static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
@@ -263,7 +271,7 @@ static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
     }
     const struct batch_idem_record *found =
         batch_idem_record_find(b, cmd->principal, cmd->idem_key);
-    if (found != NULL && found->fingerprint != cmd->fingerprint) {
+    if (found != NULL && !writer_fingerprint_matches(found->fingerprint, cmd)) {
         reply_problem(cmd, SVC_EIDEM_KEY_REUSED, "key used with another request");
         return WRITER_OUTCOME_NONE;
     }

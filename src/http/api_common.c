@@ -191,7 +191,7 @@ struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kin
         if (r->req->entity.base != NULL) {
             h = hash_fnv1a(h, r->req->entity.base, r->req->entity.len);
         }
-        cmd->fingerprint = h;
+        cmd->fingerprint_bytes = h; /* for records of older versions; see command.h */
     }
     return hc;
 }

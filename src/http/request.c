@@ -287,6 +287,9 @@ void http_command_submit(struct http_request *r, struct http_command *hc)
     hc->req = r->req;
     hc->guard = h2o_mem_alloc_shared(&r->req->pool, sizeof *hc->guard, request_guard_dispose);
     *hc->guard = hc;
+    if (hc->cmd.has_idem_key) {
+        hc->cmd.fingerprint = command_fingerprint(&hc->cmd); /* decoded: its meaning */
+    }
     hc->cmd.queued_us = clock_mono_us();
     command_reply_prepare(&hc->cmd);
     bool stopping = atomic_load(&r->thread->app->shutting_down);

@@ -1,15 +1,18 @@
 """Black-box tests of Idempotency-Key (DESIGN.md): same key + same request -> the first
 response again, byte for byte, with Idempotent-Replayed: true; same key + another request ->
-422 idempotency_key_reused; concurrent duplicates create one order; keys survive a restart."""
+422 idempotency_key_reused; concurrent duplicates create one order; keys survive a restart;
+the request is compared by its meaning (a re-serialised body replays), and records stored by
+older versions (a fingerprint of the bytes) still replay."""
 
 import os
+import sqlite3
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (audit_events, check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
-                     new_key, run_threads, start_stockd)
+                     new_key, psql, run_threads, start_stockd)
 
 SKU = "IDEM-1"
 
@@ -98,12 +101,10 @@ def test_same_key_other_request():
                      {"storeId": "S1", "sku": SKU, "delta": 1, "reason": "r"})):
                 r = c.post(path, other, key=key)
                 check_problem(r, 422, "idempotency_key_reused", "same key, " + what)
-            # The same members in another order are another body: also refused, not applied.
+            # The same members in another order mean the same: a replay (test_reserialised_*).
             r = c.post("/v1/purchase", b'{"qty":1,"sku":"%s","customerId":"bob"}' % SKU.encode(),
                        key=key)
-            check(r.status in (201, 422), "reordered members: %s" % describe(r))
-            if r.status == 201:
-                check_replay(first, r, "reordered members replayed")
+            check_replay(first, r, "reordered members replayed")
             check_eq(on_hand(c), 9, "only the first request applied")
             check_replay(first, c.post("/v1/purchase", body, key=key),
                          "the original request still replays after a 422")
@@ -216,6 +217,97 @@ def test_keys_survive_restart():
         s.stop()
 
 
+def test_reserialised_body_replays():
+    """The fingerprint is of the decoded command, not of the bytes: another key order,
+    whitespace, escapes or a spelled-out default is the same request (a replay); another value,
+    If-Match, line order of an array or route is another (422)."""
+    s = start_stockd()
+    try:
+        with s.client() as c:
+            make_product(c, 100)
+            key = new_key("canon")
+            first = c.post("/v1/purchase", b'{"sku":"%s","qty":2,"customerId":"bob"}'
+                           % SKU.encode(), key=key)
+            check_status(first, 201, "the first purchase")
+            for what, body in (
+                    ("key order", b'{"customerId":"bob","qty":2,"sku":"%s"}'),
+                    ("whitespace", b' {\n  "sku" : "%s",\t"qty": 2 ,\r\n"customerId":"bob" }\n'),
+                    ("escapes", b'{"sku":"%s","qty":2,"customerId":"\\u0062ob"}'),
+                    ("the default policy spelled out",
+                     b'{"sku":"%s","qty":2,"customerId":"bob","policy":"highest-available"}'),
+                    ("an unknown member", b'{"sku":"%s","qty":2,"customerId":"bob","x":[1]}')):
+                check_replay(first, c.post("/v1/purchase", body % SKU.encode(), key=key), what)
+            for what, body, headers in (
+                    ("another qty", b'{"customerId":"bob","qty":3,"sku":"%s"}', None),
+                    ("another policy",
+                     b'{"sku":"%s","qty":2,"customerId":"bob","policy":"round-robin"}', None)):
+                r = c.post("/v1/purchase", body % SKU.encode(), key=key, headers=headers)
+                check_problem(r, 422, "idempotency_key_reused", "same key, " + what)
+            check_eq(on_hand(c), 98, "one purchase applied")
+            # If-Match is part of a stock command's request.
+            key = new_key("canon-if-match")
+            adjust = {"storeId": "S1", "sku": SKU, "delta": 1, "reason": "r"}
+            check_status(c.post("/v1/adjustments", adjust, key=key), 200, "an adjustment")
+            r = c.post("/v1/adjustments", adjust, key=key, headers={"If-Match": '"1"'})
+            check_problem(r, 422, "idempotency_key_reused", "the same key with an If-Match")
+            # A reconciliation's snapshot is an object: member order carries no meaning.
+            key = new_key("canon-rc")
+            first = c.post("/v1/reconciliations", b'{"storeId":"S1","source":"scan",'
+                           b'"snapshotOnHand":{"%s":90,"OTHER-1":0}}' % SKU.encode(), key=key)
+            check(first.status in (200, 201, 404), "reconciliation: %s" % describe(first))
+            again = c.post("/v1/reconciliations", b'{"snapshotOnHand":{"OTHER-1":0,"%s":90},'
+                           b'"source":"scan","storeId":"S1"}' % SKU.encode(), key=key)
+            check_replay(first, again, "snapshot members reordered")
+            # The ticket alias and /v1/purchase are different routes: one key, two meanings.
+            key = new_key("canon-route")
+            check_status(c.post("/v1/purchase", {"sku": SKU, "qty": 1, "customerId": "a"},
+                                key=key), 201, "purchase")
+            r = c.post("/buy_ticket", {"customer_id": "a"}, key=key)
+            check_problem(r, 422, "idempotency_key_reused", "the same key on /buy_ticket")
+    finally:
+        s.stop()
+
+
+def fnv1a64(data):
+    h = 14695981039346656037
+    for byte in data:
+        h = ((h ^ byte) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h - (1 << 64) if h >= (1 << 63) else h  # stored as a signed 64-bit integer
+
+
+def test_records_of_older_versions_replay():
+    """Versions before the canonical fingerprint stored FNV-1a of "POST <path>\n<body>": a
+    retry across the upgrade with the same bytes still replays; other bytes are a 422."""
+    s = start_stockd()
+    body = b'{"sku":"%s","qty":1,"customerId":"old"}' % SKU.encode()
+    key = new_key("legacy")
+    try:
+        with s.client() as c:
+            make_product(c, 10)
+            first = c.post("/v1/purchase", body, key=key)
+            check_status(first, 201, "the purchase")
+        s.stop()
+        legacy = fnv1a64(b"POST /v1/purchase\n" + body)
+        sql = ("UPDATE idempotency SET fingerprint = %d WHERE idem_key = '%s'" % (legacy, key))
+        if s.pg_db:
+            psql(sql, db=s.pg_db)
+        else:
+            db = sqlite3.connect(os.path.join(s.data_dir, "stockd.db"))
+            with db:
+                check_eq(db.execute(sql).rowcount, 1, "records rewritten")
+            db.close()
+        s = start_stockd(data_dir=s.data_dir)
+        with s.client() as c:
+            check_replay(first, c.post("/v1/purchase", body, key=key), "the same bytes")
+            r = c.post("/v1/purchase", b'{"qty":1,"sku":"%s","customerId":"old"}' % SKU.encode(),
+                       key=key)
+            check_problem(r, 422, "idempotency_key_reused", "other bytes of an old record")
+            check_eq(on_hand(c), 9, "one purchase")
+    finally:
+        s.stop()
+
+
 if __name__ == "__main__":
     main([test_same_key_same_body, test_same_key_other_request, test_concurrent_same_key,
-          test_replayed_409_stays_409, test_keys_survive_restart])
+          test_replayed_409_stays_409, test_keys_survive_restart, test_reserialised_body_replays,
+          test_records_of_older_versions_replay])
