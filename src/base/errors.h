@@ -36,7 +36,8 @@
     X(STORAGE_UNAVAILABLE, 503, "storage_unavailable", "Storage unavailable")             \
     X(SHUTTING_DOWN, 503, "shutting_down", "Shutting down")                               \
     X(CAPACITY, 507, "capacity_exceeded", "Capacity exceeded")                            \
-    X(OUT_OF_MEMORY, 503, "out_of_memory", "Out of memory")
+    X(OUT_OF_MEMORY, 503, "out_of_memory", "Out of memory")                               \
+    X(TOO_MANY_SUBSCRIBERS, 503, "too_many_subscribers", "Too many stream subscribers")
 
 enum svc_err_index {
 #define SVC_ERR_INDEX_(name, status, code, title) SVC_ERR_INDEX_##name,

@@ -145,8 +145,20 @@
  * falls this far behind is disconnected (it reconnects with Last-Event-ID) rather than making
  * anyone wait or the server grow. */
 #define SSE_BUFFER_BYTES (256 * 1024)
-/* SSE subscribers per I/O thread. */
+/* SSE subscribers per I/O thread; the next one is refused with 503 too_many_subscribers. */
 #define SSE_SUBSCRIBERS_MAX 256
+/* SSE: a subscriber whose socket has not taken a handed-over buffer within this long stopped
+ * reading: its connection is reset, freeing its slot and buffers (issue 10). */
+#define SSE_WRITE_TIMEOUT_MS 10000
+/* SSE: an idle stream gets a comment line this often, so that a peer that vanished without a
+ * FIN is found (the write fails) and proxies keep the connection. */
+#define SSE_HEARTBEAT_MS 15000
+/* SSE: how often each I/O thread with subscribers checks the two times above. */
+#define SSE_TICK_MS 1000
+/* SSE: the kernel send buffer of a stream's socket (Linux doubles it). Bounds what a stuck
+ * reader pins in the kernel, beside its two SSE_BUFFER_BYTES buffers, and how much it must
+ * leave unread before the write timeout can see it. */
+#define SSE_SOCKET_SNDBUF_BYTES (64 * 1024)
 /* SSE: the per-I/O-thread byte ring (http/sse_ring.h) into which the projector's tap writes
  * every applied event as "id:/event:/data:" text for that thread to copy to its subscribers.
  * Allocated once, at the thread's first subscriber. A full batch of BATCH_COMMANDS_MAX events

@@ -73,6 +73,16 @@ void api_projection_rebuild(struct http_request *r);
  * projector's tap, replayed from the log after Last-Event-ID or ?since=. */
 void api_stream_open(struct http_request *r);
 
+/* Stream counters over every I/O thread, for GET /metrics (any thread may call it). */
+struct api_stream_stats {
+    uint64_t subscribers;      /* open now */
+    uint64_t dropped_behind;   /* fell SSE_BUFFER_BYTES behind */
+    uint64_t dropped_timeout;  /* reset after SSE_WRITE_TIMEOUT_MS without draining */
+    uint64_t dropped_overflow; /* their thread's ring overflowed */
+    uint64_t refused;          /* 503 too_many_subscribers */
+};
+void api_stream_stats(struct api_stream_stats *out);
+
 /* ---- decoding helpers (api_common.c) ---- */
 
 /* Checks the body rules of a command (JSON content type, size) and parses it as an object.

@@ -94,6 +94,24 @@ static void api_metrics_writer(const struct writer_stats *st, char *out, size_t 
                        cumulative, cumulative, (unsigned long long)atomic_load(&st->commands));
 }
 
+static void api_metrics_stream(char *out, size_t size, size_t *used)
+{
+    struct api_stream_stats st;
+    api_stream_stats(&st);
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_stream_subscribers gauge\n"
+                       "stockd_stream_subscribers %llu\n"
+                       "# TYPE stockd_stream_dropped_total counter\n"
+                       "stockd_stream_dropped_total{reason=\"behind\"} %llu\n"
+                       "stockd_stream_dropped_total{reason=\"write_timeout\"} %llu\n"
+                       "stockd_stream_dropped_total{reason=\"ring_overflow\"} %llu\n"
+                       "# TYPE stockd_stream_refused_total counter\n"
+                       "stockd_stream_refused_total %llu\n",
+                       (unsigned long long)st.subscribers, (unsigned long long)st.dropped_behind,
+                       (unsigned long long)st.dropped_timeout,
+                       (unsigned long long)st.dropped_overflow, (unsigned long long)st.refused);
+}
+
 static int64_t api_projection_lag_ms(struct app *app)
 {
     struct projection *v = projector_read_begin(&app->projector);
@@ -117,12 +135,14 @@ void api_metrics(struct http_request *r)
                        "stockd_follower_catch_ups_total %llu\n"
                        "# TYPE stockd_projection_lag_seconds gauge\n"
                        "stockd_projection_lag_seconds %.3f\n"
-                       "# TYPE stockd_queue_depth gauge\nstockd_queue_depth %zu\n"
-                       "# TYPE stockd_http_requests_total counter\n",
+                       "# TYPE stockd_queue_depth gauge\nstockd_queue_depth %zu\n",
                        (unsigned long long)store_busy_wait_count(app->writer.config.store),
                        (unsigned long long)atomic_load(&app->writer.stats.batch_retries),
                        (unsigned long long)atomic_load(&app->follower.catch_ups),
                        (double)api_projection_lag_ms(app) / 1000.0, queue_depth(&app->queue));
+    api_metrics_stream(out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_http_requests_total counter\n");
     for (size_t i = 0; i < routes_count; i++) {
         api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                            "stockd_http_requests_total{method=\"%s\",route=\"%s\"} %llu\n",

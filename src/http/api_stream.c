@@ -11,14 +11,22 @@
  * ring that overflows drops every subscriber of the thread, as does a subscriber whose buffer
  * (SSE_BUFFER_BYTES) fills: they reconnect with Last-Event-ID and catch up from the log.
  *
+ * Readers that stop reading: a tick (SSE_TICK_MS) on each thread with subscribers resets the
+ * connection of one whose socket has not taken its buffer for SSE_WRITE_TIMEOUT_MS (h2o has
+ * no write timeout of its own), and sends a comment to streams idle for SSE_HEARTBEAT_MS.
+ * Past SSE_SUBSCRIBERS_MAX a new subscriber gets 503 too_many_subscribers.
+ *
  * Replay: after Last-Event-ID (or ?since=) a subscriber first reads the event log through the
  * thread's store reader, a buffer at a time, and skips live events until it reaches the end of
  * the log. This file is not the ring (sse_ring.c) and not the read model (projector.c). Read
  * sse_ring.h first.
  */
+#include <poll.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/socket.h>
 
+#include "base/clock.h"
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
@@ -30,6 +38,8 @@
 
 /* An SSE comment that opens a stream at once, so that clients see the headers immediately. */
 static const char stream_opening[] = ": stockd stream\n\n";
+/* The comment an idle stream gets every SSE_HEARTBEAT_MS. */
+static const char stream_heartbeat[] = ": keep-alive\n\n";
 
 struct stream_thread;
 
@@ -39,12 +49,15 @@ struct stream_subscriber {
     h2o_req_t *req;
     struct stream_thread *owner;
     struct stream_subscriber *next;
-    int64_t last_seq; /* newest event written into pending */
-    bool replaying;   /* catching up from the log: live events are skipped */
-    bool sending;     /* inflight is with h2o until proceed */
-    bool closing;     /* too slow: end the stream at the next proceed */
-    bool closed;      /* ended or disposed: never touch req again */
-    char *pending;    /* SSE_BUFFER_BYTES on the pool: not yet handed to h2o */
+    int64_t last_seq;  /* newest event written into pending */
+    bool replaying;    /* catching up from the log: live events are skipped */
+    bool sending;      /* inflight is with h2o until proceed */
+    bool closing;      /* too slow: end the stream at the next proceed */
+    bool closed;       /* ended or disposed: never touch req again */
+    bool reset;        /* its connection was reset for the write timeout */
+    int fd;            /* its socket, -1 if unknown: polled for the peer's hang-up */
+    int64_t handed_ms; /* monotonic ms of the last h2o_send (sending: since then) */
+    char *pending;     /* SSE_BUFFER_BYTES on the pool: not yet handed to h2o */
     size_t pending_length;
     char *inflight; /* SSE_BUFFER_BYTES on the pool: handed to h2o */
 };
@@ -58,8 +71,16 @@ struct stream_thread {
     struct io_thread *thread;              /* the owner */
     struct stream_subscriber *subscribers; /* owner only */
     _Atomic uint32_t subscriber_count;
-    bool receiver_registered; /* owner only */
-    bool tap_registered;      /* owner only */
+    bool receiver_registered;   /* owner only */
+    bool tap_registered;        /* owner only */
+    bool tick_ready;            /* owner only: tick_timeout initialised on the loop */
+    h2o_timeout_t tick_timeout; /* SSE_TICK_MS on the thread's loop */
+    h2o_timeout_entry_t tick;   /* linked while the thread has subscribers */
+    /* For GET /metrics, read by any thread. */
+    _Atomic uint64_t dropped_behind;   /* fell SSE_BUFFER_BYTES behind */
+    _Atomic uint64_t dropped_timeout;  /* reset: did not drain within SSE_WRITE_TIMEOUT_MS */
+    _Atomic uint64_t dropped_overflow; /* the thread's ring overflowed */
+    _Atomic uint64_t refused;          /* 503 too_many_subscribers */
 };
 
 static struct stream_thread stream_threads[IO_THREADS_MAX];
@@ -154,6 +175,7 @@ static void stream_flush(struct stream_subscriber *sub)
     h2o_iovec_t buf = h2o_iovec_init(sub->inflight, sub->pending_length);
     sub->pending_length = 0;
     sub->sending = true;
+    sub->handed_ms = clock_mono_us() / 1000;
     h2o_send(sub->req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
 }
 
@@ -179,6 +201,7 @@ static void stream_append(struct stream_subscriber *sub, const struct sse_ring_e
         return; /* a replaying subscriber reads these events from the log */
     }
     if (sub->pending_length + entry->length > SSE_BUFFER_BYTES) {
+        atomic_fetch_add_explicit(&sub->owner->dropped_behind, 1, memory_order_relaxed);
         stream_close(sub); /* too slow: it reconnects with Last-Event-ID */
         return;
     }
@@ -223,8 +246,87 @@ static void stream_on_wake(h2o_multithread_receiver_t *receiver, h2o_linklist_t 
         for (struct stream_subscriber *sub = st->subscribers, *next = NULL; sub != NULL;
              sub = next) {
             next = sub->next;
+            if (!sub->closing && !sub->closed) {
+                atomic_fetch_add_explicit(&st->dropped_overflow, 1, memory_order_relaxed);
+            }
             stream_close(sub); /* events were dropped: they resume with Last-Event-ID */
         }
+    }
+}
+
+/* ---- readers that stop reading ---------------------------------------------------------- */
+
+/* Resets sub's connection: its socket has held the same buffer for SSE_WRITE_TIMEOUT_MS. The
+ * pending write then fails and h2o closes the connection the usual way (stop, dispose);
+ * SO_LINGER 0 makes the close a reset that frees what the kernel still buffers for it. */
+static void stream_reset(struct stream_subscriber *sub)
+{
+    SVC_ASSERT(sub->sending && !sub->closed && !sub->reset);
+    h2o_conn_t *conn = sub->req->conn;
+    h2o_socket_t *sock = conn->callbacks->get_socket ? conn->callbacks->get_socket(conn) : NULL;
+    sub->reset = true;
+    sub->closing = true;
+    if (sock == NULL) {
+        return; /* not a socket stockd can reset (never so over HTTP/1) */
+    }
+    int fd = h2o_socket_get_fd(sock);
+    struct linger hard = {.l_onoff = 1, .l_linger = 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+    (void)shutdown(fd, SHUT_RDWR);
+    atomic_fetch_add_explicit(&sub->owner->dropped_timeout, 1, memory_order_relaxed);
+    log_warn("http: thread %u: a stream subscriber took nothing for %d ms: reset",
+             sub->owner->thread->index, SSE_WRITE_TIMEOUT_MS);
+}
+
+/* Ends the streams whose client hung up. While a response streams h2o does not read the
+ * socket, so a client that closes an idle stream would hold its slot until a write failed;
+ * one poll per tick finds them (POLLRDHUP: the peer shut its side). */
+static void stream_reap_hung_up(struct stream_thread *st)
+{
+    struct pollfd fds[SSE_SUBSCRIBERS_MAX];
+    struct stream_subscriber *subs[SSE_SUBSCRIBERS_MAX];
+    nfds_t count = 0;
+    for (struct stream_subscriber *sub = st->subscribers; sub != NULL; sub = sub->next) {
+        if (!sub->closed && !sub->closing && sub->fd >= 0 && count < SSE_SUBSCRIBERS_MAX) {
+            fds[count] = (struct pollfd){.fd = sub->fd, .events = POLLRDHUP};
+            subs[count++] = sub;
+        }
+    }
+    if (count == 0 || poll(fds, count, 0) <= 0) {
+        return;
+    }
+    for (nfds_t i = 0; i < count; i++) {
+        if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+            stream_close(subs[i]); /* at once when idle; else the failing write ends it */
+        }
+    }
+}
+
+/* Every SSE_TICK_MS while the thread has subscribers: resets the stuck, wakes the idle, ends
+ * the hung up. */
+static void stream_on_tick(h2o_timeout_entry_t *entry)
+{
+    struct stream_thread *st = H2O_STRUCT_FROM_MEMBER(struct stream_thread, tick, entry);
+    SVC_ASSERT(st->tick_ready && st->thread != NULL);
+    stream_reap_hung_up(st);
+    int64_t now_ms = clock_mono_us() / 1000;
+    for (struct stream_subscriber *sub = st->subscribers, *next = NULL; sub != NULL; sub = next) {
+        next = sub->next;
+        if (sub->closed || sub->reset) {
+            continue;
+        }
+        int64_t held_ms = now_ms - sub->handed_ms;
+        if (sub->sending && held_ms >= SSE_WRITE_TIMEOUT_MS) {
+            stream_reset(sub);
+        } else if (!sub->sending && !sub->closing && sub->pending_length == 0 &&
+                   held_ms >= SSE_HEARTBEAT_MS) {
+            memcpy(sub->pending, stream_heartbeat, sizeof stream_heartbeat - 1);
+            sub->pending_length = sizeof stream_heartbeat - 1;
+            stream_flush(sub);
+        }
+    }
+    if (st->subscribers != NULL) {
+        h2o_timeout_link(st->thread->loop, &st->tick_timeout, &st->tick);
     }
 }
 
@@ -328,6 +430,11 @@ static int stream_thread_ready(struct http_request *r, struct stream_thread **ou
         h2o_multithread_register_receiver(t->reply_queue, &st->receiver, stream_on_wake);
         st->receiver_registered = true;
     }
+    if (!st->tick_ready) {
+        h2o_timeout_init(t->loop, &st->tick_timeout, SSE_TICK_MS);
+        st->tick.cb = stream_on_tick;
+        st->tick_ready = true;
+    }
     if (!st->tap_registered) {
         /* The apply mutex it takes publishes the ring and receiver to the tap's threads. */
         int rc = projector_tap_add(&t->app->projector, stream_tap, st);
@@ -385,6 +492,16 @@ static void stream_start(struct http_request *r, struct stream_thread *st, int64
     sub->inflight = h2o_mem_alloc_pool(&req->pool, SSE_BUFFER_BYTES);
     sub->next = st->subscribers;
     st->subscribers = sub;
+    if (!h2o_timeout_is_linked(&st->tick)) {
+        h2o_timeout_link(r->thread->loop, &st->tick_timeout, &st->tick);
+    }
+    h2o_socket_t *sock =
+        req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    sub->fd = sock != NULL ? h2o_socket_get_fd(sock) : -1;
+    if (sub->fd >= 0) {
+        int sndbuf = SSE_SOCKET_SNDBUF_BYTES; /* bounds what a stuck reader pins in the kernel */
+        (void)setsockopt(sub->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    }
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
@@ -414,10 +531,15 @@ void api_stream_open(struct http_request *r)
         return;
     }
     if (rc == 0 && atomic_load(&st->subscriber_count) >= SSE_SUBSCRIBERS_MAX) {
-        rc = SVC_EQUEUE_FULL;
+        atomic_fetch_add_explicit(&st->refused, 1, memory_order_relaxed);
+        rc = SVC_ETOO_MANY_SUBSCRIBERS;
     }
     if (rc != 0) {
-        http_send_problem(r, rc, "too many stream subscribers on this thread", NULL, 0);
+        http_send_problem(r, rc,
+                          rc == SVC_ETOO_MANY_SUBSCRIBERS
+                              ? "this thread streams to as many subscribers as it may; retry"
+                              : "no tap slot for this thread's streams",
+                          NULL, 0);
         return;
     }
     SVC_ASSERT(st != NULL && st->tap_registered);
@@ -431,4 +553,17 @@ void api_stream_open(struct http_request *r)
         return;
     }
     stream_start(r, st, since, replay);
+}
+
+void api_stream_stats(struct api_stream_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < IO_THREADS_MAX; i++) {
+        const struct stream_thread *st = &stream_threads[i];
+        out->subscribers += atomic_load_explicit(&st->subscriber_count, memory_order_relaxed);
+        out->dropped_behind += atomic_load_explicit(&st->dropped_behind, memory_order_relaxed);
+        out->dropped_timeout += atomic_load_explicit(&st->dropped_timeout, memory_order_relaxed);
+        out->dropped_overflow += atomic_load_explicit(&st->dropped_overflow, memory_order_relaxed);
+        out->refused += atomic_load_explicit(&st->refused, memory_order_relaxed);
+    }
 }

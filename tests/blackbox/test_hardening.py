@@ -3,13 +3,15 @@
 read, descriptors raised to the hard limit, log lines that stay one line a second per place.
 The fault suite grows here as the issue lands in steps."""
 import os
+import re
+import socket
 import stat
 import subprocess
 import tempfile
 import threading
 import time
 
-from harness import (check, check_eq, check_status, main, new_key, pg_mode, pg_uri,
+from harness import (check, check_eq, check_problem, check_status, main, new_key, pg_mode, pg_uri,
                      start_stockd, stockd_bin, _temp_dirs)
 
 
@@ -107,5 +109,142 @@ def test_audit_under_load():
         s.stop()
 
 
+def stream_socket(server, rcvbuf=None):
+    """A raw GET /v1/stream connection (with rcvbuf: a small receive buffer, so that a reader
+    that stops reading backs up into stockd soon). Returns (socket, the bytes read so far)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n" + server.auth_header() + b"\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1024)
+        check(chunk, "the stream closed before its headers: %r" % head)
+        head += chunk
+    return sock, head
+
+
+def metric(server, name):
+    """The value of one sample line of GET /metrics (0 when absent)."""
+    with server.client() as c:
+        r = c.get("/metrics")
+        check_status(r, 200, "GET /metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_stuck_stream_readers():
+    """Subscribers that stop reading are reset after the write timeout (10 s) while a reader
+    that reads keeps every event; an idle stream gets keep-alive comments."""
+    s = start_stockd()
+    stuck = []
+    try:
+        with s.client() as c:
+            check_status(c.post("/v1/products", {"sku": "SSE", "name": "s" * 150,
+                                                 "initialOnHand": 1000000}, key=new_key("p")),
+                         201, "the product")
+        for _ in range(3):
+            stuck.append(stream_socket(s, rcvbuf=4096)[0])
+        live, head = stream_socket(s)
+        check(b" 200 " in head.split(b"\r\n")[0], "stream status: %r" % head[:200])
+        received = [head]
+        live_done = threading.Event()
+
+        def read_live():
+            live.settimeout(1)
+            while not live_done.is_set():
+                try:
+                    chunk = live.recv(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    return
+                received.append(chunk)
+        reader = threading.Thread(target=read_live)
+        reader.start()
+        stop = threading.Event()
+
+        def buyer():
+            with s.client() as c:
+                while not stop.is_set():
+                    r = c.post("/v1/purchase", {"sku": "SSE", "qty": 1, "customerId": "x" * 60},
+                               key=new_key("sse"))
+                    check_status(r, 201, "a purchase while readers are stuck")
+        buyers = [threading.Thread(target=buyer) for _ in range(4)]
+        for t in buyers:
+            t.start()
+        name = 'stockd_stream_dropped_total{reason="write_timeout"}'
+        deadline = time.monotonic() + 45
+        while metric(s, name) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            # Past what a stuck reader can hold (its buffers and the socket's), stop buying.
+            if sum(len(b) for b in received) > 4 * 1024 * 1024:
+                stop.set()
+        stop.set()
+        for t in buyers:
+            t.join(30)
+        check_eq(metric(s, name), 3.0, "stuck readers reset for the write timeout")
+        for sock in stuck:
+            sock.settimeout(5)
+            try:
+                while sock.recv(65536):
+                    pass  # what the kernel still held, then the end
+                ended = True
+            except (ConnectionResetError, socket.timeout):
+                ended = True
+            check(ended, "a stuck reader's connection is gone")
+        check_eq(metric(s, "stockd_stream_subscribers"), 1.0, "the live subscriber remains")
+        with s.client() as c:
+            last = c.get("/v1/events?since=0&limit=1").json
+        seq_max = metric(s, "stockd_writer_commands_total")
+        check(seq_max > 0 and last is not None, "events were committed")
+        deadline = time.monotonic() + 25
+        while b": keep-alive" not in b"".join(received[-3:]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        live_done.set()
+        reader.join(10)
+        data = b"".join(received)
+        check(b": keep-alive" in data, "no keep-alive comment on the idle stream")
+        ids = [int(x) for x in re.findall(rb"\nid: (\d+)\n", b"\n" + data)]
+        check(ids and ids == list(range(ids[0], ids[0] + len(ids))),
+              "the live reader missed events: %d ids from %s" % (len(ids), ids[:3]))
+        live.close()
+    finally:
+        for sock in stuck:
+            sock.close()
+        s.stop()
+
+
+def test_too_many_subscribers():
+    """Past SSE_SUBSCRIBERS_MAX (256) per I/O thread the next subscriber gets 503
+    too_many_subscribers with Retry-After, not a 429; a freed slot is taken again."""
+    s = start_stockd(threads=1)
+    held = []
+    try:
+        for _ in range(256):
+            held.append(stream_socket(s)[0])
+        with s.client() as c:
+            r = c.get("/v1/stream")
+            check_problem(r, 503, "too_many_subscribers", "the 257th subscriber")
+            check_eq(r.headers.get("retry-after"), "1", "Retry-After")
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while metric(s, "stockd_stream_subscribers") > 255 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sock, head = stream_socket(s)
+        held.append(sock)
+        check(b" 200 " in head.split(b"\r\n")[0], "a freed slot: %r" % head[:200])
+        check_eq(metric(s, "stockd_stream_refused_total"), 1.0, "refusals counted")
+    finally:
+        for sock in held:
+            sock.close()
+        s.stop()
+
+
 if __name__ == "__main__":
-    main([test_files_are_owner_only, test_open_files_limit_raised, test_audit_under_load])
+    main([test_files_are_owner_only, test_open_files_limit_raised, test_audit_under_load,
+          test_stuck_stream_readers, test_too_many_subscribers])
