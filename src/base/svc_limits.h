@@ -16,6 +16,10 @@
 /* What h2o itself buffers before our handler sees the body. Above BODY_BYTES_MAX so that our
  * own problem+json 413 answers the usual oversized body; h2o answers past this on its own. */
 #define H2O_ENTITY_BYTES_MAX (1024 * 1024)
+/* Out of file descriptors (accept fails with EMFILE or ENFILE): an I/O thread stops accepting
+ * for this long, serving its open connections meanwhile, then tries again. Without the pause a
+ * readable listener that cannot be accepted from spins the loop. */
+#define ACCEPT_PAUSE_MS 100
 
 /* Identifier lengths. A sku is 1..64 of [A-Za-z0-9._-] (DESIGN.md); store ids follow the same
  * alphabet and bound so that both fit fixed fields of a command without allocation. */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "http/api.h"
+#include "http/server.h"
 #include "read/audit.h"
 #include "base/errors.h"
 #include "base/svc_assert.h"
@@ -106,10 +107,13 @@ static void api_metrics_stream(char *out, size_t size, size_t *used)
                        "stockd_stream_dropped_total{reason=\"write_timeout\"} %llu\n"
                        "stockd_stream_dropped_total{reason=\"ring_overflow\"} %llu\n"
                        "# TYPE stockd_stream_refused_total counter\n"
-                       "stockd_stream_refused_total %llu\n",
+                       "stockd_stream_refused_total %llu\n"
+                       "# TYPE stockd_http_accept_pauses_total counter\n"
+                       "stockd_http_accept_pauses_total %llu\n",
                        (unsigned long long)st.subscribers, (unsigned long long)st.dropped_behind,
                        (unsigned long long)st.dropped_timeout,
-                       (unsigned long long)st.dropped_overflow, (unsigned long long)st.refused);
+                       (unsigned long long)st.dropped_overflow, (unsigned long long)st.refused,
+                       (unsigned long long)http_accept_pauses());
 }
 
 static int64_t api_projection_lag_ms(struct app *app)

@@ -31,6 +31,8 @@
 static h2o_globalconf_t server_globalconf;
 static pthread_barrier_t server_started_barrier;
 static int server_listen_fd = -1;
+static struct io_thread *server_threads; /* owned for the life of the process */
+static _Atomic int server_thread_count;  /* set once the threads exist */
 
 int http_listen(const char *host, int port, int *port_out)
 {
@@ -62,6 +64,30 @@ int http_listen(const char *host, int port, int *port_out)
     return fd;
 }
 
+static void server_on_accept(h2o_socket_t *listener, const char *err);
+
+/* The pause is over: listen again. A descriptor may have been freed meanwhile; if not, the
+ * next accept pauses again. */
+static void server_on_accept_resume(h2o_timeout_entry_t *entry)
+{
+    struct io_thread *t = H2O_STRUCT_FROM_MEMBER(struct io_thread, accept_resume, entry);
+    SVC_ASSERT(t->listener != NULL);
+    h2o_socket_read_start(t->listener, server_on_accept);
+}
+
+/* accept failed for want of descriptors (or kernel memory): stop listening for ACCEPT_PAUSE_MS. The
+ * pending connections wait in the backlog; the open ones keep being served. */
+static void server_accept_pause(struct io_thread *t, int err)
+{
+    SVC_ASSERT(err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM);
+    SVC_ASSERT(!h2o_timeout_is_linked(&t->accept_resume));
+    log_warn("http: out of file descriptors or memory (%s): thread %u pauses accepting for %d ms",
+             strerror(err), t->index, ACCEPT_PAUSE_MS);
+    h2o_socket_read_stop(t->listener);
+    h2o_timeout_link(t->loop, &t->accept_pause_timeout, &t->accept_resume);
+    atomic_fetch_add_explicit(&t->accept_pauses, 1, memory_order_relaxed);
+}
+
 static void server_on_accept(h2o_socket_t *listener, const char *err)
 {
     struct io_thread *t = listener->data;
@@ -72,6 +98,9 @@ static void server_on_accept(h2o_socket_t *listener, const char *err)
     for (int i = 0; i < SERVER_ACCEPT_BATCH_MAX; i++) {
         int fd = accept4(server_listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                server_accept_pause(t, errno);
+            }
             return; /* EAGAIN: another thread took it, or the backlog is empty */
         }
         int on = 1;
@@ -160,6 +189,8 @@ static int server_thread_init(struct io_thread *t)
     t->listener = h2o_evloop_socket_create(t->loop, server_listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     t->listener->data = t;
     h2o_socket_read_start(t->listener, server_on_accept);
+    h2o_timeout_init(t->loop, &t->accept_pause_timeout, ACCEPT_PAUSE_MS);
+    t->accept_resume = (h2o_timeout_entry_t){.cb = server_on_accept_resume};
     SVC_ASSERT(t->loop != NULL && t->reply_queue != NULL);
     return 0;
 }
@@ -208,5 +239,17 @@ int http_start(struct app *app, int listen_fd, int count)
         }
     }
     pthread_barrier_wait(&server_started_barrier);
+    server_threads = threads;
+    atomic_store(&server_thread_count, count);
     return 0;
+}
+
+uint64_t http_accept_pauses(void)
+{
+    uint64_t total = 0;
+    int count = atomic_load(&server_thread_count);
+    for (int i = 0; i < count; i++) {
+        total += atomic_load_explicit(&server_threads[i].accept_pauses, memory_order_relaxed);
+    }
+    return total;
 }

@@ -3,8 +3,9 @@
  * accept loop, the hand-off of every request to the route table, and the writer's reply hook
  * that returns a finished command to the thread that sent it.
  *
- * Only main includes this file. It is not what handlers use (request.h) and not the route
- * table (routes.h); the arrows are server -> routes -> api_* -> request and server -> request.
+ * main includes this file, and /metrics (api_ops.c) for http_accept_pauses. It is not what
+ * handlers use (request.h) and not the route table (routes.h); the arrows are
+ * server -> routes -> api_* -> request and server -> request.
  * Read thread.h next.
  */
 #ifndef STOCKD_HTTP_SERVER_H
@@ -23,6 +24,9 @@ int http_listen(const char *host, int port, int *port_out);
  * projector, auth) and immutable from here on. 0 or -errno; a thread that fails to set itself
  * up (memory, its store reader) exits the process with a logged reason. */
 int http_start(struct app *app, int listen_fd, int count);
+
+/* How many times an I/O thread paused accepting for want of file descriptors (/metrics). */
+uint64_t http_accept_pauses(void);
 
 /* The writer's reply hook (writer_config.reply, with any reply_context): hands cmd back to its
  * owning I/O thread, which sends the reply. Called on the writer thread; never blocks for

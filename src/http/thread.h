@@ -19,6 +19,7 @@
 #include <h2o.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "core/command.h"
@@ -44,9 +45,12 @@ struct io_thread {
     h2o_multithread_queue_t *reply_queue; /* writer replies; SSE wake-ups register on it too */
     h2o_multithread_receiver_t reply_receiver;
     h2o_socket_t *listener;
-    struct app *app;             /* borrowed, immutable */
-    struct store_reader *reader; /* owned, this thread only */
-    struct http_command *pool;   /* THREAD_COMMANDS_MAX, owned */
+    h2o_timeout_t accept_pause_timeout; /* ACCEPT_PAUSE_MS: out of descriptors, try again */
+    h2o_timeout_entry_t accept_resume;  /* linked while accepting is paused */
+    _Atomic uint64_t accept_pauses;     /* written by the owner, read by /metrics */
+    struct app *app;                    /* borrowed, immutable */
+    struct store_reader *reader;        /* owned, this thread only */
+    struct http_command *pool;          /* THREAD_COMMANDS_MAX, owned */
     struct http_command *free_list;
     struct cmd_lines *line_blocks; /* THREAD_LINE_BLOCKS_MAX, owned */
     struct cmd_lines *free_line_blocks;
