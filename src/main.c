@@ -202,7 +202,7 @@ static int main_audit(struct app_config *c)
     main_db_path(c);
     struct store_reader *reader = NULL;
     struct audit_report report;
-    if (store_reader_open(&reader, c->db_path) != 0 || audit_run(reader, &report) != 0) {
+    if (store_reader_open(&reader, c->db_path) != 0 || audit_run(reader, NULL, &report) != 0) {
         log_error("audit: cannot read %s", c->db_path);
         store_reader_close(reader);
         return 2;

@@ -7,7 +7,8 @@
  *                       rebuild (the projector), the event log and idempotency records (reader)
  *   api_stream.c        GET /v1/stream, server-sent events (the projector's tap, the log)
  *   api_seed.c          the seed-compatible aliases (seed 004)
- *   api_ops.c           health, readiness, metrics, audit, the OpenAPI document, the home page
+ *   api_ops.c           health, readiness, metrics, the OpenAPI document, the home page
+ *   api_audit.c         the audit, on a thread of its own, with progress
  *   api_common.c        the helpers below: body decoding, idempotency, fresh reads, events
  * All share one signature (route_handler) and reach the server only through request.h.
  * Commands go to the writer; queries never touch the writer's domain. Read api_common.c next.
@@ -54,7 +55,8 @@ void api_ready(struct http_request *r);
 void api_metrics(struct http_request *r);
 /* GET /openapi.yaml: the OpenAPI document compiled in from openapi.yaml (tools/embed.py). */
 void api_openapi(struct http_request *r);
-/* GET /v1/admin/audit: replays the log on this thread's reader (api_ops.c). */
+/* GET /v1/admin/audit: replays the log on a thread of its own and answers when it ends, or
+ * streams its progress (api_audit.c). */
 void api_audit(struct http_request *r);
 /* Queries from the read model, with ETag and X-Projection-Lag-ms (api_queries.c):
  * GET /v1/availability, /v1/items/{id}/availability, /v1/products/totals, /v1/stores,

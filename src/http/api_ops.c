@@ -9,7 +9,6 @@
 
 #include "http/api.h"
 #include "http/server.h"
-#include "read/audit.h"
 #include "base/errors.h"
 #include "base/svc_assert.h"
 
@@ -161,21 +160,6 @@ void api_openapi(struct http_request *r)
 {
     SVC_ASSERT(openapi_yaml_length > 0 && openapi_yaml[openapi_yaml_length] == '\0');
     http_send(r, 200, "application/yaml", openapi_yaml, openapi_yaml_length);
-}
-
-/* Runs the audit on this thread's reader. It reads the whole event log, so it holds this I/O
- * thread for as long (an admin operation; other threads keep serving). */
-void api_audit(struct http_request *r)
-{
-    struct audit_report report;
-    int rc = audit_run(r->thread->reader, &report);
-    if (rc != 0) {
-        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL, 0);
-        return;
-    }
-    SVC_ASSERT(report.json != NULL);
-    http_send_json(r, 200, report.json, report.json_length); /* "ok" says the verdict */
-    audit_report_free(&report);
 }
 
 void api_home(struct http_request *r)

@@ -25,6 +25,8 @@ struct audit_state {
     json_t *violations; /* array of {seq?, storeId, sku, problem}, owned */
     int64_t last_seq;
     struct audit_report *report;
+    const struct audit_progress *progress; /* borrowed, may be NULL */
+    int64_t total;                         /* the snapshot's last seq */
 };
 
 static void audit_violation(struct audit_state *st, int64_t seq, const char *store_id,
@@ -86,6 +88,9 @@ static int audit_each_event(void *context, const struct row_event *row)
     }
     st->last_seq = row->seq;
     st->report->events++;
+    if (st->progress != NULL && st->report->events % AUDIT_PROGRESS_EVERY_EVENTS == 0) {
+        st->progress->fn(st->progress->context, st->report->events, st->total);
+    }
     struct event_arena arena = {st->scratch, AUDIT_DECODE_BYTES, 0};
     struct event e;
     int rc = event_decode(row, &e, &arena);
@@ -129,11 +134,14 @@ static void audit_missing_items(struct audit_state *st)
     }
 }
 
-int audit_run(struct store_reader *reader, struct audit_report *out)
+int audit_run(struct store_reader *reader, const struct audit_progress *progress,
+              struct audit_report *out)
 {
     SVC_ASSERT(reader != NULL && out != NULL);
+    SVC_ASSERT(progress == NULL || progress->fn != NULL);
     memset(out, 0, sizeof *out);
-    struct audit_state st = {malloc(AUDIT_DECODE_BYTES), json_object(), json_array(), 0, out};
+    struct audit_state st = {
+        malloc(AUDIT_DECODE_BYTES), json_object(), json_array(), 0, out, progress, 0};
     if (st.scratch == NULL) {
         json_decref(st.sums);
         json_decref(st.violations);
@@ -143,7 +151,12 @@ int audit_run(struct store_reader *reader, struct audit_report *out)
      * the stock rows disagree, and the audit reported a violation under load (issue 10). */
     int rc = store_reader_snapshot_begin(reader);
     if (rc == 0) {
-        rc = store_reader_events(reader, 0, NULL, NULL, INT32_MAX, &st, audit_each_event);
+        rc = store_reader_event_seq_max(reader, &st.total);
+        if (rc == 0 && progress != NULL) {
+            progress->fn(progress->context, 0, st.total);
+        }
+        rc = rc == 0 ? store_reader_events(reader, 0, NULL, NULL, INT32_MAX, &st, audit_each_event)
+                     : rc;
         rc = rc == 0 ? store_reader_items(reader, &st, audit_each_item) : rc;
         int ended = store_reader_snapshot_end(reader);
         rc = rc == 0 ? ended : rc;

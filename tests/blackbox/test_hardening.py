@@ -2,6 +2,8 @@
 """Hardening (issue 10), as an attacker or bad luck would meet stockd: files only its owner can
 read, descriptors raised to the hard limit, log lines that stay one line a second per place.
 The fault suite grows here as the issue lands in steps."""
+import http.client
+import json
 import os
 import re
 import resource
@@ -307,6 +309,81 @@ def metric_via(client, name):
     return 0.0
 
 
+def test_audit_off_the_io_thread():
+    """The audit runs on a thread of its own: while it reads a long log, the only I/O thread
+    still answers; with Accept: text/event-stream it streams its progress, then the report; a
+    second audit meanwhile gets 409 audit_running."""
+    s = start_stockd(threads=1)
+    try:
+        skus = ["R%d" % i for i in range(100)]
+        with s.client() as c:
+            for sku in skus:
+                check_status(c.post("/v1/products", {"sku": sku, "name": sku, "initialOnHand": 0},
+                                    key=new_key("p")), 201, "product %s" % sku)
+
+        def reconcile(i):  # 100 stock events per request: every line changes
+            with s.client() as c:
+                for j in range(750):
+                    value = 1 + (j % 2)
+                    r = c.post("/v1/reconciliations", {
+                        "storeId": "S1", "source": "t%d" % i,
+                        "snapshotOnHand": {sku: value for sku in skus}}, key=new_key("rec"))
+                    check_status(r, 200, "a reconciliation")
+        threads = [threading.Thread(target=reconcile, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=120)
+        headers = {"Accept": "text/event-stream"}
+        headers.update({"Authorization": s.auth_header().decode().split(":", 1)[1].strip()})
+        conn.request("GET", "/v1/admin/audit", headers=headers)
+        resp = conn.getresponse()
+        check_status_code(resp.status, 200, "the streaming audit")
+        check_eq(resp.getheader("content-type"), "text/event-stream", "Content-Type")
+        events = []  # (kind, data)
+        kind = None
+        while True:
+            line = resp.readline()
+            check(line, "the stream ended before its report: %r" % events[-3:])
+            line = line.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+                if kind != "progress":
+                    break
+                if len(events) == 1:  # the audit is reading: the I/O thread is free
+                    with s.client() as c:
+                        check_status(c.get("/health"), 200, "/health during the audit")
+                        r = c.get("/v1/admin/audit")
+                        check_problem(r, 409, "audit_running", "a second audit meanwhile")
+        conn.close()
+        kinds = [k for k, _ in events]
+        check_eq(kinds[-1], "report", "the last event")
+        report = events[-1][1]
+        check(report["ok"] is True, "the audit: %s" % report)
+        check(report["events"] > 100000, "events read: %d" % report["events"])
+        progress = [d for k, d in events if k == "progress"]
+        check_eq(progress[0]["events"], 0, "the first progress")
+        check(all(p["total"] == report["events"] for p in progress), "totals: %s" % progress)
+        counts = [p["events"] for p in progress]
+        check(counts == sorted(counts) and len(set(counts)) == len(counts),
+              "progress only grows: %s" % counts)
+        with s.client() as c:
+            r = c.get("/v1/admin/audit")
+            check_status(r, 200, "a plain audit afterwards")
+            check(r.json["ok"] is True and r.json["events"] == report["events"],
+                  "the plain audit: %s" % r.body[:300])
+    finally:
+        s.stop()
+
+
+def check_status_code(got, want, what):
+    check(got == want, "%s: status %d, want %d" % (what, got, want))
+
+
 if __name__ == "__main__":
     main([test_files_are_owner_only, test_open_files_limit_raised, test_audit_under_load,
-          test_stuck_stream_readers, test_too_many_subscribers, test_fd_exhaustion])
+          test_stuck_stream_readers, test_too_many_subscribers, test_fd_exhaustion,
+          test_audit_off_the_io_thread])
