@@ -11,15 +11,16 @@ if [ ! -f build-fuzz/build.ninja ]; then
     -Db_sanitize=address,undefined -Db_lundef=false \
     -Dc_args="-fsanitize=fuzzer-no-link -fno-sanitize-recover=all" >/dev/null
 fi
-ninja -C build-fuzz fuzz/fuzz_body >/dev/null
+ninja -C build-fuzz fuzz/fuzz_body fuzz/fuzz_framing >/dev/null
 work=$(mktemp -d /tmp/stockd-fuzz-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 status=0
-for target in body; do
+declare -A dicts=([body]=json.dict [framing]=framing.dict)
+for target in body framing; do
   mkdir -p "$work/$target"
   echo "fuzz_$target: ${seconds}s from fuzz/corpus/$target"
   if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-      "build-fuzz/fuzz/fuzz_$target" -max_total_time="$seconds" -dict=fuzz/json.dict \
+      "build-fuzz/fuzz/fuzz_$target" -max_total_time="$seconds" -dict="fuzz/${dicts[$target]}" \
       -max_len=4096 -print_final_stats=1 -artifact_prefix="$work/" \
       "$work/$target" "fuzz/corpus/$target" >"$work/$target.log" 2>&1; then
     status=1

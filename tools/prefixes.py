@@ -63,6 +63,7 @@ MODULES = {
     # http
     "http": (["src/http/server.c", "src/http/request.c"], ["http_"]),
     "routes": (["src/http/routes.c"], ["routes_"]),
+    "framing": (["src/http/framing.c"], ["framing_"]),
     "auth": (["src/http/auth.c"], ["auth_"]),
     "api": (["src/http/api_*.c"], ["api_"]),
     "sse_ring": (["src/http/sse_ring.c"], ["sse_ring_"]),

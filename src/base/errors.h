@@ -13,6 +13,7 @@
 #define SVC_ERR_MAP(X)                                                                    \
     X(INVALID_JSON, 400, "invalid_json", "Malformed JSON body")                           \
     X(VALIDATION, 400, "validation_failed", "Invalid request")                            \
+    X(BAD_FRAMING, 400, "bad_framing", "Malformed message framing")                       \
     X(UNAUTHORIZED, 401, "unauthorized", "Missing or unknown bearer token")               \
     X(FORBIDDEN, 403, "forbidden", "The token's role does not allow this")                \
     X(FORBIDDEN_RESET, 403, "reset_disabled", "Reset is disabled")                        \

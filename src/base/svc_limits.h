@@ -14,7 +14,8 @@
 #define BODY_BYTES_MAX (64 * 1024)
 
 /* What h2o itself buffers before our handler sees the body. Above BODY_BYTES_MAX so that our
- * own problem+json 413 answers the usual oversized body; h2o answers past this on its own. */
+ * own 413 answers the usual oversized body and keeps the connection; past this h2o refuses the
+ * body itself and closes the connection (server.c turns its answer into problem+json). */
 #define H2O_ENTITY_BYTES_MAX (1024 * 1024)
 /* Out of file descriptors (accept fails with EMFILE or ENFILE): an I/O thread stops accepting
  * for this long, serving its open connections meanwhile, then tries again. Without the pause a

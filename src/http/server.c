@@ -1,7 +1,9 @@
 /*
  * server.c - see server.h. The h2o wiring: listener, I/O threads and their startup, the accept
- * loop, request dispatch and the receiver of the writer's replies. It does not format
- * responses (request.c) or route requests (routes.c). Read routes.c next.
+ * loop, request dispatch with its framing check, the filter that turns h2o's own refusals into
+ * problem+json, and the receiver of the writer's replies. It does not format responses
+ * (request.c), route requests (routes.c) or define the framing rules (framing.c). Read routes.c
+ * next.
  */
 #include "http/server.h"
 
@@ -16,8 +18,10 @@
 
 #include "base/errors.h"
 #include "base/log.h"
+#include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
+#include "http/framing.h"
 #include "http/request.h"
 #include "http/routes.h"
 #include "http/thread.h"
@@ -119,6 +123,171 @@ static struct io_thread *server_thread_of(h2o_req_t *req)
     return t;
 }
 
+/* ---- framing (RFC 9112 6.1, 6.3) ---------------------------------------------------------
+ *
+ * h2o 2.2.5 frames HTTP/1 request bodies before our handler runs and removes Content-Length and
+ * Transfer-Encoding from req->headers, so a handler cannot see a request that carries both, or
+ * two Content-Lengths; h2o takes the Transfer-Encoding (or the first Content-Length) and keeps
+ * the connection open, and whatever follows the body it chose is run as the next request.
+ *
+ * Where to look again, and why here: h2o parses every HTTP/1 head at offset 0 of the
+ * connection's input buffer (sock->input) and consumes the request's bytes from it only after
+ * the response has been sent; a body, Content-Length or chunked (decoded in place), starts
+ * right behind the head, and req->entity points there. So when our handler runs, the head h2o
+ * parsed is still in the buffer, byte for byte, and we scan it again (framing.c) before
+ * routing. This sees exactly the bytes h2o framed, once per request, on the request's own
+ * head: pipelined requests and heads that arrived in several reads need nothing special, and
+ * body bytes are never mistaken for a head, because h2o has already found where the head
+ * ends. The cost is one memchr per header line, no allocation. A refused request is answered
+ * 400 bad_framing with Connection: close, and h2o closes the connection after the answer
+ * without parsing the bytes behind the body (http1_is_persistent = 0).
+ *
+ * The alternative, wrapping each accepted socket's read callback to check heads before h2o's
+ * parser sees them, does not hold: h2o re-arms its own read callback at every request and
+ * parses a pipelined request already in the buffer without any read, so the wrapper would
+ * have to track h2o's framing state (heads, bodies, chunks) byte for byte to know where a head
+ * starts. Errors h2o finds itself (a Transfer-Encoding other than chunked, a Content-Length
+ * that is not digits, broken chunks, an oversized body) never reach the handler; the filter
+ * below makes those problem+json.
+ *
+ * This reads h2o 2.2's buffer layout, which is not its API; the assertions below fail at the
+ * first request if a later h2o differs, and this guard at build time. HTTP/2 requests (h2c
+ * upgrades included, which h2o gives version 0x200) are framed by HTTP/2 and skip the check. */
+#if H2O_VERSION_MAJOR != 2 || H2O_VERSION_MINOR != 2
+#error "server_framing_refused reads h2o 2.2's HTTP/1 input buffer: check it against this h2o"
+#endif
+
+/* Scans the head of HTTP/1 request req, still at the start of its connection's input. */
+static void server_head_scan(h2o_req_t *req, struct framing_head *head)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    SVC_ASSERT(sock != NULL && sock->input != NULL);
+    const char *start = sock->input->bytes;
+    size_t size = sock->input->size;
+    if (req->entity.base != NULL) {
+        SVC_ASSERT(req->entity.base >= start && req->entity.base <= start + size);
+        size = (size_t)(req->entity.base - start); /* the head ends where the body starts */
+    }
+    framing_scan(start, size, head);
+    SVC_ASSERT(head->length > 0); /* h2o parsed a complete head there */
+    if (req->entity.base != NULL) {
+        SVC_ASSERT(head->length == size);
+    } else { /* either framing header would have made h2o read a body */
+        SVC_ASSERT(head->content_length_count == 0);
+        SVC_ASSERT(head->transfer_encoding_count == 0);
+    }
+}
+
+/* Refuses r with 400 bad_framing and a close when its head frames the body ambiguously;
+ * returns whether it did. */
+static bool server_framing_refused(struct http_request *r)
+{
+    h2o_req_t *req = r->req;
+    SVC_ASSERT(req->version >= 0x100);
+    if (req->version >= 0x200) {
+        return false;
+    }
+    struct framing_head head;
+    server_head_scan(req, &head);
+    const char *why = framing_refusal(&head, req->version == 0x100);
+    if (why == NULL) {
+        return false;
+    }
+    log_warn("http: refused a request with ambiguous framing: %s", why);
+    req->http1_is_persistent = 0; /* RFC 9112 6.3: close, never read what follows */
+    http_send_problem(r, SVC_EBAD_FRAMING, why, NULL, 0);
+    return true;
+}
+
+/* ---- h2o's own refusals as problem+json -------------------------------------------------
+ *
+ * h2o answers a few requests before any handler: a Transfer-Encoding other than "chunked", a
+ * Content-Length that is not digits, broken chunked framing (400, with a close), a body over
+ * max_request_entity_size (413, with a close). It binds them to the host's fallback path,
+ * which has no handler of ours (our "/" path takes every request h2o hands over), and sends a
+ * text/plain body through that path's output filters. So a filter there sees h2o's own
+ * refusals and nothing of ours, and answers them as problem+json, with h2o's sentence as the
+ * detail. Not turned: the 417 for an Expect other than 100-continue (no code of ours), and
+ * the fixed "400 Bad Request" h2o writes straight to the socket when it cannot parse a head
+ * (garbage, more than 100 header lines, a head over H2O_MAX_REQLEN), which goes through no
+ * filter at all. README "Limits" lists both. */
+
+/* Bytes of h2o's sentence kept as the detail ("broken chunked-encoding"). */
+#define SERVER_H2O_DETAIL_BYTES_MAX 128
+
+struct server_problem_ostream {
+    h2o_ostream_t super;
+    int err;      /* the svc_err the response becomes */
+    bool passing; /* h2o streams this one (not an error page): forward it untouched */
+};
+
+static int server_problem_err_of(int status, const char **reason)
+{
+    switch (status) {
+    case 400: *reason = "Bad Request"; return SVC_EBAD_FRAMING;
+    case 413: *reason = "Payload Too Large"; return SVC_EBODY_TOO_LARGE;
+    default: return 0;
+    }
+}
+
+/* Copies h2o's body (a short sentence) into detail, NUL-terminated, cut to fit. */
+static void server_problem_detail(const h2o_iovec_t *bufs, size_t count, char *detail, size_t size)
+{
+    SVC_ASSERT(size >= 1);
+    size_t used = 0;
+    for (size_t i = 0; i < count; i++) {
+        size_t n = bufs[i].len < size - 1 - used ? bufs[i].len : size - 1 - used;
+        memcpy(detail + used, bufs[i].base, n);
+        used += n;
+    }
+    detail[used] = '\0';
+    SVC_ASSERT(used < size);
+}
+
+static void server_problem_do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs,
+                                   size_t count, h2o_send_state_t state)
+{
+    struct server_problem_ostream *o = (struct server_problem_ostream *)self;
+    const char *reason = NULL;
+    o->passing = o->passing || h2o_send_state_is_in_progress(state);
+    if (o->passing || server_problem_err_of(req->res.status, &reason) != o->err) {
+        h2o_ostream_send_next(self, req, bufs, count, state);
+        return;
+    }
+    SVC_ASSERT(reason != NULL);
+    char detail[SERVER_H2O_DETAIL_BYTES_MAX];
+    server_problem_detail(bufs, count, detail, sizeof detail);
+    char *body = h2o_mem_alloc_pool(&req->pool, REPLY_BODY_BYTES_MAX);
+    bool too_large = o->err == SVC_EBODY_TOO_LARGE;
+    size_t length =
+        problem_format(body, REPLY_BODY_BYTES_MAX, o->err, detail[0] != '\0' ? detail : NULL,
+                       too_large ? "maxBytes" : NULL, too_large ? BODY_BYTES_MAX : 0);
+    SVC_ASSERT(length > 0 && length < REPLY_BODY_BYTES_MAX);
+    req->res.reason = reason;
+    req->res.content_length = length; /* the headers go out with the first send, below */
+    h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE,
+                   H2O_STRLIT("application/problem+json"), 1);
+    h2o_iovec_t out = h2o_iovec_init(body, length);
+    h2o_ostream_send_next(self, req, &out, count == 0 ? 0 : 1, state); /* 0: a HEAD */
+}
+
+static void server_problem_on_setup_ostream(h2o_filter_t *self, h2o_req_t *req,
+                                            h2o_ostream_t **slot)
+{
+    SVC_ASSERT(self != NULL && req->pathconf == &req->hostconf->fallback_path);
+    const char *reason = NULL;
+    int err = server_problem_err_of(req->res.status, &reason);
+    if (err != 0) {
+        struct server_problem_ostream *o =
+            (struct server_problem_ostream *)h2o_add_ostream(req, sizeof *o, slot);
+        o->super.do_send = server_problem_do_send;
+        o->err = err;
+        o->passing = false;
+        slot = &o->super.next;
+    }
+    h2o_setup_next_ostream(req, slot);
+}
+
 static int server_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     (void)self;
@@ -134,7 +303,9 @@ static int server_on_req(h2o_handler_t *self, h2o_req_t *req)
         r.query =
             h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
     }
-    routes_dispatch(&r);
+    if (!server_framing_refused(&r)) {
+        routes_dispatch(&r);
+    }
     return 0;
 }
 
@@ -222,6 +393,8 @@ int http_start(struct app *app, int listen_fd, int count)
     server_globalconf.server_name = h2o_iovec_init(H2O_STRLIT("stockd"));
     h2o_hostconf_t *host =
         h2o_config_register_host(&server_globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_filter_t *filter = h2o_create_filter(&host->fallback_path, sizeof *filter);
+    filter->on_setup_ostream = server_problem_on_setup_ostream;
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(path, sizeof *handler);
     handler->on_req = server_on_req;
