@@ -25,8 +25,11 @@
  *                          WRITER_COMMIT_ATTEMPTS_MAX times.
  *    -> REPLYING           ok: dom_commit, the sequences commit, acked_seq moves. failed:
  *                          dom_rollback, and every command but a replay from storage becomes
- *                          503 storage_unavailable (nothing of it was written). Then
- *                          config.reply for each command, in queue order: ownership leaves.
+ *                          503 storage_unavailable (nothing of it was written).
+ *                          writer_note_recovery counts storage_recoveries when the store's
+ *                          session was made again meanwhile (the readers reconnect before
+ *                          their next read). Then config.reply for each command, in queue
+ *                          order: ownership leaves.
  *    -> PUBLISHING         writer_publish: the read model gets other instances' events that
  *                          the prefetch read, then the batch's own (config.committed). The
  *                          replies are already on their way: this is off their path.
@@ -192,6 +195,7 @@ int writer_init(struct writer *w, const struct writer_config *config)
     SVC_ASSERT(config->wall_ms != NULL);
     memset(w, 0, sizeof *w);
     w->config = *config;
+    w->store_sessions_seen = store_session_count(config->store); /* the first: no recovery */
     w->batch = batch_new();
     struct writer_scratch *scratch = calloc(1, sizeof *scratch);
     w->scratch = scratch;
@@ -460,6 +464,20 @@ static void writer_reply_all(struct writer *w, struct command **commands, size_t
     }
 }
 
+/* Counts a recovery when the store's session was made again since the last batch (by this
+ * batch, or by a sweep or housekeeping in between). Before the replies, so that a client told
+ * of this batch's commit finds the readers already told to reconnect. */
+static void writer_note_recovery(struct writer *w)
+{
+    uint64_t sessions = store_session_count(w->config.store);
+    SVC_ASSERT(sessions >= w->store_sessions_seen); /* a count: it only grows */
+    if (sessions != w->store_sessions_seen) {
+        w->store_sessions_seen = sessions;
+        atomic_fetch_add(&w->storage_recoveries, 1);
+    }
+    SVC_ASSERT(w->store_sessions_seen == sessions);
+}
+
 /* Runs the batch until it commits, fails, or lost WRITER_COMMIT_ATTEMPTS_MAX races. */
 static int writer_run_attempts(struct writer *w, struct command **commands, size_t count,
                                int64_t now_ms)
@@ -504,6 +522,7 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
     if (count > 0) {
         writer_record_stats(w, count, commit_us);
     }
+    writer_note_recovery(w);
     writer_reply_all(w, commands, count);
     writer_publish(w, rc == 0);
     w->state = WRITER_IDLE;

@@ -84,8 +84,14 @@ struct writer {
     pthread_t thread;
     bool started;
     _Atomic bool stopping;
-    _Atomic bool storage_ok;   /* false after a failed commit, until one succeeds */
-    _Atomic int64_t acked_seq; /* the last event seq of a batch whose replies were released */
+    _Atomic bool storage_ok; /* false after a failed commit, until one succeeds */
+    /* How often the store's session came back after it broke (store_session_count moved),
+     * counted before the replies of the batch that saw it. The I/O threads' store readers
+     * watch it (store_reader_watch_recoveries) and replace their sessions, which likely died
+     * the same way, before their next read. Any thread reads it; the writer alone adds. */
+    _Atomic uint64_t storage_recoveries;
+    uint64_t store_sessions_seen; /* store_session_count at the last look; writer thread only */
+    _Atomic int64_t acked_seq;    /* the last event seq of a batch whose replies were released */
     struct writer_stats stats;
 };
 

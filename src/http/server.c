@@ -351,6 +351,7 @@ static int server_thread_init(struct io_thread *t)
         return rc;
     }
     SVC_ASSERT(t->reader != NULL);
+    store_reader_watch_recoveries(t->reader, &t->app->writer.storage_recoveries);
     t->loop = h2o_evloop_create();
     h2o_context_init(&t->ctx, t->loop, &server_globalconf);
     t->accept_ctx.ctx = &t->ctx;

@@ -189,6 +189,14 @@ uint64_t store_busy_wait_count(struct store *s)
     return count;
 }
 
+/* See store.h; called by the writer after each batch. */
+uint64_t store_session_count(struct store *s)
+{
+    SVC_ASSERT(s != NULL && s->ops != NULL);
+    SVC_ASSERT(!s->applying);
+    return s->ops->session_count != NULL ? s->ops->session_count(s) : 0;
+}
+
 /* ---- reader handles ------------------------------------------------------------------------ */
 
 /* Closes a reader handle (see store.h); called by the thread that opened it. */
@@ -293,4 +301,14 @@ int store_reader_snapshot_end(struct store_reader *r)
     int rc = r->ops->snapshot_end(r);
     SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
     return rc;
+}
+
+/* See store.h; called by each I/O thread after opening its reader. */
+void store_reader_watch_recoveries(struct store_reader *r, const _Atomic uint64_t *recoveries)
+{
+    SVC_ASSERT(r != NULL && r->ops != NULL);
+    SVC_ASSERT(recoveries != NULL);
+    if (r->ops->watch_recoveries != NULL) {
+        r->ops->watch_recoveries(r, recoveries);
+    }
 }

@@ -24,6 +24,7 @@
 #ifndef STOCKD_STORE_H
 #define STOCKD_STORE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -232,6 +233,8 @@ struct store_ops {
     /* Shared backends only (else NULL). */
     int (*reservations_due)(struct store *s, int64_t before_ms, int64_t *out, int max);
     uint64_t (*busy_wait_count)(struct store *s);
+    /* NULL when the handle has no connection to lose (a file). */
+    uint64_t (*session_count)(struct store *s);
 };
 
 /* A stored order's columns. Strings are valid until the next call on the same handle. */
@@ -273,6 +276,8 @@ struct store_reader_ops {
     /* One snapshot for the reads in between (a read-only transaction). */
     int (*snapshot_begin)(struct store_reader *r);
     int (*snapshot_end)(struct store_reader *r);
+    /* NULL when the handle's connection cannot be lost (a file). */
+    void (*watch_recoveries)(struct store_reader *r, const _Atomic uint64_t *recoveries);
 };
 
 /* Every backend's writer handle begins with this. */
@@ -332,6 +337,12 @@ int store_reservations_due(struct store *s, int64_t before_ms, int64_t *out, int
  * thread, any time: an atomic counter, not a read of storage. */
 uint64_t store_busy_wait_count(struct store *s);
 
+/* How many sessions (connections) to the database the handle has opened so far: it moves when
+ * the handle connected again after losing its connection (PostgreSQL restarted, the session
+ * was terminated or timed out), that is when storage came back after an outage. 0 for a
+ * backend without sessions (SQLite). Writer thread only. */
+uint64_t store_session_count(struct store *s);
+
 /* ---- reader handles ------------------------------------------------------------------------ */
 
 /* Closes and frees (NULL is fine). */
@@ -370,6 +381,15 @@ int store_reader_snapshot_begin(struct store_reader *r);
  * snapshot, SVC_ESTORAGE_UNAVAILABLE when it broke (a lost connection: the reads after it
  * were outside it) or could not end. */
 int store_reader_snapshot_end(struct store_reader *r);
+
+/* From now on r compares *recoveries (borrowed: it must outlive r) with the value it last saw
+ * before each read, and when it moved replaces its connection before reading: the writer
+ * bumps it when storage came back after an outage (core/writer.h), so that a reader whose
+ * session died meanwhile does not find out by failing a read. Only the thread that owns r
+ * acts on it; no connection is touched from another thread. A backend whose readers cannot
+ * lose their connection (SQLite) ignores it. Called by each I/O thread after opening its
+ * reader. */
+void store_reader_watch_recoveries(struct store_reader *r, const _Atomic uint64_t *recoveries);
 
 /* Waits up to timeout_ms for another instance to commit events (PostgreSQL LISTEN/NOTIFY).
  * 1 notified (*seq_out: the newest seq announced, or 0 if unknown), 0 timed out, or

@@ -966,6 +966,16 @@ static uint64_t pg_busy_wait_count(struct store *base)
     return 0;
 }
 
+/* Every connect of the writer's pipeline connection counts: after the first, each is the
+ * writer's session coming back after it broke. */
+static uint64_t pg_session_count(struct store *base)
+{
+    const struct pg_store *s = (const struct pg_store *)base;
+    SVC_ASSERT(s->base.ops == &pg_ops);
+    SVC_ASSERT(s->writer.connects >= 1); /* store_pg_open connected it */
+    return s->writer.connects;
+}
+
 static const struct store_ops pg_ops = {
     .name = "postgres",
     .shared = true, /* several instances on one database */
@@ -977,4 +987,5 @@ static const struct store_ops pg_ops = {
     .idem_prune = pg_idem_prune,
     .reservations_due = pg_reservations_due,
     .busy_wait_count = pg_busy_wait_count,
+    .session_count = pg_session_count,
 };

@@ -48,18 +48,67 @@ void store_pg_conn_close(struct store_pg_conn *c)
     SVC_ASSERT(c->conn == NULL);
 }
 
+/* Drops the connection after a failure (already logged); lost: the session was gone. */
+static void pg_conn_drop(struct store_pg_conn *c, bool lost)
+{
+    SVC_ASSERT(c != NULL);
+    if (c->conn != NULL) {
+        PQfinish(c->conn);
+        c->conn = NULL;
+    }
+    c->lost = lost;
+    c->was_down = true;
+    c->next_attempt_ms = clock_mono_us() / 1000 + STORE_PG_RECONNECT_INTERVAL_MS;
+    SVC_ASSERT(c->conn == NULL);
+}
+
 /* See store_pg_conn.h; called on every broken connection. */
 void store_pg_conn_fail(struct store_pg_conn *c, const char *what)
 {
     SVC_ASSERT(c != NULL && what != NULL);
+    bool lost = false;
     if (c->conn != NULL) {
         log_error("postgres %s: %s: %s", c->role, what, PQerrorMessage(c->conn));
-        PQfinish(c->conn);
-        c->conn = NULL;
+        /* End of file, a reset or the server's FATAL make libpq's status BAD; a deadline that
+         * passed leaves it OK (the server may still be there, only slow or frozen). */
+        lost = PQstatus(c->conn) == CONNECTION_BAD;
     }
-    c->was_down = true;
-    c->next_attempt_ms = clock_mono_us() / 1000 + STORE_PG_RECONNECT_INTERVAL_MS;
+    pg_conn_drop(c, lost);
     SVC_ASSERT(c->conn == NULL);
+}
+
+/* See store_pg_conn.h; called by the readers before they read again on a fresh session. */
+void store_pg_conn_reset(struct store_pg_conn *c)
+{
+    SVC_ASSERT(c != NULL);
+    store_pg_conn_close(c);
+    c->next_attempt_ms = 0;
+    c->was_down = false; /* the caller logs why it reconnects: no "connected again" too */
+    c->lost = false;
+    SVC_ASSERT(c->conn == NULL);
+}
+
+/* True when a failed result says the session is gone rather than the statement wrong:
+ * SQLSTATE class 08 (connection exception), 57P01 admin shutdown (a fast shutdown or
+ * pg_terminate_backend), 57P02 crash shutdown, 57P03 cannot connect now. */
+static bool pg_result_says_gone(const PGresult *r)
+{
+    if (r == NULL || store_pg_result_ok(r)) {
+        return false;
+    }
+    const char *state = store_pg_result_state(r);
+    SVC_ASSERT(state != NULL);
+    return strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+           strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0;
+}
+
+/* libpq's notices (the server's WARNINGs, a FATAL that arrives while the connection is idle)
+ * go to the log as one line instead of raw to stderr. */
+static void pg_conn_notice(void *context, const char *message)
+{
+    const struct store_pg_conn *c = context;
+    SVC_ASSERT(c != NULL && message != NULL);
+    log_warn("postgres %s: %s", c->role, message);
 }
 
 static int pg_conn_prepare_all(struct store_pg_conn *c)
@@ -104,6 +153,7 @@ int store_pg_conn_ready(struct store_pg_conn *c)
         store_pg_conn_fail(c, "connect");
         return SVC_ESTORAGE_UNAVAILABLE;
     }
+    PQsetNoticeProcessor(c->conn, pg_conn_notice, c);
     if (pg_conn_prepare_all(c) != 0) {
         store_pg_conn_fail(c, "prepare");
         return SVC_ESTORAGE_UNAVAILABLE;
@@ -224,8 +274,13 @@ int store_pg_round_trip(struct store_pg_conn *c, PGresult **results, int count)
     }
     PQclear(sync);
     if (rc != 0) {
+        bool gone = false;
+        for (int i = 0; i < count; i++) {
+            gone = gone || pg_result_says_gone(results[i]);
+        }
         store_pg_results_clear(results, count);
         store_pg_conn_fail(c, "pipeline round trip");
+        c->lost = c->lost || gone;
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     for (int i = 0; i < count; i++) {
@@ -255,6 +310,7 @@ PGresult *store_pg_exec(struct store_pg_conn *c, int index, int count, const cha
     SVC_ASSERT(c->pipeline);
     SVC_ASSERT(index >= 0 && index < c->statement_count);
     PGresult *r = NULL;
+    c->lost = false;
     if (store_pg_conn_ready(c) != 0 || store_pg_send(c, index, count, values) != 0 ||
         store_pg_round_trip(c, &r, 1) != 0) {
         return NULL; /* the connection was dropped; the next call reconnects */
@@ -262,7 +318,14 @@ PGresult *store_pg_exec(struct store_pg_conn *c, int index, int count, const cha
     if (!store_pg_result_ok(r)) {
         log_error("postgres %s: %s: %s", c->role, c->statements[index].name,
                   PQresultErrorMessage(r));
+        /* The server's FATAL can come as the statement's answer before libpq sees the end of
+         * the connection: the session is gone all the same. */
+        bool gone = pg_result_says_gone(r) || PQstatus(c->conn) == CONNECTION_BAD;
         PQclear(r);
+        if (gone) {
+            pg_conn_drop(c, true);
+        }
+        SVC_ASSERT(!gone || c->conn == NULL);
         return NULL;
     }
     SVC_ASSERT(r != NULL);

@@ -4,7 +4,8 @@
  * result helpers (store_pg_conn.c).
  *
  * A connection is opened lazily and again after any failure (at most every
- * STORE_PG_RECONNECT_INTERVAL_MS), so that a restarted PostgreSQL is picked up without
+ * STORE_PG_RECONNECT_INTERVAL_MS, unless store_pg_conn_reset says now: a reader whose session
+ * was found gone reads again at once), so that a restarted PostgreSQL is picked up without
  * restarting stockd. Every wait is bounded (STORE_PG_ROUND_TRIP_TIMEOUT_MS for the writer,
  * STORE_PG_READ_TIMEOUT_MS for the readers): a server that stops answering turns into
  * SVC_ESTORAGE_UNAVAILABLE (503 to clients), never into a hung writer or I/O thread. Statements
@@ -56,7 +57,9 @@ struct store_pg_conn {
     PGconn *conn;            /* owned; NULL while disconnected */
     int64_t next_attempt_ms; /* monotonic ms of the next reconnect attempt */
     bool was_down;           /* for the "reconnected" log line */
-    uint64_t connects;       /* successful connects: a transaction lives on one of them */
+    bool lost;         /* the last failure found the session gone (closed, reset, SQLSTATE 08xxx or
+                        * 57P01-57P03), not a deadline nor an error of the statement itself */
+    uint64_t connects; /* successful connects: a transaction lives on one of them */
 };
 
 /* A growable text parameter: an array literal or a number. */
@@ -76,8 +79,13 @@ void store_pg_conn_close(struct store_pg_conn *c);
 /* Connects (and prepares) if not connected. 0 or SVC_ESTORAGE_UNAVAILABLE (at once, without
  * trying, within STORE_PG_RECONNECT_INTERVAL_MS of the last failure). */
 int store_pg_conn_ready(struct store_pg_conn *c);
-/* Logs what failed and drops the connection; the next store_pg_conn_ready reconnects. */
+/* Logs what failed and drops the connection; the next store_pg_conn_ready reconnects. Sets
+ * c->lost when libpq found the session gone (not when a deadline passed). */
 void store_pg_conn_fail(struct store_pg_conn *c, const char *what);
+/* Drops the connection if any, without a log line, and lets the next store_pg_conn_ready
+ * connect at once instead of after STORE_PG_RECONNECT_INTERVAL_MS: for a reader that is about
+ * to read again on a fresh session (store_pg_reader.c). */
+void store_pg_conn_reset(struct store_pg_conn *c);
 
 /* Pipeline mode: queues statement `index` with count values (NULL entries are SQL NULL; they
  * must stay valid until the round trip). 0 or SVC_ESTORAGE_UNAVAILABLE (connection dropped). */
@@ -96,7 +104,8 @@ const char *store_pg_result_state(const PGresult *r);
 
 /* One statement as its own round trip (within the deadline), connecting first if needed: its
  * result (the caller clears it), or NULL after a failure (logged; connection dropped when it
- * broke). */
+ * broke, and c->lost set when the session was gone: an error result whose SQLSTATE says so
+ * counts too). */
 PGresult *store_pg_exec(struct store_pg_conn *c, int index, int count, const char *const *values);
 
 /* Text parameters. A store_pg_text starts zeroed; growth past the largest batch so far

@@ -6,6 +6,14 @@
  * most that long. A broken connection is dropped; the next call reconnects (store_pg_conn.c),
  * so reads come back by themselves after PostgreSQL restarts.
  *
+ * A reader finds out that its session died (PostgreSQL restarted, the session was terminated)
+ * only when it uses it, and an I/O thread may not have read for a while. So a read that finds
+ * its session gone - not a deadline that passed, not an error of the statement - reconnects at
+ * once and runs once more, and a reader told about the writer's recoveries
+ * (store_reader_watch_recoveries) replaces its connection before its next read when the count
+ * moved. Neither happens inside a snapshot: a read on another session would be outside it, so
+ * the snapshot fails instead (snapshot_end), and the next one begins on a fresh session.
+ *
  * This file is not the writer's handle (store_pg.c) and shares no operations table with it.
  * Read schema.h next.
  */
@@ -57,11 +65,13 @@ static const struct store_pg_statement pg_reader_statements[PG_READER_COUNT] = {
 struct pg_reader {
     struct store_reader base; /* first: the backend's operations */
     struct store_pg_conn conn;
-    PGconn *listening;     /* the connection LISTEN ran on (compared, never owned) */
-    PGresult *order_found; /* owned: the last order read, which store_order_row points into */
-    char *idem_body;       /* owned copy of the last found idempotency body */
+    uint64_t listening_connect; /* conn.connects when LISTEN ran; 0: not listening */
+    PGresult *order_found;      /* owned: the last order read, which store_order_row points into */
+    char *idem_body;            /* owned copy of the last found idempotency body */
     size_t idem_body_size;
-    uint64_t snapshot_connect; /* conn.connects at snapshot_begin; 0 outside a snapshot */
+    uint64_t snapshot_connect;          /* conn.connects at snapshot_begin; 0 outside a snapshot */
+    const _Atomic uint64_t *recoveries; /* borrowed (store_reader_watch_recoveries), or NULL */
+    uint64_t recoveries_seen;           /* *recoveries when this handle last looked */
 };
 
 static const struct store_reader_ops pg_reader_ops;
@@ -101,6 +111,69 @@ static void pg_reader_close(struct store_reader *base)
     free(r);
 }
 
+static void pg_reader_watch_recoveries(struct store_reader *base,
+                                       const _Atomic uint64_t *recoveries)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(r->base.ops == &pg_reader_ops);
+    SVC_ASSERT(recoveries != NULL);
+    r->recoveries = recoveries;
+    r->recoveries_seen = atomic_load_explicit(recoveries, memory_order_relaxed);
+}
+
+/* Before a read outside a snapshot: when the writer recovered since this handle last looked,
+ * the session it holds is likely one that died with the outage. Replaced now, it costs a
+ * connect; found dead by the read, it would cost a failed round trip first. */
+static void pg_reader_refresh(struct pg_reader *r)
+{
+    SVC_ASSERT(r->snapshot_connect == 0);
+    if (r->recoveries == NULL) {
+        return;
+    }
+    uint64_t now = atomic_load_explicit(r->recoveries, memory_order_relaxed);
+    if (now == r->recoveries_seen) {
+        return;
+    }
+    r->recoveries_seen = now;
+    log_info("postgres reader: storage came back; reconnecting before the next read");
+    store_pg_conn_reset(&r->conn);
+    SVC_ASSERT(r->conn.conn == NULL && r->conn.next_attempt_ms == 0);
+}
+
+/* Runs one of the reader's statements (store_pg_exec). Outside a snapshot, a session found
+ * gone is replaced at once and the statement runs once more on the new one; a deadline that
+ * passed or an error of the statement is not retried (the server is frozen or the read is
+ * wrong: trying again would only double the wait). Inside a snapshot a lost session fails the
+ * read and every later one until snapshot_end, without reconnecting; the next read after it
+ * connects at once. */
+static PGresult *pg_reader_exec(struct pg_reader *r, enum pg_reader_stmt which, int count,
+                                const char *const *values)
+{
+    SVC_ASSERT(which >= 0 && which < PG_READER_COUNT);
+    if (r->snapshot_connect != 0) {
+        if (r->conn.conn == NULL || r->conn.connects != r->snapshot_connect) {
+            return NULL; /* the snapshot's session is gone: so is the snapshot */
+        }
+        PGresult *res = store_pg_exec(&r->conn, which, count, values);
+        if (res == NULL && r->conn.conn == NULL && r->conn.lost) {
+            log_info("postgres reader: the snapshot's session was gone; the snapshot fails");
+            store_pg_conn_reset(&r->conn); /* the next snapshot begins on a new one at once */
+        }
+        return res;
+    }
+    pg_reader_refresh(r);
+    bool had_session = r->conn.conn != NULL;
+    PGresult *res = store_pg_exec(&r->conn, which, count, values);
+    if (res != NULL || !had_session || r->conn.conn != NULL || !r->conn.lost) {
+        return res; /* done, or failed on a fresh session, at a deadline or in the statement */
+    }
+    log_info("postgres reader: the session was gone; reconnecting to read again");
+    store_pg_conn_reset(&r->conn);
+    res = store_pg_exec(&r->conn, which, count, values);
+    SVC_ASSERT(res == NULL || r->conn.conn != NULL);
+    return res;
+}
+
 /* Reads order_seq's row; the strings of *out point into the result, which the handle keeps
  * until its next order read (or close). */
 static int pg_reader_order(struct store_reader *base, int64_t order_seq,
@@ -113,7 +186,7 @@ static int pg_reader_order(struct store_reader *base, int64_t order_seq,
     char seq[24];
     snprintf(seq, sizeof seq, "%" PRId64, order_seq);
     const char *values[] = {seq};
-    PGresult *res = store_pg_exec(&r->conn, PG_READER_ORDER, 1, values);
+    PGresult *res = pg_reader_exec(r, PG_READER_ORDER, 1, values);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
@@ -146,8 +219,8 @@ static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char
     const char *values[] = {since_text, store_id, sku, count};
     const char *all_values[] = {since_text, count};
     bool filtered = store_id != NULL || sku != NULL; /* the follower's and replay's read: not */
-    PGresult *res = filtered ? store_pg_exec(&r->conn, PG_READER_EVENTS, 4, values)
-                             : store_pg_exec(&r->conn, PG_READER_EVENTS_ALL, 2, all_values);
+    PGresult *res = filtered ? pg_reader_exec(r, PG_READER_EVENTS, 4, values)
+                             : pg_reader_exec(r, PG_READER_EVENTS_ALL, 2, all_values);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
@@ -194,7 +267,7 @@ static int pg_reader_items(struct store_reader *base, void *context,
 {
     struct pg_reader *r = (struct pg_reader *)base;
     SVC_ASSERT(each_item != NULL);
-    PGresult *res = store_pg_exec(&r->conn, PG_READER_ITEMS, 0, NULL);
+    PGresult *res = pg_reader_exec(r, PG_READER_ITEMS, 0, NULL);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
@@ -214,7 +287,7 @@ static int pg_reader_event_seq_max(struct store_reader *base, int64_t *out)
 {
     struct pg_reader *r = (struct pg_reader *)base;
     SVC_ASSERT(out != NULL);
-    PGresult *res = store_pg_exec(&r->conn, PG_READER_SEQ_MAX, 0, NULL);
+    PGresult *res = pg_reader_exec(r, PG_READER_SEQ_MAX, 0, NULL);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
@@ -232,7 +305,7 @@ static int pg_reader_idem(struct store_reader *base, const char *principal, cons
     SVC_ASSERT(principal != NULL && key != NULL);
     SVC_ASSERT(out != NULL);
     const char *values[] = {principal, key};
-    PGresult *res = store_pg_exec(&r->conn, PG_READER_IDEM, 2, values);
+    PGresult *res = pg_reader_exec(r, PG_READER_IDEM, 2, values);
     if (res == NULL) {
         return SVC_ESTORAGE_UNAVAILABLE;
     }
@@ -281,15 +354,16 @@ static int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *se
 {
     struct pg_reader *r = (struct pg_reader *)base;
     SVC_ASSERT(timeout_ms >= 0 && seq_out != NULL);
-    if (r->conn.conn == NULL || r->listening != r->conn.conn) {
-        PGresult *res = store_pg_exec(&r->conn, PG_READER_LISTEN, 0, NULL);
+    /* By connect count, not by PGconn pointer: a new connection may get a freed one's address. */
+    if (r->conn.conn == NULL || r->listening_connect != r->conn.connects) {
+        PGresult *res = pg_reader_exec(r, PG_READER_LISTEN, 0, NULL);
         if (res == NULL) {
             poll(NULL, 0, timeout_ms); /* PostgreSQL is away: try again after the wait */
             return SVC_ESTORAGE_UNAVAILABLE;
         }
         PQclear(res);
-        r->listening = r->conn.conn;
-        SVC_ASSERT(r->listening != NULL);
+        r->listening_connect = r->conn.connects;
+        SVC_ASSERT(r->conn.conn != NULL && r->listening_connect >= 1);
         return 1; /* (re)connected: whatever was announced meanwhile is unknown; look */
     }
     if (pg_reader_drain(r, seq_out)) {
@@ -301,7 +375,11 @@ static int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *se
     }
     if (PQconsumeInput(r->conn.conn) != 1) {
         store_pg_conn_fail(&r->conn, "listen");
-        r->listening = NULL;
+        r->listening_connect = 0;
+        if (r->conn.lost) { /* the next wait LISTENs on a fresh session at once */
+            log_info("postgres reader: the listening session was gone; reconnecting");
+            store_pg_conn_reset(&r->conn);
+        }
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     return pg_reader_drain(r, seq_out);
@@ -311,7 +389,7 @@ static int pg_reader_wait(struct store_reader *base, int timeout_ms, int64_t *se
 static int pg_reader_transaction(struct pg_reader *r, enum pg_reader_stmt which)
 {
     SVC_ASSERT(which == PG_READER_BEGIN || which == PG_READER_COMMIT);
-    PGresult *res = store_pg_exec(&r->conn, which, 0, NULL);
+    PGresult *res = pg_reader_exec(r, which, 0, NULL);
     int rc = res != NULL && store_pg_result_ok(res) ? 0 : SVC_ESTORAGE_UNAVAILABLE;
     PQclear(res);
     return rc;
@@ -328,17 +406,17 @@ static int pg_reader_snapshot_begin(struct store_reader *base)
     return rc;
 }
 
-/* A connection lost since the BEGIN took the snapshot with it: the reads after it ran on a
- * new connection, outside it, so the snapshot broke. */
+/* A connection lost since the BEGIN took the snapshot with it: the reads after it failed
+ * (pg_reader_exec reconnects for none of them), and so does the end. The COMMIT is the
+ * snapshot's last statement: on its session or not at all. */
 static int pg_reader_snapshot_end(struct store_reader *base)
 {
     struct pg_reader *r = (struct pg_reader *)base;
     uint64_t began = r->snapshot_connect;
+    int rc = began != 0 ? pg_reader_transaction(r, PG_READER_COMMIT) : SVC_ESTORAGE_UNAVAILABLE;
+    SVC_ASSERT(rc != 0 || r->conn.connects == began);
     r->snapshot_connect = 0;
-    if (began == 0 || r->conn.connects != began) {
-        return SVC_ESTORAGE_UNAVAILABLE;
-    }
-    return pg_reader_transaction(r, PG_READER_COMMIT);
+    return rc;
 }
 
 static const struct store_reader_ops pg_reader_ops = {
@@ -352,4 +430,5 @@ static const struct store_reader_ops pg_reader_ops = {
     .wait = pg_reader_wait,
     .snapshot_begin = pg_reader_snapshot_begin,
     .snapshot_end = pg_reader_snapshot_end,
+    .watch_recoveries = pg_reader_watch_recoveries,
 };

@@ -7,8 +7,10 @@
  * tests skip without it), each on a database of its own that it drops again: a committed
  * batch comes back through prefetch (locked rows, ACTIVE and ended reservations, idempotency
  * records with their Location, other instances' events, the sequences) and through a reader;
- * migration 4 backfills Location on a database built at schema version 3. The backend as a
- * whole also runs in the blackbox-pg suite.
+ * a reader whose session was terminated reads again on a new one (but not inside a snapshot,
+ * and not after an error of the statement itself), and replaces its session when the
+ * recoveries it watches move; migration 4 backfills Location on a database built at schema
+ * version 3. The backend as a whole also runs in the blackbox-pg suite.
  *
  * The test links store_lib alone (tests/meson.build). Read tests/blackbox/ next.
  */
@@ -478,6 +480,164 @@ static void test_pg_reader_order_row(void **state)
     store_reader_close(r);
 }
 
+/* ---- readers that lose their session ------------------------------------------------------ */
+
+/* Runs sql on the fixture's database; the first column of its first row as a number (-1 when
+ * there is no row). */
+static int64_t pg_fixture_number(const struct pg_fixture *f, const char *sql)
+{
+    PGconn *conn = PQconnectdb(f->uri);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        TEST_FAIL("connect %s: %s", f->uri, PQerrorMessage(conn));
+    }
+    PGresult *r = PQexec(conn, sql);
+    ExecStatusType status = PQresultStatus(r);
+    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+        TEST_FAIL("%s: %s", sql, PQresultErrorMessage(r));
+    }
+    int64_t n =
+        status == PGRES_TUPLES_OK && PQntuples(r) > 0 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+    PQclear(r);
+    PQfinish(conn);
+    return n;
+}
+
+#define PG_STOCKD_SESSIONS \
+    " FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'stockd'"
+
+/* The backend pid of the one stockd session on the fixture's database (asserted: one). */
+static int64_t pg_reader_session(const struct pg_fixture *f)
+{
+    ASSERT_EQ_INT(pg_fixture_number(f, "SELECT count(*)" PG_STOCKD_SESSIONS), 1);
+    int64_t pid = pg_fixture_number(f, "SELECT pid" PG_STOCKD_SESSIONS);
+    ASSERT_GT_INT(pid, 0);
+    return pid;
+}
+
+/* Terminates every stockd session (SQLSTATE 57P01 to each) and waits until they are gone. */
+static void pg_terminate_sessions(const struct pg_fixture *f)
+{
+    ASSERT_GE_INT(pg_fixture_number(f, "SELECT count(*) FROM (SELECT"
+                                       " pg_terminate_backend(pid, 10000)" PG_STOCKD_SESSIONS
+                                       ") AS t"),
+                  1);
+    ASSERT_EQ_INT(pg_fixture_number(f, "SELECT count(*)" PG_STOCKD_SESSIONS), 0);
+}
+
+/* The fixture's database with one order, the writer closed: a reader's session is the only
+ * stockd session. */
+static struct store_reader *pg_reader_alone(struct pg_fixture *f)
+{
+    ASSERT_OK(store_open(&f->store, f->uri));
+    struct store_batch batch = {0};
+    batch.orders = orders;
+    batch.order_count = 1;
+    pg_commit(f->store, &batch);
+    store_close(f->store);
+    f->store = NULL;
+    struct store_reader *r = NULL;
+    ASSERT_OK(store_reader_open(&r, f->uri));
+    ASSERT_NOT_NULL(r);
+    return r;
+}
+
+static int pg_count_item(void *context, const char *store_id, const char *sku, int64_t on_hand,
+                         int64_t reserved)
+{
+    (void)store_id;
+    (void)sku;
+    (void)on_hand;
+    (void)reserved;
+    (*(int *)context)++;
+    return 0;
+}
+
+static void test_pg_reader_reads_again_after_a_lost_session(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    struct store_reader *r = pg_reader_alone(f);
+    struct store_order_row row;
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    int64_t first = pg_reader_session(f);
+    pg_terminate_sessions(f);
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1); /* not 503: read again on a new session */
+    ASSERT_EQ_STR(row.customer_id, "c1");
+    int64_t second = pg_reader_session(f);
+    ASSERT_NE_INT(second, first);
+    pg_terminate_sessions(f); /* every kind of read, not only orders */
+    int64_t seq = -1;
+    ASSERT_OK(store_reader_event_seq_max(r, &seq));
+    ASSERT_EQ_INT(seq, 0);
+    ASSERT_NE_INT(pg_reader_session(f), second);
+    store_reader_close(r);
+}
+
+static void test_pg_reader_does_not_retry_a_statement_error(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    struct store_reader *r = pg_reader_alone(f);
+    struct store_order_row row;
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    int64_t session = pg_reader_session(f);
+    pg_fixture_number(f, "ALTER TABLE orders RENAME TO orders_away");
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), SVC_ESTORAGE_UNAVAILABLE);
+    ASSERT_EQ_INT(pg_reader_session(f), session); /* kept: the session was fine */
+    pg_fixture_number(f, "ALTER TABLE orders_away RENAME TO orders");
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    ASSERT_EQ_INT(pg_reader_session(f), session);
+    store_reader_close(r);
+}
+
+static void test_pg_reader_snapshot_fails_after_a_lost_session(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    struct store_reader *r = pg_reader_alone(f);
+    int items_seen = 0;
+    ASSERT_OK(store_reader_snapshot_begin(r));
+    pg_terminate_sessions(f);
+    ASSERT_EQ_INT(store_reader_items(r, &items_seen, pg_count_item), SVC_ESTORAGE_UNAVAILABLE);
+    struct store_order_row row;
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), SVC_ESTORAGE_UNAVAILABLE);
+    /* No read of the broken snapshot ran on a new session outside it. */
+    ASSERT_EQ_INT(pg_fixture_number(f, "SELECT count(*)" PG_STOCKD_SESSIONS), 0);
+    ASSERT_EQ_INT(store_reader_snapshot_end(r), SVC_ESTORAGE_UNAVAILABLE);
+    ASSERT_EQ_INT(items_seen, 0);
+    /* The next snapshot begins on a new session, and the session it ends on is its own. */
+    ASSERT_OK(store_reader_snapshot_begin(r));
+    ASSERT_OK(store_reader_items(r, &items_seen, pg_count_item));
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    ASSERT_OK(store_reader_snapshot_end(r));
+    ASSERT_EQ_INT(items_seen, 0); /* the batch had no stock rows */
+    pg_reader_session(f);
+    store_reader_close(r);
+}
+
+static void test_pg_reader_replaces_its_session_when_storage_recovers(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    struct store_reader *r = pg_reader_alone(f);
+    _Atomic uint64_t recoveries = 7;
+    store_reader_watch_recoveries(r, &recoveries);
+    struct store_order_row row;
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    int64_t first = pg_reader_session(f);
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    ASSERT_EQ_INT(pg_reader_session(f), first); /* unchanged count: same session */
+    atomic_fetch_add(&recoveries, 1);
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    int64_t second = pg_reader_session(f);
+    ASSERT_NE_INT(second, first);
+    /* Not inside a snapshot: the snapshot keeps its session; the next read outside replaces. */
+    ASSERT_OK(store_reader_snapshot_begin(r));
+    atomic_fetch_add(&recoveries, 1);
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    ASSERT_OK(store_reader_snapshot_end(r));
+    ASSERT_EQ_INT(pg_reader_session(f), second);
+    ASSERT_EQ_INT(store_reader_order(r, 1, &row), 1);
+    ASSERT_NE_INT(pg_reader_session(f), second);
+    store_reader_close(r);
+}
+
 static void test_pg_migration_4_backfills_location(void **state)
 {
     struct pg_fixture *f = pg_fixture_or_skip(state);
@@ -530,6 +690,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pg_prefetch_a_full_batch_of_keys, pg_setup,
                                         pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_order_row, pg_setup, pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_reader_reads_again_after_a_lost_session, pg_setup,
+                                        pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_reader_does_not_retry_a_statement_error, pg_setup,
+                                        pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_reader_snapshot_fails_after_a_lost_session,
+                                        pg_setup, pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_reader_replaces_its_session_when_storage_recovers,
+                                        pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_migration_4_backfills_location, pg_setup,
                                         pg_teardown),
     };
