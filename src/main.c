@@ -20,8 +20,10 @@
 #include "base/svc_assert.h"
 #include "http/app.h"
 #include "http/server.h"
+#include "pay/pay_sim.h"
 #include "read/audit.h"
 #include "store/store_open.h"
+#include "work/work.h"
 
 /* Time the I/O threads get to send the last replies after the writer stopped. */
 #define MAIN_SHUTDOWN_GRACE_US 200000
@@ -48,6 +50,13 @@ static void main_usage(FILE *out)
             "  --anonymous-role R     none (default), read or write: the role of a request\n"
             "                         without a token (seed clients send none)\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
+            "  --workers on|off       run the checkout order workers (default on; with\n"
+            "                         several instances on one PostgreSQL, on for one only)\n"
+            "  --payment-failure-rate R  payment simulator: share of declined charges (0..1)\n"
+            "  --payment-timeout-rate R  payment simulator: share of charges that time out\n"
+            "  --payment-latency-ms MS   payment simulator: time to answer a charge (default 0)\n"
+            "  --payment-ledger FILE  payment simulator's ledger of charges (default\n"
+            "                         DIR/payment-ledger.txt)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -98,6 +107,58 @@ static int main_parse_anonymous_role(struct app_config *c, const char *value)
     return 0;
 }
 
+/* ---- checkout order workers (issue 11): their flags, start and reply hook ---- */
+
+static int main_parse_workers(struct app_config *c, const char *value)
+{
+    c->workers = strcmp(value, "on") == 0;
+    return c->workers || strcmp(value, "off") == 0 ? 0 : -EINVAL;
+}
+
+static int main_parse_rate(const char *value, double *out)
+{
+    char *end = NULL;
+    double rate = strtod(value, &end);
+    if (*end != '\0' || !(rate >= 0.0 && rate <= 1.0)) {
+        return -EINVAL;
+    }
+    *out = rate;
+    return 0;
+}
+
+/* The writer's reply hook: a command goes back to the pool it came from. */
+static void main_writer_reply(struct command *cmd, void *context)
+{
+    if (cmd->origin == CMD_ORIGIN_WORKER) {
+        work_writer_reply(cmd);
+    } else {
+        http_writer_reply(cmd, context);
+    }
+}
+
+/* Starts the payment simulator and the workers (unless --workers off); exits on failure. */
+static void main_start_workers(struct app *app)
+{
+    struct app_config *c = &app->config;
+    if (!c->workers) {
+        log_info("workers off (--workers off): checkout orders stay PENDING until they expire");
+        return;
+    }
+    if (c->payment_ledger[0] == '\0') {
+        snprintf(c->payment_ledger, sizeof c->payment_ledger, "%s/payment-ledger.txt", c->data_dir);
+    }
+    struct pay_sim_config pc = {c->payment_failure_rate, c->payment_timeout_rate,
+                                c->payment_latency_ms, c->payment_ledger};
+    struct pay_sim *sim = pay_sim_new(&pc, (uint64_t)clock_wall_ms());
+    struct work_config wc = {c->db_path, &app->queue, sim != NULL ? pay_sim_provider(sim) : NULL,
+                             NULL,       NULL,        clock_wall_ms};
+    struct work *w = sim != NULL ? work_new(&wc) : NULL;
+    if (w == NULL || work_start(w) != 0) {
+        log_error("cannot start the checkout order workers");
+        exit(1);
+    }
+}
+
 static int main_parse(struct app_config *c, int argc, char **argv)
 {
     static const struct option options[] = {
@@ -113,6 +174,11 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"audit", no_argument, 0, 'a'},
         {"store", required_argument, 0, 'S'},
         {"anonymous-role", required_argument, 0, 'A'},
+        {"workers", required_argument, 0, 'W'},
+        {"payment-failure-rate", required_argument, 0, 'F'},
+        {"payment-timeout-rate", required_argument, 0, 'O'},
+        {"payment-latency-ms", required_argument, 0, 'L'},
+        {"payment-ledger", required_argument, 0, 'P'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -136,6 +202,14 @@ static int main_parse(struct app_config *c, int argc, char **argv)
                      : -EINVAL;
             break;
         case 'A': rc = main_parse_anonymous_role(c, optarg); break;
+        case 'W': rc = main_parse_workers(c, optarg); break;
+        case 'F': rc = main_parse_rate(optarg, &c->payment_failure_rate); break;
+        case 'O': rc = main_parse_rate(optarg, &c->payment_timeout_rate); break;
+        case 'L': c->payment_latency_ms = atoll(optarg); break;
+        case 'P':
+            rc = strlen(optarg) < sizeof c->payment_ledger ? (strcpy(c->payment_ledger, optarg), 0)
+                                                           : -EINVAL;
+            break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -157,6 +231,7 @@ static void main_defaults(struct app_config *c)
     c->io_thread_count = cores < 1 ? 1 : cores > IO_THREADS_MAX ? IO_THREADS_MAX : (int)cores;
     strcpy(c->ticket_sku, "TICKET-A");
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
+    c->workers = true;
 }
 
 /* The database: the --store uri, else the SQLite file in the data directory. */
@@ -276,7 +351,7 @@ static struct store *main_open_storage(struct app *app)
         .idem_retention_ms = c->idem_retention_ms,
         .wall_ms = clock_wall_ms,
         .reply_context = NULL,
-        .reply = http_writer_reply,
+        .reply = main_writer_reply,
         .committed_context = &app->projector,
         .durable = projector_durable_hook,
         .committed = projector_committed_hook,
@@ -355,6 +430,7 @@ int main(int argc, char **argv)
         log_error("cannot start threads");
         return 1;
     }
+    main_start_workers(app);
     char shown[sizeof app->config.db_path];
     main_db_shown(app->config.db_path, shown, sizeof shown);
     printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,

@@ -113,6 +113,10 @@
 
 /* Reservation TTL bounds: a second to a week. */
 #define RESERVATION_TTL_SECONDS_MAX (7 * 24 * 3600)
+/* A checkout order's time to be paid when POST /v1/orders names none: 15 minutes, a common
+ * checkout hold. */
+#define ORDER_TTL_SECONDS_DEFAULT (15 * 60)
+_Static_assert(ORDER_TTL_SECONDS_DEFAULT <= RESERVATION_TTL_SECONDS_MAX, "a default TTL is valid");
 
 /* The projector (read model fed by events, projector.c). Reservations it remembers, ACTIVE or
  * finished: GET /v1/reservations/{id} answers from memory, so keep more than the writer's active

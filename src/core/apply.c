@@ -27,6 +27,9 @@ void apply_command(struct domain *d, struct batch *b, const struct command *cmd,
     case CMD_CANCEL: apply_cancel(d, b, cmd, out); break;
     case CMD_TRANSFER: apply_transfer(d, b, cmd, out); break;
     case CMD_RECONCILE: apply_reconcile(d, b, cmd, out); break;
+    case CMD_ORDER_CREATE: apply_order_create(d, b, cmd, out); break;
+    case CMD_ORDER_CANCEL: apply_order_cancel(d, b, cmd, out); break;
+    case CMD_ORDER_STEP: apply_order_step(d, b, cmd, out); break;
     default: SVC_UNREACHABLE();
     }
     /* A change always leaves an event; a refusal that changed nothing leaves none. */
@@ -44,7 +47,8 @@ size_t apply_command_weight(const struct domain *d, const struct command *cmd,
                             int64_t next_reservation_seq, bool shared)
 {
     size_t lines = cmd->lines != NULL ? cmd->lines->count : 0;
-    if (cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL) {
+    if (cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL || cmd->kind == CMD_ORDER_CANCEL ||
+        cmd->kind == CMD_ORDER_STEP) {
         /* Ending a reservation makes one stock event per line of the reservation, which the
          * command does not carry: count its lines. One not in memory has ended (no events),
          * unless its id is still to come (an earlier command of the batch may create it) or
@@ -55,5 +59,8 @@ size_t apply_command_weight(const struct domain *d, const struct command *cmd,
         lines = r != NULL ? r->line_count : may_exist ? CMD_LINES_MAX : 0;
     }
     SVC_ASSERT(lines <= CMD_LINES_MAX);
-    return 2 + 2 * lines; /* a transfer line makes two stock events, others at most one */
+    /* A transfer line makes two stock events, others at most one; a checkout order's command
+     * adds the order's event to the reservation's (2 + lines <= 2 + 2 * lines for lines >= 1;
+     * a step that ends nothing makes one). */
+    return 2 + 2 * lines;
 }

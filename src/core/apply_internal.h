@@ -43,5 +43,24 @@ void apply_confirm(struct domain *d, struct batch *b, const struct command *cmd,
 void apply_cancel(struct domain *d, struct batch *b, const struct command *cmd,
                   struct outcome *out);
 void apply_reservations_expire_due(struct domain *d, struct batch *b);
+/* Creates a reservation of cmd's lines (store by cmd or by availability) with its rows and
+ * events, holding stock for order_seq when not 0 (then PENDING); NULL with the refusal in
+ * out. */
+struct reservation *apply_reservation_open(struct domain *d, struct batch *b,
+                                           const struct command *cmd, int64_t order_seq,
+                                           struct outcome *out);
+/* Ends an ACTIVE reservation with status (stock events, its row and lifecycle event). */
+void apply_reservation_end(struct domain *d, struct batch *b, struct reservation *r,
+                           enum res_status status, const char *payment_ref, const char *reason);
+
+/* apply_orders.c: checkout orders (issue 11) on top of the reservations. */
+void apply_order_create(struct domain *d, struct batch *b, const struct command *cmd,
+                        struct outcome *out);
+void apply_order_cancel(struct domain *d, struct batch *b, const struct command *cmd,
+                        struct outcome *out);
+void apply_order_step(struct domain *d, struct batch *b, const struct command *cmd,
+                      struct outcome *out);
+/* The order whose hold r just expired becomes EXPIRED (its row and event). */
+void apply_order_expired(struct domain *d, struct batch *b, const struct reservation *r);
 
 #endif

@@ -75,11 +75,12 @@ static void reservation_move(struct domain *d, struct batch *b, const struct res
 }
 
 /* Ends r with status: its units are sold (CONFIRMED) or available again. */
-static void reservation_end(struct domain *d, struct batch *b, struct reservation *r,
-                            enum res_status status, const char *payment_ref, const char *reason)
+void apply_reservation_end(struct domain *d, struct batch *b, struct reservation *r,
+                           enum res_status status, const char *payment_ref, const char *reason)
 {
     SVC_ASSERT(r->status == RES_ACTIVE);
     SVC_ASSERT(status != RES_ACTIVE);
+    res_touch(&d->reservations, r); /* before any change: what a rollback restores */
     if (status == RES_CONFIRMED) {
         reservation_move(d, b, r, EVENT_STOCK_COMMITTED, -1, -1, NULL);
     } else {
@@ -97,12 +98,17 @@ static void reservation_end(struct domain *d, struct batch *b, struct reservatio
 void apply_reservations_expire_due(struct domain *d, struct batch *b)
 {
     size_t budget_end = batch_event_count(b) + BATCH_EXPIRY_EVENTS_MAX;
-    while (batch_event_count(b) + 1 + CMD_LINES_MAX <= budget_end) {
+    /* Each: its lines, its own event and, for a checkout order's hold, the order's. */
+    while (batch_event_count(b) + 2 + CMD_LINES_MAX <= budget_end) {
         struct reservation *r = res_pop_due(&d->reservations, batch_now_ms(b));
         if (r == NULL) {
             break;
         }
-        reservation_end(d, b, r, RES_EXPIRED, NULL, "expired");
+        SVC_ASSERT(r->order_state != RES_ORDER_PAYING); /* never due: RES_EXPIRES_NEVER */
+        apply_reservation_end(d, b, r, RES_EXPIRED, NULL, "expired");
+        if (r->order_seq != 0) {
+            apply_order_expired(d, b, r);
+        }
     }
     SVC_ASSERT(batch_event_count(b) <= budget_end);
 }
@@ -229,19 +235,20 @@ static int32_t reserve_store(const struct domain *d, const struct command *cmd,
     return -1;
 }
 
-void apply_reserve(struct domain *d, struct batch *b, const struct command *cmd,
-                   struct outcome *out)
+struct reservation *apply_reservation_open(struct domain *d, struct batch *b,
+                                           const struct command *cmd, int64_t order_seq,
+                                           struct outcome *out)
 {
     struct res_line lines[CMD_LINES_MAX];
     int32_t store = -1;
     if (!reserve_resolve(d, cmd, lines, out) || (store = reserve_store(d, cmd, lines, out)) < 0) {
-        return;
+        return NULL;
     }
     int64_t seq = batch_peek_reservation_seq(b);
     struct reservation *r = res_create(&d->reservations, seq);
     if (r == NULL) {
         outcome_problem(out, SVC_ECAPACITY, "too many active reservations");
-        return;
+        return NULL;
     }
     int64_t taken = batch_next_reservation_seq(b);
     SVC_ASSERT(taken == seq);
@@ -253,9 +260,22 @@ void apply_reserve(struct domain *d, struct batch *b, const struct command *cmd,
     strcpy(r->customer_id, cmd->customer_id);
     r->created = true;
     res_touch(&d->reservations, r);
+    r->order_seq = order_seq;
+    r->order_state = order_seq != 0 ? RES_ORDER_PENDING : RES_ORDER_NONE;
     res_schedule(&d->reservations, r);
     reservation_move(d, b, r, EVENT_STOCK_RESERVED, 0, 1, NULL);
     reservation_rows(d, b, r, EVENT_RESERVATION_CREATED, NULL, NULL);
+    SVC_ASSERT(r->status == RES_ACTIVE && r->version == 1);
+    return r;
+}
+
+void apply_reserve(struct domain *d, struct batch *b, const struct command *cmd,
+                   struct outcome *out)
+{
+    struct reservation *r = apply_reservation_open(d, b, cmd, 0, out);
+    if (r == NULL) {
+        return;
+    }
     *out = (struct outcome){
         .kind = OUTCOME_RESERVATION, .changed = true, .reservation = r, .created = true};
 }
@@ -290,11 +310,18 @@ static struct reservation *reservation_target(struct domain *d, struct batch *b,
     SVC_ASSERT(cmd->reservation_seq >= 1);
     struct reservation *r = res_find(&d->reservations, cmd->reservation_seq);
     if (r != NULL && r->status == RES_ACTIVE && r->expires_at_ms <= batch_now_ms(b)) {
-        reservation_end(d, b, r, RES_EXPIRED, NULL, "expired");
+        apply_reservation_end(d, b, r, RES_EXPIRED, NULL, "expired");
         out->changed = true;
     }
     if (r == NULL || r->status != RES_ACTIVE) {
         reservation_refuse(b, cmd, r, out);
+        return NULL;
+    }
+    if (r->order_seq != 0) {
+        outcome_problem(out, SVC_ERESERVATION_NOT_ACTIVE,
+                        "the reservation holds stock for order ord_%" PRId64
+                        ": use the order's routes",
+                        r->order_seq);
         return NULL;
     }
     if (cmd->has_expected_version && cmd->expected_version != r->version) {
@@ -312,7 +339,7 @@ void apply_confirm(struct domain *d, struct batch *b, const struct command *cmd,
     if (r == NULL) {
         return;
     }
-    reservation_end(d, b, r, RES_CONFIRMED, cmd->reason, NULL);
+    apply_reservation_end(d, b, r, RES_CONFIRMED, cmd->reason, NULL);
     *out = (struct outcome){.kind = OUTCOME_RESERVATION, .changed = true, .reservation = r};
     SVC_ASSERT(r->status == RES_CONFIRMED);
 }
@@ -323,7 +350,7 @@ void apply_cancel(struct domain *d, struct batch *b, const struct command *cmd, 
     if (r == NULL) {
         return;
     }
-    reservation_end(d, b, r, RES_CANCELLED, NULL, cmd->reason);
+    apply_reservation_end(d, b, r, RES_CANCELLED, NULL, cmd->reason);
     *out = (struct outcome){.kind = OUTCOME_RESERVATION, .changed = true, .reservation = r};
     SVC_ASSERT(r->status == RES_CANCELLED);
 }

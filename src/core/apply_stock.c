@@ -35,9 +35,15 @@ static void stock_order_row(struct domain *d, struct batch *b, const struct comm
     jbuf_lit(&history, "[{\"status\":\"COMPLETED\"");
     jbuf_kv_time(&history, "at", batch_now_ms(b));
     jbuf_lit(&history, "}]");
-    struct row_order order = {order_seq,      cmd->customer_id, d->stores[item->store_index].id,
-                              "COMPLETED",    lines_json,       batch_arena_finish(b, &history),
-                              batch_now_ms(b)};
+    struct row_order order = {order_seq,
+                              cmd->customer_id,
+                              d->stores[item->store_index].id,
+                              "COMPLETED",
+                              lines_json,
+                              batch_arena_finish(b, &history),
+                              batch_now_ms(b),
+                              0,
+                              0};
     batch_add_order(b, &order);
 }
 

@@ -29,6 +29,8 @@ struct batch {
     struct row_event event_rows[BATCH_EVENTS_MAX];
     struct row_reservation reservations[BATCH_RESERVATION_ROWS_MAX];
     struct row_reservation_line reservation_lines[BATCH_EVENTS_MAX];
+    struct row_order_step order_steps[BATCH_RESERVATION_ROWS_MAX];
+    struct row_stage_offset offsets[CMD_STAGE_COUNT];
     struct store_batch rows;
     struct event events[BATCH_EVENTS_MAX];
     size_t event_count;
@@ -110,6 +112,8 @@ void batch_reset(struct batch *b, struct command **commands, size_t count, int64
     b->rows.events = b->event_rows;
     b->rows.reservations = b->reservations;
     b->rows.reservation_lines = b->reservation_lines;
+    b->rows.order_steps = b->order_steps;
+    b->rows.offsets = b->offsets;
     b->event_count = 0;
     b->commands = commands;
     b->command_count = count;
@@ -319,11 +323,13 @@ void batch_add_reservation(struct batch *b, const struct domain *d, const struct
 {
     SVC_ASSERT(b->rows.reservation_count < BATCH_RESERVATION_ROWS_MAX);
     SVC_ASSERT(r->seq >= 1 && r->version >= 1);
-    b->reservations[b->rows.reservation_count++] =
-        (struct row_reservation){r->seq,           d->stores[r->store_index].id,
-                                 r->customer_id,   res_status_name(r->status),
-                                 r->expires_at_ms, r->version,
-                                 r->created_at_ms, b->now_ms};
+    b->reservations[b->rows.reservation_count++] = (struct row_reservation){
+        r->seq,           d->stores[r->store_index].id,
+        r->customer_id,   res_status_name(r->status),
+        r->expires_at_ms, r->version,
+        r->created_at_ms, b->now_ms,
+        r->order_seq,     r->status == RES_ACTIVE ? res_order_state_name(r->order_state) : NULL,
+        r->pay_attempts};
     for (uint32_t i = 0; with_lines && i < r->line_count; i++) {
         SVC_ASSERT(b->rows.reservation_line_count < BATCH_EVENTS_MAX);
         b->reservation_lines[b->rows.reservation_line_count++] = (struct row_reservation_line){
@@ -371,8 +377,29 @@ bool batch_has_rows(const struct batch *b)
 {
     const struct store_batch *r = &b->rows;
     return r->store_count + r->product_count + r->item_count + r->order_count + r->idem_count +
-               r->event_count + r->reservation_count >
+               r->event_count + r->reservation_count + r->order_step_count + r->offset_count >
            0;
+}
+
+void batch_add_order_step(struct batch *b, const struct row_order_step *step)
+{
+    SVC_ASSERT(b->rows.order_step_count < BATCH_RESERVATION_ROWS_MAX);
+    SVC_ASSERT(step->order_seq >= 1 && step->order_seq <= b->working.order);
+    b->order_steps[b->rows.order_step_count++] = *step;
+}
+
+void batch_stage_offset(struct batch *b, const char *stage, int64_t seq)
+{
+    SVC_ASSERT(stage != NULL && seq >= 1);
+    SVC_ASSERT(seq <= b->committed.event); /* a stage consumes committed events only */
+    for (size_t i = 0; i < b->rows.offset_count; i++) {
+        if (strcmp(b->offsets[i].stage, stage) == 0) {
+            b->offsets[i].seq = seq > b->offsets[i].seq ? seq : b->offsets[i].seq;
+            return;
+        }
+    }
+    SVC_ASSERT(b->rows.offset_count < CMD_STAGE_COUNT);
+    b->offsets[b->rows.offset_count++] = (struct row_stage_offset){stage, seq, b->now_ms};
 }
 
 /* ---- idempotency -------------------------------------------------------------------------- */

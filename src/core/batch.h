@@ -135,6 +135,11 @@ void batch_add_order(struct batch *b, const struct row_order *order);
 void batch_add_reservation(struct batch *b, const struct domain *d, const struct reservation *r,
                            bool with_lines);
 void batch_add_idem(struct batch *b, const struct command *cmd);
+/* A checkout order's step (after its row: the order was created in an earlier batch or
+ * earlier in this one). */
+void batch_add_order_step(struct batch *b, const struct row_order_step *step);
+/* Moves stage's stored offset to seq (the highest of the batch wins). */
+void batch_stage_offset(struct batch *b, const char *stage, int64_t seq);
 /* The rows of the items the domain's undo list names (the items the batch changed). */
 void batch_collect_items(struct batch *b, const struct domain *d);
 /* The rows of the whole batch for store_commit_batch (valid until the next reset). */

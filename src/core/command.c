@@ -80,5 +80,8 @@ uint64_t command_fingerprint(const struct command *cmd)
     h = command_fold_int(h, cmd->expected_version);
     h = command_fold_int(h, cmd->reservation_seq);
     h = command_fold_int(h, cmd->ttl_seconds);
+    if (cmd->kind >= CMD_ORDER_CREATE) { /* older kinds keep their stored fingerprints */
+        h = command_fold_int(h, cmd->order_seq);
+    }
     return command_fold_lines(h, cmd);
 }

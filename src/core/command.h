@@ -32,6 +32,33 @@ enum cmd_kind {
     CMD_CANCEL,         /* POST /v1/reservations/{id}:cancel */
     CMD_TRANSFER,       /* POST /v1/transfers */
     CMD_RECONCILE,      /* POST /v1/reconciliations */
+    CMD_ORDER_CREATE,   /* POST /v1/orders: a checkout order, PENDING with its stock held */
+    CMD_ORDER_CANCEL,   /* POST /v1/orders/{id}:cancel */
+    CMD_ORDER_STEP,     /* a worker's step of a checkout order (work/work.h); never keyed */
+};
+
+/* The steps a worker takes on a checkout order (CMD_ORDER_STEP). */
+enum cmd_order_step {
+    CMD_STEP_CONFIRM = 0, /* order worker: PENDING -> CONFIRMED (or CANCELLED by a rule) */
+    CMD_STEP_REJECT,      /* order worker: a rule refused it: PENDING -> CANCELLED */
+    CMD_STEP_PAY_BEGIN,   /* payment worker: a charge starts; the order cannot expire now */
+    CMD_STEP_PAY_RETRY,   /* payment worker: an attempt failed technically; another follows */
+    CMD_STEP_PAID,        /* payment worker: charged: the reservation is confirmed */
+    CMD_STEP_PAY_FAILED,  /* payment worker: declined: the reservation is released */
+};
+
+/* The stages that consume the event log, each with its stored offset (worker_offsets). */
+enum cmd_stage {
+    CMD_STAGE_NONE = 0, /* a client command */
+    CMD_STAGE_ORDER,
+    CMD_STAGE_PAYMENT,
+    CMD_STAGE_COUNT,
+};
+
+/* Who sent a command, so that the writer's reply hook hands it back to the right owner. */
+enum cmd_origin {
+    CMD_ORIGIN_HTTP = 0, /* an I/O thread's pool (http/request.h) */
+    CMD_ORIGIN_WORKER,   /* the workers' pool (work/work.h) */
 };
 
 struct cmd_line {
@@ -58,8 +85,9 @@ enum cmd_style {
 struct command {
     enum cmd_kind kind;
     enum cmd_style style;
-    void *owner;       /* opaque to the writer: the I/O thread's reply target */
-    int64_t queued_us; /* monotonic time of the push, for queue-wait metrics */
+    enum cmd_origin origin; /* whose pool it came from (main.c's reply hook) */
+    void *owner;            /* opaque to the writer: the I/O thread's reply target */
+    int64_t queued_us;      /* monotonic time of the push, for queue-wait metrics */
 
     /* Idempotency: (principal, key) -> fingerprint of the decoded command (command_fingerprint),
      * so a re-serialised body is the same request. fingerprint_bytes: the form before it, of
@@ -90,6 +118,10 @@ struct command {
     int64_t reservation_seq;                  /* confirm, cancel: the reservation res_<seq> */
     int64_t ttl_seconds;                      /* reserve */
     struct cmd_lines *lines; /* multi-line commands, else NULL; see struct cmd_lines */
+    int64_t order_seq;       /* order cancel and steps: ord_<seq> (reservation_seq: its hold) */
+    enum cmd_order_step order_step; /* CMD_ORDER_STEP */
+    enum cmd_stage stage;           /* CMD_ORDER_STEP: the stage whose offset it moves */
+    int64_t stage_seq; /* the event seq the stage consumed (0: none); stored with the effect */
 
     /* Reply, written by the writer before it hands the command back. */
     int reply_status;                              /* HTTP status */

@@ -499,6 +499,25 @@ int dom_load_reservation(struct domain *d, int64_t seq, const char *store_id,
     return 0;
 }
 
+int dom_load_reservation_order(struct domain *d, int64_t seq, int64_t order_seq,
+                               const char *order_status, int64_t pay_attempts)
+{
+    struct reservation *r = res_find(&d->reservations, seq);
+    if (r != NULL && !r->loading) {
+        return 0; /* held already: its order came with it */
+    }
+    enum res_order_state state = RES_ORDER_NONE;
+    if (r == NULL || order_seq < 1 || pay_attempts < 0 || pay_attempts > INT32_MAX ||
+        res_order_state_parse(order_status, &state) != 0) {
+        return SVC_EVALIDATION;
+    }
+    r->order_seq = order_seq;
+    r->order_state = state;
+    r->pay_attempts = (int32_t)pay_attempts;
+    SVC_ASSERT(r->order_state != RES_ORDER_NONE);
+    return 0;
+}
+
 int dom_load_reservation_line(struct domain *d, int64_t seq, const char *sku, int64_t qty)
 {
     struct reservation *r = res_find(&d->reservations, seq);

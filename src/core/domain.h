@@ -152,6 +152,9 @@ int dom_load_reservation(struct domain *d, int64_t seq, const char *store_id,
                          const char *customer_id, int64_t expires_at_ms, int64_t version,
                          int64_t created_at_ms);
 int dom_load_reservation_line(struct domain *d, int64_t seq, const char *sku, int64_t qty);
+/* The checkout order a reservation just loaded holds stock for, with its state. */
+int dom_load_reservation_order(struct domain *d, int64_t seq, int64_t order_seq,
+                               const char *order_status, int64_t pay_attempts);
 /* A reservation held here that storage says is no longer ACTIVE (another instance ended it):
  * it leaves memory at the next dom_commit. */
 void dom_forget_reservation(struct domain *d, int64_t seq);

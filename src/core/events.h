@@ -56,7 +56,8 @@
     X(ON_HAND, "onHand", INT, on_hand)                               \
     X(RESERVED, "reserved", INT, reserved)                           \
     X(VERSION, "version", INT, version)                              \
-    X(SOLD, "sold", INT, sold)
+    X(SOLD, "sold", INT, sold)                                       \
+    X(ATTEMPT, "attempt", OPT_INT, attempt)
 
 enum event_field {
 #define EVENT_FIELD_ENUM_(name, json, kind, member) EVENT_FIELD_##name,
@@ -77,6 +78,8 @@ _Static_assert(EVENT_FIELD_COUNT <= 32, "a type's members are a 32-bit mask");
 #define EVF_RESERVATION                                                                  \
     (EVF(RESERVATION_ID) | EVF(STATUS) | EVF(STORE_ID) | EVF(CUSTOMER_ID) | EVF(LINES) | \
      EVF(EXPIRES_AT) | EVF(EXPIRES_AT_MS) | EVF(VERSION))
+/* Every checkout order event (issue 11) names the order, its reservation and its new status. */
+#define EVF_ORDER (EVF(ORDER_ID) | EVF(RESERVATION_ID) | EVF(STATUS) | EVF(CUSTOMER_ID))
 #define EVF_TRANSFER_LEG (EVF(TRANSFER_ID) | EVF(QTY) | EVF(FROM_STORE) | EVF(TO_STORE))
 
 /* X(NAME, "TypeName", version, is_stock, members). A new version of a type keeps the old
@@ -103,7 +106,17 @@ _Static_assert(EVENT_FIELD_COUNT <= 32, "a type's members are a 32-bit mask");
     X(RESERVATION_CREATED, "ReservationCreated", 1, false, EVF_RESERVATION)                        \
     X(RESERVATION_CONFIRMED, "ReservationConfirmed", 1, false, EVF_RESERVATION | EVF(PAYMENT_REF)) \
     X(RESERVATION_CANCELLED, "ReservationCancelled", 1, false, EVF_RESERVATION | EVF(REASON))      \
-    X(RESERVATION_EXPIRED, "ReservationExpired", 1, false, EVF_RESERVATION)
+    X(RESERVATION_EXPIRED, "ReservationExpired", 1, false, EVF_RESERVATION)                        \
+    X(ORDER_CREATED, "OrderCreated", 1, false,                                                     \
+      EVF_ORDER | EVF(STORE_ID) | EVF(LINES) | EVF(EXPIRES_AT) | EVF(EXPIRES_AT_MS))               \
+    X(ORDER_CONFIRMED, "OrderConfirmed", 1, false, EVF_ORDER)                                      \
+    X(ORDER_PAYMENT_STARTED, "OrderPaymentStarted", 1, false, EVF_ORDER | EVF(ATTEMPT))            \
+    X(ORDER_PAYMENT_RETRIED, "OrderPaymentRetried", 1, false,                                      \
+      EVF_ORDER | EVF(ATTEMPT) | EVF(REASON))                                                      \
+    X(ORDER_PAID, "OrderPaid", 1, false, EVF_ORDER | EVF(PAYMENT_REF))                             \
+    X(ORDER_PAYMENT_FAILED, "OrderPaymentFailed", 1, false, EVF_ORDER | EVF(REASON))               \
+    X(ORDER_CANCELLED, "OrderCancelled", 1, false, EVF_ORDER | EVF(REASON))                        \
+    X(ORDER_EXPIRED, "OrderExpired", 1, false, EVF_ORDER)
 
 /* The reason of the StockAdjusted event of seed 004's reset: it restarts the item's sold count
  * (a reader of a log written before events carried sold needs to know). */
@@ -172,6 +185,7 @@ struct event {
     int64_t reserved;
     int64_t version; /* the item's (stock events) or the reservation's version after it */
     int64_t sold;
+    int64_t attempt; /* a checkout order's payment attempt (1, 2, ...) */
 };
 
 /* The catalogue. */

@@ -24,6 +24,7 @@ enum outcome_kind {
     OUTCOME_RESERVATION,    /* a reservation created or ended: reservation, created */
     OUTCOME_TRANSFER,       /* a transfer: id (the lines are the command's) */
     OUTCOME_RECONCILIATION, /* a reconciliation: id, adjustments */
+    OUTCOME_ORDER,          /* a checkout order: reservation, order_seq, order_status, created */
 };
 
 /* Longest problem detail an applier writes (a sku or a store id with a sentence). */
@@ -54,6 +55,7 @@ struct outcome {
     int64_t available;
     const struct reservation *reservation;        /* valid until the batch commits */
     bool created;                                 /* the reservation is new (201) */
+    const char *order_status;                     /* OUTCOME_ORDER: its status after it */
     char id[32];                                  /* trf_<seq>, rec_<seq> */
     const struct outcome_adjustment *adjustments; /* the batch's arena */
     uint32_t adjustment_count;

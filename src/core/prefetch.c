@@ -77,7 +77,9 @@ static void prefetch_command_items(struct prefetch *p, const struct domain *d,
 {
     const char *stores[2] = {NULL, NULL};
     uint32_t store_count = 0;
-    bool any_store = (cmd->kind == CMD_PURCHASE || cmd->kind == CMD_RESERVE) && !cmd->has_store;
+    bool any_store =
+        (cmd->kind == CMD_PURCHASE || cmd->kind == CMD_RESERVE || cmd->kind == CMD_ORDER_CREATE) &&
+        !cmd->has_store;
     if (cmd->kind == CMD_TICKET_RESET) {
         stores[store_count++] = d->stores[0].id;
     } else if (!any_store) {
@@ -126,7 +128,8 @@ static void prefetch_keys(struct prefetch *p, const struct domain *d, const stru
         if (cmd->has_idem_key) {
             p->idems[p->idem_count++] = (struct store_idem_key){cmd->principal, cmd->idem_key};
         }
-        bool names_reservation = cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL;
+        bool names_reservation = cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL ||
+                                 cmd->kind == CMD_ORDER_CANCEL || cmd->kind == CMD_ORDER_STEP;
         if (names_reservation && p->shared) {
             prefetch_reservation(p, cmd->reservation_seq); /* locked and read fresh */
         } else if (names_reservation && cmd->reservation_seq < next_reservation &&
@@ -181,6 +184,14 @@ static int prefetch_on_reservation_line(void *context, int64_t seq, const char *
     struct prefetch *p = context;
     SVC_ASSERT(p->shared);
     return dom_load_reservation_line(p->domain, seq, sku, qty);
+}
+
+static int prefetch_on_reservation_order(void *context, int64_t seq, int64_t order_seq,
+                                         const char *order_status, int64_t pay_attempts)
+{
+    struct prefetch *p = context;
+    SVC_ASSERT(p->shared);
+    return dom_load_reservation_order(p->domain, seq, order_seq, order_status, pay_attempts);
 }
 
 static int prefetch_on_reservation_ended(void *context, int64_t seq, const char *status,
@@ -238,7 +249,8 @@ int prefetch_batch(struct prefetch *p, struct store *s, struct domain *d, struct
                               prefetch_on_reservation_line,
                               prefetch_on_reservation_ended,
                               prefetch_on_idem,
-                              prefetch_on_events};
+                              prefetch_on_events,
+                              prefetch_on_reservation_order};
     struct store_sequences sequences = {0, 0, 0};
     int rc = store_prefetch(s, &keys, &sink, &sequences);
     if (p->shared) {

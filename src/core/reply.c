@@ -162,6 +162,50 @@ static void reply_reservation(struct command *cmd, const struct outcome *o, cons
     reply_end(cmd, &body);
 }
 
+/* A checkout order (issue 11): 201 with Location when created, else 200. Its history is
+ * complete only at creation (one entry); GET /v1/orders/{id} shows the stored one. */
+static void reply_order(struct command *cmd, const struct outcome *o, const struct domain *d)
+{
+    const struct reservation *r = o->reservation;
+    SVC_ASSERT(r != NULL && o->order_seq == r->order_seq && o->order_seq >= 1);
+    SVC_ASSERT(o->order_status != NULL);
+    struct jbuf body;
+    reply_begin(cmd, o->created ? 201 : 200, &body);
+    jbuf_lit(&body, "\"orderId\":\"ord_");
+    jbuf_int(&body, o->order_seq);
+    jbuf_lit(&body, "\"");
+    jbuf_kv_str(&body, "status", o->order_status);
+    jbuf_lit(&body, ",\"reservationId\":\"res_");
+    jbuf_int(&body, r->seq);
+    jbuf_lit(&body, "\"");
+    jbuf_kv_str(&body, "customerId", r->customer_id);
+    jbuf_kv_str(&body, "storeId", d->stores[r->store_index].id);
+    jbuf_key(&body, "lines");
+    jbuf_lit(&body, "[");
+    for (uint32_t i = 0; i < r->line_count; i++) {
+        jbuf_lit(&body, i == 0 ? "{" : ",{");
+        jbuf_kv_str(&body, "sku", d->products[r->lines[i].product_index].sku);
+        jbuf_kv_int(&body, "qty", r->lines[i].qty);
+        jbuf_lit(&body, "}");
+    }
+    jbuf_lit(&body, "]");
+    if (r->expires_at_ms != RES_EXPIRES_NEVER) {
+        jbuf_kv_time(&body, "expiresAt", r->expires_at_ms);
+    }
+    if (o->created) {
+        jbuf_key(&body, "history");
+        jbuf_lit(&body, "[{\"status\":\"PENDING\"");
+        jbuf_kv_time(&body, "at", r->created_at_ms);
+        jbuf_lit(&body, "}]");
+        struct jbuf location;
+        jbuf_init(&location, cmd->reply_location, sizeof cmd->reply_location);
+        jbuf_lit(&location, "/v1/orders/ord_");
+        jbuf_int(&location, o->order_seq);
+        SVC_ASSERT(jbuf_ok(&location));
+    }
+    reply_end(cmd, &body);
+}
+
 static void reply_transfer(struct command *cmd, const struct outcome *o)
 {
     SVC_ASSERT(cmd->lines != NULL && cmd->lines->count >= 1);
@@ -224,6 +268,7 @@ void reply_format(struct command *cmd, const struct outcome *o, const struct dom
     case OUTCOME_RESERVATION: reply_reservation(cmd, o, d); break;
     case OUTCOME_TRANSFER: reply_transfer(cmd, o); break;
     case OUTCOME_RECONCILIATION: reply_reconciliation(cmd, o, d); break;
+    case OUTCOME_ORDER: reply_order(cmd, o, d); break;
     }
     SVC_ASSERT(cmd->reply_status >= 200 && cmd->reply_status <= 599);
     SVC_ASSERT(cmd->reply_length > 0 && cmd->reply_length < cmd->reply_capacity);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/errors.h"
 #include "base/hash.h"
 #include "base/svc_assert.h"
 
@@ -247,6 +248,8 @@ void res_touch(struct res_table *t, struct reservation *r)
 {
     if (!r->touched) {
         r->touched = true;
+        r->saved =
+            (struct res_order_saved){r->order_state, r->pay_attempts, r->expires_at_ms, r->version};
         SVC_ASSERT(t->touched_count < RESERVATIONS_ACTIVE_MAX);
         t->touched[t->touched_count++] = (uint32_t)(r - t->slots);
     }
@@ -279,9 +282,22 @@ void res_rollback(struct res_table *t)
             res_free(t, r);
             continue;
         }
+        bool rescheduled = r->status != RES_ACTIVE || r->expires_at_ms != r->saved.expires_at_ms;
+        /* The writer touches a reservation before it changes it, so saved.version is the one
+         * before the batch; one touched only after its end (the version already moved) goes
+         * one step back: ending is a single step. */
+        bool saved_before = r->saved.version < r->version;
         if (r->status != RES_ACTIVE) {
             r->status = RES_ACTIVE;
-            r->version -= 1; /* every change of a batch ends the reservation: one step back */
+            r->version = saved_before ? r->saved.version : r->version - 1;
+        } else {
+            r->version = r->saved.version;
+        }
+        /* An order's steps change the reservation without ending it (res_order_saved). */
+        r->order_state = r->saved.order_state;
+        r->pay_attempts = r->saved.pay_attempts;
+        r->expires_at_ms = r->saved.expires_at_ms;
+        if (rescheduled) {
             res_schedule(t, r);
         }
     }
@@ -302,4 +318,27 @@ const char *res_status_name(enum res_status status)
     case RES_EXPIRED: return "EXPIRED";
     }
     SVC_UNREACHABLE();
+}
+
+const char *res_order_state_name(enum res_order_state state)
+{
+    switch (state) {
+    case RES_ORDER_NONE: return NULL;
+    case RES_ORDER_PENDING: return "PENDING";
+    case RES_ORDER_CONFIRMED: return "CONFIRMED";
+    case RES_ORDER_PAYING: return "PAYING";
+    }
+    SVC_UNREACHABLE();
+}
+
+int res_order_state_parse(const char *text, enum res_order_state *out)
+{
+    SVC_ASSERT(out != NULL);
+    for (int s = RES_ORDER_PENDING; s <= RES_ORDER_PAYING; s++) {
+        if (text != NULL && strcmp(text, res_order_state_name((enum res_order_state)s)) == 0) {
+            *out = (enum res_order_state)s;
+            return 0;
+        }
+    }
+    return SVC_EVALIDATION;
 }

@@ -24,6 +24,29 @@ enum res_status {
     RES_EXPIRED,
 };
 
+/* The state of the checkout order a reservation holds stock for (issue 11): an order lives in
+ * memory exactly while its reservation is ACTIVE, so the writer keeps it on the reservation.
+ * PAYING is CONFIRMED with a charge in doubt: the reservation's expiry is then suspended
+ * (RES_EXPIRES_NEVER) until the payment ends. Stored in reservations.order_status. */
+enum res_order_state {
+    RES_ORDER_NONE = 0, /* a plain reservation (POST /v1/reservations) */
+    RES_ORDER_PENDING,
+    RES_ORDER_CONFIRMED,
+    RES_ORDER_PAYING,
+};
+
+/* The expiry of a reservation whose order has a charge in doubt: never (9999-12-31). */
+#define RES_EXPIRES_NEVER INT64_C(253402300799000)
+
+/* What a batch may change of an order reservation without ending it, as it was before the
+ * batch's first change (res_rollback puts it back). */
+struct res_order_saved {
+    enum res_order_state order_state;
+    int32_t pay_attempts;
+    int64_t expires_at_ms;
+    int64_t version;
+};
+
 struct res_line {
     uint32_t product_index;
     int64_t qty;
@@ -41,6 +64,10 @@ struct reservation {
     bool created;    /* created by the current batch */
     bool loading;    /* read from storage by the current load or prefetch: lines to come */
     char customer_id[CUSTOMER_ID_BYTES_MAX + 1];
+    int64_t order_seq;                /* ord_<seq> this reservation holds stock for, or 0 */
+    enum res_order_state order_state; /* RES_ORDER_NONE when order_seq is 0 */
+    int32_t pay_attempts;             /* charges started for the order (PAYING) */
+    struct res_order_saved saved;     /* before the current batch (valid while touched) */
     struct res_line lines[CMD_LINES_MAX];
 };
 
@@ -99,5 +126,9 @@ void res_rollback(struct res_table *t);
 uint32_t res_count(const struct res_table *t);
 
 const char *res_status_name(enum res_status status);
+/* The stored name of an order state ("PENDING", ...; NULL for RES_ORDER_NONE) and back (0 or
+ * SVC_EVALIDATION). */
+const char *res_order_state_name(enum res_order_state state);
+int res_order_state_parse(const char *text, enum res_order_state *out);
 
 #endif

@@ -131,6 +131,12 @@ static int writer_load_reservation_line(void *context, int64_t seq, const char *
     return dom_load_reservation_line(context, seq, sku, qty);
 }
 
+static int writer_load_reservation_order(void *context, int64_t seq, int64_t order_seq,
+                                         const char *order_status, int64_t pay_attempts)
+{
+    return dom_load_reservation_order(context, seq, order_seq, order_status, pay_attempts);
+}
+
 /* Reads the whole committed state into the domain. 0 or an error (logged by the caller). */
 static int writer_load(struct writer *w)
 {
@@ -143,7 +149,8 @@ static int writer_load(struct writer *w)
                               writer_load_reservation_line,
                               NULL,
                               NULL,
-                              NULL};
+                              NULL,
+                              writer_load_reservation_order};
     struct store_sequences sequences = {0, 0, 0};
     int rc = store_load(w->config.store, &sink, &sequences);
     dom_commit(d); /* loaded rows are committed state */

@@ -43,6 +43,9 @@ void api_transfer(struct http_request *r);
 void api_reconciliation(struct http_request *r);
 /* GET /v1/orders/{id}: one order from this thread's store reader (api_orders.c). */
 void api_order_get(struct http_request *r);
+/* Checkout orders (api_orders.c, issue 11): POST /v1/orders, POST /v1/orders/{id}:cancel. */
+void api_order_create(struct http_request *r);
+void api_order_cancel(struct http_request *r);
 /* Seed 004 (api_seed.c): POST /buy_ticket and POST /reset are commands; GET /inventory reads
  * the ticket item of the first store from the projector. */
 void api_seed_buy_ticket(struct http_request *r);
@@ -99,6 +102,10 @@ int api_get_string(json_t *body, const char *name, bool required, bool charset_i
 /* Validates an integer member within [min, max]. 1 set, 0 absent, SVC_EVALIDATION. */
 int api_get_int(json_t *body, const char *name, bool required, int64_t min, int64_t max,
                 int64_t *out, const char **why);
+
+/* Decodes "lines": 1..CMD_LINES_MAX objects {sku, qty >= 1} (api_reservations.c). 0 or
+ * SVC_EVALIDATION with *why set. */
+int api_decode_lines(json_t *body, struct cmd_lines *out, const char **why);
 
 /* Takes a command from the pool and sets its idempotency fields from the request (key
  * required when the route says so). On failure sends 428/400/429 and returns NULL. */

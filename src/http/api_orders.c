@@ -1,5 +1,6 @@
 /*
- * api_orders.c - POST /v1/purchase (buy now) and GET /v1/orders/{id}.
+ * api_orders.c - POST /v1/purchase (buy now), the checkout orders (POST /v1/orders and
+ * POST /v1/orders/{id}:cancel, issue 11) and GET /v1/orders/{id} for both kinds.
  *
  * A purchase is decoded and validated here, on the I/O thread, and then decided by the writer;
  * an order is read back through this thread's read-only store handle (it is durable before
@@ -102,6 +103,68 @@ static int64_t api_order_seq(h2o_iovec_t id)
     return seq;
 }
 
+/* Decodes POST /v1/orders: the lines of a reservation, held for ttlSeconds (default
+ * ORDER_TTL_SECONDS_DEFAULT) until paid. */
+static int api_decode_order(const struct http_request *r, json_t *body, struct command *cmd,
+                            const char **why)
+{
+    (void)r;
+    int rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
+    cmd->has_store = rc == 1;
+    cmd->ttl_seconds = ORDER_TTL_SECONDS_DEFAULT;
+    if (rc >= 0) {
+        rc = api_get_int(body, "ttlSeconds", false, 1, RESERVATION_TTL_SECONDS_MAX,
+                         &cmd->ttl_seconds, why);
+    }
+    if (rc >= 0) {
+        rc = api_get_string(body, "customerId", true, false, cmd->customer_id,
+                            sizeof cmd->customer_id, why);
+    }
+    if (rc >= 0) {
+        rc = api_decode_lines(body, cmd->lines, why);
+    }
+    return rc < 0 ? rc : 0;
+}
+
+void api_order_create(struct http_request *r)
+{
+    api_submit_command(r, CMD_ORDER_CREATE, true, api_decode_order);
+}
+
+/* Decodes POST /v1/orders/{id}:cancel. The writer needs the order's hold, which never changes
+ * once the order exists: it is read here from the stored order (durable before its 201). */
+static int api_decode_order_cancel(const struct http_request *r, json_t *body, struct command *cmd,
+                                   const char **why)
+{
+    cmd->order_seq = api_order_seq(r->path_param);
+    if (cmd->order_seq <= 0) {
+        *why = "order ids look like ord_123";
+        return SVC_EUNKNOWN_ORDER;
+    }
+    int rc = api_get_string(body, "reason", true, false, cmd->reason, sizeof cmd->reason, why);
+    if (rc < 0) {
+        return rc;
+    }
+    struct store_order_row row;
+    rc = store_reader_order(r->thread->reader, cmd->order_seq, &row);
+    if (rc <= 0) {
+        *why = rc == 0 ? "no order with this id" : NULL;
+        return rc == 0 ? SVC_EUNKNOWN_ORDER : rc;
+    }
+    if (row.reservation_seq == 0) {
+        *why = "a purchase is COMPLETED at once: there is nothing to cancel";
+        return SVC_EORDER_NOT_CANCELLABLE;
+    }
+    cmd->reservation_seq = row.reservation_seq;
+    SVC_ASSERT(cmd->reservation_seq >= 1 && cmd->order_seq >= 1);
+    return 0;
+}
+
+void api_order_cancel(struct http_request *r)
+{
+    api_submit_command(r, CMD_ORDER_CANCEL, false, api_decode_order_cancel);
+}
+
 /* Writes the v1 order JSON of ord_<seq> from its stored columns; false when it did not fit. */
 static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_order_row *row)
 {
@@ -114,6 +177,13 @@ static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_ord
     jbuf_kv_str(b, "customerId", row->customer_id);
     jbuf_kv_str(b, "storeId", row->store_id);
     jbuf_kv_str(b, "status", row->status);
+    if (row->reservation_seq != 0) { /* a checkout order */
+        char reservation_id[32];
+        snprintf(reservation_id, sizeof reservation_id, "res_%" PRId64, row->reservation_seq);
+        jbuf_kv_str(b, "reservationId", reservation_id);
+        jbuf_kv_time(b, "expiresAt", row->expires_at_ms);
+        jbuf_kv_time(b, "updatedAt", row->updated_at_ms);
+    }
     jbuf_key(b, "lines");
     jbuf_lit(b, row->lines_json); /* stored JSON, written by the writer */
     jbuf_key(b, "history");

@@ -11,8 +11,8 @@
 #include "base/errors.h"
 #include "base/svc_assert.h"
 
-/* Decodes "lines": 1..CMD_LINES_MAX objects {sku, qty >= 1}. */
-static int api_decode_lines(json_t *body, struct cmd_lines *out, const char **why)
+/* See api.h. */
+int api_decode_lines(json_t *body, struct cmd_lines *out, const char **why)
 {
     json_t *lines = json_object_get(body, "lines");
     if (!json_is_array(lines) || json_array_size(lines) < 1 ||

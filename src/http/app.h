@@ -36,6 +36,12 @@ struct app_config {
     int64_t idem_retention_ms;
     const char *tokens_file;       /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
     enum auth_role anonymous_role; /* --anonymous-role: a request without a token has it */
+    /* Checkout orders' workers (issue 11): --workers on|off and the payment simulator. */
+    bool workers;
+    double payment_failure_rate; /* 0..1 */
+    double payment_timeout_rate; /* 0..1 */
+    int64_t payment_latency_ms;
+    char payment_ledger[600]; /* --payment-ledger; default <data_dir>/payment-ledger.txt */
 };
 
 struct app {

@@ -490,7 +490,15 @@ static void projection_apply_typed(struct projection *v, const struct event *e)
     case EVENT_RESERVATION_EXPIRED: projection_reservation_change(v, e, PROJECTOR_EXPIRED); return;
     case EVENT_TRANSFER_COMPLETED:
     case EVENT_RECONCILIATION_COMPLETED: return; /* their stock events did the work */
-    case EVENT_UNKNOWN: v->dropped++; return;    /* a type of a newer build */
+    case EVENT_ORDER_CREATED:
+    case EVENT_ORDER_CONFIRMED:
+    case EVENT_ORDER_PAYMENT_STARTED:
+    case EVENT_ORDER_PAYMENT_RETRIED:
+    case EVENT_ORDER_PAID:
+    case EVENT_ORDER_PAYMENT_FAILED:
+    case EVENT_ORDER_CANCELLED:
+    case EVENT_ORDER_EXPIRED: return; /* orders are read from storage; stock events did it */
+    case EVENT_UNKNOWN: v->dropped++; return; /* a type of a newer build */
     default: break;
     }
     SVC_ASSERT(event_type_is_stock(e->type));

@@ -5,7 +5,8 @@
  * dialect by schema_render. Tables: stores, products, stock_items (one per store and sku),
  * orders, idempotency (the first response of every keyed command, with its Location header
  * since migration 4), events (the outbox: global seq, type, version, time, store, sku, JSON
- * data), reservations and their lines (migration 2), the sequencer row (migration 3).
+ * data), reservations and their lines (migration 2), the sequencer row (migration 3), checkout
+ * orders and the workers' offsets (migration 5).
  * Besides the sequencer row the schema holds no data: the default store S1 of a fresh database
  * (DESIGN.md) is made by the writer's first batch (core/writer.c), so that its event comes from
  * the catalogue like every other.
@@ -116,11 +117,29 @@ static const char *const schema_v4[] = {
     NULL,
 };
 
+/* Checkout orders that move through workers (issue 11). An order row keeps its hold's
+ * reservation and its TTL; a reservation that holds an order's stock keeps the order's state
+ * while ACTIVE (PENDING, CONFIRMED, PAYING: a charge in doubt) and its payment attempts, so
+ * that the writer loads live orders with their reservations. Each stage of the workers stores
+ * its offset in the event log here, in the same transaction as the effects it caused. */
+static const char *const schema_v5[] = {
+    "ALTER TABLE orders ADD COLUMN reservation_seq @INT@",
+    "ALTER TABLE orders ADD COLUMN expires_at_ms @INT@",
+    "ALTER TABLE orders ADD COLUMN updated_at_ms @INT@",
+    "ALTER TABLE reservations ADD COLUMN order_seq @INT@ NOT NULL DEFAULT 0",
+    "ALTER TABLE reservations ADD COLUMN order_status TEXT"
+    " CHECK (order_status IN ('PENDING', 'CONFIRMED', 'PAYING'))",
+    "ALTER TABLE reservations ADD COLUMN pay_attempts @INT@ NOT NULL DEFAULT 0"
+    " CHECK (pay_attempts >= 0)",
+    "CREATE TABLE worker_offsets ("
+    " stage TEXT PRIMARY KEY,"
+    " event_seq @INT@ NOT NULL CHECK (event_seq >= 0),"
+    " updated_at_ms @INT@ NOT NULL)",
+    NULL,
+};
+
 const struct schema_migration schema_migrations[] = {
-    {1, schema_v1},
-    {2, schema_v2},
-    {3, schema_v3},
-    {4, schema_v4},
+    {1, schema_v1}, {2, schema_v2}, {3, schema_v3}, {4, schema_v4}, {5, schema_v5},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

@@ -312,3 +312,22 @@ void store_reader_watch_recoveries(struct store_reader *r, const _Atomic uint64_
         r->ops->watch_recoveries(r, recoveries);
     }
 }
+
+int store_reader_stage_offset(struct store_reader *r, const char *stage, int64_t *out)
+{
+    SVC_ASSERT(r != NULL && stage != NULL && out != NULL);
+    *out = 0;
+    int rc = r->ops->stage_offset(r, stage, out);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    SVC_ASSERT(*out >= 0);
+    return rc;
+}
+
+int store_reader_payments_in_doubt(struct store_reader *r, void *context,
+                                   int (*each)(void *context, const struct store_payment_row *row))
+{
+    SVC_ASSERT(r != NULL && each != NULL);
+    int rc = r->ops->payments_in_doubt(r, context, each);
+    SVC_ASSERT(rc <= 0 || rc > 0); /* the callback's own value passes through */
+    return rc;
+}

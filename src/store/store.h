@@ -65,6 +65,24 @@ struct row_order {
     const char *lines_json;   /* [{"sku":..,"qty":..}] */
     const char *history_json; /* [{"status":..,"at":..}] */
     int64_t created_at_ms;
+    int64_t reservation_seq; /* a checkout order's hold (issue 11), else 0: a purchase */
+    int64_t expires_at_ms;   /* a checkout order's TTL, else 0 */
+};
+
+/* A checkout order's step: its new status and one more history entry, appended to the stored
+ * history by the backend (several steps of one order in a batch apply in order). */
+struct row_order_step {
+    int64_t order_seq;
+    const char *status;
+    const char *history_entry_json; /* {"status":..,"at":..[,"reason":..]} */
+    int64_t updated_at_ms;
+};
+
+/* A stage's offset in the event log (worker_offsets), written with the effects it caused. */
+struct row_stage_offset {
+    const char *stage; /* "order", "payment" */
+    int64_t seq;       /* every event up to seq is consumed */
+    int64_t updated_at_ms;
 };
 
 struct row_idem {
@@ -100,6 +118,9 @@ struct row_reservation { /* the reservation after the batch (insert or update) *
     int64_t version;
     int64_t created_at_ms;
     int64_t updated_at_ms;
+    int64_t order_seq;        /* the checkout order it holds stock for, or 0 */
+    const char *order_status; /* that order's state while ACTIVE (NULL when none) */
+    int64_t pay_attempts;
 };
 
 struct row_reservation_line { /* written once, with a new reservation */
@@ -127,6 +148,10 @@ struct store_batch {
     size_t reservation_count;
     const struct row_reservation_line *reservation_lines;
     size_t reservation_line_count;
+    const struct row_order_step *order_steps; /* after the orders of the batch */
+    size_t order_step_count;
+    const struct row_stage_offset *offsets;
+    size_t offset_count;
 };
 
 /* ---- what the writer reads ---------------------------------------------------------------- */
@@ -166,6 +191,10 @@ struct store_sink {
     /* Prefetch of a shared backend only: the events other instances committed after
      * keys->events_after, in seq order (at most STORE_GAP_EVENTS_MAX). */
     int (*on_events)(void *context, const struct row_event *rows, size_t count);
+    /* Right after on_reservation of a reservation that holds a checkout order's stock: the
+     * order and its state (NULL: may be left NULL by a sink that holds no orders). */
+    int (*on_reservation_order)(void *context, int64_t seq, int64_t order_seq,
+                                const char *order_status, int64_t pay_attempts);
 };
 
 /* The most events of other instances one prefetch hands on (more are left to the follower). */
@@ -245,6 +274,17 @@ struct store_order_row {
     const char *lines_json;
     const char *history_json;
     int64_t created_at_ms;
+    int64_t reservation_seq; /* a checkout order's hold, 0 for a purchase */
+    int64_t expires_at_ms;   /* a checkout order's TTL, 0 for a purchase */
+    int64_t updated_at_ms;
+};
+
+/* A checkout order whose charge is in doubt (its reservation ACTIVE, PAYING), for the
+ * payment worker's restart. */
+struct store_payment_row {
+    int64_t order_seq;
+    int64_t reservation_seq;
+    int64_t pay_attempts;
 };
 
 /* A stored idempotency record as GET /v1/idempotency/{key} shows it. body points into the
@@ -278,6 +318,9 @@ struct store_reader_ops {
     int (*snapshot_end)(struct store_reader *r);
     /* NULL when the handle's connection cannot be lost (a file). */
     void (*watch_recoveries)(struct store_reader *r, const _Atomic uint64_t *recoveries);
+    int (*stage_offset)(struct store_reader *r, const char *stage, int64_t *out);
+    int (*payments_in_doubt)(struct store_reader *r, void *context,
+                             int (*each)(void *context, const struct store_payment_row *row));
 };
 
 /* Every backend's writer handle begins with this. */
@@ -390,6 +433,15 @@ int store_reader_snapshot_end(struct store_reader *r);
  * lose their connection (SQLite) ignores it. Called by each I/O thread after opening its
  * reader. */
 void store_reader_watch_recoveries(struct store_reader *r, const _Atomic uint64_t *recoveries);
+
+/* The stored offset of a stage of the workers (0 when it never moved). 0 or
+ * SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_stage_offset(struct store_reader *r, const char *stage, int64_t *out);
+
+/* Streams every checkout order with a charge in doubt (PAYING), by order seq. 0, the
+ * callback's non-zero return, or SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_payments_in_doubt(struct store_reader *r, void *context,
+                                   int (*each)(void *context, const struct store_payment_row *row));
 
 /* Waits up to timeout_ms for another instance to commit events (PostgreSQL LISTEN/NOTIFY).
  * 1 notified (*seq_out: the newest seq announced, or 0 if unknown), 0 timed out, or

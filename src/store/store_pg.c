@@ -871,6 +871,17 @@ static int pg_commit_batch(struct store *base, const struct store_batch *batch)
     struct pg_store *s = (struct pg_store *)base;
     SVC_ASSERT(s->in_transaction); /* pg_prefetch opened it */
     SVC_ASSERT(batch != NULL);
+    bool orders = batch->order_step_count > 0 || batch->offset_count > 0;
+    for (size_t i = 0; i < batch->reservation_count; i++) {
+        orders |= batch->reservations[i].order_seq != 0;
+    }
+    if (orders) {
+        /* Checkout orders (issue 11) are not written to PostgreSQL yet: refuse the batch
+         * rather than lose their state (its commands get 503). */
+        log_warn("postgres: checkout orders are not supported on this backend yet");
+        pg_abort(s);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
     if (s->writer.conn == NULL || s->writer.connects != s->transaction_connect) {
         /* The connection broke since the prefetch (and something connected again): the locks
          * and fresh reads are gone with it, so nothing may be written on the new one. */

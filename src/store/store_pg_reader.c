@@ -30,20 +30,25 @@
 #include "store/store_pg.h"
 #include "store/store_pg_conn.h"
 
-#define PG_READER_STMT_MAP(X)                                                               \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms"          \
-             " FROM orders WHERE order_seq = $1")                                           \
-    X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                              \
-              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"         \
-              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                  \
-    X(EVENTS_ALL,                                                                           \
-      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2") \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                  \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                  \
-            " WHERE principal = $1 AND idem_key = $2")                                      \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                    \
-    X(LISTEN, "LISTEN stockd_events")                                                       \
-    X(BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")                            \
+#define PG_READER_STMT_MAP(X)                                                                \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"          \
+             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                    \
+             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = $1")     \
+    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = $1")                 \
+    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts FROM reservations" \
+                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"              \
+                         " ORDER BY order_seq")                                              \
+    X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                               \
+              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"          \
+              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                   \
+    X(EVENTS_ALL,                                                                            \
+      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")  \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                   \
+            " WHERE principal = $1 AND idem_key = $2")                                       \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                     \
+    X(LISTEN, "LISTEN stockd_events")                                                        \
+    X(BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")                             \
     X(COMMIT, "COMMIT")
 
 enum pg_reader_stmt {
@@ -194,11 +199,12 @@ static int pg_reader_order(struct store_reader *base, int64_t order_seq,
         PQclear(res);
         return 0;
     }
-    SVC_ASSERT(PQntuples(res) == 1 && PQnfields(res) == 6); /* order_seq is the key */
+    SVC_ASSERT(PQntuples(res) == 1 && PQnfields(res) == 9); /* order_seq is the key */
     r->order_found = res;
-    *out = (struct store_order_row){PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
-                                    PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3),
-                                    PQgetvalue(res, 0, 4), store_pg_int(res, 0, 5)};
+    *out = (struct store_order_row){
+        PQgetvalue(res, 0, 0),   PQgetvalue(res, 0, 1),   PQgetvalue(res, 0, 2),
+        PQgetvalue(res, 0, 3),   PQgetvalue(res, 0, 4),   store_pg_int(res, 0, 5),
+        store_pg_int(res, 0, 6), store_pg_int(res, 0, 7), store_pg_int(res, 0, 8)};
     return 1;
 }
 
@@ -419,6 +425,42 @@ static int pg_reader_snapshot_end(struct store_reader *base)
     return rc;
 }
 
+static int pg_reader_stage_offset(struct store_reader *base, const char *stage, int64_t *out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(stage != NULL && out != NULL);
+    const char *values[] = {stage};
+    PGresult *res = pg_reader_exec(r, PG_READER_STAGE_OFFSET, 1, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    *out = PQntuples(res) == 1 ? store_pg_int(res, 0, 0) : 0;
+    PQclear(res);
+    SVC_ASSERT(*out >= 0);
+    return 0;
+}
+
+static int pg_reader_payments_in_doubt(struct store_reader *base, void *context,
+                                       int (*each)(void *context,
+                                                   const struct store_payment_row *row))
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(each != NULL);
+    PGresult *res = pg_reader_exec(r, PG_READER_PAYMENTS_IN_DOUBT, 0, NULL);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+        struct store_payment_row row = {store_pg_int(res, i, 0), store_pg_int(res, i, 1),
+                                        store_pg_int(res, i, 2)};
+        SVC_ASSERT(row.order_seq >= 1 && row.reservation_seq >= 1);
+        rc = each(context, &row);
+    }
+    PQclear(res);
+    return rc;
+}
+
 static const struct store_reader_ops pg_reader_ops = {
     .name = "postgres",
     .close = pg_reader_close,
@@ -431,4 +473,6 @@ static const struct store_reader_ops pg_reader_ops = {
     .snapshot_begin = pg_reader_snapshot_begin,
     .snapshot_end = pg_reader_snapshot_end,
     .watch_recoveries = pg_reader_watch_recoveries,
+    .stage_offset = pg_reader_stage_offset,
+    .payments_in_doubt = pg_reader_payments_in_doubt,
 };

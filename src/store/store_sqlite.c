@@ -52,18 +52,30 @@
                    " sold = excluded.sold, updated_at_ms = excluded.updated_at_ms"             \
                    " WHERE stock_items.version < excluded.version")                            \
     X(INSERT_ORDER, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"     \
-                    " history, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")            \
+                    " history, created_at_ms, reservation_seq, expires_at_ms, updated_at_ms)"  \
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULLIF(?8, 0), NULLIF(?9, 0), ?7)")  \
+    X(STEP_ORDER, "UPDATE orders SET status = ?2, updated_at_ms = ?3,"                         \
+                  " history = substr(history, 1, length(history) - 1) || ',' || ?4 || ']'"     \
+                  " WHERE order_seq = ?1")                                                     \
+    X(UPSERT_OFFSET, "INSERT INTO worker_offsets (stage, event_seq, updated_at_ms)"            \
+                     " VALUES (?1, ?2, ?3) ON CONFLICT (stage) DO UPDATE SET"                  \
+                     " event_seq = excluded.event_seq, updated_at_ms = excluded.updated_at_ms" \
+                     " WHERE worker_offsets.event_seq < excluded.event_seq")                   \
     X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
                    " problem, body, created_at_ms, location)"                                  \
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                 \
     X(INSERT_EVENT, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"      \
                     " store_id, sku, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")               \
     X(UPSERT_RESERVATION, "INSERT INTO reservations (reservation_seq, store_id, customer_id,"  \
-                          " status, expires_at_ms, version, created_at_ms, updated_at_ms)"     \
-                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"                           \
+                          " status, expires_at_ms, version, created_at_ms, updated_at_ms,"     \
+                          " order_seq, order_status, pay_attempts)"                            \
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"             \
                           " ON CONFLICT (reservation_seq) DO UPDATE SET"                       \
                           " status = excluded.status, version = excluded.version,"             \
-                          " updated_at_ms = excluded.updated_at_ms"                            \
+                          " updated_at_ms = excluded.updated_at_ms,"                           \
+                          " expires_at_ms = excluded.expires_at_ms,"                           \
+                          " order_status = excluded.order_status,"                             \
+                          " pay_attempts = excluded.pay_attempts"                              \
                           " WHERE reservations.version < excluded.version")                    \
     X(INSERT_RESERVATION_LINE, "INSERT INTO reservation_lines (reservation_seq, line_no,"      \
                                " sku, qty) VALUES (?1, ?2, ?3, ?4)")                           \
@@ -553,10 +565,16 @@ static int sqlite_load_reservation_row(sqlite3_stmt *stmt, const struct store_si
     int64_t seq = sqlite3_column_int64(stmt, 0);
     SVC_ASSERT(seq >= 1);
     if (sqlite3_column_type(stmt, 6) == SQLITE_NULL) { /* the reservation's own row */
-        return sink->on_reservation(sink->context, seq, store_sqlite_column_text(stmt, 1),
-                                    store_sqlite_column_text(stmt, 2),
-                                    sqlite3_column_int64(stmt, 3), sqlite3_column_int64(stmt, 4),
-                                    sqlite3_column_int64(stmt, 5));
+        int rc =
+            sink->on_reservation(sink->context, seq, store_sqlite_column_text(stmt, 1),
+                                 store_sqlite_column_text(stmt, 2), sqlite3_column_int64(stmt, 3),
+                                 sqlite3_column_int64(stmt, 4), sqlite3_column_int64(stmt, 5));
+        if (rc == 0 && sqlite3_column_int64(stmt, 9) != 0 && sink->on_reservation_order != NULL) {
+            rc = sink->on_reservation_order(sink->context, seq, sqlite3_column_int64(stmt, 9),
+                                            store_sqlite_column_text(stmt, 10),
+                                            sqlite3_column_int64(stmt, 11));
+        }
+        return rc;
     }
     return sink->on_reservation_line(sink->context, seq, store_sqlite_column_text(stmt, 7),
                                      sqlite3_column_int64(stmt, 8));
@@ -578,11 +596,12 @@ static int64_t sqlite_select_int(struct sqlite_store *s, const char *sql)
 
 /* Each ACTIVE reservation, then its lines (line_no NULL marks the reservation's own row, and
  * NULL sorts first). */
-#define STORE_SQLITE_LOAD_RESERVATIONS_SQL                                                 \
-    "SELECT r.reservation_seq, r.store_id, r.customer_id, r.expires_at_ms, r.version,"     \
-    " r.created_at_ms, NULL, NULL, NULL FROM reservations r WHERE r.status = 'ACTIVE'"     \
-    " UNION ALL SELECT l.reservation_seq, NULL, NULL, NULL, NULL, NULL, l.line_no, l.sku," \
-    " l.qty FROM reservation_lines l JOIN reservations r USING (reservation_seq)"          \
+#define STORE_SQLITE_LOAD_RESERVATIONS_SQL                                                    \
+    "SELECT r.reservation_seq, r.store_id, r.customer_id, r.expires_at_ms, r.version,"        \
+    " r.created_at_ms, NULL, NULL, NULL, r.order_seq, r.order_status, r.pay_attempts"         \
+    " FROM reservations r WHERE r.status = 'ACTIVE'"                                          \
+    " UNION ALL SELECT l.reservation_seq, NULL, NULL, NULL, NULL, NULL, l.line_no, l.sku,"    \
+    " l.qty, 0, NULL, 0 FROM reservation_lines l JOIN reservations r USING (reservation_seq)" \
     " WHERE r.status = 'ACTIVE' ORDER BY 1, 7"
 
 static int sqlite_load(struct store *base, const struct store_sink *sink,
@@ -823,7 +842,29 @@ static int sqlite_write_records(struct sqlite_store *s, const struct store_batch
         sqlite3_bind_text(stmt, 5, row->lines_json, -1, SQLITE_STATIC);
         sqlite3_bind_text(stmt, 6, row->history_json, -1, SQLITE_STATIC);
         sqlite3_bind_int64(stmt, 7, row->created_at_ms);
+        sqlite3_bind_int64(stmt, 8, row->reservation_seq);
+        sqlite3_bind_int64(stmt, 9, row->expires_at_ms);
         rc = sqlite_step_done(s, STORE_SQLITE_STMT_INSERT_ORDER);
+    }
+    for (size_t i = 0; rc == 0 && i < b->order_step_count; i++) {
+        const struct row_order_step *row = &b->order_steps[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_SQLITE_STMT_STEP_ORDER];
+        SVC_ASSERT(row->order_seq >= 1 && row->history_entry_json[0] == '{');
+        sqlite3_bind_int64(stmt, 1, row->order_seq);
+        sqlite3_bind_text(stmt, 2, row->status, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 3, row->updated_at_ms);
+        sqlite3_bind_text(stmt, 4, row->history_entry_json, -1, SQLITE_STATIC);
+        rc = sqlite_step_done(s, STORE_SQLITE_STMT_STEP_ORDER);
+        SVC_ASSERT(rc != 0 || sqlite3_changes(s->db) == 1); /* the order was written before */
+    }
+    for (size_t i = 0; rc == 0 && i < b->offset_count; i++) {
+        const struct row_stage_offset *row = &b->offsets[i];
+        sqlite3_stmt *stmt = s->stmts[STORE_SQLITE_STMT_UPSERT_OFFSET];
+        SVC_ASSERT(row->seq >= 1);
+        sqlite3_bind_text(stmt, 1, row->stage, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 2, row->seq);
+        sqlite3_bind_int64(stmt, 3, row->updated_at_ms);
+        rc = sqlite_step_done(s, STORE_SQLITE_STMT_UPSERT_OFFSET);
     }
     for (size_t i = 0; rc == 0 && i < b->idem_count; i++) {
         rc = sqlite_write_idem(s, &b->idems[i]);
@@ -859,6 +900,9 @@ static int sqlite_write_reservations(struct sqlite_store *s, const struct store_
         sqlite3_bind_int64(stmt, 6, row->version);
         sqlite3_bind_int64(stmt, 7, row->created_at_ms);
         sqlite3_bind_int64(stmt, 8, row->updated_at_ms);
+        sqlite3_bind_int64(stmt, 9, row->order_seq);
+        store_sqlite_bind_text(stmt, 10, row->order_status);
+        sqlite3_bind_int64(stmt, 11, row->pay_attempts);
         rc = sqlite_step_done(s, STORE_SQLITE_STMT_UPSERT_RESERVATION);
         if (rc == 0 && sqlite3_changes(s->db) != 1) {
             log_error("sqlite: reservation %" PRId64 " version %" PRId64 " not newer",

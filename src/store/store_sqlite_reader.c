@@ -27,17 +27,22 @@
 #include "store/store_sqlite_internal.h"
 
 /* The reader's statements, prepared at open (STYLE 24). */
-#define STORE_SQLITE_READER_STMT_MAP(X)                                                        \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms FROM orders" \
-             " WHERE order_seq = ?1")                                                          \
-    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"     \
-              " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"                  \
-              " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                           \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                     \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                     \
-            " WHERE principal = ?1 AND idem_key = ?2")                                         \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                       \
-    X(BEGIN, "BEGIN DEFERRED")                                                                 \
+#define STORE_SQLITE_READER_STMT_MAP(X)                                                      \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"          \
+             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                    \
+             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = ?1")     \
+    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = ?1")                 \
+    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts FROM reservations" \
+                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"              \
+                         " ORDER BY order_seq")                                              \
+    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"   \
+              " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"                \
+              " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                         \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                   \
+            " WHERE principal = ?1 AND idem_key = ?2")                                       \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                     \
+    X(BEGIN, "BEGIN DEFERRED")                                                               \
     X(COMMIT, "COMMIT")
 
 enum sqlite_reader_stmt {
@@ -176,8 +181,15 @@ static int sqlite_reader_order_copy(struct sqlite_reader *r, sqlite3_stmt *stmt,
         used += lengths[i] + 1;
     }
     SVC_ASSERT(used == total && used <= r->order_text.size);
-    *out = (struct store_order_row){copies[0], copies[1], copies[2],
-                                    copies[3], copies[4], sqlite3_column_int64(stmt, 5)};
+    *out = (struct store_order_row){copies[0],
+                                    copies[1],
+                                    copies[2],
+                                    copies[3],
+                                    copies[4],
+                                    sqlite3_column_int64(stmt, 5),
+                                    sqlite3_column_int64(stmt, 6),
+                                    sqlite3_column_int64(stmt, 7),
+                                    sqlite3_column_int64(stmt, 8)};
     return 1;
 }
 
@@ -342,6 +354,46 @@ static int sqlite_reader_snapshot_end(struct store_reader *base)
     return rc;
 }
 
+static int sqlite_reader_stage_offset(struct store_reader *base, const char *stage, int64_t *out)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(stage != NULL && out != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_STAGE_OFFSET];
+    sqlite3_bind_text(stmt, 1, stage, -1, SQLITE_STATIC);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    *out = step == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : 0;
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "stage offset");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+static int sqlite_reader_payments_in_doubt(struct store_reader *base, void *context,
+                                           int (*each)(void *context,
+                                                       const struct store_payment_row *row))
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(each != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_PAYMENTS_IN_DOUBT];
+    int rc = 0;
+    int step = SQLITE_DONE;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct store_payment_row row = {sqlite3_column_int64(stmt, 0),
+                                        sqlite3_column_int64(stmt, 1),
+                                        sqlite3_column_int64(stmt, 2)};
+        SVC_ASSERT(row.order_seq >= 1 && row.reservation_seq >= 1);
+        rc = each(context, &row);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "payments in doubt");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}
+
 static const struct store_reader_ops sqlite_reader_ops = {
     .name = "sqlite",
     .close = sqlite_reader_close,
@@ -353,4 +405,6 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .wait = NULL, /* no other writer to follow */
     .snapshot_begin = sqlite_reader_snapshot_begin,
     .snapshot_end = sqlite_reader_snapshot_end,
+    .stage_offset = sqlite_reader_stage_offset,
+    .payments_in_doubt = sqlite_reader_payments_in_doubt,
 };

@@ -288,7 +288,8 @@ static struct store_sink full_sink(struct seen *s)
                                on_reservation_line,
                                on_reservation_ended,
                                on_idem,
-                               on_events};
+                               on_events,
+                               NULL};
 }
 
 /* ---- rows ----------------------------------------------------------------------------------- */
@@ -304,8 +305,8 @@ static const struct row_product products[] = {{"P1", "Product 1", T0_MS},
                                               {"P2", "Product 2", T0_MS}};
 static const struct row_item items[] = {{"S1", "P1", 10, 2, 3, 4, T0_MS + 1},
                                         {"S2", "P2", 7, 0, 1, 0, T0_MS + 2}};
-static const struct row_order orders[] = {
-    {1, "c1", "S1", "COMPLETED", "[{\"sku\":\"P1\"}]", "[{\"status\":\"COMPLETED\"}]", T0_MS}};
+static const struct row_order orders[] = {{1, "c1", "S1", "COMPLETED", "[{\"sku\":\"P1\"}]",
+                                           "[{\"status\":\"COMPLETED\"}]", T0_MS, 0, 0}};
 static const struct row_idem idems[] = {
     {"alice", "k-located", 0xfedcba9876543210ULL, 201, false, purchase_body,
      sizeof purchase_body - 1, "/v1/orders/ord_1", T0_MS},
@@ -317,8 +318,8 @@ static const struct row_event events[] = {
     {3, "OrderCompleted", 1, T0_MS, "S1", "P1", "{\"orderId\":\"ord_1\"}"},
 };
 static const struct row_reservation reservations[] = {
-    {1, "S1", "c1", "ACTIVE", T0_MS + 60000, 1, T0_MS, T0_MS},
-    {2, "S1", "c2", "CONFIRMED", T0_MS + 60000, 2, T0_MS, T0_MS + 5},
+    {1, "S1", "c1", "ACTIVE", T0_MS + 60000, 1, T0_MS, T0_MS, 0, NULL, 0},
+    {2, "S1", "c2", "CONFIRMED", T0_MS + 60000, 2, T0_MS, T0_MS + 5, 0, NULL, 0},
 };
 static const struct row_reservation_line reservation_lines[] = {
     {1, 1, "P1", 2},

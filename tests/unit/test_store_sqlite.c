@@ -199,7 +199,8 @@ static const struct seen_idem *seen_idem_find(const struct seen *s, const char *
 static struct store_sink load_sink(struct seen *s)
 {
     return (struct store_sink){
-        s, on_store, on_product, on_item, on_reservation, on_reservation_line, NULL, NULL, NULL};
+        s,    on_store, on_product, on_item, on_reservation, on_reservation_line,
+        NULL, NULL,     NULL,       NULL};
 }
 
 /* The sink of a prefetch on a backend the writer owns. */
@@ -213,6 +214,7 @@ static struct store_sink prefetch_sink(struct seen *s)
                                on_reservation_line,
                                on_reservation_ended,
                                on_idem,
+                               NULL,
                                NULL};
 }
 
@@ -231,9 +233,9 @@ static const struct row_product products[] = {{"P1", "Product 1", T0_MS},
                                               {"P2", "Product 2", T0_MS}};
 static const struct row_item items[] = {{"S1", "P1", 10, 2, 3, 4, T0_MS + 1},
                                         {"S2", "P2", 7, 0, 1, 0, T0_MS + 2}};
-static const struct row_order orders[] = {{1, "c1", "S1", "COMPLETED",
-                                           "[{\"sku\":\"P1\",\"qty\":1}]",
-                                           "[{\"status\":\"COMPLETED\",\"at\":\"x\"}]", T0_MS}};
+static const struct row_order orders[] = {
+    {1, "c1", "S1", "COMPLETED", "[{\"sku\":\"P1\",\"qty\":1}]",
+     "[{\"status\":\"COMPLETED\",\"at\":\"x\"}]", T0_MS, 0, 0}};
 static const struct row_idem idems[] = {
     {"alice", "k-located", 0xfedcba9876543210ULL, 201, false, purchase_body,
      sizeof purchase_body - 1, "/v1/orders/ord_1", T0_MS},
@@ -245,8 +247,8 @@ static const struct row_event events[] = {
     {3, "OrderCompleted", 1, T0_MS, "S1", "P1", "{\"orderId\":\"ord_1\"}"},
 };
 static const struct row_reservation reservations[] = {
-    {1, "S1", "c1", "ACTIVE", T0_MS + 60000, 1, T0_MS, T0_MS},
-    {2, "S1", "c2", "CONFIRMED", T0_MS + 60000, 2, T0_MS, T0_MS + 5},
+    {1, "S1", "c1", "ACTIVE", T0_MS + 60000, 1, T0_MS, T0_MS, 0, NULL, 0},
+    {2, "S1", "c2", "CONFIRMED", T0_MS + 60000, 2, T0_MS, T0_MS + 5, 0, NULL, 0},
 };
 static const struct row_reservation_line reservation_lines[] = {
     {1, 1, "P1", 2},
@@ -702,7 +704,8 @@ static void test_migration_4_backfills_location(void **state)
                                      &stmt, NULL),
                   SQLITE_OK);
     ASSERT_EQ_INT(sqlite3_step(stmt), SQLITE_ROW);
-    ASSERT_EQ_STR((const char *)sqlite3_column_text(stmt, 0), "4");
+    ASSERT_EQ_STR((const char *)sqlite3_column_text(stmt, 0),
+                  "5"); /* every migration ran, the later ones too */
     sqlite3_finalize(stmt);
     sqlite3_close(db);
 }

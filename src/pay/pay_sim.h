@@ -1,0 +1,49 @@
+/*
+ * pay_sim.h - the built-in payment simulator: an in-process pay_provider with three knobs
+ * (failure rate, latency, timeout rate), set by --payment-* flags.
+ *
+ * It remembers every key it charged, so a repeated key gets the first outcome and is never
+ * charged twice; with a ledger file it appends one line "<key> <ok|declined>" per real charge
+ * and reads the file back at start, so that, like a real provider, it remembers charges across
+ * a restart of stockd (a kill -9 included: the lines are written before the result is
+ * reported). Tests count the ledger's lines per key to prove that no order was charged twice.
+ * Not thread-safe: the payment worker's thread only. Read work/work.h next.
+ */
+#ifndef STOCKD_PAY_SIM_H
+#define STOCKD_PAY_SIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pay/pay.h"
+
+/* Charges one simulator keeps in flight: a full batch of the writer's, many times over. */
+#define PAY_SIM_INFLIGHT_MAX 65536
+/* Keys it remembers (a power of two; the table stays under half full up to this many / 2). */
+#define PAY_SIM_KEY_SLOTS (1u << 21)
+
+struct pay_sim_config {
+    double failure_rate;     /* 0..1: declined */
+    double timeout_rate;     /* 0..1: no answer (the charge may still have happened) */
+    int64_t latency_ms;      /* >= 0 */
+    const char *ledger_path; /* NULL: no ledger */
+};
+
+struct pay_sim_stats { /* read by the tests through the ledger, by /metrics later */
+    uint64_t charges;  /* keys really charged (ok) */
+    uint64_t declines; /* keys declined */
+    uint64_t replays;  /* charges of a key already decided: the first outcome again */
+    uint64_t timeouts;
+};
+
+struct pay_sim;
+
+/* Makes a simulator and its provider interface; NULL when out of memory or the ledger cannot
+ * be opened or read (logged). */
+struct pay_sim *pay_sim_new(const struct pay_sim_config *config, uint64_t seed);
+void pay_sim_free(struct pay_sim *sim);
+/* Its pay_provider (borrowed: lives as long as sim). */
+const struct pay_provider *pay_sim_provider(struct pay_sim *sim);
+const struct pay_sim_stats *pay_sim_stats(const struct pay_sim *sim);
+
+#endif

@@ -1,0 +1,400 @@
+/*
+ * work.c - the workers of work.h: one loop that reads the event log for both stages, sends
+ * their steps to the writer, handles the writer's replies and the provider's results.
+ *
+ * Ownership: the commands come from the workers' pool (free list); a pushed command belongs
+ * to the writer until work_writer_reply queues it back (mutex-guarded ring); the loop then
+ * reads its reply and returns it to the pool, or pushes it again after a 503.
+ */
+#include "work/work.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/errors.h"
+#include "base/log.h"
+#include "base/svc_assert.h"
+#include "store/store_open.h"
+
+/* A charge the payment stage tracks: started, waiting for its result or its retry. */
+struct work_item {
+    int64_t order_seq; /* 0: free */
+    int64_t reservation_seq;
+    int64_t attempts;
+    int64_t retry_at_ms; /* 0: in flight or waiting for the writer */
+};
+
+struct work {
+    struct work_config config;
+    struct store_reader *reader; /* owned, the thread's */
+    struct command *pool;        /* WORK_COMMANDS_MAX, owned */
+    struct command **free_list;  /* WORK_COMMANDS_MAX */
+    uint32_t free_count;
+    struct command **backlog; /* commands to push again (queue full or 503) */
+    uint32_t backlog_count;
+    pthread_mutex_t lock;     /* guards replies only */
+    struct command **replies; /* WORK_COMMANDS_MAX: handed back by the writer */
+    uint32_t reply_count;
+    struct work_item *items; /* WORK_PAY_ITEMS_MAX */
+    uint32_t *item_free;
+    uint32_t item_free_count;
+    int64_t order_pos;   /* the last event the order stage read */
+    int64_t payment_pos; /* the last event the payment stage read */
+    uint64_t rng;
+    pthread_t thread;
+    bool started;
+    _Atomic bool stopping;
+    struct work_stats stats;
+    char arena_data[64 * 1024]; /* event decoding */
+};
+
+struct work *work_new(const struct work_config *config)
+{
+    SVC_ASSERT(config->queue != NULL && config->provider != NULL && config->wall_ms != NULL);
+    struct work *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        return NULL;
+    }
+    w->config = *config;
+    w->pool = calloc(WORK_COMMANDS_MAX, sizeof *w->pool);
+    w->free_list = calloc(WORK_COMMANDS_MAX, sizeof *w->free_list);
+    w->backlog = calloc(WORK_COMMANDS_MAX, sizeof *w->backlog);
+    w->replies = calloc(WORK_COMMANDS_MAX, sizeof *w->replies);
+    w->items = calloc(WORK_PAY_ITEMS_MAX, sizeof *w->items);
+    w->item_free = calloc(WORK_PAY_ITEMS_MAX, sizeof *w->item_free);
+    if (!w->pool || !w->free_list || !w->backlog || !w->replies || !w->items || !w->item_free) {
+        return NULL; /* startup: the process exits */
+    }
+    for (uint32_t i = 0; i < WORK_COMMANDS_MAX; i++) {
+        w->free_list[w->free_count++] = &w->pool[WORK_COMMANDS_MAX - 1 - i];
+    }
+    for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX; i++) {
+        w->item_free[w->item_free_count++] = WORK_PAY_ITEMS_MAX - 1 - i;
+    }
+    pthread_mutex_init(&w->lock, NULL);
+    w->rng = 0x2545f4914f6cdd1dULL;
+    return w;
+}
+
+const struct work_stats *work_stats(const struct work *w)
+{
+    return &w->stats;
+}
+
+void work_writer_reply(struct command *cmd)
+{
+    struct work *w = cmd->owner;
+    SVC_ASSERT(cmd->origin == CMD_ORIGIN_WORKER && w != NULL);
+    pthread_mutex_lock(&w->lock);
+    SVC_ASSERT(w->reply_count < WORK_COMMANDS_MAX); /* at most the pool is out */
+    w->replies[w->reply_count++] = cmd;
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* ---- sending steps ------------------------------------------------------------------------ */
+
+static void work_push(struct work *w, struct command *cmd)
+{
+    cmd->queued_us = 0;
+    if (queue_push(w->config.queue, cmd) != 0) {
+        SVC_ASSERT(w->backlog_count < WORK_COMMANDS_MAX);
+        w->backlog[w->backlog_count++] = cmd; /* the queue is full: again next round */
+    }
+}
+
+/* Pushes a step; attempts (the charges so far) rides in cmd->qty, which steps leave unused. */
+static void work_step(struct work *w, int64_t order_seq, int64_t reservation_seq,
+                      enum cmd_order_step step, enum cmd_stage stage, int64_t stage_seq,
+                      const char *reason, int64_t attempts)
+{
+    SVC_ASSERT(w->free_count > 0); /* the caller checked */
+    SVC_ASSERT(order_seq >= 1 && reservation_seq >= 1);
+    struct command *cmd = w->free_list[--w->free_count];
+    memset(cmd, 0, sizeof *cmd);
+    cmd->kind = CMD_ORDER_STEP;
+    cmd->origin = CMD_ORIGIN_WORKER;
+    cmd->owner = w;
+    strcpy(cmd->principal, "stockd-worker");
+    cmd->order_seq = order_seq;
+    cmd->reservation_seq = reservation_seq;
+    cmd->order_step = step;
+    cmd->stage = stage;
+    cmd->stage_seq = stage_seq;
+    cmd->qty = attempts;
+    snprintf(cmd->reason, sizeof cmd->reason, "%s", reason != NULL ? reason : "");
+    work_push(w, cmd);
+}
+
+/* ---- reading the log ---------------------------------------------------------------------- */
+
+/* n of "<prefix><n>", or 0. */
+static int64_t work_id_seq(const char *id, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (id == NULL || strncmp(id, prefix, n) != 0) {
+        return 0;
+    }
+    return strtoll(id + n, NULL, 10);
+}
+
+static int work_on_event(void *context, const struct row_event *row)
+{
+    struct work *w = context;
+    bool created = strcmp(row->event_type, "OrderCreated") == 0;
+    bool confirmed = strcmp(row->event_type, "OrderConfirmed") == 0;
+    bool for_order = created && row->seq > w->order_pos;
+    bool for_payment = confirmed && row->seq > w->payment_pos;
+    if (for_order || for_payment) {
+        struct event e;
+        struct event_arena arena = {w->arena_data, sizeof w->arena_data, 0};
+        if (event_decode(row, &e, &arena) != 0) {
+            log_error("work: event %" PRId64 " cannot be decoded", row->seq);
+            return SVC_EVALIDATION;
+        }
+        int64_t order_seq = work_id_seq(e.order_id, "ord_");
+        int64_t reservation_seq = work_id_seq(e.reservation_id, "res_");
+        char reason[REASON_BYTES_MAX + 1] = "";
+        bool accepted = !for_order || w->config.rule == NULL ||
+                        w->config.rule(w->config.rule_context, &e, reason, sizeof reason);
+        enum cmd_order_step step = for_payment ? CMD_STEP_PAY_BEGIN
+                                   : accepted  ? CMD_STEP_CONFIRM
+                                               : CMD_STEP_REJECT;
+        work_step(w, order_seq, reservation_seq, step,
+                  for_payment ? CMD_STAGE_PAYMENT : CMD_STAGE_ORDER, row->seq, reason, 0);
+    }
+    w->order_pos = row->seq > w->order_pos ? row->seq : w->order_pos;
+    w->payment_pos = row->seq > w->payment_pos ? row->seq : w->payment_pos;
+    return 0;
+}
+
+/* Reads the next events if the pool has room for a step per event; true when it read some. */
+static bool work_read(struct work *w)
+{
+    if (w->free_count < WORK_READ_EVENTS_MAX) {
+        return false;
+    }
+    int64_t since = w->order_pos < w->payment_pos ? w->order_pos : w->payment_pos;
+    int64_t before = since;
+    int rc =
+        store_reader_events(w->reader, since, NULL, NULL, WORK_READ_EVENTS_MAX, w, work_on_event);
+    if (rc != 0) {
+        log_warn("work: reading the event log failed (%d); trying again", rc);
+        return false;
+    }
+    return (w->order_pos < w->payment_pos ? w->order_pos : w->payment_pos) > before;
+}
+
+/* ---- payments ----------------------------------------------------------------------------- */
+
+static void work_charge(struct work *w, uint32_t index)
+{
+    struct work_item *item = &w->items[index];
+    char key[PAY_KEY_BYTES_MAX + 1];
+    snprintf(key, sizeof key, "ord_%" PRId64, item->order_seq);
+    item->retry_at_ms = 0;
+    const struct pay_provider *p = w->config.provider;
+    if (p->charge(p->self, key, index, w->config.wall_ms()) != 0) {
+        item->retry_at_ms = w->config.wall_ms() + WORK_PAY_BACKOFF_BASE_MS; /* full: later */
+    }
+}
+
+/* Takes a work item for a charge in doubt; UINT32_MAX when none is free. */
+static uint32_t work_item_take(struct work *w, int64_t order_seq, int64_t reservation_seq,
+                               int64_t attempts)
+{
+    if (w->item_free_count == 0) {
+        return UINT32_MAX;
+    }
+    uint32_t index = w->item_free[--w->item_free_count];
+    w->items[index] = (struct work_item){order_seq, reservation_seq, attempts, 0};
+    return index;
+}
+
+static void work_item_free(struct work *w, uint32_t index)
+{
+    SVC_ASSERT(w->items[index].order_seq != 0);
+    w->items[index].order_seq = 0;
+    w->item_free[w->item_free_count++] = index;
+}
+
+static int64_t work_backoff_ms(struct work *w, int64_t attempts)
+{
+    int64_t delay = WORK_PAY_BACKOFF_BASE_MS;
+    for (int64_t i = 1; i < attempts && delay < WORK_PAY_BACKOFF_CAP_MS; i++) {
+        delay *= 2;
+    }
+    delay = delay < WORK_PAY_BACKOFF_CAP_MS ? delay : WORK_PAY_BACKOFF_CAP_MS;
+    w->rng ^= w->rng << 13;
+    w->rng ^= w->rng >> 7;
+    w->rng ^= w->rng << 17;
+    return delay + (int64_t)(w->rng % (uint64_t)(delay / 2 + 1)); /* jitter: up to 50% */
+}
+
+/* The provider's results: the outcome goes to the writer; a timeout waits for its retry. */
+static bool work_poll_payments(struct work *w)
+{
+    struct pay_result results[256];
+    size_t max = w->free_count < 256 ? w->free_count : 256;
+    const struct pay_provider *p = w->config.provider;
+    size_t n = p->poll(p->self, w->config.wall_ms(), results, max);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t index = (uint32_t)results[i].token;
+        struct work_item *item = &w->items[index];
+        SVC_ASSERT(index < WORK_PAY_ITEMS_MAX && item->order_seq != 0);
+        if (results[i].outcome == PAY_TIMEOUT) {
+            if (item->attempts >= WORK_PAY_ATTEMPTS_MAX) {
+                atomic_fetch_add(&w->stats.parked, 1);
+                log_warn("work: ord_%" PRId64 " still in doubt after %" PRId64
+                         " attempts: parked (stays CONFIRMED, never expires)",
+                         item->order_seq, item->attempts);
+                work_item_free(w, index);
+                continue;
+            }
+            item->retry_at_ms = w->config.wall_ms() + work_backoff_ms(w, item->attempts);
+            continue;
+        }
+        bool ok = results[i].outcome == PAY_OK;
+        work_step(w, item->order_seq, item->reservation_seq,
+                  ok ? CMD_STEP_PAID : CMD_STEP_PAY_FAILED, CMD_STAGE_PAYMENT, 0,
+                  ok ? results[i].ref : "payment declined", item->attempts);
+        work_item_free(w, index);
+    }
+    return n > 0;
+}
+
+/* Retries due: each counted in storage (PAY_RETRY) before the charge is asked again. */
+static void work_retry_due(struct work *w)
+{
+    int64_t now = w->config.wall_ms();
+    for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX && w->free_count > 0; i++) {
+        struct work_item *item = &w->items[i];
+        if (item->order_seq != 0 && item->retry_at_ms != 0 && item->retry_at_ms <= now) {
+            item->retry_at_ms = 0;
+            atomic_fetch_add(&w->stats.retries, 1);
+            work_step(w, item->order_seq, item->reservation_seq, CMD_STEP_PAY_RETRY,
+                      CMD_STAGE_PAYMENT, 0, "payment timed out", item->attempts);
+            work_item_free(w, i); /* PAY_RETRY's reply takes a new one */
+        }
+    }
+}
+
+/* ---- replies ------------------------------------------------------------------------------ */
+
+static void work_on_reply(struct work *w, struct command *cmd)
+{
+    SVC_ASSERT(cmd->kind == CMD_ORDER_STEP);
+    if (cmd->reply_status == 503 || cmd->reply_status == 429) {
+        work_push(w, cmd); /* nothing of it was written: again */
+        return;
+    }
+    bool ok = cmd->reply_status == 200;
+    enum cmd_order_step step = cmd->order_step;
+    if (ok && (step == CMD_STEP_PAY_BEGIN || step == CMD_STEP_PAY_RETRY)) {
+        /* The charge is in doubt now, durably: start it. The attempts are the stored ones. */
+        uint32_t index = work_item_take(w, cmd->order_seq, cmd->reservation_seq, cmd->qty + 1);
+        SVC_ASSERT(index != UINT32_MAX); /* WORK_PAY_ITEMS_MAX > the pool */
+        work_charge(w, index);
+    }
+    if (ok) {
+        atomic_fetch_add(step == CMD_STEP_CONFIRM      ? &w->stats.confirmed
+                         : step == CMD_STEP_PAID       ? &w->stats.paid
+                         : step == CMD_STEP_PAY_FAILED ? &w->stats.payment_failed
+                                                       : &w->stats.retries,
+                         step == CMD_STEP_PAY_BEGIN || step == CMD_STEP_PAY_RETRY ||
+                                 step == CMD_STEP_REJECT
+                             ? 0
+                             : 1);
+    }
+    w->free_list[w->free_count++] = cmd;
+}
+
+static bool work_drain_replies(struct work *w)
+{
+    struct command *taken[256];
+    uint32_t n = 0;
+    pthread_mutex_lock(&w->lock);
+    while (n < 256 && w->reply_count > 0) {
+        taken[n++] = w->replies[--w->reply_count];
+    }
+    pthread_mutex_unlock(&w->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        work_on_reply(w, taken[i]);
+    }
+    uint32_t backlog = w->backlog_count;
+    w->backlog_count = 0;
+    for (uint32_t i = 0; i < backlog; i++) {
+        work_push(w, w->backlog[i]);
+    }
+    return n > 0;
+}
+
+/* ---- the thread --------------------------------------------------------------------------- */
+
+static int work_resume_one(void *context, const struct store_payment_row *row)
+{
+    struct work *w = context;
+    uint32_t index = work_item_take(w, row->order_seq, row->reservation_seq, row->pay_attempts);
+    if (index == UINT32_MAX) {
+        return SVC_ECAPACITY;
+    }
+    work_charge(w, index); /* the same key: the provider answers what it decided */
+    return 0;
+}
+
+static void *work_loop(void *arg)
+{
+    struct work *w = arg;
+    while (!atomic_load(&w->stopping)) {
+        bool busy = work_drain_replies(w);
+        busy |= work_poll_payments(w);
+        work_retry_due(w);
+        busy |= work_read(w);
+        if (!busy) {
+            usleep(WORK_IDLE_SLEEP_US);
+        }
+    }
+    return NULL;
+}
+
+int work_start(struct work *w)
+{
+    SVC_ASSERT(!w->started);
+    int rc = store_reader_open(&w->reader, w->config.db_uri);
+    if (rc == 0) {
+        rc = store_reader_stage_offset(w->reader, "order", &w->order_pos);
+    }
+    if (rc == 0) {
+        rc = store_reader_stage_offset(w->reader, "payment", &w->payment_pos);
+    }
+    if (rc == 0) {
+        rc = store_reader_payments_in_doubt(w->reader, w, work_resume_one);
+    }
+    if (rc != 0) {
+        log_error("work: cannot read the workers' state (%d)", rc);
+        return rc;
+    }
+    log_info("work: order stage from event %" PRId64 ", payment stage from event %" PRId64
+             ", %u charges in doubt resumed",
+             w->order_pos, w->payment_pos, WORK_PAY_ITEMS_MAX - w->item_free_count);
+    w->started = true;
+    rc = pthread_create(&w->thread, NULL, work_loop, w);
+    if (rc != 0) {
+        w->started = false;
+        return -rc;
+    }
+    return 0;
+}
+
+void work_stop(struct work *w)
+{
+    if (w == NULL || !w->started) {
+        return;
+    }
+    atomic_store(&w->stopping, true);
+    pthread_join(w->thread, NULL);
+    w->started = false;
+}

@@ -1,0 +1,86 @@
+/*
+ * work.h - the workers of checkout orders (issue 11): the order stage (PENDING -> CONFIRMED,
+ * through a rule hook) and the payment stage (CONFIRMED -> PAID | PAYMENT_FAILED through a
+ * pay_provider), on one thread of their own.
+ *
+ * Each stage reads the committed event log from its own offset (worker_offsets, read at
+ * start) and turns the events it consumes into CMD_ORDER_STEP commands for the writer, which
+ * stores the stage's new offset in the same batch as the step's effect: a crash between the
+ * two cannot apply a step twice or skip one. Steps go through the writer's queue like any
+ * command, so many orders share one batch. The payment stage marks a charge in doubt before it
+ * starts it (PAY_BEGIN: the order can no longer expire), keeps many charges in flight, retries
+ * a timeout with exponential backoff and jitter up to WORK_PAY_ATTEMPTS_MAX attempts (each
+ * counted in storage), and at start resumes every charge left in doubt, with the same key.
+ *
+ * Known limit of this step: a step whose batch failed (503) is sent again, but if a later
+ * step of the same stage committed first and stockd then crashed, the failed one is skipped;
+ * the order then ends by its TTL (PENDING or CONFIRMED, nothing charged). Only one instance
+ * may run workers on a shared PostgreSQL (--workers off on the others) until leases come.
+ * Read work.c next.
+ */
+#ifndef STOCKD_WORK_H
+#define STOCKD_WORK_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/command.h"
+#include "core/events.h"
+#include "core/queue.h"
+#include "pay/pay.h"
+#include "store/store.h"
+
+/* Commands the workers may have with the writer at once (their own pool). */
+#define WORK_COMMANDS_MAX 8192
+/* Payment attempts of one order before it is parked (the dead-letter table comes next). */
+#define WORK_PAY_ATTEMPTS_MAX 8
+/* Backoff after a timeout: base * 2^(attempt-1), at most the cap, plus up to 50% jitter. */
+#define WORK_PAY_BACKOFF_BASE_MS 50
+#define WORK_PAY_BACKOFF_CAP_MS 5000
+/* Charges in doubt one worker tracks (work items). */
+#define WORK_PAY_ITEMS_MAX 65536
+/* Events read per round. */
+#define WORK_READ_EVENTS_MAX 2048
+/* Sleep when there was nothing to do. */
+#define WORK_IDLE_SLEEP_US 1000
+
+/* The order stage's rule: true accepts the new order; false rejects it (CANCELLED) with a
+ * reason written into reason (reason_size bytes). Called on the workers' thread with the
+ * decoded OrderCreated event. The default accepts every order. */
+typedef bool (*work_rule_fn)(void *context, const struct event *created, char *reason,
+                             size_t reason_size);
+
+struct work_config {
+    const char *db_uri;                  /* the workers open their own reader */
+    struct queue *queue;                 /* the writer's (borrowed) */
+    const struct pay_provider *provider; /* borrowed */
+    work_rule_fn rule;                   /* NULL: accept */
+    void *rule_context;
+    int64_t (*wall_ms)(void);
+};
+
+struct work_stats {
+    _Atomic uint64_t confirmed;
+    _Atomic uint64_t paid;
+    _Atomic uint64_t payment_failed;
+    _Atomic uint64_t retries;
+    _Atomic uint64_t parked; /* gave up after WORK_PAY_ATTEMPTS_MAX: waits for the DLT */
+};
+
+struct work; /* opaque: work.c */
+
+/* Allocates the workers; NULL when out of memory. */
+struct work *work_new(const struct work_config *config);
+/* Starts the thread (reads the offsets and the charges in doubt first). 0 or an error. */
+int work_start(struct work *w);
+/* Stops and joins the thread; commands still with the writer are left to process exit. */
+void work_stop(struct work *w);
+const struct work_stats *work_stats(const struct work *w);
+
+/* The writer's reply hook for a command of origin CMD_ORIGIN_WORKER (any thread: it only
+ * queues it back to the workers). */
+void work_writer_reply(struct command *cmd);
+
+#endif
