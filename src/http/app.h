@@ -36,6 +36,7 @@ struct app_config {
     int64_t idem_retention_ms;
     const char *tokens_file;       /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
     enum auth_role anonymous_role; /* --anonymous-role: a request without a token has it */
+    int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
 };
 
 struct app {
