@@ -49,6 +49,9 @@ static void main_usage(FILE *out)
             "                         DIR/tokens, else a new admin token in DIR/admin.token\n"
             "  --anonymous-role R     none (default), read or write: the role of a request\n"
             "                         without a token (seed clients send none)\n"
+            "  --snapshot-every-events N  write a snapshot of the read model every N events\n"
+            "                         (default 100000; also at a clean stop; 0: never), so\n"
+            "                         that a start replays only the events after it\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
             "  --workers on|off       run the checkout order workers (default on; with\n"
             "                         several instances on one PostgreSQL, on for one only)\n"
@@ -159,6 +162,20 @@ static void main_start_workers(struct app *app)
     }
 }
 
+/* A count of 0 or more, all digits. */
+static int main_parse_count(const char *value, int64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long n = strtoll(value, &end, 10);
+    if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 || n < 0) {
+        return -EINVAL;
+    }
+    *out = n;
+    SVC_ASSERT(*out >= 0);
+    return 0;
+}
+
 static int main_parse(struct app_config *c, int argc, char **argv)
 {
     static const struct option options[] = {
@@ -179,6 +196,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"payment-timeout-rate", required_argument, 0, 'O'},
         {"payment-latency-ms", required_argument, 0, 'L'},
         {"payment-ledger", required_argument, 0, 'P'},
+        {"snapshot-every-events", required_argument, 0, 'N'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -210,6 +228,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
             rc = strlen(optarg) < sizeof c->payment_ledger ? (strcpy(c->payment_ledger, optarg), 0)
                                                            : -EINVAL;
             break;
+        case 'N': rc = main_parse_count(optarg, &c->snapshot_every_events); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -232,6 +251,7 @@ static void main_defaults(struct app_config *c)
     strcpy(c->ticket_sku, "TICKET-A");
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
     c->workers = true;
+    c->snapshot_every_events = SNAPSHOT_EVERY_EVENTS;
 }
 
 /* The database: the --store uri, else the SQLite file in the data directory. */
@@ -356,9 +376,13 @@ static struct store *main_open_storage(struct app *app)
         .durable = projector_durable_hook,
         .committed = projector_committed_hook,
         .applied_seq = projector_applied_hook,
+        .snapshot = projector_snapshot_take,
+        .snapshot_saved = projector_snapshot_saved,
     };
+    app->projector.snapshot_every_events = c->snapshot_every_events;
     struct store_reader *reader = NULL;
     if (store_reader_open(&reader, c->db_path) != 0 ||
+        projector_snapshot_load(&app->projector, store, reader) != 0 ||
         projector_load(&app->projector, reader) != 0) {
         log_error("cannot replay the event log of %s", shown);
         exit(1);

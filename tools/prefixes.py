@@ -59,7 +59,7 @@ MODULES = {
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
     "prefetch": (["src/core/prefetch.c"], ["prefetch_"]),
     # read
-    "projector": (["src/read/projector.c"], ["projector_"]),
+    "projector": (["src/read/projector.c", "src/read/projector_snapshot.c"], ["projector_"]),
     "follower": (["src/read/follower.c"], ["follower_"]),
     "audit": (["src/read/audit.c"], ["audit_"]),
     # http

@@ -134,6 +134,18 @@ _Static_assert(ORDER_TTL_SECONDS_DEFAULT <= RESERVATION_TTL_SECONDS_MAX, "a defa
 /* A rebuild catches up unlocked until fewer than this many events remain, then finishes under
  * the apply mutex, stalling the writer only for that many events (well under a millisecond). */
 #define PROJ_REBUILD_LOCKED_MAX 256
+/* Snapshots of the read model (projector_snapshot.c): one is written every this many events
+ * (and at a clean stop), so a start replays at most about this many events after loading it.
+ * A replay runs at roughly 200k-1M events a second on this kind of machine, so 100k events
+ * keep the tail well under a second, and at a few thousand purchases a second a snapshot is
+ * written every half minute or so, a cost of one short transaction (--snapshot-every-events
+ * changes it; tests make it small). */
+#define SNAPSHOT_EVERY_EVENTS 100000
+/* The snapshot format this build writes and reads; a stored one of another is ignored. */
+#define PROJ_SNAPSHOT_FORMAT 1
+/* Snapshot rows a start tries, newest first, before it replays the whole log. The writer
+ * keeps two (the newest and the one before), so a damaged newest still has a fallback. */
+#define PROJ_SNAPSHOT_LOAD_TRIES 3
 /* Threads that may read projections over the life of the process, each with its own pin slot
  * (one cache line): the I/O threads plus room for tests and tools. */
 /* The follower of a shared log reads this many events at a time, their strings in an arena of

@@ -35,7 +35,17 @@
  *                          replies are already on their way: this is off their path.
  *    -> IDLE
  *
- * 3. Invariants (writer_invariants_hold), between batches:
+ * 3. Between batches (IDLE), in this order: store_batch_done (SQLite's WAL), a snapshot of
+ *    the read model when one is due (writer_snapshot), and when the queue is empty the
+ *    housekeeping (idempotency pruning). At the stop, after the queue is drained, one last
+ *    snapshot. Why here: the snapshot must be a copy of the read model at one seq, taken under
+ *    its apply mutex, which this thread takes after every batch anyway (projector.h); its
+ *    write is a transaction of its own between two batches, so no batch's transaction (nor,
+ *    on PostgreSQL, the sequencer lock that every instance's batches wait for) grows by it,
+ *    and it costs a batch boundary one short transaction every SNAPSHOT_EVERY_EVENTS events.
+ *    read/projector_snapshot.c says more, with the alternative of a thread of its own.
+ *
+ * 4. Invariants (writer_invariants_hold), between batches:
  *    - the working sequences equal the committed ones, no item is dirty, no reservation is
  *      touched (the working state is the committed state);
  *    - the domain invariants, reserved = sum of ACTIVE lines included (an O(N) scan:
@@ -561,6 +571,26 @@ void writer_housekeeping(struct writer *w)
     }
 }
 
+/* Writes a snapshot of the read model when one is due (section 3 at the top). */
+static void writer_snapshot(struct writer *w, bool final)
+{
+    SVC_ASSERT(w->state == WRITER_IDLE);
+    SVC_ASSERT((w->config.snapshot == NULL) == (w->config.snapshot_saved == NULL));
+    if (w->config.snapshot == NULL) {
+        return;
+    }
+    struct row_snapshot row;
+    int64_t keep_from_seq = 0;
+    if (w->config.snapshot(w->config.committed_context, final, &row, &keep_from_seq) != 1) {
+        return;
+    }
+    SVC_ASSERT(row.seq <= batch_seqs_committed(w->batch)->event ||
+               store_is_shared(w->config.store));
+    int64_t started_us = clock_mono_us();
+    int rc = store_snapshot_write(w->config.store, &row, keep_from_seq);
+    w->config.snapshot_saved(w->config.committed_context, &row, rc, clock_mono_us() - started_us);
+}
+
 /* How long the idle writer may sleep: until the next reservation expires, at most a second. */
 static int writer_idle_wait_ms(struct writer *w)
 {
@@ -587,6 +617,7 @@ static void *writer_loop(void *arg)
             size_t fit = writer_batch_fit(w, commands, count);
             writer_run_batch(w, commands, fit);
             store_batch_done(w->config.store);
+            writer_snapshot(w, false);
             carried = count - fit;
             memmove(commands, commands + fit, carried * sizeof commands[0]);
             continue;
@@ -600,9 +631,11 @@ static void *writer_loop(void *arg)
             writer_run_batch(w, commands, 0); /* a batch of expiries only */
             continue;
         }
+        writer_snapshot(w, false);
         writer_housekeeping(w);
         queue_wait(w->config.queue, writer_idle_wait_ms(w));
     }
+    writer_snapshot(w, true); /* the next start replays nothing */
     return NULL;
 }
 

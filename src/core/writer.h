@@ -48,6 +48,15 @@ struct writer_config {
      * this writer committed: other instances' events, read by a follower). A shared backend's
      * prefetch reads only the events after it. */
     int64_t (*applied_seq)(void *committed_context);
+    /* Optional (both or neither): snapshots of the read model (read/projector.h). snapshot
+     * fills *out when one is due (final: the writer is stopping; any new event makes one due)
+     * and *keep_from_seq with the older snapshot to keep; 1 taken, 0 not due, < 0 failed. The
+     * writer writes it between batches in a transaction of its own (store_snapshot_write) and
+     * hands the answer to snapshot_saved. */
+    int (*snapshot)(void *committed_context, bool final, struct row_snapshot *out,
+                    int64_t *keep_from_seq);
+    void (*snapshot_saved)(void *committed_context, const struct row_snapshot *row, int rc,
+                           int64_t took_us);
 };
 
 struct writer_stats { /* written by the writer, read by /metrics */

@@ -145,6 +145,14 @@ void api_metrics(struct http_request *r)
                        (double)api_projection_lag_ms(app) / 1000.0, queue_depth(&app->queue));
     api_metrics_stream(out, API_METRICS_BYTES_MAX, &used);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_snapshots_written_total counter\n"
+                       "stockd_snapshots_written_total %llu\n"
+                       "# TYPE stockd_snapshot_seq gauge\nstockd_snapshot_seq %lld\n"
+                       "# TYPE stockd_snapshot_bytes gauge\nstockd_snapshot_bytes %lld\n",
+                       (unsigned long long)atomic_load(&app->projector.snapshots_written),
+                       (long long)atomic_load(&app->projector.snapshot_seq),
+                       (long long)atomic_load(&app->projector.snapshot_bytes));
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_http_requests_total counter\n");
     for (size_t i = 0; i < routes_count; i++) {
         api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,

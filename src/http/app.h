@@ -42,6 +42,7 @@ struct app_config {
     double payment_timeout_rate; /* 0..1 */
     int64_t payment_latency_ms;
     char payment_ledger[600]; /* --payment-ledger; default <data_dir>/payment-ledger.txt */
+    int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
 };
 
 struct app {

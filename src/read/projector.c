@@ -25,60 +25,8 @@
 #include "base/hash.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "read/projector_internal.h"
 #include "store/store_open.h"
-
-struct projection_store {
-    char id[STORE_ID_BYTES_MAX + 1];
-    char name[NAME_BYTES_MAX + 1];
-    int64_t latency_ms;
-};
-
-struct projection_product {
-    char sku[SKU_BYTES_MAX + 1];
-    char name[NAME_BYTES_MAX + 1];
-    _Atomic int32_t item_by_store[STORES_MAX]; /* item index, -1 when never stocked there */
-};
-
-struct projection_item {
-    _Atomic uint32_t seqlock; /* odd while the applier rewrites the fields below */
-    _Atomic int64_t on_hand;
-    _Atomic int64_t reserved;
-    _Atomic int64_t version;
-    _Atomic int64_t sold;
-    _Atomic int64_t updated_at_ms;
-};
-
-struct projection_reservation {
-    char id[PROJ_RESERVATION_ID_BYTES_MAX + 1];
-    char customer_id[CUSTOMER_ID_BYTES_MAX + 1];
-    uint32_t store_index;
-    uint32_t line_first; /* index into projection.lines */
-    uint32_t line_count;
-    int64_t expires_at_ms;
-    int64_t created_at_ms;
-    _Atomic uint32_t seqlock;
-    _Atomic int32_t status;
-    _Atomic int64_t version;
-    _Atomic int64_t updated_at_ms;
-};
-
-struct projection {
-    struct projection_store stores[STORES_MAX];
-    _Atomic uint32_t store_count;
-    struct projection_product *products; /* PRODUCTS_MAX, owned */
-    _Atomic uint32_t *product_hash;      /* PRODUCT_HASH_SLOTS of index + 1; 0 empty */
-    _Atomic uint32_t product_count;
-    struct projection_item *items; /* ITEMS_MAX, owned */
-    _Atomic uint32_t item_count;
-    struct projection_reservation *reservations; /* PROJ_RESERVATIONS_MAX, owned */
-    _Atomic uint32_t *reservation_hash;          /* PROJ_RESERVATION_SLOTS of index + 1 */
-    _Atomic uint32_t reservation_count;
-    struct projector_line *lines; /* PROJ_RESERVATION_LINES_MAX, owned */
-    uint32_t line_count;          /* applier only */
-    _Atomic uint64_t dropped;     /* events not projected (capacity, corrupt) */
-    _Atomic int64_t applied_seq;
-    _Atomic int64_t applied_at_ms;
-};
 
 /* Reader threads get pin slots in the order they first read; the slot index is per thread and
  * the same for every projector (tests run several). */
@@ -124,7 +72,7 @@ static struct projection *projection_alloc(void)
 
 /* Empties v for a rebuild: only the used prefix of each table is cleared, so pages never
  * touched stay untouched. Nobody may read v (not live, pinned by no reader). */
-static void projection_reset(struct projection *v)
+void projector__reset(struct projection *v)
 {
     SVC_ASSERT(v != NULL);
     uint32_t products = atomic_load(&v->product_count);
@@ -173,6 +121,9 @@ void projector_deinit(struct projector *p)
     SVC_ASSERT(!atomic_load(&p->rebuilding));
     SVC_ASSERT(!atomic_load(&p->following));
     projector_follow_chunk_free(p);
+    free(p->snapshot_buffer);
+    p->snapshot_buffer = NULL;
+    p->snapshot_capacity = 0;
     projection_free(p->instances[0]);
     projection_free(p->instances[1]);
     p->instances[0] = p->instances[1] = NULL;
@@ -203,8 +154,7 @@ static int32_t projection_product_probe(const struct projection *v, const char *
     SVC_UNREACHABLE(); /* load factor <= 0.5: an empty slot always exists */
 }
 
-static int32_t projection_reservation_probe(const struct projection *v, const char *id,
-                                            uint32_t *slot_out)
+int32_t projector__reservation_probe(const struct projection *v, const char *id, uint32_t *slot_out)
 {
     SVC_ASSERT(id != NULL);
     uint32_t slot = projection_slot(id, PROJ_RESERVATION_SLOTS);
@@ -233,7 +183,7 @@ static int32_t projection_store_find(const struct projection *v, const char *id)
 
 /* ---- applying (one thread per projection at a time) --------------------------------------- */
 
-static void projection_copy(char *out, size_t size, const char *text)
+void projector__copy(char *out, size_t size, const char *text)
 {
     SVC_ASSERT(size >= 1);
     size_t length = text ? strlen(text) : 0;
@@ -244,8 +194,8 @@ static void projection_copy(char *out, size_t size, const char *text)
     out[length] = '\0';
 }
 
-static int32_t projection_store_add(struct projection *v, const char *id, const char *name,
-                                    int64_t latency_ms)
+int32_t projector__store_add(struct projection *v, const char *id, const char *name,
+                             int64_t latency_ms)
 {
     int32_t found = projection_store_find(v, id);
     if (found >= 0) {
@@ -258,15 +208,15 @@ static int32_t projection_store_add(struct projection *v, const char *id, const 
         return -1;
     }
     struct projection_store *store = &v->stores[count];
-    projection_copy(store->id, sizeof store->id, id);
-    projection_copy(store->name, sizeof store->name, name);
+    projector__copy(store->id, sizeof store->id, id);
+    projector__copy(store->name, sizeof store->name, name);
     store->latency_ms = latency_ms;
     atomic_store_explicit(&v->store_count, count + 1, memory_order_release);
     SVC_ASSERT(projection_store_find(v, id) == (int32_t)count);
     return (int32_t)count;
 }
 
-static int32_t projection_product_add(struct projection *v, const char *sku, const char *name)
+int32_t projector__product_add(struct projection *v, const char *sku, const char *name)
 {
     uint32_t slot = 0;
     int32_t found = projection_product_probe(v, sku, &slot);
@@ -280,8 +230,8 @@ static int32_t projection_product_add(struct projection *v, const char *sku, con
         return -1;
     }
     struct projection_product *product = &v->products[count];
-    projection_copy(product->sku, sizeof product->sku, sku);
-    projection_copy(product->name, sizeof product->name, name);
+    projector__copy(product->sku, sizeof product->sku, sku);
+    projector__copy(product->name, sizeof product->name, name);
     for (uint32_t s = 0; s < STORES_MAX; s++) {
         atomic_store_explicit(&product->item_by_store[s], -1, memory_order_relaxed);
     }
@@ -291,16 +241,8 @@ static int32_t projection_product_add(struct projection *v, const char *sku, con
     return (int32_t)count;
 }
 
-/* The stock state an event leaves its item in. */
-struct projection_stock {
-    int64_t on_hand;
-    int64_t reserved;
-    int64_t version;
-    int64_t sold;
-};
-
-static void projection_item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
-                                const struct projection_stock *stock, int64_t at_ms)
+void projector__item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
+                         const struct projection_stock *stock, int64_t at_ms)
 {
     SVC_ASSERT(product_index < atomic_load(&v->product_count));
     SVC_ASSERT(store_index < atomic_load(&v->store_count));
@@ -356,8 +298,8 @@ static void projection_apply_stock(struct projection *v, const struct event *e)
         return;
     }
     const char *name = e->type == EVENT_PRODUCT_CREATED && e->name != NULL ? e->name : "";
-    int32_t store_index = projection_store_add(v, e->store_id, e->store_id, 0);
-    int32_t product_index = projection_product_add(v, e->sku, name);
+    int32_t store_index = projector__store_add(v, e->store_id, e->store_id, 0);
+    int32_t product_index = projector__product_add(v, e->sku, name);
     if (store_index < 0 || product_index < 0) {
         return; /* past a table's capacity: counted by the add */
     }
@@ -370,12 +312,12 @@ static void projection_apply_stock(struct projection *v, const struct event *e)
     struct projection_stock stock = {
         e->on_hand, e->reserved, e->version,
         projection_sold(v, (uint32_t)product_index, (uint32_t)store_index, e)};
-    projection_item_set(v, (uint32_t)product_index, (uint32_t)store_index, &stock,
+    projector__item_set(v, (uint32_t)product_index, (uint32_t)store_index, &stock,
                         e->occurred_at_ms);
 }
 
-static void projection_reservation_write(struct projection_reservation *r, int32_t status,
-                                         int64_t version, int64_t at_ms)
+void projector__reservation_write(struct projection_reservation *r, int32_t status, int64_t version,
+                                  int64_t at_ms)
 {
     uint32_t seq = atomic_load_explicit(&r->seqlock, memory_order_relaxed);
     SVC_ASSERT(seq % 2 == 0);
@@ -409,7 +351,7 @@ static bool projection_lines_add(struct projection *v, const struct event *e,
     r->line_count = 0;
     for (uint32_t i = 0; i < e->line_count; i++) {
         const char *sku = e->lines[i].sku != NULL ? e->lines[i].sku : "";
-        int32_t product = projection_product_add(v, sku, "");
+        int32_t product = projector__product_add(v, sku, "");
         if (product < 0) {
             continue;
         }
@@ -426,28 +368,28 @@ static void projection_reservation_create(struct projection *v, const struct eve
     uint32_t slot = 0;
     uint32_t count = atomic_load(&v->reservation_count);
     if (id[0] == '\0' || strlen(id) > PROJ_RESERVATION_ID_BYTES_MAX ||
-        projection_reservation_probe(v, id, &slot) >= 0 || count == PROJ_RESERVATIONS_MAX) {
+        projector__reservation_probe(v, id, &slot) >= 0 || count == PROJ_RESERVATIONS_MAX) {
         v->dropped++;
         return;
     }
     const char *store_id = e->store_id != NULL ? e->store_id : "";
-    int32_t store_index = projection_store_add(v, store_id, store_id, 0);
+    int32_t store_index = projector__store_add(v, store_id, store_id, 0);
     struct projection_reservation *r = &v->reservations[count];
     if (store_index < 0 || !projection_lines_add(v, e, r)) {
         v->dropped++;
         return;
     }
-    projection_copy(r->id, sizeof r->id, id);
-    projection_copy(r->customer_id, sizeof r->customer_id, e->customer_id);
+    projector__copy(r->id, sizeof r->id, id);
+    projector__copy(r->customer_id, sizeof r->customer_id, e->customer_id);
     r->store_index = (uint32_t)store_index;
     r->expires_at_ms = e->expires_at_ms;
     r->created_at_ms = e->occurred_at_ms;
     int32_t status = projection_status_parse(e->status, PROJECTOR_ACTIVE);
     int64_t version = (e->present & EVF(VERSION)) ? e->version : 1;
-    projection_reservation_write(r, status, version, e->occurred_at_ms);
+    projector__reservation_write(r, status, version, e->occurred_at_ms);
     atomic_store_explicit(&v->reservation_hash[slot], count + 1, memory_order_release);
     atomic_store_explicit(&v->reservation_count, count + 1, memory_order_release);
-    SVC_ASSERT(projection_reservation_probe(v, id, &slot) == (int32_t)count);
+    SVC_ASSERT(projector__reservation_probe(v, id, &slot) == (int32_t)count);
 }
 
 static void projection_reservation_change(struct projection *v, const struct event *e,
@@ -456,7 +398,7 @@ static void projection_reservation_change(struct projection *v, const struct eve
     uint32_t slot = 0;
     const char *id = e->reservation_id != NULL ? e->reservation_id : "";
     int32_t index = strlen(id) <= PROJ_RESERVATION_ID_BYTES_MAX
-                        ? projection_reservation_probe(v, id, &slot)
+                        ? projector__reservation_probe(v, id, &slot)
                         : -1;
     if (index < 0) {
         v->dropped++; /* created past the capacity, or a log that starts mid-way */
@@ -468,7 +410,7 @@ static void projection_reservation_change(struct projection *v, const struct eve
     if (e->present & EVF(VERSION)) {
         version = e->version; /* the writer's own count */
     }
-    projection_reservation_write(r, status, version, e->occurred_at_ms);
+    projector__reservation_write(r, status, version, e->occurred_at_ms);
     SVC_ASSERT(version >= 1);
 }
 
@@ -477,7 +419,7 @@ static void projection_apply_typed(struct projection *v, const struct event *e)
 {
     switch (e->type) {
     case EVENT_STORE_CREATED:
-        projection_store_add(v, e->store_id != NULL ? e->store_id : "",
+        projector__store_add(v, e->store_id != NULL ? e->store_id : "",
                              e->name != NULL ? e->name : "", e->latency_ms);
         return;
     case EVENT_RESERVATION_CREATED: projection_reservation_create(v, e); return;
@@ -584,14 +526,18 @@ int projector_load(struct projector *p, struct store_reader *reader)
 {
     struct projection *v = atomic_load(&p->live);
     SVC_ASSERT(v != NULL && reader != NULL);
+    int64_t from = atomic_load(&v->applied_seq); /* a loaded snapshot's, else 0 */
+    int64_t started_us = clock_mono_us();
     char *scratch = malloc(PROJ_DECODE_BYTES);
     int rc = scratch != NULL ? projection_replay(v, reader, scratch) : -ENOMEM;
     free(scratch);
     if (rc == 0) {
         atomic_store(&p->log_seq, atomic_load(&v->applied_seq));
         atomic_store(&p->log_at_ms, atomic_load(&v->applied_at_ms));
-        log_info("projector: replayed the event log to seq %lld (%llu not projected)",
-                 (long long)atomic_load(&v->applied_seq),
+        log_info("projector: replayed the event log from seq %lld to seq %lld in %lld ms (%llu"
+                 " not projected)",
+                 (long long)from, (long long)atomic_load(&v->applied_seq),
+                 (long long)((clock_mono_us() - started_us) / 1000),
                  (unsigned long long)atomic_load(&v->dropped));
     }
     return rc;
@@ -832,7 +778,7 @@ int projector_rebuild_run(struct projector *p)
             sched_yield(); /* a reader pinned it before the last swap: microseconds */
         }
     }
-    projection_reset(fresh);
+    projector__reset(fresh);
     rc = projection_replay(fresh, reader, scratch); /* unlocked: the live one keeps going */
     while (rc == 0 &&
            atomic_load(&p->log_seq) - atomic_load(&fresh->applied_seq) > PROJ_REBUILD_LOCKED_MAX) {
@@ -1019,7 +965,7 @@ bool projector_reservation_find(const struct projection *v, const char *id,
     if (strlen(id) > PROJ_RESERVATION_ID_BYTES_MAX) {
         return false;
     }
-    int32_t index = projection_reservation_probe(v, id, &slot);
+    int32_t index = projector__reservation_probe(v, id, &slot);
     if (index < 0) {
         return false;
     }

@@ -76,6 +76,14 @@ struct projector {
     struct projector_chunk *follow_chunk;         /* owned; allocated at projector_follow's first
                                                    * call: one caller (the follower thread) */
     _Atomic bool following;                       /* a projector_follow call is running */
+    /* Snapshots (projector_snapshot.c). */
+    int64_t snapshot_every_events;  /* 0: never written; set by main before the writer starts */
+    _Atomic int64_t snapshot_seq;   /* the newest snapshot loaded or written (0: none) */
+    int64_t snapshot_tried_seq;     /* the writer thread's last attempt */
+    unsigned char *snapshot_buffer; /* owned; the writer thread's encoding */
+    size_t snapshot_capacity;       /* bytes of snapshot_buffer */
+    _Atomic uint64_t snapshots_written;
+    _Atomic int64_t snapshot_bytes; /* size of the last one written */
 };
 
 /* Snapshots copied out for readers. */
@@ -146,6 +154,26 @@ void projector_committed_hook(const struct event *events, size_t count, void *co
 /* Waits up to timeout_us for the live projection to reach seq (a reply the client already
  * has). True when it did; false on timeout (the caller serves what is there, with its lag). */
 bool projector_wait_seq(struct projector *p, int64_t seq, int64_t timeout_us);
+
+/* ---- snapshots (projector_snapshot.c) ---- */
+
+/* Loads the newest valid snapshot stored through s into the live projection, so that
+ * projector_load then replays only the events after it. Called by main at start, before
+ * projector_load; reader checks the snapshot against the log. Rows newest first, at most
+ * PROJ_SNAPSHOT_LOAD_TRIES of them: one of another format version, or that fails a check, is
+ * logged and skipped. 0 whether one was loaded or not (the replay covers the rest), or
+ * SVC_ESTORAGE_UNAVAILABLE with the projection empty. */
+int projector_snapshot_load(struct projector *p, struct store *s, struct store_reader *reader);
+/* The writer_config.snapshot adapter (writer thread only, between batches): when one is due
+ * (snapshot_every_events past the last; with final, any event past it), encodes the live
+ * projection under the apply mutex into the projector's buffer and fills *out (its body
+ * borrowed until the next call) and *keep_from_seq (the snapshot to keep beside it). 1 taken,
+ * 0 not due, -ENOMEM. */
+int projector_snapshot_take(void *context, bool final, struct row_snapshot *out,
+                            int64_t *keep_from_seq);
+/* The writer_config.snapshot_saved adapter: store_snapshot_write answered rc for row. */
+void projector_snapshot_saved(void *context, const struct row_snapshot *row, int rc,
+                              int64_t took_us);
 
 /* Starts a rebuild on its own thread: replay the log into the idle projection, catch up with
  * the live seq, swap. 0 started, 1 already running, or -errno. */

@@ -5,8 +5,8 @@
  * dialect by schema_render. Tables: stores, products, stock_items (one per store and sku),
  * orders, idempotency (the first response of every keyed command, with its Location header
  * since migration 4), events (the outbox: global seq, type, version, time, store, sku, JSON
- * data), reservations and their lines (migration 2), the sequencer row (migration 3), checkout
- * orders and the workers' offsets (migration 5).
+ * data), reservations and their lines (migration 2), the sequencer row (migration 3), the
+ * read model's snapshots (migration 5), checkout orders and the workers' offsets (migration 6).
  * Besides the sequencer row the schema holds no data: the default store S1 of a fresh database
  * (DESIGN.md) is made by the writer's first batch (core/writer.c), so that its event comes from
  * the catalogue like every other.
@@ -117,12 +117,26 @@ static const char *const schema_v4[] = {
     NULL,
 };
 
+/* Snapshots of the read model (issue 10): the projection as it stood after event seq, encoded
+ * by read/projector_snapshot.c in its format version, so that a start replays only the events
+ * after the newest valid one. The row is the unit of atomicity: the body and the seq it
+ * covers are written together, in one transaction, and the log below seq never changes. A
+ * start ignores (and logs) a row of a format it does not know or whose checks fail. */
+static const char *const schema_v5[] = {
+    "CREATE TABLE snapshots ("
+    " seq @INT@ PRIMARY KEY CHECK (seq >= 0),"
+    " format @INT@ NOT NULL CHECK (format >= 1),"
+    " created_at_ms @INT@ NOT NULL,"
+    " body @BLOB@ NOT NULL)",
+    NULL,
+};
+
 /* Checkout orders that move through workers (issue 11). An order row keeps its hold's
  * reservation and its TTL; a reservation that holds an order's stock keeps the order's state
  * while ACTIVE (PENDING, CONFIRMED, PAYING: a charge in doubt) and its payment attempts, so
  * that the writer loads live orders with their reservations. Each stage of the workers stores
  * its offset in the event log here, in the same transaction as the effects it caused. */
-static const char *const schema_v5[] = {
+static const char *const schema_v6[] = {
     "ALTER TABLE orders ADD COLUMN reservation_seq @INT@",
     "ALTER TABLE orders ADD COLUMN expires_at_ms @INT@",
     "ALTER TABLE orders ADD COLUMN updated_at_ms @INT@",
@@ -139,7 +153,7 @@ static const char *const schema_v5[] = {
 };
 
 const struct schema_migration schema_migrations[] = {
-    {1, schema_v1}, {2, schema_v2}, {3, schema_v3}, {4, schema_v4}, {5, schema_v5},
+    {1, schema_v1}, {2, schema_v2}, {3, schema_v3}, {4, schema_v4}, {5, schema_v5}, {6, schema_v6},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);
@@ -153,6 +167,7 @@ static const struct {
 } schema_tokens[] = {
     {"@INT@", {"INTEGER", "BIGINT"}},
     {"@WITHOUT_ROWID@", {" WITHOUT ROWID", ""}},
+    {"@BLOB@", {"BLOB", "BYTEA"}},
     /* The orderId of an idempotency record's JSON body (migration 4). */
     {"@BODY_ORDER_ID@", {"json_extract(body, '$.orderId')", "(body::json ->> 'orderId')"}},
 };

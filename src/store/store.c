@@ -329,5 +329,27 @@ int store_reader_payments_in_doubt(struct store_reader *r, void *context,
     SVC_ASSERT(r != NULL && each != NULL);
     int rc = r->ops->payments_in_doubt(r, context, each);
     SVC_ASSERT(rc <= 0 || rc > 0); /* the callback's own value passes through */
+}
+
+/* Writes a snapshot row between batches (see store.h). */
+int store_snapshot_write(struct store *s, const struct row_snapshot *row, int64_t keep_from_seq)
+{
+    SVC_ASSERT(s != NULL && row != NULL && !s->applying);
+    SVC_ASSERT(row->seq >= 0 && row->format >= 1);
+    SVC_ASSERT(row->body != NULL && row->length >= 1);
+    SVC_ASSERT(keep_from_seq >= 0 && keep_from_seq <= row->seq);
+    int rc = s->ops->snapshot_write(s, row, keep_from_seq);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    return rc;
+}
+
+/* Reads the newest snapshot below below_seq (see store.h). */
+int store_snapshot_read(struct store *s, int64_t below_seq, void *context,
+                        void (*each)(void *context, const struct row_snapshot *row))
+{
+    SVC_ASSERT(s != NULL && each != NULL && !s->applying);
+    SVC_ASSERT(below_seq >= 1);
+    int rc = s->ops->snapshot_read(s, below_seq, context, each);
+    SVC_ASSERT(rc == 0 || rc == 1 || rc == SVC_ESTORAGE_UNAVAILABLE);
     return rc;
 }

@@ -130,6 +130,16 @@ struct row_reservation_line { /* written once, with a new reservation */
     int64_t qty;
 };
 
+/* A snapshot of the read model (read/projector_snapshot.c encodes and checks the body; the
+ * store never looks inside). */
+struct row_snapshot {
+    int64_t seq; /* the last event the snapshot includes: the log up to it, replayed */
+    int format;  /* the encoder's format version */
+    int64_t created_at_ms;
+    const void *body; /* borrowed: the writer's buffer, or the store's during a read */
+    size_t length;    /* bytes of body, >= 1 */
+};
+
 /* Everything one batch writes. Arrays are owned by the writer and valid during the call. */
 struct store_batch {
     const struct row_store *stores;
@@ -264,6 +274,9 @@ struct store_ops {
     uint64_t (*busy_wait_count)(struct store *s);
     /* NULL when the handle has no connection to lose (a file). */
     uint64_t (*session_count)(struct store *s);
+    int (*snapshot_write)(struct store *s, const struct row_snapshot *row, int64_t keep_from_seq);
+    int (*snapshot_read)(struct store *s, int64_t below_seq, void *context,
+                         void (*each)(void *context, const struct row_snapshot *row));
 };
 
 /* A stored order's columns. Strings are valid until the next call on the same handle. */
@@ -385,6 +398,19 @@ uint64_t store_busy_wait_count(struct store *s);
  * was terminated or timed out), that is when storage came back after an outage. 0 for a
  * backend without sessions (SQLite). Writer thread only. */
 uint64_t store_session_count(struct store *s);
+
+/* Writes a snapshot of the read model in its own transaction, and in the same transaction
+ * deletes the snapshots older than keep_from_seq (the writer keeps the one before the new one,
+ * so that a damaged newest still leaves a fallback). A snapshot of the same seq already there
+ * (another instance's, or a damaged one) is replaced: both are the same replay. Called
+ * by the writer thread between batches, never inside one. 0 or SVC_ESTORAGE_UNAVAILABLE. */
+int store_snapshot_write(struct store *s, const struct row_snapshot *row, int64_t keep_from_seq);
+
+/* Reads the newest snapshot whose seq is below below_seq and hands it to each (its body valid
+ * during the call only). 1 when there was one, 0 when none, or SVC_ESTORAGE_UNAVAILABLE.
+ * Called at startup, before the writer starts (main: the read model's load). */
+int store_snapshot_read(struct store *s, int64_t below_seq, void *context,
+                        void (*each)(void *context, const struct row_snapshot *row));
 
 /* ---- reader handles ------------------------------------------------------------------------ */
 

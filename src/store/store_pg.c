@@ -125,7 +125,14 @@
                         " AND expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2")             \
     X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                     \
                   " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < $1"     \
-                  " LIMIT $2)")
+                  " LIMIT $2)")                                                                \
+    X(SNAPSHOT_INSERT, "INSERT INTO snapshots (seq, format, created_at_ms, body)"              \
+                       " VALUES ($1, $2, $3, $4::bytea) ON CONFLICT (seq) DO UPDATE SET"       \
+                       " format = excluded.format, created_at_ms = excluded.created_at_ms,"    \
+                       " body = excluded.body")                                                \
+    X(SNAPSHOT_PRUNE, "DELETE FROM snapshots WHERE seq < $1")                                  \
+    X(SNAPSHOT_READ, "SELECT seq, format, created_at_ms, body FROM snapshots WHERE seq < $1"   \
+                     " ORDER BY seq DESC LIMIT 1")
 
 enum pg_stmt {
 #define PG_STMT_ENUM_(name, sql) PG_STMT_##name,
@@ -144,6 +151,7 @@ static const struct store_pg_statement pg_statements[PG_STMT_COUNT] = {
  * commit's are the most: stores 4, products 3, stock items 7, orders 7, idempotency records 8,
  * events 7, reservations 8, their lines 4, and the notify's seq 1 (the prefetch has 8). */
 #define PG_TEXTS_MAX (4 + 3 + 7 + 7 + 8 + 7 + 8 + 4 + 1)
+_Static_assert(PG_TEXTS_MAX >= 5, "a snapshot write takes five (pg_snapshot_write)");
 
 struct pg_store {
     struct store base; /* first: the backend's operations */
@@ -968,6 +976,99 @@ static int pg_reservations_due(struct store *base, int64_t before_ms, int64_t *o
     return rc;
 }
 
+/* Writes body as a bytea parameter in PostgreSQL's hex input format ("\\x" and two digits a
+ * byte): parameters travel as text (store_pg_conn.h). */
+static void pg_text_bytea(struct store_pg_text *t, const unsigned char *body, size_t length)
+{
+    static const char digits[] = "0123456789abcdef";
+    char chunk[4096];
+    store_pg_text_reset(t);
+    store_pg_text_append(t, "\\x", 2);
+    size_t used = 0;
+    for (size_t i = 0; i < length; i++) {
+        chunk[used++] = digits[body[i] >> 4];
+        chunk[used++] = digits[body[i] & 15];
+        if (used == sizeof chunk || i + 1 == length) {
+            store_pg_text_append(t, chunk, used);
+            used = 0;
+        }
+    }
+    SVC_ASSERT(t->length == 2 + 2 * length);
+}
+
+/* One round trip, one transaction: the new snapshot, and the old ones gone (see store.h). */
+static int pg_snapshot_write(struct store *base, const struct row_snapshot *row,
+                             int64_t keep_from_seq)
+{
+    struct pg_store *s = (struct pg_store *)base;
+    SVC_ASSERT(!s->in_transaction); /* between batches */
+    s->text_used = 0;
+    struct store_pg_text *t[4] = {pg_param(s), pg_param(s), pg_param(s), pg_param(s)};
+    store_pg_text_int(t[0], row->seq);
+    store_pg_text_int(t[1], row->format);
+    store_pg_text_int(t[2], row->created_at_ms);
+    pg_text_bytea(t[3], row->body, row->length);
+    struct store_pg_text *keep = pg_param(s);
+    store_pg_text_int(keep, keep_from_seq);
+    const char *insert[] = {t[0]->data, t[1]->data, t[2]->data, t[3]->data};
+    const char *prune[] = {keep->data};
+    int rc = store_pg_conn_ready(&s->writer);
+    rc = rc == 0 ? store_pg_send(&s->writer, PG_STMT_BEGIN, 0, NULL) : rc;
+    rc = rc == 0 ? store_pg_send(&s->writer, PG_STMT_SNAPSHOT_INSERT, 4, insert) : rc;
+    rc = rc == 0 ? store_pg_send(&s->writer, PG_STMT_SNAPSHOT_PRUNE, 1, prune) : rc;
+    rc = rc == 0 ? store_pg_send(&s->writer, PG_STMT_COMMIT, 0, NULL) : rc;
+    PGresult *r[4] = {NULL, NULL, NULL, NULL};
+    rc = rc == 0 ? store_pg_round_trip(&s->writer, r, 4) : rc;
+    for (int i = 0; rc == 0 && i < 4; i++) {
+        if (!store_pg_result_ok(r[i])) {
+            log_warn("postgres: snapshot write: %s", PQresultErrorMessage(r[i]));
+            rc = SVC_ESTORAGE_UNAVAILABLE;
+        }
+    }
+    bool open =
+        rc != 0 && s->writer.conn != NULL && PQtransactionStatus(s->writer.conn) != PQTRANS_IDLE;
+    store_pg_results_clear(r, 4);
+    store_pg_text_free(t[3]); /* the largest parameter by far: not kept for the batches */
+    if (open) {
+        s->in_transaction = true;
+        pg_abort(s);
+    }
+    SVC_ASSERT(!s->in_transaction);
+    return rc;
+}
+
+/* The newest snapshot below below_seq (see store.h), its body decoded from bytea. */
+static int pg_snapshot_read(struct store *base, int64_t below_seq, void *context,
+                            void (*each)(void *context, const struct row_snapshot *row))
+{
+    struct pg_store *s = (struct pg_store *)base;
+    SVC_ASSERT(!s->in_transaction); /* at startup */
+    char below[24];
+    snprintf(below, sizeof below, "%" PRId64, below_seq);
+    const char *values[] = {below};
+    PGresult *r = store_pg_exec(&s->writer, PG_STMT_SNAPSHOT_READ, 1, values);
+    if (r == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = PQntuples(r) == 1 ? 1 : 0;
+    size_t length = 0;
+    unsigned char *body =
+        rc == 1 ? PQunescapeBytea((const unsigned char *)PQgetvalue(r, 0, 3), &length) : NULL;
+    if (rc == 1 && body == NULL) {
+        log_error("postgres: out of memory decoding a snapshot");
+        rc = SVC_ESTORAGE_UNAVAILABLE;
+    }
+    if (rc == 1) {
+        struct row_snapshot row = {store_pg_int(r, 0, 0), (int)store_pg_int(r, 0, 1),
+                                   store_pg_int(r, 0, 2), body, length};
+        SVC_ASSERT(row.seq < below_seq);
+        each(context, &row); /* checks the body: a row is external data */
+    }
+    PQfreemem(body);
+    PQclear(r);
+    return rc;
+}
+
 /* PostgreSQL waits for locks inside the server; the writer's connection never sleeps on a
  * busy file, so there is nothing to count. */
 static uint64_t pg_busy_wait_count(struct store *base)
@@ -999,4 +1100,6 @@ static const struct store_ops pg_ops = {
     .reservations_due = pg_reservations_due,
     .busy_wait_count = pg_busy_wait_count,
     .session_count = pg_session_count,
+    .snapshot_write = pg_snapshot_write,
+    .snapshot_read = pg_snapshot_read,
 };

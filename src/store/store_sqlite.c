@@ -83,7 +83,14 @@
                         " WHERE reservation_seq = ?1")                                         \
     X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                     \
                   " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < ?1"     \
-                  " LIMIT ?2)")
+                  " LIMIT ?2)")                                                                \
+    X(SNAPSHOT_INSERT, "INSERT INTO snapshots (seq, format, created_at_ms, body)"              \
+                       " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (seq) DO UPDATE SET"              \
+                       " format = excluded.format, created_at_ms = excluded.created_at_ms,"    \
+                       " body = excluded.body")                                                \
+    X(SNAPSHOT_PRUNE, "DELETE FROM snapshots WHERE seq < ?1")                                  \
+    X(SNAPSHOT_READ, "SELECT seq, format, created_at_ms, body FROM snapshots WHERE seq < ?1"   \
+                     " ORDER BY seq DESC LIMIT 1")
 
 enum sqlite_stmt {
 #define STORE_SQLITE_STMT_ENUM_(name, sql) STORE_SQLITE_STMT_##name,
@@ -984,6 +991,63 @@ static int sqlite_idem_prune(struct store *base, int64_t before_ms, int max_rows
     return rc == 0 ? sqlite3_changes(s->db) : rc;
 }
 
+/* One transaction: the new snapshot, and the old ones gone (see store.h). */
+static int sqlite_snapshot_write(struct store *base, const struct row_snapshot *row,
+                                 int64_t keep_from_seq)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    SVC_ASSERT(sqlite3_get_autocommit(s->db)); /* between batches */
+    SVC_ASSERT(row->length <= INT32_MAX);      /* the encoder's bound is far below */
+    int rc = sqlite_step_done(s, STORE_SQLITE_STMT_BEGIN);
+    if (rc == 0) {
+        sqlite3_stmt *stmt = s->stmts[STORE_SQLITE_STMT_SNAPSHOT_INSERT];
+        sqlite3_bind_int64(stmt, 1, row->seq);
+        sqlite3_bind_int(stmt, 2, row->format);
+        sqlite3_bind_int64(stmt, 3, row->created_at_ms);
+        sqlite3_bind_blob(stmt, 4, row->body, (int)row->length, SQLITE_STATIC);
+        rc = sqlite_step_done(s, STORE_SQLITE_STMT_SNAPSHOT_INSERT);
+        sqlite3_clear_bindings(stmt); /* the body is the caller's */
+    }
+    if (rc == 0) {
+        sqlite3_bind_int64(s->stmts[STORE_SQLITE_STMT_SNAPSHOT_PRUNE], 1, keep_from_seq);
+        rc = sqlite_step_done(s, STORE_SQLITE_STMT_SNAPSHOT_PRUNE);
+    }
+    rc = rc == 0 ? sqlite_step_done(s, STORE_SQLITE_STMT_COMMIT) : rc;
+    if (rc != 0 && !sqlite3_get_autocommit(s->db)) {
+        sqlite_step_done(s, STORE_SQLITE_STMT_ROLLBACK);
+    }
+    SVC_ASSERT(sqlite3_get_autocommit(s->db));
+    return rc;
+}
+
+/* The newest snapshot below below_seq (see store.h); its body lives until the reset. */
+static int sqlite_snapshot_read(struct store *base, int64_t below_seq, void *context,
+                                void (*each)(void *context, const struct row_snapshot *row))
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    SVC_ASSERT(sqlite3_get_autocommit(s->db)); /* not inside a batch */
+    sqlite3_stmt *stmt = s->stmts[STORE_SQLITE_STMT_SNAPSHOT_READ];
+    sqlite3_bind_int64(stmt, 1, below_seq);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        struct row_snapshot row = {
+            .seq = sqlite3_column_int64(stmt, 0),
+            .format = sqlite3_column_int(stmt, 1),
+            .created_at_ms = sqlite3_column_int64(stmt, 2),
+            .body = sqlite3_column_blob(stmt, 3),
+            .length = (size_t)sqlite3_column_bytes(stmt, 3),
+        };
+        SVC_ASSERT(row.seq < below_seq);
+        each(context, &row); /* checks the body: a row is external data */
+        rc = 1;
+    } else if (step != SQLITE_DONE) {
+        rc = store_sqlite_fail(s->db, "read a snapshot");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}
+
 static uint64_t sqlite_busy_wait_count(struct store *base)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
@@ -1002,4 +1066,6 @@ static const struct store_ops sqlite_ops = {
     .idem_prune = sqlite_idem_prune,
     .reservations_due = NULL, /* every ACTIVE reservation is in this process's memory */
     .busy_wait_count = sqlite_busy_wait_count,
+    .snapshot_write = sqlite_snapshot_write,
+    .snapshot_read = sqlite_snapshot_read,
 };
