@@ -139,6 +139,13 @@ static void main_writer_reply(struct command *cmd, void *context)
     }
 }
 
+/* The writer's durable hook: the read model learns the seq, and the workers wake. */
+static void main_durable_hook(int64_t seq, void *context)
+{
+    projector_durable_hook(seq, context);
+    work_notify(atomic_load(&main_app.work));
+}
+
 /* Starts the payment simulator and the workers (unless --workers off); exits on failure. */
 static void main_start_workers(struct app *app)
 {
@@ -160,6 +167,7 @@ static void main_start_workers(struct app *app)
         log_error("cannot start the checkout order workers");
         exit(1);
     }
+    atomic_store(&app->work, w);
 }
 
 /* A count of 0 or more, all digits. */
@@ -373,7 +381,7 @@ static struct store *main_open_storage(struct app *app)
         .reply_context = NULL,
         .reply = main_writer_reply,
         .committed_context = &app->projector,
-        .durable = projector_durable_hook,
+        .durable = main_durable_hook,
         .committed = projector_committed_hook,
         .applied_seq = projector_applied_hook,
         .snapshot = projector_snapshot_take,

@@ -41,18 +41,21 @@ struct app_config {
     double payment_failure_rate; /* 0..1 */
     double payment_timeout_rate; /* 0..1 */
     int64_t payment_latency_ms;
-    char payment_ledger[600]; /* --payment-ledger; default <data_dir>/payment-ledger.txt */
+    char payment_ledger[600];      /* --payment-ledger; default <data_dir>/payment-ledger.txt */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
 };
+
+struct work;
 
 struct app {
     struct app_config config;
     struct domain domain; /* the writer's; never read by I/O threads */
     struct queue queue;
     struct writer writer;
-    struct projector projector; /* the read model; fed by the writer's committed hook */
-    struct follower follower;   /* shared backends: follows other instances' events */
-    struct auth auth;           /* bearer tokens, filled before the threads start */
+    struct projector projector;  /* the read model; fed by the writer's committed hook */
+    struct follower follower;    /* shared backends: follows other instances' events */
+    struct auth auth;            /* bearer tokens, filled before the threads start */
+    _Atomic(struct work *) work; /* the checkout workers (NULL: --workers off), woken by commits */
     int64_t started_wall_ms;
     _Atomic bool shutting_down;
 };

@@ -329,6 +329,7 @@ int store_reader_payments_in_doubt(struct store_reader *r, void *context,
     SVC_ASSERT(r != NULL && each != NULL);
     int rc = r->ops->payments_in_doubt(r, context, each);
     SVC_ASSERT(rc <= 0 || rc > 0); /* the callback's own value passes through */
+    return rc;
 }
 
 /* Writes a snapshot row between batches (see store.h). */

@@ -13,12 +13,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <time.h>
 
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
 #include "store/store_open.h"
+
+/* The events a stage sent steps for, in seq order, until their steps are answered: the stage's
+ * stored offset is its low-water mark (just below the first one not yet answered), never an
+ * event past a step that may still fail. A step whose batch failed (503) keeps its mark until it
+ * is answered; a crash then reads it again (a step whose order moved on is refused as stale). */
+struct work_mark {
+    int64_t seq;
+    bool done;
+};
+
+struct work_marks {
+    struct work_mark *ring; /* WORK_MARKS_MAX, owned */
+    uint32_t head;
+    uint32_t count;
+};
 
 /* A charge the payment stage tracks: started, waiting for its result or its retry. */
 struct work_item {
@@ -36,14 +51,20 @@ struct work {
     uint32_t free_count;
     struct command **backlog; /* commands to push again (queue full or 503) */
     uint32_t backlog_count;
-    pthread_mutex_t lock;     /* guards replies only */
+    pthread_mutex_t lock;     /* guards replies, woken */
+    pthread_cond_t wake;      /* a reply came or the writer committed events */
+    bool woken;               /* under lock: wake was signalled since the last wait */
     struct command **replies; /* WORK_COMMANDS_MAX: handed back by the writer */
     uint32_t reply_count;
-    struct work_item *items; /* WORK_PAY_ITEMS_MAX */
+    int64_t *step_event;                      /* WORK_COMMANDS_MAX, by pool index: the event a
+                                               * step answers (0: none) */
+    struct work_marks marks[CMD_STAGE_COUNT]; /* CMD_STAGE_ORDER, CMD_STAGE_PAYMENT */
+    struct work_item *items;                  /* WORK_PAY_ITEMS_MAX */
     uint32_t *item_free;
     uint32_t item_free_count;
-    int64_t order_pos;   /* the last event the order stage read */
-    int64_t payment_pos; /* the last event the payment stage read */
+    uint32_t retry_waiting; /* items with a retry due later (retry_at_ms != 0) */
+    int64_t order_pos;      /* the last event the order stage read */
+    int64_t payment_pos;    /* the last event the payment stage read */
     uint64_t rng;
     pthread_t thread;
     bool started;
@@ -66,7 +87,11 @@ struct work *work_new(const struct work_config *config)
     w->replies = calloc(WORK_COMMANDS_MAX, sizeof *w->replies);
     w->items = calloc(WORK_PAY_ITEMS_MAX, sizeof *w->items);
     w->item_free = calloc(WORK_PAY_ITEMS_MAX, sizeof *w->item_free);
-    if (!w->pool || !w->free_list || !w->backlog || !w->replies || !w->items || !w->item_free) {
+    w->step_event = calloc(WORK_COMMANDS_MAX, sizeof *w->step_event);
+    w->marks[CMD_STAGE_ORDER].ring = calloc(WORK_MARKS_MAX, sizeof(struct work_mark));
+    w->marks[CMD_STAGE_PAYMENT].ring = calloc(WORK_MARKS_MAX, sizeof(struct work_mark));
+    if (!w->pool || !w->free_list || !w->backlog || !w->replies || !w->items || !w->item_free ||
+        !w->step_event || !w->marks[CMD_STAGE_ORDER].ring || !w->marks[CMD_STAGE_PAYMENT].ring) {
         return NULL; /* startup: the process exits */
     }
     for (uint32_t i = 0; i < WORK_COMMANDS_MAX; i++) {
@@ -76,6 +101,11 @@ struct work *work_new(const struct work_config *config)
         w->item_free[w->item_free_count++] = WORK_PAY_ITEMS_MAX - 1 - i;
     }
     pthread_mutex_init(&w->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->wake, &attr);
+    pthread_condattr_destroy(&attr);
     w->rng = 0x2545f4914f6cdd1dULL;
     return w;
 }
@@ -92,7 +122,72 @@ void work_writer_reply(struct command *cmd)
     pthread_mutex_lock(&w->lock);
     SVC_ASSERT(w->reply_count < WORK_COMMANDS_MAX); /* at most the pool is out */
     w->replies[w->reply_count++] = cmd;
+    w->woken = true;
+    pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
+}
+
+void work_notify(struct work *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&w->lock);
+    w->woken = true;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* ---- the stages' low-water marks ---------------------------------------------------------- */
+
+static struct work_marks *work_marks_of(struct work *w, enum cmd_stage stage)
+{
+    SVC_ASSERT(stage == CMD_STAGE_ORDER || stage == CMD_STAGE_PAYMENT);
+    return &w->marks[stage];
+}
+
+/* The offset stage may store: every event up to it was either no work of the stage or its
+ * step was answered. */
+static int64_t work_mark_low(struct work *w, enum cmd_stage stage)
+{
+    const struct work_marks *m = work_marks_of(w, stage);
+    if (m->count > 0) {
+        return m->ring[m->head].seq - 1;
+    }
+    return stage == CMD_STAGE_ORDER ? w->order_pos : w->payment_pos;
+}
+
+/* Notes a step sent for event seq (increasing per stage); the caller checked for room. */
+static void work_mark_add(struct work *w, enum cmd_stage stage, int64_t seq)
+{
+    struct work_marks *m = work_marks_of(w, stage);
+    SVC_ASSERT(m->count < WORK_MARKS_MAX);
+    SVC_ASSERT(m->count == 0 || m->ring[(m->head + m->count - 1) % WORK_MARKS_MAX].seq < seq);
+    m->ring[(m->head + m->count) % WORK_MARKS_MAX] = (struct work_mark){seq, false};
+    m->count++;
+}
+
+/* The step for event seq was answered (committed, or refused in a committed batch). */
+static void work_mark_done(struct work *w, enum cmd_stage stage, int64_t seq)
+{
+    struct work_marks *m = work_marks_of(w, stage);
+    uint32_t lo = 0;
+    uint32_t hi = m->count;
+    while (lo < hi) { /* the ring is sorted by seq: the first entry >= seq */
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (m->ring[(m->head + mid) % WORK_MARKS_MAX].seq < seq) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    struct work_mark *mark = &m->ring[(m->head + lo) % WORK_MARKS_MAX];
+    SVC_ASSERT(lo < m->count && mark->seq == seq && !mark->done);
+    mark->done = true;
+    while (m->count > 0 && m->ring[m->head].done) {
+        m->head = (m->head + 1) % WORK_MARKS_MAX;
+        m->count--;
+    }
 }
 
 /* ---- sending steps ------------------------------------------------------------------------ */
@@ -106,14 +201,20 @@ static void work_push(struct work *w, struct command *cmd)
     }
 }
 
-/* Pushes a step; attempts (the charges so far) rides in cmd->qty, which steps leave unused. */
+/* Pushes a step answering event event_seq (0: none, e.g. a charge's result); attempts (the
+ * charges so far) rides in cmd->qty, which steps leave unused. The step carries its stage's
+ * low-water mark as the offset to store (cmd->stage_seq), taken after event_seq was noted. */
 static void work_step(struct work *w, int64_t order_seq, int64_t reservation_seq,
-                      enum cmd_order_step step, enum cmd_stage stage, int64_t stage_seq,
+                      enum cmd_order_step step, enum cmd_stage stage, int64_t event_seq,
                       const char *reason, int64_t attempts)
 {
     SVC_ASSERT(w->free_count > 0); /* the caller checked */
     SVC_ASSERT(order_seq >= 1 && reservation_seq >= 1);
     struct command *cmd = w->free_list[--w->free_count];
+    if (event_seq >= 1) {
+        work_mark_add(w, stage, event_seq);
+    }
+    w->step_event[cmd - w->pool] = event_seq;
     memset(cmd, 0, sizeof *cmd);
     cmd->kind = CMD_ORDER_STEP;
     cmd->origin = CMD_ORIGIN_WORKER;
@@ -123,7 +224,7 @@ static void work_step(struct work *w, int64_t order_seq, int64_t reservation_seq
     cmd->reservation_seq = reservation_seq;
     cmd->order_step = step;
     cmd->stage = stage;
-    cmd->stage_seq = stage_seq;
+    cmd->stage_seq = work_mark_low(w, stage);
     cmd->qty = attempts;
     snprintf(cmd->reason, sizeof cmd->reason, "%s", reason != NULL ? reason : "");
     work_push(w, cmd);
@@ -174,8 +275,10 @@ static int work_on_event(void *context, const struct row_event *row)
 /* Reads the next events if the pool has room for a step per event; true when it read some. */
 static bool work_read(struct work *w)
 {
-    if (w->free_count < WORK_READ_EVENTS_MAX) {
-        return false;
+    if (w->free_count < WORK_READ_EVENTS_MAX ||
+        w->marks[CMD_STAGE_ORDER].count > WORK_MARKS_MAX - WORK_READ_EVENTS_MAX ||
+        w->marks[CMD_STAGE_PAYMENT].count > WORK_MARKS_MAX - WORK_READ_EVENTS_MAX) {
+        return false; /* no room for a step per event, or a failing step holds the marks */
     }
     int64_t since = w->order_pos < w->payment_pos ? w->order_pos : w->payment_pos;
     int64_t before = since;
@@ -195,10 +298,11 @@ static void work_charge(struct work *w, uint32_t index)
     struct work_item *item = &w->items[index];
     char key[PAY_KEY_BYTES_MAX + 1];
     snprintf(key, sizeof key, "ord_%" PRId64, item->order_seq);
-    item->retry_at_ms = 0;
+    SVC_ASSERT(item->retry_at_ms == 0);
     const struct pay_provider *p = w->config.provider;
     if (p->charge(p->self, key, index, w->config.wall_ms()) != 0) {
         item->retry_at_ms = w->config.wall_ms() + WORK_PAY_BACKOFF_BASE_MS; /* full: later */
+        w->retry_waiting++;
     }
 }
 
@@ -255,6 +359,7 @@ static bool work_poll_payments(struct work *w)
                 continue;
             }
             item->retry_at_ms = w->config.wall_ms() + work_backoff_ms(w, item->attempts);
+            w->retry_waiting++;
             continue;
         }
         bool ok = results[i].outcome == PAY_OK;
@@ -269,11 +374,15 @@ static bool work_poll_payments(struct work *w)
 /* Retries due: each counted in storage (PAY_RETRY) before the charge is asked again. */
 static void work_retry_due(struct work *w)
 {
+    if (w->retry_waiting == 0) {
+        return;
+    }
     int64_t now = w->config.wall_ms();
     for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX && w->free_count > 0; i++) {
         struct work_item *item = &w->items[i];
         if (item->order_seq != 0 && item->retry_at_ms != 0 && item->retry_at_ms <= now) {
             item->retry_at_ms = 0;
+            w->retry_waiting--;
             atomic_fetch_add(&w->stats.retries, 1);
             work_step(w, item->order_seq, item->reservation_seq, CMD_STEP_PAY_RETRY,
                       CMD_STAGE_PAYMENT, 0, "payment timed out", item->attempts);
@@ -288,8 +397,13 @@ static void work_on_reply(struct work *w, struct command *cmd)
 {
     SVC_ASSERT(cmd->kind == CMD_ORDER_STEP);
     if (cmd->reply_status == 503 || cmd->reply_status == 429) {
-        work_push(w, cmd); /* nothing of it was written: again */
+        cmd->stage_seq = work_mark_low(w, cmd->stage); /* its own mark holds it below */
+        work_push(w, cmd);                             /* nothing of it was written: again */
         return;
+    }
+    int64_t event_seq = w->step_event[cmd - w->pool];
+    if (event_seq >= 1) {
+        work_mark_done(w, cmd->stage, event_seq);
     }
     bool ok = cmd->reply_status == 200;
     enum cmd_order_step step = cmd->order_step;
@@ -345,6 +459,26 @@ static int work_resume_one(void *context, const struct store_payment_row *row)
     return 0;
 }
 
+/* Waits for a reply or newly committed events, at most WORK_POLL_MS while charges are in
+ * flight or retries wait (the provider and the clock do not signal), else WORK_IDLE_WAIT_MS
+ * (events other instances committed on a shared database do not signal either). */
+static void work_wait(struct work *w)
+{
+    bool charging = w->item_free_count < WORK_PAY_ITEMS_MAX || w->backlog_count > 0;
+    int64_t wait_ms = charging ? WORK_POLL_MS : WORK_IDLE_WAIT_MS;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    int64_t ns = until.tv_nsec + wait_ms * 1000000;
+    until.tv_sec += (time_t)(ns / 1000000000);
+    until.tv_nsec = (long)(ns % 1000000000);
+    pthread_mutex_lock(&w->lock);
+    if (!w->woken && w->reply_count == 0 && !atomic_load(&w->stopping)) {
+        (void)pthread_cond_timedwait(&w->wake, &w->lock, &until);
+    }
+    w->woken = false;
+    pthread_mutex_unlock(&w->lock);
+}
+
 static void *work_loop(void *arg)
 {
     struct work *w = arg;
@@ -354,7 +488,7 @@ static void *work_loop(void *arg)
         work_retry_due(w);
         busy |= work_read(w);
         if (!busy) {
-            usleep(WORK_IDLE_SLEEP_US);
+            work_wait(w);
         }
     }
     return NULL;
@@ -395,6 +529,7 @@ void work_stop(struct work *w)
         return;
     }
     atomic_store(&w->stopping, true);
+    work_notify(w);
     pthread_join(w->thread, NULL);
     w->started = false;
 }

@@ -12,10 +12,12 @@
  * a timeout with exponential backoff and jitter up to WORK_PAY_ATTEMPTS_MAX attempts (each
  * counted in storage), and at start resumes every charge left in doubt, with the same key.
  *
- * Known limit of this step: a step whose batch failed (503) is sent again, but if a later
- * step of the same stage committed first and stockd then crashed, the failed one is skipped;
- * the order then ends by its TTL (PENDING or CONFIRMED, nothing charged). Only one instance
- * may run workers on a shared PostgreSQL (--workers off on the others) until leases come.
+ * The offset a step stores is its stage's low-water mark: just below the first event whose
+ * step has not been answered yet (a step whose batch failed with 503 is pushed again and keeps
+ * the mark down meanwhile), so a crash can make a stage read an event again but never skip
+ * one; a step read again for an order that moved on is refused as stale (each step requires
+ * the order's state before it). Only one instance may run workers on a shared PostgreSQL
+ * (--workers off on the others) until leases come.
  * Read work.c next.
  */
 #ifndef STOCKD_WORK_H
@@ -43,8 +45,13 @@
 #define WORK_PAY_ITEMS_MAX 65536
 /* Events read per round. */
 #define WORK_READ_EVENTS_MAX 2048
-/* Sleep when there was nothing to do. */
-#define WORK_IDLE_SLEEP_US 1000
+/* Events a stage may have sent steps for and not had answered (its low-water marks). */
+#define WORK_MARKS_MAX (4 * WORK_COMMANDS_MAX)
+/* With nothing to do, the thread waits for a reply or a commit (work_notify): at most
+ * WORK_POLL_MS while charges are in flight, else WORK_IDLE_WAIT_MS (the bound on picking up
+ * the events other instances committed on a shared PostgreSQL). */
+#define WORK_POLL_MS 1
+#define WORK_IDLE_WAIT_MS 100
 
 /* The order stage's rule: true accepts the new order; false rejects it (CANCELLED) with a
  * reason written into reason (reason_size bytes). Called on the workers' thread with the
@@ -78,6 +85,9 @@ int work_start(struct work *w);
 /* Stops and joins the thread; commands still with the writer are left to process exit. */
 void work_stop(struct work *w);
 const struct work_stats *work_stats(const struct work *w);
+
+/* Wakes the thread: the writer committed events (its durable hook; any thread). NULL: none. */
+void work_notify(struct work *w);
 
 /* The writer's reply hook for a command of origin CMD_ORIGIN_WORKER (any thread: it only
  * queues it back to the workers). */

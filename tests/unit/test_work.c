@@ -1,0 +1,159 @@
+/*
+ * test_work.c - the workers' stored offsets (work.c, included for its statics): the offset a
+ * step carries is its stage's low-water mark, so a crash can never make a stage skip an event
+ * whose step failed. No thread, no reader, no provider call: the tests send steps, take them
+ * off the writer's queue themselves and hand back replies the way the writer would.
+ *
+ * The case that used to lose an order: the steps for events 10 and 11 go out, the batch of 10
+ * fails (503) while the one of 11 commits. Had 11's step stored offset 11, a crash before 10's
+ * step went through again would restart the stage after 11: order 10 skipped, left to its TTL.
+ * Read test_writer.c next.
+ */
+#include "test_helpers.h"
+
+#include "../../src/work/work.c"
+
+static int64_t test_work_wall_ms(void)
+{
+    return 1000;
+}
+
+static int test_work_charge(void *self, const char *key, uint64_t token, int64_t now_ms)
+{
+    (void)self, (void)key, (void)token, (void)now_ms;
+    return 0;
+}
+
+static size_t test_work_poll(void *self, int64_t now_ms, struct pay_result *out, size_t max)
+{
+    (void)self, (void)now_ms, (void)out, (void)max;
+    return 0;
+}
+
+struct test_work_fixture {
+    struct queue queue;
+    struct pay_provider provider;
+    struct work *w;
+};
+
+static int test_work_setup(void **state)
+{
+    struct test_work_fixture *f = calloc(1, sizeof *f);
+    if (f == NULL || queue_init(&f->queue, 64) != 0) {
+        return -1;
+    }
+    f->provider = (struct pay_provider){"test", NULL, test_work_charge, test_work_poll};
+    struct work_config config = {"unused", &f->queue, &f->provider, NULL, NULL, test_work_wall_ms};
+    f->w = work_new(&config);
+    *state = f;
+    return f->w == NULL ? -1 : 0;
+}
+
+static int test_work_teardown(void **state)
+{
+    struct test_work_fixture *f = *state;
+    queue_deinit(&f->queue);
+    free(f->w->marks[CMD_STAGE_ORDER].ring);
+    free(f->w->marks[CMD_STAGE_PAYMENT].ring);
+    free(f->w->step_event);
+    free(f->w->pool);
+    free(f->w->free_list);
+    free(f->w->backlog);
+    free(f->w->replies);
+    free(f->w->items);
+    free(f->w->item_free);
+    pthread_cond_destroy(&f->w->wake);
+    pthread_mutex_destroy(&f->w->lock);
+    free(f->w);
+    free(f);
+    return 0;
+}
+
+/* The next command the workers pushed to the writer. */
+static struct command *test_work_take(struct test_work_fixture *f)
+{
+    void *item = NULL;
+    ASSERT_EQ_UINT(queue_pop_batch(&f->queue, &item, 1), 1);
+    return item;
+}
+
+/* Answers cmd as the writer would, and lets the workers read the reply. */
+static void test_work_answer(struct test_work_fixture *f, struct command *cmd, int status)
+{
+    cmd->reply_status = status;
+    work_writer_reply(cmd);
+    (void)work_drain_replies(f->w);
+}
+
+/* Events 10 and 11 read by the order stage: two confirm steps. */
+static void test_work_two_steps(struct test_work_fixture *f, struct command **first,
+                                struct command **second)
+{
+    f->w->order_pos = 9;
+    f->w->payment_pos = 9;
+    work_step(f->w, 10, 10, CMD_STEP_CONFIRM, CMD_STAGE_ORDER, 10, NULL, 0);
+    f->w->order_pos = 10;
+    work_step(f->w, 11, 11, CMD_STEP_CONFIRM, CMD_STAGE_ORDER, 11, NULL, 0);
+    f->w->order_pos = 11;
+    *first = test_work_take(f);
+    *second = test_work_take(f);
+    ASSERT_EQ_INT((*first)->order_seq, 10);
+    ASSERT_EQ_INT((*second)->order_seq, 11);
+}
+
+/* A later step that committed while an earlier one failed never carries an offset past it. */
+static void test_work_failed_step_holds_the_offset(void **state)
+{
+    struct test_work_fixture *f = *state;
+    struct command *first = NULL;
+    struct command *second = NULL;
+    test_work_two_steps(f, &first, &second);
+    ASSERT_LT_INT(first->stage_seq, 10);
+    ASSERT_LT_INT(second->stage_seq, 10); /* stored with 11's effect: must not pass 10 */
+    test_work_answer(f, first, 503);      /* 10's batch failed: pushed again */
+    test_work_answer(f, second, 200);     /* 11's committed */
+    ASSERT_EQ_INT(work_mark_low(f->w, CMD_STAGE_ORDER), 9);
+    struct command *again = test_work_take(f);
+    ASSERT_EQ_INT(again->order_seq, 10);
+    ASSERT_LT_INT(again->stage_seq, 10); /* a crash now reads event 10 again */
+    /* A step of the next event meanwhile carries the same low mark. */
+    work_step(f->w, 12, 12, CMD_STEP_CONFIRM, CMD_STAGE_ORDER, 12, NULL, 0);
+    f->w->order_pos = 12;
+    struct command *third = test_work_take(f);
+    ASSERT_LT_INT(third->stage_seq, 10);
+    test_work_answer(f, again, 200);
+    ASSERT_EQ_INT(work_mark_low(f->w, CMD_STAGE_ORDER), 11); /* 12 is still out */
+    test_work_answer(f, third, 409);                         /* stale, but answered */
+    ASSERT_EQ_INT(work_mark_low(f->w, CMD_STAGE_ORDER), 12);
+}
+
+/* In order, each answer moves the mark; the stages keep their own marks. */
+static void test_work_marks_in_order(void **state)
+{
+    struct test_work_fixture *f = *state;
+    struct command *first = NULL;
+    struct command *second = NULL;
+    test_work_two_steps(f, &first, &second);
+    ASSERT_EQ_INT(work_mark_low(f->w, CMD_STAGE_PAYMENT), 9);
+    test_work_answer(f, first, 200);
+    ASSERT_EQ_INT(work_mark_low(f->w, CMD_STAGE_ORDER), 10);
+    test_work_answer(f, second, 200);
+    ASSERT_EQ_INT(work_mark_low(f->w, CMD_STAGE_ORDER), 11);
+    /* A step that answers no event (a charge's result) carries the mark and adds none. */
+    work_step(f->w, 11, 11, CMD_STEP_PAID, CMD_STAGE_PAYMENT, 0, "ref", 1);
+    struct command *paid = test_work_take(f);
+    ASSERT_EQ_INT(paid->stage_seq, 9);
+    ASSERT_EQ_UINT(f->w->marks[CMD_STAGE_PAYMENT].count, 0);
+    test_work_answer(f, paid, 200);
+    ASSERT_EQ_UINT(f->w->free_count, WORK_COMMANDS_MAX);
+}
+
+int main(void)
+{
+#define WORK_TEST(f) cmocka_unit_test_setup_teardown(f, test_work_setup, test_work_teardown)
+    const struct CMUnitTest tests[] = {
+        WORK_TEST(test_work_failed_step_holds_the_offset),
+        WORK_TEST(test_work_marks_in_order),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
