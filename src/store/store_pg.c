@@ -45,93 +45,115 @@
 
 #define PG_ITEM_COLUMNS "store_id, sku, on_hand, reserved, version, sold, updated_at_ms"
 #define PG_RES_COLUMNS "reservation_seq, store_id, customer_id, status, expires_at_ms, version"
+/* A reservation's checkout order (issue 11): the order, its state while ACTIVE, its charges. */
+#define PG_RES_ORDER_COLUMNS "order_seq, order_status, pay_attempts"
 
-#define PG_STMT_MAP(X)                                                                         \
-    X(BEGIN, "BEGIN")                                                                          \
-    X(COMMIT, "COMMIT")                                                                        \
-    X(ROLLBACK, "ROLLBACK")                                                                    \
-    X(SEQUENCER, "SELECT id FROM sequencer WHERE id = 1 FOR UPDATE")                           \
-    X(LOCK_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items WHERE (store_id, sku) IN"       \
-                  " (SELECT k.s, k.p FROM unnest($1::text[], $2::text[]) AS k(s, p)"           \
-                  " UNION SELECT r.store_id, l.sku FROM reservations r"                        \
-                  " JOIN reservation_lines l USING (reservation_seq)"                          \
-                  " WHERE r.reservation_seq = ANY($3::bigint[]))"                              \
-                  " ORDER BY store_id, sku FOR UPDATE")                                        \
-    X(LOCK_RESERVATIONS, "SELECT " PG_RES_COLUMNS ", created_at_ms FROM reservations"          \
-                         " WHERE reservation_seq = ANY($1::bigint[])"                          \
-                         " ORDER BY reservation_seq FOR UPDATE")                               \
-    X(RESERVATION_LINES, "SELECT reservation_seq, sku, qty FROM reservation_lines"             \
-                         " WHERE reservation_seq = ANY($1::bigint[])"                          \
-                         " ORDER BY reservation_seq, line_no")                                 \
-    X(STORES, "SELECT store_id, name, latency_ms FROM stores WHERE store_id = ANY($1::text[])" \
-              " OR store_id IN (SELECT store_id FROM reservations"                             \
-              " WHERE reservation_seq = ANY($2::bigint[])) ORDER BY created_at_ms, store_id")  \
-    X(PRODUCTS, "SELECT sku, name FROM products WHERE sku = ANY($1::text[])"                   \
-                " OR sku IN (SELECT sku FROM reservation_lines"                                \
-                " WHERE reservation_seq = ANY($2::bigint[])) ORDER BY created_at_ms, sku")     \
-    X(IDEMS, "SELECT principal, idem_key, fingerprint, status, problem, body, location"        \
-             " FROM idempotency WHERE (principal, idem_key) IN"                                \
-             " (SELECT * FROM unnest($1::text[], $2::text[]))")                                \
-    X(GAP_EVENTS,                                                                              \
-      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")  \
-    X(SEQUENCES, "SELECT (SELECT COALESCE(MAX(order_seq), 0) FROM orders),"                    \
-                 " (SELECT COALESCE(MAX(seq), 0) FROM events),"                                \
-                 " (SELECT COALESCE(MAX(reservation_seq), 0) FROM reservations)")              \
-    X(INSERT_STORES, "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"          \
-                     " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[],"             \
-                     " $4::bigint[])")                                                         \
-    X(INSERT_PRODUCTS, "INSERT INTO products (sku, name, created_at_ms)"                       \
-                       " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])")          \
-    X(UPSERT_ITEMS, "INSERT INTO stock_items (" PG_ITEM_COLUMNS ") SELECT * FROM unnest("      \
-                    "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"        \
-                    " $6::bigint[], $7::bigint[]) ON CONFLICT (store_id, sku) DO UPDATE SET"   \
-                    " on_hand = excluded.on_hand, reserved = excluded.reserved,"               \
-                    " version = excluded.version, sold = excluded.sold,"                       \
-                    " updated_at_ms = excluded.updated_at_ms"                                  \
-                    " WHERE stock_items.version < excluded.version")                           \
-    X(INSERT_ORDERS, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"    \
-                     " history, created_at_ms) SELECT * FROM unnest($1::bigint[], $2::text[]," \
-                     " $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])")         \
-    X(INSERT_IDEMS, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"       \
-                    " problem, body, created_at_ms, location) SELECT * FROM unnest("           \
-                    "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"        \
-                    " $6::text[], $7::bigint[], $8::text[])")                                  \
-    X(INSERT_EVENTS, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"     \
-                     " store_id, sku, data) SELECT * FROM unnest($1::bigint[], $2::text[],"    \
-                     " $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[])")       \
-    X(UPSERT_RESERVATIONS, "INSERT INTO reservations (" PG_RES_COLUMNS ", created_at_ms,"      \
-                           " updated_at_ms) SELECT * FROM unnest($1::bigint[], $2::text[],"    \
-                           " $3::text[], $4::text[], $5::bigint[], $6::bigint[],"              \
-                           " $7::bigint[], $8::bigint[]) ON CONFLICT (reservation_seq)"        \
-                           " DO UPDATE SET status = excluded.status,"                          \
-                           " version = excluded.version,"                                      \
-                           " updated_at_ms = excluded.updated_at_ms"                           \
-                           " WHERE reservations.version < excluded.version")                   \
-    X(INSERT_RESERVATION_LINES, "INSERT INTO reservation_lines (reservation_seq, line_no,"     \
-                                " sku, qty) SELECT * FROM unnest($1::bigint[], $2::bigint[],"  \
-                                " $3::text[], $4::bigint[])")                                  \
-    X(NOTIFY, "SELECT pg_notify('stockd_events', $1)")                                         \
-    X(LOAD_STORES, "SELECT store_id, name, latency_ms FROM stores"                             \
-                   " ORDER BY created_at_ms, store_id")                                        \
-    X(LOAD_PRODUCTS, "SELECT sku, name FROM products ORDER BY created_at_ms, sku")             \
-    X(LOAD_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items")                               \
-    X(LOAD_RESERVATIONS, "SELECT " PG_RES_COLUMNS ", created_at_ms FROM reservations"          \
-                         " WHERE status = 'ACTIVE' ORDER BY reservation_seq")                  \
-    X(LOAD_RESERVATION_LINES, "SELECT l.reservation_seq, l.sku, l.qty"                         \
-                              " FROM reservation_lines l JOIN reservations r"                  \
-                              " USING (reservation_seq) WHERE r.status = 'ACTIVE'"             \
-                              " ORDER BY l.reservation_seq, l.line_no")                        \
-    X(RESERVATIONS_DUE, "SELECT reservation_seq FROM reservations WHERE status = 'ACTIVE'"     \
-                        " AND expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2")             \
-    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                     \
-                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < $1"     \
-                  " LIMIT $2)")                                                                \
-    X(SNAPSHOT_INSERT, "INSERT INTO snapshots (seq, format, created_at_ms, body)"              \
-                       " VALUES ($1, $2, $3, $4::bytea) ON CONFLICT (seq) DO UPDATE SET"       \
-                       " format = excluded.format, created_at_ms = excluded.created_at_ms,"    \
-                       " body = excluded.body")                                                \
-    X(SNAPSHOT_PRUNE, "DELETE FROM snapshots WHERE seq < $1")                                  \
-    X(SNAPSHOT_READ, "SELECT seq, format, created_at_ms, body FROM snapshots WHERE seq < $1"   \
+#define PG_STMT_MAP(X)                                                                          \
+    X(BEGIN, "BEGIN")                                                                           \
+    X(COMMIT, "COMMIT")                                                                         \
+    X(ROLLBACK, "ROLLBACK")                                                                     \
+    X(SEQUENCER, "SELECT id FROM sequencer WHERE id = 1 FOR UPDATE")                            \
+    X(LOCK_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items WHERE (store_id, sku) IN"        \
+                  " (SELECT k.s, k.p FROM unnest($1::text[], $2::text[]) AS k(s, p)"            \
+                  " UNION SELECT r.store_id, l.sku FROM reservations r"                         \
+                  " JOIN reservation_lines l USING (reservation_seq)"                           \
+                  " WHERE r.reservation_seq = ANY($3::bigint[]))"                               \
+                  " ORDER BY store_id, sku FOR UPDATE")                                         \
+    X(LOCK_RESERVATIONS,                                                                        \
+      "SELECT " PG_RES_COLUMNS ", created_at_ms, " PG_RES_ORDER_COLUMNS " FROM reservations"    \
+      " WHERE reservation_seq = ANY($1::bigint[])"                                              \
+      " ORDER BY reservation_seq FOR UPDATE")                                                   \
+    X(RESERVATION_LINES, "SELECT reservation_seq, sku, qty FROM reservation_lines"              \
+                         " WHERE reservation_seq = ANY($1::bigint[])"                           \
+                         " ORDER BY reservation_seq, line_no")                                  \
+    X(STORES, "SELECT store_id, name, latency_ms FROM stores WHERE store_id = ANY($1::text[])"  \
+              " OR store_id IN (SELECT store_id FROM reservations"                              \
+              " WHERE reservation_seq = ANY($2::bigint[])) ORDER BY created_at_ms, store_id")   \
+    X(PRODUCTS, "SELECT sku, name FROM products WHERE sku = ANY($1::text[])"                    \
+                " OR sku IN (SELECT sku FROM reservation_lines"                                 \
+                " WHERE reservation_seq = ANY($2::bigint[])) ORDER BY created_at_ms, sku")      \
+    X(IDEMS, "SELECT principal, idem_key, fingerprint, status, problem, body, location"         \
+             " FROM idempotency WHERE (principal, idem_key) IN"                                 \
+             " (SELECT * FROM unnest($1::text[], $2::text[]))")                                 \
+    X(GAP_EVENTS,                                                                               \
+      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")   \
+    X(SEQUENCES, "SELECT (SELECT COALESCE(MAX(order_seq), 0) FROM orders),"                     \
+                 " (SELECT COALESCE(MAX(seq), 0) FROM events),"                                 \
+                 " (SELECT COALESCE(MAX(reservation_seq), 0) FROM reservations)")               \
+    X(INSERT_STORES, "INSERT INTO stores (store_id, name, latency_ms, created_at_ms)"           \
+                     " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[],"              \
+                     " $4::bigint[])")                                                          \
+    X(INSERT_PRODUCTS, "INSERT INTO products (sku, name, created_at_ms)"                        \
+                       " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])")           \
+    X(UPSERT_ITEMS, "INSERT INTO stock_items (" PG_ITEM_COLUMNS ") SELECT * FROM unnest("       \
+                    "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"         \
+                    " $6::bigint[], $7::bigint[]) ON CONFLICT (store_id, sku) DO UPDATE SET"    \
+                    " on_hand = excluded.on_hand, reserved = excluded.reserved,"                \
+                    " version = excluded.version, sold = excluded.sold,"                        \
+                    " updated_at_ms = excluded.updated_at_ms"                                   \
+                    " WHERE stock_items.version < excluded.version")                            \
+    X(INSERT_ORDERS, "INSERT INTO orders (order_seq, customer_id, store_id, status, lines,"     \
+                     " history, created_at_ms, reservation_seq, expires_at_ms, updated_at_ms)"  \
+                     " SELECT o, c, s, st, l, h, at, NULLIF(r, 0), NULLIF(e, 0), at"            \
+                     " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"           \
+                     " $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])"       \
+                     " AS t(o, c, s, st, l, h, at, r, e)")                                      \
+    X(STEP_ORDERS, "UPDATE orders o SET status = t.status, updated_at_ms = t.at,"               \
+                   " history = left(o.history, -1) || ',' || t.entries || ']' FROM"             \
+                   " (SELECT seq, (array_agg(st ORDER BY n DESC))[1] AS status, max(at) AS at," \
+                   " string_agg(entry, ',' ORDER BY n) AS entries FROM unnest($1::bigint[],"    \
+                   " $2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY"                     \
+                   " AS u(seq, st, entry, at, n) GROUP BY seq) t WHERE o.order_seq = t.seq")    \
+    X(UPSERT_OFFSETS, "INSERT INTO worker_offsets (stage, event_seq, updated_at_ms)"            \
+                      " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])"           \
+                      " ON CONFLICT (stage) DO UPDATE SET event_seq = excluded.event_seq,"      \
+                      " updated_at_ms = excluded.updated_at_ms"                                 \
+                      " WHERE worker_offsets.event_seq < excluded.event_seq")                   \
+    X(INSERT_IDEMS, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
+                    " problem, body, created_at_ms, location) SELECT * FROM unnest("            \
+                    "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"         \
+                    " $6::text[], $7::bigint[], $8::text[])")                                   \
+    X(INSERT_EVENTS, "INSERT INTO events (seq, event_type, event_version, occurred_at_ms,"      \
+                     " store_id, sku, data) SELECT * FROM unnest($1::bigint[], $2::text[],"     \
+                     " $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[])")        \
+    X(UPSERT_RESERVATIONS, "INSERT INTO reservations (" PG_RES_COLUMNS ", created_at_ms,"       \
+                           " updated_at_ms, " PG_RES_ORDER_COLUMNS ") SELECT * FROM unnest("    \
+                           "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],"    \
+                           " $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],"           \
+                           " $10::text[], $11::bigint[]) ON CONFLICT (reservation_seq)"         \
+                           " DO UPDATE SET status = excluded.status,"                           \
+                           " version = excluded.version,"                                       \
+                           " updated_at_ms = excluded.updated_at_ms,"                           \
+                           " expires_at_ms = excluded.expires_at_ms,"                           \
+                           " order_status = excluded.order_status,"                             \
+                           " pay_attempts = excluded.pay_attempts"                              \
+                           " WHERE reservations.version < excluded.version")                    \
+    X(INSERT_RESERVATION_LINES, "INSERT INTO reservation_lines (reservation_seq, line_no,"      \
+                                " sku, qty) SELECT * FROM unnest($1::bigint[], $2::bigint[],"   \
+                                " $3::text[], $4::bigint[])")                                   \
+    X(NOTIFY, "SELECT pg_notify('stockd_events', $1)")                                          \
+    X(LOAD_STORES, "SELECT store_id, name, latency_ms FROM stores"                              \
+                   " ORDER BY created_at_ms, store_id")                                         \
+    X(LOAD_PRODUCTS, "SELECT sku, name FROM products ORDER BY created_at_ms, sku")              \
+    X(LOAD_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items")                                \
+    X(LOAD_RESERVATIONS,                                                                        \
+      "SELECT " PG_RES_COLUMNS ", created_at_ms, " PG_RES_ORDER_COLUMNS " FROM reservations"    \
+      " WHERE status = 'ACTIVE' ORDER BY reservation_seq")                                      \
+    X(LOAD_RESERVATION_LINES, "SELECT l.reservation_seq, l.sku, l.qty"                          \
+                              " FROM reservation_lines l JOIN reservations r"                   \
+                              " USING (reservation_seq) WHERE r.status = 'ACTIVE'"              \
+                              " ORDER BY l.reservation_seq, l.line_no")                         \
+    X(RESERVATIONS_DUE, "SELECT reservation_seq FROM reservations WHERE status = 'ACTIVE'"      \
+                        " AND expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2")              \
+    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                      \
+                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < $1"      \
+                  " LIMIT $2)")                                                                 \
+    X(SNAPSHOT_INSERT, "INSERT INTO snapshots (seq, format, created_at_ms, body)"               \
+                       " VALUES ($1, $2, $3, $4::bytea) ON CONFLICT (seq) DO UPDATE SET"        \
+                       " format = excluded.format, created_at_ms = excluded.created_at_ms,"     \
+                       " body = excluded.body")                                                 \
+    X(SNAPSHOT_PRUNE, "DELETE FROM snapshots WHERE seq < $1")                                   \
+    X(SNAPSHOT_READ, "SELECT seq, format, created_at_ms, body FROM snapshots WHERE seq < $1"    \
                      " ORDER BY seq DESC LIMIT 1")
 
 enum pg_stmt {
@@ -148,9 +170,10 @@ static const struct store_pg_statement pg_statements[PG_STMT_COUNT] = {
 };
 
 /* The parameters of one round trip: every array literal of the statements it sends. The
- * commit's are the most: stores 4, products 3, stock items 7, orders 7, idempotency records 8,
- * events 7, reservations 8, their lines 4, and the notify's seq 1 (the prefetch has 8). */
-#define PG_TEXTS_MAX (4 + 3 + 7 + 7 + 8 + 7 + 8 + 4 + 1)
+ * commit's are the most: stores 4, products 3, stock items 7, orders 9, order steps 4, stage
+ * offsets 3, idempotency records 8, events 7, reservations 11, their lines 4, and the notify's
+ * seq 1 (the prefetch has 8). */
+#define PG_TEXTS_MAX (4 + 3 + 7 + 9 + 4 + 3 + 8 + 7 + 11 + 4 + 1)
 _Static_assert(PG_TEXTS_MAX >= 5, "a snapshot write takes five (pg_snapshot_write)");
 
 struct pg_store {
@@ -363,13 +386,14 @@ static int pg_feed_items(const PGresult *r, const struct store_sink *sink)
     return rc;
 }
 
-/* Reservations (PG_RES_COLUMNS, created_at_ms; by seq) and lines (seq, sku, qty; by seq and
- * line): each ACTIVE reservation then its lines; with only_active false (a prefetch) each
- * ended one to on_reservation_ended with its final status and version, without its lines. */
+/* Reservations (PG_RES_COLUMNS, created_at_ms, PG_RES_ORDER_COLUMNS; by seq) and lines (seq,
+ * sku, qty; by seq and line): each ACTIVE reservation, its checkout order if it holds one, then
+ * its lines; with only_active false (a prefetch) each ended one to on_reservation_ended with its
+ * final status and version, without its lines. */
 static int pg_feed_reservations(const PGresult *r, const PGresult *lines,
                                 const struct store_sink *sink, bool only_active)
 {
-    SVC_ASSERT(PQnfields(r) == 7 && PQnfields(lines) == 3);
+    SVC_ASSERT(PQnfields(r) == 10 && PQnfields(lines) == 3);
     int rc = 0;
     int line = 0;
     int line_count = PQntuples(lines);
@@ -382,6 +406,12 @@ static int pg_feed_reservations(const PGresult *r, const PGresult *lines,
             rc = sink->on_reservation(sink->context, seq, PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
                                       store_pg_int(r, i, 4), store_pg_int(r, i, 5),
                                       store_pg_int(r, i, 6));
+            int64_t order_seq = store_pg_int(r, i, 7);
+            if (rc == 0 && order_seq != 0 && sink->on_reservation_order != NULL) {
+                rc = sink->on_reservation_order(sink->context, seq, order_seq,
+                                                PQgetisnull(r, i, 8) ? NULL : PQgetvalue(r, i, 8),
+                                                store_pg_int(r, i, 9));
+            }
         } else {
             rc = sink->on_reservation_ended(sink->context, seq, PQgetvalue(r, i, 3),
                                             store_pg_int(r, i, 5));
@@ -756,12 +786,43 @@ static int pg_write_catalog(struct pg_store *s, const struct store_batch *b, str
     return n;
 }
 
+/* The checkout orders' steps (after the batch's new orders: a step may be of one of them) and
+ * the stages' offsets. Several steps of one order apply in the batch's order. */
+static int pg_write_steps(struct pg_store *s, const struct store_batch *b, struct pg_write *w)
+{
+    int n = 0;
+    struct store_pg_text *t[STORE_PG_PARAMS_MAX];
+    if (b->order_step_count > 0) {
+        pg_write_begin(s, &w[n], PG_STMT_STEP_ORDERS, 4, t);
+        for (size_t i = 0; i < b->order_step_count; i++) {
+            const struct row_order_step *row = &b->order_steps[i];
+            SVC_ASSERT(row->order_seq >= 1 && row->history_entry_json[0] == '{');
+            store_pg_array_int(t[0], row->order_seq);
+            store_pg_array_text(t[1], row->status);
+            store_pg_array_text(t[2], row->history_entry_json);
+            store_pg_array_int(t[3], row->updated_at_ms);
+        }
+        pg_write_end(&w[n++], t);
+    }
+    if (b->offset_count > 0) {
+        pg_write_begin(s, &w[n], PG_STMT_UPSERT_OFFSETS, 3, t);
+        for (size_t i = 0; i < b->offset_count; i++) {
+            SVC_ASSERT(b->offsets[i].seq >= 1);
+            store_pg_array_text(t[0], b->offsets[i].stage);
+            store_pg_array_int(t[1], b->offsets[i].seq);
+            store_pg_array_int(t[2], b->offsets[i].updated_at_ms);
+        }
+        pg_write_end(&w[n++], t);
+    }
+    return n;
+}
+
 static int pg_write_records(struct pg_store *s, const struct store_batch *b, struct pg_write *w)
 {
     int n = 0;
     struct store_pg_text *t[STORE_PG_PARAMS_MAX];
     if (b->order_count > 0) {
-        pg_write_begin(s, &w[n], PG_STMT_INSERT_ORDERS, 7, t);
+        pg_write_begin(s, &w[n], PG_STMT_INSERT_ORDERS, 9, t);
         for (size_t i = 0; i < b->order_count; i++) {
             const struct row_order *row = &b->orders[i];
             store_pg_array_int(t[0], row->order_seq);
@@ -771,9 +832,12 @@ static int pg_write_records(struct pg_store *s, const struct store_batch *b, str
                 store_pg_array_text(t[1 + k], texts[k]);
             }
             store_pg_array_int(t[6], row->created_at_ms);
+            store_pg_array_int(t[7], row->reservation_seq); /* 0: a purchase (NULL) */
+            store_pg_array_int(t[8], row->expires_at_ms);
         }
         pg_write_end(&w[n++], t);
     }
+    n += pg_write_steps(s, b, w + n);
     if (b->idem_count > 0) {
         pg_write_begin(s, &w[n], PG_STMT_INSERT_IDEMS, 8, t);
         for (size_t i = 0; i < b->idem_count; i++) {
@@ -818,7 +882,7 @@ static int pg_write_reservations(struct pg_store *s, const struct store_batch *b
     int n = 0;
     struct store_pg_text *t[STORE_PG_PARAMS_MAX];
     if (b->reservation_count > 0) {
-        pg_write_begin(s, &w[n], PG_STMT_UPSERT_RESERVATIONS, 8, t);
+        pg_write_begin(s, &w[n], PG_STMT_UPSERT_RESERVATIONS, 11, t);
         for (size_t i = 0; i < b->reservation_count; i++) {
             const struct row_reservation *row = &b->reservations[i];
             store_pg_array_int(t[0], row->reservation_seq);
@@ -826,10 +890,12 @@ static int pg_write_reservations(struct pg_store *s, const struct store_batch *b
             store_pg_array_text(t[2], row->customer_id);
             store_pg_array_text(t[3], row->status);
             int64_t numbers[] = {row->expires_at_ms, row->version, row->created_at_ms,
-                                 row->updated_at_ms};
-            for (int k = 0; k < 4; k++) {
+                                 row->updated_at_ms, row->order_seq};
+            for (int k = 0; k < 5; k++) {
                 store_pg_array_int(t[4 + k], numbers[k]);
             }
+            store_pg_array_text(t[9], row->order_status); /* NULL: SQL NULL */
+            store_pg_array_int(t[10], row->pay_attempts);
         }
         w[n].rows = (int64_t)b->reservation_count;
         pg_write_end(&w[n++], t);
@@ -879,17 +945,6 @@ static int pg_commit_batch(struct store *base, const struct store_batch *batch)
     struct pg_store *s = (struct pg_store *)base;
     SVC_ASSERT(s->in_transaction); /* pg_prefetch opened it */
     SVC_ASSERT(batch != NULL);
-    bool orders = batch->order_step_count > 0 || batch->offset_count > 0;
-    for (size_t i = 0; i < batch->reservation_count; i++) {
-        orders |= batch->reservations[i].order_seq != 0;
-    }
-    if (orders) {
-        /* Checkout orders (issue 11) are not written to PostgreSQL yet: refuse the batch
-         * rather than lose their state (its commands get 503). */
-        log_warn("postgres: checkout orders are not supported on this backend yet");
-        pg_abort(s);
-        return SVC_ESTORAGE_UNAVAILABLE;
-    }
     if (s->writer.conn == NULL || s->writer.connects != s->transaction_connect) {
         /* The connection broke since the prefetch (and something connected again): the locks
          * and fresh reads are gone with it, so nothing may be written on the new one. */

@@ -40,7 +40,7 @@ struct row_event;
 /* Most statements in one pipeline round trip. */
 #define STORE_PG_PIPELINE_MAX 16
 /* Most parameters of one statement. */
-#define STORE_PG_PARAMS_MAX 8
+#define STORE_PG_PARAMS_MAX 12
 
 struct store_pg_statement {
     const char *name;

@@ -3,8 +3,8 @@ POST /v1/orders holds stock (all or none), the order worker confirms, the paymen
 charges the built-in simulator and the order ends PAID (onHand -= qty) or PAYMENT_FAILED (stock
 released); cancel, expiry, a race of 100 orders on 10 units, and kill -9 while payments run.
 The simulator's ledger (<data_dir>/payment-ledger.txt, one line per real charge) proves that no
-order was charged twice and that an order is PAID exactly when it was charged. SQLite only in
-this step: the PostgreSQL backend refuses checkout orders until it stores them."""
+order was charged twice and that an order is PAID exactly when it was charged. Both backends;
+on PostgreSQL also two instances on one database, the workers on one of them only."""
 
 import os
 import sys
@@ -14,7 +14,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (audit_events, check, check_eq, check_problem, check_status,  # noqa: E402
-                     main, new_key, run_threads, start_stockd)
+                     main, new_key, new_pg_database, pg_mode, run_threads, skip_test,
+                     start_stockd)
 
 FINAL = ("PAID", "PAYMENT_FAILED", "EXPIRED", "CANCELLED")
 WAIT_S = 30.0
@@ -218,7 +219,33 @@ def test_kill9_during_payments():
     audit_events(s2)
 
 
+def test_two_instances_one_runs_workers():
+    """PostgreSQL: orders taken by an instance with --workers off are paid by the workers of
+    the other one, and each instance's GET shows the same end and history."""
+    if not pg_mode():
+        skip_test("several instances share a PostgreSQL database only")
+    db = new_pg_database()
+    a = start_stockd(pg_db=db)
+    b = start_stockd(["--workers", "off"], pg_db=db)
+    with a.client() as ca, b.client() as cb:
+        product(cb, "TW", 20)
+        ids = []
+        for i in range(6):
+            r = order(cb if i % 2 == 0 else ca, "TW", 2)
+            check_status(r, 201, "order %d" % i)
+            ids.append(r.json["orderId"])
+        for oid in ids:
+            done = wait_final(cb, oid)
+            check_eq(done["status"], "PAID", oid)
+            check_eq(history(done), ["PENDING", "CONFIRMED", "PAID"], "history of " + oid)
+            check_eq(wait_final(ca, oid)["status"], "PAID", oid + " on the other instance")
+            check_eq(ledger(a).get(oid), ["ok"], "charges of " + oid)
+        check_eq(ledger(b), {}, "the instance without workers charged nothing")
+        check_eq(avail(ca, "TW"), (8, 0), "stock after six paid orders")
+    audit_events(a)
+
+
 if __name__ == "__main__":
     main([test_happy_path_to_paid, test_failure_rate_one_releases_stock,
           test_cancel_and_expiry_without_workers, test_hundred_orders_on_ten_units,
-          test_kill9_during_payments])
+          test_kill9_during_payments, test_two_instances_one_runs_workers])
