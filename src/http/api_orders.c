@@ -8,6 +8,7 @@
  * Read api_reservations.c next.
  */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,8 @@ void api_order_create(struct http_request *r)
     api_submit_command(r, CMD_ORDER_CREATE, true, api_decode_order);
 }
 
+static bool api_order_cancelled(struct http_request *r, const struct command *cmd);
+
 /* Decodes POST /v1/orders/{id}:cancel. The writer needs the order's hold, which never changes
  * once the order exists: it is read here from the stored order (durable before its 201). */
 static int api_decode_order_cancel(const struct http_request *r, json_t *body, struct command *cmd,
@@ -157,6 +160,9 @@ static int api_decode_order_cancel(const struct http_request *r, json_t *body, s
     }
     cmd->reservation_seq = row.reservation_seq;
     SVC_ASSERT(cmd->reservation_seq >= 1 && cmd->order_seq >= 1);
+    struct http_command *hc =
+        (struct http_command *)((char *)cmd - offsetof(struct http_command, cmd));
+    hc->send_ok = api_order_cancelled; /* the 200 shows the order with its history, as GET */
     return 0;
 }
 
@@ -193,6 +199,37 @@ static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_ord
     return jbuf_ok(b);
 }
 
+/* Sends ord_<seq> as stored (200); false, having sent nothing, when it cannot be read. */
+static bool api_order_send(struct http_request *r, int64_t seq, bool *absent)
+{
+    struct store_order_row row;
+    int rc = store_reader_order(r->thread->reader, seq, &row);
+    SVC_ASSERT(rc <= 1); /* 1 found, 0 absent, or an error */
+    *absent = rc == 0;
+    if (rc <= 0) {
+        return false;
+    }
+    char body[READ_BODY_BYTES_MAX];
+    struct jbuf b;
+    jbuf_init(&b, body, sizeof body);
+    if (!api_order_format(&b, seq, &row)) {
+        log_error("http: order ord_%" PRId64 " does not fit %d bytes", seq, READ_BODY_BYTES_MAX);
+        return false;
+    }
+    SVC_ASSERT(b.length > 0 && b.length < sizeof body);
+    http_send_json(r, 200, body, b.length);
+    return true;
+}
+
+/* A cancel's 200 (first or replayed): the order as GET shows it, committed before the reply
+ * was released; the writer's own body (no history) if it cannot be read. */
+static bool api_order_cancelled(struct http_request *r, const struct command *cmd)
+{
+    SVC_ASSERT(cmd->kind == CMD_ORDER_CANCEL && cmd->order_seq >= 1);
+    bool absent = false;
+    return api_order_send(r, cmd->order_seq, &absent);
+}
+
 void api_order_get(struct http_request *r)
 {
     int64_t seq = api_order_seq(r->path_param);
@@ -200,24 +237,9 @@ void api_order_get(struct http_request *r)
         http_send_problem(r, SVC_EUNKNOWN_ORDER, "order ids look like ord_123", NULL, 0);
         return;
     }
-    struct store_order_row row;
-    int rc = store_reader_order(r->thread->reader, seq, &row);
-    SVC_ASSERT(rc <= 1); /* 1 found, 0 absent, or an error */
-    if (rc == 0) {
-        http_send_problem(r, SVC_EUNKNOWN_ORDER, "no order with this id", NULL, 0);
-        return;
+    bool absent = false;
+    if (!api_order_send(r, seq, &absent)) {
+        http_send_problem(r, absent ? SVC_EUNKNOWN_ORDER : SVC_ESTORAGE_UNAVAILABLE,
+                          absent ? "no order with this id" : NULL, NULL, 0);
     }
-    char body[READ_BODY_BYTES_MAX];
-    struct jbuf b;
-    jbuf_init(&b, body, sizeof body);
-    if (rc < 0 || !api_order_format(&b, seq, &row)) {
-        if (rc > 0) {
-            log_error("http: order ord_%" PRId64 " does not fit %d bytes", seq,
-                      READ_BODY_BYTES_MAX);
-        }
-        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, NULL, NULL, 0);
-        return;
-    }
-    SVC_ASSERT(b.length > 0 && b.length < sizeof body);
-    http_send_json(r, 200, body, b.length);
 }

@@ -230,6 +230,7 @@ struct http_command *http_command_alloc(struct http_request *r)
     hc->next_free = NULL;
     hc->req = NULL;
     hc->guard = NULL;
+    hc->send_ok = NULL;
     /* Everything before the reply body, reply_location included, starts empty. */
     memset(&hc->cmd, 0, offsetof(struct command, reply_body));
     hc->cmd.owner = t;
@@ -331,6 +332,10 @@ static void request_send_reply(struct http_command *hc)
     }
     if (cmd->reply_status == 503 || cmd->reply_status == 429) {
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
+    }
+    if (hc->send_ok != NULL && cmd->reply_status == 200 && !cmd->reply_problem &&
+        hc->send_ok(&r, cmd)) {
+        return;
     }
     http_send(&r, cmd->reply_status,
               cmd->reply_problem ? "application/problem+json" : "application/json", cmd->reply_body,
