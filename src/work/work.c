@@ -451,6 +451,14 @@ static bool work_drain_replies(struct work *w)
 static int work_resume_one(void *context, const struct store_payment_row *row)
 {
     struct work *w = context;
+    if (row->pay_attempts >= WORK_PAY_ATTEMPTS_MAX) {
+        /* Its last attempt started before the stop: parked as it was (or would have been after
+         * that attempt's timeout), never asked again here; the dead-letter table comes next. */
+        atomic_fetch_add(&w->stats.parked, 1);
+        log_warn("work: ord_%" PRId64 " in doubt after %" PRId64 " attempts: stays parked",
+                 row->order_seq, row->pay_attempts);
+        return 0;
+    }
     uint32_t index = work_item_take(w, row->order_seq, row->reservation_seq, row->pay_attempts);
     if (index == UINT32_MAX) {
         return SVC_ECAPACITY;

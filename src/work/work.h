@@ -10,7 +10,8 @@
  * command, so many orders share one batch. The payment stage marks a charge in doubt before it
  * starts it (PAY_BEGIN: the order can no longer expire), keeps many charges in flight, retries
  * a timeout with exponential backoff and jitter up to WORK_PAY_ATTEMPTS_MAX attempts (each
- * counted in storage), and at start resumes every charge left in doubt, with the same key.
+ * counted in storage), and at start resumes every charge left in doubt, with the same key,
+ * except those whose stored attempts reached WORK_PAY_ATTEMPTS_MAX: parked stays parked.
  *
  * The offset a step stores is its stage's low-water mark: just below the first event whose
  * step has not been answered yet (a step whose batch failed with 503 is pushed again and keeps

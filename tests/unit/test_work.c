@@ -7,7 +7,8 @@
  * The case that used to lose an order: the steps for events 10 and 11 go out, the batch of 10
  * fails (503) while the one of 11 commits. Had 11's step stored offset 11, a crash before 10's
  * step went through again would restart the stage after 11: order 10 skipped, left to its TTL.
- * Read test_writer.c next.
+ * A restart keeps a parked charge parked (its stored attempts reached the most). Read
+ * test_writer.c next.
  */
 #include "test_helpers.h"
 
@@ -20,7 +21,8 @@ static int64_t test_work_wall_ms(void)
 
 static int test_work_charge(void *self, const char *key, uint64_t token, int64_t now_ms)
 {
-    (void)self, (void)key, (void)token, (void)now_ms;
+    (void)key, (void)token, (void)now_ms;
+    *(int *)self += 1; /* the charges asked */
     return 0;
 }
 
@@ -33,6 +35,7 @@ static size_t test_work_poll(void *self, int64_t now_ms, struct pay_result *out,
 struct test_work_fixture {
     struct queue queue;
     struct pay_provider provider;
+    int charges;
     struct work *w;
 };
 
@@ -42,7 +45,7 @@ static int test_work_setup(void **state)
     if (f == NULL || queue_init(&f->queue, 64) != 0) {
         return -1;
     }
-    f->provider = (struct pay_provider){"test", NULL, test_work_charge, test_work_poll};
+    f->provider = (struct pay_provider){"test", &f->charges, test_work_charge, test_work_poll};
     struct work_config config = {"unused", &f->queue, &f->provider, NULL, NULL, test_work_wall_ms};
     f->w = work_new(&config);
     *state = f;
@@ -148,12 +151,30 @@ static void test_work_marks_in_order(void **state)
     ASSERT_EQ_UINT(f->w->free_count, WORK_COMMANDS_MAX);
 }
 
+/* At start, a charge in doubt is asked again with its stored attempts, unless those reached
+ * the most: an order parked before a restart stays parked. */
+static void test_work_resume_keeps_parked(void **state)
+{
+    struct test_work_fixture *f = *state;
+    struct store_payment_row in_doubt = {.order_seq = 5, .reservation_seq = 5, .pay_attempts = 3};
+    ASSERT_EQ_INT(work_resume_one(f->w, &in_doubt), 0);
+    ASSERT_EQ_INT(f->charges, 1);
+    ASSERT_EQ_UINT(f->w->item_free_count, WORK_PAY_ITEMS_MAX - 1);
+    struct store_payment_row parked = {
+        .order_seq = 6, .reservation_seq = 6, .pay_attempts = WORK_PAY_ATTEMPTS_MAX};
+    ASSERT_EQ_INT(work_resume_one(f->w, &parked), 0);
+    ASSERT_EQ_INT(f->charges, 1); /* not asked again */
+    ASSERT_EQ_UINT(f->w->item_free_count, WORK_PAY_ITEMS_MAX - 1);
+    ASSERT_EQ_UINT(atomic_load(&f->w->stats.parked), 1);
+}
+
 int main(void)
 {
 #define WORK_TEST(f) cmocka_unit_test_setup_teardown(f, test_work_setup, test_work_teardown)
     const struct CMUnitTest tests[] = {
         WORK_TEST(test_work_failed_step_holds_the_offset),
         WORK_TEST(test_work_marks_in_order),
+        WORK_TEST(test_work_resume_keeps_parked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
