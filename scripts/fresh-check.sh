@@ -12,8 +12,14 @@
 #   FRESH_CHECK_MIRROR=URL the Debian archive to debootstrap from (default: apt's sources)
 set -euo pipefail
 
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+if [ $# -gt 0 ]; then # no arguments: the environment variables above are the options
+  usage
+  [ "$1" = -h ] || [ "$1" = --help ] && exit 0
+  exit 2
+fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "usage: sudo bash scripts/fresh-check.sh   (it mounts, chroots and installs packages)" >&2
+  echo "$0 must run as root: it mounts /proc and /dev in a chroot and installs packages" >&2
   exit 2
 fi
 # Run in a private mount namespace: the mounts made for the root are invisible to the host and
@@ -26,7 +32,10 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 suite=bookworm # Debian 12, what the README promises
 started=$SECONDS
 phase_name="start"
-say() { printf '[fresh-check %02d:%02d] %s\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$*"; }
+say() {
+  local t=$((SECONDS - started))
+  printf '[fresh-check %02d:%02d] %s\n' $((t / 60)) $((t % 60)) "$*"
+}
 phase() {
   phase_name=$1
   say "== $*"
@@ -52,12 +61,12 @@ root_pids() {
   return 0
 }
 kill_root_processes() {
-  local pids tries
+  local pids
   mapfile -t pids < <(root_pids)
   [ ${#pids[@]} -gt 0 ] || return 0
   say "teardown: stopping processes left in the root: ${pids[*]}"
   kill -TERM "${pids[@]}" 2>/dev/null || true
-  for tries in $(seq 1 20); do
+  for _ in $(seq 1 20); do
     mapfile -t pids < <(root_pids)
     [ ${#pids[@]} -gt 0 ] || return 0
     sleep 0.5
