@@ -25,7 +25,15 @@ done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo_cmd=()
-[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+if [ "$(id -u)" -ne 0 ]; then
+  # A minimal Debian has no sudo: say what to do rather than "sudo: command not found".
+  if ! command -v sudo >/dev/null; then
+    echo "missing Debian packages: ${missing[*]}" >&2
+    echo "run this command as root (or install sudo) so that $0 can install them" >&2
+    exit 1
+  fi
+  sudo_cmd=(sudo)
+fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq

@@ -15,6 +15,10 @@ as_postgres() {
 mkdir -p "$dir"
 chmod 755 "$dir"
 chown postgres: "$dir" 2>/dev/null || true
+# Absolute, then leave the caller's directory: initdb and pg_ctl running as postgres complain
+# "could not change directory" about a working directory they cannot enter (a clone in /root).
+dir=$(cd "$dir" && pwd)
+cd /
 if [ ! -f "$dir/data/PG_VERSION" ]; then
   as_postgres "$pgbin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 >"$dir/initdb.log"
 fi
