@@ -51,6 +51,13 @@ void api_order_cancel(struct http_request *r);
 void api_seed_buy_ticket(struct http_request *r);
 void api_seed_inventory(struct http_request *r);
 void api_seed_reset(struct http_request *r);
+/* Seed 001 (api_orders.c, api_seed.c): POST /orders {userId, items:[{productId, quantity}]} is
+ * POST /v1/orders; GET /orders/{id} is GET /v1/orders/{id} with userId and items besides;
+ * GET /inventory/{productId} is the product's totals over every store. Seed 000's
+ * POST /purchase is api_purchase itself (the same body as POST /v1/purchase). */
+void api_seed_order_create(struct http_request *r);
+void api_seed_order_get(struct http_request *r);
+void api_seed_inventory_item(struct http_request *r);
 /* Operations (api_ops.c): GET /, /health, /ready, /metrics. */
 void api_home(struct http_request *r);
 void api_health(struct http_request *r);

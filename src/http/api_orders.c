@@ -132,6 +132,51 @@ void api_order_create(struct http_request *r)
     api_submit_command(r, CMD_ORDER_CREATE, true, api_decode_order);
 }
 
+/* Decodes seed 001's POST /orders {userId, items:[{productId, quantity}]} into the command of
+ * POST /v1/orders {customerId, lines:[{sku, qty}]} (the default store choice and TTL). */
+static int api_decode_seed_order(const struct http_request *r, json_t *body, struct command *cmd,
+                                 const char **why)
+{
+    (void)r;
+    cmd->ttl_seconds = ORDER_TTL_SECONDS_DEFAULT;
+    int rc =
+        api_get_string(body, "userId", true, false, cmd->customer_id, sizeof cmd->customer_id, why);
+    if (rc < 0) {
+        return rc;
+    }
+    json_t *items = json_object_get(body, "items");
+    if (!json_is_array(items) || json_array_size(items) < 1 ||
+        json_array_size(items) > CMD_LINES_MAX) {
+        *why = "items must be an array of 1 to 100 {productId, quantity}";
+        return SVC_EVALIDATION;
+    }
+    struct cmd_lines *out = cmd->lines;
+    out->count = 0;
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        json_t *item = json_array_get(items, i);
+        struct cmd_line *dst = &out->items[out->count];
+        if (!json_is_object(item)) {
+            *why = "each item must be an object {productId, quantity}";
+            return SVC_EVALIDATION;
+        }
+        rc = api_get_string(item, "productId", true, true, dst->sku, sizeof dst->sku, why);
+        if (rc >= 0) {
+            rc = api_get_int(item, "quantity", true, 1, QTY_MAX, &dst->qty, why);
+        }
+        if (rc < 0) {
+            return rc;
+        }
+        out->count++;
+    }
+    SVC_ASSERT(out->count >= 1 && out->count <= CMD_LINES_MAX);
+    return 0;
+}
+
+void api_seed_order_create(struct http_request *r)
+{
+    api_submit_command(r, CMD_ORDER_CREATE, true, api_decode_seed_order);
+}
+
 static bool api_order_cancelled(struct http_request *r, const struct command *cmd);
 
 /* Decodes POST /v1/orders/{id}:cancel. The writer needs the order's hold, which never changes
@@ -171,8 +216,28 @@ void api_order_cancel(struct http_request *r)
     api_submit_command(r, CMD_ORDER_CANCEL, false, api_decode_order_cancel);
 }
 
-/* Writes the v1 order JSON of ord_<seq> from its stored columns; false when it did not fit. */
-static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_order_row *row)
+/* Writes seed 001's "items":[{productId, quantity}] from the stored lines [{sku, qty}]. */
+static void api_order_seed_items(struct jbuf *b, const char *lines_json)
+{
+    json_t *lines = json_loads(lines_json, 0, NULL);
+    jbuf_key(b, "items");
+    jbuf_lit(b, "[");
+    for (size_t i = 0; json_is_array(lines) && i < json_array_size(lines); i++) {
+        json_t *line = json_array_get(lines, i);
+        const char *sku = json_string_value(json_object_get(line, "sku"));
+        jbuf_lit(b, i == 0 ? "{" : ",{");
+        jbuf_kv_str(b, "productId", sku != NULL ? sku : "");
+        jbuf_kv_int(b, "quantity", json_integer_value(json_object_get(line, "qty")));
+        jbuf_lit(b, "}");
+    }
+    jbuf_lit(b, "]");
+    json_decref(lines);
+}
+
+/* Writes the v1 order JSON of ord_<seq> from its stored columns, with seed 001's userId and
+ * items besides when seed; false when it did not fit. */
+static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_order_row *row,
+                             bool seed)
 {
     SVC_ASSERT(seq >= 1);
     SVC_ASSERT(row->lines_json != NULL && row->history_json != NULL);
@@ -181,6 +246,10 @@ static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_ord
     jbuf_lit(b, "{");
     jbuf_kv_str(b, "orderId", order_id);
     jbuf_kv_str(b, "customerId", row->customer_id);
+    if (seed) {
+        jbuf_kv_str(b, "userId", row->customer_id);
+        api_order_seed_items(b, row->lines_json);
+    }
     jbuf_kv_str(b, "storeId", row->store_id);
     jbuf_kv_str(b, "status", row->status);
     if (row->reservation_seq != 0) { /* a checkout order */
@@ -200,7 +269,7 @@ static bool api_order_format(struct jbuf *b, int64_t seq, const struct store_ord
 }
 
 /* Sends ord_<seq> as stored (200); false, having sent nothing, when it cannot be read. */
-static bool api_order_send(struct http_request *r, int64_t seq, bool *absent)
+static bool api_order_send(struct http_request *r, int64_t seq, bool seed, bool *absent)
 {
     struct store_order_row row;
     int rc = store_reader_order(r->thread->reader, seq, &row);
@@ -212,7 +281,7 @@ static bool api_order_send(struct http_request *r, int64_t seq, bool *absent)
     char body[READ_BODY_BYTES_MAX];
     struct jbuf b;
     jbuf_init(&b, body, sizeof body);
-    if (!api_order_format(&b, seq, &row)) {
+    if (!api_order_format(&b, seq, &row, seed)) {
         log_error("http: order ord_%" PRId64 " does not fit %d bytes", seq, READ_BODY_BYTES_MAX);
         return false;
     }
@@ -227,10 +296,11 @@ static bool api_order_cancelled(struct http_request *r, const struct command *cm
 {
     SVC_ASSERT(cmd->kind == CMD_ORDER_CANCEL && cmd->order_seq >= 1);
     bool absent = false;
-    return api_order_send(r, cmd->order_seq, &absent);
+    return api_order_send(r, cmd->order_seq, false, &absent);
 }
 
-void api_order_get(struct http_request *r)
+/* GET /v1/orders/{id}, or seed 001's GET /orders/{id} (seed: userId and items besides). */
+static void api_order_get_as(struct http_request *r, bool seed)
 {
     int64_t seq = api_order_seq(r->path_param);
     if (seq <= 0) {
@@ -238,8 +308,18 @@ void api_order_get(struct http_request *r)
         return;
     }
     bool absent = false;
-    if (!api_order_send(r, seq, &absent)) {
+    if (!api_order_send(r, seq, seed, &absent)) {
         http_send_problem(r, absent ? SVC_EUNKNOWN_ORDER : SVC_ESTORAGE_UNAVAILABLE,
                           absent ? "no order with this id" : NULL, NULL, 0);
     }
+}
+
+void api_order_get(struct http_request *r)
+{
+    api_order_get_as(r, false);
+}
+
+void api_seed_order_get(struct http_request *r)
+{
+    api_order_get_as(r, true);
 }

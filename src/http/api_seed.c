@@ -109,3 +109,49 @@ void api_seed_inventory(struct http_request *r)
     projector_read_end(p, v); /* the name was copied into body */
     http_send_json(r, 200, body, length);
 }
+
+/* Seed 001's GET /inventory/{productId}: the product's totals over every store, read from the
+ * projector like GET /v1/availability?sku= (the productId is the sku). */
+void api_seed_inventory_item(struct http_request *r)
+{
+    char sku[SKU_BYTES_MAX + 1];
+    h2o_iovec_t id = r->path_param;
+    if (id.base == NULL || id.len == 0 || id.len > SKU_BYTES_MAX ||
+        !api_is_id(id.base, id.len, SKU_BYTES_MAX)) {
+        http_send_problem(r, SVC_EVALIDATION, "the productId must be 1-64 of [A-Za-z0-9._-]", NULL,
+                          0);
+        return;
+    }
+    memcpy(sku, id.base, id.len);
+    sku[id.len] = '\0';
+    struct projector *p = &r->thread->app->projector;
+    api_read_fresh(r);
+    struct projection *v = projector_read_begin(p);
+    int32_t product_index = projector_product_find(v, sku);
+    int64_t on_hand = 0;
+    int64_t reserved = 0;
+    for (uint32_t s = 0; product_index >= 0 && s < projector_store_count(v); s++) {
+        struct projector_item item;
+        if (projector_item_get(v, (uint32_t)product_index, s, &item)) {
+            on_hand += item.on_hand;
+            reserved += item.reserved;
+        }
+    }
+    projector_read_end(p, v);
+    if (product_index < 0) {
+        http_send_problem(r, SVC_EUNKNOWN_SKU, "no product with this productId", NULL, 0);
+        return;
+    }
+    SVC_ASSERT(reserved >= 0 && reserved <= on_hand);
+    char body[READ_BODY_BYTES_MAX];
+    struct jbuf b;
+    jbuf_init(&b, body, sizeof body);
+    jbuf_lit(&b, "{");
+    jbuf_kv_str(&b, "productId", sku);
+    jbuf_kv_int(&b, "available", on_hand - reserved);
+    jbuf_kv_int(&b, "reserved", reserved);
+    jbuf_kv_int(&b, "onHand", on_hand);
+    jbuf_lit(&b, "}");
+    SVC_ASSERT(jbuf_ok(&b));
+    http_send_json(r, 200, body, b.length);
+}
