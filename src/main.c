@@ -167,6 +167,7 @@ static void main_start_workers(struct app *app)
         log_error("cannot start the checkout order workers");
         exit(1);
     }
+    atomic_store(&app->pay_sim, sim);
     atomic_store(&app->work, w);
 }
 

@@ -40,7 +40,8 @@
     X(OUT_OF_MEMORY, 503, "out_of_memory", "Out of memory")                               \
     X(TOO_MANY_SUBSCRIBERS, 503, "too_many_subscribers", "Too many stream subscribers")   \
     X(AUDIT_RUNNING, 409, "audit_running", "An audit is already running")                 \
-    X(ORDER_NOT_CANCELLABLE, 409, "order_not_cancellable", "Order cannot be cancelled")
+    X(ORDER_NOT_CANCELLABLE, 409, "order_not_cancellable", "Order cannot be cancelled")   \
+    X(READ_ONLY, 503, "read_only", "Read-only mode: writes are refused")
 
 enum svc_err_index {
 #define SVC_ERR_INDEX_(name, status, code, title) SVC_ERR_INDEX_##name,

@@ -406,7 +406,11 @@ static void writer_apply_all(struct writer *w)
     struct batch *b = w->batch;
     w->state = WRITER_APPLYING;
     store_apply_begin(w->config.store);
-    apply_expire_due(w->config.domain, b); /* release expired holds before the batch competes */
+    if (!atomic_load(&w->expiry_paused)) {
+        size_t before = batch_event_count(b);
+        apply_expire_due(w->config.domain, b); /* release expired holds before the batch competes */
+        atomic_fetch_add(&w->expiry_events, batch_event_count(b) - before);
+    }
     for (size_t i = 0; i < batch_command_count(b); i++) {
         writer_apply(w, i);
     }
@@ -596,6 +600,9 @@ static int writer_idle_wait_ms(struct writer *w)
 {
     int64_t next = res_next_expiry(&w->config.domain->reservations);
     int64_t now = w->config.wall_ms();
+    if (atomic_load(&w->expiry_paused)) {
+        return WRITER_IDLE_WAIT_MS; /* nothing expires meanwhile */
+    }
     if (next <= now) {
         return 0;
     }
@@ -626,7 +633,8 @@ static void *writer_loop(void *arg)
             break; /* the queue is drained: every accepted command got its reply */
         }
         int64_t now_ms = w->config.wall_ms();
-        if (res_next_expiry(&w->config.domain->reservations) <= now_ms ||
+        bool expiring = !atomic_load(&w->expiry_paused);
+        if ((expiring && res_next_expiry(&w->config.domain->reservations) <= now_ms) ||
             prefetch_sweep(p, w->config.store, w->config.domain, now_ms)) {
             writer_run_batch(w, commands, 0); /* a batch of expiries only */
             continue;

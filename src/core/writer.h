@@ -101,6 +101,10 @@ struct writer {
     _Atomic uint64_t storage_recoveries;
     uint64_t store_sessions_seen; /* store_session_count at the last look; writer thread only */
     _Atomic int64_t acked_seq;    /* the last event seq of a batch whose replies were released */
+    /* POST /v1/admin/workers/expiry:pause (any thread sets it): the sweep of due holds is
+     * skipped, so no reservation and no checkout order expires by time while it is set. */
+    _Atomic bool expiry_paused;
+    _Atomic uint64_t expiry_events; /* events of the sweeps (released holds, expired orders) */
     struct writer_stats stats;
 };
 

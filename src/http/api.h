@@ -7,6 +7,7 @@
  *                       rebuild (the projector), the event log and idempotency records (reader)
  *   api_stream.c        GET /v1/stream, server-sent events (the projector's tap, the log)
  *   api_seed.c          the seed-compatible aliases (seed 004)
+ *   api_admin.c         the operator's controls: workers, payment simulator, read-only mode
  *   api_ops.c           health, readiness, metrics, the OpenAPI document, the home page
  *   api_audit.c         the audit, on a thread of its own, with progress
  *   api_common.c        the helpers below: body decoding, idempotency, fresh reads, events
@@ -58,6 +59,19 @@ void api_seed_reset(struct http_request *r);
 void api_seed_order_create(struct http_request *r);
 void api_seed_order_get(struct http_request *r);
 void api_seed_inventory_item(struct http_request *r);
+/* The operator's controls (api_admin.c, admin role): GET /v1/admin/workers,
+ * POST /v1/admin/workers/{stage}:pause and :resume, PUT /v1/admin/payment,
+ * PUT /v1/admin/read-only, and seed 001's aliases of them. */
+void api_admin_workers(struct http_request *r);
+void api_admin_worker_pause(struct http_request *r);
+void api_admin_worker_resume(struct http_request *r);
+void api_admin_payment(struct http_request *r);
+void api_admin_read_only(struct http_request *r);
+void api_seed_worker_pause(struct http_request *r);
+void api_seed_worker_resume(struct http_request *r);
+void api_seed_payment_failure_rate(struct http_request *r);
+void api_seed_read_only_on(struct http_request *r);
+void api_seed_read_only_off(struct http_request *r);
 /* Operations (api_ops.c): GET /, /health, /ready, /metrics. */
 void api_home(struct http_request *r);
 void api_health(struct http_request *r);

@@ -21,8 +21,12 @@ extern const size_t openapi_yaml_length;
 
 void api_health(struct http_request *r)
 {
-    static const char body[] = "{\"status\":\"ok\"}";
-    http_send_json(r, 200, body, sizeof body - 1);
+    /* Writable: the body it always had; read-only mode adds readOnly. */
+    static const char writable[] = "{\"status\":\"ok\"}";
+    static const char read_only[] = "{\"status\":\"ok\",\"readOnly\":true}";
+    bool on = atomic_load(&r->thread->app->read_only);
+    http_send_json(r, 200, on ? read_only : writable,
+                   on ? sizeof read_only - 1 : sizeof writable - 1);
 }
 
 void api_ready(struct http_request *r)
@@ -152,6 +156,11 @@ void api_metrics(struct http_request *r)
                        (unsigned long long)atomic_load(&app->projector.snapshots_written),
                        (long long)atomic_load(&app->projector.snapshot_seq),
                        (long long)atomic_load(&app->projector.snapshot_bytes));
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_read_only gauge\nstockd_read_only %d\n"
+                       "# TYPE stockd_expiry_paused gauge\nstockd_expiry_paused %d\n",
+                       atomic_load(&app->read_only) ? 1 : 0,
+                       atomic_load(&app->writer.expiry_paused) ? 1 : 0);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_http_requests_total counter\n");
     for (size_t i = 0; i < routes_count; i++) {

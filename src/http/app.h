@@ -7,7 +7,8 @@
  * in api_common.c); they read orders, the event log and idempotency records through their own
  * store reader, and stats through atomics. The domain belongs to the writer alone: no I/O
  * thread touches it. Nothing here is locked because nothing here changes after the threads
- * start (STYLE 4). This file is not the server (server.h). Read routes.h next.
+ * start (STYLE 4), but for the operator's switches, which are atomics. This file is not the server
+ * (server.h). Read routes.h next.
  */
 #ifndef STOCKD_APP_H
 #define STOCKD_APP_H
@@ -46,6 +47,7 @@ struct app_config {
 };
 
 struct work;
+struct pay_sim;
 
 struct app {
     struct app_config config;
@@ -56,6 +58,10 @@ struct app {
     struct follower follower;    /* shared backends: follows other instances' events */
     struct auth auth;            /* bearer tokens, filled before the threads start */
     _Atomic(struct work *) work; /* the checkout workers (NULL: --workers off), woken by commits */
+    _Atomic(struct pay_sim *) pay_sim; /* their payment simulator (NULL: --workers off) */
+    /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
+     * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
+    _Atomic bool read_only;
     int64_t started_wall_ms;
     _Atomic bool shutting_down;
 };

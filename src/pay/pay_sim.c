@@ -6,6 +6,7 @@
 #include "pay/pay_sim.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,9 @@ struct pay_sim {
     uint64_t rng;                /* xorshift64 state, never 0 */
     FILE *ledger;                /* owned, or NULL */
     struct pay_sim_stats stats;
+    _Atomic int64_t failure_ppm; /* the knobs: config's at start, pay_sim_set_knobs later */
+    _Atomic int64_t timeout_ppm;
+    _Atomic int64_t latency_ms;
 };
 
 static double pay_sim_random(struct pay_sim *sim)
@@ -126,8 +130,10 @@ static int pay_sim_charge(void *self, const char *key, uint64_t token, int64_t n
         sim->stats.replays++; /* the same key: the first outcome, never a second charge */
         outcome = slot->decided == PAY_SIM_OK ? PAY_OK : PAY_DECLINED;
     } else {
-        bool timeout = pay_sim_random(sim) < sim->config.timeout_rate;
-        bool declined = pay_sim_random(sim) < sim->config.failure_rate;
+        double timeout_rate = (double)atomic_load(&sim->timeout_ppm) / PAY_SIM_PPM;
+        double failure_rate = (double)atomic_load(&sim->failure_ppm) / PAY_SIM_PPM;
+        bool timeout = pay_sim_random(sim) < timeout_rate;
+        bool declined = pay_sim_random(sim) < failure_rate;
         /* A timeout hides the outcome; half the time the provider did decide meanwhile. */
         if (!timeout || pay_sim_random(sim) < 0.5) {
             enum pay_sim_decided decided = declined ? PAY_SIM_DECLINED : PAY_SIM_OK;
@@ -140,7 +146,7 @@ static int pay_sim_charge(void *self, const char *key, uint64_t token, int64_t n
     }
     sim->stats.timeouts += outcome == PAY_TIMEOUT;
     struct pay_sim_flight *f = &sim->ring[sim->ring_tail++ & (PAY_SIM_INFLIGHT_MAX - 1)];
-    *f = (struct pay_sim_flight){token, now_ms + sim->config.latency_ms, outcome, {0}};
+    *f = (struct pay_sim_flight){token, now_ms + atomic_load(&sim->latency_ms), outcome, {0}};
     strcpy(f->key, key);
     return 0;
 }
@@ -172,6 +178,9 @@ struct pay_sim *pay_sim_new(const struct pay_sim_config *config, uint64_t seed)
         return NULL;
     }
     sim->config = *config;
+    atomic_store(&sim->failure_ppm, (int64_t)(config->failure_rate * PAY_SIM_PPM + 0.5));
+    atomic_store(&sim->timeout_ppm, (int64_t)(config->timeout_rate * PAY_SIM_PPM + 0.5));
+    atomic_store(&sim->latency_ms, config->latency_ms);
     sim->rng = seed != 0 ? seed : 0x9e3779b97f4a7c15ULL;
     sim->keys = calloc(PAY_SIM_KEY_SLOTS, sizeof *sim->keys);
     sim->ring = calloc(PAY_SIM_INFLIGHT_MAX, sizeof *sim->ring);
@@ -212,4 +221,21 @@ const struct pay_provider *pay_sim_provider(struct pay_sim *sim)
 const struct pay_sim_stats *pay_sim_stats(const struct pay_sim *sim)
 {
     return &sim->stats;
+}
+
+void pay_sim_set_knobs(struct pay_sim *sim, const struct pay_sim_knobs *knobs)
+{
+    SVC_ASSERT(knobs->failure_ppm >= 0 && knobs->failure_ppm <= PAY_SIM_PPM);
+    SVC_ASSERT(knobs->timeout_ppm >= 0 && knobs->timeout_ppm <= PAY_SIM_PPM);
+    SVC_ASSERT(knobs->latency_ms >= 0 && knobs->latency_ms <= PAY_SIM_LATENCY_MS_MAX);
+    atomic_store(&sim->failure_ppm, knobs->failure_ppm);
+    atomic_store(&sim->timeout_ppm, knobs->timeout_ppm);
+    atomic_store(&sim->latency_ms, knobs->latency_ms);
+}
+
+void pay_sim_get_knobs(struct pay_sim *sim, struct pay_sim_knobs *out)
+{
+    out->failure_ppm = atomic_load(&sim->failure_ppm);
+    out->timeout_ppm = atomic_load(&sim->timeout_ppm);
+    out->latency_ms = atomic_load(&sim->latency_ms);
 }

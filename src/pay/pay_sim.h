@@ -7,7 +7,8 @@
  * and reads the file back at start, so that, like a real provider, it remembers charges across
  * a restart of stockd (a kill -9 included: the lines are written before the result is
  * reported). Tests count the ledger's lines per key to prove that no order was charged twice.
- * Not thread-safe: the payment worker's thread only. Read work/work.h next.
+ * Not thread-safe but for its knobs (pay_sim_set_knobs): the payment worker's thread only. Read
+ * work/work.h next.
  */
 #ifndef STOCKD_PAY_SIM_H
 #define STOCKD_PAY_SIM_H
@@ -38,6 +39,16 @@ struct pay_sim_stats { /* read by the tests through the ledger, by /metrics late
 
 struct pay_sim;
 
+/* The knobs at run time (PUT /v1/admin/payment): rates in millionths, so that any thread sets
+ * them without a lock and the worker's thread reads them at every charge. */
+#define PAY_SIM_PPM 1000000
+#define PAY_SIM_LATENCY_MS_MAX 60000
+struct pay_sim_knobs {
+    int64_t failure_ppm; /* 0..PAY_SIM_PPM */
+    int64_t timeout_ppm; /* 0..PAY_SIM_PPM */
+    int64_t latency_ms;  /* 0..PAY_SIM_LATENCY_MS_MAX */
+};
+
 /* Makes a simulator and its provider interface; NULL when out of memory or the ledger cannot
  * be opened or read (logged). */
 struct pay_sim *pay_sim_new(const struct pay_sim_config *config, uint64_t seed);
@@ -45,5 +56,9 @@ void pay_sim_free(struct pay_sim *sim);
 /* Its pay_provider (borrowed: lives as long as sim). */
 const struct pay_provider *pay_sim_provider(struct pay_sim *sim);
 const struct pay_sim_stats *pay_sim_stats(const struct pay_sim *sim);
+/* Sets the knobs for the charges started from now on (any thread); a lower latency lets a
+ * charge wait for the ones started before it. */
+void pay_sim_set_knobs(struct pay_sim *sim, const struct pay_sim_knobs *knobs);
+void pay_sim_get_knobs(struct pay_sim *sim, struct pay_sim_knobs *out);
 
 #endif

@@ -69,6 +69,8 @@ struct work {
     pthread_t thread;
     bool started;
     _Atomic bool stopping;
+    _Atomic bool paused[CMD_STAGE_COUNT]; /* work_pause: set by any thread */
+    bool round_paused[CMD_STAGE_COUNT];   /* paused, as the current read round saw it */
     struct work_stats stats;
     char arena_data[64 * 1024]; /* event decoding */
 };
@@ -113,6 +115,19 @@ struct work *work_new(const struct work_config *config)
 const struct work_stats *work_stats(const struct work *w)
 {
     return &w->stats;
+}
+
+void work_pause(struct work *w, enum cmd_stage stage, bool paused)
+{
+    SVC_ASSERT(stage == CMD_STAGE_ORDER || stage == CMD_STAGE_PAYMENT);
+    atomic_store(&w->paused[stage], paused);
+    work_notify(w);
+}
+
+bool work_paused(const struct work *w, enum cmd_stage stage)
+{
+    SVC_ASSERT(stage == CMD_STAGE_ORDER || stage == CMD_STAGE_PAYMENT);
+    return atomic_load(&w->paused[stage]);
 }
 
 void work_writer_reply(struct command *cmd)
@@ -247,8 +262,10 @@ static int work_on_event(void *context, const struct row_event *row)
     struct work *w = context;
     bool created = strcmp(row->event_type, "OrderCreated") == 0;
     bool confirmed = strcmp(row->event_type, "OrderConfirmed") == 0;
-    bool for_order = created && row->seq > w->order_pos;
-    bool for_payment = confirmed && row->seq > w->payment_pos;
+    bool order_runs = !w->round_paused[CMD_STAGE_ORDER];
+    bool payment_runs = !w->round_paused[CMD_STAGE_PAYMENT];
+    bool for_order = order_runs && created && row->seq > w->order_pos;
+    bool for_payment = payment_runs && confirmed && row->seq > w->payment_pos;
     if (for_order || for_payment) {
         struct event e;
         struct event_arena arena = {w->arena_data, sizeof w->arena_data, 0};
@@ -267,8 +284,12 @@ static int work_on_event(void *context, const struct row_event *row)
         work_step(w, order_seq, reservation_seq, step,
                   for_payment ? CMD_STAGE_PAYMENT : CMD_STAGE_ORDER, row->seq, reason, 0);
     }
-    w->order_pos = row->seq > w->order_pos ? row->seq : w->order_pos;
-    w->payment_pos = row->seq > w->payment_pos ? row->seq : w->payment_pos;
+    if (order_runs && row->seq > w->order_pos) {
+        w->order_pos = row->seq;
+    }
+    if (payment_runs && row->seq > w->payment_pos) {
+        w->payment_pos = row->seq;
+    }
     return 0;
 }
 
@@ -280,15 +301,29 @@ static bool work_read(struct work *w)
         w->marks[CMD_STAGE_PAYMENT].count > WORK_MARKS_MAX - WORK_READ_EVENTS_MAX) {
         return false; /* no room for a step per event, or a failing step holds the marks */
     }
-    int64_t since = w->order_pos < w->payment_pos ? w->order_pos : w->payment_pos;
-    int64_t before = since;
+    /* A paused stage neither reads nor moves its position this round. */
+    w->round_paused[CMD_STAGE_ORDER] = atomic_load(&w->paused[CMD_STAGE_ORDER]);
+    w->round_paused[CMD_STAGE_PAYMENT] = atomic_load(&w->paused[CMD_STAGE_PAYMENT]);
+    bool order_runs = !w->round_paused[CMD_STAGE_ORDER];
+    bool payment_runs = !w->round_paused[CMD_STAGE_PAYMENT];
+    if (!order_runs && !payment_runs) {
+        return false;
+    }
+    int64_t since = !order_runs                     ? w->payment_pos
+                    : !payment_runs                 ? w->order_pos
+                    : w->order_pos < w->payment_pos ? w->order_pos
+                                                    : w->payment_pos;
+    int64_t before_order = w->order_pos;
+    int64_t before_payment = w->payment_pos;
     int rc =
         store_reader_events(w->reader, since, NULL, NULL, WORK_READ_EVENTS_MAX, w, work_on_event);
     if (rc != 0) {
         log_warn("work: reading the event log failed (%d); trying again", rc);
         return false;
     }
-    return (w->order_pos < w->payment_pos ? w->order_pos : w->payment_pos) > before;
+    atomic_store(&w->stats.order_offset, w->order_pos);
+    atomic_store(&w->stats.payment_offset, w->payment_pos);
+    return w->order_pos > before_order || w->payment_pos > before_payment;
 }
 
 /* ---- payments ----------------------------------------------------------------------------- */
@@ -374,8 +409,8 @@ static bool work_poll_payments(struct work *w)
 /* Retries due: each counted in storage (PAY_RETRY) before the charge is asked again. */
 static void work_retry_due(struct work *w)
 {
-    if (w->retry_waiting == 0) {
-        return;
+    if (w->retry_waiting == 0 || atomic_load(&w->paused[CMD_STAGE_PAYMENT])) {
+        return; /* paused: a retry due waits for the resume */
     }
     int64_t now = w->config.wall_ms();
     for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX && w->free_count > 0; i++) {
@@ -407,6 +442,12 @@ static void work_on_reply(struct work *w, struct command *cmd)
     }
     bool ok = cmd->reply_status == 200;
     enum cmd_order_step step = cmd->order_step;
+    if (!ok && cmd->stage == CMD_STAGE_ORDER) {
+        atomic_fetch_add(&w->stats.order_refused, 1);
+    }
+    if (ok && step == CMD_STEP_REJECT) {
+        atomic_fetch_add(&w->stats.rejected, 1);
+    }
     if (ok && (step == CMD_STEP_PAY_BEGIN || step == CMD_STEP_PAY_RETRY)) {
         /* The charge is in doubt now, durably: start it. The attempts are the stored ones. */
         uint32_t index = work_item_take(w, cmd->order_seq, cmd->reservation_seq, cmd->qty + 1);
@@ -519,6 +560,8 @@ int work_start(struct work *w)
         log_error("work: cannot read the workers' state (%d)", rc);
         return rc;
     }
+    atomic_store(&w->stats.order_offset, w->order_pos);
+    atomic_store(&w->stats.payment_offset, w->payment_pos);
     log_info("work: order stage from event %" PRId64 ", payment stage from event %" PRId64
              ", %u charges in doubt resumed",
              w->order_pos, w->payment_pos, WORK_PAY_ITEMS_MAX - w->item_free_count);

@@ -70,6 +70,10 @@ struct work_config {
 };
 
 struct work_stats {
+    _Atomic int64_t order_offset;   /* the last event the order stage read */
+    _Atomic int64_t payment_offset; /* the last event the payment stage read */
+    _Atomic uint64_t order_refused; /* the order stage's steps the writer refused (stale) */
+    _Atomic uint64_t rejected;      /* orders the rule refused (CANCELLED) */
     _Atomic uint64_t confirmed;
     _Atomic uint64_t paid;
     _Atomic uint64_t payment_failed;
@@ -86,6 +90,14 @@ int work_start(struct work *w);
 /* Stops and joins the thread; commands still with the writer are left to process exit. */
 void work_stop(struct work *w);
 const struct work_stats *work_stats(const struct work *w);
+
+/* Pauses or resumes a stage (CMD_STAGE_ORDER or CMD_STAGE_PAYMENT; any thread). A paused stage
+ * reads no event past its offset, so it sends no new step: the order stage confirms nothing,
+ * the payment stage starts no charge and asks no retry; the charges already in flight still
+ * end (their outcome is committed) and a retry due waits for the resume. The pause is in
+ * memory: a restart runs every stage. */
+void work_pause(struct work *w, enum cmd_stage stage, bool paused);
+bool work_paused(const struct work *w, enum cmd_stage stage);
 
 /* Wakes the thread: the writer committed events (its durable hook; any thread). NULL: none. */
 void work_notify(struct work *w);
