@@ -234,4 +234,12 @@ _Static_assert(RESERVATIONS_ACTIVE_MAX <= BATCH_ARENA_BYTES, "bounded reservatio
 _Static_assert((SSE_RING_BYTES & (SSE_RING_BYTES - 1)) == 0, "the SSE ring is a power of two");
 _Static_assert(SSE_RING_BYTES >= 4 * SSE_BUFFER_BYTES, "the ring holds what a subscriber may");
 
+/* Payment attempts of one checkout order before its work item goes to the dead-letter table
+ * (issue 11): the workers give up there, and the writer checks it before it dead-letters or
+ * replays an order. */
+#define PAY_ATTEMPTS_MAX 8
+/* Dead letters one GET /v1/dlt lists at most, and one POST /v1/dlt/replay re-queues at most. */
+#define DLT_LIST_MAX 1000
+#define DLT_LIMIT_DEFAULT 100
+
 #endif

@@ -102,7 +102,7 @@ static void order_keep(struct domain *d, struct batch *b, struct reservation *r,
                        enum res_order_state state, int32_t pay_attempts, int64_t expires_at_ms)
 {
     SVC_ASSERT(r->status == RES_ACTIVE && r->order_seq >= 1);
-    SVC_ASSERT(pay_attempts >= r->pay_attempts);
+    SVC_ASSERT(pay_attempts >= r->pay_attempts || pay_attempts == 1); /* 1: a replay's reset */
     res_touch(&d->reservations, r); /* saves what a rollback restores, before any change */
     r->order_state = state;
     r->pay_attempts = pay_attempts;
@@ -252,6 +252,36 @@ void apply_order_cancel(struct domain *d, struct batch *b, const struct command 
 
 /* ---- the workers' steps ------------------------------------------------------------------- */
 
+/* A charge in doubt whose attempts ran out (PAYING, pay_attempts >= PAY_ATTEMPTS_MAX) goes
+ * into the dead-letter table with a DeadLettered event; it stays PAYING (CONFIRMED, never
+ * expires). Its replay takes it out: the attempts start again at 1 (this one) and the charge
+ * is asked again with the same key (OrderPaymentReplayed). Either is stale on an order in
+ * another state, e.g. a second replay. */
+static bool order_dead_letter_step(struct domain *d, struct batch *b, struct reservation *r,
+                                   const struct command *cmd, struct outcome *out)
+{
+    if (r->order_state != RES_ORDER_PAYING || r->pay_attempts < PAY_ATTEMPTS_MAX) {
+        return false;
+    }
+    bool replay = cmd->order_step == CMD_STEP_PAY_REPLAY;
+    struct row_dead_letter row = {order_stage_name(CMD_STAGE_PAYMENT),
+                                  r->order_seq,
+                                  r->seq,
+                                  replay ? NULL : batch_text(b, cmd->reason),
+                                  r->pay_attempts,
+                                  batch_now_ms(b),
+                                  replay};
+    if (replay) {
+        order_keep(d, b, r, RES_ORDER_PAYING, 1, RES_EXPIRES_NEVER);
+        order_event(d, b, r, EVENT_ORDER_PAYMENT_REPLAYED, "CONFIRMED", NULL, NULL);
+    } else {
+        order_event(d, b, r, EVENT_ORDER_DEAD_LETTERED, "CONFIRMED", row.error, NULL);
+    }
+    batch_add_dead_letter(b, &row);
+    order_outcome(out, r, "CONFIRMED");
+    return true;
+}
+
 /* Applies a step to the live order r in the state it requires; false when r is in another
  * state (the step is stale: the order moved on, e.g. cancelled meanwhile). */
 static bool order_step_apply(struct domain *d, struct batch *b, struct reservation *r,
@@ -301,6 +331,8 @@ static bool order_step_apply(struct domain *d, struct batch *b, struct reservati
         }
         order_outcome(out, r, cmd->order_step == CMD_STEP_PAID ? "PAID" : "PAYMENT_FAILED");
         return true;
+    case CMD_STEP_DEAD_LETTER:
+    case CMD_STEP_PAY_REPLAY: return order_dead_letter_step(d, b, r, cmd, out);
     }
     SVC_UNREACHABLE();
 }

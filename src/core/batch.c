@@ -31,6 +31,7 @@ struct batch {
     struct row_reservation_line reservation_lines[BATCH_EVENTS_MAX];
     struct row_order_step order_steps[BATCH_RESERVATION_ROWS_MAX];
     struct row_stage_offset offsets[CMD_STAGE_COUNT];
+    struct row_dead_letter dead_letters[BATCH_RESERVATION_ROWS_MAX];
     struct store_batch rows;
     struct event events[BATCH_EVENTS_MAX];
     size_t event_count;
@@ -114,6 +115,7 @@ void batch_reset(struct batch *b, struct command **commands, size_t count, int64
     b->rows.reservation_lines = b->reservation_lines;
     b->rows.order_steps = b->order_steps;
     b->rows.offsets = b->offsets;
+    b->rows.dead_letters = b->dead_letters;
     b->event_count = 0;
     b->commands = commands;
     b->command_count = count;
@@ -377,7 +379,8 @@ bool batch_has_rows(const struct batch *b)
 {
     const struct store_batch *r = &b->rows;
     return r->store_count + r->product_count + r->item_count + r->order_count + r->idem_count +
-               r->event_count + r->reservation_count + r->order_step_count + r->offset_count >
+               r->event_count + r->reservation_count + r->order_step_count + r->offset_count +
+               r->dead_letter_count >
            0;
 }
 
@@ -386,6 +389,14 @@ void batch_add_order_step(struct batch *b, const struct row_order_step *step)
     SVC_ASSERT(b->rows.order_step_count < BATCH_RESERVATION_ROWS_MAX);
     SVC_ASSERT(step->order_seq >= 1 && step->order_seq <= b->working.order);
     b->order_steps[b->rows.order_step_count++] = *step;
+}
+
+void batch_add_dead_letter(struct batch *b, const struct row_dead_letter *row)
+{
+    SVC_ASSERT(b->rows.dead_letter_count < BATCH_RESERVATION_ROWS_MAX);
+    SVC_ASSERT(row->stage != NULL && row->order_seq >= 1 && row->reservation_seq >= 1);
+    SVC_ASSERT(row->remove || row->error != NULL);
+    b->dead_letters[b->rows.dead_letter_count++] = *row;
 }
 
 void batch_stage_offset(struct batch *b, const char *stage, int64_t seq)

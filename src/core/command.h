@@ -45,6 +45,8 @@ enum cmd_order_step {
     CMD_STEP_PAY_RETRY,   /* payment worker: an attempt failed technically; another follows */
     CMD_STEP_PAID,        /* payment worker: charged: the reservation is confirmed */
     CMD_STEP_PAY_FAILED,  /* payment worker: declined: the reservation is released */
+    CMD_STEP_DEAD_LETTER, /* payment worker: attempts exhausted: into the dead-letter table */
+    CMD_STEP_PAY_REPLAY,  /* POST /v1/dlt/replay: out of it, attempts reset, a charge starts */
 };
 
 /* The stages that consume the event log, each with its stored offset (worker_offsets). */

@@ -116,7 +116,9 @@ _Static_assert(EVENT_FIELD_COUNT <= 32, "a type's members are a 32-bit mask");
     X(ORDER_PAID, "OrderPaid", 1, false, EVF_ORDER | EVF(PAYMENT_REF))                             \
     X(ORDER_PAYMENT_FAILED, "OrderPaymentFailed", 1, false, EVF_ORDER | EVF(REASON))               \
     X(ORDER_CANCELLED, "OrderCancelled", 1, false, EVF_ORDER | EVF(REASON))                        \
-    X(ORDER_EXPIRED, "OrderExpired", 1, false, EVF_ORDER)
+    X(ORDER_EXPIRED, "OrderExpired", 1, false, EVF_ORDER)                                          \
+    X(ORDER_DEAD_LETTERED, "DeadLettered", 1, false, EVF_ORDER | EVF(ATTEMPT) | EVF(REASON))       \
+    X(ORDER_PAYMENT_REPLAYED, "OrderPaymentReplayed", 1, false, EVF_ORDER | EVF(ATTEMPT))
 
 /* The reason of the StockAdjusted event of seed 004's reset: it restarts the item's sold count
  * (a reader of a log written before events carried sold needs to know). */

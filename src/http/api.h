@@ -8,6 +8,7 @@
  *   api_stream.c        GET /v1/stream, server-sent events (the projector's tap, the log)
  *   api_seed.c          the seed-compatible aliases (seed 004)
  *   api_admin.c         the operator's controls: workers, payment simulator, read-only mode
+ *   api_dlt.c           the dead-letter table: list and replay
  *   api_ops.c           health, readiness, metrics, the OpenAPI document, the home page
  *   api_audit.c         the audit, on a thread of its own, with progress
  *   api_common.c        the helpers below: body decoding, idempotency, fresh reads, events
@@ -67,6 +68,9 @@ void api_admin_worker_pause(struct http_request *r);
 void api_admin_worker_resume(struct http_request *r);
 void api_admin_payment(struct http_request *r);
 void api_admin_read_only(struct http_request *r);
+/* The dead-letter table (api_dlt.c, admin role): GET /v1/dlt, POST /v1/dlt/replay. */
+void api_dlt_list(struct http_request *r);
+void api_dlt_replay(struct http_request *r);
 void api_seed_worker_pause(struct http_request *r);
 void api_seed_worker_resume(struct http_request *r);
 void api_seed_payment_failure_rate(struct http_request *r);

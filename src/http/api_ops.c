@@ -9,6 +9,7 @@
 
 #include "http/api.h"
 #include "http/server.h"
+#include "work/work.h"
 #include "base/errors.h"
 #include "base/svc_assert.h"
 
@@ -127,6 +128,13 @@ static int64_t api_projection_lag_ms(struct app *app)
     return lag;
 }
 
+/* The payment dead letters now, as the workers count them (0 without workers). */
+static int64_t api_dead_letters(struct app *app)
+{
+    struct work *w = atomic_load(&app->work);
+    return w != NULL ? atomic_load(&work_stats(w)->dead_letters) : 0;
+}
+
 void api_metrics(struct http_request *r)
 {
     struct app *app = r->thread->app;
@@ -158,9 +166,11 @@ void api_metrics(struct http_request *r)
                        (long long)atomic_load(&app->projector.snapshot_bytes));
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_read_only gauge\nstockd_read_only %d\n"
-                       "# TYPE stockd_expiry_paused gauge\nstockd_expiry_paused %d\n",
+                       "# TYPE stockd_expiry_paused gauge\nstockd_expiry_paused %d\n"
+                       "# TYPE stockd_dead_letters gauge\nstockd_dead_letters %lld\n",
                        atomic_load(&app->read_only) ? 1 : 0,
-                       atomic_load(&app->writer.expiry_paused) ? 1 : 0);
+                       atomic_load(&app->writer.expiry_paused) ? 1 : 0,
+                       (long long)api_dead_letters(app));
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_http_requests_total counter\n");
     for (size_t i = 0; i < routes_count; i++) {

@@ -126,12 +126,16 @@ static int pay_sim_charge(void *self, const char *key, uint64_t token, int64_t n
     }
     struct pay_sim_key *slot = pay_sim_slot(sim, key);
     enum pay_outcome outcome = PAY_TIMEOUT;
+    double timeout_rate = (double)atomic_load(&sim->timeout_ppm) / PAY_SIM_PPM;
+    double failure_rate = (double)atomic_load(&sim->failure_ppm) / PAY_SIM_PPM;
     if (slot->decided != PAY_SIM_NONE) {
-        sim->stats.replays++; /* the same key: the first outcome, never a second charge */
-        outcome = slot->decided == PAY_SIM_OK ? PAY_OK : PAY_DECLINED;
+        /* The same key: the first outcome, never a second charge; or no answer at all, as
+         * often as any charge times out (the network does not know the key was decided). */
+        if (pay_sim_random(sim) >= timeout_rate) {
+            sim->stats.replays++;
+            outcome = slot->decided == PAY_SIM_OK ? PAY_OK : PAY_DECLINED;
+        }
     } else {
-        double timeout_rate = (double)atomic_load(&sim->timeout_ppm) / PAY_SIM_PPM;
-        double failure_rate = (double)atomic_load(&sim->failure_ppm) / PAY_SIM_PPM;
         bool timeout = pay_sim_random(sim) < timeout_rate;
         bool declined = pay_sim_random(sim) < failure_rate;
         /* A timeout hides the outcome; half the time the provider did decide meanwhile. */

@@ -25,7 +25,8 @@
 
 struct pay_sim_config {
     double failure_rate;     /* 0..1: declined */
-    double timeout_rate;     /* 0..1: no answer (the charge may still have happened) */
+    double timeout_rate;     /* 0..1: no answer (the charge may still have happened), also to
+                              * a key already decided: 1 never answers */
     int64_t latency_ms;      /* >= 0 */
     const char *ledger_path; /* NULL: no ledger */
 };

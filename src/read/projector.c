@@ -439,7 +439,10 @@ static void projection_apply_typed(struct projection *v, const struct event *e)
     case EVENT_ORDER_PAID:
     case EVENT_ORDER_PAYMENT_FAILED:
     case EVENT_ORDER_CANCELLED:
-    case EVENT_ORDER_EXPIRED: return; /* orders are read from storage; stock events did it */
+    case EVENT_ORDER_EXPIRED:
+    case EVENT_ORDER_DEAD_LETTERED:
+    case EVENT_ORDER_PAYMENT_REPLAYED:
+        return; /* orders are read from storage; stock events did it */
     case EVENT_UNKNOWN: v->dropped++; return; /* a type of a newer build */
     default: break;
     }

@@ -6,10 +6,10 @@
  * orders, idempotency (the first response of every keyed command, with its Location header
  * since migration 4), events (the outbox: global seq, type, version, time, store, sku, JSON
  * data), reservations and their lines (migration 2), the sequencer row (migration 3), the
- * read model's snapshots (migration 5), checkout orders and the workers' offsets (migration 6).
- * Besides the sequencer row the schema holds no data: the default store S1 of a fresh database
- * (DESIGN.md) is made by the writer's first batch (core/writer.c), so that its event comes from
- * the catalogue like every other.
+ * read model's snapshots (migration 5), checkout orders and the workers' offsets (migration 6), the
+ * dead-letter table (migration 7). Besides the sequencer row the schema holds no data: the default
+ * store S1 of a fresh database (DESIGN.md) is made by the writer's first batch (core/writer.c), so
+ * that its event comes from the catalogue like every other.
  *
  * This file runs no SQL: each backend applies the migrations in order (store_sqlite.c,
  * store_pg.c). Read core/writer.h next: the layer above.
@@ -152,8 +152,26 @@ static const char *const schema_v6[] = {
     NULL,
 };
 
+/* The dead-letter table (issue 11): the work items that exhausted their attempts, one row per
+ * stage and order, written by the writer with the order's DeadLettered event and deleted with
+ * its replay (OrderPaymentReplayed). first_failed_at_ms is kept when an order that was
+ * replayed is dead-lettered again. */
+static const char *const schema_v7[] = {
+    "CREATE TABLE dead_letters ("
+    " stage TEXT NOT NULL,"
+    " order_seq @INT@ NOT NULL CHECK (order_seq >= 1),"
+    " reservation_seq @INT@ NOT NULL CHECK (reservation_seq >= 1),"
+    " error TEXT NOT NULL,"
+    " attempts @INT@ NOT NULL CHECK (attempts >= 0),"
+    " first_failed_at_ms @INT@ NOT NULL,"
+    " last_failed_at_ms @INT@ NOT NULL,"
+    " PRIMARY KEY (stage, order_seq))",
+    NULL,
+};
+
 const struct schema_migration schema_migrations[] = {
-    {1, schema_v1}, {2, schema_v2}, {3, schema_v3}, {4, schema_v4}, {5, schema_v5}, {6, schema_v6},
+    {1, schema_v1}, {2, schema_v2}, {3, schema_v3}, {4, schema_v4},
+    {5, schema_v5}, {6, schema_v6}, {7, schema_v7},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

@@ -332,6 +332,14 @@ int store_reader_payments_in_doubt(struct store_reader *r, void *context,
     return rc;
 }
 
+int store_reader_dead_letters(struct store_reader *r, const char *stage, int limit, void *context,
+                              int (*each)(void *context, const struct store_dead_letter_row *row))
+{
+    SVC_ASSERT(r != NULL && each != NULL);
+    SVC_ASSERT(limit >= 1 && limit <= DLT_LIST_MAX);
+    return r->ops->dead_letters(r, stage, limit, context, each);
+}
+
 /* Writes a snapshot row between batches (see store.h). */
 int store_snapshot_write(struct store *s, const struct row_snapshot *row, int64_t keep_from_seq)
 {

@@ -85,6 +85,18 @@ struct row_stage_offset {
     int64_t updated_at_ms;
 };
 
+/* A dead letter (table dead_letters): written (upserted) when a work item exhausted its
+ * attempts, deleted (remove) when it is replayed. */
+struct row_dead_letter {
+    const char *stage; /* "payment" */
+    int64_t order_seq;
+    int64_t reservation_seq;
+    const char *error;
+    int64_t attempts;
+    int64_t at_ms;
+    bool remove;
+};
+
 struct row_idem {
     const char *principal;
     const char *idem_key;
@@ -162,6 +174,8 @@ struct store_batch {
     size_t order_step_count;
     const struct row_stage_offset *offsets;
     size_t offset_count;
+    const struct row_dead_letter *dead_letters; /* in the batch's order */
+    size_t dead_letter_count;
 };
 
 /* ---- what the writer reads ---------------------------------------------------------------- */
@@ -298,6 +312,18 @@ struct store_payment_row {
     int64_t order_seq;
     int64_t reservation_seq;
     int64_t pay_attempts;
+    bool dead_lettered; /* its row is in dead_letters */
+};
+
+/* A dead letter as GET /v1/dlt lists it. Strings are valid during the callback. */
+struct store_dead_letter_row {
+    const char *stage;
+    int64_t order_seq;
+    int64_t reservation_seq;
+    const char *error;
+    int64_t attempts;
+    int64_t first_failed_at_ms;
+    int64_t last_failed_at_ms;
 };
 
 /* A stored idempotency record as GET /v1/idempotency/{key} shows it. body points into the
@@ -334,6 +360,9 @@ struct store_reader_ops {
     int (*stage_offset)(struct store_reader *r, const char *stage, int64_t *out);
     int (*payments_in_doubt)(struct store_reader *r, void *context,
                              int (*each)(void *context, const struct store_payment_row *row));
+    /* The dead letters of stage (NULL: every stage) by order, at most limit. */
+    int (*dead_letters)(struct store_reader *r, const char *stage, int limit, void *context,
+                        int (*each)(void *context, const struct store_dead_letter_row *row));
 };
 
 /* Every backend's writer handle begins with this. */
@@ -468,6 +497,10 @@ int store_reader_stage_offset(struct store_reader *r, const char *stage, int64_t
  * callback's non-zero return, or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_payments_in_doubt(struct store_reader *r, void *context,
                                    int (*each)(void *context, const struct store_payment_row *row));
+/* The dead letters of stage (NULL: all), ordered by order, at most limit (1..DLT_LIST_MAX);
+ * each is called per row (a non-zero return stops and is returned). 0 or an error. */
+int store_reader_dead_letters(struct store_reader *r, const char *stage, int limit, void *context,
+                              int (*each)(void *context, const struct store_dead_letter_row *row));
 
 /* Waits up to timeout_ms for another instance to commit events (PostgreSQL LISTEN/NOTIFY).
  * 1 notified (*seq_out: the newest seq announced, or 0 if unknown), 0 timed out, or

@@ -109,6 +109,15 @@
                       " ON CONFLICT (stage) DO UPDATE SET event_seq = excluded.event_seq,"      \
                       " updated_at_ms = excluded.updated_at_ms"                                 \
                       " WHERE worker_offsets.event_seq < excluded.event_seq")                   \
+    X(UPSERT_DEAD_LETTERS,                                                                      \
+      "INSERT INTO dead_letters (stage, order_seq, reservation_seq, error, attempts,"           \
+      " first_failed_at_ms, last_failed_at_ms) SELECT st, o, r, e, a, at, at FROM"              \
+      " unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[])" \
+      " AS t(st, o, r, e, a, at) ON CONFLICT (stage, order_seq) DO UPDATE SET"                  \
+      " error = excluded.error, attempts = excluded.attempts,"                                  \
+      " last_failed_at_ms = excluded.last_failed_at_ms")                                        \
+    X(DELETE_DEAD_LETTERS, "DELETE FROM dead_letters d USING unnest($1::text[], $2::bigint[])"  \
+                           " AS t(st, o) WHERE d.stage = t.st AND d.order_seq = t.o")           \
     X(INSERT_IDEMS, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
                     " problem, body, created_at_ms, location) SELECT * FROM unnest("            \
                     "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"         \
@@ -786,6 +795,45 @@ static int pg_write_catalog(struct pg_store *s, const struct store_batch *b, str
     return n;
 }
 
+/* The dead letters written, then those deleted (a replay follows its dead-lettering). */
+static int pg_write_dead_letters(struct pg_store *s, const struct store_batch *b,
+                                 struct pg_write *w)
+{
+    int n = 0;
+    struct store_pg_text *t[STORE_PG_PARAMS_MAX];
+    size_t removes = 0;
+    for (size_t i = 0; i < b->dead_letter_count; i++) {
+        removes += b->dead_letters[i].remove ? 1 : 0;
+    }
+    if (b->dead_letter_count > removes) {
+        pg_write_begin(s, &w[n], PG_STMT_UPSERT_DEAD_LETTERS, 6, t);
+        for (size_t i = 0; i < b->dead_letter_count; i++) {
+            const struct row_dead_letter *row = &b->dead_letters[i];
+            if (row->remove) {
+                continue;
+            }
+            store_pg_array_text(t[0], row->stage);
+            store_pg_array_int(t[1], row->order_seq);
+            store_pg_array_int(t[2], row->reservation_seq);
+            store_pg_array_text(t[3], row->error);
+            store_pg_array_int(t[4], row->attempts);
+            store_pg_array_int(t[5], row->at_ms);
+        }
+        pg_write_end(&w[n++], t);
+    }
+    if (removes > 0) {
+        pg_write_begin(s, &w[n], PG_STMT_DELETE_DEAD_LETTERS, 2, t);
+        for (size_t i = 0; i < b->dead_letter_count; i++) {
+            if (b->dead_letters[i].remove) {
+                store_pg_array_text(t[0], b->dead_letters[i].stage);
+                store_pg_array_int(t[1], b->dead_letters[i].order_seq);
+            }
+        }
+        pg_write_end(&w[n++], t);
+    }
+    return n;
+}
+
 /* The checkout orders' steps (after the batch's new orders: a step may be of one of them) and
  * the stages' offsets. Several steps of one order apply in the batch's order. */
 static int pg_write_steps(struct pg_store *s, const struct store_batch *b, struct pg_write *w)
@@ -814,7 +862,7 @@ static int pg_write_steps(struct pg_store *s, const struct store_batch *b, struc
         }
         pg_write_end(&w[n++], t);
     }
-    return n;
+    return n + pg_write_dead_letters(s, b, w + n);
 }
 
 static int pg_write_records(struct pg_store *s, const struct store_batch *b, struct pg_write *w)

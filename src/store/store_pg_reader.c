@@ -30,25 +30,31 @@
 #include "store/store_pg.h"
 #include "store/store_pg_conn.h"
 
-#define PG_READER_STMT_MAP(X)                                                                \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"          \
-             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                    \
-             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = $1")     \
-    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = $1")                 \
-    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts FROM reservations" \
-                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"              \
-                         " ORDER BY order_seq")                                              \
-    X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                               \
-              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"          \
-              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                   \
-    X(EVENTS_ALL,                                                                            \
-      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")  \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                   \
-            " WHERE principal = $1 AND idem_key = $2")                                       \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                     \
-    X(LISTEN, "LISTEN stockd_events")                                                        \
-    X(BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")                             \
+#define PG_READER_STMT_MAP(X)                                                                 \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"           \
+             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                     \
+             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = $1")      \
+    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = $1")                  \
+    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                   \
+                         " (EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"   \
+                         " AND d.order_seq = reservations.order_seq))::int FROM reservations" \
+                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"               \
+                         " ORDER BY order_seq")                                               \
+    X(DEAD_LETTERS, "SELECT stage, order_seq, reservation_seq, error, attempts,"              \
+                    " first_failed_at_ms, last_failed_at_ms FROM dead_letters"                \
+                    " WHERE ($1::text IS NULL OR stage = $1) ORDER BY order_seq, stage"       \
+                    " LIMIT $2")                                                              \
+    X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                                \
+              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"           \
+              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                    \
+    X(EVENTS_ALL,                                                                             \
+      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")   \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                    \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                    \
+            " WHERE principal = $1 AND idem_key = $2")                                        \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                      \
+    X(LISTEN, "LISTEN stockd_events")                                                         \
+    X(BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")                              \
     X(COMMIT, "COMMIT")
 
 enum pg_reader_stmt {
@@ -453,8 +459,34 @@ static int pg_reader_payments_in_doubt(struct store_reader *base, void *context,
     int rc = 0;
     for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
         struct store_payment_row row = {store_pg_int(res, i, 0), store_pg_int(res, i, 1),
-                                        store_pg_int(res, i, 2)};
+                                        store_pg_int(res, i, 2), store_pg_int(res, i, 3) != 0};
         SVC_ASSERT(row.order_seq >= 1 && row.reservation_seq >= 1);
+        rc = each(context, &row);
+    }
+    PQclear(res);
+    return rc;
+}
+
+static int
+pg_reader_dead_letters(struct store_reader *base, const char *stage, int limit, void *context,
+                       int (*each)(void *context, const struct store_dead_letter_row *row))
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(each != NULL && limit >= 1);
+    char limit_text[24];
+    snprintf(limit_text, sizeof limit_text, "%d", limit);
+    const char *values[] = {stage, limit_text};
+    PGresult *res = pg_reader_exec(r, PG_READER_DEAD_LETTERS, 2, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+        struct store_dead_letter_row row = {PQgetvalue(res, i, 0),   store_pg_int(res, i, 1),
+                                            store_pg_int(res, i, 2), PQgetvalue(res, i, 3),
+                                            store_pg_int(res, i, 4), store_pg_int(res, i, 5),
+                                            store_pg_int(res, i, 6)};
+        SVC_ASSERT(row.order_seq >= 1);
         rc = each(context, &row);
     }
     PQclear(res);
@@ -475,4 +507,5 @@ static const struct store_reader_ops pg_reader_ops = {
     .watch_recoveries = pg_reader_watch_recoveries,
     .stage_offset = pg_reader_stage_offset,
     .payments_in_doubt = pg_reader_payments_in_doubt,
+    .dead_letters = pg_reader_dead_letters,
 };

@@ -61,6 +61,12 @@
                      " VALUES (?1, ?2, ?3) ON CONFLICT (stage) DO UPDATE SET"                  \
                      " event_seq = excluded.event_seq, updated_at_ms = excluded.updated_at_ms" \
                      " WHERE worker_offsets.event_seq < excluded.event_seq")                   \
+    X(UPSERT_DEAD_LETTER,                                                                      \
+      "INSERT INTO dead_letters (stage, order_seq, reservation_seq, error, attempts,"          \
+      " first_failed_at_ms, last_failed_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)"            \
+      " ON CONFLICT (stage, order_seq) DO UPDATE SET error = excluded.error,"                  \
+      " attempts = excluded.attempts, last_failed_at_ms = excluded.last_failed_at_ms")         \
+    X(DELETE_DEAD_LETTER, "DELETE FROM dead_letters WHERE stage = ?1 AND order_seq = ?2")      \
     X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
                    " problem, body, created_at_ms, location)"                                  \
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                 \
@@ -872,6 +878,21 @@ static int sqlite_write_records(struct sqlite_store *s, const struct store_batch
         sqlite3_bind_int64(stmt, 2, row->seq);
         sqlite3_bind_int64(stmt, 3, row->updated_at_ms);
         rc = sqlite_step_done(s, STORE_SQLITE_STMT_UPSERT_OFFSET);
+    }
+    for (size_t i = 0; rc == 0 && i < b->dead_letter_count; i++) {
+        const struct row_dead_letter *row = &b->dead_letters[i];
+        int which = row->remove ? STORE_SQLITE_STMT_DELETE_DEAD_LETTER
+                                : STORE_SQLITE_STMT_UPSERT_DEAD_LETTER;
+        sqlite3_stmt *stmt = s->stmts[which];
+        sqlite3_bind_text(stmt, 1, row->stage, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 2, row->order_seq);
+        if (!row->remove) {
+            sqlite3_bind_int64(stmt, 3, row->reservation_seq);
+            sqlite3_bind_text(stmt, 4, row->error, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(stmt, 5, row->attempts);
+            sqlite3_bind_int64(stmt, 6, row->at_ms);
+        }
+        rc = sqlite_step_done(s, which);
     }
     for (size_t i = 0; rc == 0 && i < b->idem_count; i++) {
         rc = sqlite_write_idem(s, &b->idems[i]);

@@ -27,22 +27,27 @@
 #include "store/store_sqlite_internal.h"
 
 /* The reader's statements, prepared at open (STYLE 24). */
-#define STORE_SQLITE_READER_STMT_MAP(X)                                                      \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"          \
-             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                    \
-             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = ?1")     \
-    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = ?1")                 \
-    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts FROM reservations" \
-                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"              \
-                         " ORDER BY order_seq")                                              \
-    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"   \
-              " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"                \
-              " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                         \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                   \
-            " WHERE principal = ?1 AND idem_key = ?2")                                       \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                     \
-    X(BEGIN, "BEGIN DEFERRED")                                                               \
+#define STORE_SQLITE_READER_STMT_MAP(X)                                                     \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"         \
+             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                   \
+             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = ?1")    \
+    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = ?1")                \
+    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                 \
+                         " EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"  \
+                         " AND d.order_seq = reservations.order_seq) FROM reservations"     \
+                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"             \
+                         " ORDER BY order_seq")                                             \
+    X(DEAD_LETTERS, "SELECT stage, order_seq, reservation_seq, error, attempts,"            \
+                    " first_failed_at_ms, last_failed_at_ms FROM dead_letters"              \
+                    " WHERE (?1 IS NULL OR stage = ?1) ORDER BY order_seq, stage LIMIT ?2") \
+    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"  \
+              " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"               \
+              " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                        \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                  \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                  \
+            " WHERE principal = ?1 AND idem_key = ?2")                                      \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                    \
+    X(BEGIN, "BEGIN DEFERRED")                                                              \
     X(COMMIT, "COMMIT")
 
 enum sqlite_reader_stmt {
@@ -381,9 +386,9 @@ static int sqlite_reader_payments_in_doubt(struct store_reader *base, void *cont
     int rc = 0;
     int step = SQLITE_DONE;
     while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
-        struct store_payment_row row = {sqlite3_column_int64(stmt, 0),
-                                        sqlite3_column_int64(stmt, 1),
-                                        sqlite3_column_int64(stmt, 2)};
+        struct store_payment_row row = {
+            sqlite3_column_int64(stmt, 0), sqlite3_column_int64(stmt, 1),
+            sqlite3_column_int64(stmt, 2), sqlite3_column_int64(stmt, 3) != 0};
         SVC_ASSERT(row.order_seq >= 1 && row.reservation_seq >= 1);
         rc = each(context, &row);
     }
@@ -391,6 +396,38 @@ static int sqlite_reader_payments_in_doubt(struct store_reader *base, void *cont
         rc = store_sqlite_fail(r->db, "payments in doubt");
     }
     sqlite3_reset(stmt);
+    return rc;
+}
+
+static int
+sqlite_reader_dead_letters(struct store_reader *base, const char *stage, int limit, void *context,
+                           int (*each)(void *context, const struct store_dead_letter_row *row))
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(each != NULL && limit >= 1);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_DEAD_LETTERS];
+    if (stage != NULL) {
+        sqlite3_bind_text(stmt, 1, stage, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int(stmt, 2, limit);
+    int rc = 0;
+    int step = SQLITE_DONE;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct store_dead_letter_row row = {(const char *)sqlite3_column_text(stmt, 0),
+                                            sqlite3_column_int64(stmt, 1),
+                                            sqlite3_column_int64(stmt, 2),
+                                            (const char *)sqlite3_column_text(stmt, 3),
+                                            sqlite3_column_int64(stmt, 4),
+                                            sqlite3_column_int64(stmt, 5),
+                                            sqlite3_column_int64(stmt, 6)};
+        SVC_ASSERT(row.stage != NULL && row.error != NULL && row.order_seq >= 1);
+        rc = each(context, &row);
+    }
+    if (rc == 0 && step != SQLITE_DONE && step != SQLITE_ROW) {
+        rc = store_sqlite_fail(r->db, "dead letters");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
     return rc;
 }
 
@@ -407,4 +444,5 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .snapshot_end = sqlite_reader_snapshot_end,
     .stage_offset = sqlite_reader_stage_offset,
     .payments_in_doubt = sqlite_reader_payments_in_doubt,
+    .dead_letters = sqlite_reader_dead_letters,
 };

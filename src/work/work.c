@@ -35,6 +35,12 @@ struct work_marks {
     uint32_t count;
 };
 
+/* A dead letter to replay, from work_replay. */
+struct work_replay_item {
+    int64_t order_seq;
+    int64_t reservation_seq;
+};
+
 /* A charge the payment stage tracks: started, waiting for its result or its retry. */
 struct work_item {
     int64_t order_seq; /* 0: free */
@@ -56,6 +62,8 @@ struct work {
     bool woken;               /* under lock: wake was signalled since the last wait */
     struct command **replies; /* WORK_COMMANDS_MAX: handed back by the writer */
     uint32_t reply_count;
+    struct work_replay_item *replays; /* WORK_REPLAYS_MAX, under lock: work_replay's requests */
+    uint32_t replay_count;
     int64_t *step_event;                      /* WORK_COMMANDS_MAX, by pool index: the event a
                                                * step answers (0: none) */
     struct work_marks marks[CMD_STAGE_COUNT]; /* CMD_STAGE_ORDER, CMD_STAGE_PAYMENT */
@@ -90,10 +98,12 @@ struct work *work_new(const struct work_config *config)
     w->items = calloc(WORK_PAY_ITEMS_MAX, sizeof *w->items);
     w->item_free = calloc(WORK_PAY_ITEMS_MAX, sizeof *w->item_free);
     w->step_event = calloc(WORK_COMMANDS_MAX, sizeof *w->step_event);
+    w->replays = calloc(WORK_REPLAYS_MAX, sizeof *w->replays);
     w->marks[CMD_STAGE_ORDER].ring = calloc(WORK_MARKS_MAX, sizeof(struct work_mark));
     w->marks[CMD_STAGE_PAYMENT].ring = calloc(WORK_MARKS_MAX, sizeof(struct work_mark));
     if (!w->pool || !w->free_list || !w->backlog || !w->replies || !w->items || !w->item_free ||
-        !w->step_event || !w->marks[CMD_STAGE_ORDER].ring || !w->marks[CMD_STAGE_PAYMENT].ring) {
+        !w->step_event || !w->replays || !w->marks[CMD_STAGE_ORDER].ring ||
+        !w->marks[CMD_STAGE_PAYMENT].ring) {
         return NULL; /* startup: the process exits */
     }
     for (uint32_t i = 0; i < WORK_COMMANDS_MAX; i++) {
@@ -128,6 +138,21 @@ bool work_paused(const struct work *w, enum cmd_stage stage)
 {
     SVC_ASSERT(stage == CMD_STAGE_ORDER || stage == CMD_STAGE_PAYMENT);
     return atomic_load(&w->paused[stage]);
+}
+
+int work_replay(struct work *w, int64_t order_seq, int64_t reservation_seq)
+{
+    SVC_ASSERT(order_seq >= 1 && reservation_seq >= 1);
+    pthread_mutex_lock(&w->lock);
+    int rc = SVC_ECAPACITY;
+    if (w->replay_count < WORK_REPLAYS_MAX) {
+        w->replays[w->replay_count++] = (struct work_replay_item){order_seq, reservation_seq};
+        w->woken = true;
+        pthread_cond_signal(&w->wake);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rc;
 }
 
 void work_writer_reply(struct command *cmd)
@@ -388,8 +413,10 @@ static bool work_poll_payments(struct work *w)
             if (item->attempts >= WORK_PAY_ATTEMPTS_MAX) {
                 atomic_fetch_add(&w->stats.parked, 1);
                 log_warn("work: ord_%" PRId64 " still in doubt after %" PRId64
-                         " attempts: parked (stays CONFIRMED, never expires)",
+                         " attempts: dead letter (stays CONFIRMED, never expires)",
                          item->order_seq, item->attempts);
+                work_step(w, item->order_seq, item->reservation_seq, CMD_STEP_DEAD_LETTER,
+                          CMD_STAGE_PAYMENT, 0, "payment timed out", item->attempts);
                 work_item_free(w, index);
                 continue;
             }
@@ -442,13 +469,18 @@ static void work_on_reply(struct work *w, struct command *cmd)
     }
     bool ok = cmd->reply_status == 200;
     enum cmd_order_step step = cmd->order_step;
+    if (ok && (step == CMD_STEP_DEAD_LETTER || step == CMD_STEP_PAY_REPLAY)) {
+        atomic_fetch_add(&w->stats.dead_letters, step == CMD_STEP_DEAD_LETTER ? 1 : -1);
+        atomic_fetch_add(&w->stats.replayed, step == CMD_STEP_PAY_REPLAY ? 1 : 0);
+    }
     if (!ok && cmd->stage == CMD_STAGE_ORDER) {
         atomic_fetch_add(&w->stats.order_refused, 1);
     }
     if (ok && step == CMD_STEP_REJECT) {
         atomic_fetch_add(&w->stats.rejected, 1);
     }
-    if (ok && (step == CMD_STEP_PAY_BEGIN || step == CMD_STEP_PAY_RETRY)) {
+    if (ok &&
+        (step == CMD_STEP_PAY_BEGIN || step == CMD_STEP_PAY_RETRY || step == CMD_STEP_PAY_REPLAY)) {
         /* The charge is in doubt now, durably: start it. The attempts are the stored ones. */
         uint32_t index = work_item_take(w, cmd->order_seq, cmd->reservation_seq, cmd->qty + 1);
         SVC_ASSERT(index != UINT32_MAX); /* WORK_PAY_ITEMS_MAX > the pool */
@@ -460,7 +492,8 @@ static void work_on_reply(struct work *w, struct command *cmd)
                          : step == CMD_STEP_PAY_FAILED ? &w->stats.payment_failed
                                                        : &w->stats.retries,
                          step == CMD_STEP_PAY_BEGIN || step == CMD_STEP_PAY_RETRY ||
-                                 step == CMD_STEP_REJECT
+                                 step == CMD_STEP_REJECT || step == CMD_STEP_DEAD_LETTER ||
+                                 step == CMD_STEP_PAY_REPLAY
                              ? 0
                              : 1);
     }
@@ -479,12 +512,24 @@ static bool work_drain_replies(struct work *w)
     for (uint32_t i = 0; i < n; i++) {
         work_on_reply(w, taken[i]);
     }
+    struct work_replay_item replays[64];
+    uint32_t replay_n = 0;
+    pthread_mutex_lock(&w->lock);
+    while (replay_n < 64 && w->replay_count > 0 && w->free_count > replay_n) {
+        replays[replay_n++] = w->replays[--w->replay_count];
+    }
+    pthread_mutex_unlock(&w->lock);
+    for (uint32_t i = 0; i < replay_n; i++) {
+        /* A second replay of the same order is refused by the writer as stale. */
+        work_step(w, replays[i].order_seq, replays[i].reservation_seq, CMD_STEP_PAY_REPLAY,
+                  CMD_STAGE_PAYMENT, 0, "replayed from the dead-letter table", 0);
+    }
     uint32_t backlog = w->backlog_count;
     w->backlog_count = 0;
     for (uint32_t i = 0; i < backlog; i++) {
         work_push(w, w->backlog[i]);
     }
-    return n > 0;
+    return n > 0 || replay_n > 0;
 }
 
 /* ---- the thread --------------------------------------------------------------------------- */
@@ -493,11 +538,20 @@ static int work_resume_one(void *context, const struct store_payment_row *row)
 {
     struct work *w = context;
     if (row->pay_attempts >= WORK_PAY_ATTEMPTS_MAX) {
-        /* Its last attempt started before the stop: parked as it was (or would have been after
-         * that attempt's timeout), never asked again here; the dead-letter table comes next. */
+        /* Its last attempt started before the stop: a dead letter as it was (or would have
+         * been after that attempt's timeout), never asked again here but by a replay. */
+        if (row->dead_lettered) {
+            atomic_fetch_add(&w->stats.dead_letters, 1);
+            return 0;
+        }
+        if (w->free_count == 0) {
+            return SVC_ECAPACITY;
+        }
         atomic_fetch_add(&w->stats.parked, 1);
-        log_warn("work: ord_%" PRId64 " in doubt after %" PRId64 " attempts: stays parked",
+        log_warn("work: ord_%" PRId64 " in doubt after %" PRId64 " attempts: dead letter",
                  row->order_seq, row->pay_attempts);
+        work_step(w, row->order_seq, row->reservation_seq, CMD_STEP_DEAD_LETTER, CMD_STAGE_PAYMENT,
+                  0, "payment timed out", row->pay_attempts);
         return 0;
     }
     uint32_t index = work_item_take(w, row->order_seq, row->reservation_seq, row->pay_attempts);

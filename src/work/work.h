@@ -10,8 +10,11 @@
  * command, so many orders share one batch. The payment stage marks a charge in doubt before it
  * starts it (PAY_BEGIN: the order can no longer expire), keeps many charges in flight, retries
  * a timeout with exponential backoff and jitter up to WORK_PAY_ATTEMPTS_MAX attempts (each
- * counted in storage), and at start resumes every charge left in doubt, with the same key,
- * except those whose stored attempts reached WORK_PAY_ATTEMPTS_MAX: parked stays parked.
+ * counted in storage); a charge still in doubt after WORK_PAY_ATTEMPTS_MAX goes to the
+ * dead-letter table (CMD_STEP_DEAD_LETTER: the order stays CONFIRMED and never expires) until
+ * work_replay re-queues it. At start it resumes every charge left in doubt, with the same key,
+ * except those whose stored attempts reached WORK_PAY_ATTEMPTS_MAX: those are dead letters
+ * (written now if a crash came before their row was).
  *
  * The offset a step stores is its stage's low-water mark: just below the first event whose
  * step has not been answered yet (a step whose batch failed with 503 is pushed again and keeps
@@ -29,6 +32,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "base/svc_limits.h"
 #include "core/command.h"
 #include "core/events.h"
 #include "core/queue.h"
@@ -37,13 +41,15 @@
 
 /* Commands the workers may have with the writer at once (their own pool). */
 #define WORK_COMMANDS_MAX 8192
-/* Payment attempts of one order before it is parked (the dead-letter table comes next). */
-#define WORK_PAY_ATTEMPTS_MAX 8
+/* Payment attempts of one order before its work item goes to the dead-letter table. */
+#define WORK_PAY_ATTEMPTS_MAX PAY_ATTEMPTS_MAX
 /* Backoff after a timeout: base * 2^(attempt-1), at most the cap, plus up to 50% jitter. */
 #define WORK_PAY_BACKOFF_BASE_MS 50
 #define WORK_PAY_BACKOFF_CAP_MS 5000
 /* Charges in doubt one worker tracks (work items). */
 #define WORK_PAY_ITEMS_MAX 65536
+/* Replays (POST /v1/dlt/replay) waiting for the workers' thread. */
+#define WORK_REPLAYS_MAX DLT_LIST_MAX
 /* Events read per round. */
 #define WORK_READ_EVENTS_MAX 2048
 /* Events a stage may have sent steps for and not had answered (its low-water marks). */
@@ -78,7 +84,9 @@ struct work_stats {
     _Atomic uint64_t paid;
     _Atomic uint64_t payment_failed;
     _Atomic uint64_t retries;
-    _Atomic uint64_t parked; /* gave up after WORK_PAY_ATTEMPTS_MAX: waits for the DLT */
+    _Atomic uint64_t parked;      /* gave up after WORK_PAY_ATTEMPTS_MAX: sent to the DLT */
+    _Atomic int64_t dead_letters; /* payment dead letters now (read at start, then counted) */
+    _Atomic uint64_t replayed;    /* dead letters replayed */
 };
 
 struct work; /* opaque: work.c */
@@ -98,6 +106,11 @@ const struct work_stats *work_stats(const struct work *w);
  * memory: a restart runs every stage. */
 void work_pause(struct work *w, enum cmd_stage stage, bool paused);
 bool work_paused(const struct work *w, enum cmd_stage stage);
+
+/* Re-queues the dead letter of ord_<order_seq> (its hold reservation_seq): the writer takes it
+ * out of the table and resets its attempts, then the charge is asked again with the same key
+ * (any thread; POST /v1/dlt/replay). 0, or SVC_ECAPACITY when WORK_REPLAYS_MAX wait already. */
+int work_replay(struct work *w, int64_t order_seq, int64_t reservation_seq);
 
 /* Wakes the thread: the writer committed events (its durable hook; any thread). NULL: none. */
 void work_notify(struct work *w);

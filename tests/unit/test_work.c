@@ -152,7 +152,7 @@ static void test_work_marks_in_order(void **state)
 }
 
 /* At start, a charge in doubt is asked again with its stored attempts, unless those reached
- * the most: an order parked before a restart stays parked. */
+ * the most: such an order is a dead letter, written now if its row is not stored yet. */
 static void test_work_resume_keeps_parked(void **state)
 {
     struct test_work_fixture *f = *state;
@@ -166,6 +166,21 @@ static void test_work_resume_keeps_parked(void **state)
     ASSERT_EQ_INT(f->charges, 1); /* not asked again */
     ASSERT_EQ_UINT(f->w->item_free_count, WORK_PAY_ITEMS_MAX - 1);
     ASSERT_EQ_UINT(atomic_load(&f->w->stats.parked), 1);
+    /* Its dead letter was not written before the stop: it is written now. */
+    struct command *step = test_work_take(f);
+    ASSERT_EQ_INT(step->order_step, CMD_STEP_DEAD_LETTER);
+    ASSERT_EQ_INT(step->order_seq, 6);
+    test_work_answer(f, step, 200);
+    ASSERT_EQ_INT(atomic_load(&f->w->stats.dead_letters), 1);
+    /* One whose dead letter is stored is only counted. */
+    struct store_payment_row dead = {.order_seq = 7,
+                                     .reservation_seq = 7,
+                                     .pay_attempts = WORK_PAY_ATTEMPTS_MAX,
+                                     .dead_lettered = true};
+    ASSERT_EQ_INT(work_resume_one(f->w, &dead), 0);
+    ASSERT_EQ_INT(f->charges, 1);
+    ASSERT_EQ_INT(atomic_load(&f->w->stats.dead_letters), 2);
+    ASSERT_EQ_UINT(f->w->free_count, WORK_COMMANDS_MAX);
 }
 
 int main(void)

@@ -1,0 +1,211 @@
+/*
+ * api_dlt.c - the dead-letter table of checkout orders (issue 11, admin role):
+ *   GET  /v1/dlt?stage=&limit=   the dead letters, read from this thread's store reader
+ *   POST /v1/dlt/replay          {ids?|stage?}: each is handed to the workers (work_replay),
+ *                                which re-queue it through the writer; 202 at once
+ * A dead letter's id is "<stage>:<orderId>" (one per stage and order). The table is written by
+ * the writer only (apply_orders.c), in the batch of the order's DeadLettered event; a replay
+ * deletes its row with the OrderPaymentReplayed event and the charge is asked again with the
+ * same idempotency key. Read api_ops.c next.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "http/api.h"
+#include "base/errors.h"
+#include "base/json_out.h"
+#include "base/log.h"
+#include "base/svc_assert.h"
+#include "work/work.h"
+
+/* The stages that dead-letter work items today. */
+#define API_DLT_STAGE "payment"
+#define API_DLT_ID_BYTES_MAX 48
+
+static void api_dlt_id(char *out, size_t size, const char *stage, int64_t order_seq)
+{
+    int n = snprintf(out, size, "%s:ord_%" PRId64, stage, order_seq);
+    SVC_ASSERT(n > 0 && (size_t)n < size);
+}
+
+/* Reads ?stage= into out (empty when absent); false after sending 400 for another value. */
+static bool api_dlt_stage(struct http_request *r, char *out, size_t size)
+{
+    int rc = http_query_param(r, "stage", out, size);
+    if (rc <= 0) {
+        out[0] = '\0';
+        if (rc < 0) {
+            http_send_problem(r, SVC_EVALIDATION, "stage is payment", NULL, 0);
+            return false;
+        }
+        return true;
+    }
+    if (strcmp(out, API_DLT_STAGE) != 0) {
+        http_send_problem(r, SVC_EVALIDATION, "stage is payment", NULL, 0);
+        return false;
+    }
+    return true;
+}
+
+struct api_dlt_list {
+    struct jbuf *b;
+    int64_t count;
+};
+
+static int api_dlt_list_one(void *context, const struct store_dead_letter_row *row)
+{
+    struct api_dlt_list *list = context;
+    char id[API_DLT_ID_BYTES_MAX];
+    char order_id[32];
+    api_dlt_id(id, sizeof id, row->stage, row->order_seq);
+    snprintf(order_id, sizeof order_id, "ord_%" PRId64, row->order_seq);
+    jbuf_lit(list->b, list->count == 0 ? "{" : ",{");
+    jbuf_kv_str(list->b, "id", id);
+    jbuf_kv_str(list->b, "stage", row->stage);
+    jbuf_kv_str(list->b, "orderId", order_id);
+    jbuf_kv_str(list->b, "error", row->error);
+    jbuf_kv_int(list->b, "attempts", row->attempts);
+    jbuf_kv_time(list->b, "firstFailedAt", row->first_failed_at_ms);
+    jbuf_kv_time(list->b, "lastFailedAt", row->last_failed_at_ms);
+    jbuf_lit(list->b, "}");
+    list->count++;
+    return jbuf_ok(list->b) ? 0 : SVC_ECAPACITY;
+}
+
+void api_dlt_list(struct http_request *r)
+{
+    char stage[16];
+    if (!api_dlt_stage(r, stage, sizeof stage)) {
+        return;
+    }
+    int64_t limit = DLT_LIMIT_DEFAULT;
+    if (api_query_int(r, "limit", 1, DLT_LIST_MAX, &limit) < 0) {
+        http_send_problem(r, SVC_EVALIDATION, "limit is 1 to 1000", NULL, 0);
+        return;
+    }
+    char *out = h2o_mem_alloc_pool(&r->req->pool, LIST_BODY_BYTES_MAX);
+    struct jbuf b;
+    jbuf_init(&b, out, LIST_BODY_BYTES_MAX);
+    jbuf_lit(&b, "{\"deadLetters\":[");
+    struct api_dlt_list list = {&b, 0};
+    int rc = store_reader_dead_letters(r->thread->reader, stage[0] != '\0' ? stage : NULL,
+                                       (int)limit, &list, api_dlt_list_one);
+    if (rc != 0) {
+        http_send_problem(r, rc == SVC_ECAPACITY ? SVC_ECAPACITY : SVC_ESTORAGE_UNAVAILABLE,
+                          rc == SVC_ECAPACITY ? "ask for fewer with ?limit=" : NULL, NULL, 0);
+        return;
+    }
+    jbuf_lit(&b, "]");
+    jbuf_kv_int(&b, "count", list.count);
+    jbuf_lit(&b, "}");
+    SVC_ASSERT(jbuf_ok(&b));
+    http_send_json(r, 200, out, b.length);
+}
+
+/* ---- replay -------------------------------------------------------------------------------- */
+
+struct api_dlt_replay {
+    struct work *w;
+    json_t *ids;    /* the requested ids, or NULL: every dead letter listed */
+    struct jbuf *b; /* the ids replayed */
+    int64_t replayed;
+    int64_t full; /* left for want of room in the workers' queue */
+};
+
+/* True when the id of row is among ids (NULL: all). */
+static bool api_dlt_wanted(json_t *ids, const char *id)
+{
+    for (size_t i = 0; ids != NULL && i < json_array_size(ids); i++) {
+        const char *want = json_string_value(json_array_get(ids, i));
+        if (want != NULL && strcmp(want, id) == 0) {
+            return true;
+        }
+    }
+    return ids == NULL;
+}
+
+static int api_dlt_replay_one(void *context, const struct store_dead_letter_row *row)
+{
+    struct api_dlt_replay *replay = context;
+    char id[API_DLT_ID_BYTES_MAX];
+    api_dlt_id(id, sizeof id, row->stage, row->order_seq);
+    if (!api_dlt_wanted(replay->ids, id)) {
+        return 0;
+    }
+    if (work_replay(replay->w, row->order_seq, row->reservation_seq) != 0) {
+        replay->full++;
+        return 0;
+    }
+    jbuf_lit(replay->b, replay->replayed == 0 ? "" : ",");
+    jbuf_str(replay->b, id);
+    replay->replayed++;
+    return 0;
+}
+
+/* Decodes {ids: [...]} or {stage}; false after sending 400. */
+static bool api_dlt_replay_decode(struct http_request *r, json_t *body, json_t **ids)
+{
+    json_t *list = json_object_get(body, "ids");
+    json_t *stage = json_object_get(body, "stage");
+    *ids = NULL;
+    if (list != NULL) {
+        bool ok = json_is_array(list) && json_array_size(list) >= 1 &&
+                  json_array_size(list) <= DLT_LIST_MAX;
+        for (size_t i = 0; ok && i < json_array_size(list); i++) {
+            ok = json_is_string(json_array_get(list, i));
+        }
+        if (!ok) {
+            http_send_problem(r, SVC_EVALIDATION, "ids is an array of 1 to 1000 dead-letter ids",
+                              NULL, 0);
+            return false;
+        }
+        *ids = list;
+        return true;
+    }
+    if (!json_is_string(stage) || strcmp(json_string_value(stage), API_DLT_STAGE) != 0) {
+        http_send_problem(r, SVC_EVALIDATION, "send {\"ids\": [...]} or {\"stage\": \"payment\"}",
+                          NULL, 0);
+        return false;
+    }
+    return true;
+}
+
+void api_dlt_replay(struct http_request *r)
+{
+    struct work *w = atomic_load(&r->thread->app->work);
+    if (w == NULL) {
+        http_send_problem(r, SVC_ENOT_FOUND, "this instance runs no workers (--workers off)", NULL,
+                          0);
+        return;
+    }
+    json_t *body = api_parse_body(r);
+    if (body == NULL) {
+        return;
+    }
+    json_t *ids = NULL;
+    if (!api_dlt_replay_decode(r, body, &ids)) {
+        json_decref(body);
+        return;
+    }
+    char *out = h2o_mem_alloc_pool(&r->req->pool, LIST_BODY_BYTES_MAX);
+    struct jbuf b;
+    jbuf_init(&b, out, LIST_BODY_BYTES_MAX);
+    jbuf_lit(&b, "{\"ids\":[");
+    struct api_dlt_replay replay = {w, ids, &b, 0, 0};
+    int rc = store_reader_dead_letters(r->thread->reader, API_DLT_STAGE, DLT_LIST_MAX, &replay,
+                                       api_dlt_replay_one);
+    json_decref(body);
+    if (rc != 0) {
+        /* Those handed over already are replayed: a retry finds the rest. */
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, NULL, NULL, 0);
+        return;
+    }
+    jbuf_lit(&b, "]");
+    jbuf_kv_int(&b, "replayed", replay.replayed);
+    jbuf_kv_int(&b, "deferred", replay.full);
+    jbuf_lit(&b, "}");
+    SVC_ASSERT(jbuf_ok(&b)); /* DLT_LIST_MAX ids of API_DLT_ID_BYTES_MAX fit */
+    log_info("dlt: %" PRId64 " dead letters replayed", replay.replayed);
+    http_send_json(r, 202, out, b.length);
+}
