@@ -623,6 +623,28 @@ def _drop_pg_databases():
             print("note: could not drop database %s: %s" % (db, e))
 
 
+# What a sanitizer prints when it finds something (ASan, LSan, UBSan, TSan). With
+# abort_on_error a report mid-test also kills the server, but a leak is reported at exit, after
+# the test's last request: only the log tells.
+_SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                      "WARNING: ThreadSanitizer")
+
+
+def check_no_sanitizer_reports():
+    """Fails when the log of a server the current test started (and stopped) holds a sanitizer
+    report."""
+    for server in _servers:
+        if server.alive():
+            continue  # still running: the cleanup kills it, with nothing left to report
+        try:
+            with open(server.log_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue  # the test removed its data directory
+        hits = [line for line in text.splitlines() if any(m in line for m in _SANITIZER_MARKERS)]
+        check(not hits, "sanitizer report in %s: %s" % (server.log_path, hits[:3]))
+
+
 def main(tests, needs_pg=False):
     """Runs each test function in order; prints ok/FAIL/SKIP lines and 'N passed, M failed'.
     needs_pg: the script is about PostgreSQL only; without $STOCKD_TEST_PG it skips whole."""
@@ -649,6 +671,7 @@ def main(tests, needs_pg=False):
         signal.alarm(TEST_TIMEOUT_S)
         try:
             test()
+            check_no_sanitizer_reports()
             signal.alarm(0)
             passed += 1
             print("ok %s" % name)
