@@ -122,6 +122,28 @@ struct work *work_new(const struct work_config *config)
     return w;
 }
 
+void work_free(struct work *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    SVC_ASSERT(!w->started); /* never started, or stopped */
+    store_reader_close(w->reader);
+    free(w->pool);
+    free(w->free_list);
+    free(w->backlog);
+    free(w->replies);
+    free(w->items);
+    free(w->item_free);
+    free(w->step_event);
+    free(w->replays);
+    free(w->marks[CMD_STAGE_ORDER].ring);
+    free(w->marks[CMD_STAGE_PAYMENT].ring);
+    pthread_cond_destroy(&w->wake);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
+
 const struct work_stats *work_stats(const struct work *w)
 {
     return &w->stats;

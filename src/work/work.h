@@ -97,6 +97,8 @@ struct work *work_new(const struct work_config *config);
 int work_start(struct work *w);
 /* Stops and joins the thread; commands still with the writer are left to process exit. */
 void work_stop(struct work *w);
+/* Frees workers that never started or were stopped (NULL is fine). */
+void work_free(struct work *w);
 const struct work_stats *work_stats(const struct work *w);
 
 /* Pauses or resumes a stage (CMD_STAGE_ORDER or CMD_STAGE_PAYMENT; any thread). A paused stage

@@ -56,18 +56,7 @@ static int test_work_teardown(void **state)
 {
     struct test_work_fixture *f = *state;
     queue_deinit(&f->queue);
-    free(f->w->marks[CMD_STAGE_ORDER].ring);
-    free(f->w->marks[CMD_STAGE_PAYMENT].ring);
-    free(f->w->step_event);
-    free(f->w->pool);
-    free(f->w->free_list);
-    free(f->w->backlog);
-    free(f->w->replies);
-    free(f->w->items);
-    free(f->w->item_free);
-    pthread_cond_destroy(&f->w->wake);
-    pthread_mutex_destroy(&f->w->lock);
-    free(f->w);
+    work_free(f->w);
     free(f);
     return 0;
 }
