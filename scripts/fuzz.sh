@@ -11,7 +11,11 @@ if [ ! -f build-fuzz/build.ninja ]; then
     -Db_sanitize=address,undefined -Db_lundef=false \
     -Dc_args="-fsanitize=fuzzer-no-link -fno-sanitize-recover=all" >/dev/null
 fi
-ninja -C build-fuzz fuzz/fuzz_body fuzz/fuzz_framing >/dev/null
+if ! ninja -C build-fuzz fuzz/fuzz_body fuzz/fuzz_framing >/dev/null; then
+  echo "fuzz: the harnesses do not build:"
+  ninja -C build-fuzz fuzz/fuzz_body fuzz/fuzz_framing | tail -30
+  exit 1
+fi
 work=$(mktemp -d /tmp/stockd-fuzz-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 status=0
