@@ -37,10 +37,25 @@ void apply_command(struct domain *d, struct batch *b, const struct command *cmd,
     SVC_ASSERT(out->kind != OUTCOME_PROBLEM || out->problem.err < 0);
 }
 
+/* The sweep lives here, not in apply_reservations.c, so that an order's expiry (apply_orders.c)
+ * is dispatched from above both and the orders stay the only ones calling into reservations. */
 void apply_expire_due(struct domain *d, struct batch *b)
 {
     SVC_ASSERT(d != NULL && b != NULL);
-    apply_reservations_expire_due(d, b);
+    size_t budget_end = batch_event_count(b) + BATCH_EXPIRY_EVENTS_MAX;
+    /* Each: its lines, its own event and, for a checkout order's hold, the order's. */
+    while (batch_event_count(b) + 2 + CMD_LINES_MAX <= budget_end) {
+        struct reservation *r = res_pop_due(&d->reservations, batch_now_ms(b));
+        if (r == NULL) {
+            break;
+        }
+        SVC_ASSERT(r->order_state != RES_ORDER_PAYING); /* never due: RES_EXPIRES_NEVER */
+        apply_reservation_end(d, b, r, RES_EXPIRED, NULL, "expired");
+        if (r->order_seq != 0) {
+            apply_order_expired(d, b, r);
+        }
+    }
+    SVC_ASSERT(batch_event_count(b) <= budget_end);
 }
 
 size_t apply_command_weight(const struct domain *d, const struct command *cmd,

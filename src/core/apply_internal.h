@@ -35,20 +35,23 @@ void apply_transfer(struct domain *d, struct batch *b, const struct command *cmd
 void apply_reconcile(struct domain *d, struct batch *b, const struct command *cmd,
                      struct outcome *out);
 
-/* apply_reservations.c; apply_expire_due forwards to the last. */
+/* apply_reservations.c; apply_expire_due (apply.c) sweeps the due ones. */
 void apply_reserve(struct domain *d, struct batch *b, const struct command *cmd,
                    struct outcome *out);
 void apply_confirm(struct domain *d, struct batch *b, const struct command *cmd,
                    struct outcome *out);
 void apply_cancel(struct domain *d, struct batch *b, const struct command *cmd,
                   struct outcome *out);
-void apply_reservations_expire_due(struct domain *d, struct batch *b);
 /* Creates a reservation of cmd's lines (store by cmd or by availability) with its rows and
  * events, holding stock for order_seq when not 0 (then PENDING); NULL with the refusal in
  * out. */
 struct reservation *apply_reservation_open(struct domain *d, struct batch *b,
                                            const struct command *cmd, int64_t order_seq,
                                            struct outcome *out);
+/* The status of reservation reservation_seq: r's (the one in memory, or NULL), else what the
+ * batch's prefetch said became of it; NULL when there is no such reservation. */
+const char *apply_reservation_status(const struct batch *b, int64_t reservation_seq,
+                                     const struct reservation *r);
 /* Ends an ACTIVE reservation with status (stock events, its row and lifecycle event). */
 void apply_reservation_end(struct domain *d, struct batch *b, struct reservation *r,
                            enum res_status status, const char *payment_ref, const char *reason);

@@ -185,11 +185,7 @@ void apply_order_create(struct domain *d, struct batch *b, const struct command 
 static void order_refuse(const struct batch *b, const struct command *cmd,
                          const struct reservation *r, struct outcome *out)
 {
-    const char *status = r != NULL ? res_status_name(r->status) : NULL;
-    if (r == NULL) {
-        const struct batch_ended_reservation *ended = batch_ended_find(b, cmd->reservation_seq);
-        status = ended != NULL && ended->status[0] != '\0' ? ended->status : NULL;
-    }
+    const char *status = apply_reservation_status(b, cmd->reservation_seq, r);
     if (status == NULL) {
         outcome_problem(out, SVC_EUNKNOWN_ORDER, "no order with this id");
         return;

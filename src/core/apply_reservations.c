@@ -95,24 +95,6 @@ void apply_reservation_end(struct domain *d, struct batch *b, struct reservation
     reservation_rows(d, b, r, type, payment_ref, status == RES_CANCELLED ? reason : NULL);
 }
 
-void apply_reservations_expire_due(struct domain *d, struct batch *b)
-{
-    size_t budget_end = batch_event_count(b) + BATCH_EXPIRY_EVENTS_MAX;
-    /* Each: its lines, its own event and, for a checkout order's hold, the order's. */
-    while (batch_event_count(b) + 2 + CMD_LINES_MAX <= budget_end) {
-        struct reservation *r = res_pop_due(&d->reservations, batch_now_ms(b));
-        if (r == NULL) {
-            break;
-        }
-        SVC_ASSERT(r->order_state != RES_ORDER_PAYING); /* never due: RES_EXPIRES_NEVER */
-        apply_reservation_end(d, b, r, RES_EXPIRED, NULL, "expired");
-        if (r->order_seq != 0) {
-            apply_order_expired(d, b, r);
-        }
-    }
-    SVC_ASSERT(batch_event_count(b) <= budget_end);
-}
-
 /* ---- create ------------------------------------------------------------------------------- */
 
 /* Resolves cmd's lines to products (404 on an unknown sku). Duplicate skus stay separate
@@ -282,16 +264,23 @@ void apply_reserve(struct domain *d, struct batch *b, const struct command *cmd,
 
 /* ---- confirm and cancel ------------------------------------------------------------------- */
 
+const char *apply_reservation_status(const struct batch *b, int64_t reservation_seq,
+                                     const struct reservation *r)
+{
+    SVC_ASSERT(r == NULL || r->seq == reservation_seq);
+    if (r != NULL) {
+        return res_status_name(r->status);
+    }
+    const struct batch_ended_reservation *ended = batch_ended_find(b, reservation_seq);
+    return ended != NULL && ended->status[0] != '\0' ? ended->status : NULL;
+}
+
 /* Why the reservation cmd names is not ACTIVE: 404, 409 expired or not active. r is the one in
  * memory (ended in this batch) or NULL: then the prefetch said what became of it. */
 static void reservation_refuse(const struct batch *b, const struct command *cmd,
                                const struct reservation *r, struct outcome *out)
 {
-    const char *status = r != NULL ? res_status_name(r->status) : NULL;
-    if (r == NULL) {
-        const struct batch_ended_reservation *ended = batch_ended_find(b, cmd->reservation_seq);
-        status = ended != NULL && ended->status[0] != '\0' ? ended->status : NULL;
-    }
+    const char *status = apply_reservation_status(b, cmd->reservation_seq, r);
     if (status == NULL) {
         outcome_problem(out, SVC_EUNKNOWN_RESERVATION, "no reservation with this id");
     } else if (strcmp(status, res_status_name(RES_EXPIRED)) == 0) {

@@ -42,6 +42,21 @@ void reply_problem(struct command *cmd, int err, const char *detail)
     SVC_ASSERT(cmd->reply_length < cmd->reply_capacity);
 }
 
+/* "lines":[{sku,qty}...] of r, for the replies of a reservation and of an order. */
+static void reply_lines(struct jbuf *body, const struct domain *d, const struct reservation *r)
+{
+    SVC_ASSERT(r->line_count >= 1);
+    jbuf_key(body, "lines");
+    jbuf_lit(body, "[");
+    for (uint32_t i = 0; i < r->line_count; i++) {
+        jbuf_lit(body, i == 0 ? "{" : ",{");
+        jbuf_kv_str(body, "sku", d->products[r->lines[i].product_index].sku);
+        jbuf_kv_int(body, "qty", r->lines[i].qty);
+        jbuf_lit(body, "}");
+    }
+    jbuf_lit(body, "]");
+}
+
 /* Seed 004's {success,message,remaining_stock}. */
 static void reply_seed004(struct command *cmd, int status, bool success, const char *message,
                           int64_t remaining)
@@ -147,15 +162,7 @@ static void reply_reservation(struct command *cmd, const struct outcome *o, cons
     jbuf_kv_str(&body, "status", res_status_name(r->status));
     jbuf_kv_str(&body, "storeId", d->stores[r->store_index].id);
     jbuf_kv_str(&body, "customerId", r->customer_id);
-    jbuf_key(&body, "lines");
-    jbuf_lit(&body, "[");
-    for (uint32_t i = 0; i < r->line_count; i++) {
-        jbuf_lit(&body, i == 0 ? "{" : ",{");
-        jbuf_kv_str(&body, "sku", d->products[r->lines[i].product_index].sku);
-        jbuf_kv_int(&body, "qty", r->lines[i].qty);
-        jbuf_lit(&body, "}");
-    }
-    jbuf_lit(&body, "]");
+    reply_lines(&body, d, r);
     jbuf_kv_time(&body, "expiresAt", r->expires_at_ms);
     jbuf_kv_int(&body, "expiresAtMs", r->expires_at_ms);
     jbuf_kv_int(&body, "version", r->version);
@@ -180,15 +187,7 @@ static void reply_order(struct command *cmd, const struct outcome *o, const stru
     jbuf_lit(&body, "\"");
     jbuf_kv_str(&body, "customerId", r->customer_id);
     jbuf_kv_str(&body, "storeId", d->stores[r->store_index].id);
-    jbuf_key(&body, "lines");
-    jbuf_lit(&body, "[");
-    for (uint32_t i = 0; i < r->line_count; i++) {
-        jbuf_lit(&body, i == 0 ? "{" : ",{");
-        jbuf_kv_str(&body, "sku", d->products[r->lines[i].product_index].sku);
-        jbuf_kv_int(&body, "qty", r->lines[i].qty);
-        jbuf_lit(&body, "}");
-    }
-    jbuf_lit(&body, "]");
+    reply_lines(&body, d, r);
     if (r->expires_at_ms != RES_EXPIRES_NEVER) {
         jbuf_kv_time(&body, "expiresAt", r->expires_at_ms);
     }
