@@ -132,6 +132,14 @@ int api_get_int(json_t *body, const char *name, bool required, int64_t min, int6
  * SVC_EVALIDATION with *why set. */
 int api_decode_lines(json_t *body, struct cmd_lines *out, const char **why);
 
+/* Decodes the hold of a reservation or a checkout order: storeId?, ttlSeconds (required, or
+ * optional over the default already in cmd), customerId, lines. 0 or SVC_EVALIDATION. */
+int api_decode_hold(json_t *body, struct command *cmd, bool ttl_required, const char **why);
+
+/* Parses an id "<prefix><n>" (prefix of 4 bytes, e.g. "ord_", "res_") into n >= 1, without a
+ * leading zero or an overflow; 0 when malformed (api_common.c). */
+int64_t api_id_seq(h2o_iovec_t id, const char *prefix);
+
 /* Takes a command from the pool and sets its idempotency fields from the request (key
  * required when the route says so). On failure sends 428/400/429 and returns NULL. */
 struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kind);

@@ -279,3 +279,21 @@ int api_query_int(struct http_request *r, const char *name, int64_t min, int64_t
     SVC_ASSERT(*out >= min && *out <= max);
     return 1;
 }
+
+/* See api.h. */
+int64_t api_id_seq(h2o_iovec_t id, const char *prefix)
+{
+    SVC_ASSERT(strlen(prefix) == 4);
+    if (id.len < 5 || id.len > 4 + 19 || memcmp(id.base, prefix, 4) != 0 || id.base[4] == '0') {
+        return 0;
+    }
+    int64_t seq = 0;
+    for (size_t i = 4; i < id.len; i++) {
+        if (id.base[i] < '0' || id.base[i] > '9' || seq > (INT64_MAX - 9) / 10) {
+            return 0;
+        }
+        seq = seq * 10 + (id.base[i] - '0');
+    }
+    SVC_ASSERT(seq >= 1);
+    return seq;
+}

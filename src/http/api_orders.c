@@ -85,46 +85,14 @@ void api_purchase(struct http_request *r)
     http_command_submit(r, hc);
 }
 
-/* Parses "ord_<n>" into n >= 1; 0 when malformed. */
-static int64_t api_order_seq(h2o_iovec_t id)
-{
-    if (id.len < 5 || id.len > 24 || memcmp(id.base, "ord_", 4) != 0) {
-        return 0;
-    }
-    int64_t seq = 0;
-    for (size_t i = 4; i < id.len; i++) {
-        if (id.base[i] < '0' || id.base[i] > '9' || (i == 4 && id.base[i] == '0')) {
-            return 0;
-        }
-        if (seq > (INT64_MAX - 9) / 10) {
-            return 0;
-        }
-        seq = seq * 10 + (id.base[i] - '0');
-    }
-    return seq;
-}
-
 /* Decodes POST /v1/orders: the lines of a reservation, held for ttlSeconds (default
  * ORDER_TTL_SECONDS_DEFAULT) until paid. */
 static int api_decode_order(const struct http_request *r, json_t *body, struct command *cmd,
                             const char **why)
 {
     (void)r;
-    int rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
-    cmd->has_store = rc == 1;
     cmd->ttl_seconds = ORDER_TTL_SECONDS_DEFAULT;
-    if (rc >= 0) {
-        rc = api_get_int(body, "ttlSeconds", false, 1, RESERVATION_TTL_SECONDS_MAX,
-                         &cmd->ttl_seconds, why);
-    }
-    if (rc >= 0) {
-        rc = api_get_string(body, "customerId", true, false, cmd->customer_id,
-                            sizeof cmd->customer_id, why);
-    }
-    if (rc >= 0) {
-        rc = api_decode_lines(body, cmd->lines, why);
-    }
-    return rc < 0 ? rc : 0;
+    return api_decode_hold(body, cmd, false, why);
 }
 
 void api_order_create(struct http_request *r)
@@ -184,7 +152,7 @@ static bool api_order_cancelled(struct http_request *r, const struct command *cm
 static int api_decode_order_cancel(const struct http_request *r, json_t *body, struct command *cmd,
                                    const char **why)
 {
-    cmd->order_seq = api_order_seq(r->path_param);
+    cmd->order_seq = api_id_seq(r->path_param, "ord_");
     if (cmd->order_seq <= 0) {
         *why = "order ids look like ord_123";
         return SVC_EUNKNOWN_ORDER;
@@ -302,7 +270,7 @@ static bool api_order_cancelled(struct http_request *r, const struct command *cm
 /* GET /v1/orders/{id}, or seed 001's GET /orders/{id} (seed: userId and items besides). */
 static void api_order_get_as(struct http_request *r, bool seed)
 {
-    int64_t seq = api_order_seq(r->path_param);
+    int64_t seq = api_id_seq(r->path_param, "ord_");
     if (seq <= 0) {
         http_send_problem(r, SVC_EUNKNOWN_ORDER, "order ids look like ord_123", NULL, 0);
         return;

@@ -58,14 +58,13 @@ static int api_decode_set_absolute(const struct http_request *r, json_t *body, s
     return rc < 0 ? rc : 0;
 }
 
-static int api_decode_reservation(const struct http_request *r, json_t *body, struct command *cmd,
-                                  const char **why)
+/* See api.h. */
+int api_decode_hold(json_t *body, struct command *cmd, bool ttl_required, const char **why)
 {
-    (void)r;
     int rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
     cmd->has_store = rc == 1;
     if (rc >= 0) {
-        rc = api_get_int(body, "ttlSeconds", true, 1, RESERVATION_TTL_SECONDS_MAX,
+        rc = api_get_int(body, "ttlSeconds", ttl_required, 1, RESERVATION_TTL_SECONDS_MAX,
                          &cmd->ttl_seconds, why);
     }
     if (rc >= 0) {
@@ -78,27 +77,17 @@ static int api_decode_reservation(const struct http_request *r, json_t *body, st
     return rc < 0 ? rc : 0;
 }
 
-/* Parses the {id} of /v1/reservations/{id}:... as res_<n>; 0 when malformed. */
-static int64_t api_reservation_seq(h2o_iovec_t id)
+static int api_decode_reservation(const struct http_request *r, json_t *body, struct command *cmd,
+                                  const char **why)
 {
-    if (id.len < 5 || id.len > 22 || memcmp(id.base, "res_", 4) != 0 || id.base[4] == '0') {
-        return 0;
-    }
-    int64_t seq = 0;
-    for (size_t i = 4; i < id.len; i++) {
-        if (id.base[i] < '0' || id.base[i] > '9') {
-            return 0;
-        }
-        seq = seq * 10 + (id.base[i] - '0');
-    }
-    SVC_ASSERT(seq >= 1);
-    return seq;
+    (void)r;
+    return api_decode_hold(body, cmd, true, why);
 }
 
 static int api_decode_confirm(const struct http_request *r, json_t *body, struct command *cmd,
                               const char **why)
 {
-    cmd->reservation_seq = api_reservation_seq(r->path_param);
+    cmd->reservation_seq = api_id_seq(r->path_param, "res_");
     if (cmd->reservation_seq == 0) {
         *why = "reservation ids look like res_123";
         return SVC_EUNKNOWN_RESERVATION;
@@ -110,7 +99,7 @@ static int api_decode_confirm(const struct http_request *r, json_t *body, struct
 static int api_decode_cancel(const struct http_request *r, json_t *body, struct command *cmd,
                              const char **why)
 {
-    cmd->reservation_seq = api_reservation_seq(r->path_param);
+    cmd->reservation_seq = api_id_seq(r->path_param, "res_");
     if (cmd->reservation_seq == 0) {
         *why = "reservation ids look like res_123";
         return SVC_EUNKNOWN_RESERVATION;
