@@ -4,8 +4,9 @@
  * the server's final stock against what the run was answered.
  *
  * The load itself (connections, schedules, parsing, histograms) is the engine in
- * src/loadgen.c; this file only drives it. Verify reads the stock before and after the run
- * (GET /v1/availability or, for seed 004, GET /inventory), replays with their own key the
+ * src/load/loadgen.c; this file only drives it. Verify reads the stock before and after the run
+ * (onHand or, for checkout orders, available from GET /v1/availability; for seed 004,
+ * GET /inventory), replays with their own key the
  * requests that never got an answer (so every key has a known outcome), then checks that the
  * units sold equal qty times the keys answered 2xx, that no orderId went to two keys, and that
  * a sample of the orders reads back. It assumes nothing else buys the sku during the run.
@@ -24,9 +25,9 @@
 
 #include "base/clock.h"
 #include "base/json_out.h"
-#include "loadgen.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "load/loadgen.h"
 
 /* Orders read back by verify: a sample spread over the run, enough to catch a class of lost
  * orders (1,000 reads take well under a second) without reading back a million. */
@@ -49,6 +50,8 @@
 #define SB_TIMEOUT_MS_MAX 3600000LL
 #define SB_RATE_MAX 10000000.0
 #define SB_QTY_MAX 1000000000LL
+/* Largest --requests: LG_KEYS_MAX, so that a --verify run remembers every answer. */
+#define SB_REQUESTS_MAX LG_KEYS_MAX
 
 /* The progress line is printed once per SB_PROGRESS_NS; the main thread checks for the end
  * of the run every SB_POLL_NS in between. */
@@ -75,8 +78,11 @@ static const char sb_usage_text[] =
     "  --duration S       measured seconds (default 10)\n"
     "  --warmup S         seconds before measuring; not in the statistics, but checked by\n"
     "                     --verify (default 1)\n"
-    "  --target T         purchase (default): POST /v1/purchase; buy-ticket: POST /buy_ticket;\n"
+    "  --target T         purchase (default): POST /v1/purchase; order: POST /v1/orders (one\n"
+    "                     line of --qty --sku, a checkout order); buy-ticket: POST /buy_ticket;\n"
     "                     get: GET --path\n"
+    "  --requests N       end once N requests (warm-up included) are answered, or at the end\n"
+    "                     of --duration if sooner (default: the whole --duration)\n"
     "  --path P           request path for --target get (default /)\n"
     "  --sku SKU          sku to buy (default HOT)\n"
     "  --qty N            units per purchase (default 1)\n"
@@ -86,7 +92,8 @@ static const char sb_usage_text[] =
     "  --timeout-ms MS    an attempt without an answer in MS counts as a timeout (default 5000)\n"
     "  --retry            send a timed-out or failed request again with the same\n"
     "                     Idempotency-Key on a fresh connection, at most 3 times\n"
-    "  --verify           check the stock sold against the answers (purchase, buy-ticket)\n"
+    "  --verify           check the stock sold (order: held or sold) against the answers\n"
+    "                     (purchase, order, buy-ticket)\n"
     "  --label NAME       copied into the JSON result\n"
     "  --json FILE        also write the result as one JSON object to FILE\n"
     "  --quiet            no progress line on stderr\n"
@@ -124,6 +131,11 @@ struct sb_verify {
 };
 
 static volatile sig_atomic_t sb_interrupted;
+
+/* Wall-clock milliseconds when the run started (its first connects and sends follow at once):
+ * in the JSON, so that a script can time what happens after the requests (e.g. orders PAID)
+ * from the first send. */
+static int64_t sb_start_wall_ms;
 
 static void sb_on_signal(int signal_number)
 {
@@ -238,6 +250,8 @@ static bool sb_option_choice(struct sb_options *o, int option, const char *value
     }
     if (strcmp(value, "purchase") == 0) {
         o->lg.target = LG_TARGET_PURCHASE;
+    } else if (strcmp(value, "order") == 0) {
+        o->lg.target = LG_TARGET_ORDER;
     } else if (strcmp(value, "buy-ticket") == 0) {
         o->lg.target = LG_TARGET_BUY_TICKET;
     } else if (strcmp(value, "get") == 0) {
@@ -268,6 +282,7 @@ static bool sb_option_number(struct sb_options *o, int option, const char *value
                ((c->warmup_ns = (int64_t)(seconds * 1e9)), true);
     case 'q': return sb_parse_int(value, 1, SB_QTY_MAX, &n) && (c->qty = n);
     case 'o': return sb_parse_int(value, 1, SB_TIMEOUT_MS_MAX, &n) && (c->timeout_ns = n * 1000000);
+    case 'n': return sb_parse_int(value, 1, SB_REQUESTS_MAX, &n) && (c->requests_max = (uint64_t)n);
     }
     SVC_UNREACHABLE();
 }
@@ -308,7 +323,7 @@ static const char *sb_options_check(struct sb_options *o)
         return "--threads must not exceed --connections";
     }
     if (o->verify && o->lg.target == LG_TARGET_GET) {
-        return "--verify needs --target purchase or buy-ticket";
+        return "--verify needs --target purchase, order or buy-ticket";
     }
     int rc = lg_endpoint_parse(&o->lg.endpoint, o->url);
     if (rc == -EINVAL) {
@@ -339,6 +354,7 @@ static const struct option sb_long_options[] = {
     {"qty", required_argument, 0, 'q'},
     {"key-prefix", required_argument, 0, 'k'},
     {"timeout-ms", required_argument, 0, 'o'},
+    {"requests", required_argument, 0, 'n'},
     {"retry", no_argument, 0, 'R'},
     {"verify", no_argument, 0, 'V'},
     {"label", required_argument, 0, 'l'},
@@ -364,7 +380,7 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
             *(option == 'R' ? &o->lg.retry : option == 'V' ? &o->verify : &o->quiet) = true;
         } else if (option == 'm' || option == 'T') {
             ok = sb_option_choice(o, option, optarg);
-        } else if (strchr("rctdwqo", option) != NULL) {
+        } else if (strchr("rctdwqon", option) != NULL) {
             ok = sb_option_number(o, option, optarg);
         } else if (strchr("upsklja", option) != NULL) {
             ok = sb_option_text(o, option, optarg);
@@ -387,8 +403,9 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
 
 static const char *sb_target_name(enum lg_target target)
 {
-    SVC_ASSERT(target <= LG_TARGET_GET);
+    SVC_ASSERT(target <= LG_TARGET_ORDER);
     return target == LG_TARGET_PURCHASE     ? "purchase"
+           : target == LG_TARGET_ORDER      ? "order"
            : target == LG_TARGET_BUY_TICKET ? "buy-ticket"
                                             : "get";
 }
@@ -594,6 +611,7 @@ static int sb_json_write(const struct sb_options *o, const struct lg_result *r,
         jbuf_key(&b, "rate_target");
         jbuf_lit(&b, "null");
     }
+    jbuf_kv_int(&b, "start_wall_ms", sb_start_wall_ms);
     sb_json_number(&b, "duration_s", (double)r->measured_ns / 1e9);
     jbuf_kv_int(&b, "requests", (int64_t)r->counts.requests);
     jbuf_kv_int(&b, "completed", (int64_t)r->counts.completed);
@@ -633,7 +651,9 @@ static int sb_stock_read(struct lg_client *client, const struct sb_options *o, i
     char path[LG_PATH_BYTES_MAX];
     bool ticket = o->lg.target == LG_TARGET_BUY_TICKET;
     snprintf(path, sizeof path, ticket ? "/inventory" : "/v1/availability?sku=%s", o->lg.sku);
-    const char *field = ticket ? "\"current_stock\":" : "\"onHand\":";
+    const char *field = ticket                            ? "\"current_stock\":"
+                        : o->lg.target == LG_TARGET_ORDER ? "\"available\":"
+                                                          : "\"onHand\":";
     char request[LG_REQUEST_BYTES_MAX];
     size_t length = lg_request_format_get(&o->lg.endpoint, path, request, sizeof request);
     int rc = lg_client_request(client, request, length);
@@ -698,7 +718,7 @@ static int64_t *sb_verify_tally(const struct lg_run *run, struct sb_verify *v, s
         if (outcome > 0) {
             ids[count++] = outcome;
         }
-        if (outcome == LG_KEY_2XX_NO_ORDER && run->config.target == LG_TARGET_PURCHASE) {
+        if (outcome == LG_KEY_2XX_NO_ORDER && run->config.target != LG_TARGET_BUY_TICKET) {
             v->keys_no_order++;
         }
     }
@@ -754,7 +774,7 @@ static bool sb_verify_after(struct lg_run *run, const struct sb_options *o, stru
     sb_verify_replay(run, &client, v);
     size_t count = 0;
     int64_t *ids = sb_verify_tally(run, v, &count);
-    if (o->lg.target == LG_TARGET_PURCHASE) {
+    if (o->lg.target != LG_TARGET_BUY_TICKET) {
         sb_verify_orders(&client, o, ids, count, v);
     }
     qsort(ids, count, sizeof *ids, sb_id_compare);
@@ -765,7 +785,7 @@ static bool sb_verify_after(struct lg_run *run, const struct sb_options *o, stru
     int rc = sb_stock_read(&client, o, &v->stock_after);
     lg_client_deinit(&client);
     v->stock_after_known = rc == 0;
-    int64_t qty = o->lg.target == LG_TARGET_PURCHASE ? o->lg.qty : 1;
+    int64_t qty = o->lg.target == LG_TARGET_BUY_TICKET ? 1 : o->lg.qty;
     v->ok = rc == 0 && v->stock_before - v->stock_after == qty * (int64_t)v->keys_2xx &&
             v->duplicate_ids == 0 && v->keys_conflict == 0 && v->keys_no_order == 0 &&
             v->keys_unanswered == 0 && v->orders_ok == v->orders_wanted;
@@ -783,6 +803,15 @@ static const char *sb_verdict(bool ok)
     return ok ? "ok" : "FAILED";
 }
 
+/* The stock field verify compares. */
+static const char *sb_stock_name(const struct sb_options *o)
+{
+    SVC_ASSERT(o->lg.target != LG_TARGET_GET);
+    return o->lg.target == LG_TARGET_BUY_TICKET ? "current_stock"
+           : o->lg.target == LG_TARGET_ORDER    ? "available"
+                                                : "onHand";
+}
+
 static void sb_verify_print(const struct sb_options *o, const struct sb_verify *v)
 {
     bool ticket = o->lg.target == LG_TARGET_BUY_TICKET;
@@ -790,12 +819,11 @@ static void sb_verify_print(const struct sb_options *o, const struct sb_verify *
     int64_t sold = v->stock_before - v->stock_after;
     SVC_ASSERT(v->keys_2xx <= v->keys_sent);
     if (v->stock_after_known) {
-        printf("verify: %s %lld before, %lld after: sold %lld\n",
-               ticket ? "current_stock" : "onHand", (long long)v->stock_before,
-               (long long)v->stock_after, (long long)sold);
+        printf("verify: %s %lld before, %lld after: sold %lld\n", sb_stock_name(o),
+               (long long)v->stock_before, (long long)v->stock_after, (long long)sold);
     } else {
-        printf("verify: %s %lld before, unknown after (could not read it)\n",
-               ticket ? "current_stock" : "onHand", (long long)v->stock_before);
+        printf("verify: %s %lld before, unknown after (could not read it)\n", sb_stock_name(o),
+               (long long)v->stock_before);
     }
     printf("verify: sold == qty %lld x %llu keys answered %s: %s\n", (long long)qty,
            (unsigned long long)v->keys_2xx, ticket ? "200" : "2xx",
@@ -869,6 +897,7 @@ int main(int argc, char **argv)
         return exit_code;
     }
     sb_signals_install();
+    sb_start_wall_ms = clock_wall_ms();
     int rc = lg_run_start(&run, &o.lg);
     if (rc < 0) {
         fprintf(stderr, "stockbench: cannot start the run: %s\n", strerror(-rc));

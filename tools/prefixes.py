@@ -62,6 +62,8 @@ MODULES = {
     "projector": (["src/read/projector.c", "src/read/projector_snapshot.c"], ["projector_"]),
     "follower": (["src/read/follower.c"], ["follower_"]),
     "audit": (["src/read/audit.c"], ["audit_"]),
+    # load: the HTTP load generator (stockbench and POST /v1/admin/load-test)
+    "loadgen": (["src/load/loadgen.c"], ["lg_"]),
     # http
     "http": (["src/http/server.c", "src/http/request.c"], ["http_"]),
     "routes": (["src/http/routes.c"], ["routes_"]),

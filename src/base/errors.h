@@ -40,6 +40,8 @@
     X(OUT_OF_MEMORY, 503, "out_of_memory", "Out of memory")                               \
     X(TOO_MANY_SUBSCRIBERS, 503, "too_many_subscribers", "Too many stream subscribers")   \
     X(AUDIT_RUNNING, 409, "audit_running", "An audit is already running")                 \
+    X(LOAD_TEST_RUNNING, 409, "load_test_running", "A load test is already running")      \
+    X(LOAD_TEST_LIMIT, 400, "load_test_out_of_range", "Load test parameter out of range") \
     X(ORDER_NOT_CANCELLABLE, 409, "order_not_cancellable", "Order cannot be cancelled")   \
     X(READ_ONLY, 503, "read_only", "Read-only mode: writes are refused")
 

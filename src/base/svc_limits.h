@@ -242,4 +242,23 @@ _Static_assert(SSE_RING_BYTES >= 4 * SSE_BUFFER_BYTES, "the ring holds what a su
 #define DLT_LIST_MAX 1000
 #define DLT_LIMIT_DEFAULT 100
 
+/* POST /v1/admin/load-test (issue 11): the in-tree load generator against this server.
+ * Virtual users are keep-alive connections, each with one request in flight: 256 is four
+ * times the 64 that already saturate the writer on this 2-core machine, and each costs the
+ * server a connection and the generator ~16 KiB. */
+#define LOAD_TEST_VUS_MAX 256
+/* Requests of one load test in all (a million: ~1-2 minutes at the measured rates). */
+#define LOAD_TEST_ITERATIONS_MAX 1000000LL
+/* The generator's threads: its epoll loops share the cores with the server's own threads, so
+ * at most two, whatever the number of virtual users. */
+#define LOAD_TEST_THREADS_MAX 2
+/* A request unanswered this long counts as a timeout (and is not sent again). */
+#define LOAD_TEST_REQUEST_TIMEOUT_MS 30000
+/* The whole run is cut after this long: what is unanswered then counts as timeouts. */
+#define LOAD_TEST_DURATION_MS_MAX (30LL * 60 * 1000)
+/* How often the load test's thread reports progress (and checks for shutdown). */
+#define LOAD_TEST_PROGRESS_MS 200
+_Static_assert(LOAD_TEST_THREADS_MAX >= 1 && LOAD_TEST_VUS_MAX >= LOAD_TEST_THREADS_MAX,
+               "every generator thread gets a connection");
+
 #endif

@@ -11,6 +11,7 @@
  *   api_dlt.c           the dead-letter table: list and replay
  *   api_ops.c           health, readiness, metrics, the OpenAPI document, the home page
  *   api_audit.c         the audit, on a thread of its own, with progress
+ *   api_load.c          the load test: the load generator against this server, then the audit
  *   api_common.c        the helpers below: body decoding, idempotency, fresh reads, events
  * All share one signature (route_handler) and reach the server only through request.h.
  * Commands go to the writer; queries never touch the writer's domain. Read api_common.c next.
@@ -76,6 +77,10 @@ void api_seed_worker_resume(struct http_request *r);
 void api_seed_payment_failure_rate(struct http_request *r);
 void api_seed_read_only_on(struct http_request *r);
 void api_seed_read_only_off(struct http_request *r);
+/* POST /v1/admin/load-test and seed 001's POST /admin/load-test (api_load.c, admin role): the
+ * in-tree load generator against this server, then the audit, on a thread of their own. */
+void api_load_test(struct http_request *r);
+void api_seed_load_test(struct http_request *r);
 /* Operations (api_ops.c): GET /, /health, /ready, /metrics. */
 void api_home(struct http_request *r);
 void api_health(struct http_request *r);

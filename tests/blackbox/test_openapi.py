@@ -465,6 +465,8 @@ def test_answers_conform_to_the_schemas():
             ex("GET", "/v1/orders/ord_1", want=200)
             ex("GET", "/v1/orders/ord_999", want=404)
             ex("GET", "/v1/admin/audit", want=200)
+            ex("POST", "/v1/admin/load-test", {"vus": 2, "iterations": 10, "sku": "OA-2"}, 200)
+            ex("POST", "/admin/load-test", {"vus": 2, "iterations": 3, "productId": "OA-2"}, 200)
             ex("POST", "/v1/projections/rebuild", key=False, want=202)
             ex("GET", "/health", want=200)
             ex("GET", "/ready", want=200)

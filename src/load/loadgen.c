@@ -257,6 +257,12 @@ size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, 
                                "{\"sku\":\"%s\",\"qty\":%lld,"
                                "\"customerId\":\"c%llu\"}",
                                config->sku, (long long)config->qty, (unsigned long long)n);
+    } else if (config->target == LG_TARGET_ORDER) {
+        path = "/v1/orders";
+        body_length = snprintf(body, sizeof body,
+                               "{\"customerId\":\"c%llu\","
+                               "\"lines\":[{\"sku\":\"%s\",\"qty\":%lld}]}",
+                               (unsigned long long)n, config->sku, (long long)config->qty);
     } else {
         SVC_ASSERT(config->target == LG_TARGET_BUY_TICKET);
         path = "/buy_ticket";
@@ -619,6 +625,7 @@ struct lg_thread {
     uint32_t *free_stack;   /* owned; READY connections (open loop) */
     int64_t *keys;          /* this thread's slice of run->keys, or NULL */
     uint64_t next_local;    /* the next request number to send */
+    uint64_t local_max;     /* this thread's share of requests_max (UINT64_MAX: unbounded) */
     int64_t measure_ns;     /* the measured window is [measure_ns, end_ns) */
     int64_t end_ns;         /* moved earlier by lg_run_stop */
     int64_t drain_end_ns;   /* give up on answers after this */
@@ -809,10 +816,14 @@ static void lg_conn_send(struct lg_thread *t, struct lg_conn *c, int64_t now)
     lg_conn_flush(t, c, now);
 }
 
-/* True if the thread may start another request (keys left to remember its answer). */
+/* True if the thread may start another request (its share of requests_max not all sent,
+ * and keys left to remember its answer). */
 static bool lg_thread_may_send(struct lg_thread *t)
 {
     SVC_ASSERT(!t->ended);
+    if (t->next_local >= t->local_max) {
+        return false;
+    }
     if (t->keys != NULL && t->next_local >= t->run->keys_per_thread) {
         t->keys_exhausted = true;
         return false;
@@ -1063,6 +1074,7 @@ static void lg_thread_end(struct lg_thread *t, int64_t now)
     t->end_ns = lg_min(t->end_ns, now);
     if (t->config->mode == LG_MODE_OPEN && t->end_ns > t->measure_ns) {
         uint64_t due = lg_open_count_before(t, t->end_ns);
+        due = due < t->local_max ? due : t->local_max;
         uint64_t from = lg_open_count_before(t, t->measure_ns);
         from = t->next_local > from ? t->next_local : from;
         t->counts.unsent = due > from ? due - from : 0;
@@ -1092,7 +1104,8 @@ static void lg_thread_abandon(struct lg_thread *t)
 /* Housekeeping between waits. Returns true when the thread is done. */
 static bool lg_thread_tick(struct lg_thread *t, int64_t now)
 {
-    if (!t->ended && (now >= t->end_ns || atomic_load(&t->run->stop))) {
+    bool all_answered = t->next_local >= t->local_max && t->active_count == 0;
+    if (!t->ended && (now >= t->end_ns || all_answered || atomic_load(&t->run->stop))) {
         lg_thread_end(t, now);
     }
     if (t->ended && t->active_count == 0) {
@@ -1123,7 +1136,8 @@ static int64_t lg_thread_wake_ns(const struct lg_thread *t)
     if (t->waiting_count > 0) {
         wake = lg_min(wake, t->next_reconnect_ns);
     }
-    if (t->config->mode == LG_MODE_OPEN && !t->ended && t->free_count > 0 && !t->keys_exhausted) {
+    if (t->config->mode == LG_MODE_OPEN && !t->ended && t->free_count > 0 && !t->keys_exhausted &&
+        t->next_local < t->local_max) {
         wake = lg_min(wake, lg_open_intended_ns(t, t->next_local));
     }
     SVC_ASSERT(wake > 0);
@@ -1231,6 +1245,11 @@ static struct lg_thread *lg_thread_new(struct lg_run *run, uint32_t index)
         t->conns[i].state = LG_CONN_CLOSED;
     }
     t->keys = run->keys == NULL ? NULL : run->keys + (uint64_t)index * run->keys_per_thread;
+    /* Key n = local * threads + index: the thread's share is the n below requests_max. */
+    uint64_t max = config->requests_max;
+    t->local_max = max == 0       ? UINT64_MAX
+                   : index >= max ? 0
+                                  : (max - index - 1) / config->threads + 1;
     t->measure_ns = run->start_ns + config->warmup_ns;
     t->end_ns = t->measure_ns + config->duration_ns;
     t->drain_end_ns = INT64_MAX;

@@ -1,13 +1,16 @@
 /*
- * loadgen.h - the HTTP/1.1 load generator engine behind stockbench (and, later, the server's
- * POST /v1/admin/load-test).
+ * loadgen.h - the HTTP/1.1 load generator engine behind stockbench (bench/stockbench.c) and the
+ * server's POST /v1/admin/load-test (src/http/api_load.c), built as its own library
+ * (stockd_load in meson.build) that both link.
  *
  * A run spreads N keep-alive connections over T threads; each thread owns its epoll instance,
  * its connections and its statistics, and shares nothing with the others on the request path
  * (STYLE 4). Two load models: closed loop (a connection sends its next request as soon as the
  * previous one is answered) and open loop (request n is due at start + n / rate and waits
  * client-side for a free connection; its latency runs from that intended time, so a stalled
- * server cannot hide its queue: no coordinated omission). Every purchase carries a unique
+ * server cannot hide its queue: no coordinated omission). A run lasts its duration, or ends
+ * sooner once a set number of requests (requests_max) has been answered. Every purchase or
+ * order carries a unique
  * Idempotency-Key "<prefix>-<n>"; with retries, a timed-out request is sent again with the same
  * key on a fresh connection. What each key was answered is kept for a later verify step.
  *
@@ -134,6 +137,7 @@ enum lg_target {
     LG_TARGET_PURCHASE,   /* POST /v1/purchase {"sku","qty","customerId"} */
     LG_TARGET_BUY_TICKET, /* POST /buy_ticket {"customer_id"} (seed 004) */
     LG_TARGET_GET,        /* GET config.path, for measuring the HTTP ceiling of a server */
+    LG_TARGET_ORDER,      /* POST /v1/orders {"customerId","lines":[{"sku","qty"}]} */
 };
 
 /* Where to connect, resolved once. */
@@ -163,21 +167,23 @@ struct lg_config {
     enum lg_mode mode;
     enum lg_target target;
     char path[LG_PATH_BYTES_MAX];                 /* LG_TARGET_GET only; starts with '/' */
-    char sku[LG_SKU_BYTES_MAX + 1];               /* [A-Za-z0-9._-]; purchase only */
-    int64_t qty;                                  /* units per purchase, >= 1 */
+    char sku[LG_SKU_BYTES_MAX + 1];               /* [A-Za-z0-9._-]; purchase, order */
+    int64_t qty;                                  /* units per purchase or order, >= 1 */
     char key_prefix[LG_KEY_PREFIX_BYTES_MAX + 1]; /* Idempotency-Key is "<prefix>-<n>" */
     uint32_t connections;                         /* threads..LG_CONNECTIONS_MAX */
     uint32_t threads;                             /* 1..LG_THREADS_MAX */
     double rate_rps;                              /* open loop: requests per second, > 0 */
     int64_t warmup_ns;                            /* sent and answered but not measured */
     int64_t duration_ns;                          /* the measured window after the warm-up */
+    uint64_t requests_max;                        /* 0: the window; see lg_run_start */
     int64_t timeout_ns;                           /* per attempt, from its send */
     bool retry;                                   /* resend timed-out requests, same key */
     bool record_keys;                             /* remember each key's answer (verify) */
 };
 
-/* Formats the request for key n into out: the purchase/buy-ticket body names customer "c<n>"
- * and carries Idempotency-Key "<prefix>-<n>", so the same n always gives the same bytes.
+/* Formats the request for key n into out: the purchase, order or buy-ticket body names
+ * customer "c<n>" and carries Idempotency-Key "<prefix>-<n>", so the same n always gives the
+ * same bytes.
  * Returns its length (< size). Used by the engine and by replays during verify. */
 size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, size_t size);
 
@@ -282,7 +288,9 @@ struct lg_run {
     bool joined;
 };
 
-/* Starts config->threads threads that run the whole load and drain it. Returns 0 or -errno
+/* Starts config->threads threads that run the whole load and drain it: until the end of the
+ * window, or with requests_max > 0 until that many requests (warm-up included) have been sent
+ * and answered or given up, if that comes first. Returns 0 or -errno
  * (nothing left running then). Signals are blocked in the run's threads. */
 int lg_run_start(struct lg_run *run, const struct lg_config *config);
 /* Ends the window early (e.g. on SIGINT); the threads still drain. Async-signal-safe. */
