@@ -20,6 +20,7 @@
 #include "base/svc_assert.h"
 #include "http/app.h"
 #include "http/server.h"
+#include "pay/pay_http.h"
 #include "pay/pay_sim.h"
 #include "read/audit.h"
 #include "store/store_open.h"
@@ -60,6 +61,10 @@ static void main_usage(FILE *out)
             "  --payment-latency-ms MS   payment simulator: time to answer a charge (default 0)\n"
             "  --payment-ledger FILE  payment simulator's ledger of charges (default\n"
             "                         DIR/payment-ledger.txt)\n"
+            "  --payment-url URL      charge an HTTP payment provider (POST URL/payments with\n"
+            "                         Idempotency-Key, e.g. stockd-paysim) instead of the\n"
+            "                         in-process simulator; URL is http://HOST:PORT[/PREFIX]\n"
+            "  --payment-timeout-ms MS  the HTTP provider's deadline per charge (default 2000)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -146,7 +151,8 @@ static void main_durable_hook(int64_t seq, void *context)
     work_notify(atomic_load(&main_app.work));
 }
 
-/* Starts the payment simulator and the workers (unless --workers off); exits on failure. */
+/* Starts the payment provider (the simulator, or the HTTP one with --payment-url) and the
+ * workers (unless --workers off); exits on failure. */
 static void main_start_workers(struct app *app)
 {
     struct app_config *c = &app->config;
@@ -154,15 +160,24 @@ static void main_start_workers(struct app *app)
         log_info("workers off (--workers off): checkout orders stay PENDING until they expire");
         return;
     }
-    if (c->payment_ledger[0] == '\0') {
-        snprintf(c->payment_ledger, sizeof c->payment_ledger, "%s/payment-ledger.txt", c->data_dir);
+    const struct pay_provider *provider = NULL;
+    struct pay_sim *sim = NULL;
+    if (c->payment_url[0] != '\0') {
+        struct pay_http_config hc = {c->payment_url, c->payment_timeout_ms};
+        struct pay_http *http = pay_http_new(&hc); /* lives as long as the process */
+        provider = http != NULL ? pay_http_provider(http) : NULL;
+    } else {
+        if (c->payment_ledger[0] == '\0') {
+            snprintf(c->payment_ledger, sizeof c->payment_ledger, "%s/payment-ledger.txt",
+                     c->data_dir);
+        }
+        struct pay_sim_config pc = {c->payment_failure_rate, c->payment_timeout_rate,
+                                    c->payment_latency_ms, c->payment_ledger};
+        sim = pay_sim_new(&pc, (uint64_t)clock_wall_ms());
+        provider = sim != NULL ? pay_sim_provider(sim) : NULL;
     }
-    struct pay_sim_config pc = {c->payment_failure_rate, c->payment_timeout_rate,
-                                c->payment_latency_ms, c->payment_ledger};
-    struct pay_sim *sim = pay_sim_new(&pc, (uint64_t)clock_wall_ms());
-    struct work_config wc = {c->db_path, &app->queue, sim != NULL ? pay_sim_provider(sim) : NULL,
-                             NULL,       NULL,        clock_wall_ms};
-    struct work *w = sim != NULL ? work_new(&wc) : NULL;
+    struct work_config wc = {c->db_path, &app->queue, provider, NULL, NULL, clock_wall_ms};
+    struct work *w = provider != NULL ? work_new(&wc) : NULL;
     if (w == NULL || work_start(w) != 0) {
         log_error("cannot start the checkout order workers");
         exit(1);
@@ -183,6 +198,20 @@ static int main_parse_count(const char *value, int64_t *out)
     *out = n;
     SVC_ASSERT(*out >= 0);
     return 0;
+}
+
+/* --payment-url URL (opt 'U') and --payment-timeout-ms MS (opt 'M'): the HTTP provider. */
+static int main_parse_payment_http(struct app_config *c, int opt, const char *value)
+{
+    SVC_ASSERT(opt == 'U' || opt == 'M');
+    if (opt == 'U') {
+        return strlen(value) < sizeof c->payment_url ? (strcpy(c->payment_url, value), 0) : -EINVAL;
+    }
+    int rc = main_parse_count(value, &c->payment_timeout_ms);
+    if (rc == 0 && (c->payment_timeout_ms < 1 || c->payment_timeout_ms > PAY_HTTP_TIMEOUT_MS_MAX)) {
+        return -EINVAL;
+    }
+    return rc;
 }
 
 static int main_parse(struct app_config *c, int argc, char **argv)
@@ -206,6 +235,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"payment-latency-ms", required_argument, 0, 'L'},
         {"payment-ledger", required_argument, 0, 'P'},
         {"snapshot-every-events", required_argument, 0, 'N'},
+        {"payment-url", required_argument, 0, 'U'},
+        {"payment-timeout-ms", required_argument, 0, 'M'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -238,6 +269,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
                                                            : -EINVAL;
             break;
         case 'N': rc = main_parse_count(optarg, &c->snapshot_every_events); break;
+        case 'U':
+        case 'M': rc = main_parse_payment_http(c, opt, optarg); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -261,6 +294,7 @@ static void main_defaults(struct app_config *c)
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
     c->workers = true;
     c->snapshot_every_events = SNAPSHOT_EVERY_EVENTS;
+    c->payment_timeout_ms = PAY_HTTP_TIMEOUT_MS_DEFAULT;
 }
 
 /* The database: the --store uri, else the SQLite file in the data directory. */

@@ -54,6 +54,7 @@ MODULES = {
     "apply": (["src/core/apply.c", "src/core/apply_catalog.c", "src/core/apply_stock.c",
                "src/core/apply_reservations.c", "src/core/apply_orders.c"], ["apply_"]),
     "pay": (["src/pay/pay_sim.c"], ["pay_sim_", "pay_"]),
+    "pay_http": (["src/pay/pay_http.c"], ["pay_http_"]),
     "work": (["src/work/work.c"], ["work_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
@@ -71,10 +72,15 @@ MODULES = {
     "auth": (["src/http/auth.c"], ["auth_"]),
     "api": (["src/http/api_*.c"], ["api_"]),
     "sse_ring": (["src/http/sse_ring.c"], ["sse_ring_"]),
+    # stockd-paysim, the standalone payment simulator: a program of its own
+    "paysim_http": (["src/paysim/paysim_http.c"], ["paysim_http_"]),
+    "paysim": (["src/paysim/paysim.c"], ["paysim_"]),
     # top: only main() itself and static main_* helpers
     "main": (["src/main.c"], ["main_"]),
 }
 MAIN_MODULE = "main"
+# Programs: their file defines main() and static helpers with the module's prefix only.
+PROGRAM_MODULES = (MAIN_MODULE, "paysim")
 
 
 def module_of(path):
@@ -233,11 +239,11 @@ def check_source(path, text):
     for line, name, is_static in function_definitions(text):
         prefix, owner = prefix_owner(name)
         kind = "static" if is_static else "non-static"
-        if module == MAIN_MODULE:
-            ok = owner == MAIN_MODULE if is_static else name == "main"
+        if module in PROGRAM_MODULES:
+            ok = owner == module if is_static else name == "main"
             if not ok:
-                problems.append((line, f"{kind} function {name}: main.c defines only main "
-                                       f"and static main_* functions"))
+                problems.append((line, f"{kind} function {name}: {path.rsplit('/', 1)[-1]} defines only main "
+                                       f"and static {own[0]}* functions"))
         elif not is_static and owner != module:
             where = f"carries {prefix} of module {owner}" if owner else "carries no module prefix"
             problems.append((line, f"non-static function {name} {where}; module {module} "

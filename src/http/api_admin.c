@@ -123,8 +123,10 @@ static void api_stage_set(struct http_request *r, const char *name, size_t len, 
         atomic_store(&app->writer.expiry_paused, paused);
         queue_wake(&app->queue); /* the idle writer looks again at what is due */
     } else if (w == NULL) {
-        http_send_problem(r, SVC_ENOT_FOUND, "this instance runs no workers (--workers off)", NULL,
-                          0);
+        http_send_problem(r, SVC_ENOT_FOUND,
+                          "no in-process payment simulator here (--workers off, or the workers "
+                          "charge an HTTP provider: --payment-url)",
+                          NULL, 0);
         return;
     } else {
         work_pause(w, stage == API_STAGE_ORDER ? CMD_STAGE_ORDER : CMD_STAGE_PAYMENT, paused);
@@ -197,8 +199,10 @@ static void api_payment_set(struct http_request *r, bool seed)
 {
     struct pay_sim *sim = atomic_load(&r->thread->app->pay_sim);
     if (sim == NULL) {
-        http_send_problem(r, SVC_ENOT_FOUND, "this instance runs no workers (--workers off)", NULL,
-                          0);
+        http_send_problem(r, SVC_ENOT_FOUND,
+                          "no in-process payment simulator here (--workers off, or the workers "
+                          "charge an HTTP provider: --payment-url)",
+                          NULL, 0);
         return;
     }
     json_t *body = api_parse_body(r);

@@ -43,6 +43,8 @@ struct app_config {
     double payment_timeout_rate; /* 0..1 */
     int64_t payment_latency_ms;
     char payment_ledger[600];      /* --payment-ledger; default <data_dir>/payment-ledger.txt */
+    char payment_url[600];         /* --payment-url: the HTTP provider; "": the simulator */
+    int64_t payment_timeout_ms;    /* --payment-timeout-ms: the HTTP provider's deadline */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
 };
 
@@ -58,7 +60,8 @@ struct app {
     struct follower follower;    /* shared backends: follows other instances' events */
     struct auth auth;            /* bearer tokens, filled before the threads start */
     _Atomic(struct work *) work; /* the checkout workers (NULL: --workers off), woken by commits */
-    _Atomic(struct pay_sim *) pay_sim; /* their payment simulator (NULL: --workers off) */
+    _Atomic(struct pay_sim *) pay_sim; /* their payment simulator (NULL: --workers off or
+                                        * --payment-url) */
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;

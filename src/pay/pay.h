@@ -1,7 +1,8 @@
 /*
  * pay.h - the payment provider interface (issue 11): a struct of function pointers the
- * payment worker (work/work.h) calls, and its one implementation in this step, the built-in
- * in-process simulator (pay_sim.c).
+ * payment worker (work/work.h) calls. Two implementations: the built-in in-process simulator
+ * (pay_sim.c, the default) and the HTTP provider (pay_http.c, --payment-url), which charges a
+ * Stripe-like service such as the standalone simulator stockd-paysim (paysim/paysim.c).
  *
  * A charge is asynchronous: pay_provider.charge starts it and returns at once; its result
  * comes out of pay_provider.poll when it is due, so that one worker keeps many charges in
@@ -9,7 +10,8 @@
  * idempotency key (the orderId): the provider charges a key at most once and answers a repeated
  * key with the first outcome, which is what makes a retry after a timeout or a crash safe.
  * A declined charge is a business outcome; a timeout is a technical failure that the worker
- * retries. Only the payment worker's thread calls a provider. Read pay_sim.c next.
+ * retries. Only the payment worker's thread calls a provider (a provider may run threads of
+ * its own behind it). Read pay_sim.c, then pay_http.c next.
  */
 #ifndef STOCKD_PAY_H
 #define STOCKD_PAY_H

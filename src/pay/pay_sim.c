@@ -87,6 +87,7 @@ static int pay_sim_decide(struct pay_sim *sim, struct pay_sim_key *slot, const c
     strcpy(slot->key, key);
     slot->decided = decided;
     sim->key_count++;
+    sim->stats.keys = sim->key_count;
     if (!from_ledger && sim->ledger != NULL) {
         /* Before the result is reported: a crash after it finds the charge remembered. */
         fprintf(sim->ledger, "%s %s\n", key, decided == PAY_SIM_OK ? "ok" : "declined");
@@ -110,6 +111,7 @@ static int pay_sim_load_ledger(struct pay_sim *sim)
         bool ok = strcmp(outcome, "ok") == 0;
         if (slot->decided != PAY_SIM_NONE) {
             log_error("payment simulator: key %s is in the ledger twice", key);
+            sim->stats.ledger_duplicates++;
             continue; /* the ledger shows it; the tests read the file and fail on it */
         }
         rc = pay_sim_decide(sim, slot, key, ok ? PAY_SIM_OK : PAY_SIM_DECLINED, true);
@@ -242,4 +244,17 @@ void pay_sim_get_knobs(struct pay_sim *sim, struct pay_sim_knobs *out)
     out->failure_ppm = atomic_load(&sim->failure_ppm);
     out->timeout_ppm = atomic_load(&sim->timeout_ppm);
     out->latency_ms = atomic_load(&sim->latency_ms);
+}
+
+enum pay_outcome pay_sim_lookup(struct pay_sim *sim, const char *key)
+{
+    size_t length = strlen(key);
+    if (length == 0 || length > PAY_KEY_BYTES_MAX) {
+        return PAY_TIMEOUT; /* no such key can have been charged */
+    }
+    const struct pay_sim_key *slot = pay_sim_slot(sim, key);
+    SVC_ASSERT(slot->key[0] == '\0' || strcmp(slot->key, key) == 0);
+    return slot->decided == PAY_SIM_OK         ? PAY_OK
+           : slot->decided == PAY_SIM_DECLINED ? PAY_DECLINED
+                                               : PAY_TIMEOUT;
 }

@@ -36,6 +36,8 @@ struct pay_sim_stats { /* read by the tests through the ledger, by /metrics late
     uint64_t declines; /* keys declined */
     uint64_t replays;  /* charges of a key already decided: the first outcome again */
     uint64_t timeouts;
+    uint64_t keys;              /* keys decided, the ledger's included */
+    uint64_t ledger_duplicates; /* keys found twice in the ledger at start (must stay 0) */
 };
 
 struct pay_sim;
@@ -61,5 +63,9 @@ const struct pay_sim_stats *pay_sim_stats(const struct pay_sim *sim);
  * charge wait for the ones started before it. */
 void pay_sim_set_knobs(struct pay_sim *sim, const struct pay_sim_knobs *knobs);
 void pay_sim_get_knobs(struct pay_sim *sim, struct pay_sim_knobs *out);
+/* The outcome key was decided with: PAY_OK or PAY_DECLINED; PAY_TIMEOUT when it never was
+ * (never charged, or its charges timed out before the simulator decided). The simulator's
+ * thread only (stockd-paysim's GET /payments/{key}). */
+enum pay_outcome pay_sim_lookup(struct pay_sim *sim, const char *key);
 
 #endif

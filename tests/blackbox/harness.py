@@ -331,6 +331,89 @@ def start_stockd(extra_args=None, data_dir=None, threads=2, env=None, pg_db=None
     return server
 
 
+def paysim_bin():
+    """stockd-paysim, the standalone payment simulator: meson builds it next to stockd."""
+    return os.path.join(os.path.dirname(stockd_bin()), "stockd-paysim")
+
+
+class PaySim(Server):
+    """One running stockd-paysim (the payment service of `stockd --payment-url`). Its ledger,
+    <data_dir>/paysim-ledger.txt unless given, has one line "<key> ok|declined" per charge."""
+
+    def __init__(self, proc, port, data_dir, log_path, ledger_path):
+        Server.__init__(self, proc, port, data_dir, log_path)
+        self.ledger_path = ledger_path
+
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def client(self, timeout=REQUEST_TIMEOUT_S, token=None):
+        return Client(self.port, timeout=timeout, token=None)
+
+    def ledger(self):
+        """{key: [outcome, ...]} in the ledger's order: a key twice is a double charge."""
+        out = {}
+        if os.path.exists(self.ledger_path):
+            with open(self.ledger_path) as f:
+                for line in f:
+                    key, outcome = line.split()
+                    out.setdefault(key, []).append(outcome)
+        return out
+
+    def stats(self):
+        with self.client() as c:
+            r = c.get("/stats")
+        check_status(r, 200, "stockd-paysim GET /stats")
+        return r.json
+
+    def set_knobs(self, **knobs):
+        """PUT /admin/knobs, e.g. set_knobs(timeoutRate=0, latencyMs=5)."""
+        with self.client() as c:
+            r = c.request("PUT", "/admin/knobs", encode_body(knobs),
+                          {"Content-Type": "application/json"})
+        check_status(r, 200, "stockd-paysim PUT /admin/knobs %r" % knobs)
+        return r.json
+
+
+def start_paysim(args=None, port=0, data_dir=None, ledger_path=None):
+    """Starts stockd-paysim on 127.0.0.1:port (0: any) with args (e.g. ["--latency-ms", "50"])
+    and the ledger ledger_path (default <data_dir>/paysim-ledger.txt; data_dir: a new temporary
+    one), and waits for its listening line. Start it again with the same port and ledger to
+    model a provider that was down: it reads its ledger back. Killed at the end of the test."""
+    if data_dir is None:
+        data_dir = tempfile.mkdtemp(prefix="stockd-bb-paysim-")
+        _temp_dirs.append(data_dir)
+    ledger_path = ledger_path or os.path.join(data_dir, "paysim-ledger.txt")
+    argv = [paysim_bin(), "--port", str(port), "--ledger", ledger_path] + list(args or [])
+    log_path = os.path.join(data_dir, "paysim.stderr.log")
+    with open(log_path, "ab") as log:
+        log.write(("=== start: %s\n" % " ".join(argv)).encode())
+        log.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=log, cwd=data_dir)
+    sim = PaySim(proc, 0, data_dir, log_path, ledger_path)
+    _servers.append(sim)
+    line = b""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        check(left > 0, "stockd-paysim printed no listening line; log:\n" + sim.log_tail())
+        ready, _, _ = select.select([proc.stdout.fileno()], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(proc.stdout.fileno(), 1)
+        if not chunk:
+            raise AssertionError("stockd-paysim exited (%s) before listening; log:\n%s" % (
+                proc.wait(STOP_TIMEOUT_S), sim.log_tail()))
+        line += chunk
+    text = line.decode("utf-8", "replace")
+    prefix = "stockd-paysim listening on http://127.0.0.1:"
+    check(text.startswith(prefix), "unexpected stockd-paysim line %r" % text)
+    sim.port = int(text[len(prefix):].split(" ", 1)[0])
+    check(port == 0 or sim.port == port, "stockd-paysim on %d, not %d" % (sim.port, port))
+    return sim
+
+
 def _lower_headers(message):
     headers = {}
     for name, value in message.items():
