@@ -20,6 +20,7 @@
 #include "base/svc_assert.h"
 #include "http/app.h"
 #include "http/server.h"
+#include "pay/pay_breaker.h"
 #include "pay/pay_sim.h"
 #include "read/audit.h"
 #include "store/store_open.h"
@@ -60,6 +61,8 @@ static void main_usage(FILE *out)
             "  --payment-latency-ms MS   payment simulator: time to answer a charge (default 0)\n"
             "  --payment-ledger FILE  payment simulator's ledger of charges (default\n"
             "                         DIR/payment-ledger.txt)\n"
+            "  --payment-breaker on|off  the circuit breaker around the payment provider\n"
+            "                         (default on; off: an outage dead-letters the orders)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -112,6 +115,12 @@ static int main_parse_anonymous_role(struct app_config *c, const char *value)
 
 /* ---- checkout order workers (issue 11): their flags, start and reply hook ---- */
 
+static int main_parse_on_off(const char *value, bool *out)
+{
+    *out = strcmp(value, "on") == 0;
+    return *out || strcmp(value, "off") == 0 ? 0 : -EINVAL;
+}
+
 static int main_parse_workers(struct app_config *c, const char *value)
 {
     c->workers = strcmp(value, "on") == 0;
@@ -160,14 +169,21 @@ static void main_start_workers(struct app *app)
     struct pay_sim_config pc = {c->payment_failure_rate, c->payment_timeout_rate,
                                 c->payment_latency_ms, c->payment_ledger};
     struct pay_sim *sim = pay_sim_new(&pc, (uint64_t)clock_wall_ms());
-    struct work_config wc = {c->db_path, &app->queue, sim != NULL ? pay_sim_provider(sim) : NULL,
-                             NULL,       NULL,        clock_wall_ms};
-    struct work *w = sim != NULL ? work_new(&wc) : NULL;
+    const struct pay_provider *provider = sim != NULL ? pay_sim_provider(sim) : NULL;
+    /* The circuit breaker wraps whichever provider runs (unless --payment-breaker off). */
+    struct pay_breaker *breaker = NULL;
+    if (provider != NULL && c->payment_breaker) {
+        breaker = pay_breaker_new(provider);
+        provider = breaker != NULL ? pay_breaker_provider(breaker) : NULL;
+    }
+    struct work_config wc = {c->db_path, &app->queue, provider, NULL, NULL, clock_wall_ms};
+    struct work *w = provider != NULL ? work_new(&wc) : NULL;
     if (w == NULL || work_start(w) != 0) {
         log_error("cannot start the checkout order workers");
         exit(1);
     }
     atomic_store(&app->pay_sim, sim);
+    atomic_store(&app->pay_breaker, breaker);
     atomic_store(&app->work, w);
 }
 
@@ -205,6 +221,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"payment-timeout-rate", required_argument, 0, 'O'},
         {"payment-latency-ms", required_argument, 0, 'L'},
         {"payment-ledger", required_argument, 0, 'P'},
+        {"payment-breaker", required_argument, 0, 'B'},
         {"snapshot-every-events", required_argument, 0, 'N'},
         {0, 0, 0, 0},
     };
@@ -238,6 +255,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
                                                            : -EINVAL;
             break;
         case 'N': rc = main_parse_count(optarg, &c->snapshot_every_events); break;
+        case 'B': rc = main_parse_on_off(optarg, &c->payment_breaker); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -260,6 +278,7 @@ static void main_defaults(struct app_config *c)
     strcpy(c->ticket_sku, "TICKET-A");
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
     c->workers = true;
+    c->payment_breaker = true;
     c->snapshot_every_events = SNAPSHOT_EVERY_EVENTS;
 }
 

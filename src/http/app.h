@@ -43,11 +43,13 @@ struct app_config {
     double payment_timeout_rate; /* 0..1 */
     int64_t payment_latency_ms;
     char payment_ledger[600];      /* --payment-ledger; default <data_dir>/payment-ledger.txt */
+    bool payment_breaker;          /* --payment-breaker: a circuit breaker around the provider */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
 };
 
 struct work;
 struct pay_sim;
+struct pay_breaker;
 
 struct app {
     struct app_config config;
@@ -59,6 +61,8 @@ struct app {
     struct auth auth;            /* bearer tokens, filled before the threads start */
     _Atomic(struct work *) work; /* the checkout workers (NULL: --workers off), woken by commits */
     _Atomic(struct pay_sim *) pay_sim; /* their payment simulator (NULL: --workers off) */
+    /* The circuit breaker around their payment provider (NULL: --workers off). */
+    _Atomic(struct pay_breaker *) pay_breaker;
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;
