@@ -21,6 +21,7 @@
 #include "http/app.h"
 #include "http/server.h"
 #include "pay/pay_http.h"
+#include "pay/pay_breaker.h"
 #include "pay/pay_sim.h"
 #include "read/audit.h"
 #include "store/store_open.h"
@@ -65,6 +66,8 @@ static void main_usage(FILE *out)
             "                         Idempotency-Key, e.g. stockd-paysim) instead of the\n"
             "                         in-process simulator; URL is http://HOST:PORT[/PREFIX]\n"
             "  --payment-timeout-ms MS  the HTTP provider's deadline per charge (default 2000)\n"
+            "  --payment-breaker on|off  the circuit breaker around the payment provider\n"
+            "                         (default on; off: an outage dead-letters the orders)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -116,6 +119,12 @@ static int main_parse_anonymous_role(struct app_config *c, const char *value)
 }
 
 /* ---- checkout order workers (issue 11): their flags, start and reply hook ---- */
+
+static int main_parse_on_off(const char *value, bool *out)
+{
+    *out = strcmp(value, "on") == 0;
+    return *out || strcmp(value, "off") == 0 ? 0 : -EINVAL;
+}
 
 static int main_parse_workers(struct app_config *c, const char *value)
 {
@@ -176,6 +185,12 @@ static void main_start_workers(struct app *app)
         sim = pay_sim_new(&pc, (uint64_t)clock_wall_ms());
         provider = sim != NULL ? pay_sim_provider(sim) : NULL;
     }
+    /* The circuit breaker wraps whichever provider runs (unless --payment-breaker off). */
+    struct pay_breaker *breaker = NULL;
+    if (provider != NULL && c->payment_breaker) {
+        breaker = pay_breaker_new(provider);
+        provider = breaker != NULL ? pay_breaker_provider(breaker) : NULL;
+    }
     struct work_config wc = {c->db_path, &app->queue, provider, NULL, NULL, clock_wall_ms};
     struct work *w = provider != NULL ? work_new(&wc) : NULL;
     if (w == NULL || work_start(w) != 0) {
@@ -183,6 +198,7 @@ static void main_start_workers(struct app *app)
         exit(1);
     }
     atomic_store(&app->pay_sim, sim);
+    atomic_store(&app->pay_breaker, breaker);
     atomic_store(&app->work, w);
 }
 
@@ -234,6 +250,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"payment-timeout-rate", required_argument, 0, 'O'},
         {"payment-latency-ms", required_argument, 0, 'L'},
         {"payment-ledger", required_argument, 0, 'P'},
+        {"payment-breaker", required_argument, 0, 'B'},
         {"snapshot-every-events", required_argument, 0, 'N'},
         {"payment-url", required_argument, 0, 'U'},
         {"payment-timeout-ms", required_argument, 0, 'M'},
@@ -271,6 +288,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         case 'N': rc = main_parse_count(optarg, &c->snapshot_every_events); break;
         case 'U':
         case 'M': rc = main_parse_payment_http(c, opt, optarg); break;
+        case 'B': rc = main_parse_on_off(optarg, &c->payment_breaker); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -293,6 +311,7 @@ static void main_defaults(struct app_config *c)
     strcpy(c->ticket_sku, "TICKET-A");
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
     c->workers = true;
+    c->payment_breaker = true;
     c->snapshot_every_events = SNAPSHOT_EVERY_EVENTS;
     c->payment_timeout_ms = PAY_HTTP_TIMEOUT_MS_DEFAULT;
 }

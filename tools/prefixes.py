@@ -55,6 +55,7 @@ MODULES = {
                "src/core/apply_reservations.c", "src/core/apply_orders.c"], ["apply_"]),
     "pay": (["src/pay/pay_sim.c"], ["pay_sim_", "pay_"]),
     "pay_http": (["src/pay/pay_http.c"], ["pay_http_"]),
+    "pay_breaker": (["src/pay/pay_breaker.c"], ["pay_breaker_"]),
     "work": (["src/work/work.c"], ["work_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),

@@ -19,6 +19,7 @@
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_assert.h"
+#include "pay/pay_breaker.h"
 #include "pay/pay_sim.h"
 #include "work/work.h"
 
@@ -88,6 +89,27 @@ static void api_stage_json(struct jbuf *b, struct app *app, enum api_stage stage
     jbuf_lit(b, "}");
 }
 
+/* "paymentCircuit" of GET /v1/admin/workers: the payment provider's circuit breaker, or null
+ * under --workers off. */
+static void api_circuit_json(struct jbuf *b, struct pay_breaker *breaker)
+{
+    jbuf_key(b, "paymentCircuit");
+    if (breaker == NULL) {
+        jbuf_lit(b, "null");
+        return;
+    }
+    const struct pay_breaker_stats *st = pay_breaker_stats(breaker);
+    jbuf_lit(b, "{");
+    jbuf_kv_str(b, "provider", pay_breaker_provider(breaker)->name);
+    jbuf_kv_str(b, "state",
+                pay_breaker_state_name((enum pay_breaker_state)atomic_load(&st->state)));
+    jbuf_kv_int(b, "opens", (int64_t)atomic_load(&st->opens));
+    jbuf_kv_int(b, "consecutiveFailures", (int64_t)atomic_load(&st->consecutive_failures));
+    jbuf_kv_int(b, "charges", (int64_t)atomic_load(&st->charges));
+    jbuf_kv_int(b, "refused", (int64_t)atomic_load(&st->refused));
+    jbuf_lit(b, "}");
+}
+
 void api_admin_workers(struct http_request *r)
 {
     struct app *app = r->thread->app;
@@ -103,6 +125,7 @@ void api_admin_workers(struct http_request *r)
     }
     jbuf_lit(&b, "]");
     jbuf_lit(&b, atomic_load(&app->read_only) ? ",\"readOnly\":true" : ",\"readOnly\":false");
+    api_circuit_json(&b, atomic_load(&app->pay_breaker));
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);

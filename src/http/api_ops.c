@@ -1,7 +1,7 @@
 /*
- * api_ops.c - operations routes: /health (the process answers), /ready (storage reachable and
- * not shutting down), /metrics (Prometheus text), /openapi.yaml (the API document, compiled in)
- * and the home page.
+ * api_ops.c - operations routes: /health (the process answers; "degraded" while the payment
+ * provider's circuit is not closed), /ready (storage reachable and not shutting down), /metrics
+ * (Prometheus text), /openapi.yaml (the API document, compiled in) and the home page.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,7 +10,9 @@
 #include "http/api.h"
 #include "http/server.h"
 #include "work/work.h"
+#include "pay/pay_breaker.h"
 #include "base/errors.h"
+#include "base/json_out.h"
 #include "base/svc_assert.h"
 
 #define API_METRICS_BYTES_MAX 16384
@@ -22,12 +24,33 @@ extern const size_t openapi_yaml_length;
 
 void api_health(struct http_request *r)
 {
-    /* Writable: the body it always had; read-only mode adds readOnly. */
-    static const char writable[] = "{\"status\":\"ok\"}";
-    static const char read_only[] = "{\"status\":\"ok\",\"readOnly\":true}";
-    bool on = atomic_load(&r->thread->app->read_only);
-    http_send_json(r, 200, on ? read_only : writable,
-                   on ? sizeof read_only - 1 : sizeof writable - 1);
+    /* Writable: the body it always had; read-only mode adds readOnly. The process answers, so
+     * the status code stays 200 (liveness): a payment provider whose circuit is open or
+     * half-open makes it "degraded", with a check that names the provider and the state. */
+    struct app *app = r->thread->app;
+    bool on = atomic_load(&app->read_only);
+    struct pay_breaker *breaker = atomic_load(&app->pay_breaker);
+    int state =
+        breaker != NULL ? atomic_load(&pay_breaker_stats(breaker)->state) : PAY_BREAKER_CLOSED;
+    char body[512];
+    struct jbuf b;
+    jbuf_init(&b, body, sizeof body);
+    jbuf_lit(&b, state == PAY_BREAKER_CLOSED ? "{\"status\":\"ok\"" : "{\"status\":\"degraded\"");
+    if (on) {
+        jbuf_lit(&b, ",\"readOnly\":true");
+    }
+    if (state != PAY_BREAKER_CLOSED) {
+        SVC_ASSERT(breaker != NULL);
+        const struct pay_breaker_stats *st = pay_breaker_stats(breaker);
+        jbuf_lit(&b, ",\"checks\":[{\"name\":\"payment_provider\",\"status\":\"degraded\"");
+        jbuf_kv_str(&b, "provider", pay_breaker_provider(breaker)->name);
+        jbuf_kv_str(&b, "circuit", pay_breaker_state_name((enum pay_breaker_state)state));
+        jbuf_kv_int(&b, "consecutiveFailures", (int64_t)atomic_load(&st->consecutive_failures));
+        jbuf_lit(&b, "}]");
+    }
+    jbuf_lit(&b, "}");
+    SVC_ASSERT(jbuf_ok(&b));
+    http_send_json(r, 200, body, b.length);
 }
 
 void api_ready(struct http_request *r)
@@ -128,6 +151,35 @@ static int64_t api_projection_lag_ms(struct app *app)
     return lag;
 }
 
+/* The circuit breaker around the payment provider (zeros without workers). */
+static void api_metrics_payment(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct pay_breaker *breaker = atomic_load(&app->pay_breaker);
+    static const struct pay_breaker_stats none; /* --workers off: closed, nothing counted */
+    const struct pay_breaker_stats *st = breaker != NULL ? pay_breaker_stats(breaker) : &none;
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_payment_circuit_state gauge\n"
+                       "stockd_payment_circuit_state %d\n"
+                       "# TYPE stockd_payment_circuit_opens_total counter\n"
+                       "stockd_payment_circuit_opens_total %llu\n"
+                       "# TYPE stockd_payment_circuit_consecutive_failures gauge\n"
+                       "stockd_payment_circuit_consecutive_failures %llu\n"
+                       "# TYPE stockd_payment_circuit_refused_total counter\n"
+                       "stockd_payment_circuit_refused_total %llu\n"
+                       "# TYPE stockd_payment_circuit_probes_total counter\n"
+                       "stockd_payment_circuit_probes_total %llu\n"
+                       "# TYPE stockd_payment_provider_charges_total counter\n"
+                       "stockd_payment_provider_charges_total %llu\n"
+                       "# TYPE stockd_payment_provider_timeouts_total counter\n"
+                       "stockd_payment_provider_timeouts_total %llu\n",
+                       atomic_load(&st->state), (unsigned long long)atomic_load(&st->opens),
+                       (unsigned long long)atomic_load(&st->consecutive_failures),
+                       (unsigned long long)atomic_load(&st->refused),
+                       (unsigned long long)atomic_load(&st->probes),
+                       (unsigned long long)atomic_load(&st->charges),
+                       (unsigned long long)atomic_load(&st->timeouts));
+}
+
 /* The payment dead letters now, as the workers count them (0 without workers). */
 static int64_t api_dead_letters(struct app *app)
 {
@@ -171,6 +223,7 @@ void api_metrics(struct http_request *r)
                        atomic_load(&app->read_only) ? 1 : 0,
                        atomic_load(&app->writer.expiry_paused) ? 1 : 0,
                        (long long)api_dead_letters(app));
+    api_metrics_payment(app, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_http_requests_total counter\n");
     for (size_t i = 0; i < routes_count; i++) {

@@ -45,11 +45,13 @@ struct app_config {
     char payment_ledger[600];      /* --payment-ledger; default <data_dir>/payment-ledger.txt */
     char payment_url[600];         /* --payment-url: the HTTP provider; "": the simulator */
     int64_t payment_timeout_ms;    /* --payment-timeout-ms: the HTTP provider's deadline */
+    bool payment_breaker;          /* --payment-breaker: a circuit breaker around the provider */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
 };
 
 struct work;
 struct pay_sim;
+struct pay_breaker;
 
 struct app {
     struct app_config config;
@@ -62,6 +64,8 @@ struct app {
     _Atomic(struct work *) work; /* the checkout workers (NULL: --workers off), woken by commits */
     _Atomic(struct pay_sim *) pay_sim; /* their payment simulator (NULL: --workers off or
                                         * --payment-url) */
+    /* The circuit breaker around their payment provider (NULL: --workers off). */
+    _Atomic(struct pay_breaker *) pay_breaker;
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;

@@ -11,11 +11,13 @@
  * key with the first outcome, which is what makes a retry after a timeout or a crash safe.
  * A declined charge is a business outcome; a timeout is a technical failure that the worker
  * retries. Only the payment worker's thread calls a provider (a provider may run threads of
- * its own behind it). Read pay_sim.c, then pay_http.c next.
+ * its own behind it). A circuit breaker (pay_breaker.h) wraps whichever provider runs. Read
+ * pay_sim.c, then pay_http.c and pay_breaker.c next.
  */
 #ifndef STOCKD_PAY_H
 #define STOCKD_PAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,10 +41,15 @@ struct pay_provider {
     const char *name;
     void *self; /* the implementation's state, owned by whoever made the provider */
     /* Starts charging key (amount is not modelled in this step). 0, or SVC_ECAPACITY when too
-     * many charges are in flight (the caller tries again later). */
+     * many charges are in flight or a circuit breaker refuses it (pay_breaker.h): nothing was
+     * asked of the provider, and the caller tries again later without counting an attempt. */
     int (*charge)(void *self, const char *key, uint64_t token, int64_t now_ms);
     /* Writes up to max results due at now_ms into out; returns how many. */
     size_t (*poll)(void *self, int64_t now_ms, struct pay_result *out, size_t max);
+    /* Whether a charge started at now_ms would be let through, without starting one: a circuit
+     * breaker's answer (pay_breaker.h). NULL: always. The worker asks before it spends an
+     * attempt on a retry. */
+    bool (*admits)(void *self, int64_t now_ms);
 };
 
 #endif

@@ -907,7 +907,8 @@ struct pay_http *pay_http_new(const struct pay_http_config *config)
     h->timeout_ms = config->timeout_ms;
     h->down_delay_ms = PAY_HTTP_RECONNECT_DELAY_MIN_MS;
     pthread_mutex_init(&h->lock, NULL);
-    h->provider = (struct pay_provider){"http", h, pay_http_charge, pay_http_poll};
+    h->provider = (struct pay_provider){
+        .name = "http", .self = h, .charge = pay_http_charge, .poll = pay_http_poll};
     int rc =
         pay_http_parse_url(config->url, h->host, sizeof h->host, &h->port, h->path, sizeof h->path);
     if (rc != 0) {

@@ -190,7 +190,8 @@ struct pay_sim *pay_sim_new(const struct pay_sim_config *config, uint64_t seed)
     sim->rng = seed != 0 ? seed : 0x9e3779b97f4a7c15ULL;
     sim->keys = calloc(PAY_SIM_KEY_SLOTS, sizeof *sim->keys);
     sim->ring = calloc(PAY_SIM_INFLIGHT_MAX, sizeof *sim->ring);
-    sim->provider = (struct pay_provider){"simulator", sim, pay_sim_charge, pay_sim_poll};
+    sim->provider = (struct pay_provider){
+        .name = "simulator", .self = sim, .charge = pay_sim_charge, .poll = pay_sim_poll};
     int rc = sim->keys != NULL && sim->ring != NULL ? 0 : -ENOMEM;
     if (rc == 0 && config->ledger_path != NULL) {
         rc = pay_sim_load_ledger(sim);

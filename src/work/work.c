@@ -47,6 +47,10 @@ struct work_item {
     int64_t reservation_seq;
     int64_t attempts;
     int64_t retry_at_ms; /* 0: in flight or waiting for the writer */
+    /* The charge is asked again at retry_at_ms without a new stored attempt: the provider
+     * refused it (full, or its circuit open), or it timed out while the circuit was open (the
+     * outage is not counted against the order). */
+    bool held;
 };
 
 struct work {
@@ -348,9 +352,12 @@ static bool work_read(struct work *w)
         w->marks[CMD_STAGE_PAYMENT].count > WORK_MARKS_MAX - WORK_READ_EVENTS_MAX) {
         return false; /* no room for a step per event, or a failing step holds the marks */
     }
-    /* A paused stage neither reads nor moves its position this round. */
+    /* A paused stage neither reads nor moves its position this round; nor does the payment
+     * stage while the charges in doubt (waiting out an open circuit) leave too few work items
+     * for the steps it may have out and a round of events. */
     w->round_paused[CMD_STAGE_ORDER] = atomic_load(&w->paused[CMD_STAGE_ORDER]);
-    w->round_paused[CMD_STAGE_PAYMENT] = atomic_load(&w->paused[CMD_STAGE_PAYMENT]);
+    w->round_paused[CMD_STAGE_PAYMENT] =
+        atomic_load(&w->paused[CMD_STAGE_PAYMENT]) || w->item_free_count < WORK_PAY_ITEMS_RESERVE;
     bool order_runs = !w->round_paused[CMD_STAGE_ORDER];
     bool payment_runs = !w->round_paused[CMD_STAGE_PAYMENT];
     if (!order_runs && !payment_runs) {
@@ -375,6 +382,15 @@ static bool work_read(struct work *w)
 
 /* ---- payments ----------------------------------------------------------------------------- */
 
+/* The item's charge waits, and is asked again later without a new stored attempt. */
+static void work_hold(struct work *w, struct work_item *item)
+{
+    SVC_ASSERT(item->order_seq != 0 && item->retry_at_ms == 0);
+    item->held = true;
+    item->retry_at_ms = w->config.wall_ms() + WORK_PAY_BACKOFF_BASE_MS;
+    w->retry_waiting++;
+}
+
 static void work_charge(struct work *w, uint32_t index)
 {
     struct work_item *item = &w->items[index];
@@ -382,10 +398,17 @@ static void work_charge(struct work *w, uint32_t index)
     snprintf(key, sizeof key, "ord_%" PRId64, item->order_seq);
     SVC_ASSERT(item->retry_at_ms == 0);
     const struct pay_provider *p = w->config.provider;
+    item->held = false;
     if (p->charge(p->self, key, index, w->config.wall_ms()) != 0) {
-        item->retry_at_ms = w->config.wall_ms() + WORK_PAY_BACKOFF_BASE_MS; /* full: later */
-        w->retry_waiting++;
+        work_hold(w, item); /* refused: later */
     }
+}
+
+/* The provider's circuit breaker lets a charge start now (pay_provider.admits). */
+static bool work_admits(struct work *w, int64_t now_ms)
+{
+    const struct pay_provider *p = w->config.provider;
+    return p->admits == NULL || p->admits(p->self, now_ms);
 }
 
 /* Takes a work item for a charge in doubt; UINT32_MAX when none is free. */
@@ -396,7 +419,7 @@ static uint32_t work_item_take(struct work *w, int64_t order_seq, int64_t reserv
         return UINT32_MAX;
     }
     uint32_t index = w->item_free[--w->item_free_count];
-    w->items[index] = (struct work_item){order_seq, reservation_seq, attempts, 0};
+    w->items[index] = (struct work_item){order_seq, reservation_seq, attempts, 0, false};
     return index;
 }
 
@@ -431,6 +454,11 @@ static bool work_poll_payments(struct work *w)
         uint32_t index = (uint32_t)results[i].token;
         struct work_item *item = &w->items[index];
         SVC_ASSERT(index < WORK_PAY_ITEMS_MAX && item->order_seq != 0);
+        SVC_ASSERT(!item->held && item->retry_at_ms == 0); /* its charge was in flight */
+        if (results[i].outcome == PAY_TIMEOUT && !work_admits(w, w->config.wall_ms())) {
+            work_hold(w, item); /* the circuit is open: wait for it, no attempt, no dead letter */
+            continue;
+        }
         if (results[i].outcome == PAY_TIMEOUT) {
             if (item->attempts >= WORK_PAY_ATTEMPTS_MAX) {
                 atomic_fetch_add(&w->stats.parked, 1);
@@ -455,7 +483,9 @@ static bool work_poll_payments(struct work *w)
     return n > 0;
 }
 
-/* Retries due: each counted in storage (PAY_RETRY) before the charge is asked again. */
+/* Retries due: each counted in storage (PAY_RETRY) before the charge is asked again, but for
+ * a held charge, whose stored attempt is still unspent. None while the provider's circuit is
+ * open: the items wait, their orders stay in doubt, no attempt is spent. */
 static void work_retry_due(struct work *w)
 {
     if (w->retry_waiting == 0 || atomic_load(&w->paused[CMD_STAGE_PAYMENT])) {
@@ -465,8 +495,15 @@ static void work_retry_due(struct work *w)
     for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX && w->free_count > 0; i++) {
         struct work_item *item = &w->items[i];
         if (item->order_seq != 0 && item->retry_at_ms != 0 && item->retry_at_ms <= now) {
+            if (!work_admits(w, now)) {
+                break; /* the circuit is open, or its probes are out: the rest waits too */
+            }
             item->retry_at_ms = 0;
             w->retry_waiting--;
+            if (item->held) {
+                work_charge(w, i); /* may be held again */
+                continue;
+            }
             atomic_fetch_add(&w->stats.retries, 1);
             work_step(w, item->order_seq, item->reservation_seq, CMD_STEP_PAY_RETRY,
                       CMD_STAGE_PAYMENT, 0, "payment timed out", item->attempts);

@@ -14,7 +14,12 @@
  * dead-letter table (CMD_STEP_DEAD_LETTER: the order stays CONFIRMED and never expires) until
  * work_replay re-queues it. At start it resumes every charge left in doubt, with the same key,
  * except those whose stored attempts reached WORK_PAY_ATTEMPTS_MAX: those are dead letters
- * (written now if a crash came before their row was).
+ * (written now if a crash came before their row was). A charge the provider refuses (full, or
+ * its circuit breaker open: pay_breaker.h) spends no attempt: its item holds it and asks again
+ * later. No retry is stored while the breaker admits no charge (pay_provider.admits), and a
+ * timeout that leaves the circuit open (the one that opened it, a failed probe) is held the
+ * same way instead of retried or dead-lettered: an outage makes the orders wait in doubt
+ * (never expiring) without spending their attempts, instead of filling the dead-letter table.
  *
  * The offset a step stores is its stage's low-water mark: just below the first event whose
  * step has not been answered yet (a step whose batch failed with 503 is pushed again and keeps
@@ -52,6 +57,11 @@
 #define WORK_REPLAYS_MAX DLT_LIST_MAX
 /* Events read per round. */
 #define WORK_READ_EVENTS_MAX 2048
+/* Free items the payment stage needs to read events: one for every step it may have with the
+ * writer (a PAY_BEGIN's reply takes one) and for every event of a round. Below it, as when an
+ * open circuit holds many charges, it reads no new order (those wait, or expire by their TTL). */
+#define WORK_PAY_ITEMS_RESERVE (WORK_COMMANDS_MAX + WORK_READ_EVENTS_MAX)
+_Static_assert(WORK_PAY_ITEMS_RESERVE < WORK_PAY_ITEMS_MAX, "items beyond the reserve");
 /* Events a stage may have sent steps for and not had answered (its low-water marks). */
 #define WORK_MARKS_MAX (4 * WORK_COMMANDS_MAX)
 /* With nothing to do, the thread waits for a reply or a commit (work_notify): at most

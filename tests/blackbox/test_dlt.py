@@ -4,7 +4,9 @@ its work item goes to the dead-letter table (GET /v1/dlt, stockd_dead_letters in
 order stays CONFIRMED and never expires meanwhile (its TTL passes). With the timeouts turned off
 (PUT /v1/admin/payment), POST /v1/dlt/replay re-queues it (202): the order ends PAID, charged
 once (the simulator's ledger has at most one line per key, and ok exactly for the PAID ones),
-and the table is empty again. A dead letter survives a restart. Both backends."""
+and the table is empty again. A dead letter survives a restart. The circuit breaker is off
+(--payment-breaker off): with it, an outage like this one holds the charges instead of spending
+their attempts (test_breaker.py). Both backends."""
 
 import json
 import os
@@ -17,6 +19,7 @@ from harness import (audit_events, check, check_eq, check_problem, check_status,
                      main, new_key, start_stockd)
 
 WAIT_S = 60.0  # 8 attempts with backoff 50 ms * 2^k (+50% jitter): about 10 s
+NO_BREAKER = ["--payment-breaker", "off"]
 
 
 def product(c, sku, on_hand):
@@ -84,7 +87,7 @@ def ledger(server):
 
 
 def test_dead_letter_then_replay_to_paid():
-    s = start_stockd(["--payment-timeout-rate", "1"])
+    s = start_stockd(["--payment-timeout-rate", "1"] + NO_BREAKER)
     with s.client() as c:
         product(c, "D", 10)
         ids = [order(c, "D", 2, ttl=2), order(c, "D", 1, ttl=2)]
@@ -134,7 +137,7 @@ def test_dead_letter_then_replay_to_paid():
 
 
 def test_dead_letter_survives_restart():
-    s = start_stockd(["--payment-timeout-rate", "1"])
+    s = start_stockd(["--payment-timeout-rate", "1"] + NO_BREAKER)
     with s.client() as c:
         product(c, "R", 5)
         o = order(c, "R", 1, ttl=1)

@@ -14,22 +14,41 @@
 
 #include "../../src/work/work.c"
 
+/* The fake clock and the fake provider's gate (a circuit breaker's answers) and results. */
+static int64_t test_work_now_ms = 1000;
+static bool test_work_open; /* admits says no and charge refuses, as an open circuit */
+static struct pay_result test_work_due[4];
+static size_t test_work_due_count;
+
 static int64_t test_work_wall_ms(void)
 {
-    return 1000;
+    return test_work_now_ms;
 }
 
 static int test_work_charge(void *self, const char *key, uint64_t token, int64_t now_ms)
 {
     (void)key, (void)token, (void)now_ms;
+    if (test_work_open) {
+        return SVC_ECAPACITY;
+    }
     *(int *)self += 1; /* the charges asked */
     return 0;
 }
 
 static size_t test_work_poll(void *self, int64_t now_ms, struct pay_result *out, size_t max)
 {
-    (void)self, (void)now_ms, (void)out, (void)max;
-    return 0;
+    (void)self, (void)now_ms;
+    SVC_ASSERT(test_work_due_count <= max);
+    memcpy(out, test_work_due, test_work_due_count * sizeof *out);
+    size_t n = test_work_due_count;
+    test_work_due_count = 0;
+    return n;
+}
+
+static bool test_work_admits(void *self, int64_t now_ms)
+{
+    (void)self, (void)now_ms;
+    return !test_work_open;
 }
 
 struct test_work_fixture {
@@ -45,7 +64,14 @@ static int test_work_setup(void **state)
     if (f == NULL || queue_init(&f->queue, 64) != 0) {
         return -1;
     }
-    f->provider = (struct pay_provider){"test", &f->charges, test_work_charge, test_work_poll};
+    f->provider = (struct pay_provider){.name = "test",
+                                        .self = &f->charges,
+                                        .charge = test_work_charge,
+                                        .poll = test_work_poll,
+                                        .admits = test_work_admits};
+    test_work_now_ms = 1000;
+    test_work_open = false;
+    test_work_due_count = 0;
     struct work_config config = {"unused", &f->queue, &f->provider, NULL, NULL, test_work_wall_ms};
     f->w = work_new(&config);
     *state = f;
@@ -172,6 +198,69 @@ static void test_work_resume_keeps_parked(void **state)
     ASSERT_EQ_UINT(f->w->free_count, WORK_COMMANDS_MAX);
 }
 
+/* The provider reports outcome for the charge of item index; the workers poll it. */
+static void test_work_result(struct test_work_fixture *f, uint32_t index, enum pay_outcome outcome)
+{
+    test_work_due[0] = (struct pay_result){index, outcome, "ref"};
+    test_work_due_count = 1;
+    ASSERT_TRUE(work_poll_payments(f->w));
+}
+
+/* While the circuit is open no attempt is spent: a refused charge is held and asked again
+ * without a PAY_RETRY once the breaker admits it, no retry is stored, and a timeout while it
+ * is open is held too instead of dead-lettered, even at the last attempt. */
+static void test_work_open_circuit_spends_no_attempt(void **state)
+{
+    struct test_work_fixture *f = *state;
+    uint32_t last = work_item_take(f->w, 5, 5, WORK_PAY_ATTEMPTS_MAX);
+    test_work_open = true;
+    work_charge(f->w, last);
+    ASSERT_EQ_INT(f->charges, 0);
+    ASSERT_TRUE(f->w->items[last].held);
+    test_work_now_ms += 10000;
+    work_retry_due(f->w);
+    ASSERT_EQ_UINT(queue_depth(&f->queue), 0); /* no PAY_RETRY while open */
+    ASSERT_TRUE(f->w->items[last].held);
+    test_work_open = false;
+    work_retry_due(f->w);
+    ASSERT_EQ_INT(f->charges, 1); /* asked again with the attempt it had */
+    ASSERT_EQ_UINT(queue_depth(&f->queue), 0);
+    ASSERT_FALSE(f->w->items[last].held);
+    ASSERT_EQ_UINT(f->w->retry_waiting, 0);
+    test_work_open = true; /* this timeout opened the circuit (or a probe failed) */
+    test_work_result(f, last, PAY_TIMEOUT);
+    ASSERT_EQ_UINT(queue_depth(&f->queue), 0); /* no dead letter */
+    ASSERT_EQ_UINT(atomic_load(&f->w->stats.parked), 0);
+    ASSERT_TRUE(f->w->items[last].held);
+    /* Another order's charge times out while the circuit is closed: it waits for its backoff,
+     * and its retry, due while the circuit is open, is not stored until it closes. */
+    test_work_open = false;
+    uint32_t other = work_item_take(f->w, 6, 6, 1);
+    work_charge(f->w, other);
+    ASSERT_EQ_INT(f->charges, 2);
+    test_work_result(f, other, PAY_TIMEOUT);
+    ASSERT_FALSE(f->w->items[other].held);
+    ASSERT_EQ_UINT(f->w->retry_waiting, 2);
+    test_work_open = true;
+    test_work_now_ms += 10000;
+    work_retry_due(f->w);
+    ASSERT_EQ_UINT(queue_depth(&f->queue), 0);
+    ASSERT_EQ_UINT(f->w->retry_waiting, 2);
+    test_work_open = false;
+    work_retry_due(f->w);
+    ASSERT_EQ_INT(f->charges, 3); /* the held one: charged at once */
+    struct command *retry = test_work_take(f);
+    ASSERT_EQ_INT(retry->order_step, CMD_STEP_PAY_RETRY);
+    ASSERT_EQ_INT(retry->order_seq, 6);
+    ASSERT_EQ_UINT(queue_depth(&f->queue), 0);
+    /* With the circuit closed, the last attempt's timeout is a dead letter as before. */
+    test_work_result(f, last, PAY_TIMEOUT);
+    struct command *dead = test_work_take(f);
+    ASSERT_EQ_INT(dead->order_step, CMD_STEP_DEAD_LETTER);
+    ASSERT_EQ_INT(dead->order_seq, 5);
+    ASSERT_EQ_UINT(atomic_load(&f->w->stats.parked), 1);
+}
+
 int main(void)
 {
 #define WORK_TEST(f) cmocka_unit_test_setup_teardown(f, test_work_setup, test_work_teardown)
@@ -179,6 +268,7 @@ int main(void)
         WORK_TEST(test_work_failed_step_holds_the_offset),
         WORK_TEST(test_work_marks_in_order),
         WORK_TEST(test_work_resume_keeps_parked),
+        WORK_TEST(test_work_open_circuit_spends_no_attempt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
