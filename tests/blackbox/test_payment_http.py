@@ -15,7 +15,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (audit_events, check, check_eq, check_problem, check_status,  # noqa: E402
                      main, start_paysim, start_stockd)
+from test_breaker import health, metrics  # noqa: E402
 from test_checkout import avail, history, order, product, wait_final  # noqa: E402
+
+# The outage the simulator-down test watches: longer than the attempts' backoff (~6 s).
+OUTAGE_S = 9
 
 WAIT_S = 30.0
 TIMEOUT_MS = "400"  # stockd's deadline per charge in these tests (--payment-timeout-ms)
@@ -171,7 +175,8 @@ def test_kill9_stockd_during_payments():
 
 def test_simulator_down_orders_wait():
     """The simulator is killed with charges in flight and orders keep coming: they stay
-    CONFIRMED past their ttlSeconds (a charge in doubt never expires), then the simulator
+    CONFIRMED past their ttlSeconds (a charge in doubt never expires) while the circuit is
+    open (metrics, /health degraded) and no dead letter is made; then the simulator
     comes back on the same port with the same ledger and every order ends PAID, charged once."""
     sim = start_paysim(["--latency-ms", "300"])
     s = stockd_for(sim)
@@ -188,11 +193,25 @@ def test_simulator_down_orders_wait():
             r = order(c, "HD", 1, ttl=2)
             check_status(r, 201, "order while the simulator is down")
             ids.append(r.json["orderId"])
-        time.sleep(3.5)  # past every ttl: nothing may expire while its charge is in doubt
-        for oid in ids:
-            st = status_of(c, oid)
-            check(st in ("CONFIRMED", "PAID"), "%s is %s while the simulator is down" % (oid, st))
+        # Longer than the 8 attempts' backoff takes (about 6 s) and past every ttl: the
+        # circuit opens, so the orders wait in doubt, never expire and never become dead
+        # letters, however long the provider is gone.
+        started = time.monotonic()
+        while time.monotonic() - started < OUTAGE_S:
+            for oid in ids:
+                st = status_of(c, oid)
+                check(st in ("CONFIRMED", "PAID"),
+                      "%s is %s while the simulator is down" % (oid, st))
+            check_eq(metrics(c)["stockd_dead_letters"], 0, "no dead letter during the outage")
+            time.sleep(0.5)
         check(any(status_of(c, oid) == "CONFIRMED" for oid in ids), "no order waited")
+        m = metrics(c)
+        check(m["stockd_payment_circuit_opens_total"] >= 1, "the circuit opened: %r" % m)
+        check(m["stockd_payment_circuit_state"] in (1, 2), "the circuit is not closed")
+        h = health(c)
+        check_eq(h["status"], "degraded", "/health while the provider is down: %r" % h)
+        check_eq(h["checks"][0]["name"], "payment_provider", "the check names the provider")
+        check_eq(h["checks"][0]["provider"], "http", "the provider")
         sim2 = start_paysim(["--latency-ms", "5"], port=sim.port, data_dir=sim.data_dir,
                             ledger_path=sim.ledger_path)
         for oid in ids:
@@ -201,6 +220,8 @@ def test_simulator_down_orders_wait():
             check_eq(history(o), ["PENDING", "CONFIRMED", "PAID"], oid + " history")
         check_goods_iff_charge(c, sim2, ids)
         check_eq(avail(c, "HD"), (100 - len(ids), 0), "stock after the paid orders")
+        check_eq(health(c)["status"], "ok", "/health once the provider answers again")
+        check_eq(metrics(c)["stockd_payment_circuit_state"], 0, "the circuit closed again")
     audit_events(s)
 
 
