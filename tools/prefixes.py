@@ -55,6 +55,7 @@ MODULES = {
                "src/core/apply_reservations.c", "src/core/apply_orders.c"], ["apply_"]),
     "pay": (["src/pay/pay_sim.c"], ["pay_sim_", "pay_"]),
     "work": (["src/work/work.c"], ["work_"]),
+    "mq": (["src/mq/mq.c"], ["mq_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
     "prefetch": (["src/core/prefetch.c"], ["prefetch_"]),
