@@ -24,6 +24,7 @@
 #include "read/audit.h"
 #include "store/store_open.h"
 #include "work/work.h"
+#include "relay/relay.h"
 
 /* Time the I/O threads get to send the last replies after the writer stopped. */
 #define MAIN_SHUTDOWN_GRACE_US 200000
@@ -60,6 +61,9 @@ static void main_usage(FILE *out)
             "  --payment-latency-ms MS   payment simulator: time to answer a charge (default 0)\n"
             "  --payment-ledger FILE  payment simulator's ledger of charges (default\n"
             "                         DIR/payment-ledger.txt)\n"
+            "  --amqp URL             amqp://user:password@host:port/vhost: publish every\n"
+            "                         committed event to the RabbitMQ stream stockd.events\n"
+            "                         (the outbox relay; without it, no broker is used)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -144,6 +148,23 @@ static void main_durable_hook(int64_t seq, void *context)
 {
     projector_durable_hook(seq, context);
     work_notify(atomic_load(&main_app.work));
+    relay_notify(atomic_load(&main_app.relay));
+}
+
+/* Starts the outbox relay when --amqp names a broker; exits on failure (a broker that is down
+ * is no failure: the relay connects when it can). */
+static void main_start_relay(struct app *app)
+{
+    if (app->config.amqp_url[0] == '\0') {
+        return;
+    }
+    struct relay_config rc = {app->config.db_path, app->config.amqp_url, &app->writer.acked_seq};
+    struct relay *relay = relay_new(&rc);
+    if (relay == NULL || relay_start(relay) != 0) {
+        log_error("cannot start the outbox relay (--amqp)");
+        exit(1);
+    }
+    atomic_store(&app->relay, relay);
 }
 
 /* Starts the payment simulator and the workers (unless --workers off); exits on failure. */
@@ -206,6 +227,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"payment-latency-ms", required_argument, 0, 'L'},
         {"payment-ledger", required_argument, 0, 'P'},
         {"snapshot-every-events", required_argument, 0, 'N'},
+        {"amqp", required_argument, 0, 'Q'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -238,6 +260,11 @@ static int main_parse(struct app_config *c, int argc, char **argv)
                                                            : -EINVAL;
             break;
         case 'N': rc = main_parse_count(optarg, &c->snapshot_every_events); break;
+        case 'Q':
+            rc = strncmp(optarg, "amqp://", 7) == 0 && strlen(optarg) < sizeof c->amqp_url
+                     ? (strcpy(c->amqp_url, optarg), 0)
+                     : -EINVAL;
+            break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -464,6 +491,7 @@ int main(int argc, char **argv)
         return 1;
     }
     main_start_workers(app);
+    main_start_relay(app);
     char shown[sizeof app->config.db_path];
     main_db_shown(app->config.db_path, shown, sizeof shown);
     printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,
@@ -477,6 +505,7 @@ int main(int argc, char **argv)
     atomic_store(&app->shutting_down, true);
     writer_stop(&app->writer);
     follower_stop(&app->follower);
+    relay_stop(atomic_load(&app->relay)); /* what it did not see confirmed, the next start sends */
     usleep(MAIN_SHUTDOWN_GRACE_US);
     store_close(store);
     log_info("stopped");

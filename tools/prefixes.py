@@ -56,6 +56,7 @@ MODULES = {
     "pay": (["src/pay/pay_sim.c"], ["pay_sim_", "pay_"]),
     "work": (["src/work/work.c"], ["work_"]),
     "mq": (["src/mq/mq.c"], ["mq_"]),
+    "relay": (["src/relay/relay.c"], ["relay_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
     "prefetch": (["src/core/prefetch.c"], ["prefetch_"]),

@@ -44,10 +44,12 @@ struct app_config {
     int64_t payment_latency_ms;
     char payment_ledger[600];      /* --payment-ledger; default <data_dir>/payment-ledger.txt */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
+    char amqp_url[512];            /* --amqp: the outbox relay's broker; empty: no relay */
 };
 
 struct work;
 struct pay_sim;
+struct relay;
 
 struct app {
     struct app_config config;
@@ -59,6 +61,7 @@ struct app {
     struct auth auth;            /* bearer tokens, filled before the threads start */
     _Atomic(struct work *) work; /* the checkout workers (NULL: --workers off), woken by commits */
     _Atomic(struct pay_sim *) pay_sim; /* their payment simulator (NULL: --workers off) */
+    _Atomic(struct relay *) relay;     /* the outbox relay (NULL: no --amqp), woken by commits */
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;
