@@ -6,13 +6,14 @@ set -euo pipefail
 
 profile=${1:-run}
 packages=(gcc pkg-config meson ninja-build libh2o-evloop-dev libjansson-dev libsqlite3-dev
-          libpq-dev libssl-dev sqlite3 curl ca-certificates)
+          libpq-dev libssl-dev librabbitmq-dev sqlite3 curl ca-certificates)
 case "$profile" in
   run) ;;
   # procps: pgrep (test_pg_cluster's frozen server); libclang-rt-14-dev: the sanitizer and
   # libFuzzer runtimes of the fuzz build, which --no-install-recommends leaves out of clang.
+  # rabbitmq-server: the broker the tests start on loopback (scripts/rabbitmq-start.sh).
   test) packages+=(libcmocka-dev python3 python3-yaml clang-format postgresql clang
-                   libclang-rt-14-dev procps) ;;
+                   libclang-rt-14-dev procps rabbitmq-server) ;;
   bench) packages+=(libcmocka-dev python3 postgresql postgresql-contrib nginx-light gnuplot-nox
                     linux-perf valgrind) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;

@@ -7,6 +7,10 @@
 #      blackbox-pg on a throwaway cluster (scripts/pg-start.sh in a temporary directory, a free
 #      port from 55432); under the sanitizers because the PostgreSQL backend is C of its own
 #   5. a fuzz smoke test of the libFuzzer harnesses (scripts/fuzz.sh 20)
+# One throwaway RabbitMQ node (scripts/rabbitmq-start.sh in a temporary directory) serves the
+# whole run: its URL goes to the tests as $STOCKD_TEST_AMQP (and its directory as
+# $STOCKD_TEST_AMQP_DIR), with $STOCKD_TEST_REQUIRE_AMQP=1 so that the AMQP tests fail rather
+# than skip when it is missing; it is stopped at the end.
 # plus the tidy check (function and line lengths), the module-prefix check (tools/prefixes.py)
 # and the clang-format check. Exit status is non-zero on any failure.
 set -uo pipefail
@@ -30,6 +34,29 @@ python3 tools/prefixes.py || failed_steps+=("prefixes")
 clang-format --dry-run -Werror src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] tests/sim/*.c fuzz/*.c bench/*.c ||
   failed_steps+=("format")
 
+# The RabbitMQ node of the AMQP tests (tests/unit/test_mq.c, tests/blackbox/test_relay.py).
+amqp_dir=""
+stop_amqp() {
+  [ -n "$amqp_dir" ] || return 0
+  scripts/rabbitmq-stop.sh "$amqp_dir" >/dev/null 2>&1
+  rm -rf "$amqp_dir"
+  amqp_dir=""
+}
+start_amqp() {
+  local url
+  amqp_dir=$(mktemp -d /tmp/stockd-test-amqp-XXXXXX) || return 1
+  url=$(scripts/rabbitmq-start.sh "$amqp_dir" | tail -n 1) && [ -n "$url" ] || {
+    echo "RabbitMQ did not start; its log:"; tail -20 "$amqp_dir/log/startup.log" 2>/dev/null
+    return 1
+  }
+  export STOCKD_TEST_AMQP="$url"
+  export STOCKD_TEST_AMQP_DIR="$amqp_dir"
+}
+export STOCKD_TEST_REQUIRE_AMQP=1
+trap stop_amqp EXIT
+trap 'stop_amqp; exit 130' INT TERM
+start_amqp || failed_steps+=("setup rabbitmq")
+
 setup build-asan --buildtype=debug -Db_sanitize=address,undefined \
   -Dc_args=-fno-sanitize-recover=all || failed_steps+=("setup asan")
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -50,8 +77,8 @@ stop_pg() {
   rm -rf "$pg_dir"
   pg_dir=""
 }
-trap stop_pg EXIT
-trap 'stop_pg; exit 130' INT TERM
+trap 'stop_pg; stop_amqp' EXIT
+trap 'stop_pg; stop_amqp; exit 130' INT TERM
 free_port() { # the first port from 55432 on which nothing listens on loopback
   python3 - <<'PY'
 import socket

@@ -26,6 +26,7 @@
 #include "read/audit.h"
 #include "store/store_open.h"
 #include "work/work.h"
+#include "relay/relay.h"
 
 /* Time the I/O threads get to send the last replies after the writer stopped. */
 #define MAIN_SHUTDOWN_GRACE_US 200000
@@ -68,6 +69,9 @@ static void main_usage(FILE *out)
             "  --payment-timeout-ms MS  the HTTP provider's deadline per charge (default 2000)\n"
             "  --payment-breaker on|off  the circuit breaker around the payment provider\n"
             "                         (default on; off: an outage dead-letters the orders)\n"
+            "  --amqp URL             amqp://user:password@host:port/vhost: publish every\n"
+            "                         committed event to the RabbitMQ stream stockd.events\n"
+            "                         (the outbox relay; without it, no broker is used)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -158,6 +162,23 @@ static void main_durable_hook(int64_t seq, void *context)
 {
     projector_durable_hook(seq, context);
     work_notify(atomic_load(&main_app.work));
+    relay_notify(atomic_load(&main_app.relay));
+}
+
+/* Starts the outbox relay when --amqp names a broker; exits on failure (a broker that is down
+ * is no failure: the relay connects when it can). */
+static void main_start_relay(struct app *app)
+{
+    if (app->config.amqp_url[0] == '\0') {
+        return;
+    }
+    struct relay_config rc = {app->config.db_path, app->config.amqp_url, &app->writer.acked_seq};
+    struct relay *relay = relay_new(&rc);
+    if (relay == NULL || relay_start(relay) != 0) {
+        log_error("cannot start the outbox relay (--amqp)");
+        exit(1);
+    }
+    atomic_store(&app->relay, relay);
 }
 
 /* Starts the payment provider (the simulator, or the HTTP one with --payment-url) and the
@@ -216,6 +237,16 @@ static int main_parse_count(const char *value, int64_t *out)
     return 0;
 }
 
+/* --amqp URL: an amqp:// URL that fits (its form is checked when the relay connects). */
+static int main_parse_amqp(struct app_config *c, const char *value)
+{
+    if (strncmp(value, "amqp://", 7) != 0 || strlen(value) >= sizeof c->amqp_url) {
+        return -EINVAL;
+    }
+    strcpy(c->amqp_url, value);
+    return 0;
+}
+
 /* --payment-url URL (opt 'U') and --payment-timeout-ms MS (opt 'M'): the HTTP provider. */
 static int main_parse_payment_http(struct app_config *c, int opt, const char *value)
 {
@@ -254,6 +285,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"snapshot-every-events", required_argument, 0, 'N'},
         {"payment-url", required_argument, 0, 'U'},
         {"payment-timeout-ms", required_argument, 0, 'M'},
+        {"amqp", required_argument, 0, 'Q'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -289,6 +321,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         case 'U':
         case 'M': rc = main_parse_payment_http(c, opt, optarg); break;
         case 'B': rc = main_parse_on_off(optarg, &c->payment_breaker); break;
+        case 'Q': rc = main_parse_amqp(c, optarg); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -517,6 +550,7 @@ int main(int argc, char **argv)
         return 1;
     }
     main_start_workers(app);
+    main_start_relay(app);
     char shown[sizeof app->config.db_path];
     main_db_shown(app->config.db_path, shown, sizeof shown);
     printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,
@@ -530,6 +564,7 @@ int main(int argc, char **argv)
     atomic_store(&app->shutting_down, true);
     writer_stop(&app->writer);
     follower_stop(&app->follower);
+    relay_stop(atomic_load(&app->relay)); /* what it did not see confirmed, the next start sends */
     usleep(MAIN_SHUTDOWN_GRACE_US);
     store_close(store);
     log_info("stopped");

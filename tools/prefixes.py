@@ -57,6 +57,8 @@ MODULES = {
     "pay_http": (["src/pay/pay_http.c"], ["pay_http_"]),
     "pay_breaker": (["src/pay/pay_breaker.c"], ["pay_breaker_"]),
     "work": (["src/work/work.c"], ["work_"]),
+    "mq": (["src/mq/mq.c"], ["mq_"]),
+    "relay": (["src/relay/relay.c"], ["relay_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
     "prefetch": (["src/core/prefetch.c"], ["prefetch_"]),

@@ -1,7 +1,8 @@
 /*
  * api_ops.c - operations routes: /health (the process answers; "degraded" while the payment
- * provider's circuit is not closed), /ready (storage reachable and not shutting down), /metrics
- * (Prometheus text), /openapi.yaml (the API document, compiled in) and the home page.
+ * provider's circuit is not closed), /ready (storage reachable and not shutting down; both show
+ * the outbox relay's state with --amqp), /metrics (Prometheus text), /openapi.yaml (the API
+ * document, compiled in) and the home page.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include "http/server.h"
 #include "work/work.h"
 #include "pay/pay_breaker.h"
+#include "relay/relay.h"
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_assert.h"
@@ -22,12 +24,30 @@
 extern const char openapi_yaml[];
 extern const size_t openapi_yaml_length;
 
+/* The outbox relay's member of /health and /ready (--amqp only): ,"relay":{...}. Degraded
+ * while the broker connection is down; the lag is the events committed and not confirmed. */
+static void api_relay_json(struct app *app, char *out, size_t size)
+{
+    SVC_ASSERT(size > 0);
+    struct relay *relay = atomic_load(&app->relay);
+    out[0] = '\0';
+    if (relay != NULL) {
+        bool up = atomic_load(&relay_stats(relay)->connected);
+        int n = snprintf(out, size, ",\"relay\":{\"status\":\"%s\",\"lagEvents\":%lld}",
+                         up ? "ok" : "degraded", (long long)relay_lag_events(relay));
+        SVC_ASSERT(n > 0 && (size_t)n < size);
+    }
+}
+
 void api_health(struct http_request *r)
 {
-    /* Writable: the body it always had; read-only mode adds readOnly. The process answers, so
-     * the status code stays 200 (liveness): a payment provider whose circuit is open or
-     * half-open makes it "degraded", with a check that names the provider and the state. */
+    /* Writable: the body it always had; read-only mode adds readOnly, --amqp the relay. The
+     * process answers, so the status code stays 200 (liveness): a payment provider whose
+     * circuit is open or half-open makes it "degraded", with a check that names the provider
+     * and the state. */
     struct app *app = r->thread->app;
+    char relay[128];
+    api_relay_json(app, relay, sizeof relay);
     bool on = atomic_load(&app->read_only);
     struct pay_breaker *breaker = atomic_load(&app->pay_breaker);
     int state =
@@ -48,6 +68,7 @@ void api_health(struct http_request *r)
         jbuf_kv_int(&b, "consecutiveFailures", (int64_t)atomic_load(&st->consecutive_failures));
         jbuf_lit(&b, "}]");
     }
+    jbuf_lit(&b, relay);
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);
@@ -64,8 +85,13 @@ void api_ready(struct http_request *r)
         http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "the last batch failed to commit", NULL, 0);
         return;
     }
-    static const char body[] = "{\"status\":\"ready\"}";
-    http_send_json(r, 200, body, sizeof body - 1);
+    /* A broker that is down is no reason to stop selling: still ready, the relay degraded. */
+    char relay[128];
+    api_relay_json(app, relay, sizeof relay);
+    char *body = h2o_mem_alloc_pool(&r->req->pool, 256);
+    int n = snprintf(body, 256, "{\"status\":\"ready\"%s}", relay);
+    SVC_ASSERT(n > 0 && n < 256);
+    http_send_json(r, 200, body, (size_t)n);
 }
 
 /* Appends printf output to the metrics buffer, keeping *used within size. */
@@ -187,6 +213,28 @@ static int64_t api_dead_letters(struct app *app)
     return w != NULL ? atomic_load(&work_stats(w)->dead_letters) : 0;
 }
 
+/* The outbox relay's metrics (--amqp only; without it they are absent, not zero). */
+static void api_metrics_relay(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct relay *relay = atomic_load(&app->relay);
+    if (relay == NULL) {
+        return;
+    }
+    const struct relay_stats *st = relay_stats(relay);
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_relay_lag_events gauge\nstockd_relay_lag_events %lld\n"
+                       "# TYPE stockd_relay_published_total counter\n"
+                       "stockd_relay_published_total %llu\n"
+                       "# TYPE stockd_relay_errors_total counter\n"
+                       "stockd_relay_errors_total %llu\n"
+                       "# TYPE stockd_relay_connected gauge\nstockd_relay_connected %d\n"
+                       "# TYPE stockd_relay_position gauge\nstockd_relay_position %lld\n",
+                       (long long)relay_lag_events(relay),
+                       (unsigned long long)atomic_load(&st->published),
+                       (unsigned long long)atomic_load(&st->errors),
+                       atomic_load(&st->connected) ? 1 : 0, (long long)atomic_load(&st->position));
+}
+
 void api_metrics(struct http_request *r)
 {
     struct app *app = r->thread->app;
@@ -224,6 +272,7 @@ void api_metrics(struct http_request *r)
                        atomic_load(&app->writer.expiry_paused) ? 1 : 0,
                        (long long)api_dead_letters(app));
     api_metrics_payment(app, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_relay(app, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_http_requests_total counter\n");
     for (size_t i = 0; i < routes_count; i++) {

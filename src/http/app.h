@@ -47,11 +47,13 @@ struct app_config {
     int64_t payment_timeout_ms;    /* --payment-timeout-ms: the HTTP provider's deadline */
     bool payment_breaker;          /* --payment-breaker: a circuit breaker around the provider */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
+    char amqp_url[512];            /* --amqp: the outbox relay's broker; empty: no relay */
 };
 
 struct work;
 struct pay_sim;
 struct pay_breaker;
+struct relay;
 
 struct app {
     struct app_config config;
@@ -66,6 +68,7 @@ struct app {
                                         * --payment-url) */
     /* The circuit breaker around their payment provider (NULL: --workers off). */
     _Atomic(struct pay_breaker *) pay_breaker;
+    _Atomic(struct relay *) relay; /* the outbox relay (NULL: no --amqp), woken by commits */
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;

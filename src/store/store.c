@@ -323,6 +323,26 @@ int store_reader_stage_offset(struct store_reader *r, const char *stage, int64_t
     return rc;
 }
 
+int store_reader_relay_offset(struct store_reader *r, const char *name, int64_t *out)
+{
+    SVC_ASSERT(r != NULL && name != NULL && out != NULL);
+    *out = 0;
+    int rc = r->ops->relay_offset(r, name, out);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    SVC_ASSERT(*out >= 0);
+    return rc;
+}
+
+int store_reader_relay_offset_save(struct store_reader *r, const char *name, int64_t seq,
+                                   int64_t at_ms)
+{
+    SVC_ASSERT(r != NULL && name != NULL);
+    SVC_ASSERT(seq >= 0);
+    int rc = r->ops->relay_offset_save(r, name, seq, at_ms);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    return rc;
+}
+
 int store_reader_payments_in_doubt(struct store_reader *r, void *context,
                                    int (*each)(void *context, const struct store_payment_row *row))
 {

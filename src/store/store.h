@@ -360,6 +360,9 @@ struct store_reader_ops {
     int (*stage_offset)(struct store_reader *r, const char *stage, int64_t *out);
     int (*payments_in_doubt)(struct store_reader *r, void *context,
                              int (*each)(void *context, const struct store_payment_row *row));
+    /* The outbox relay's position (relay_offsets): read, and advanced (never moved back). */
+    int (*relay_offset)(struct store_reader *r, const char *name, int64_t *out);
+    int (*relay_offset_save)(struct store_reader *r, const char *name, int64_t seq, int64_t at_ms);
     /* The dead letters of stage (NULL: every stage) by order, at most limit. */
     int (*dead_letters)(struct store_reader *r, const char *stage, int limit, void *context,
                         int (*each)(void *context, const struct store_dead_letter_row *row));
@@ -492,6 +495,16 @@ void store_reader_watch_recoveries(struct store_reader *r, const _Atomic uint64_
 /* The stored offset of a stage of the workers (0 when it never moved). 0 or
  * SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_stage_offset(struct store_reader *r, const char *stage, int64_t *out);
+
+/* The stored position of the outbox relay `name` (0 when it never moved). 0 or
+ * SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_relay_offset(struct store_reader *r, const char *name, int64_t *out);
+/* Advances the relay's position to seq (a lower seq than the stored one leaves it), in a
+ * transaction of its own: the one write a reader handle makes, for the relay that owns it
+ * (relay/relay.h), which no other thread writes. SQLite opens a second, read-write connection
+ * for it on first use. 0 or SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_relay_offset_save(struct store_reader *r, const char *name, int64_t seq,
+                                   int64_t at_ms);
 
 /* Streams every checkout order with a charge in doubt (PAYING), by order seq. 0, the
  * callback's non-zero return, or SVC_ESTORAGE_UNAVAILABLE. */

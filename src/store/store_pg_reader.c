@@ -35,6 +35,11 @@
              " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                     \
              " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = $1")      \
     X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = $1")                  \
+    X(RELAY_OFFSET, "SELECT seq FROM relay_offsets WHERE name = $1")                          \
+    X(RELAY_OFFSET_SAVE, "INSERT INTO relay_offsets (name, seq, updated_at_ms)"               \
+                         " VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE"                  \
+                         " SET seq = excluded.seq, updated_at_ms = excluded.updated_at_ms"    \
+                         " WHERE relay_offsets.seq < excluded.seq")                           \
     X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                   \
                          " (EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"   \
                          " AND d.order_seq = reservations.order_seq))::int FROM reservations" \
@@ -446,6 +451,43 @@ static int pg_reader_stage_offset(struct store_reader *base, const char *stage, 
     return 0;
 }
 
+static int pg_reader_relay_offset(struct store_reader *base, const char *name, int64_t *out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(name != NULL && out != NULL);
+    const char *values[] = {name};
+    PGresult *res = pg_reader_exec(r, PG_READER_RELAY_OFFSET, 1, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    *out = PQntuples(res) == 1 ? store_pg_int(res, 0, 0) : 0;
+    PQclear(res);
+    SVC_ASSERT(*out >= 0);
+    return 0;
+}
+
+/* An upsert outside any transaction (the reader's snapshots are read-only, and the relay
+ * never saves inside one): retried on a new session like a read, which is safe because it
+ * only ever moves the position forward. */
+static int pg_reader_relay_offset_save(struct store_reader *base, const char *name, int64_t seq,
+                                       int64_t at_ms)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(name != NULL && seq >= 0);
+    SVC_ASSERT(r->snapshot_connect == 0);
+    char seq_text[24];
+    char at_text[24];
+    snprintf(seq_text, sizeof seq_text, "%" PRId64, seq);
+    snprintf(at_text, sizeof at_text, "%" PRId64, at_ms);
+    const char *values[] = {name, seq_text, at_text};
+    PGresult *res = pg_reader_exec(r, PG_READER_RELAY_OFFSET_SAVE, 3, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    PQclear(res);
+    return 0;
+}
+
 static int pg_reader_payments_in_doubt(struct store_reader *base, void *context,
                                        int (*each)(void *context,
                                                    const struct store_payment_row *row))
@@ -506,6 +548,8 @@ static const struct store_reader_ops pg_reader_ops = {
     .snapshot_end = pg_reader_snapshot_end,
     .watch_recoveries = pg_reader_watch_recoveries,
     .stage_offset = pg_reader_stage_offset,
+    .relay_offset = pg_reader_relay_offset,
+    .relay_offset_save = pg_reader_relay_offset_save,
     .payments_in_doubt = pg_reader_payments_in_doubt,
     .dead_letters = pg_reader_dead_letters,
 };

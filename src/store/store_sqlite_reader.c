@@ -32,6 +32,7 @@
              " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                   \
              " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = ?1")    \
     X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = ?1")                \
+    X(RELAY_OFFSET, "SELECT seq FROM relay_offsets WHERE name = ?1")                        \
     X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                 \
                          " EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"  \
                          " AND d.order_seq = reservations.order_seq) FROM reservations"     \
@@ -79,7 +80,15 @@ struct sqlite_reader {
     sqlite3_stmt *stmts[STORE_SQLITE_READER_COUNT]; /* owned, prepared at open */
     struct sqlite_reader_buffer order_text;         /* the last order's five strings */
     struct sqlite_reader_buffer idem_body;          /* the last idempotency record's body */
+    sqlite3 *writable;  /* owned: the relay's read-write connection, opened on first save */
+    sqlite3_stmt *save; /* owned: its upsert of relay_offsets */
 };
+
+/* The relay's upsert; it only moves a position forward. */
+#define STORE_SQLITE_READER_RELAY_SAVE_SQL                                                         \
+    "INSERT INTO relay_offsets (name, seq, updated_at_ms) VALUES (?1, ?2, ?3)"                     \
+    " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, updated_at_ms = excluded.updated_at_ms" \
+    " WHERE relay_offsets.seq < excluded.seq"
 
 static void sqlite_reader_close(struct store_reader *base);
 static const struct store_reader_ops sqlite_reader_ops;
@@ -155,6 +164,8 @@ static void sqlite_reader_close(struct store_reader *base)
         sqlite3_finalize(r->stmts[i]);
     }
     sqlite3_close(r->db);
+    sqlite3_finalize(r->save);
+    sqlite3_close(r->writable);
     free(r->order_text.data);
     free(r->idem_body.data);
     free(r);
@@ -376,6 +387,69 @@ static int sqlite_reader_stage_offset(struct store_reader *base, const char *sta
     return rc;
 }
 
+static int sqlite_reader_relay_offset(struct store_reader *base, const char *name, int64_t *out)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(name != NULL && out != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_RELAY_OFFSET];
+    sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    *out = step == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : 0;
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "relay offset");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+/* Opens the read-write connection of relay_offset_save on the reader's file (WAL: it waits for
+ * the writer's transaction like the checkpointer does, for at most the busy timeout). */
+static int sqlite_reader_open_writable(struct sqlite_reader *r)
+{
+    SVC_ASSERT(r->writable == NULL && r->save == NULL);
+    const char *path = sqlite3_db_filename(r->db, "main");
+    SVC_ASSERT(path != NULL && path[0] != '\0');
+    if (sqlite3_open_v2(path, &r->writable, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        int rc = store_sqlite_fail(r->writable, path);
+        sqlite3_close(r->writable);
+        r->writable = NULL;
+        return rc;
+    }
+    sqlite3_busy_timeout(r->writable, STORE_SQLITE_READER_BUSY_MS);
+    if (sqlite3_prepare_v3(r->writable, STORE_SQLITE_READER_RELAY_SAVE_SQL, -1,
+                           SQLITE_PREPARE_PERSISTENT, &r->save, NULL) != SQLITE_OK) {
+        int rc = store_sqlite_fail(r->writable, "prepare the relay's upsert");
+        sqlite3_close(r->writable);
+        r->writable = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+static int sqlite_reader_relay_offset_save(struct store_reader *base, const char *name, int64_t seq,
+                                           int64_t at_ms)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(name != NULL && seq >= 0);
+    int rc = r->writable == NULL ? sqlite_reader_open_writable(r) : 0;
+    if (rc != 0) {
+        return rc;
+    }
+    SVC_ASSERT(r->save != NULL);
+    sqlite3_bind_text(r->save, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(r->save, 2, seq);
+    sqlite3_bind_int64(r->save, 3, at_ms);
+    if (sqlite3_step(r->save) != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->writable, "save the relay offset");
+    }
+    sqlite3_reset(r->save);
+    sqlite3_clear_bindings(r->save);
+    return rc;
+}
+
 static int sqlite_reader_payments_in_doubt(struct store_reader *base, void *context,
                                            int (*each)(void *context,
                                                        const struct store_payment_row *row))
@@ -443,6 +517,8 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .snapshot_begin = sqlite_reader_snapshot_begin,
     .snapshot_end = sqlite_reader_snapshot_end,
     .stage_offset = sqlite_reader_stage_offset,
+    .relay_offset = sqlite_reader_relay_offset,
+    .relay_offset_save = sqlite_reader_relay_offset_save,
     .payments_in_doubt = sqlite_reader_payments_in_doubt,
     .dead_letters = sqlite_reader_dead_letters,
 };
