@@ -54,7 +54,12 @@ static void main_usage(FILE *out)
             "                         that a start replays only the events after it\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
             "  --workers on|off       run the checkout order workers (default on; with\n"
-            "                         several instances on one PostgreSQL, on for one only)\n"
+            "                         several instances on one PostgreSQL, each stage runs\n"
+            "                         on the instance that holds its lease)\n"
+            "  --lease-ms MS          the workers' lease of a stage (default 5000, 100..600000;\n"
+            "                         renewed every MS/3; a stopped holder's is taken after it)\n"
+            "  --instance-id ID       this instance's name in the leases (default\n"
+            "                         hostname:pid:start-ms)\n"
             "  --payment-failure-rate R  payment simulator: share of declined charges (0..1)\n"
             "  --payment-timeout-rate R  payment simulator: share of charges that time out\n"
             "  --payment-latency-ms MS   payment simulator: time to answer a charge (default 0)\n"
@@ -160,8 +165,10 @@ static void main_start_workers(struct app *app)
     struct pay_sim_config pc = {c->payment_failure_rate, c->payment_timeout_rate,
                                 c->payment_latency_ms, c->payment_ledger};
     struct pay_sim *sim = pay_sim_new(&pc, (uint64_t)clock_wall_ms());
-    struct work_config wc = {c->db_path, &app->queue, sim != NULL ? pay_sim_provider(sim) : NULL,
-                             NULL,       NULL,        clock_wall_ms};
+    struct work_config wc = {
+        c->db_path,     &app->queue, sim != NULL ? pay_sim_provider(sim) : NULL,
+        NULL,           NULL,        clock_wall_ms,
+        c->instance_id, c->lease_ms};
     struct work *w = sim != NULL ? work_new(&wc) : NULL;
     if (w == NULL || work_start(w) != 0) {
         log_error("cannot start the checkout order workers");
@@ -182,6 +189,25 @@ static int main_parse_count(const char *value, int64_t *out)
     }
     *out = n;
     SVC_ASSERT(*out >= 0);
+    return 0;
+}
+
+/* --lease-ms: WORK_LEASE_MS_MIN..WORK_LEASE_MS_MAX. */
+static int main_parse_lease_ms(struct app_config *c, const char *value)
+{
+    int rc = main_parse_count(value, &c->lease_ms);
+    return rc == 0 && (c->lease_ms < WORK_LEASE_MS_MIN || c->lease_ms > WORK_LEASE_MS_MAX) ? -EINVAL
+                                                                                           : rc;
+}
+
+/* --instance-id: not empty, and short enough for a lease's holder. */
+static int main_parse_instance_id(struct app_config *c, const char *value)
+{
+    _Static_assert(sizeof c->instance_id <= STORE_LEASE_HOLDER_BYTES_MAX + 1, "fits a holder");
+    if (value[0] == '\0' || strlen(value) >= sizeof c->instance_id) {
+        return -EINVAL;
+    }
+    strcpy(c->instance_id, value);
     return 0;
 }
 
@@ -206,6 +232,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         {"payment-latency-ms", required_argument, 0, 'L'},
         {"payment-ledger", required_argument, 0, 'P'},
         {"snapshot-every-events", required_argument, 0, 'N'},
+        {"lease-ms", required_argument, 0, 'E'},
+        {"instance-id", required_argument, 0, 'I'},
         {0, 0, 0, 0},
     };
     int opt = 0;
@@ -238,6 +266,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
                                                            : -EINVAL;
             break;
         case 'N': rc = main_parse_count(optarg, &c->snapshot_every_events); break;
+        case 'E': rc = main_parse_lease_ms(c, optarg); break;
+        case 'I': rc = main_parse_instance_id(c, optarg); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -475,6 +505,7 @@ int main(int argc, char **argv)
     int signal_number = main_wait_for_signal();
     log_info("signal %d: stopping", signal_number);
     atomic_store(&app->shutting_down, true);
+    work_stop(atomic_load(&app->work)); /* gives its leases up: another instance goes on now */
     writer_stop(&app->writer);
     follower_stop(&app->follower);
     usleep(MAIN_SHUTDOWN_GRACE_US);

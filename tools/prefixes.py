@@ -54,7 +54,7 @@ MODULES = {
     "apply": (["src/core/apply.c", "src/core/apply_catalog.c", "src/core/apply_stock.c",
                "src/core/apply_reservations.c", "src/core/apply_orders.c"], ["apply_"]),
     "pay": (["src/pay/pay_sim.c"], ["pay_sim_", "pay_"]),
-    "work": (["src/work/work.c"], ["work_"]),
+    "work": (["src/work/work.c", "src/work/work_lease.c"], ["work_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
     "prefetch": (["src/core/prefetch.c"], ["prefetch_"]),

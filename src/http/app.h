@@ -44,6 +44,9 @@ struct app_config {
     int64_t payment_latency_ms;
     char payment_ledger[600];      /* --payment-ledger; default <data_dir>/payment-ledger.txt */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
+    /* The workers' leases (several instances on one PostgreSQL): --lease-ms, --instance-id. */
+    int64_t lease_ms;
+    char instance_id[128]; /* "" : hostname:pid:start-ms */
 };
 
 struct work;

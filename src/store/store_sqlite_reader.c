@@ -445,4 +445,5 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .stage_offset = sqlite_reader_stage_offset,
     .payments_in_doubt = sqlite_reader_payments_in_doubt,
     .dead_letters = sqlite_reader_dead_letters,
+    .lease = NULL, /* one process by nature: its workers always hold their stages */
 };
