@@ -57,7 +57,12 @@ static void main_usage(FILE *out)
             "                         that a start replays only the events after it\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
             "  --workers on|off       run the checkout order workers (default on; with\n"
-            "                         several instances on one PostgreSQL, on for one only)\n"
+            "                         several instances on one PostgreSQL, each stage runs\n"
+            "                         on the instance that holds its lease)\n"
+            "  --lease-ms MS          the workers' lease of a stage (default 5000, 100..600000;\n"
+            "                         renewed every MS/3; a stopped holder's is taken after it)\n"
+            "  --instance-id ID       this instance's name in the leases (default\n"
+            "                         hostname:pid:start-ms)\n"
             "  --payment-failure-rate R  payment simulator: share of declined charges (0..1)\n"
             "  --payment-timeout-rate R  payment simulator: share of charges that time out\n"
             "  --payment-latency-ms MS   payment simulator: time to answer a charge (default 0)\n"
@@ -212,7 +217,8 @@ static void main_start_workers(struct app *app)
         breaker = pay_breaker_new(provider);
         provider = breaker != NULL ? pay_breaker_provider(breaker) : NULL;
     }
-    struct work_config wc = {c->db_path, &app->queue, provider, NULL, NULL, clock_wall_ms};
+    struct work_config wc = {c->db_path, &app->queue,   provider,       NULL,
+                             NULL,       clock_wall_ms, c->instance_id, c->lease_ms};
     struct work *w = provider != NULL ? work_new(&wc) : NULL;
     if (w == NULL || work_start(w) != 0) {
         log_error("cannot start the checkout order workers");
@@ -261,36 +267,66 @@ static int main_parse_payment_http(struct app_config *c, int opt, const char *va
     return rc;
 }
 
+/* --lease-ms: WORK_LEASE_MS_MIN..WORK_LEASE_MS_MAX. */
+static int main_parse_lease_ms(struct app_config *c, const char *value)
+{
+    int rc = main_parse_count(value, &c->lease_ms);
+    return rc == 0 && (c->lease_ms < WORK_LEASE_MS_MIN || c->lease_ms > WORK_LEASE_MS_MAX) ? -EINVAL
+                                                                                           : rc;
+}
+
+/* --instance-id: not empty, and short enough for a lease's holder. */
+static int main_parse_instance_id(struct app_config *c, const char *value)
+{
+    _Static_assert(sizeof c->instance_id <= STORE_LEASE_HOLDER_BYTES_MAX + 1, "fits a holder");
+    if (value[0] == '\0' || strlen(value) >= sizeof c->instance_id) {
+        return -EINVAL;
+    }
+    strcpy(c->instance_id, value);
+    return 0;
+}
+
+/* --lease-ms (opt 'E') and --instance-id (opt 'I'): the workers' leases. */
+static int main_parse_lease(struct app_config *c, int opt, const char *value)
+{
+    SVC_ASSERT(opt == 'E' || opt == 'I');
+    return opt == 'E' ? main_parse_lease_ms(c, value) : main_parse_instance_id(c, value);
+}
+
+/* The long options main_parse reads (each one's letter is its case there). */
+static const struct option main_options[] = {
+    {"listen", required_argument, 0, 'l'},
+    {"data-dir", required_argument, 0, 'd'},
+    {"threads", required_argument, 0, 't'},
+    {"allow-reset", no_argument, 0, 'r'},
+    {"ticket-sku", required_argument, 0, 's'},
+    {"idempotency-retention-hours", required_argument, 0, 'i'},
+    {"log-level", required_argument, 0, 'v'},
+    {"help", no_argument, 0, 'h'},
+    {"tokens-file", required_argument, 0, 'T'},
+    {"audit", no_argument, 0, 'a'},
+    {"store", required_argument, 0, 'S'},
+    {"anonymous-role", required_argument, 0, 'A'},
+    {"workers", required_argument, 0, 'W'},
+    {"payment-failure-rate", required_argument, 0, 'F'},
+    {"payment-timeout-rate", required_argument, 0, 'O'},
+    {"payment-latency-ms", required_argument, 0, 'L'},
+    {"payment-ledger", required_argument, 0, 'P'},
+    {"payment-breaker", required_argument, 0, 'B'},
+    {"snapshot-every-events", required_argument, 0, 'N'},
+    {"payment-url", required_argument, 0, 'U'},
+    {"payment-timeout-ms", required_argument, 0, 'M'},
+    {"amqp", required_argument, 0, 'Q'},
+    {"lease-ms", required_argument, 0, 'E'},
+    {"instance-id", required_argument, 0, 'I'},
+    {0, 0, 0, 0},
+};
+
 static int main_parse(struct app_config *c, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"listen", required_argument, 0, 'l'},
-        {"data-dir", required_argument, 0, 'd'},
-        {"threads", required_argument, 0, 't'},
-        {"allow-reset", no_argument, 0, 'r'},
-        {"ticket-sku", required_argument, 0, 's'},
-        {"idempotency-retention-hours", required_argument, 0, 'i'},
-        {"log-level", required_argument, 0, 'v'},
-        {"help", no_argument, 0, 'h'},
-        {"tokens-file", required_argument, 0, 'T'},
-        {"audit", no_argument, 0, 'a'},
-        {"store", required_argument, 0, 'S'},
-        {"anonymous-role", required_argument, 0, 'A'},
-        {"workers", required_argument, 0, 'W'},
-        {"payment-failure-rate", required_argument, 0, 'F'},
-        {"payment-timeout-rate", required_argument, 0, 'O'},
-        {"payment-latency-ms", required_argument, 0, 'L'},
-        {"payment-ledger", required_argument, 0, 'P'},
-        {"payment-breaker", required_argument, 0, 'B'},
-        {"snapshot-every-events", required_argument, 0, 'N'},
-        {"payment-url", required_argument, 0, 'U'},
-        {"payment-timeout-ms", required_argument, 0, 'M'},
-        {"amqp", required_argument, 0, 'Q'},
-        {0, 0, 0, 0},
-    };
     int opt = 0;
     int rc = 0;
-    while (rc == 0 && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    while (rc == 0 && (opt = getopt_long(argc, argv, "", main_options, NULL)) != -1) {
         switch (opt) {
         case 'l': rc = main_parse_listen(c, optarg); break;
         case 'd': rc = strlen(optarg) < 512 ? (strcpy(c->data_dir, optarg), 0) : -EINVAL; break;
@@ -322,6 +358,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         case 'M': rc = main_parse_payment_http(c, opt, optarg); break;
         case 'B': rc = main_parse_on_off(optarg, &c->payment_breaker); break;
         case 'Q': rc = main_parse_amqp(c, optarg); break;
+        case 'E':
+        case 'I': rc = main_parse_lease(c, opt, optarg); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
@@ -562,6 +600,7 @@ int main(int argc, char **argv)
     int signal_number = main_wait_for_signal();
     log_info("signal %d: stopping", signal_number);
     atomic_store(&app->shutting_down, true);
+    work_stop(atomic_load(&app->work)); /* gives its leases up: another instance goes on now */
     writer_stop(&app->writer);
     follower_stop(&app->follower);
     relay_stop(atomic_load(&app->relay)); /* what it did not see confirmed, the next start sends */

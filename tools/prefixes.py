@@ -56,7 +56,7 @@ MODULES = {
     "pay": (["src/pay/pay_sim.c"], ["pay_sim_", "pay_"]),
     "pay_http": (["src/pay/pay_http.c"], ["pay_http_"]),
     "pay_breaker": (["src/pay/pay_breaker.c"], ["pay_breaker_"]),
-    "work": (["src/work/work.c"], ["work_"]),
+    "work": (["src/work/work.c", "src/work/work_lease.c"], ["work_"]),
     "mq": (["src/mq/mq.c"], ["mq_"]),
     "relay": (["src/relay/relay.c"], ["relay_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),

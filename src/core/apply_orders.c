@@ -15,7 +15,10 @@
  * An order that left memory has ended: the prefetch says how its hold ended
  * (batch_ended_find), which answers a late cancel. The steps come from the workers
  * (work/work.h) as CMD_ORDER_STEP commands; each moves its stage's stored offset in the same
- * batch, even when the order had already moved on (the event is consumed either way).
+ * batch, even when the order had already moved on (the event is consumed either way). On a
+ * shared backend a step whose lease token is not its stage's current one (the prefetch read
+ * and share-locked the lease row) is refused whole: its sender lost the stage to another
+ * instance (the fence of work/work.h).
  * Called through apply_command on the writer thread. Read reply.h next.
  */
 #include <inttypes.h>
@@ -337,6 +340,13 @@ void apply_order_step(struct domain *d, struct batch *b, const struct command *c
                       struct outcome *out)
 {
     SVC_ASSERT(!cmd->has_idem_key && cmd->stage != CMD_STAGE_NONE);
+    if (!batch_lease_valid(b, cmd->stage, cmd->lease_token)) {
+        /* Its sender no longer holds the stage: another instance took it over and reads on
+         * from the stored offset. Nothing of the step is written, not even its offset. */
+        outcome_problem(out, SVC_EVERSION_CONFLICT, "the %s stage's lease was taken over",
+                        order_stage_name(cmd->stage));
+        return;
+    }
     if (cmd->stage_seq >= 1) {
         /* Consumed whatever comes of it: a stale step is no reason to read the event again. */
         batch_stage_offset(b, order_stage_name(cmd->stage), cmd->stage_seq);

@@ -50,6 +50,9 @@ struct batch {
     size_t record_text_used;
     struct batch_ended_reservation ended[BATCH_NAMED_RESERVATIONS_MAX];
     uint32_t ended_count;
+    /* the workers' lease tokens (batch_lease_fence) */
+    bool lease_fenced;
+    int64_t lease_tokens[CMD_STAGE_COUNT];
     /* other instances' events */
     struct row_event gap_rows[STORE_GAP_EVENTS_MAX];
     size_t gap_count;
@@ -102,6 +105,8 @@ void batch_reset(struct batch *b, struct command **commands, size_t count, int64
     b->record_count = 0;
     b->record_text_used = 0;
     b->ended_count = 0;
+    b->lease_fenced = false;
+    memset(b->lease_tokens, 0, sizeof b->lease_tokens);
     b->gap_count = 0;
     b->gap_text_used = 0;
     memset(&b->rows, 0, sizeof b->rows);
@@ -596,4 +601,23 @@ size_t batch_gap_decode(struct batch *b, const struct event **out)
     *out = b->gap_events;
     SVC_ASSERT(n <= b->gap_count);
     return n;
+}
+
+void batch_lease_fence(struct batch *b)
+{
+    b->lease_fenced = true;
+    memset(b->lease_tokens, 0, sizeof b->lease_tokens);
+}
+
+void batch_lease_set(struct batch *b, enum cmd_stage stage, int64_t token)
+{
+    SVC_ASSERT(b->lease_fenced && token >= 1);
+    SVC_ASSERT(stage > CMD_STAGE_NONE && stage < CMD_STAGE_COUNT);
+    b->lease_tokens[stage] = token;
+}
+
+bool batch_lease_valid(const struct batch *b, enum cmd_stage stage, int64_t token)
+{
+    SVC_ASSERT(stage > CMD_STAGE_NONE && stage < CMD_STAGE_COUNT);
+    return !b->lease_fenced || (token >= 1 && token == b->lease_tokens[stage]);
 }

@@ -123,7 +123,10 @@ struct command {
     int64_t order_seq;       /* order cancel and steps: ord_<seq> (reservation_seq: its hold) */
     enum cmd_order_step order_step; /* CMD_ORDER_STEP */
     enum cmd_stage stage;           /* CMD_ORDER_STEP: the stage whose offset it moves */
-    int64_t stage_seq; /* the event seq the stage consumed (0: none); stored with the effect */
+    int64_t stage_seq;   /* the event seq the stage consumed (0: none); stored with the effect */
+    int64_t lease_token; /* CMD_ORDER_STEP: the sender's lease token of stage (the fence of
+                          * work/work.h); like stage and stage_seq not folded in the
+                          * fingerprint: steps are never keyed */
 
     /* Reply, written by the writer before it hands the command back. */
     int reply_status;                              /* HTTP status */

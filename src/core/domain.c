@@ -477,11 +477,27 @@ int dom_load_reservation(struct domain *d, int64_t seq, const char *store_id,
     if (store < 0 || seq < 1 || version < 1 || strlen(customer_id) > CUSTOMER_ID_BYTES_MAX) {
         return SVC_EVALIDATION; /* foreign keys and CHECKs make this unreachable */
     }
-    const struct reservation *held = res_find(&d->reservations, seq);
+    struct reservation *held = res_find(&d->reservations, seq);
+    if (held != NULL && held->loading) {
+        /* One reported twice in a read would get its lines twice: refuse the read rather
+         * than hold too much. */
+        return SVC_EVALIDATION;
+    }
     if (held != NULL) {
-        /* Held already, lines and all; one reported twice in a read would get its lines
-         * twice: refuse the read rather than hold too much. */
-        return held->loading ? SVC_EVALIDATION : 0;
+        /* Held already, lines and all (they never change). A shared backend's prefetch read
+         * it locked, as stored: another instance's step may have moved its order since (its
+         * version, and its expiry: RES_EXPIRES_NEVER while a charge is in doubt), and the
+         * stored row is the truth. */
+        if (held->version != version || held->expires_at_ms != expires_at_ms) {
+            res_touch(&d->reservations, held);
+            bool moved = held->expires_at_ms != expires_at_ms;
+            held->version = version;
+            held->expires_at_ms = expires_at_ms;
+            if (moved) {
+                res_schedule(&d->reservations, held); /* the old heap entry is now stale */
+            }
+        }
+        return 0;
     }
     struct reservation *r = res_create(&d->reservations, seq);
     if (r == NULL) {
@@ -503,13 +519,23 @@ int dom_load_reservation_order(struct domain *d, int64_t seq, int64_t order_seq,
                                const char *order_status, int64_t pay_attempts)
 {
     struct reservation *r = res_find(&d->reservations, seq);
-    if (r != NULL && !r->loading) {
-        return 0; /* held already: its order came with it */
-    }
     enum res_order_state state = RES_ORDER_NONE;
     if (r == NULL || order_seq < 1 || pay_attempts < 0 || pay_attempts > INT32_MAX ||
         res_order_state_parse(order_status, &state) != 0) {
         return SVC_EVALIDATION;
+    }
+    if (!r->loading) {
+        /* Held already: its order as stored, which another instance's step may have moved
+         * (dom_load_reservation refreshed the rest of the row just before). */
+        if (r->order_seq != order_seq) {
+            return SVC_EVALIDATION;
+        }
+        if (r->order_state != state || r->pay_attempts != (int32_t)pay_attempts) {
+            res_touch(&d->reservations, r);
+            r->order_state = state;
+            r->pay_attempts = (int32_t)pay_attempts;
+        }
+        return 0;
     }
     r->order_seq = order_seq;
     r->order_state = state;

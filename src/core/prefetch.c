@@ -36,6 +36,8 @@ struct prefetch {
     size_t idem_count;
     int64_t reservation_seqs[BATCH_NAMED_RESERVATIONS_MAX];
     size_t reservation_count;
+    const char *lease_stages[CMD_STAGE_COUNT]; /* the stages of the batch's worker steps */
+    size_t lease_stage_count;
     int64_t adopt[PREFETCH_ADOPT_MAX]; /* expired reservations no instance expired (sweep) */
     uint32_t adopt_count;
     int64_t sweep_due_ms;  /* wall ms of the next sweep */
@@ -114,10 +116,28 @@ static void prefetch_reservation(struct prefetch *p, int64_t seq)
     p->reservation_seqs[p->reservation_count++] = seq;
 }
 
+/* The stored names of the stages (worker_offsets, worker_leases). */
+static const char *const prefetch_stage_names[CMD_STAGE_COUNT] = {NULL, "order", "payment"};
+
+/* Names stage's lease row, once per batch (shared backends: the fence of work/work.h). */
+static void prefetch_lease(struct prefetch *p, enum cmd_stage stage)
+{
+    SVC_ASSERT(stage > CMD_STAGE_NONE && stage < CMD_STAGE_COUNT);
+    const char *name = prefetch_stage_names[stage];
+    for (size_t i = 0; i < p->lease_stage_count; i++) {
+        if (p->lease_stages[i] == name) {
+            return;
+        }
+    }
+    SVC_ASSERT(p->lease_stage_count < CMD_STAGE_COUNT);
+    p->lease_stages[p->lease_stage_count++] = name;
+}
+
 /* Names everything the batch (its commands and the reservations due) will read. */
 static void prefetch_keys(struct prefetch *p, const struct domain *d, const struct batch *b)
 {
     p->item_count = p->store_count = p->sku_count = p->idem_count = p->reservation_count = 0;
+    p->lease_stage_count = 0;
     int64_t next_reservation = batch_peek_reservation_seq(b);
     if (p->shared) {
         p->reservation_count = res_due_seqs(&d->reservations, batch_now_ms(b), p->reservation_seqs,
@@ -130,6 +150,9 @@ static void prefetch_keys(struct prefetch *p, const struct domain *d, const stru
         }
         bool names_reservation = cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL ||
                                  cmd->kind == CMD_ORDER_CANCEL || cmd->kind == CMD_ORDER_STEP;
+        if (cmd->kind == CMD_ORDER_STEP && p->shared) {
+            prefetch_lease(p, cmd->stage);
+        }
         if (names_reservation && p->shared) {
             prefetch_reservation(p, cmd->reservation_seq); /* locked and read fresh */
         } else if (names_reservation && cmd->reservation_seq < next_reservation &&
@@ -218,6 +241,20 @@ static int prefetch_on_idem(void *context, const struct store_idem_record *recor
     return rc;
 }
 
+static int prefetch_on_lease(void *context, const char *stage, int64_t token)
+{
+    struct prefetch *p = context;
+    SVC_ASSERT(p->shared);
+    for (int s = CMD_STAGE_NONE + 1; s < CMD_STAGE_COUNT; s++) {
+        if (strcmp(stage, prefetch_stage_names[s]) == 0 && token >= 1) {
+            batch_lease_set(p->batch, (enum cmd_stage)s, token);
+            return 0;
+        }
+    }
+    log_error("prefetch: a lease of stage %s with token %lld", stage, (long long)token);
+    return SVC_ESTORAGE_UNAVAILABLE; /* the store broke its contract: refuse the batch */
+}
+
 static int prefetch_on_events(void *context, const struct row_event *rows, size_t count)
 {
     struct prefetch *p = context;
@@ -237,10 +274,22 @@ int prefetch_batch(struct prefetch *p, struct store *s, struct domain *d, struct
     if (!p->shared && p->idem_count == 0 && p->reservation_count == 0) {
         return 0; /* nothing that memory does not hold */
     }
-    struct store_prefetch_keys keys = {
-        p->idems, p->idem_count, p->reservation_seqs, p->reservation_count,
-        p->items, p->item_count, p->store_ids,        p->store_count,
-        p->skus,  p->sku_count,  events_after};
+    struct store_prefetch_keys keys = {p->idems,
+                                       p->idem_count,
+                                       p->reservation_seqs,
+                                       p->reservation_count,
+                                       p->items,
+                                       p->item_count,
+                                       p->store_ids,
+                                       p->store_count,
+                                       p->skus,
+                                       p->sku_count,
+                                       events_after,
+                                       p->lease_stages,
+                                       p->lease_stage_count};
+    if (p->shared) {
+        batch_lease_fence(b); /* a stage the read reports no row of has no valid token */
+    }
     struct store_sink sink = {p,
                               prefetch_on_store,
                               prefetch_on_product,
@@ -250,7 +299,8 @@ int prefetch_batch(struct prefetch *p, struct store *s, struct domain *d, struct
                               prefetch_on_reservation_ended,
                               prefetch_on_idem,
                               prefetch_on_events,
-                              prefetch_on_reservation_order};
+                              prefetch_on_reservation_order,
+                              prefetch_on_lease};
     struct store_sequences sequences = {0, 0, 0};
     int rc = store_prefetch(s, &keys, &sink, &sequences);
     if (p->shared) {

@@ -160,7 +160,8 @@ static int writer_load(struct writer *w)
                               NULL,
                               NULL,
                               NULL,
-                              writer_load_reservation_order};
+                              writer_load_reservation_order,
+                              NULL};
     struct store_sequences sequences = {0, 0, 0};
     int rc = store_load(w->config.store, &sink, &sequences);
     dom_commit(d); /* loaded rows are committed state */

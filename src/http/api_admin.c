@@ -1,6 +1,7 @@
 /*
  * api_admin.c - the operator's controls of checkout orders (issue 11, admin role):
- *   GET  /v1/admin/workers                       each stage's state, offset, lag, counts
+ *   GET  /v1/admin/workers                       each stage's state, offset, lag, counts and
+ *                                                lease (held here? the holder)
  *   POST /v1/admin/workers/{stage}:pause|:resume  order, payment or expiry
  *   PUT  /v1/admin/payment                       the payment simulator's knobs
  *   PUT  /v1/admin/read-only                     every command route 503 read_only, or not
@@ -51,6 +52,26 @@ static bool api_stage_paused(struct app *app, enum api_stage stage)
     SVC_UNREACHABLE();
 }
 
+/* A worker stage's lease: whether this instance holds it and who does (null when unknown);
+ * null for the expiry sweep, which the writer of every instance runs (work/work.h). */
+static void api_stage_lease_json(struct jbuf *b, struct work *w, enum api_stage stage)
+{
+    if (w == NULL || stage == API_STAGE_EXPIRY) {
+        jbuf_lit(b, ",\"lease\":null");
+        return;
+    }
+    enum cmd_stage s = stage == API_STAGE_ORDER ? CMD_STAGE_ORDER : CMD_STAGE_PAYMENT;
+    char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
+    work_holder(w, s, holder, sizeof holder);
+    jbuf_lit(b, work_holds(w, s) ? ",\"lease\":{\"held\":true" : ",\"lease\":{\"held\":false");
+    if (holder[0] != '\0') {
+        jbuf_kv_str(b, "holder", holder);
+    } else {
+        jbuf_lit(b, ",\"holder\":null");
+    }
+    jbuf_lit(b, "}");
+}
+
 /* One stage's object of GET /v1/admin/workers. The expiry sweep reads no log: no offset. */
 static void api_stage_json(struct jbuf *b, struct app *app, enum api_stage stage)
 {
@@ -86,6 +107,7 @@ static void api_stage_json(struct jbuf *b, struct app *app, enum api_stage stage
         jbuf_kv_int(b, "processed", (int64_t)atomic_load(&app->writer.expiry_events));
         jbuf_kv_int(b, "failures", 0);
     }
+    api_stage_lease_json(b, w, stage);
     jbuf_lit(b, "}");
 }
 
@@ -126,6 +148,12 @@ void api_admin_workers(struct http_request *r)
     jbuf_lit(&b, "]");
     jbuf_lit(&b, atomic_load(&app->read_only) ? ",\"readOnly\":true" : ",\"readOnly\":false");
     api_circuit_json(&b, atomic_load(&app->pay_breaker));
+    struct work *w = atomic_load(&app->work);
+    if (w != NULL) {
+        jbuf_kv_str(&b, "instanceId", work_instance_id(w));
+    } else {
+        jbuf_lit(&b, ",\"instanceId\":null");
+    }
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);

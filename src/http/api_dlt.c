@@ -179,6 +179,18 @@ void api_dlt_replay(struct http_request *r)
                           0);
         return;
     }
+    if (!work_holds(w, CMD_STAGE_PAYMENT)) {
+        /* The replayed charge is started by the payment stage's holder: send it there. */
+        char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
+        char detail[STORE_LEASE_HOLDER_BYTES_MAX + 128];
+        work_holder(w, CMD_STAGE_PAYMENT, holder, sizeof holder);
+        snprintf(detail, sizeof detail,
+                 "this instance does not hold the payment stage's lease: replay on its holder"
+                 " (%s)",
+                 holder[0] != '\0' ? holder : "unknown");
+        http_send_problem(r, SVC_EVERSION_CONFLICT, detail, NULL, 0);
+        return;
+    }
     json_t *body = api_parse_body(r);
     if (body == NULL) {
         return;

@@ -273,6 +273,13 @@ void api_metrics(struct http_request *r)
                        (long long)api_dead_letters(app));
     api_metrics_payment(app, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_relay(app, out, API_METRICS_BYTES_MAX, &used);
+    struct work *w = atomic_load(&app->work);
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_worker_lease_held gauge\n"
+                       "stockd_worker_lease_held{stage=\"order\"} %d\n"
+                       "stockd_worker_lease_held{stage=\"payment\"} %d\n",
+                       w != NULL && work_holds(w, CMD_STAGE_ORDER) ? 1 : 0,
+                       w != NULL && work_holds(w, CMD_STAGE_PAYMENT) ? 1 : 0);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_http_requests_total counter\n");
     for (size_t i = 0; i < routes_count; i++) {

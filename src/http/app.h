@@ -48,6 +48,9 @@ struct app_config {
     bool payment_breaker;          /* --payment-breaker: a circuit breaker around the provider */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
     char amqp_url[512];            /* --amqp: the outbox relay's broker; empty: no relay */
+    /* The workers' leases (several instances on one PostgreSQL): --lease-ms, --instance-id. */
+    int64_t lease_ms;
+    char instance_id[128]; /* "" : hostname:pid:start-ms */
 };
 
 struct work;

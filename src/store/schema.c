@@ -6,11 +6,11 @@
  * orders, idempotency (the first response of every keyed command, with its Location header
  * since migration 4), events (the outbox: global seq, type, version, time, store, sku, JSON
  * data), reservations and their lines (migration 2), the sequencer row (migration 3), the
- * read model's snapshots (migration 5), checkout orders and the workers' offsets (migration 6), the
- * dead-letter table (migration 7), the outbox relay's positions (migration 8). Besides the
- * sequencer row the schema holds no data: the default store S1 of a fresh database (DESIGN.md) is
- * made by the writer's first batch (core/writer.c), so that its event comes from the catalogue like
- * every other.
+ * read model's snapshots (migration 5), checkout orders and the workers' offsets (migration
+ * 6), the dead-letter table (migration 7), the outbox relay's positions (migration 8), the
+ * workers' leases (migration 9). Besides the sequencer row the schema holds no data: the
+ * default store S1 of a fresh database (DESIGN.md) is made by the writer's first batch
+ * (core/writer.c), so that its event comes from the catalogue like every other.
  *
  * This file runs no SQL: each backend applies the migrations in order (store_sqlite.c,
  * store_pg.c). Read core/writer.h next: the layer above.
@@ -180,9 +180,24 @@ static const char *const schema_v8[] = {
     NULL,
 };
 
+/* The workers' leases (issue 11): one row per stage (order, payment), so that of several
+ * instances on one database one runs each stage. The holder names an instance; the token goes
+ * up by one at every acquisition and fences a holder that lost the lease: the writer refuses a
+ * step whose token is not the stage's current one (work/work.h). The times are the database's
+ * clock (PostgreSQL), not the instances'. SQLite, one process by nature, never writes it. */
+static const char *const schema_v9[] = {
+    "CREATE TABLE worker_leases ("
+    " stage TEXT PRIMARY KEY,"
+    " holder TEXT NOT NULL,"
+    " token @INT@ NOT NULL CHECK (token >= 1),"
+    " expires_at_ms @INT@ NOT NULL,"
+    " acquired_at_ms @INT@ NOT NULL)",
+    NULL,
+};
+
 const struct schema_migration schema_migrations[] = {
-    {1, schema_v1}, {2, schema_v2}, {3, schema_v3}, {4, schema_v4},
-    {5, schema_v5}, {6, schema_v6}, {7, schema_v7}, {8, schema_v8},
+    {1, schema_v1}, {2, schema_v2}, {3, schema_v3}, {4, schema_v4}, {5, schema_v5},
+    {6, schema_v6}, {7, schema_v7}, {8, schema_v8}, {9, schema_v9},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

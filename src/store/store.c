@@ -11,6 +11,7 @@
 #include "store/store.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #include "base/errors.h"
 #include "base/svc_assert.h"
@@ -340,6 +341,26 @@ int store_reader_relay_offset_save(struct store_reader *r, const char *name, int
     SVC_ASSERT(seq >= 0);
     int rc = r->ops->relay_offset_save(r, name, seq, at_ms);
     SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    return rc;
+}
+
+int store_reader_lease(struct store_reader *r, const char *stage, const char *holder, int64_t token,
+                       int64_t ttl_ms, struct store_lease *out)
+{
+    SVC_ASSERT(r != NULL && stage != NULL && holder != NULL && out != NULL);
+    SVC_ASSERT(holder[0] != '\0' && strlen(holder) <= STORE_LEASE_HOLDER_BYTES_MAX);
+    SVC_ASSERT(token >= 0 && ttl_ms >= 0 && (ttl_ms > 0 || token > 0));
+    memset(out, 0, sizeof *out);
+    if (r->ops->lease == NULL) {
+        out->held = true; /* one process: nobody to share the stage with */
+        out->token = 1;
+        strcpy(out->holder, holder);
+        return 0;
+    }
+    int rc = r->ops->lease(r, stage, holder, token, ttl_ms, out);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    SVC_ASSERT(rc == 0 || !out->held);
+    SVC_ASSERT(!out->held || (out->token >= 1 && strcmp(out->holder, holder) == 0));
     return rc;
 }
 

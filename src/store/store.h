@@ -219,6 +219,10 @@ struct store_sink {
      * order and its state (NULL: may be left NULL by a sink that holds no orders). */
     int (*on_reservation_order)(void *context, int64_t seq, int64_t order_seq,
                                 const char *order_status, int64_t pay_attempts);
+    /* Prefetch of a shared backend only: the current token of each of keys->lease_stages that
+     * has a lease row (worker_leases), the row locked against a takeover until the batch ends.
+     * A stage without a row is not reported. */
+    int (*on_lease)(void *context, const char *stage, int64_t token);
 };
 
 /* The most events of other instances one prefetch hands on (more are left to the follower). */
@@ -261,6 +265,11 @@ struct store_prefetch_keys {
     const char *const *skus; /* products the batch names */
     size_t sku_count;
     int64_t events_after; /* the last event seq this instance has seen */
+    /* The stages whose workers' steps the batch holds ("order", "payment"): their lease rows
+     * are read and share-locked (on_lease), so that a lease taken over after this read waits
+     * for the batch's commit. */
+    const char *const *lease_stages;
+    size_t lease_stage_count;
 };
 
 /* commit_batch's answer when another instance won a race on a unique key (an idempotency
@@ -315,6 +324,14 @@ struct store_payment_row {
     bool dead_lettered; /* its row is in dead_letters */
 };
 
+/* A worker's lease of a stage (table worker_leases) as a lease statement left it. */
+#define STORE_LEASE_HOLDER_BYTES_MAX 127
+struct store_lease {
+    bool held;     /* the caller holds it (until its ttl, counted from before the call) */
+    int64_t token; /* the holder's token, one more at each acquisition; 0: no row seen */
+    char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1]; /* the holder, "" when no row was seen */
+};
+
 /* A dead letter as GET /v1/dlt lists it. Strings are valid during the callback. */
 struct store_dead_letter_row {
     const char *stage;
@@ -366,6 +383,9 @@ struct store_reader_ops {
     /* The dead letters of stage (NULL: every stage) by order, at most limit. */
     int (*dead_letters)(struct store_reader *r, const char *stage, int limit, void *context,
                         int (*each)(void *context, const struct store_dead_letter_row *row));
+    /* NULL when no other process writes the database (the caller always holds the lease). */
+    int (*lease)(struct store_reader *r, const char *stage, const char *holder, int64_t token,
+                 int64_t ttl_ms, struct store_lease *out);
 };
 
 /* Every backend's writer handle begins with this. */
@@ -514,6 +534,18 @@ int store_reader_payments_in_doubt(struct store_reader *r, void *context,
  * each is called per row (a non-zero return stops and is returned). 0 or an error. */
 int store_reader_dead_letters(struct store_reader *r, const char *stage, int limit, void *context,
                               int (*each)(void *context, const struct store_dead_letter_row *row));
+
+/* The one write of a reader handle: a worker's lease of stage (not business data, so it is no
+ * command of the writer; one statement in its own transaction, on the database's clock).
+ * token 0 acquires: holder takes the lease if it has no row, has expired, or is holder's
+ * already, with a new token (the row's + 1). token >= 1 renews: the lease is extended to
+ * ttl_ms from now only while holder still holds it with that token (even past its expiry, as
+ * nobody took it meanwhile); ttl_ms 0 with a token releases it (it expires now). out says
+ * whether holder holds it after the call, and the row's holder and token. On a backend no
+ * other process writes, the caller always holds it (token 1, nothing stored). 0 or
+ * SVC_ESTORAGE_UNAVAILABLE (out->held false). */
+int store_reader_lease(struct store_reader *r, const char *stage, const char *holder, int64_t token,
+                       int64_t ttl_ms, struct store_lease *out);
 
 /* Waits up to timeout_ms for another instance to commit events (PostgreSQL LISTEN/NOTIFY).
  * 1 notified (*seq_out: the newest seq announced, or 0 if unknown), 0 timed out, or

@@ -7,7 +7,8 @@
  *
  *   prefetch: BEGIN; the sequencer lock; SELECT the batch's stock rows ... ORDER BY store_id,
  *             sku FOR UPDATE; the reservations it names ... FOR UPDATE; their lines, the
- *             stores and products it names, its idempotency records, the sequences and the
+ *             stores and products it names, its idempotency records, the sequences, the
+ *             lease rows of its workers' stages FOR SHARE (the fence of work/work.h) and the
  *             events other instances committed since this one last looked -> Sync; every row
  *             goes to the writer's sink, and the transaction stays open for the commit
  *   commit:   INSERT ... SELECT FROM unnest(arrays) for every kind of row (stock rows as
@@ -75,6 +76,8 @@
     X(IDEMS, "SELECT principal, idem_key, fingerprint, status, problem, body, location"         \
              " FROM idempotency WHERE (principal, idem_key) IN"                                 \
              " (SELECT * FROM unnest($1::text[], $2::text[]))")                                 \
+    X(LEASES, "SELECT stage, token FROM worker_leases WHERE stage = ANY($1::text[])"            \
+              " ORDER BY stage FOR SHARE")                                                      \
     X(GAP_EVENTS,                                                                               \
       "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT 4096")   \
     X(SEQUENCES, "SELECT (SELECT COALESCE(MAX(order_seq), 0) FROM orders),"                     \
@@ -181,7 +184,7 @@ static const struct store_pg_statement pg_statements[PG_STMT_COUNT] = {
 /* The parameters of one round trip: every array literal of the statements it sends. The
  * commit's are the most: stores 4, products 3, stock items 7, orders 9, order steps 4, stage
  * offsets 3, idempotency records 8, events 7, reservations 11, their lines 4, and the notify's
- * seq 1 (the prefetch has 8). */
+ * seq 1 (the prefetch has 9). */
 #define PG_TEXTS_MAX (4 + 3 + 7 + 9 + 4 + 3 + 8 + 7 + 11 + 4 + 1)
 _Static_assert(PG_TEXTS_MAX >= 5, "a snapshot write takes five (pg_snapshot_write)");
 
@@ -509,6 +512,7 @@ struct pg_prefetch_params {
     const char *idem_principals;
     const char *idem_keys;
     const char *events_after;
+    const char *lease_stages;
 };
 
 static void pg_prefetch_params(struct pg_store *s, const struct store_prefetch_keys *keys,
@@ -553,10 +557,16 @@ static void pg_prefetch_params(struct pg_store *s, const struct store_prefetch_k
     }
     struct store_pg_text *events_after = pg_param(s);
     store_pg_text_int(events_after, keys->events_after);
-    *out = (struct pg_prefetch_params){item_stores->data, item_skus->data,   reservations->data,
-                                       stores->data,      skus->data,        principals->data,
-                                       idem_keys->data,   events_after->data};
-    SVC_ASSERT(s->text_used == 8);
+    struct store_pg_text *lease_stages = pg_param(s);
+    store_pg_array_begin(lease_stages);
+    for (size_t i = 0; i < keys->lease_stage_count; i++) {
+        store_pg_array_text(lease_stages, keys->lease_stages[i]);
+    }
+    store_pg_array_end(lease_stages);
+    *out = (struct pg_prefetch_params){item_stores->data, item_skus->data,    reservations->data,
+                                       stores->data,      skus->data,         principals->data,
+                                       idem_keys->data,   events_after->data, lease_stages->data};
+    SVC_ASSERT(s->text_used == 9);
 }
 
 /* The results of the prefetch round trip, in the order it sends its statements. */
@@ -570,6 +580,7 @@ enum pg_prefetch_result {
     PG_FETCH_PRODUCTS,
     PG_FETCH_IDEMS,
     PG_FETCH_SEQUENCES,
+    PG_FETCH_LEASES,
     PG_FETCH_GAP_EVENTS,
     PG_FETCH_COUNT
 };
@@ -587,6 +598,7 @@ static int pg_prefetch_send(struct pg_store *s, const struct pg_prefetch_params 
     const char *skus[] = {p->skus, p->reservations};
     const char *idems[] = {p->idem_principals, p->idem_keys};
     const char *after[] = {p->events_after};
+    const char *leases[] = {p->lease_stages};
     int rc = store_pg_send(c, PG_STMT_BEGIN, 0, NULL);
     rc = rc == 0 ? store_pg_send(c, PG_STMT_SEQUENCER, 0, NULL) : rc;
     rc = rc == 0 ? store_pg_send(c, PG_STMT_LOCK_ITEMS, 3, items) : rc;
@@ -596,6 +608,7 @@ static int pg_prefetch_send(struct pg_store *s, const struct pg_prefetch_params 
     rc = rc == 0 ? store_pg_send(c, PG_STMT_PRODUCTS, 2, skus) : rc;
     rc = rc == 0 ? store_pg_send(c, PG_STMT_IDEMS, 2, idems) : rc;
     rc = rc == 0 ? store_pg_send(c, PG_STMT_SEQUENCES, 0, NULL) : rc;
+    rc = rc == 0 ? store_pg_send(c, PG_STMT_LEASES, 1, leases) : rc;
     rc = rc == 0 ? store_pg_send(c, PG_STMT_GAP_EVENTS, 1, after) : rc;
     return rc;
 }
@@ -659,6 +672,17 @@ static int pg_feed_idems(const PGresult *r, size_t key_count, const struct store
     return rc;
 }
 
+/* Hands the lease rows of the batch's stages (a LEASES result) to sink->on_lease. */
+static int pg_feed_leases(const PGresult *r, const struct store_sink *sink)
+{
+    SVC_ASSERT(PQntuples(r) <= 0 || sink->on_lease != NULL);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        rc = sink->on_lease(sink->context, PQgetvalue(r, i, 0), store_pg_int(r, i, 1));
+    }
+    return rc;
+}
+
 /* Hands every result of a completed prefetch round trip to sink, in the order store.h gives. */
 static int pg_prefetch_feed(struct pg_store *s, PGresult **r,
                             const struct store_prefetch_keys *keys, const struct store_sink *sink,
@@ -679,6 +703,7 @@ static int pg_prefetch_feed(struct pg_store *s, PGresult **r,
                  : rc;
     rc = rc == 0 ? pg_missing_reservations(r[PG_FETCH_RESERVATIONS], keys, sink) : rc;
     rc = rc == 0 ? pg_feed_idems(r[PG_FETCH_IDEMS], keys->idem_count, sink) : rc;
+    rc = rc == 0 ? pg_feed_leases(r[PG_FETCH_LEASES], sink) : rc;
     rc = rc == 0 ? pg_feed_gap_events(s, r[PG_FETCH_GAP_EVENTS], keys->events_after, sink) : rc;
     if (rc == 0) {
         pg_sequences(r[PG_FETCH_SEQUENCES], out);

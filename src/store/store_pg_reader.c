@@ -30,36 +30,54 @@
 #include "store/store_pg.h"
 #include "store/store_pg_conn.h"
 
-#define PG_READER_STMT_MAP(X)                                                                 \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"           \
-             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                     \
-             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = $1")      \
-    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = $1")                  \
-    X(RELAY_OFFSET, "SELECT seq FROM relay_offsets WHERE name = $1")                          \
-    X(RELAY_OFFSET_SAVE, "INSERT INTO relay_offsets (name, seq, updated_at_ms)"               \
-                         " VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE"                  \
-                         " SET seq = excluded.seq, updated_at_ms = excluded.updated_at_ms"    \
-                         " WHERE relay_offsets.seq < excluded.seq")                           \
-    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                   \
-                         " (EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"   \
-                         " AND d.order_seq = reservations.order_seq))::int FROM reservations" \
-                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"               \
-                         " ORDER BY order_seq")                                               \
-    X(DEAD_LETTERS, "SELECT stage, order_seq, reservation_seq, error, attempts,"              \
-                    " first_failed_at_ms, last_failed_at_ms FROM dead_letters"                \
-                    " WHERE ($1::text IS NULL OR stage = $1) ORDER BY order_seq, stage"       \
-                    " LIMIT $2")                                                              \
-    X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                                \
-              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"           \
-              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                    \
-    X(EVENTS_ALL,                                                                             \
-      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")   \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                    \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                    \
-            " WHERE principal = $1 AND idem_key = $2")                                        \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                      \
-    X(LISTEN, "LISTEN stockd_events")                                                         \
-    X(BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")                              \
+/* The database's clock in ms: every instance's lease is timed by the one clock. */
+#define PG_READER_NOW_MS "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+/* A lease statement's answer: the row it wrote (held), else the row as it is (not held). */
+#define PG_READER_LEASE_ANSWER                                                            \
+    "SELECT holder, token, 1 FROM t UNION ALL SELECT holder, token, 0 FROM worker_leases" \
+    " WHERE stage = $1 AND NOT EXISTS (SELECT 1 FROM t)"
+
+#define PG_READER_STMT_MAP(X)                                                                  \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"            \
+             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                      \
+             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = $1")       \
+    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = $1")                   \
+    X(RELAY_OFFSET, "SELECT seq FROM relay_offsets WHERE name = $1")                           \
+    X(RELAY_OFFSET_SAVE, "INSERT INTO relay_offsets (name, seq, updated_at_ms)"                \
+                         " VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE"                   \
+                         " SET seq = excluded.seq, updated_at_ms = excluded.updated_at_ms"     \
+                         " WHERE relay_offsets.seq < excluded.seq")                            \
+    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                    \
+                         " (EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"    \
+                         " AND d.order_seq = reservations.order_seq))::int FROM reservations"  \
+                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"                \
+                         " ORDER BY order_seq")                                                \
+    X(DEAD_LETTERS, "SELECT stage, order_seq, reservation_seq, error, attempts,"               \
+                    " first_failed_at_ms, last_failed_at_ms FROM dead_letters"                 \
+                    " WHERE ($1::text IS NULL OR stage = $1) ORDER BY order_seq, stage"        \
+                    " LIMIT $2")                                                               \
+    X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                                 \
+              " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"            \
+              " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                     \
+    X(EVENTS_ALL,                                                                              \
+      "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")    \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                     \
+    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                     \
+            " WHERE principal = $1 AND idem_key = $2")                                         \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                       \
+    X(LEASE_ACQUIRE,                                                                           \
+      "WITH c AS (SELECT " PG_READER_NOW_MS " AS now_ms), t AS (INSERT INTO worker_leases"     \
+      " (stage, holder, token, expires_at_ms, acquired_at_ms) SELECT $1, $2, 1, now_ms + $3,"  \
+      " now_ms FROM c ON CONFLICT (stage) DO UPDATE SET holder = excluded.holder,"             \
+      " token = worker_leases.token + 1, expires_at_ms = excluded.expires_at_ms,"              \
+      " acquired_at_ms = excluded.acquired_at_ms WHERE worker_leases.holder = excluded.holder" \
+      " OR worker_leases.expires_at_ms < excluded.acquired_at_ms RETURNING holder, "           \
+      "token) " PG_READER_LEASE_ANSWER)                                                        \
+    X(LEASE_RENEW, "WITH t AS (UPDATE worker_leases SET expires_at_ms = " PG_READER_NOW_MS     \
+                   " + $4 WHERE stage = $1 AND holder = $2 AND token = $3"                     \
+                   " RETURNING holder, token) " PG_READER_LEASE_ANSWER)                        \
+    X(LISTEN, "LISTEN stockd_events")                                                          \
+    X(BEGIN, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")                               \
     X(COMMIT, "COMMIT")
 
 enum pg_reader_stmt {
@@ -535,6 +553,35 @@ pg_reader_dead_letters(struct store_reader *base, const char *stage, int limit, 
     return rc;
 }
 
+/* See store_reader_lease: one statement in its own transaction (autocommit). */
+static int pg_reader_lease(struct store_reader *base, const char *stage, const char *holder,
+                           int64_t token, int64_t ttl_ms, struct store_lease *out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(r->snapshot_connect == 0); /* never inside the audit's read-only snapshot */
+    char token_text[24];
+    char ttl_text[24];
+    snprintf(token_text, sizeof token_text, "%" PRId64, token);
+    snprintf(ttl_text, sizeof ttl_text, "%" PRId64, ttl_ms);
+    const char *acquire[] = {stage, holder, ttl_text};
+    const char *renew[] = {stage, holder, token_text, ttl_text};
+    PGresult *res = token == 0 ? pg_reader_exec(r, PG_READER_LEASE_ACQUIRE, 3, acquire)
+                               : pg_reader_exec(r, PG_READER_LEASE_RENEW, 4, renew);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    SVC_ASSERT(PQntuples(res) <= 1 && PQnfields(res) == 3);
+    if (PQntuples(res) == 1) {
+        const char *row_holder = PQgetvalue(res, 0, 0);
+        snprintf(out->holder, sizeof out->holder, "%s", row_holder);
+        out->token = store_pg_int(res, 0, 1);
+        out->held = store_pg_int(res, 0, 2) == 1;
+    }
+    PQclear(res);
+    SVC_ASSERT(!out->held || out->token >= 1);
+    return 0;
+}
+
 static const struct store_reader_ops pg_reader_ops = {
     .name = "postgres",
     .close = pg_reader_close,
@@ -552,4 +599,5 @@ static const struct store_reader_ops pg_reader_ops = {
     .relay_offset_save = pg_reader_relay_offset_save,
     .payments_in_doubt = pg_reader_payments_in_doubt,
     .dead_letters = pg_reader_dead_letters,
+    .lease = pg_reader_lease,
 };

@@ -521,4 +521,5 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .relay_offset_save = sqlite_reader_relay_offset_save,
     .payments_in_doubt = sqlite_reader_payments_in_doubt,
     .dead_letters = sqlite_reader_dead_letters,
+    .lease = NULL, /* one process by nature: its workers always hold their stages */
 };

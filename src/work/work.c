@@ -9,12 +9,14 @@
 #include "work/work.h"
 
 #include <errno.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
@@ -51,6 +53,7 @@ struct work_item {
      * refused it (full, or its circuit open), or it timed out while the circuit was open (the
      * outage is not counted against the order). */
     bool held;
+    int64_t lease_token; /* the payment lease's token it was started under */
 };
 
 struct work {
@@ -81,8 +84,10 @@ struct work {
     pthread_t thread;
     bool started;
     _Atomic bool stopping;
-    _Atomic bool paused[CMD_STAGE_COUNT]; /* work_pause: set by any thread */
-    bool round_paused[CMD_STAGE_COUNT];   /* paused, as the current read round saw it */
+    _Atomic bool paused[CMD_STAGE_COUNT];      /* work_pause: set by any thread */
+    bool round_paused[CMD_STAGE_COUNT];        /* paused or not held, as the read round saw it */
+    struct work_lease leases[CMD_STAGE_COUNT]; /* [CMD_STAGE_ORDER], [CMD_STAGE_PAYMENT] */
+    char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1]; /* this instance's id in worker_leases */
     struct work_stats stats;
     char arena_data[64 * 1024]; /* event decoding */
 };
@@ -95,6 +100,19 @@ struct work *work_new(const struct work_config *config)
         return NULL;
     }
     w->config = *config;
+    SVC_ASSERT(config->lease_ms == 0 ||
+               (config->lease_ms >= WORK_LEASE_MS_MIN && config->lease_ms <= WORK_LEASE_MS_MAX));
+    w->config.lease_ms = config->lease_ms != 0 ? config->lease_ms : WORK_LEASE_MS_DEFAULT;
+    if (config->instance_id != NULL && config->instance_id[0] != '\0') {
+        snprintf(w->holder, sizeof w->holder, "%s", config->instance_id);
+    } else {
+        char host[64] = "";
+        (void)gethostname(host, sizeof host - 1);
+        snprintf(w->holder, sizeof w->holder, "%s:%ld:%" PRId64, host[0] != '\0' ? host : "host",
+                 (long)getpid(), clock_wall_ms());
+    }
+    work_lease_init(&w->leases[CMD_STAGE_ORDER], "order");
+    work_lease_init(&w->leases[CMD_STAGE_PAYMENT], "payment");
     w->pool = calloc(WORK_COMMANDS_MAX, sizeof *w->pool);
     w->free_list = calloc(WORK_COMMANDS_MAX, sizeof *w->free_list);
     w->backlog = calloc(WORK_COMMANDS_MAX, sizeof *w->backlog);
@@ -145,6 +163,8 @@ void work_free(struct work *w)
     free(w->marks[CMD_STAGE_PAYMENT].ring);
     pthread_cond_destroy(&w->wake);
     pthread_mutex_destroy(&w->lock);
+    work_lease_deinit(&w->leases[CMD_STAGE_ORDER]);
+    work_lease_deinit(&w->leases[CMD_STAGE_PAYMENT]);
     free(w);
 }
 
@@ -164,6 +184,23 @@ bool work_paused(const struct work *w, enum cmd_stage stage)
 {
     SVC_ASSERT(stage == CMD_STAGE_ORDER || stage == CMD_STAGE_PAYMENT);
     return atomic_load(&w->paused[stage]);
+}
+
+bool work_holds(const struct work *w, enum cmd_stage stage)
+{
+    SVC_ASSERT(stage == CMD_STAGE_ORDER || stage == CMD_STAGE_PAYMENT);
+    return work_lease_held(&w->leases[stage]);
+}
+
+void work_holder(struct work *w, enum cmd_stage stage, char *out, size_t size)
+{
+    SVC_ASSERT(stage == CMD_STAGE_ORDER || stage == CMD_STAGE_PAYMENT);
+    work_lease_holder(&w->leases[stage], out, size);
+}
+
+const char *work_instance_id(const struct work *w)
+{
+    return w->holder;
 }
 
 int work_replay(struct work *w, int64_t order_seq, int64_t reservation_seq)
@@ -291,6 +328,7 @@ static void work_step(struct work *w, int64_t order_seq, int64_t reservation_seq
     cmd->order_step = step;
     cmd->stage = stage;
     cmd->stage_seq = work_mark_low(w, stage);
+    cmd->lease_token = w->leases[stage].token;
     cmd->qty = attempts;
     snprintf(cmd->reason, sizeof cmd->reason, "%s", reason != NULL ? reason : "");
     work_push(w, cmd);
@@ -352,12 +390,14 @@ static bool work_read(struct work *w)
         w->marks[CMD_STAGE_PAYMENT].count > WORK_MARKS_MAX - WORK_READ_EVENTS_MAX) {
         return false; /* no room for a step per event, or a failing step holds the marks */
     }
-    /* A paused stage neither reads nor moves its position this round; nor does the payment
-     * stage while the charges in doubt (waiting out an open circuit) leave too few work items
-     * for the steps it may have out and a round of events. */
-    w->round_paused[CMD_STAGE_ORDER] = atomic_load(&w->paused[CMD_STAGE_ORDER]);
-    w->round_paused[CMD_STAGE_PAYMENT] =
-        atomic_load(&w->paused[CMD_STAGE_PAYMENT]) || w->item_free_count < WORK_PAY_ITEMS_RESERVE;
+    /* A paused stage, or one whose lease another instance holds, neither reads nor moves its
+     * position this round; nor does the payment stage while the charges in doubt (waiting out
+     * an open circuit) leave too few work items for the steps it may have out and a round of
+     * events. */
+    for (int s = CMD_STAGE_ORDER; s <= CMD_STAGE_PAYMENT; s++) {
+        w->round_paused[s] = atomic_load(&w->paused[s]) || !w->leases[s].held;
+    }
+    w->round_paused[CMD_STAGE_PAYMENT] |= w->item_free_count < WORK_PAY_ITEMS_RESERVE;
     bool order_runs = !w->round_paused[CMD_STAGE_ORDER];
     bool payment_runs = !w->round_paused[CMD_STAGE_PAYMENT];
     if (!order_runs && !payment_runs) {
@@ -419,8 +459,20 @@ static uint32_t work_item_take(struct work *w, int64_t order_seq, int64_t reserv
         return UINT32_MAX;
     }
     uint32_t index = w->item_free[--w->item_free_count];
-    w->items[index] = (struct work_item){order_seq, reservation_seq, attempts, 0, false};
+    w->items[index] = (struct work_item){.order_seq = order_seq,
+                                         .reservation_seq = reservation_seq,
+                                         .attempts = attempts,
+                                         .retry_at_ms = 0,
+                                         .held = false,
+                                         .lease_token = w->leases[CMD_STAGE_PAYMENT].token};
     return index;
+}
+
+/* True when item was started under the payment lease this instance holds now. */
+static bool work_item_current(const struct work *w, const struct work_item *item)
+{
+    const struct work_lease *l = &w->leases[CMD_STAGE_PAYMENT];
+    return l->held && item->lease_token == l->token;
 }
 
 static void work_item_free(struct work *w, uint32_t index)
@@ -454,6 +506,12 @@ static bool work_poll_payments(struct work *w)
         uint32_t index = (uint32_t)results[i].token;
         struct work_item *item = &w->items[index];
         SVC_ASSERT(index < WORK_PAY_ITEMS_MAX && item->order_seq != 0);
+        if (!work_item_current(w, item)) {
+            /* Started under a lease since lost: whoever holds the stage now asked the charge
+             * again with the same key (it was in doubt in storage), or will. */
+            work_item_free(w, index);
+            continue;
+        }
         SVC_ASSERT(!item->held && item->retry_at_ms == 0); /* its charge was in flight */
         if (results[i].outcome == PAY_TIMEOUT && !work_admits(w, w->config.wall_ms())) {
             work_hold(w, item); /* the circuit is open: wait for it, no attempt, no dead letter */
@@ -491,6 +549,7 @@ static void work_retry_due(struct work *w)
     if (w->retry_waiting == 0 || atomic_load(&w->paused[CMD_STAGE_PAYMENT])) {
         return; /* paused: a retry due waits for the resume */
     }
+    SVC_ASSERT(w->leases[CMD_STAGE_PAYMENT].held); /* a loss drops the retries waiting */
     int64_t now = w->config.wall_ms();
     for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX && w->free_count > 0; i++) {
         struct work_item *item = &w->items[i];
@@ -517,6 +576,13 @@ static void work_retry_due(struct work *w)
 static void work_on_reply(struct work *w, struct command *cmd)
 {
     SVC_ASSERT(cmd->kind == CMD_ORDER_STEP);
+    const struct work_lease *lease = &w->leases[cmd->stage];
+    if (!lease->held || cmd->lease_token != lease->token) {
+        /* Sent under a lease since lost: its marks were dropped with the stage's state, and
+         * what it did (if the fence let it) the next holder reads from storage. */
+        w->free_list[w->free_count++] = cmd;
+        return;
+    }
     if (cmd->reply_status == 503 || cmd->reply_status == 429) {
         cmd->stage_seq = work_mark_low(w, cmd->stage); /* its own mark holds it below */
         work_push(w, cmd);                             /* nothing of it was written: again */
@@ -574,7 +640,8 @@ static bool work_drain_replies(struct work *w)
     struct work_replay_item replays[64];
     uint32_t replay_n = 0;
     pthread_mutex_lock(&w->lock);
-    while (replay_n < 64 && w->replay_count > 0 && w->free_count > replay_n) {
+    while (replay_n < 64 && w->replay_count > 0 && w->free_count > replay_n &&
+           w->leases[CMD_STAGE_PAYMENT].held) {
         replays[replay_n++] = w->replays[--w->replay_count];
     }
     pthread_mutex_unlock(&w->lock);
@@ -621,13 +688,85 @@ static int work_resume_one(void *context, const struct store_payment_row *row)
     return 0;
 }
 
+/* ---- the stages' leases ------------------------------------------------------------------- */
+
+static int64_t work_mono_ms(void)
+{
+    return clock_mono_us() / 1000;
+}
+
+/* The stage's lease was lost: it stops at once. Its marks go (the replies of its steps are
+ * dropped as they come back, work_on_reply); for the payment stage, the retries waiting are
+ * dropped and the charges at the provider are left to end unheard (work_poll_payments). */
+static void work_stage_drop(struct work *w, enum cmd_stage stage)
+{
+    w->marks[stage].head = 0;
+    w->marks[stage].count = 0;
+    if (stage != CMD_STAGE_PAYMENT) {
+        return;
+    }
+    for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX && w->retry_waiting > 0; i++) {
+        if (w->items[i].order_seq != 0 && w->items[i].retry_at_ms != 0) {
+            w->items[i].retry_at_ms = 0;
+            w->retry_waiting--;
+            work_item_free(w, i);
+        }
+    }
+    SVC_ASSERT(w->retry_waiting == 0);
+}
+
+/* The stage's lease was won: its state comes from storage, as another instance may have moved
+ * it meanwhile: the stored offset and, for the payment stage, every charge left in doubt (by
+ * this instance before a loss, by a stopped one, or by a holder that lost the stage), asked
+ * again with the same key. 0 or an error (the stage is then dropped again). */
+static int work_stage_load(struct work *w, enum cmd_stage stage)
+{
+    SVC_ASSERT(w->marks[stage].count == 0);
+    int64_t *pos = stage == CMD_STAGE_ORDER ? &w->order_pos : &w->payment_pos;
+    int rc = store_reader_stage_offset(w->reader, w->leases[stage].stage, pos);
+    if (rc == 0 && stage == CMD_STAGE_PAYMENT) {
+        atomic_store(&w->stats.dead_letters, 0); /* counted again by the resume */
+        rc = store_reader_payments_in_doubt(w->reader, w, work_resume_one);
+    }
+    atomic_store(stage == CMD_STAGE_ORDER ? &w->stats.order_offset : &w->stats.payment_offset,
+                 *pos);
+    if (rc == 0) {
+        log_info("work: %s stage from event %" PRId64 "%s", w->leases[stage].stage, *pos,
+                 stage == CMD_STAGE_PAYMENT ? ", the charges in doubt resumed" : "");
+    }
+    return rc;
+}
+
+/* Acquires, renews or notices the loss of each stage's lease when due. */
+static void work_leases_tick(struct work *w)
+{
+    for (int s = CMD_STAGE_ORDER; s <= CMD_STAGE_PAYMENT; s++) {
+        struct work_lease *l = &w->leases[s];
+        enum work_lease_change change =
+            work_lease_tick(l, w->reader, w->holder, w->config.lease_ms, work_mono_ms());
+        if (change == WORK_LEASE_LOST) {
+            work_stage_drop(w, (enum cmd_stage)s);
+        } else if (change == WORK_LEASE_WON && work_stage_load(w, (enum cmd_stage)s) != 0) {
+            log_warn("work: cannot read the %s stage's state; its lease is tried again", l->stage);
+            work_stage_drop(w, (enum cmd_stage)s);
+            work_lease_forget(l, work_mono_ms(), w->config.lease_ms / WORK_LEASE_RENEW_DIVISOR);
+        }
+    }
+}
+
 /* Waits for a reply or newly committed events, at most WORK_POLL_MS while charges are in
  * flight or retries wait (the provider and the clock do not signal), else WORK_IDLE_WAIT_MS
- * (events other instances committed on a shared database do not signal either). */
+ * (events other instances committed on a shared database do not signal either), and never
+ * past the next lease action. */
 static void work_wait(struct work *w)
 {
     bool charging = w->item_free_count < WORK_PAY_ITEMS_MAX || w->backlog_count > 0;
     int64_t wait_ms = charging ? WORK_POLL_MS : WORK_IDLE_WAIT_MS;
+    int64_t now_ms = work_mono_ms();
+    for (int s = CMD_STAGE_ORDER; s <= CMD_STAGE_PAYMENT; s++) {
+        int64_t until_due = work_lease_due_ms(&w->leases[s]) - now_ms;
+        wait_ms = until_due < wait_ms ? (until_due > 0 ? until_due : 0) : wait_ms;
+    }
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     int64_t ns = until.tv_nsec + wait_ms * 1000000;
@@ -645,6 +784,7 @@ static void *work_loop(void *arg)
 {
     struct work *w = arg;
     while (!atomic_load(&w->stopping)) {
+        work_leases_tick(w);
         bool busy = work_drain_replies(w);
         busy |= work_poll_payments(w);
         work_retry_due(w);
@@ -660,24 +800,16 @@ int work_start(struct work *w)
 {
     SVC_ASSERT(!w->started);
     int rc = store_reader_open(&w->reader, w->config.db_uri);
-    if (rc == 0) {
-        rc = store_reader_stage_offset(w->reader, "order", &w->order_pos);
-    }
-    if (rc == 0) {
-        rc = store_reader_stage_offset(w->reader, "payment", &w->payment_pos);
-    }
-    if (rc == 0) {
-        rc = store_reader_payments_in_doubt(w->reader, w, work_resume_one);
-    }
     if (rc != 0) {
-        log_error("work: cannot read the workers' state (%d)", rc);
+        log_error("work: cannot open the workers' reader (%d)", rc);
         return rc;
     }
-    atomic_store(&w->stats.order_offset, w->order_pos);
-    atomic_store(&w->stats.payment_offset, w->payment_pos);
-    log_info("work: order stage from event %" PRId64 ", payment stage from event %" PRId64
-             ", %u charges in doubt resumed",
-             w->order_pos, w->payment_pos, WORK_PAY_ITEMS_MAX - w->item_free_count);
+    /* Each stage's state is read when its lease is won: here, before the thread starts, with
+     * a backend no other process writes or a lease no live instance holds (a restart after a
+     * clean stop: so a start serves with its charges in doubt resumed, as before leases);
+     * else later, when the holder stops renewing (work_leases_tick). */
+    log_info("work: instance %s, leases of %" PRId64 " ms", w->holder, w->config.lease_ms);
+    work_leases_tick(w);
     w->started = true;
     rc = pthread_create(&w->thread, NULL, work_loop, w);
     if (rc != 0) {
@@ -696,4 +828,7 @@ void work_stop(struct work *w)
     work_notify(w);
     pthread_join(w->thread, NULL);
     w->started = false;
+    for (int s = CMD_STAGE_ORDER; s <= CMD_STAGE_PAYMENT; s++) {
+        work_lease_release(&w->leases[s], w->reader, w->holder); /* the thread has ended */
+    }
 }

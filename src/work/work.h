@@ -12,21 +12,48 @@
  * a timeout with exponential backoff and jitter up to WORK_PAY_ATTEMPTS_MAX attempts (each
  * counted in storage); a charge still in doubt after WORK_PAY_ATTEMPTS_MAX goes to the
  * dead-letter table (CMD_STEP_DEAD_LETTER: the order stays CONFIRMED and never expires) until
- * work_replay re-queues it. At start it resumes every charge left in doubt, with the same key,
- * except those whose stored attempts reached WORK_PAY_ATTEMPTS_MAX: those are dead letters
- * (written now if a crash came before their row was). A charge the provider refuses (full, or
- * its circuit breaker open: pay_breaker.h) spends no attempt: its item holds it and asks again
- * later. No retry is stored while the breaker admits no charge (pay_provider.admits), and a
- * timeout that leaves the circuit open (the one that opened it, a failed probe) is held the
- * same way instead of retried or dead-lettered: an outage makes the orders wait in doubt
- * (never expiring) without spending their attempts, instead of filling the dead-letter table.
+ * work_replay re-queues it. When it takes its lease (below) it resumes every charge left in
+ * doubt, with the same key, except those whose stored attempts reached WORK_PAY_ATTEMPTS_MAX:
+ * those are dead letters (written now if a crash came before their row was). A charge the
+ * provider refuses (full, or its circuit breaker open: pay_breaker.h) spends no attempt: its
+ * item holds it and asks again later. No retry is stored while the breaker admits no charge
+ * (pay_provider.admits), and a timeout that leaves the circuit open (the one that opened it, a
+ * failed probe) is held the same way instead of retried or dead-lettered: an outage makes the
+ * orders wait in doubt (never expiring) without spending their attempts, instead of filling
+ * the dead-letter table.
  *
  * The offset a step stores is its stage's low-water mark: just below the first event whose
  * step has not been answered yet (a step whose batch failed with 503 is pushed again and keeps
  * the mark down meanwhile), so a crash can make a stage read an event again but never skip
  * one; a step read again for an order that moved on is refused as stale (each step requires
- * the order's state before it). Only one instance may run workers on a shared PostgreSQL
- * (--workers off on the others) until leases come.
+ * the order's state before it).
+ *
+ * Leases (several instances on one PostgreSQL). Each stage runs only while this instance
+ * holds its lease, a row of worker_leases (work_lease.h: acquired when free or expired,
+ * renewed every lease/3, --lease-ms, default WORK_LEASE_MS_DEFAULT). On a loss (a renewal
+ * found it taken, or none succeeded before the local deadline) the stage stops at once: it
+ * reads no more events, drops its marks, its retries waiting and the replies still to come of
+ * its steps, and leaves its charges at the provider unheard. On a win it reads its state from
+ * storage as at a start: its stored offset (another instance advanced it meanwhile) and, for
+ * the payment stage, every charge in doubt (the previous holder's included: the same key, so
+ * a provider that honours it never charges twice). SQLite has no other process: the lease is
+ * always held there and nothing is stored.
+ *
+ * Why a fence, and not only the stale-step check: a holder that lost its lease may still have
+ * steps in its writer's queue. A stale CONFIRM or PAID is harmless (each needs the order's
+ * prior state: one of two wins), but a late PAY_BEGIN is not: if it commits after the new
+ * holder read the charges in doubt, the order is PAYING with nobody to charge it, and the new
+ * holder's own PAY_BEGIN is refused as stale. So every step carries its lease's token (one
+ * more at each acquisition), and on PostgreSQL the writer's prefetch reads the stage's lease
+ * row FOR SHARE in the step's batch and refuses (409, nothing written, not even the offset) a
+ * step whose token is not the current one. The share lock orders it: an acquisition's UPDATE
+ * waits for a batch that read the old token, so the new holder's reads, made after it won,
+ * see everything the old holder's steps committed, and no old step commits after.
+ *
+ * The expiry of orders needs no lease: the writer of every instance sweeps, and on PostgreSQL
+ * each expiry locks and re-reads its reservation in the batch (core/prefetch.c), so an order
+ * that moved on (PAYING: never due; or ended by another instance) is not expired twice. Pause
+ * (work_pause) acts on the instance it is sent to; a paused holder keeps its lease.
  * Read work.c next.
  */
 #ifndef STOCKD_WORK_H
@@ -43,6 +70,7 @@
 #include "core/queue.h"
 #include "pay/pay.h"
 #include "store/store.h"
+#include "work/work_lease.h"
 
 /* Commands the workers may have with the writer at once (their own pool). */
 #define WORK_COMMANDS_MAX 8192
@@ -83,6 +111,8 @@ struct work_config {
     work_rule_fn rule;                   /* NULL: accept */
     void *rule_context;
     int64_t (*wall_ms)(void);
+    const char *instance_id; /* the holder id of the leases; NULL: hostname:pid:start-ms */
+    int64_t lease_ms;        /* WORK_LEASE_MS_MIN..MAX; 0: WORK_LEASE_MS_DEFAULT */
 };
 
 struct work_stats {
@@ -119,9 +149,17 @@ const struct work_stats *work_stats(const struct work *w);
 void work_pause(struct work *w, enum cmd_stage stage, bool paused);
 bool work_paused(const struct work *w, enum cmd_stage stage);
 
+/* Whether this instance holds stage's lease now (CMD_STAGE_ORDER or CMD_STAGE_PAYMENT; any
+ * thread), and the holder it last saw ("" when unknown: before its first lease statement). */
+bool work_holds(const struct work *w, enum cmd_stage stage);
+void work_holder(struct work *w, enum cmd_stage stage, char *out, size_t size);
+/* This instance's holder id (--instance-id, or made up at work_new). */
+const char *work_instance_id(const struct work *w);
+
 /* Re-queues the dead letter of ord_<order_seq> (its hold reservation_seq): the writer takes it
  * out of the table and resets its attempts, then the charge is asked again with the same key
- * (any thread; POST /v1/dlt/replay). 0, or SVC_ECAPACITY when WORK_REPLAYS_MAX wait already. */
+ * (any thread; POST /v1/dlt/replay). 0, or SVC_ECAPACITY when WORK_REPLAYS_MAX wait already.
+ * The replay waits while this instance does not hold the payment stage's lease. */
 int work_replay(struct work *w, int64_t order_seq, int64_t reservation_seq);
 
 /* Wakes the thread: the writer committed events (its durable hook; any thread). NULL: none. */

@@ -901,6 +901,34 @@ static void test_invariants_check_reserved_against_lines(void **state)
 /* The loader path: stores and products are kept once there, items take the stored values
  * unless memory has that version, reservations come with their lines, and a reservation
  * another instance ended is forgotten at the commit. */
+/* A shared backend's prefetch reads a held order reservation again after another instance's
+ * step put its charge in doubt: memory takes the stored order state, attempts, version and
+ * expiry (never, while in doubt), so this instance neither expires nor cancels it. */
+static void test_load_refreshes_a_held_order(void **state)
+{
+    struct domain *d = *state;
+    ASSERT_OK(dom_load_store(d, "S0", "Store 0", 0));
+    ASSERT_OK(dom_load_product(d, "P", "Product"));
+    ASSERT_OK(dom_load_item(d, "S0", "P", 10, 2, 1, 0, 500));
+    ASSERT_OK(dom_load_reservation(d, 3, "S0", "c", 60000, 1, 100));
+    ASSERT_OK(dom_load_reservation_line(d, 3, "P", 2));
+    ASSERT_OK(dom_load_reservation_order(d, 3, 3, "PENDING", 0));
+    dom_commit(d);
+    ASSERT_OK(dom_load_reservation(d, 3, "S0", "c", RES_EXPIRES_NEVER, 3, 100));
+    ASSERT_OK(dom_load_reservation_line(d, 3, "P", 2));
+    ASSERT_OK(dom_load_reservation_order(d, 3, 3, "PAYING", 1));
+    ASSERT_ERR(dom_load_reservation_order(d, 3, 4, "PAYING", 1), SVC_EVALIDATION);
+    dom_commit(d);
+    struct reservation *r = res_find(&d->reservations, 3);
+    ASSERT_NOT_NULL(r);
+    ASSERT_EQ_UINT(r->line_count, 1);
+    ASSERT_EQ_INT(r->order_state, RES_ORDER_PAYING);
+    ASSERT_EQ_INT(r->pay_attempts, 1);
+    ASSERT_EQ_INT(r->version, 3);
+    ASSERT_NULL(res_pop_due(&d->reservations, 70000)); /* its old expiry is a stale entry */
+    ASSERT_INVARIANTS(d);
+}
+
 static void test_load_and_forget(void **state)
 {
     struct domain *d = *state;
@@ -955,10 +983,15 @@ static void test_load_and_forget(void **state)
     ASSERT_FALSE(r->loading);
     ASSERT_FALSE(r->touched);
     ASSERT_EQ_INT(res_next_expiry(&d->reservations), 60000); /* scheduled by the load */
-    /* Read again by a later load, a held reservation stays as it is, lines and all. */
+    /* Read again by a later load (a shared backend's prefetch), a held reservation keeps its
+     * lines and customer but takes the stored version and expiry: another instance's step
+     * may have moved it. */
     ASSERT_OK(dom_load_reservation(d, 5, "S0", "bob", 1, 9, 1));
     ASSERT_OK(dom_load_reservation_line(d, 5, "Q", 1));
     ASSERT_EQ_UINT(r->line_count, 2);
+    ASSERT_EQ_INT(r->version, 9);
+    ASSERT_EQ_INT(r->expires_at_ms, 1);
+    ASSERT_EQ_STR(r->customer_id, "alice");
     /* Even when it holds every line it may: reported again, its lines are not new (a full
      * reservation once made the read fail). Reported twice in one read, it is refused. */
     ASSERT_OK(dom_load_reservation(d, 7, "S0", "carol", 60000, 1, 100));
@@ -980,7 +1013,8 @@ static void test_load_and_forget(void **state)
     dom_forget_reservation(d, 7); /* (it holds units the items do not show: let it go) */
     dom_commit(d);
     ASSERT_NULL(res_find(&d->reservations, 7));
-    ASSERT_EQ_INT(r->version, 2);
+    ASSERT_EQ_INT(r->version, 2); /* the rolled-back read put the held one back */
+    ASSERT_EQ_INT(r->expires_at_ms, 60000);
     ASSERT_EQ_STR(r->customer_id, "alice");
     ASSERT_INVARIANTS(d);
     dom_commit(d);
@@ -1672,6 +1706,7 @@ int main(void)
         DOMAIN_TEST(test_reservation_commit_and_rollback),
         DOMAIN_TEST(test_invariants_check_reserved_against_lines),
         DOMAIN_TEST(test_load_and_forget),
+        DOMAIN_TEST(test_load_refreshes_a_held_order),
         DOMAIN_TEST(test_randomized_against_model),
     };
 #undef DOMAIN_TEST

@@ -278,6 +278,11 @@ static int on_events(void *context, const struct row_event *rows, size_t count)
     return 0;
 }
 
+static int on_lease(void *context, const char *stage, int64_t token)
+{
+    return seen_line(context, "lease %s %" PRId64, stage, token);
+}
+
 static struct store_sink full_sink(struct seen *s)
 {
     return (struct store_sink){s,
@@ -289,7 +294,8 @@ static struct store_sink full_sink(struct seen *s)
                                on_reservation_ended,
                                on_idem,
                                on_events,
-                               NULL};
+                               NULL,
+                               on_lease};
 }
 
 /* ---- rows ----------------------------------------------------------------------------------- */
@@ -679,6 +685,62 @@ static void test_pg_migration_4_backfills_location(void **state)
     free(seen);
 }
 
+/* The workers' leases (work/work_lease.h): acquired when free, refused to another holder
+ * while unexpired, renewed only by the holder with its token, taken over with a new token once
+ * expired or released; the prefetch reports the token of the stages it names. */
+static void test_pg_leases(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    ASSERT_OK(store_open(&f->store, f->uri));
+    struct store_reader *a = NULL;
+    struct store_reader *b = NULL;
+    ASSERT_OK(store_reader_open(&a, f->uri));
+    ASSERT_OK(store_reader_open(&b, f->uri));
+    struct store_lease got;
+    ASSERT_OK(store_reader_lease(a, "payment", "A", 0, 60000, &got));
+    ASSERT_TRUE(got.held);
+    ASSERT_EQ_INT(got.token, 1);
+    ASSERT_OK(store_reader_lease(b, "payment", "B", 0, 60000, &got));
+    ASSERT_FALSE(got.held); /* A's, unexpired */
+    ASSERT_EQ_STR(got.holder, "A");
+    ASSERT_EQ_INT(got.token, 1);
+    ASSERT_OK(store_reader_lease(b, "payment", "B", 1, 60000, &got));
+    ASSERT_FALSE(got.held); /* a renewal by another holder, even with the token */
+    ASSERT_OK(store_reader_lease(a, "payment", "A", 1, 60000, &got));
+    ASSERT_TRUE(got.held); /* A renews: the same token */
+    ASSERT_EQ_INT(got.token, 1);
+    ASSERT_OK(store_reader_lease(a, "order", "A", 0, 60000, &got));
+    ASSERT_TRUE(got.held); /* each stage its own row */
+    /* The prefetch reads the tokens of the stages its batch names. */
+    struct seen *seen = calloc(1, sizeof *seen);
+    struct store_sink sink = full_sink(seen);
+    const char *stages[] = {"payment"};
+    struct store_prefetch_keys keys = {.lease_stages = stages, .lease_stage_count = 1};
+    struct store_sequences sequences;
+    ASSERT_OK(store_prefetch(f->store, &keys, &sink, &sequences));
+    ASSERT_TRUE(seen_has(seen, "lease payment 1"));
+    ASSERT_FALSE(seen_has(seen, "lease order 1"));
+    struct store_batch nothing = {0};
+    ASSERT_OK(store_commit_batch(f->store, &nothing));
+    /* A releases it (ttl 0): B takes it over with a new token; A can no longer renew. */
+    ASSERT_OK(store_reader_lease(a, "payment", "A", 1, 0, &got));
+    usleep(5 * 1000); /* the released lease expired "now": a later ms is past it */
+    ASSERT_OK(store_reader_lease(b, "payment", "B", 0, 60000, &got));
+    ASSERT_TRUE(got.held);
+    ASSERT_EQ_INT(got.token, 2);
+    ASSERT_OK(store_reader_lease(a, "payment", "A", 1, 60000, &got));
+    ASSERT_FALSE(got.held);
+    ASSERT_EQ_STR(got.holder, "B");
+    ASSERT_EQ_INT(got.token, 2);
+    seen->count = 0;
+    ASSERT_OK(store_prefetch(f->store, &keys, &sink, &sequences));
+    ASSERT_TRUE(seen_has(seen, "lease payment 2"));
+    ASSERT_OK(store_commit_batch(f->store, &nothing));
+    free(seen);
+    store_reader_close(a);
+    store_reader_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -691,6 +753,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pg_prefetch_a_full_batch_of_keys, pg_setup,
                                         pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_order_row, pg_setup, pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_leases, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_reads_again_after_a_lost_session, pg_setup,
                                         pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_does_not_retry_a_statement_error, pg_setup,

@@ -200,7 +200,7 @@ static const struct seen_idem *seen_idem_find(const struct seen *s, const char *
 static struct store_sink load_sink(struct seen *s)
 {
     return (struct store_sink){
-        s,    on_store, on_product, on_item, on_reservation, on_reservation_line,
+        s,    on_store, on_product, on_item, on_reservation, on_reservation_line, NULL,
         NULL, NULL,     NULL,       NULL};
 }
 
@@ -215,6 +215,7 @@ static struct store_sink prefetch_sink(struct seen *s)
                                on_reservation_line,
                                on_reservation_ended,
                                on_idem,
+                               NULL,
                                NULL,
                                NULL};
 }

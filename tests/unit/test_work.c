@@ -13,12 +13,14 @@
 #include "test_helpers.h"
 
 #include "../../src/work/work.c"
+#include "../../src/work/work_lease.c"
 
 /* The fake clock and the fake provider's gate (a circuit breaker's answers) and results. */
 static int64_t test_work_now_ms = 1000;
 static bool test_work_open; /* admits says no and charge refuses, as an open circuit */
 static struct pay_result test_work_due[4];
 static size_t test_work_due_count;
+static uint64_t test_work_last_token; /* the last charge's token */
 
 static int64_t test_work_wall_ms(void)
 {
@@ -27,11 +29,12 @@ static int64_t test_work_wall_ms(void)
 
 static int test_work_charge(void *self, const char *key, uint64_t token, int64_t now_ms)
 {
-    (void)key, (void)token, (void)now_ms;
+    (void)key, (void)now_ms;
     if (test_work_open) {
         return SVC_ECAPACITY;
     }
     *(int *)self += 1; /* the charges asked */
+    test_work_last_token = token;
     return 0;
 }
 
@@ -72,10 +75,19 @@ static int test_work_setup(void **state)
     test_work_now_ms = 1000;
     test_work_open = false;
     test_work_due_count = 0;
-    struct work_config config = {"unused", &f->queue, &f->provider, NULL, NULL, test_work_wall_ms};
+    struct work_config config = {"unused", &f->queue,         &f->provider, NULL,
+                                 NULL,     test_work_wall_ms, "test",       0};
     f->w = work_new(&config);
     *state = f;
-    return f->w == NULL ? -1 : 0;
+    if (f->w == NULL) {
+        return -1;
+    }
+    /* Both stages held, as on SQLite from the first tick (the lease itself: test_store_pg). */
+    for (int s = CMD_STAGE_ORDER; s <= CMD_STAGE_PAYMENT; s++) {
+        f->w->leases[s].held = true;
+        f->w->leases[s].token = 1;
+    }
+    return 0;
 }
 
 static int test_work_teardown(void **state)
@@ -261,6 +273,47 @@ static void test_work_open_circuit_spends_no_attempt(void **state)
     ASSERT_EQ_UINT(atomic_load(&f->w->stats.parked), 1);
 }
 
+/* A stage that lost its lease stops at once: its marks and its retries waiting go, the reply
+ * of a step it sent before is dropped (no mark, no count), and so is the result of a charge it
+ * started under the old token, after the lease was won again with a new one. */
+static void test_work_lost_lease_drops_the_old_tenure(void **state)
+{
+    struct test_work_fixture *f = *state;
+    struct work *w = f->w;
+    w->order_pos = 9;
+    work_step(w, 10, 10, CMD_STEP_CONFIRM, CMD_STAGE_ORDER, 10, NULL, 0);
+    struct command *step = test_work_take(f);
+    ASSERT_EQ_INT(step->lease_token, 1);
+    struct store_payment_row flying = {.order_seq = 5, .reservation_seq = 5, .pay_attempts = 1};
+    ASSERT_EQ_INT(work_resume_one(w, &flying), 0);
+    uint64_t flying_token = test_work_last_token;
+    struct store_payment_row waiting = {.order_seq = 6, .reservation_seq = 6, .pay_attempts = 1};
+    ASSERT_EQ_INT(work_resume_one(w, &waiting), 0);
+    w->items[test_work_last_token].retry_at_ms = 5000; /* its retry is due later */
+    w->retry_waiting++;
+    ASSERT_EQ_UINT(w->item_free_count, WORK_PAY_ITEMS_MAX - 2);
+    for (int s = CMD_STAGE_ORDER; s <= CMD_STAGE_PAYMENT; s++) {
+        w->leases[s].held = false; /* as work_lease_tick reports WORK_LEASE_LOST */
+        work_stage_drop(w, (enum cmd_stage)s);
+    }
+    ASSERT_EQ_UINT(w->marks[CMD_STAGE_ORDER].count, 0);
+    ASSERT_EQ_UINT(w->retry_waiting, 0);
+    ASSERT_EQ_UINT(w->item_free_count, WORK_PAY_ITEMS_MAX - 1); /* the one at the provider */
+    test_work_answer(f, step, 200);
+    ASSERT_EQ_UINT(atomic_load(&w->stats.confirmed), 0);
+    ASSERT_EQ_UINT(w->marks[CMD_STAGE_ORDER].count, 0);
+    ASSERT_EQ_UINT(w->free_count, WORK_COMMANDS_MAX);
+    /* Won again: a new token. The old charge's result is heard, and dropped. */
+    w->leases[CMD_STAGE_PAYMENT].held = true;
+    w->leases[CMD_STAGE_PAYMENT].token = 2;
+    test_work_due[0] = (struct pay_result){flying_token, PAY_OK, "ref"};
+    test_work_due_count = 1;
+    ASSERT_TRUE(work_poll_payments(w));
+    ASSERT_EQ_UINT(w->item_free_count, WORK_PAY_ITEMS_MAX);
+    ASSERT_EQ_UINT(w->free_count, WORK_COMMANDS_MAX); /* no PAID step was sent */
+    ASSERT_EQ_UINT(queue_depth(&f->queue), 0);
+}
+
 int main(void)
 {
 #define WORK_TEST(f) cmocka_unit_test_setup_teardown(f, test_work_setup, test_work_teardown)
@@ -269,6 +322,7 @@ int main(void)
         WORK_TEST(test_work_marks_in_order),
         WORK_TEST(test_work_resume_keeps_parked),
         WORK_TEST(test_work_open_circuit_spends_no_attempt),
+        WORK_TEST(test_work_lost_lease_drops_the_old_tenure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
