@@ -39,7 +39,8 @@ MODULES = {
     # store
     "store": (["src/store/store.c", "src/store/store_open.c"], ["store_"]),
     "schema": (["src/store/schema.c"], ["schema_"]),
-    "store_sqlite": (["src/store/store_sqlite.c", "src/store/store_sqlite_reader.c"],
+    "store_sqlite": (["src/store/store_sqlite.c", "src/store/store_sqlite_reader.c",
+                      "src/store/store_sqlite_pcache.c"],
                      ["store_sqlite_"]),
     "store_pg": (["src/store/store_pg.c", "src/store/store_pg_conn.c",
                   "src/store/store_pg_reader.c"], ["store_pg_"]),

@@ -11,12 +11,17 @@
 #ifndef STOCKD_SCHEMA_H
 #define STOCKD_SCHEMA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct schema_migration {
     int version;
     const char *const *statements; /* NULL-terminated */
+    bool rewrites_schema;          /* SQLite: edits sqlite_schema (bump the cookie, reload after) */
 };
+
+/* The prefix of a statement that runs on SQLite only (rendered empty for the others). */
+#define SCHEMA_SQLITE_ONLY "@SQLITE@"
 
 enum schema_dialect {
     SCHEMA_SQLITE = 0,

@@ -267,7 +267,7 @@ static int pg_apply_migration(PGconn *conn, const struct schema_migration *migra
     for (int i = 0; rc == 0 && migration->statements[i] != NULL; i++) {
         rc = schema_render(SCHEMA_POSTGRES, migration->statements[i], sql, sizeof sql);
         SVC_ASSERT(rc == 0);
-        rc = pg_exec_simple(conn, sql);
+        rc = sql[0] != '\0' ? pg_exec_simple(conn, sql) : 0; /* empty: SQLite's only */
     }
     snprintf(sql, sizeof sql,
              "INSERT INTO meta (key, value) VALUES ('schema_version', '%d')"

@@ -241,6 +241,29 @@ static int sqlite_schema_version(sqlite3 *db, int *version_out)
     return 0;
 }
 
+/* After a migration edited sqlite_schema (writable_schema on): the schema cookie goes up by
+ * one so that every connection reads the new text, writing is switched off and this
+ * connection reloads its schema (SQLite's procedure for changing a CHECK in place). */
+static int sqlite_schema_rewritten(sqlite3 *db)
+{
+    SVC_ASSERT(!sqlite3_get_autocommit(db)); /* inside the migration's transaction */
+    sqlite3_stmt *stmt = NULL;
+    int cookie = -1;
+    if (sqlite3_prepare_v2(db, "PRAGMA schema_version", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+        cookie = sqlite3_column_int(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    if (cookie < 0) {
+        log_error("sqlite: cannot read the schema cookie: %s", sqlite3_errmsg(db));
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA schema_version = %d", cookie + 1);
+    int rc = sqlite_exec(db, sql);
+    return rc == 0 ? sqlite_exec(db, "PRAGMA writable_schema = RESET") : rc;
+}
+
 /* Applies one migration and records its version, in one transaction. */
 static int sqlite_apply_migration(sqlite3 *db, const struct schema_migration *migration)
 {
@@ -251,7 +274,10 @@ static int sqlite_apply_migration(sqlite3 *db, const struct schema_migration *mi
     for (int i = 0; rc == 0 && migration->statements[i] != NULL; i++) {
         rc = schema_render(SCHEMA_SQLITE, migration->statements[i], sql_text, sizeof sql_text);
         SVC_ASSERT(rc == 0); /* the statements are constants that fit */
-        rc = sqlite_exec(db, sql_text);
+        rc = sql_text[0] != '\0' ? sqlite_exec(db, sql_text) : 0;
+    }
+    if (rc == 0 && migration->rewrites_schema) {
+        rc = sqlite_schema_rewritten(db);
     }
     char sql[128];
     snprintf(sql, sizeof sql,
@@ -485,6 +511,7 @@ int store_sqlite_open(struct store **out, const char *path)
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     s->base.ops = &sqlite_ops;
+    store_sqlite_pcache_install(); /* before SQLite's first connection in this process */
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
         int rc = store_sqlite_fail(s->db, path);

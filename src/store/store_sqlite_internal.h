@@ -11,7 +11,9 @@
 #define STOCKD_STORE_SQLITE_INTERNAL_H
 
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Logs what failed with SQLite's message for db and returns SVC_ESTORAGE_UNAVAILABLE, the
  * one answer of every SQLite failure (STYLE 9: the detail goes to the log only). */
@@ -28,5 +30,12 @@ void store_sqlite_bind_text(sqlite3_stmt *stmt, int index, const char *text);
  * pairs (parameters ?1, ?2 the first pair's principal and key, and so on). 0 or SVC_ECAPACITY.
  * Called at open, and by the test that checks its query plan. */
 int store_sqlite_idem_prefetch_sql(size_t pairs, char *out, size_t size);
+
+/* Installs the page cache of store_sqlite_pcache.c (once per process, before SQLite starts);
+ * false when SQLite had started already and keeps its built-in cache. */
+bool store_sqlite_pcache_install(void);
+
+/* Truncates of the page cache passed on to SQLite's and skipped (nothing to drop) so far. */
+void store_sqlite_pcache_counts(uint64_t *forwarded, uint64_t *skipped);
 
 #endif

@@ -136,6 +136,7 @@ int store_sqlite_reader_open(struct store_reader **out, const char *path)
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     r->base.ops = &sqlite_reader_ops;
+    store_sqlite_pcache_install(); /* before SQLite's first connection in this process */
     int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
     int rc = 0;
     if (sqlite3_open_v2(path, &r->db, flags, NULL) != SQLITE_OK) {

@@ -105,6 +105,12 @@ static void test_schema_renders_both_dialects(void **state)
     ASSERT_EQ_INT(schema_render(SCHEMA_SQLITE, "x INTEGER PRIMARY KEY", out, sizeof out), 0);
     ASSERT_EQ_STR(out, "x INTEGER PRIMARY KEY");
     ASSERT_EQ_INT(schema_render(SCHEMA_SQLITE, "@INT@", out, 5), SVC_ECAPACITY);
+    /* A statement for SQLite only: as is there, empty (skipped) on PostgreSQL. */
+    ASSERT_EQ_INT(schema_render(SCHEMA_SQLITE, SCHEMA_SQLITE_ONLY "PRAGMA x", out, sizeof out), 0);
+    ASSERT_EQ_STR(out, "PRAGMA x");
+    ASSERT_EQ_INT(schema_render(SCHEMA_POSTGRES, SCHEMA_SQLITE_ONLY "PRAGMA x", out, sizeof out),
+                  0);
+    ASSERT_EQ_STR(out, "");
 }
 
 static void test_uri_selects_the_backend(void **state)

@@ -713,6 +713,64 @@ static void test_migration_4_backfills_location(void **state)
     sqlite3_close(db);
 }
 
+/* ---- migration 10 -------------------------------------------------------------------------- */
+
+/* The number of opcodes named op in the program of sql. */
+static int explain_count(sqlite3 *db, const char *sql, const char *op)
+{
+    char explain[1024];
+    snprintf(explain, sizeof explain, "EXPLAIN %s", sql);
+    sqlite3_stmt *stmt = NULL;
+    ASSERT_EQ_INT(sqlite3_prepare_v2(db, explain, -1, &stmt, NULL), SQLITE_OK);
+    int count = 0;
+    while (sqlite3_step(stmt) == SQLITE_ROW) {
+        count += strcmp((const char *)sqlite3_column_text(stmt, 1), op) == 0;
+    }
+    sqlite3_finalize(stmt);
+    return count;
+}
+
+/* A database made before migration 10 gets the reservations' CHECKs as comparisons: a write
+ * of a reservation opens no ephemeral table, and the rule still refuses a bad status. */
+static void test_migration_10_checks_without_ephemeral_tables(void **state)
+{
+    struct fixture *f = *state;
+    build_version_3(f);
+    fixture_open(f); /* migrates through 6 (order_status) and 10 */
+    sqlite3 *db = NULL;
+    ASSERT_EQ_INT(sqlite3_open(f->path, &db), SQLITE_OK);
+    const char *upsert =
+        "INSERT INTO reservations (reservation_seq, store_id, customer_id, status,"
+        " expires_at_ms, version, created_at_ms, updated_at_ms, order_seq, order_status)"
+        " VALUES (?1, 'S1', 'c', ?2, 1, 1, 1, 1, 0, ?3) ON CONFLICT (reservation_seq) DO UPDATE"
+        " SET status = excluded.status, order_status = excluded.order_status";
+    ASSERT_EQ_INT(explain_count(db, upsert, "OpenEphemeral"), 0);
+    ASSERT_EQ_INT(sqlite3_exec(db, "PRAGMA integrity_check", NULL, NULL, NULL), SQLITE_OK);
+    ASSERT_EQ_INT(
+        sqlite3_exec(db, "INSERT INTO stores VALUES ('S1', 'one', 0, 1)", NULL, NULL, NULL),
+        SQLITE_OK);
+    const struct {
+        const char *status;
+        const char *order_status;
+        int rc;
+    } rows[] = {{"ACTIVE", "PAYING", SQLITE_DONE},
+                {"EXPIRED", NULL, SQLITE_DONE},
+                {"BOGUS", NULL, SQLITE_CONSTRAINT},
+                {"ACTIVE", "PAID", SQLITE_CONSTRAINT}};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        sqlite3_stmt *stmt = NULL;
+        ASSERT_EQ_INT(sqlite3_prepare_v2(db, upsert, -1, &stmt, NULL), SQLITE_OK);
+        sqlite3_bind_int64(stmt, 1, (sqlite3_int64)i + 1);
+        sqlite3_bind_text(stmt, 2, rows[i].status, -1, SQLITE_STATIC);
+        if (rows[i].order_status != NULL) {
+            sqlite3_bind_text(stmt, 3, rows[i].order_status, -1, SQLITE_STATIC);
+        }
+        ASSERT_EQ_INT(sqlite3_step(stmt), rows[i].rc);
+        sqlite3_finalize(stmt);
+    }
+    sqlite3_close(db);
+}
+
 /* ---- the idempotency prefetch's query plan --------------------------------------------------- */
 
 static void test_idem_prefetch_searches_the_primary_key(void **state)
@@ -758,6 +816,8 @@ int main(void)
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_migration_4_backfills_location, fixture_setup,
                                         fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_migration_10_checks_without_ephemeral_tables,
+                                        fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_idem_prefetch_searches_the_primary_key, fixture_setup,
                                         fixture_teardown),
     };
