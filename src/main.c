@@ -505,6 +505,7 @@ static struct store *main_open_storage(struct app *app)
         .wall_ms = clock_wall_ms,
         .reply_context = NULL,
         .reply = main_writer_reply,
+        .replies_done = http_writer_replies_flush,
         .committed_context = &app->projector,
         .durable = main_durable_hook,
         .committed = projector_committed_hook,

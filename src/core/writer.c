@@ -484,6 +484,9 @@ static void writer_reply_all(struct writer *w, struct command **commands, size_t
         SVC_ASSERT(commands[i]->reply_status >= 200);
         w->config.reply(commands[i], w->config.reply_context);
     }
+    if (w->config.replies_done != NULL) {
+        w->config.replies_done(w->config.reply_context);
+    }
 }
 
 /* Counts a recovery when the store's session was made again since the last batch (by this

@@ -37,6 +37,9 @@ struct writer_config {
     void *reply_context;
     /* Hands a finished command back to its owner; called on the writer thread. */
     void (*reply)(struct command *cmd, void *reply_context);
+    /* Optional: called after the last reply of a batch (an owner may gather them until then,
+     * so that one hand-over carries them all). */
+    void (*replies_done)(void *reply_context);
     void *committed_context;
     /* Optional: called right after a batch committed, before its replies leave: the log now
      * reaches seq, and the batch's events follow through committed after the replies. */

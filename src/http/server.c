@@ -311,14 +311,42 @@ static int server_on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* ---- replies from the writer ------------------------------------------------------------ */
 
+/* The replies of the writer's current batch, per I/O thread, chained through reply_next:
+ * touched by the writer thread only. Sent as one message per thread when the batch's replies
+ * are all out (one lock and at most one wake-up per thread and batch, not per reply). */
+static struct {
+    struct http_command *head;
+    struct http_command *tail;
+} server_pending[IO_THREADS_MAX];
+
 void http_writer_reply(struct command *cmd, void *context)
 {
     (void)context;
     struct http_command *hc =
         (struct http_command *)((char *)cmd - offsetof(struct http_command, cmd));
-    SVC_ASSERT(hc->thread != NULL);
+    SVC_ASSERT(hc->thread != NULL && hc->thread->index < IO_THREADS_MAX);
     SVC_ASSERT(cmd->owner == hc->thread);
-    h2o_multithread_send_message(&hc->thread->reply_receiver, &hc->message);
+    hc->reply_next = NULL;
+    unsigned t = hc->thread->index;
+    if (server_pending[t].head == NULL) {
+        server_pending[t].head = hc;
+    } else {
+        server_pending[t].tail->reply_next = hc;
+    }
+    server_pending[t].tail = hc;
+}
+
+void http_writer_replies_flush(void *context)
+{
+    (void)context;
+    for (unsigned t = 0; t < IO_THREADS_MAX; t++) {
+        struct http_command *head = server_pending[t].head;
+        if (head != NULL) {
+            server_pending[t].head = NULL;
+            server_pending[t].tail = NULL;
+            h2o_multithread_send_message(&head->thread->reply_receiver, &head->message);
+        }
+    }
 }
 
 static void server_on_reply(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
@@ -328,8 +356,12 @@ static void server_on_reply(h2o_multithread_receiver_t *receiver, h2o_linklist_t
         struct http_command *hc =
             H2O_STRUCT_FROM_MEMBER(struct http_command, message.link, messages->next);
         h2o_linklist_unlink(&hc->message.link);
-        SVC_ASSERT(&hc->thread->reply_receiver == receiver);
-        http_command_finish(hc);
+        while (hc != NULL) {
+            struct http_command *next = hc->reply_next; /* finish may reuse hc */
+            SVC_ASSERT(&hc->thread->reply_receiver == receiver);
+            http_command_finish(hc);
+            hc = next;
+        }
     }
 }
 

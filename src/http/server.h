@@ -28,9 +28,13 @@ int http_start(struct app *app, int listen_fd, int count);
 /* How many times an I/O thread paused accepting for want of file descriptors (/metrics). */
 uint64_t http_accept_pauses(void);
 
-/* The writer's reply hook (writer_config.reply, with any reply_context): hands cmd back to its
- * owning I/O thread, which sends the reply. Called on the writer thread; never blocks for
- * long (a mutex held for a list insert). */
+/* The writer's reply hook (writer_config.reply, with any reply_context): gathers cmd for its
+ * owning I/O thread until http_writer_replies_flush hands the batch's replies over. Called on
+ * the writer thread; never blocks. */
 void http_writer_reply(struct command *cmd, void *context);
+
+/* The writer's hook after a batch's last reply: sends the replies http_writer_reply gathered,
+ * one message per I/O thread. On the writer thread. */
+void http_writer_replies_flush(void *context);
 
 #endif

@@ -34,10 +34,11 @@ struct http_request; /* request.h */
 struct http_command {
     h2o_multithread_message_t message; /* link for the reply queue; first member */
     struct command cmd;
-    struct io_thread *thread;       /* owner: the thread whose pool it belongs to */
-    h2o_req_t *req;                 /* NULL once h2o disposed the request */
-    struct http_command **guard;    /* on req's pool; points back at us while req lives */
-    struct http_command *next_free; /* pool free list */
+    struct io_thread *thread;        /* owner: the thread whose pool it belongs to */
+    h2o_req_t *req;                  /* NULL once h2o disposed the request */
+    struct http_command **guard;     /* on req's pool; points back at us while req lives */
+    struct http_command *next_free;  /* pool free list */
+    struct http_command *reply_next; /* the writer's replies of one batch, chained (writer) */
     /* NULL: the writer's reply goes out as it is. Else called with a 200 reply (also a
      * replayed one); true when it sent the reply itself (e.g. the order as GET shows it). */
     bool (*send_ok)(struct http_request *r, const struct command *cmd);

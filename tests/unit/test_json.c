@@ -7,9 +7,11 @@
  * around the buffer. Read test_domain.c next.
  */
 #include <jansson.h>
+#include <time.h>
 
 #include "test_helpers.h"
 
+#include "base/clock.h"
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_limits.h"
@@ -433,10 +435,40 @@ static void test_problem_long_detail_cut_keeps_utf8_whole(void **state)
     }
 }
 
+/* RFC 3339 times: the same text as gmtime's for any millisecond, also when the second changes
+ * between calls (the formatter keeps the last second's prefix). */
+static void test_rfc3339_matches_gmtime(void **state)
+{
+    (void)state;
+    const int64_t times[] = {0,
+                             999,
+                             1000,
+                             1764633600123,
+                             1764633600999,
+                             1764633601000,
+                             1764633599999,
+                             951782400007,
+                             253402300799999,
+                             1764633600123};
+    for (size_t i = 0; i < sizeof times / sizeof times[0]; i++) {
+        char got[32];
+        clock_format_rfc3339(times[i], got, sizeof got);
+        time_t seconds = (time_t)(times[i] / 1000);
+        struct tm tm;
+        gmtime_r(&seconds, &tm);
+        char want[96];
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 (int)(times[i] % 1000));
+        ASSERT_EQ_STR(got, want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty_buffer),
+        cmocka_unit_test(test_rfc3339_matches_gmtime),
         cmocka_unit_test(test_escapes_quotes_and_backslash),
         cmocka_unit_test(test_escapes_control_characters_as_u00xx),
         cmocka_unit_test(test_utf8_passes_through),
