@@ -1,0 +1,58 @@
+/*
+ * intake.h - asynchronous intake (issue 12): the contract between the HTTP side that publishes
+ * a command to the stream stockd.commands (intake_pub.c) and the consumer that applies it
+ * through the writer (intake_consume.c).
+ *
+ * A client asks with `Prefer: respond-async` on POST /v1/purchase, POST /v1/orders or seed
+ * 000's POST /purchase, with an Idempotency-Key (required: the key names the command's status
+ * URL). The I/O thread validates the request exactly as for a synchronous one (a 4xx is
+ * answered at once), then hands the command to the publisher; only after the broker's confirm
+ * it answers 202 with `Preference-Applied: respond-async` and `Location: /v1/commands/{key}`.
+ * Broker down, or no confirm within INTAKE_CONFIRM_TIMEOUT_MS: 503 broker_unavailable with
+ * Retry-After, never a 202 for something not durably queued. Without --amqp the preference
+ * is ignored (RFC 7240: a server may), and the request is served synchronously.
+ *
+ * The message on the stream:
+ *   message-id  the Idempotency-Key
+ *   type        INTAKE_KIND_PURCHASE or INTAKE_KIND_ORDER
+ *   headers     "principal": the authenticated principal's name
+ *   body        {"v":1,"kind":"purchase"|"order","principal":"...","idempotencyKey":"...",
+ *                "route":"/v1/purchase"|"/v1/orders"|"/purchase","body":{the request's JSON}}
+ *   (v: INTAKE_FORMAT_VERSION; body: the request's JSON object as the client sent it, so that
+ *   the consumer decodes it with the same decoder as the synchronous route.)
+ *
+ * The consumer reads the stream from its stored offset, decodes each message into the same
+ * command a synchronous request makes (principal and key included) and submits it to the
+ * writer, which stores the stream offset in the same transaction as the command's effect and
+ * its idempotency record: a crash anywhere applies each command once (a message seen again is
+ * a replay of its key). A message that cannot be decoded becomes a dead letter of stage
+ * INTAKE_STAGE. GET /v1/commands/{key} answers 202 {"status":"pending"} until the key's
+ * idempotency record exists, then the record's status and body (the 201 with the order, or
+ * the 409), as a replay of the POST would.
+ */
+#ifndef STOCKD_INTAKE_H
+#define STOCKD_INTAKE_H
+
+/* The stream of commands and its retention (declared by both sides with these arguments). */
+#define INTAKE_QUEUE "stockd.commands"
+#define INTAKE_MAX_LENGTH_BYTES (1024LL * 1024 * 1024)
+#define INTAKE_MAX_AGE_SECONDS (7LL * 24 * 3600)
+
+/* The message body's format version, and the kinds (the AMQP type). */
+#define INTAKE_FORMAT_VERSION 1
+#define INTAKE_KIND_PURCHASE "purchase"
+#define INTAKE_KIND_ORDER "order"
+
+/* The dead-letter stage of a message that cannot be decoded, and the consumer's offset name. */
+#define INTAKE_STAGE "commands"
+
+/* How long a request waits for the broker's confirm before its 503. */
+#define INTAKE_CONFIRM_TIMEOUT_MS 2000
+
+/* The Retry-After of a 503 broker_unavailable, and of a pending status. */
+#define INTAKE_RETRY_AFTER_SECONDS 1
+
+/* The status URL's prefix: INTAKE_STATUS_PREFIX + the key (URL-encoded). */
+#define INTAKE_STATUS_PREFIX "/v1/commands/"
+
+#endif
