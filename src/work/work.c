@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <unistd.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,7 @@ struct work {
     uint32_t *item_free;
     uint32_t item_free_count;
     uint32_t retry_waiting; /* items with a retry due later (retry_at_ms != 0) */
+    int64_t retry_next_ms;  /* wall clock: no retry is due before (a lower bound) */
     int64_t order_pos;      /* the last event the order stage read */
     int64_t payment_pos;    /* the last event the payment stage read */
     uint64_t rng;
@@ -422,13 +424,23 @@ static bool work_read(struct work *w)
 
 /* ---- payments ----------------------------------------------------------------------------- */
 
+/* The item's charge is asked again at at_ms (wall clock). */
+static void work_retry_at(struct work *w, struct work_item *item, int64_t at_ms)
+{
+    SVC_ASSERT(item->order_seq != 0 && item->retry_at_ms == 0 && at_ms > 0);
+    item->retry_at_ms = at_ms;
+    w->retry_waiting++;
+    if (w->retry_waiting == 1 || at_ms < w->retry_next_ms) {
+        w->retry_next_ms = at_ms;
+    }
+}
+
 /* The item's charge waits, and is asked again later without a new stored attempt. */
 static void work_hold(struct work *w, struct work_item *item)
 {
     SVC_ASSERT(item->order_seq != 0 && item->retry_at_ms == 0);
     item->held = true;
-    item->retry_at_ms = w->config.wall_ms() + WORK_PAY_BACKOFF_BASE_MS;
-    w->retry_waiting++;
+    work_retry_at(w, item, w->config.wall_ms() + WORK_PAY_BACKOFF_BASE_MS);
 }
 
 static void work_charge(struct work *w, uint32_t index)
@@ -528,8 +540,7 @@ static bool work_poll_payments(struct work *w)
                 work_item_free(w, index);
                 continue;
             }
-            item->retry_at_ms = w->config.wall_ms() + work_backoff_ms(w, item->attempts);
-            w->retry_waiting++;
+            work_retry_at(w, item, w->config.wall_ms() + work_backoff_ms(w, item->attempts));
             continue;
         }
         bool ok = results[i].outcome == PAY_OK;
@@ -551,8 +562,17 @@ static void work_retry_due(struct work *w)
     }
     SVC_ASSERT(w->leases[CMD_STAGE_PAYMENT].held); /* a loss drops the retries waiting */
     int64_t now = w->config.wall_ms();
-    for (uint32_t i = 0; i < WORK_PAY_ITEMS_MAX && w->free_count > 0; i++) {
+    if (now < w->retry_next_ms) {
+        return; /* none is due yet: no walk over every item (this runs every WORK_POLL_MS) */
+    }
+    int64_t next = INT64_MAX;     /* the earliest retry left waiting, if the walk goes through */
+    w->retry_next_ms = INT64_MAX; /* lowered by a charge held again during the walk */
+    uint32_t i = 0;
+    for (; i < WORK_PAY_ITEMS_MAX && w->free_count > 0; i++) {
         struct work_item *item = &w->items[i];
+        if (item->order_seq != 0 && item->retry_at_ms > now) {
+            next = item->retry_at_ms < next ? item->retry_at_ms : next;
+        }
         if (item->order_seq != 0 && item->retry_at_ms != 0 && item->retry_at_ms <= now) {
             if (!work_admits(w, now)) {
                 break; /* the circuit is open, or its probes are out: the rest waits too */
@@ -568,6 +588,12 @@ static void work_retry_due(struct work *w)
                       CMD_STAGE_PAYMENT, 0, "payment timed out", item->attempts);
             work_item_free(w, i); /* PAY_RETRY's reply takes a new one */
         }
+    }
+    /* A walk cut short may have left due or earlier retries unseen: walk again next time. */
+    if (i < WORK_PAY_ITEMS_MAX) {
+        w->retry_next_ms = now;
+    } else if (next < w->retry_next_ms) {
+        w->retry_next_ms = next;
     }
 }
 
