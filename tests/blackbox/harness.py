@@ -201,6 +201,17 @@ def skip_bug(msg):
     _skipped_bugs.append(line)
 
 
+def read_ledger(path):
+    """{key: [outcome, ...]} of a payment simulator's ledger file ({} when there is none)."""
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                key, outcome = line.split()
+                out.setdefault(key, []).append(outcome)
+    return out
+
+
 class Server:
     """One running stockd process."""
 
@@ -246,6 +257,11 @@ class Server:
     def _close_pipes(self):
         if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
+
+    def payment_ledger(self):
+        """{orderId: [outcome, ...]} of this stockd's in-process payment simulator (one line
+        per real charge, in order: a key twice is a double charge)."""
+        return read_ledger(os.path.join(self.data_dir, "payment-ledger.txt"))
 
     def log_tail(self, lines=30):
         try:
@@ -352,13 +368,7 @@ class PaySim(Server):
 
     def ledger(self):
         """{key: [outcome, ...]} in the ledger's order: a key twice is a double charge."""
-        out = {}
-        if os.path.exists(self.ledger_path):
-            with open(self.ledger_path) as f:
-                for line in f:
-                    key, outcome = line.split()
-                    out.setdefault(key, []).append(outcome)
-        return out
+        return read_ledger(self.ledger_path)
 
     def stats(self):
         with self.client() as c:

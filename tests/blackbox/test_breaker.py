@@ -85,17 +85,6 @@ def dead_letters(c):
     return r.json["deadLetters"]
 
 
-def ledger(server):
-    out = {}
-    path = os.path.join(server.data_dir, "payment-ledger.txt")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                key, outcome = line.split()
-                out.setdefault(key, []).append(outcome)
-    return out
-
-
 def wait_for(what, predicate, timeout=WAIT_S):
     deadline = time.monotonic() + timeout
     while True:
@@ -181,7 +170,7 @@ def test_outage_opens_the_circuit_orders_wait_then_pay():
         for o in ids:
             history = [h["status"] for h in c.get("/v1/orders/" + o).json["history"]]
             check_eq(history, ["PENDING", "CONFIRMED", "PAID"], "%s history" % o)
-    charges = ledger(s)
+    charges = s.payment_ledger()
     for o in ids:
         check_eq(charges.get(o), ["ok"], "%s charged once" % o)
     audit_events(s)

@@ -51,18 +51,6 @@ def wait_final(c, order_id, want=FINAL):
         time.sleep(0.05)
 
 
-def ledger(server):
-    """{orderId: [outcomes]} from the simulator's ledger."""
-    out = {}
-    path = os.path.join(server.data_dir, "payment-ledger.txt")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                key, outcome = line.split()
-                out.setdefault(key, []).append(outcome)
-    return out
-
-
 def history(o):
     return [h["status"] for h in o["history"]]
 
@@ -85,7 +73,7 @@ def test_happy_path_to_paid():
         check_eq(avail(c, "HP"), (7, 0), "stock after the paid order")
         r = c.post("/v1/orders/%s:cancel" % j["orderId"], {"reason": "late"}, key=new_key())
         check_problem(r, 409, "order_not_cancellable", "cancel after PAID")
-        check_eq(ledger(s).get(j["orderId"]), ["ok"], "charges of the order")
+        check_eq(s.payment_ledger().get(j["orderId"]), ["ok"], "charges of the order")
         r = c.post("/v1/purchase", {"sku": "HP", "qty": 1, "customerId": "x"}, key=new_key())
         check_status(r, 201, "purchase")
         r = c.post("/v1/orders/%s:cancel" % r.json["orderId"], {"reason": "x"}, key=new_key())
@@ -113,7 +101,7 @@ def test_failure_rate_one_releases_stock():
             check_eq(o["status"], "PAYMENT_FAILED", oid)
             check_eq(history(o), ["PENDING", "CONFIRMED", "PAYMENT_FAILED"], oid + " history")
         check_eq(avail(c, "FR"), (10, 0), "stock restored")
-        led = ledger(s)
+        led = s.payment_ledger()
         for oid in ids:
             check_eq(led.get(oid), ["declined"], "ledger of " + oid)
     audit_events(s)
@@ -214,13 +202,13 @@ def test_kill9_during_payments():
         for oid in acked:
             o = wait_final(c, oid)
             paid += o["status"] == "PAID"
-            charged = ledger(s2).get(oid, [])
+            charged = s2.payment_ledger().get(oid, [])
             check(len(charged) <= 1, "%s charged %d times" % (oid, len(charged)))
             check_eq(o["status"] == "PAID", charged == ["ok"], "%s is PAID iff charged" % oid)
         on_hand, reserved = avail(c, "K9")
         check_eq(reserved, 0, "nothing held at the end")
         check(on_hand <= 1000 - paid, "onHand %d after %d paid orders" % (on_hand, paid))
-    for key, outcomes in ledger(s2).items():
+    for key, outcomes in s2.payment_ledger().items():
         check(len(outcomes) == 1, "%s is in the ledger %d times" % (key, len(outcomes)))
     audit_events(s2)
 
@@ -245,8 +233,8 @@ def test_two_instances_one_runs_workers():
             check_eq(done["status"], "PAID", oid)
             check_eq(history(done), ["PENDING", "CONFIRMED", "PAID"], "history of " + oid)
             check_eq(wait_final(ca, oid)["status"], "PAID", oid + " on the other instance")
-            check_eq(ledger(a).get(oid), ["ok"], "charges of " + oid)
-        check_eq(ledger(b), {}, "the instance without workers charged nothing")
+            check_eq(a.payment_ledger().get(oid), ["ok"], "charges of " + oid)
+        check_eq(b.payment_ledger(), {}, "the instance without workers charged nothing")
         check_eq(avail(ca, "TW"), (8, 0), "stock after six paid orders")
     audit_events(a)
 

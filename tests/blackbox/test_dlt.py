@@ -75,17 +75,6 @@ def metric(c, name):
     raise AssertionError("no metric " + name)
 
 
-def ledger(server):
-    out = {}
-    path = os.path.join(server.data_dir, "payment-ledger.txt")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                key, outcome = line.split()
-                out.setdefault(key, []).append(outcome)
-    return out
-
-
 def test_dead_letter_then_replay_to_paid():
     s = start_stockd(["--payment-timeout-rate", "1"] + NO_BREAKER)
     with s.client() as c:
@@ -129,7 +118,7 @@ def test_dead_letter_then_replay_to_paid():
         check_eq(r.json["replayed"], 0, "nothing replayed")
         history = [h["status"] for h in c.get("/v1/orders/" + ids[0]).json["history"]]
         check_eq(history, ["PENDING", "CONFIRMED", "PAID"], "history")
-    charges = ledger(s)
+    charges = s.payment_ledger()
     for o in ids:
         check(charges.get(o, []) in (["ok"],), "%s charged once: %r" % (o, charges.get(o)))
     audit_events(s)
@@ -153,7 +142,7 @@ def test_dead_letter_survives_restart():
         wait_status(c, o, ("PAID",))
     with s.client(token=None) as anonymous:
         check_problem(anonymous.get("/v1/dlt"), 401, "unauthorized", "admin only")
-    check(len(ledger(s).get(o, [])) <= 1, "charged at most once")
+    check(len(s.payment_ledger().get(o, [])) <= 1, "charged at most once")
     s.stop()
 
 

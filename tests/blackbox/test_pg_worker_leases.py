@@ -111,23 +111,11 @@ def _final(server, oid):
     return o
 
 
-def ledger(server):
-    """{orderId: [outcomes]} of the server's simulator ledger."""
-    out = {}
-    path = os.path.join(server.data_dir, "payment-ledger.txt")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                key, outcome = line.split()
-                out.setdefault(key, []).append(outcome)
-    return out
-
-
 def check_ledgers(servers, ids, charged_by, in_doubt=()):
     """Each order of ids was charged once, "ok", in the ledger of charged_by; in no other ledger,
     except an order of in_doubt (its charge was in doubt when its instance died), which may be
     in one other ledger once. No key is twice in any ledger."""
-    ledgers = {s.name: ledger(s) for s in servers}
+    ledgers = {s.name: s.payment_ledger() for s in servers}
     for name, lines in ledgers.items():
         for key, outcomes in lines.items():
             check(len(outcomes) == 1, "%s is in %s's ledger %d times" % (key, name,
@@ -176,7 +164,7 @@ def test_one_holder_per_stage_and_takeover():
         first += place(a, "LS", 2) + place(b, "LS", 2)
     wait_paid(b, first)
     check_ledgers([a, b], first, charged_by=a)
-    check_eq(ledger(b), {}, "the instance without a lease charged nothing")
+    check_eq(b.payment_ledger(), {}, "the instance without a lease charged nothing")
 
     # The holder's order stage paused: the other instance, holding no lease, confirms nothing.
     admin_post(a, "/v1/admin/workers/order:pause")
