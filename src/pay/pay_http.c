@@ -43,6 +43,7 @@
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "base/text.h"
 
 /* Epoll events taken per wait. */
 #define PAY_HTTP_EVENTS_MAX 64
@@ -134,41 +135,26 @@ static bool pay_http_has_token(const char *value, size_t length, const char *tok
 /* One header line (name: value, without its CRLF) into head. 0 or SVC_EVALIDATION. */
 static int pay_http_parse_header(const char *line, size_t length, struct pay_http_head *head)
 {
-    const char *colon = memchr(line, ':', length);
-    if (colon == NULL || colon == line) {
+    struct text_header h;
+    if (!text_header_split(line, length, &h)) {
         return SVC_EVALIDATION;
     }
-    size_t name_length = (size_t)(colon - line);
-    const char *value = colon + 1;
-    size_t value_length = length - name_length - 1;
-    while (value_length > 0 && (*value == ' ' || *value == '\t')) {
-        value++, value_length--;
-    }
-    while (value_length > 0 &&
-           (value[value_length - 1] == ' ' || value[value_length - 1] == '\t')) {
-        value_length--;
-    }
-    if (name_length == 14 && strncasecmp(line, "content-length", 14) == 0) {
-        int64_t n = 0;
-        for (size_t i = 0; i < value_length; i++) {
-            if (value[i] < '0' || value[i] > '9' || n > PAY_HTTP_RESPONSE_BYTES_MAX) {
-                return SVC_EVALIDATION; /* not a number, or more than any answer we take */
-            }
-            n = n * 10 + (value[i] - '0');
-        }
-        if (value_length == 0 || (head->content_length >= 0 && head->content_length != n)) {
+    if (text_header_is(&h, "content-length")) {
+        /* not a number, more than any answer we take, or a second one that differs */
+        int64_t n = text_decimal(h.value, h.value_length, PAY_HTTP_RESPONSE_BYTES_MAX);
+        if (n < 0 || (head->content_length >= 0 && head->content_length != n)) {
             return SVC_EVALIDATION;
         }
         head->content_length = n;
-    } else if (name_length == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
-        head->chunked = pay_http_has_token(value, value_length, "chunked");
+    } else if (text_header_is(&h, "transfer-encoding")) {
+        head->chunked = pay_http_has_token(h.value, h.value_length, "chunked");
         if (!head->chunked) {
             return SVC_EVALIDATION; /* a coding we cannot frame */
         }
-    } else if (name_length == 10 && strncasecmp(line, "connection", 10) == 0) {
-        if (pay_http_has_token(value, value_length, "close")) {
+    } else if (text_header_is(&h, "connection")) {
+        if (pay_http_has_token(h.value, h.value_length, "close")) {
             head->keep_alive = false;
-        } else if (pay_http_has_token(value, value_length, "keep-alive")) {
+        } else if (pay_http_has_token(h.value, h.value_length, "keep-alive")) {
             head->keep_alive = true;
         }
     }

@@ -11,6 +11,7 @@
 
 #include "base/errors.h"
 #include "base/svc_assert.h"
+#include "base/text.h"
 
 /* Copies value (length bytes) into out (size bytes) when it fits; false when it does not. */
 static bool paysim_http_copy(char *out, size_t size, const char *value, size_t length)
@@ -49,40 +50,24 @@ static int paysim_http_parse_line(const char *line, size_t length, struct paysim
 static int paysim_http_parse_header(const char *line, size_t length,
                                     struct paysim_http_request *out, int64_t *content_length)
 {
-    const char *colon = memchr(line, ':', length);
-    if (colon == NULL || colon == line) {
+    struct text_header h;
+    if (!text_header_split(line, length, &h)) {
         return SVC_EVALIDATION;
     }
-    size_t name_length = (size_t)(colon - line);
-    const char *value = colon + 1;
-    size_t value_length = length - name_length - 1;
-    while (value_length > 0 && (*value == ' ' || *value == '\t')) {
-        value++, value_length--;
-    }
-    while (value_length > 0 &&
-           (value[value_length - 1] == ' ' || value[value_length - 1] == '\t')) {
-        value_length--;
-    }
-    if (name_length == 14 && strncasecmp(line, "content-length", 14) == 0) {
-        int64_t n = 0;
-        for (size_t i = 0; i < value_length; i++) {
-            if (value[i] < '0' || value[i] > '9' || n > PAYSIM_HTTP_REQUEST_BYTES_MAX) {
-                return SVC_EVALIDATION;
-            }
-            n = n * 10 + (value[i] - '0');
-        }
-        if (value_length == 0 || (*content_length >= 0 && *content_length != n)) {
+    if (text_header_is(&h, "content-length")) {
+        int64_t n = text_decimal(h.value, h.value_length, PAYSIM_HTTP_REQUEST_BYTES_MAX);
+        if (n < 0 || (*content_length >= 0 && *content_length != n)) {
             return SVC_EVALIDATION;
         }
         *content_length = n;
-    } else if (name_length == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
+    } else if (text_header_is(&h, "transfer-encoding")) {
         return SVC_EVALIDATION; /* no chunked requests here */
-    } else if (name_length == 15 && strncasecmp(line, "idempotency-key", 15) == 0) {
-        out->key_too_long = !paysim_http_copy(out->key, sizeof out->key, value, value_length);
-    } else if (name_length == 10 && strncasecmp(line, "connection", 10) == 0) {
-        if (value_length == 5 && strncasecmp(value, "close", 5) == 0) {
+    } else if (text_header_is(&h, "idempotency-key")) {
+        out->key_too_long = !paysim_http_copy(out->key, sizeof out->key, h.value, h.value_length);
+    } else if (text_header_is(&h, "connection")) {
+        if (h.value_length == 5 && strncasecmp(h.value, "close", 5) == 0) {
             out->keep_alive = false;
-        } else if (value_length == 10 && strncasecmp(value, "keep-alive", 10) == 0) {
+        } else if (h.value_length == 10 && strncasecmp(h.value, "keep-alive", 10) == 0) {
             out->keep_alive = true;
         }
     }

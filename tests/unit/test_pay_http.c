@@ -345,9 +345,33 @@ static void test_paysim_http_requests(void **state)
     ASSERT_EQ_MEM(answer, want, n);
 }
 
+/* The header-line pieces both parsers share (base/text.h). */
+static void test_text_header_and_decimal(void **state)
+{
+    (void)state;
+    struct text_header h;
+    const char *line = "Content-Length: \t 42 \t";
+    ASSERT_TRUE(text_header_split(line, strlen(line), &h));
+    ASSERT_TRUE(text_header_is(&h, "content-length"));
+    ASSERT_FALSE(text_header_is(&h, "content-lengt"));
+    ASSERT_EQ_INT((int64_t)h.value_length, 2);
+    ASSERT_EQ_INT(text_decimal(h.value, h.value_length, 100), 42);
+    ASSERT_FALSE(text_header_split(": x", 3, &h));     /* no name */
+    ASSERT_FALSE(text_header_split("NoColon", 7, &h)); /* no colon */
+    ASSERT_TRUE(text_header_split("X:", 2, &h));       /* an empty value */
+    ASSERT_EQ_INT((int64_t)h.value_length, 0);
+    ASSERT_EQ_INT(text_decimal("", 0, 100), -1);                               /* no digit */
+    ASSERT_EQ_INT(text_decimal("100", 3, 100), 100);                           /* the max itself */
+    ASSERT_EQ_INT(text_decimal("101", 3, 100), -1);                            /* past it */
+    ASSERT_EQ_INT(text_decimal("1x", 2, 100), -1);                             /* not a number */
+    ASSERT_EQ_INT(text_decimal("99999999999999999999999", 23, INT64_MAX), -1); /* overflow */
+    ASSERT_EQ_INT(text_decimal("9223372036854775807", 19, INT64_MAX), INT64_MAX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_text_header_and_decimal),
         cmocka_unit_test(test_pay_http_content_length),
         cmocka_unit_test(test_pay_http_chunked),
         cmocka_unit_test(test_pay_http_until_close_and_bad),
