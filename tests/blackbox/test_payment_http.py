@@ -193,6 +193,10 @@ def test_simulator_down_orders_wait():
             r = order(c, "HD", 1, ttl=2)
             check_status(r, 201, "order while the simulator is down")
             ids.append(r.json["orderId"])
+        # The order stage confirms without the provider: every order leaves PENDING (a just
+        # created one may still be PENDING for a moment).
+        for oid in ids:
+            wait_until(oid + " confirmed", lambda oid=oid: status_of(c, oid) != "PENDING")
         # Longer than the 8 attempts' backoff takes (about 6 s) and past every ttl: the
         # circuit opens, so the orders wait in doubt, never expire and never become dead
         # letters, however long the provider is gone.
