@@ -59,8 +59,9 @@ static void main_usage(FILE *out)
             "  --workers on|off       run the checkout order workers (default on; with\n"
             "                         several instances on one PostgreSQL, each stage runs\n"
             "                         on the instance that holds its lease)\n"
-            "  --lease-ms MS          the workers' lease of a stage (default 5000, 100..600000;\n"
-            "                         renewed every MS/3; a stopped holder's is taken after it)\n"
+            "  --lease-ms MS          the lease of a worker stage and of the relay (default\n"
+            "                         5000, 100..600000; renewed every MS/3; a stopped\n"
+            "                         holder's is taken after it)\n"
             "  --instance-id ID       this instance's name in the leases (default\n"
             "                         hostname:pid:start-ms)\n"
             "  --payment-failure-rate R  payment simulator: share of declined charges (0..1)\n"
@@ -76,7 +77,8 @@ static void main_usage(FILE *out)
             "                         (default on; off: an outage dead-letters the orders)\n"
             "  --amqp URL             amqp://user:password@host:port/vhost: publish every\n"
             "                         committed event to the RabbitMQ stream stockd.events\n"
-            "                         (the outbox relay; without it, no broker is used)\n"
+            "                         (the outbox relay; without it, no broker is used;\n"
+            "                         on one PostgreSQL, the holder of its lease publishes)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -177,7 +179,8 @@ static void main_start_relay(struct app *app)
     if (app->config.amqp_url[0] == '\0') {
         return;
     }
-    struct relay_config rc = {app->config.db_path, app->config.amqp_url, &app->writer.acked_seq};
+    struct relay_config rc = {app->config.db_path, app->config.amqp_url, &app->writer.acked_seq,
+                              app->config.instance_id, app->config.lease_ms};
     struct relay *relay = relay_new(&rc);
     if (relay == NULL || relay_start(relay) != 0) {
         log_error("cannot start the outbox relay (--amqp)");
@@ -587,6 +590,9 @@ int main(int argc, char **argv)
     if (writer_start(&app->writer) != 0 || http_start(app, fd, app->config.io_thread_count) != 0) {
         log_error("cannot start threads");
         return 1;
+    }
+    if (app->config.instance_id[0] == '\0') { /* one id for the workers' and the relay's leases */
+        work_lease_default_holder(app->config.instance_id, sizeof app->config.instance_id);
     }
     main_start_workers(app);
     main_start_relay(app);

@@ -18,6 +18,9 @@
 #include "base/svc_assert.h"
 
 #define API_METRICS_BYTES_MAX 16384
+/* A /health or /ready body: the relay's two holder ids, escaped (6 bytes a byte at worst),
+ * and the rest far below 1 KiB. */
+#define API_HEALTH_BYTES_MAX (1024 + 2 * 6 * STORE_LEASE_HOLDER_BYTES_MAX)
 
 /* openapi.yaml at the repository root, embedded at build time by tools/embed.py (meson.build):
  * its bytes and a terminating 0 that the length does not count. */
@@ -25,18 +28,29 @@ extern const char openapi_yaml[];
 extern const size_t openapi_yaml_length;
 
 /* The outbox relay's member of /health and /ready (--amqp only): ,"relay":{...}. Degraded
- * while the broker connection is down; the lag is the events committed and not confirmed. */
-static void api_relay_json(struct app *app, char *out, size_t size)
+ * while the broker connection is down; the lag is the events committed and not confirmed.
+ * lease says whether this instance holds the relay's lease (only the holder publishes) and
+ * who does, as far as it knows; instanceId is this instance's name in the lease. */
+static void api_relay_json(struct app *app, struct jbuf *b)
 {
-    SVC_ASSERT(size > 0);
     struct relay *relay = atomic_load(&app->relay);
-    out[0] = '\0';
-    if (relay != NULL) {
-        bool up = atomic_load(&relay_stats(relay)->connected);
-        int n = snprintf(out, size, ",\"relay\":{\"status\":\"%s\",\"lagEvents\":%lld}",
-                         up ? "ok" : "degraded", (long long)relay_lag_events(relay));
-        SVC_ASSERT(n > 0 && (size_t)n < size);
+    if (relay == NULL) {
+        return;
     }
+    bool up = atomic_load(&relay_stats(relay)->connected);
+    jbuf_lit(b, up ? ",\"relay\":{\"status\":\"ok\"" : ",\"relay\":{\"status\":\"degraded\"");
+    jbuf_kv_int(b, "lagEvents", relay_lag_events(relay));
+    char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
+    relay_holder(relay, holder, sizeof holder);
+    jbuf_lit(b, relay_holds(relay) ? ",\"lease\":{\"held\":true" : ",\"lease\":{\"held\":false");
+    if (holder[0] != '\0') {
+        jbuf_kv_str(b, "holder", holder);
+    } else {
+        jbuf_lit(b, ",\"holder\":null");
+    }
+    jbuf_lit(b, "}");
+    jbuf_kv_str(b, "instanceId", relay_instance_id(relay));
+    jbuf_lit(b, "}");
 }
 
 void api_health(struct http_request *r)
@@ -46,13 +60,11 @@ void api_health(struct http_request *r)
      * circuit is open or half-open makes it "degraded", with a check that names the provider
      * and the state. */
     struct app *app = r->thread->app;
-    char relay[128];
-    api_relay_json(app, relay, sizeof relay);
     bool on = atomic_load(&app->read_only);
     struct pay_breaker *breaker = atomic_load(&app->pay_breaker);
     int state =
         breaker != NULL ? atomic_load(&pay_breaker_stats(breaker)->state) : PAY_BREAKER_CLOSED;
-    char body[512];
+    char body[API_HEALTH_BYTES_MAX];
     struct jbuf b;
     jbuf_init(&b, body, sizeof body);
     jbuf_lit(&b, state == PAY_BREAKER_CLOSED ? "{\"status\":\"ok\"" : "{\"status\":\"degraded\"");
@@ -68,7 +80,7 @@ void api_health(struct http_request *r)
         jbuf_kv_int(&b, "consecutiveFailures", (int64_t)atomic_load(&st->consecutive_failures));
         jbuf_lit(&b, "}]");
     }
-    jbuf_lit(&b, relay);
+    api_relay_json(app, &b);
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);
@@ -86,12 +98,14 @@ void api_ready(struct http_request *r)
         return;
     }
     /* A broker that is down is no reason to stop selling: still ready, the relay degraded. */
-    char relay[128];
-    api_relay_json(app, relay, sizeof relay);
-    char *body = h2o_mem_alloc_pool(&r->req->pool, 256);
-    int n = snprintf(body, 256, "{\"status\":\"ready\"%s}", relay);
-    SVC_ASSERT(n > 0 && n < 256);
-    http_send_json(r, 200, body, (size_t)n);
+    char *body = h2o_mem_alloc_pool(&r->req->pool, API_HEALTH_BYTES_MAX);
+    struct jbuf b;
+    jbuf_init(&b, body, API_HEALTH_BYTES_MAX);
+    jbuf_lit(&b, "{\"status\":\"ready\"");
+    api_relay_json(app, &b);
+    jbuf_lit(&b, "}");
+    SVC_ASSERT(jbuf_ok(&b));
+    http_send_json(r, 200, body, b.length);
 }
 
 /* Appends printf output to the metrics buffer, keeping *used within size. */
@@ -233,6 +247,10 @@ static void api_metrics_relay(struct app *app, char *out, size_t size, size_t *u
                        (unsigned long long)atomic_load(&st->published),
                        (unsigned long long)atomic_load(&st->errors),
                        atomic_load(&st->connected) ? 1 : 0, (long long)atomic_load(&st->position));
+    /* 1 on the one instance that holds the relay's lease (publishes), 0 on the others. */
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_relay_lease_held gauge\nstockd_relay_lease_held %d\n",
+                       relay_holds(relay) ? 1 : 0);
 }
 
 void api_metrics(struct http_request *r)

@@ -50,7 +50,7 @@ struct app_config {
     char amqp_url[512];            /* --amqp: the outbox relay's broker; empty: no relay */
     /* The workers' leases (several instances on one PostgreSQL): --lease-ms, --instance-id. */
     int64_t lease_ms;
-    char instance_id[128]; /* "" : hostname:pid:start-ms */
+    char instance_id[128]; /* the leases' holder id; "": main fills hostname:pid:start-ms */
 };
 
 struct work;

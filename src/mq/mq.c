@@ -614,6 +614,20 @@ void mq_set_confirmed_cookie(struct mq *mq, int64_t initial)
     mq->confirmed_cookie = initial;
 }
 
+size_t mq_drop_unconfirmed(struct mq *mq)
+{
+    SVC_ASSERT(mq->role == MQ_PUBLISHER);
+    size_t dropped = mq->count;
+    /* Tags of the dropped slots are below next_tag, so a later ack (even `multiple`) cannot
+     * match a slot published after this on the same connection. */
+    mq->head = 0;
+    mq->count = 0;
+    mq->ring_end = 0;
+    mq->ring_wrapped = false;
+    SVC_ASSERT(mq->count == 0);
+    return dropped;
+}
+
 /* ---- consumer ----------------------------------------------------------------------------- */
 
 int mq_consume(struct mq *mq, int64_t offset)

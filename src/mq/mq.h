@@ -154,6 +154,11 @@ size_t mq_unconfirmed(const struct mq *mq);
  * before it is confirmed too), or `initial` of mq_set_confirmed_cookie until one is. */
 int64_t mq_confirmed_cookie(const struct mq *mq);
 void mq_set_confirmed_cookie(struct mq *mq, int64_t initial);
+/* Publisher: forgets every message of the window, sent or not, as if it had never been
+ * published: none is sent again (an owner that may no longer publish, e.g. a relay that lost
+ * its lease). The connection stays; confirms of those already sent match nothing when they
+ * come. The confirmed cookie stays where the confirmed prefix left it. Returns how many. */
+size_t mq_drop_unconfirmed(struct mq *mq);
 
 /* Consumer: consume the queue from stream offset `offset` (0: the first message kept). Called
  * once; a reconnect consumes again from the resume offset. 0 or -ENOTCONN (it keeps trying in

@@ -8,8 +8,16 @@
  * seqs); saved_pos is what relay_offsets holds. saved_pos <= confirmed <= read_pos always, and
  * only saved_pos survives a restart, so a restart publishes (confirmed, read_pos] again at worst.
  *
- * Ownership: the relay owns its reader and its mq handle; both are used by its thread only
- * (and by relay_start / relay_free before the thread runs and after it was joined).
+ * The lease: the thread ticks it at the top of each round (and never waits past its next
+ * action), and reads, publishes and saves only while it holds it. A loss drops the window
+ * (mq_drop_unconfirmed) before anything else is published; a win reads saved_pos from
+ * relay_offsets again and starts the window there (another holder may have moved it, or this
+ * instance's last unsaved confirms were never saved). Without the lease the thread keeps the
+ * broker connection alive (mq_poll) and reads the durable position every lease/3 for the lag.
+ *
+ * Ownership: the relay owns its reader, its mq handle and its lease; all are used by its
+ * thread only (and by relay_start / relay_stop / relay_free before the thread runs and after
+ * it was joined); other threads read the lease through work_lease_held / work_lease_holder.
  */
 #include "relay/relay.h"
 
@@ -26,6 +34,7 @@
 #include "base/svc_assert.h"
 #include "mq/mq.h"
 #include "store/store_open.h"
+#include "work/work_lease.h"
 
 _Static_assert(RELAY_BODY_BYTES_MAX <= MQ_BODY_BYTES_MAX, "an event fits one message");
 _Static_assert(RELAY_READ_EVENTS_MAX <= MQ_WINDOW_MAX, "a round fits the window");
@@ -39,8 +48,11 @@ struct relay {
     int64_t read_pos;            /* the last event put into the window */
     int64_t saved_pos;           /* the position relay_offsets holds */
     uint64_t save_failures;
-    pthread_mutex_t lock; /* guards woken */
-    pthread_cond_t wake;  /* the writer committed events, or the relay is stopping */
+    struct work_lease lease;                       /* stage RELAY_LEASE_STAGE */
+    char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1]; /* this instance's id in worker_leases */
+    int64_t next_follow_ms; /* monotonic: not holding, the next read of the position */
+    pthread_mutex_t lock;   /* guards woken */
+    pthread_cond_t wake;    /* the writer committed events, or the relay is stopping */
     bool woken;
     pthread_t thread;
     bool started;
@@ -58,12 +70,21 @@ struct relay *relay_new(const struct relay_config *config)
         return NULL;
     }
     r->config = *config;
+    SVC_ASSERT(config->lease_ms == 0 ||
+               (config->lease_ms >= WORK_LEASE_MS_MIN && config->lease_ms <= WORK_LEASE_MS_MAX));
+    r->config.lease_ms = config->lease_ms != 0 ? config->lease_ms : WORK_LEASE_MS_DEFAULT;
+    if (config->instance_id != NULL && config->instance_id[0] != '\0') {
+        snprintf(r->holder, sizeof r->holder, "%s", config->instance_id);
+    } else {
+        work_lease_default_holder(r->holder, sizeof r->holder);
+    }
     struct mq_config mc = {
         config->amqp_url, RELAY_STREAM, MQ_PUBLISHER, RELAY_STREAM_BYTES_MAX, 0, 0};
     if (mq_new(&r->mq, &mc) != 0) {
         free(r);
         return NULL;
     }
+    work_lease_init(&r->lease, RELAY_LEASE_STAGE);
     pthread_mutex_init(&r->lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -84,6 +105,7 @@ void relay_free(struct relay *r)
     store_reader_close(r->reader);
     pthread_mutex_destroy(&r->lock);
     pthread_cond_destroy(&r->wake);
+    work_lease_deinit(&r->lease);
     free(r);
 }
 
@@ -97,6 +119,21 @@ int64_t relay_lag_events(const struct relay *r)
     int64_t committed = atomic_load(r->config.committed_seq);
     int64_t position = atomic_load(&r->stats.position);
     return committed > position ? committed - position : 0;
+}
+
+bool relay_holds(const struct relay *r)
+{
+    return work_lease_held(&r->lease);
+}
+
+void relay_holder(struct relay *r, char *out, size_t size)
+{
+    work_lease_holder(&r->lease, out, size);
+}
+
+const char *relay_instance_id(const struct relay *r)
+{
+    return r->holder;
 }
 
 void relay_notify(struct relay *r)
@@ -184,6 +221,7 @@ static bool relay_read(struct relay *r)
 /* Saves the position of the confirmed prefix when it moved. */
 static void relay_save(struct relay *r)
 {
+    SVC_ASSERT(r->lease.held);
     int64_t confirmed = mq_confirmed_cookie(r->mq);
     SVC_ASSERT(confirmed >= r->saved_pos && confirmed <= r->read_pos);
     if (confirmed == r->saved_pos) {
@@ -207,9 +245,18 @@ static void relay_publish_stats(struct relay *r)
     atomic_store(&r->stats.reconnects, s->connects > 0 ? s->connects - 1 : 0);
 }
 
-/* Waits up to wait_ms for relay_notify (a commit) or the stop. */
-static void relay_wait(struct relay *r, int64_t wait_ms)
+static int64_t relay_mono_ms(void)
 {
+    return clock_mono_us() / 1000;
+}
+
+/* Waits up to RELAY_IDLE_WAIT_MS for relay_notify (a commit) or the stop, and never past the
+ * lease's next action. */
+static void relay_wait(struct relay *r)
+{
+    int64_t wait_ms = RELAY_IDLE_WAIT_MS;
+    int64_t until_due = work_lease_due_ms(&r->lease) - relay_mono_ms();
+    wait_ms = until_due < wait_ms ? (until_due > 1 ? until_due : 1) : wait_ms;
     SVC_ASSERT(wait_ms > 0);
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
@@ -224,18 +271,75 @@ static void relay_wait(struct relay *r, int64_t wait_ms)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* The lease was won: the durable position is read again (another holder may have moved it)
+ * and the window starts there. 0 or an error (storage unreachable). */
+static int relay_load(struct relay *r)
+{
+    SVC_ASSERT(mq_unconfirmed(r->mq) == 0); /* dropped at the loss, or never filled */
+    int rc = store_reader_relay_offset(r->reader, RELAY_NAME, &r->saved_pos);
+    if (rc != 0) {
+        return rc;
+    }
+    r->read_pos = r->saved_pos;
+    mq_set_confirmed_cookie(r->mq, r->saved_pos);
+    atomic_store(&r->stats.position, r->saved_pos);
+    log_info("relay: instance %s publishes to stream %s from event %" PRId64, r->holder,
+             RELAY_STREAM, r->saved_pos);
+    return 0;
+}
+
+/* Acquires, renews or notices the loss of the lease when due. A loss stops the publishing at
+ * once: what the window holds is dropped, never sent again by this instance. */
+static void relay_lease_tick(struct relay *r)
+{
+    enum work_lease_change change =
+        work_lease_tick(&r->lease, r->reader, r->holder, r->config.lease_ms, relay_mono_ms());
+    if (change == WORK_LEASE_LOST) {
+        size_t dropped = mq_drop_unconfirmed(r->mq);
+        log_warn("relay: stopped publishing at event %" PRId64 " (%zu unconfirmed dropped)",
+                 r->read_pos, dropped);
+        r->next_follow_ms = 0;
+    } else if (change == WORK_LEASE_WON && relay_load(r) != 0) {
+        log_warn("relay: cannot read its position; its lease is tried again");
+        work_lease_forget(&r->lease, relay_mono_ms(),
+                          r->config.lease_ms / WORK_LEASE_RENEW_DIVISOR);
+    }
+}
+
+/* Not holding the lease: the durable position the holder saves, every lease/3, for the lag. */
+static void relay_follow(struct relay *r)
+{
+    int64_t now_ms = relay_mono_ms();
+    if (now_ms < r->next_follow_ms) {
+        return;
+    }
+    r->next_follow_ms = now_ms + r->config.lease_ms / WORK_LEASE_RENEW_DIVISOR;
+    int64_t position = 0;
+    if (store_reader_relay_offset(r->reader, RELAY_NAME, &position) == 0) {
+        atomic_store(&r->stats.position, position);
+    }
+}
+
 static void *relay_loop(void *arg)
 {
     struct relay *r = arg;
     while (!atomic_load(&r->stopping)) {
-        bool read = relay_read(r);
+        relay_lease_tick(r);
+        bool held = r->lease.held;
+        bool read = held && relay_read(r);
         bool in_flight = mq_unconfirmed(r->mq) > 0;
-        /* Connected with messages in flight: the wait is for their confirms. */
+        SVC_ASSERT(held || !in_flight); /* a loss dropped the window */
+        /* Connected with messages in flight: the wait is for their confirms. Not holding the
+         * lease, the poll only keeps the connection (heartbeats, reconnects). */
         int rc = mq_poll(r->mq, read || !in_flight ? 0 : RELAY_CONFIRM_WAIT_MS);
-        relay_save(r);
+        if (held) {
+            relay_save(r);
+        } else {
+            relay_follow(r);
+        }
         relay_publish_stats(r);
         if (rc != 0 || (!read && !in_flight)) {
-            relay_wait(r, RELAY_IDLE_WAIT_MS); /* broker down, or nothing to do */
+            relay_wait(r); /* broker down, nothing to do, or not the holder */
         }
     }
     return NULL;
@@ -245,21 +349,25 @@ int relay_start(struct relay *r)
 {
     SVC_ASSERT(!r->started && r->reader == NULL);
     int rc = store_reader_open(&r->reader, r->config.db_uri);
-    if (rc == 0) {
-        rc = store_reader_relay_offset(r->reader, RELAY_NAME, &r->saved_pos);
-    }
     if (rc != 0) {
-        log_error("relay: cannot read its position (%d)", rc);
+        log_error("relay: cannot open its reader (%d)", rc);
         return rc;
     }
-    r->read_pos = r->saved_pos;
-    mq_set_confirmed_cookie(r->mq, r->saved_pos);
-    atomic_store(&r->stats.position, r->saved_pos);
+    /* The lease is tried now: on SQLite, or when no live instance holds it, the relay starts
+     * publishing from its durable position at once, as before leases. */
+    log_info("relay: instance %s, lease of %" PRId64 " ms", r->holder, r->config.lease_ms);
+    relay_lease_tick(r);
+    if (!r->lease.held) {
+        relay_follow(r);
+        char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
+        work_lease_holder(&r->lease, holder, sizeof holder);
+        log_info("relay: another instance (%s) holds the relay's lease; this one waits",
+                 holder[0] != '\0' ? holder : "unknown");
+    }
     if (mq_connect(r->mq) != 0) {
         log_warn("relay: the broker is not reachable yet; events wait in the log");
     }
     relay_publish_stats(r);
-    log_info("relay: publishing to stream %s from event %" PRId64, RELAY_STREAM, r->saved_pos);
     r->started = true;
     rc = pthread_create(&r->thread, NULL, relay_loop, r);
     if (rc != 0) {
@@ -278,5 +386,6 @@ void relay_stop(struct relay *r)
     relay_notify(r);
     pthread_join(r->thread, NULL);
     r->started = false;
-    SVC_ASSERT(!r->started);
+    work_lease_release(&r->lease, r->reader, r->holder); /* the thread has ended */
+    SVC_ASSERT(!r->started && !r->lease.held);
 }

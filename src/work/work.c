@@ -9,7 +9,6 @@
 #include "work/work.h"
 
 #include <errno.h>
-#include <unistd.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -108,10 +107,7 @@ struct work *work_new(const struct work_config *config)
     if (config->instance_id != NULL && config->instance_id[0] != '\0') {
         snprintf(w->holder, sizeof w->holder, "%s", config->instance_id);
     } else {
-        char host[64] = "";
-        (void)gethostname(host, sizeof host - 1);
-        snprintf(w->holder, sizeof w->holder, "%s:%ld:%" PRId64, host[0] != '\0' ? host : "host",
-                 (long)getpid(), clock_wall_ms());
+        work_lease_default_holder(w->holder, sizeof w->holder);
     }
     work_lease_init(&w->leases[CMD_STAGE_ORDER], "order");
     work_lease_init(&w->leases[CMD_STAGE_PAYMENT], "payment");

@@ -1,15 +1,26 @@
 /*
- * work_lease.c - a stage's lease: see work_lease.h. Only the workers' thread ticks it; other
- * threads read held_shared and, under lock, holder.
+ * work_lease.c - a stage's lease: see work_lease.h. Only the thread that runs the stage (the
+ * workers', or the relay's) ticks it; other threads read held_shared and, under lock, holder.
  */
 #include "work/work_lease.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+
+void work_lease_default_holder(char *out, size_t size)
+{
+    SVC_ASSERT(size >= 1);
+    char host[64] = "";
+    (void)gethostname(host, sizeof host - 1);
+    snprintf(out, size, "%s:%ld:%" PRId64, host[0] != '\0' ? host : "host", (long)getpid(),
+             clock_wall_ms());
+}
 
 void work_lease_init(struct work_lease *l, const char *stage)
 {
@@ -39,7 +50,7 @@ enum work_lease_change work_lease_tick(struct work_lease *l, struct store_reader
 {
     SVC_ASSERT(lease_ms >= WORK_LEASE_MS_MIN && lease_ms <= WORK_LEASE_MS_MAX);
     if (l->held && now_ms >= l->valid_until_ms) {
-        log_warn("work: the %s stage's lease was not renewed in time: stage stopped", l->stage);
+        log_warn("lease: the %s lease was not renewed in time: stopped", l->stage);
         work_lease_publish(l, false, NULL);
         l->next_try_ms = now_ms; /* nobody may have taken it: try at once */
         return WORK_LEASE_LOST;
@@ -58,7 +69,7 @@ enum work_lease_change work_lease_tick(struct work_lease *l, struct store_reader
         bool was_held = l->held;
         work_lease_publish(l, false, got.holder);
         if (was_held) {
-            log_warn("work: the %s stage's lease was taken over (by %s): stage stopped", l->stage,
+            log_warn("lease: the %s lease was taken over (by %s): stopped", l->stage,
                      got.holder[0] != '\0' ? got.holder : "another instance");
         }
         return was_held ? WORK_LEASE_LOST : WORK_LEASE_SAME;
@@ -69,7 +80,7 @@ enum work_lease_change work_lease_tick(struct work_lease *l, struct store_reader
     l->valid_until_ms = now_ms + lease_ms; /* counted from before the statement */
     work_lease_publish(l, true, got.holder);
     if (won) {
-        log_info("work: took the %s stage's lease (token %" PRId64 ")", l->stage, l->token);
+        log_info("lease: took the %s lease (token %" PRId64 ")", l->stage, l->token);
     }
     return won ? WORK_LEASE_WON : WORK_LEASE_SAME;
 }
@@ -88,7 +99,7 @@ void work_lease_release(struct work_lease *l, struct store_reader *r, const char
     }
     struct store_lease got;
     if (store_reader_lease(r, l->stage, holder, l->token, 0, &got) == 0) {
-        log_info("work: gave the %s stage's lease up", l->stage);
+        log_info("lease: gave the %s lease up", l->stage);
     }
     work_lease_publish(l, false, NULL);
 }

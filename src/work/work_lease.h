@@ -12,7 +12,10 @@
  * command: a lease is no business data and must not wait behind the writer's queue.
  *
  * Other threads read whether the stage is held and who holds it (GET /v1/admin/workers,
- * /metrics) through work_lease_held and work_lease_holder. Read work.c next.
+ * /metrics) through work_lease_held and work_lease_holder.
+ *
+ * The outbox relay (relay/relay.h) takes a lease of the same table the same way, stage
+ * RELAY_LEASE_STAGE ("relay"), ticked by its own thread with its own reader. Read work.c next.
  */
 #ifndef STOCKD_WORK_LEASE_H
 #define STOCKD_WORK_LEASE_H
@@ -41,8 +44,8 @@ enum work_lease_change {
 };
 
 struct work_lease {
-    const char *stage;        /* "order", "payment" (static) */
-    bool held;                /* the workers' thread's view */
+    const char *stage;        /* "order", "payment", "relay" (static) */
+    bool held;                /* the ticking thread's view */
     int64_t token;            /* the token of the last acquisition (kept after a loss) */
     int64_t valid_until_ms;   /* monotonic: held until then at most */
     int64_t next_try_ms;      /* monotonic: the next acquire or renew */
@@ -50,6 +53,9 @@ struct work_lease {
     pthread_mutex_t lock;     /* guards holder */
     char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1]; /* the holder last seen, "" when unknown */
 };
+
+/* The holder id of an instance started without --instance-id: hostname:pid:start-ms. */
+void work_lease_default_holder(char *out, size_t size);
 
 void work_lease_init(struct work_lease *l, const char *stage);
 void work_lease_deinit(struct work_lease *l);

@@ -2,7 +2,8 @@
  * test_mq.c - the AMQP handle of src/mq/mq.h against a real RabbitMQ.
  *
  * Without a broker: configs outside the limits are refused, and a publisher that cannot
- * connect keeps exactly MQ_WINDOW_MAX messages in its window and then says -EAGAIN. With a
+ * connect keeps exactly MQ_WINDOW_MAX messages in its window and then says -EAGAIN, and
+ * mq_drop_unconfirmed empties a full window so that it takes as many again. With a
  * broker ($STOCKD_TEST_AMQP, the amqp:// URL of scripts/rabbitmq-start.sh, which
  * scripts/run-tests.sh starts for the whole run; the tests skip without it, and fail when
  * $STOCKD_TEST_REQUIRE_AMQP says one must be there), each on a stream queue of its own that it
@@ -10,7 +11,9 @@
  * middle offset with their id, type, headers and body; connections closed by the broker
  * (`rabbitmqctl close_all_connections`, with the node's environment from
  * $STOCKD_TEST_AMQP_DIR/env) lose no confirmed message and leave no gap in the stream, and a
- * consumer whose connection is closed resumes at the offset after the last one it acked.
+ * consumer whose connection is closed resumes at the offset after the last one it acked, and
+ * messages dropped unconfirmed (a relay that lost its lease) are never counted confirmed while
+ * those published after them are, with no gap in the stream.
  *
  * The test links the mq library alone (with base below it). Read tests/blackbox/ next.
  */
@@ -101,6 +104,37 @@ static void test_window_is_bounded_without_a_broker(void **state)
     ASSERT_EQ_UINT(mq_stats(mq)->published, 0);
     ASSERT_GE_UINT(mq_stats(mq)->connect_failures, 1);
     mq_free(mq); /* frees the window's messages */
+}
+
+/* A relay that lost its lease drops its window: nothing of it is left to send, the confirmed
+ * cookie stays, and the window takes MQ_WINDOW_MAX messages again from a new position. */
+static void test_drop_empties_the_window_without_a_broker(void **state)
+{
+    (void)state;
+    char url[128];
+    snprintf(url, sizeof url, "amqp://guest:guest@127.0.0.1:%d/%%2f", test_closed_port());
+    struct mq_config c = {url, "q", MQ_PUBLISHER, 1 << 20, 0, 0};
+    struct mq *mq = NULL;
+    ASSERT_OK(mq_new(&mq, &c));
+    mq_set_confirmed_cookie(mq, 7);
+    ASSERT_EQ_UINT(mq_drop_unconfirmed(mq), 0);
+    char body[3000];
+    memset(body, 'y', sizeof body);
+    struct mq_message m = {.id = "1", .type = "T", .body = body, .body_length = sizeof body};
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < MQ_WINDOW_MAX; i++) {
+            m.cookie = 8 + i;
+            ASSERT_OK(mq_publish(mq, &m));
+        }
+        ASSERT_ERR(mq_publish(mq, &m), -EAGAIN);
+        ASSERT_EQ_UINT(mq_drop_unconfirmed(mq), MQ_WINDOW_MAX);
+        ASSERT_EQ_UINT(mq_unconfirmed(mq), 0);
+        ASSERT_EQ_INT(mq_confirmed_cookie(mq), 7);
+    }
+    mq_set_confirmed_cookie(mq, 100); /* allowed: the window is empty */
+    ASSERT_EQ_INT(mq_confirmed_cookie(mq), 100);
+    ASSERT_EQ_UINT(mq_stats(mq)->published, 0);
+    mq_free(mq);
 }
 
 /* ---- with a broker ------------------------------------------------------------------------ */
@@ -360,6 +394,34 @@ static void test_publisher_reconnects_and_loses_nothing_confirmed(void **state)
     print_message("republished after the close: duplicates in the stream %d\n", duplicates);
 }
 
+/* A publisher drops 300 messages sent and not yet confirmed, then publishes from its last
+ * confirmed one again (a relay that lost its lease and won it back): the confirms of the
+ * dropped ones count nothing and advance nothing; the new ones are all confirmed; the stream
+ * has no gap. */
+static void test_dropped_messages_are_never_confirmed(void **state)
+{
+    struct mq_fixture *f = mq_fixture_or_skip(state);
+    struct mq *pub = test_open(f, MQ_PUBLISHER);
+    ASSERT_OK(mq_connect(pub));
+    test_publish_range(pub, 1, 400);
+    test_confirm_all(pub);
+    ASSERT_EQ_INT(mq_confirmed_cookie(pub), 400);
+    test_publish_range(pub, 401, 700);
+    ASSERT_EQ_UINT(mq_drop_unconfirmed(pub) + mq_stats(pub)->confirmed, 700);
+    ASSERT_EQ_UINT(mq_unconfirmed(pub), 0);
+    uint64_t confirmed = mq_stats(pub)->confirmed;
+    (void)mq_poll(pub, 100); /* the dropped ones' confirms come: they match nothing */
+    ASSERT_EQ_UINT(mq_stats(pub)->confirmed, confirmed);
+    mq_set_confirmed_cookie(pub, 400);
+    test_publish_range(pub, 401, TEST_MESSAGES);
+    test_confirm_all(pub);
+    ASSERT_EQ_INT(mq_confirmed_cookie(pub), TEST_MESSAGES);
+    ASSERT_EQ_UINT(mq_stats(pub)->confirmed, confirmed + TEST_MESSAGES - 400);
+    mq_free(pub);
+    int duplicates = test_read_no_gap(f, TEST_MESSAGES);
+    print_message("after the drop: duplicates in the stream %d\n", duplicates);
+}
+
 static void test_consumer_resumes_after_its_last_ack(void **state)
 {
     struct mq_fixture *f = mq_fixture_or_skip(state);
@@ -395,10 +457,13 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_outside_the_limits_is_refused),
         cmocka_unit_test(test_window_is_bounded_without_a_broker),
+        cmocka_unit_test(test_drop_empties_the_window_without_a_broker),
         cmocka_unit_test_setup_teardown(test_publish_and_consume_from_offsets, mq_setup,
                                         mq_teardown),
         cmocka_unit_test_setup_teardown(test_publisher_reconnects_and_loses_nothing_confirmed,
                                         mq_setup, mq_teardown),
+        cmocka_unit_test_setup_teardown(test_dropped_messages_are_never_confirmed, mq_setup,
+                                        mq_teardown),
         cmocka_unit_test_setup_teardown(test_consumer_resumes_after_its_last_ack, mq_setup,
                                         mq_teardown),
     };
