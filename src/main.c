@@ -27,6 +27,8 @@
 #include "store/store_open.h"
 #include "work/work.h"
 #include "relay/relay.h"
+#include "http/api.h"
+#include "intake/intake_consume.h"
 
 /* Time the I/O threads get to send the last replies after the writer stopped. */
 #define MAIN_SHUTDOWN_GRACE_US 200000
@@ -77,8 +79,10 @@ static void main_usage(FILE *out)
             "                         (default on; off: an outage dead-letters the orders)\n"
             "  --amqp URL             amqp://user:password@host:port/vhost: publish every\n"
             "                         committed event to the RabbitMQ stream stockd.events\n"
-            "                         (the outbox relay; without it, no broker is used;\n"
-            "                         on one PostgreSQL, the holder of its lease publishes)\n"
+            "                         (the outbox relay; on one PostgreSQL, the holder of\n"
+            "                         its lease publishes) and apply the commands of the\n"
+            "                         stream stockd.commands (asynchronous intake); without\n"
+            "                         it, no broker is used\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -159,6 +163,8 @@ static void main_writer_reply(struct command *cmd, void *context)
 {
     if (cmd->origin == CMD_ORIGIN_WORKER) {
         work_writer_reply(cmd);
+    } else if (cmd->origin == CMD_ORIGIN_INTAKE) {
+        intake_consume_writer_reply(cmd);
     } else {
         http_writer_reply(cmd, context);
     }
@@ -187,6 +193,23 @@ static void main_start_relay(struct app *app)
         exit(1);
     }
     atomic_store(&app->relay, relay);
+}
+
+/* Starts the consumer of the stream of commands (asynchronous intake) when --amqp names a
+ * broker; exits on failure (a broker that is down is no failure: it connects when it can). */
+static void main_start_intake(struct app *app)
+{
+    if (app->config.amqp_url[0] == '\0') {
+        return;
+    }
+    struct intake_consume_config ic = {app->config.db_path, app->config.amqp_url, &app->queue,
+                                       api_decode_async};
+    struct intake_consume *consumer = intake_consume_new(&ic);
+    if (consumer == NULL || intake_consume_start(consumer) != 0) {
+        log_error("cannot start the consumer of the stream of commands (--amqp)");
+        exit(1);
+    }
+    atomic_store(&app->intake, consumer);
 }
 
 /* Starts the payment provider (the simulator, or the HTTP one with --payment-url) and the
@@ -596,6 +619,7 @@ int main(int argc, char **argv)
     }
     main_start_workers(app);
     main_start_relay(app);
+    main_start_intake(app);
     char shown[sizeof app->config.db_path];
     main_db_shown(app->config.db_path, shown, sizeof shown);
     printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,
@@ -608,6 +632,7 @@ int main(int argc, char **argv)
     log_info("signal %d: stopping", signal_number);
     atomic_store(&app->shutting_down, true);
     work_stop(atomic_load(&app->work)); /* gives its leases up: another instance goes on now */
+    intake_consume_stop(atomic_load(&app->intake)); /* what it did not ack, the next start reads */
     writer_stop(&app->writer);
     follower_stop(&app->follower);
     relay_stop(atomic_load(&app->relay)); /* what it did not see confirmed, the next start sends */

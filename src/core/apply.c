@@ -7,8 +7,24 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "base/errors.h"
 #include "base/svc_assert.h"
 #include "core/apply_internal.h"
+
+/* A stream message the intake consumer could not decode (intake/intake_consume.h): its row in
+ * the dead-letter table, keyed by its stream offset, written with the consumer's offset past
+ * it (writer.c stores that for every intake command). The command is refused (no event, no
+ * state), so its answer stands only when the batch commits; the consumer then acks it. */
+static void apply_intake_dead_letter(struct batch *b, const struct command *cmd,
+                                     struct outcome *out)
+{
+    SVC_ASSERT(!cmd->has_idem_key && cmd->stage == CMD_STAGE_INTAKE && cmd->stream_offset >= 0);
+    struct row_dead_letter row = {
+        "commands",        0, 0, batch_text(b, cmd->reason), 1, batch_now_ms(b), false,
+        cmd->stream_offset};
+    batch_add_dead_letter(b, &row);
+    outcome_problem(out, SVC_EVALIDATION, "dead-lettered: %s", cmd->reason);
+}
 
 void apply_command(struct domain *d, struct batch *b, const struct command *cmd,
                    struct outcome *out)
@@ -30,6 +46,7 @@ void apply_command(struct domain *d, struct batch *b, const struct command *cmd,
     case CMD_ORDER_CREATE: apply_order_create(d, b, cmd, out); break;
     case CMD_ORDER_CANCEL: apply_order_cancel(d, b, cmd, out); break;
     case CMD_ORDER_STEP: apply_order_step(d, b, cmd, out); break;
+    case CMD_INTAKE_DEAD_LETTER: apply_intake_dead_letter(b, cmd, out); break;
     default: SVC_UNREACHABLE();
     }
     /* A change always leaves an event; a refusal that changed nothing leaves none. */

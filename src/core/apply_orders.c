@@ -43,6 +43,7 @@ static const char *order_stage_name(enum cmd_stage stage)
     switch (stage) {
     case CMD_STAGE_ORDER: return "order";
     case CMD_STAGE_PAYMENT: return "payment";
+    case CMD_STAGE_INTAKE:
     case CMD_STAGE_NONE:
     case CMD_STAGE_COUNT: break;
     }
@@ -269,7 +270,8 @@ static bool order_dead_letter_step(struct domain *d, struct batch *b, struct res
                                   replay ? NULL : batch_text(b, cmd->reason),
                                   r->pay_attempts,
                                   batch_now_ms(b),
-                                  replay};
+                                  replay,
+                                  0};
     if (replay) {
         order_keep(d, b, r, RES_ORDER_PAYING, 1, RES_EXPIRES_NEVER);
         order_event(d, b, r, EVENT_ORDER_PAYMENT_REPLAYED, "CONFIRMED", NULL, NULL);

@@ -399,15 +399,23 @@ void batch_add_order_step(struct batch *b, const struct row_order_step *step)
 void batch_add_dead_letter(struct batch *b, const struct row_dead_letter *row)
 {
     SVC_ASSERT(b->rows.dead_letter_count < BATCH_RESERVATION_ROWS_MAX);
-    SVC_ASSERT(row->stage != NULL && row->order_seq >= 1 && row->reservation_seq >= 1);
+    SVC_ASSERT(row->stage != NULL);
+    /* An order's (by order and hold), or a stream message's (order_seq 0: by stream offset). */
+    SVC_ASSERT((row->order_seq >= 1 && row->reservation_seq >= 1) ||
+               (row->order_seq == 0 && row->stream_offset >= 0 && !row->remove));
     SVC_ASSERT(row->remove || row->error != NULL);
     b->dead_letters[b->rows.dead_letter_count++] = *row;
 }
 
 void batch_stage_offset(struct batch *b, const char *stage, int64_t seq)
 {
-    SVC_ASSERT(stage != NULL && seq >= 1);
     SVC_ASSERT(seq <= b->committed.event); /* a stage consumes committed events only */
+    batch_stream_offset(b, stage, seq);
+}
+
+void batch_stream_offset(struct batch *b, const char *stage, int64_t seq)
+{
+    SVC_ASSERT(stage != NULL && seq >= 1);
     for (size_t i = 0; i < b->rows.offset_count; i++) {
         if (strcmp(b->offsets[i].stage, stage) == 0) {
             b->offsets[i].seq = seq > b->offsets[i].seq ? seq : b->offsets[i].seq;

@@ -140,6 +140,9 @@ void batch_add_idem(struct batch *b, const struct command *cmd);
 void batch_add_order_step(struct batch *b, const struct row_order_step *step);
 /* Moves stage's stored offset to seq (the highest of the batch wins). */
 void batch_stage_offset(struct batch *b, const char *stage, int64_t seq);
+/* The same for a stage that consumes a stream of the broker, not the event log (the intake
+ * consumer): seq is a stream offset, unrelated to the batch's event seqs. */
+void batch_stream_offset(struct batch *b, const char *stage, int64_t seq);
 /* A dead letter written (or, remove, deleted) with the batch (at most one per step). */
 void batch_add_dead_letter(struct batch *b, const struct row_dead_letter *row);
 /* The rows of the items the domain's undo list names (the items the batch changed). */

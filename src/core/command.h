@@ -21,20 +21,23 @@
 /* The values of cmd_kind, cmd_style and dom_policy are folded into stored fingerprints
  * (command_fingerprint): append new ones, never reorder. */
 enum cmd_kind {
-    CMD_STORE_CREATE,   /* POST /v1/stores */
-    CMD_PRODUCT_CREATE, /* POST /v1/products */
-    CMD_PURCHASE,       /* POST /v1/purchase, POST /buy_ticket */
-    CMD_ADJUST,         /* POST /v1/adjustments */
-    CMD_TICKET_RESET,   /* POST /reset (seed 004, --allow-reset only) */
-    CMD_SET_ABSOLUTE,   /* POST /v1/items:set-absolute */
-    CMD_RESERVE,        /* POST /v1/reservations */
-    CMD_CONFIRM,        /* POST /v1/reservations/{id}:confirm */
-    CMD_CANCEL,         /* POST /v1/reservations/{id}:cancel */
-    CMD_TRANSFER,       /* POST /v1/transfers */
-    CMD_RECONCILE,      /* POST /v1/reconciliations */
-    CMD_ORDER_CREATE,   /* POST /v1/orders: a checkout order, PENDING with its stock held */
-    CMD_ORDER_CANCEL,   /* POST /v1/orders/{id}:cancel */
-    CMD_ORDER_STEP,     /* a worker's step of a checkout order (work/work.h); never keyed */
+    CMD_STORE_CREATE,       /* POST /v1/stores */
+    CMD_PRODUCT_CREATE,     /* POST /v1/products */
+    CMD_PURCHASE,           /* POST /v1/purchase, POST /buy_ticket */
+    CMD_ADJUST,             /* POST /v1/adjustments */
+    CMD_TICKET_RESET,       /* POST /reset (seed 004, --allow-reset only) */
+    CMD_SET_ABSOLUTE,       /* POST /v1/items:set-absolute */
+    CMD_RESERVE,            /* POST /v1/reservations */
+    CMD_CONFIRM,            /* POST /v1/reservations/{id}:confirm */
+    CMD_CANCEL,             /* POST /v1/reservations/{id}:cancel */
+    CMD_TRANSFER,           /* POST /v1/transfers */
+    CMD_RECONCILE,          /* POST /v1/reconciliations */
+    CMD_ORDER_CREATE,       /* POST /v1/orders: a checkout order, PENDING with its stock held */
+    CMD_ORDER_CANCEL,       /* POST /v1/orders/{id}:cancel */
+    CMD_ORDER_STEP,         /* a worker's step of a checkout order (work/work.h); never keyed */
+    CMD_INTAKE_DEAD_LETTER, /* a stream message the intake consumer cannot decode
+                             * (intake/intake_consume.h): into the dead-letter table; never
+                             * keyed */
 };
 
 /* The steps a worker takes on a checkout order (CMD_ORDER_STEP). */
@@ -49,11 +52,13 @@ enum cmd_order_step {
     CMD_STEP_PAY_REPLAY,  /* POST /v1/dlt/replay: out of it, attempts reset, a charge starts */
 };
 
-/* The stages that consume the event log, each with its stored offset (worker_offsets). */
+/* The stages that consume a log, each with its stored offset (worker_offsets): the workers'
+ * (the event log) and the intake consumer's (the stream of commands, intake/intake.h). */
 enum cmd_stage {
     CMD_STAGE_NONE = 0, /* a client command */
     CMD_STAGE_ORDER,
     CMD_STAGE_PAYMENT,
+    CMD_STAGE_INTAKE, /* stored as "commands" (INTAKE_STAGE); no lease */
     CMD_STAGE_COUNT,
 };
 
@@ -61,6 +66,7 @@ enum cmd_stage {
 enum cmd_origin {
     CMD_ORIGIN_HTTP = 0, /* an I/O thread's pool (http/request.h) */
     CMD_ORIGIN_WORKER,   /* the workers' pool (work/work.h) */
+    CMD_ORIGIN_INTAKE,   /* the intake consumer's pool (intake/intake_consume.h) */
 };
 
 struct cmd_line {
@@ -122,11 +128,14 @@ struct command {
     struct cmd_lines *lines; /* multi-line commands, else NULL; see struct cmd_lines */
     int64_t order_seq;       /* order cancel and steps: ord_<seq> (reservation_seq: its hold) */
     enum cmd_order_step order_step; /* CMD_ORDER_STEP */
-    enum cmd_stage stage;           /* CMD_ORDER_STEP: the stage whose offset it moves */
-    int64_t stage_seq;   /* the event seq the stage consumed (0: none); stored with the effect */
-    int64_t lease_token; /* CMD_ORDER_STEP: the sender's lease token of stage (the fence of
-                          * work/work.h); like stage and stage_seq not folded in the
-                          * fingerprint: steps are never keyed */
+    enum cmd_stage stage;  /* CMD_ORDER_STEP, or CMD_STAGE_INTAKE for every command of the intake
+                            * consumer: the stage whose offset it moves */
+    int64_t stage_seq;     /* the event seq the stage consumed (0: none); stored with the effect.
+                            * CMD_STAGE_INTAKE: the stream offset to resume from (0: none) */
+    int64_t stream_offset; /* CMD_INTAKE_DEAD_LETTER: the message's stream offset */
+    int64_t lease_token;   /* CMD_ORDER_STEP: the sender's lease token of stage (the fence of
+                            * work/work.h); like stage and stage_seq not folded in the
+                            * fingerprint: steps are never keyed */
 
     /* Reply, written by the writer before it hands the command back. */
     int reply_status;                              /* HTTP status */

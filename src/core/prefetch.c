@@ -117,7 +117,8 @@ static void prefetch_reservation(struct prefetch *p, int64_t seq)
 }
 
 /* The stored names of the stages (worker_offsets, worker_leases). */
-static const char *const prefetch_stage_names[CMD_STAGE_COUNT] = {NULL, "order", "payment"};
+static const char *const prefetch_stage_names[CMD_STAGE_COUNT] = {NULL, "order", "payment",
+                                                                  "commands"};
 
 /* Names stage's lease row, once per batch (shared backends: the fence of work/work.h). */
 static void prefetch_lease(struct prefetch *p, enum cmd_stage stage)

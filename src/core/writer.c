@@ -314,6 +314,11 @@ static void writer_apply(struct writer *w, size_t index)
     command_reply_prepare(cmd);
     cmd->reply_replayed = false;
     cmd->reply_location[0] = '\0';
+    if (cmd->stage == CMD_STAGE_INTAKE && cmd->stage_seq >= 1) {
+        /* The intake consumer's offset in the stream of commands, in the batch of the
+         * command's effect and idempotency record (a replay moves it too). */
+        batch_stream_offset(b, "commands", cmd->stage_seq);
+    }
     if (cmd->has_idem_key) {
         *outcome = writer_idem_check(w, index);
         if (*outcome != WRITER_OUTCOME_FRESH) {

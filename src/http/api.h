@@ -9,6 +9,7 @@
  *   api_seed.c          the seed-compatible aliases (seed 004)
  *   api_admin.c         the operator's controls: workers, payment simulator, read-only mode
  *   api_dlt.c           the dead-letter table: list and replay
+ *   api_commands.c      the status of an asynchronous command (issue 12)
  *   api_ops.c           health, readiness, metrics, the OpenAPI document, the home page
  *   api_audit.c         the audit, on a thread of its own, with progress
  *   api_load.c          the load test: the load generator against this server, then the audit
@@ -104,6 +105,10 @@ void api_query_events(struct http_request *r);
 void api_query_idempotency(struct http_request *r);
 void api_query_projection_status(struct http_request *r);
 void api_projection_rebuild(struct http_request *r);
+/* GET /v1/commands/{key} (api_commands.c): the status of an asynchronous command of the
+ * request's principal, from this thread's store reader: 202 pending, or its idempotency
+ * record as a replay answers it. */
+void api_command_status(struct http_request *r);
 /* GET /v1/stream (api_stream.c): server-sent events of committed events, live from the
  * projector's tap, replayed from the log after Last-Event-ID or ?since=. */
 void api_stream_open(struct http_request *r);
@@ -144,6 +149,13 @@ int api_decode_hold(json_t *body, struct command *cmd, bool ttl_required, const 
 /* Parses an id "<prefix><n>" (prefix of 4 bytes, e.g. "ord_", "res_") into n >= 1, without a
  * leading zero or an overflow; 0 when malformed (api_common.c). */
 int64_t api_id_seq(h2o_iovec_t id, const char *prefix);
+
+/* Decodes the request body of route ("/v1/purchase", "/purchase" or "/v1/orders") into cmd with
+ * that route's own decoder (api_orders.c), for a command that came through the stream of
+ * commands (intake/intake.h) rather than a request: kind, style and arguments; cmd zeroed
+ * otherwise, with a line block for an order. 0, or an svc_err with *why set (SVC_EVALIDATION
+ * for another route). No header is read: If-Match is not part of an asynchronous command. */
+int api_decode_async(const char *route, json_t *body, struct command *cmd, const char **why);
 
 /* Takes a command from the pool and sets its idempotency fields from the request (key
  * required when the route says so). On failure sends 428/400/429 and returns NULL. */

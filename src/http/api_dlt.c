@@ -3,8 +3,11 @@
  *   GET  /v1/dlt?stage=&limit=   the dead letters, read from this thread's store reader
  *   POST /v1/dlt/replay          {ids?|stage?}: each is handed to the workers (work_replay),
  *                                which re-queue it through the writer; 202 at once
- * A dead letter's id is "<stage>:<orderId>" (one per stage and order). The table is written by
- * the writer only (apply_orders.c), in the batch of the order's DeadLettered event; a replay
+ * A dead letter's id is "<stage>:<orderId>" (one per stage and order), or for a message of the
+ * stream of commands that the intake consumer could not decode "commands:<offset>" (listed
+ * with seq, its stream offset, instead of orderId; not replayable: it would fail again). The
+ * table is written by the writer only (apply_orders.c, apply.c), in the batch of the order's
+ * DeadLettered event (of the consumer's offset for a message); a replay
  * deletes its row with the OrderPaymentReplayed event and the charge is asked again with the
  * same idempotency key. Read api_ops.c next.
  */
@@ -17,15 +20,20 @@
 #include "base/json_out.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "intake/intake.h"
 #include "work/work.h"
 
-/* The stages that dead-letter work items today. */
+/* The stage that dead-letters work items (replayable), and the intake consumer's stage of
+ * stream messages it cannot decode (intake/intake.h; listed, not replayable). */
 #define API_DLT_STAGE "payment"
 #define API_DLT_ID_BYTES_MAX 48
 
-static void api_dlt_id(char *out, size_t size, const char *stage, int64_t order_seq)
+/* "<stage>:ord_<n>" for an order's, "<stage>:<offset>" for a stream message's. */
+static void api_dlt_id(char *out, size_t size, const struct store_dead_letter_row *row)
 {
-    int n = snprintf(out, size, "%s:ord_%" PRId64, stage, order_seq);
+    int n = row->order_seq >= 1
+                ? snprintf(out, size, "%s:ord_%" PRId64, row->stage, row->order_seq)
+                : snprintf(out, size, "%s:%" PRId64, row->stage, row->stream_offset);
     SVC_ASSERT(n > 0 && (size_t)n < size);
 }
 
@@ -36,13 +44,13 @@ static bool api_dlt_stage(struct http_request *r, char *out, size_t size)
     if (rc <= 0) {
         out[0] = '\0';
         if (rc < 0) {
-            http_send_problem(r, SVC_EVALIDATION, "stage is payment", NULL, 0);
+            http_send_problem(r, SVC_EVALIDATION, "stage is payment or commands", NULL, 0);
             return false;
         }
         return true;
     }
-    if (strcmp(out, API_DLT_STAGE) != 0) {
-        http_send_problem(r, SVC_EVALIDATION, "stage is payment", NULL, 0);
+    if (strcmp(out, API_DLT_STAGE) != 0 && strcmp(out, INTAKE_STAGE) != 0) {
+        http_send_problem(r, SVC_EVALIDATION, "stage is payment or commands", NULL, 0);
         return false;
     }
     return true;
@@ -58,12 +66,16 @@ static int api_dlt_list_one(void *context, const struct store_dead_letter_row *r
     struct api_dlt_list *list = context;
     char id[API_DLT_ID_BYTES_MAX];
     char order_id[32];
-    api_dlt_id(id, sizeof id, row->stage, row->order_seq);
+    api_dlt_id(id, sizeof id, row);
     snprintf(order_id, sizeof order_id, "ord_%" PRId64, row->order_seq);
     jbuf_lit(list->b, list->count == 0 ? "{" : ",{");
     jbuf_kv_str(list->b, "id", id);
     jbuf_kv_str(list->b, "stage", row->stage);
-    jbuf_kv_str(list->b, "orderId", order_id);
+    if (row->order_seq >= 1) {
+        jbuf_kv_str(list->b, "orderId", order_id);
+    } else {
+        jbuf_kv_int(list->b, "seq", row->stream_offset); /* the message's stream offset */
+    }
     jbuf_kv_str(list->b, "error", row->error);
     jbuf_kv_int(list->b, "attempts", row->attempts);
     jbuf_kv_time(list->b, "firstFailedAt", row->first_failed_at_ms);
@@ -129,7 +141,8 @@ static int api_dlt_replay_one(void *context, const struct store_dead_letter_row 
 {
     struct api_dlt_replay *replay = context;
     char id[API_DLT_ID_BYTES_MAX];
-    api_dlt_id(id, sizeof id, row->stage, row->order_seq);
+    SVC_ASSERT(row->order_seq >= 1); /* the payment stage's */
+    api_dlt_id(id, sizeof id, row);
     if (!api_dlt_wanted(replay->ids, id)) {
         return 0;
     }

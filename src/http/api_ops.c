@@ -12,6 +12,7 @@
 #include "http/server.h"
 #include "work/work.h"
 #include "pay/pay_breaker.h"
+#include "intake/intake_consume.h"
 #include "relay/relay.h"
 #include "base/errors.h"
 #include "base/json_out.h"
@@ -53,6 +54,26 @@ static void api_relay_json(struct app *app, struct jbuf *b)
     jbuf_lit(b, "}");
 }
 
+/* The intake consumer's member of /health (--amqp only): ,"intake":{...}, degraded while the
+ * broker connection is down; inFlight is the messages delivered and not answered yet. */
+static void api_intake_json(struct app *app, char *out, size_t size)
+{
+    SVC_ASSERT(size > 0);
+    struct intake_consume *ic = atomic_load(&app->intake);
+    out[0] = '\0';
+    if (ic != NULL) {
+        const struct intake_consume_stats *st = intake_consume_stats(ic);
+        bool up = atomic_load(&st->connected);
+        long long resume = (long long)atomic_load(&st->resume_offset);
+        long long last = (long long)atomic_load(&st->last_offset);
+        int n = snprintf(out, size,
+                         ",\"intake\":{\"status\":\"%s\",\"offset\":%lld,"
+                         "\"inFlight\":%lld}",
+                         up ? "ok" : "degraded", resume, last + 1 > resume ? last + 1 - resume : 0);
+        SVC_ASSERT(n > 0 && (size_t)n < size);
+    }
+}
+
 void api_health(struct http_request *r)
 {
     /* Writable: the body it always had; read-only mode adds readOnly, --amqp the relay. The
@@ -81,6 +102,9 @@ void api_health(struct http_request *r)
         jbuf_lit(&b, "}]");
     }
     api_relay_json(app, &b);
+    char intake[128];
+    api_intake_json(app, intake, sizeof intake);
+    jbuf_lit(&b, intake);
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);
@@ -253,6 +277,43 @@ static void api_metrics_relay(struct app *app, char *out, size_t size, size_t *u
                        relay_holds(relay) ? 1 : 0);
 }
 
+/* The intake consumer's metrics (--amqp only; without it they are absent, not zero). */
+static void api_metrics_intake(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct intake_consume *ic = atomic_load(&app->intake);
+    if (ic == NULL) {
+        return;
+    }
+    const struct intake_consume_stats *st = intake_consume_stats(ic);
+    long long resume = (long long)atomic_load(&st->resume_offset);
+    long long last = (long long)atomic_load(&st->last_offset);
+    api_metrics_printf(
+        out, size, used,
+        "# TYPE stockd_intake_consumed_total counter\nstockd_intake_consumed_total %llu\n"
+        "# TYPE stockd_intake_answers_total counter\n"
+        "stockd_intake_answers_total{outcome=\"applied\"} %llu\n"
+        "stockd_intake_answers_total{outcome=\"refused\"} %llu\n"
+        "stockd_intake_answers_total{outcome=\"replayed\"} %llu\n"
+        "stockd_intake_answers_total{outcome=\"dead_lettered\"} %llu\n"
+        "# TYPE stockd_intake_retries_total counter\nstockd_intake_retries_total %llu\n"
+        "# TYPE stockd_intake_errors_total counter\nstockd_intake_errors_total %llu\n"
+        "# TYPE stockd_intake_connected gauge\nstockd_intake_connected %d\n"
+        "# TYPE stockd_intake_offset gauge\nstockd_intake_offset %lld\n"
+        "# TYPE stockd_intake_last_offset gauge\nstockd_intake_last_offset %lld\n"
+        "# TYPE stockd_intake_in_flight gauge\nstockd_intake_in_flight %lld\n"
+        "# TYPE stockd_intake_dead_letters_total counter\n"
+        "stockd_intake_dead_letters_total{stage=\"commands\"} %llu\n",
+        (unsigned long long)atomic_load(&st->consumed),
+        (unsigned long long)atomic_load(&st->applied),
+        (unsigned long long)atomic_load(&st->refused),
+        (unsigned long long)atomic_load(&st->replayed),
+        (unsigned long long)atomic_load(&st->dead_lettered),
+        (unsigned long long)atomic_load(&st->retried), (unsigned long long)atomic_load(&st->errors),
+        atomic_load(&st->connected) ? 1 : 0, resume, last,
+        last + 1 > resume ? last + 1 - resume : 0,
+        (unsigned long long)atomic_load(&st->dead_lettered));
+}
+
 void api_metrics(struct http_request *r)
 {
     struct app *app = r->thread->app;
@@ -291,6 +352,7 @@ void api_metrics(struct http_request *r)
                        (long long)api_dead_letters(app));
     api_metrics_payment(app, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_relay(app, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_intake(app, out, API_METRICS_BYTES_MAX, &used);
     struct work *w = atomic_load(&app->work);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_worker_lease_held gauge\n"

@@ -145,6 +145,25 @@ void api_seed_order_create(struct http_request *r)
     api_submit_command(r, CMD_ORDER_CREATE, true, api_decode_seed_order);
 }
 
+/* See api.h: the decoders of the routes above, for a command that came through the stream of
+ * commands (intake/intake.h) instead of a request. */
+int api_decode_async(const char *route, json_t *body, struct command *cmd, const char **why)
+{
+    SVC_ASSERT(route != NULL && json_is_object(body));
+    cmd->style = CMD_STYLE_V1;
+    if (strcmp(route, "/v1/purchase") == 0 || strcmp(route, "/purchase") == 0) {
+        cmd->kind = CMD_PURCHASE; /* seed 000's /purchase is api_purchase too */
+        return api_decode_purchase(body, cmd, why);
+    }
+    if (strcmp(route, "/v1/orders") == 0) {
+        SVC_ASSERT(cmd->lines != NULL);
+        cmd->kind = CMD_ORDER_CREATE;
+        return api_decode_order(NULL, body, cmd, why);
+    }
+    *why = "route must be /v1/purchase, /purchase or /v1/orders";
+    return SVC_EVALIDATION;
+}
+
 static bool api_order_cancelled(struct http_request *r, const struct command *cmd);
 
 /* Decodes POST /v1/orders/{id}:cancel. The writer needs the order's hold, which never changes

@@ -57,6 +57,7 @@ struct work;
 struct pay_sim;
 struct pay_breaker;
 struct relay;
+struct intake_consume;
 
 struct app {
     struct app_config config;
@@ -72,6 +73,8 @@ struct app {
     /* The circuit breaker around their payment provider (NULL: --workers off). */
     _Atomic(struct pay_breaker *) pay_breaker;
     _Atomic(struct relay *) relay; /* the outbox relay (NULL: no --amqp), woken by commits */
+    /* The consumer of the stream of commands (NULL: no --amqp; intake/intake_consume.h). */
+    _Atomic(struct intake_consume *) intake;
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;

@@ -218,10 +218,27 @@ static const char *const schema_v10[] = {
     NULL,
 };
 
+/* Asynchronous intake (issue 12): the messages of the stream of commands that the consumer
+ * cannot decode, one row per stage and stream offset (the message's x-stream-offset), written
+ * by the writer in the batch that stores the consumer's offset past them. attempts counts how
+ * often the message was seen (a restart may read it again). GET /v1/dlt lists them with the
+ * orders' dead letters of table dead_letters, which are keyed by order. */
+static const char *const schema_v11[] = {
+    "CREATE TABLE stream_dead_letters ("
+    " stage TEXT NOT NULL,"
+    " stream_offset @INT@ NOT NULL CHECK (stream_offset >= 0),"
+    " error TEXT NOT NULL,"
+    " attempts @INT@ NOT NULL CHECK (attempts >= 1),"
+    " first_failed_at_ms @INT@ NOT NULL,"
+    " last_failed_at_ms @INT@ NOT NULL,"
+    " PRIMARY KEY (stage, stream_offset))",
+    NULL,
+};
+
 const struct schema_migration schema_migrations[] = {
-    {1, schema_v1, false}, {2, schema_v2, false},  {3, schema_v3, false}, {4, schema_v4, false},
-    {5, schema_v5, false}, {6, schema_v6, false},  {7, schema_v7, false}, {8, schema_v8, false},
-    {9, schema_v9, false}, {10, schema_v10, true},
+    {1, schema_v1, false}, {2, schema_v2, false},  {3, schema_v3, false},   {4, schema_v4, false},
+    {5, schema_v5, false}, {6, schema_v6, false},  {7, schema_v7, false},   {8, schema_v8, false},
+    {9, schema_v9, false}, {10, schema_v10, true}, {11, schema_v11, false},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

@@ -88,13 +88,15 @@ struct row_stage_offset {
 /* A dead letter (table dead_letters): written (upserted) when a work item exhausted its
  * attempts, deleted (remove) when it is replayed. */
 struct row_dead_letter {
-    const char *stage; /* "payment" */
-    int64_t order_seq;
+    const char *stage; /* "payment", or "commands" (a stream message: order_seq 0) */
+    int64_t order_seq; /* 0: a stream message's, keyed by stream_offset (stream_dead_letters;
+                        * attempts counts how often it was seen, never removed) */
     int64_t reservation_seq;
     const char *error;
     int64_t attempts;
     int64_t at_ms;
     bool remove;
+    int64_t stream_offset; /* order_seq 0 only */
 };
 
 struct row_idem {
@@ -335,12 +337,13 @@ struct store_lease {
 /* A dead letter as GET /v1/dlt lists it. Strings are valid during the callback. */
 struct store_dead_letter_row {
     const char *stage;
-    int64_t order_seq;
-    int64_t reservation_seq;
+    int64_t order_seq;       /* 0 for a stream message's */
+    int64_t reservation_seq; /* 0 for a stream message's */
     const char *error;
     int64_t attempts;
     int64_t first_failed_at_ms;
     int64_t last_failed_at_ms;
+    int64_t stream_offset; /* a stream message's offset, -1 for an order's */
 };
 
 /* A stored idempotency record as GET /v1/idempotency/{key} shows it. body points into the
@@ -530,7 +533,8 @@ int store_reader_relay_offset_save(struct store_reader *r, const char *name, int
  * callback's non-zero return, or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_payments_in_doubt(struct store_reader *r, void *context,
                                    int (*each)(void *context, const struct store_payment_row *row));
-/* The dead letters of stage (NULL: all), ordered by order, at most limit (1..DLT_LIST_MAX);
+/* The dead letters of stage (NULL: all): the stream messages' by offset (stream_dead_letters),
+ * then the orders' by order, at most limit (1..DLT_LIST_MAX);
  * each is called per row (a non-zero return stops and is returned). 0 or an error. */
 int store_reader_dead_letters(struct store_reader *r, const char *stage, int limit, void *context,
                               int (*each)(void *context, const struct store_dead_letter_row *row));

@@ -121,6 +121,12 @@
       " last_failed_at_ms = excluded.last_failed_at_ms")                                        \
     X(DELETE_DEAD_LETTERS, "DELETE FROM dead_letters d USING unnest($1::text[], $2::bigint[])"  \
                            " AS t(st, o) WHERE d.stage = t.st AND d.order_seq = t.o")           \
+    X(UPSERT_STREAM_DEAD_LETTERS,                                                               \
+      "INSERT INTO stream_dead_letters AS d (stage, stream_offset, error, attempts,"            \
+      " first_failed_at_ms, last_failed_at_ms) SELECT st, o, e, 1, at, at FROM"                 \
+      " unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) AS t(st, o, e, at)"          \
+      " ON CONFLICT (stage, stream_offset) DO UPDATE SET error = excluded.error,"               \
+      " attempts = d.attempts + 1, last_failed_at_ms = excluded.last_failed_at_ms")             \
     X(INSERT_IDEMS, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
                     " problem, body, created_at_ms, location) SELECT * FROM unnest("            \
                     "$1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"         \
@@ -827,14 +833,30 @@ static int pg_write_dead_letters(struct pg_store *s, const struct store_batch *b
     int n = 0;
     struct store_pg_text *t[STORE_PG_PARAMS_MAX];
     size_t removes = 0;
+    size_t streams = 0; /* a stream message's (order_seq 0): table stream_dead_letters */
     for (size_t i = 0; i < b->dead_letter_count; i++) {
         removes += b->dead_letters[i].remove ? 1 : 0;
+        streams += b->dead_letters[i].order_seq == 0 ? 1 : 0;
     }
-    if (b->dead_letter_count > removes) {
+    if (streams > 0) {
+        pg_write_begin(s, &w[n], PG_STMT_UPSERT_STREAM_DEAD_LETTERS, 4, t);
+        for (size_t i = 0; i < b->dead_letter_count; i++) {
+            const struct row_dead_letter *row = &b->dead_letters[i];
+            if (row->order_seq == 0) {
+                SVC_ASSERT(!row->remove && row->stream_offset >= 0);
+                store_pg_array_text(t[0], row->stage);
+                store_pg_array_int(t[1], row->stream_offset);
+                store_pg_array_text(t[2], row->error);
+                store_pg_array_int(t[3], row->at_ms);
+            }
+        }
+        pg_write_end(&w[n++], t);
+    }
+    if (b->dead_letter_count > removes + streams) {
         pg_write_begin(s, &w[n], PG_STMT_UPSERT_DEAD_LETTERS, 6, t);
         for (size_t i = 0; i < b->dead_letter_count; i++) {
             const struct row_dead_letter *row = &b->dead_letters[i];
-            if (row->remove) {
+            if (row->remove || row->order_seq == 0) {
                 continue;
             }
             store_pg_array_text(t[0], row->stage);

@@ -52,10 +52,14 @@
                          " AND d.order_seq = reservations.order_seq))::int FROM reservations"  \
                          " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"                \
                          " ORDER BY order_seq")                                                \
-    X(DEAD_LETTERS, "SELECT stage, order_seq, reservation_seq, error, attempts,"               \
-                    " first_failed_at_ms, last_failed_at_ms FROM dead_letters"                 \
-                    " WHERE ($1::text IS NULL OR stage = $1) ORDER BY order_seq, stage"        \
-                    " LIMIT $2")                                                               \
+    X(DEAD_LETTERS, "SELECT * FROM (SELECT stage, order_seq, reservation_seq, error,"          \
+                    " attempts, first_failed_at_ms, last_failed_at_ms,"                        \
+                    " -1::bigint AS stream_offset FROM dead_letters"                           \
+                    " WHERE ($1::text IS NULL OR stage = $1) UNION ALL"                        \
+                    " SELECT stage, 0, 0, error, attempts, first_failed_at_ms,"                \
+                    " last_failed_at_ms, stream_offset FROM stream_dead_letters"               \
+                    " WHERE ($1::text IS NULL OR stage = $1)) d"                               \
+                    " ORDER BY order_seq, stream_offset, stage LIMIT $2")                      \
     X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                                 \
               " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"            \
               " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                     \
@@ -545,8 +549,8 @@ pg_reader_dead_letters(struct store_reader *base, const char *stage, int limit, 
         struct store_dead_letter_row row = {PQgetvalue(res, i, 0),   store_pg_int(res, i, 1),
                                             store_pg_int(res, i, 2), PQgetvalue(res, i, 3),
                                             store_pg_int(res, i, 4), store_pg_int(res, i, 5),
-                                            store_pg_int(res, i, 6)};
-        SVC_ASSERT(row.order_seq >= 1);
+                                            store_pg_int(res, i, 6), store_pg_int(res, i, 7)};
+        SVC_ASSERT(row.order_seq >= 1 || row.stream_offset >= 0);
         rc = each(context, &row);
     }
     PQclear(res);

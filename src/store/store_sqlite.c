@@ -67,6 +67,12 @@
       " ON CONFLICT (stage, order_seq) DO UPDATE SET error = excluded.error,"                  \
       " attempts = excluded.attempts, last_failed_at_ms = excluded.last_failed_at_ms")         \
     X(DELETE_DEAD_LETTER, "DELETE FROM dead_letters WHERE stage = ?1 AND order_seq = ?2")      \
+    X(UPSERT_STREAM_DEAD_LETTER,                                                               \
+      "INSERT INTO stream_dead_letters (stage, stream_offset, error, attempts,"                \
+      " first_failed_at_ms, last_failed_at_ms) VALUES (?1, ?2, ?3, 1, ?4, ?4)"                 \
+      " ON CONFLICT (stage, stream_offset) DO UPDATE SET error = excluded.error,"              \
+      " attempts = stream_dead_letters.attempts + 1,"                                          \
+      " last_failed_at_ms = excluded.last_failed_at_ms")                                       \
     X(INSERT_IDEM, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
                    " problem, body, created_at_ms, location)"                                  \
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                 \
@@ -868,6 +874,33 @@ static int sqlite_write_idem(struct sqlite_store *s, const struct row_idem *row)
     return sqlite_step_done(s, STORE_SQLITE_STMT_INSERT_IDEM);
 }
 
+/* One dead letter: an order's written or removed, or a stream message's (order_seq 0) written,
+ * whose attempts go up when it was seen before. */
+static int sqlite_write_dead_letter(struct sqlite_store *s, const struct row_dead_letter *row)
+{
+    if (row->order_seq == 0) {
+        SVC_ASSERT(row->stream_offset >= 0 && !row->remove);
+        sqlite3_stmt *stmt = s->stmts[STORE_SQLITE_STMT_UPSERT_STREAM_DEAD_LETTER];
+        sqlite3_bind_text(stmt, 1, row->stage, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 2, row->stream_offset);
+        sqlite3_bind_text(stmt, 3, row->error, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 4, row->at_ms);
+        return sqlite_step_done(s, STORE_SQLITE_STMT_UPSERT_STREAM_DEAD_LETTER);
+    }
+    int which =
+        row->remove ? STORE_SQLITE_STMT_DELETE_DEAD_LETTER : STORE_SQLITE_STMT_UPSERT_DEAD_LETTER;
+    sqlite3_stmt *stmt = s->stmts[which];
+    sqlite3_bind_text(stmt, 1, row->stage, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 2, row->order_seq);
+    if (!row->remove) {
+        sqlite3_bind_int64(stmt, 3, row->reservation_seq);
+        sqlite3_bind_text(stmt, 4, row->error, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 5, row->attempts);
+        sqlite3_bind_int64(stmt, 6, row->at_ms);
+    }
+    return sqlite_step_done(s, which);
+}
+
 static int sqlite_write_records(struct sqlite_store *s, const struct store_batch *b)
 {
     int rc = 0;
@@ -907,19 +940,7 @@ static int sqlite_write_records(struct sqlite_store *s, const struct store_batch
         rc = sqlite_step_done(s, STORE_SQLITE_STMT_UPSERT_OFFSET);
     }
     for (size_t i = 0; rc == 0 && i < b->dead_letter_count; i++) {
-        const struct row_dead_letter *row = &b->dead_letters[i];
-        int which = row->remove ? STORE_SQLITE_STMT_DELETE_DEAD_LETTER
-                                : STORE_SQLITE_STMT_UPSERT_DEAD_LETTER;
-        sqlite3_stmt *stmt = s->stmts[which];
-        sqlite3_bind_text(stmt, 1, row->stage, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(stmt, 2, row->order_seq);
-        if (!row->remove) {
-            sqlite3_bind_int64(stmt, 3, row->reservation_seq);
-            sqlite3_bind_text(stmt, 4, row->error, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(stmt, 5, row->attempts);
-            sqlite3_bind_int64(stmt, 6, row->at_ms);
-        }
-        rc = sqlite_step_done(s, which);
+        rc = sqlite_write_dead_letter(s, &b->dead_letters[i]);
     }
     for (size_t i = 0; rc == 0 && i < b->idem_count; i++) {
         rc = sqlite_write_idem(s, &b->idems[i]);

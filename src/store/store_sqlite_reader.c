@@ -38,9 +38,13 @@
                          " AND d.order_seq = reservations.order_seq) FROM reservations"     \
                          " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"             \
                          " ORDER BY order_seq")                                             \
-    X(DEAD_LETTERS, "SELECT stage, order_seq, reservation_seq, error, attempts,"            \
-                    " first_failed_at_ms, last_failed_at_ms FROM dead_letters"              \
-                    " WHERE (?1 IS NULL OR stage = ?1) ORDER BY order_seq, stage LIMIT ?2") \
+    X(DEAD_LETTERS, "SELECT * FROM (SELECT stage, order_seq, reservation_seq, error,"       \
+                    " attempts, first_failed_at_ms, last_failed_at_ms, -1 AS stream_offset" \
+                    " FROM dead_letters WHERE (?1 IS NULL OR stage = ?1) UNION ALL"         \
+                    " SELECT stage, 0, 0, error, attempts, first_failed_at_ms,"             \
+                    " last_failed_at_ms, stream_offset FROM stream_dead_letters"            \
+                    " WHERE (?1 IS NULL OR stage = ?1))"                                    \
+                    " ORDER BY order_seq, stream_offset, stage LIMIT ?2")                   \
     X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"  \
               " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"               \
               " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                        \
@@ -494,8 +498,10 @@ sqlite_reader_dead_letters(struct store_reader *base, const char *stage, int lim
                                             (const char *)sqlite3_column_text(stmt, 3),
                                             sqlite3_column_int64(stmt, 4),
                                             sqlite3_column_int64(stmt, 5),
-                                            sqlite3_column_int64(stmt, 6)};
-        SVC_ASSERT(row.stage != NULL && row.error != NULL && row.order_seq >= 1);
+                                            sqlite3_column_int64(stmt, 6),
+                                            sqlite3_column_int64(stmt, 7)};
+        SVC_ASSERT(row.stage != NULL && row.error != NULL);
+        SVC_ASSERT(row.order_seq >= 1 || row.stream_offset >= 0);
         rc = each(context, &row);
     }
     if (rc == 0 && step != SQLITE_DONE && step != SQLITE_ROW) {

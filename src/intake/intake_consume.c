@@ -1,0 +1,605 @@
+/*
+ * intake_consume.c - the consumer of intake_consume.h: one thread that reads deliveries,
+ * decodes them into commands for the writer, and acks them in stream order once answered.
+ *
+ * The ring holds every delivery handed out and not acked yet, in stream order: its head is
+ * the low-water mark every command carries (the offset a restart may resume from), and its
+ * answered prefix is acked as soon as it is answered. A reconnect (mq.h) delivers again from
+ * the acked prefix: a delivery at an offset the ring holds is the same message, whose command
+ * is still with the writer or answered; the ring keeps its new tag, and nothing is pushed.
+ *
+ * Ownership: the commands and line blocks come from the consumer's pools; a pushed command
+ * belongs to the writer until intake_consume_writer_reply queues it back (mutex-guarded); the
+ * thread then reads its answer and returns it to the pool, or keeps it for a push again after
+ * a 503. The mq handle is the thread's (and intake_consume_start's before the thread runs).
+ */
+#include "intake/intake_consume.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/clock.h"
+#include "base/errors.h"
+#include "base/log.h"
+#include "base/svc_assert.h"
+#include "intake/intake.h"
+#include "mq/mq.h"
+#include "store/store_open.h"
+
+_Static_assert(INTAKE_CONSUME_COMMANDS_MAX <= 65535, "the prefetch is 16 bits");
+_Static_assert(INTAKE_CONSUME_LINE_BLOCKS_MAX <= INTAKE_CONSUME_COMMANDS_MAX, "blocks per command");
+_Static_assert(INTAKE_CONSUME_RETRY_MS > INTAKE_CONSUME_BUSY_WAIT_MS, "a retry waits");
+_Static_assert(INTAKE_CONSUME_IDLE_WAIT_MS < MQ_HEARTBEAT_SECONDS * 1000 / 2, "heartbeats");
+_Static_assert(REASON_BYTES_MAX >= 64, "a dead letter's error says something");
+
+/* A delivery handed out and not acked yet. */
+struct intake_entry {
+    int64_t offset;
+    uint64_t delivery_tag;
+    uint64_t generation;
+    bool answered;
+};
+
+struct intake_consume {
+    struct intake_consume_config config;
+    struct mq *mq;              /* owned: the consumer, used by the thread */
+    struct command *pool;       /* INTAKE_CONSUME_COMMANDS_MAX, owned */
+    struct command **free_list; /* INTAKE_CONSUME_COMMANDS_MAX */
+    uint32_t free_count;
+    struct cmd_lines *blocks;      /* INTAKE_CONSUME_LINE_BLOCKS_MAX, owned */
+    struct cmd_lines *free_blocks; /* their free list (next_free) */
+    uint64_t *entry_of;            /* by pool index: the ring position of its delivery */
+    struct intake_entry *ring;     /* INTAKE_CONSUME_COMMANDS_MAX deliveries, in order */
+    uint64_t head;                 /* absolute positions: ring[pos % MAX] */
+    uint64_t tail;
+    int64_t last_offset;    /* the highest offset handed out (-1: none) */
+    struct command **retry; /* answered 503/429: pushed again at retry_at_us */
+    int64_t *retry_at_us;
+    uint32_t retry_count;
+    /* A delivery of an order that came while no line block was free: held (its body copied)
+     * until an answer frees one, and nothing is read meanwhile. */
+    bool held;
+    struct mq_delivery held_delivery;
+    char *held_body;      /* MQ_BODY_BYTES_MAX, owned */
+    pthread_mutex_t lock; /* guards replies, reply_count */
+    pthread_cond_t wake;  /* a reply came, or the thread is stopping */
+    struct command **replies;
+    uint32_t reply_count;
+    pthread_t thread;
+    bool started;
+    _Atomic bool stopping;
+    struct intake_consume_stats stats;
+};
+
+/* ---- decoding ----------------------------------------------------------------------------- */
+
+/* Writes what is wrong (a, then b if not NULL) into why and returns err. */
+static int intake_consume_why(char *why, size_t size, int err, const char *a, const char *b)
+{
+    snprintf(why, size, "%s%s", a, b != NULL ? b : "");
+    return err;
+}
+
+/* A string member of 1..max bytes without NUL, or NULL. */
+static const char *intake_consume_string(json_t *object, const char *name, size_t max)
+{
+    json_t *member = json_object_get(object, name);
+    if (!json_is_string(member)) {
+        return NULL;
+    }
+    size_t length = json_string_length(member);
+    const char *value = json_string_value(member);
+    if (length < 1 || length > max || memchr(value, '\0', length) != NULL) {
+        return NULL;
+    }
+    return value;
+}
+
+/* An Idempotency-Key as the HTTP side accepts it: printable ASCII without spaces. */
+static bool intake_consume_key_valid(const char *key)
+{
+    for (const char *p = key; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The route's kind: purchase for /v1/purchase and seed 000's /purchase, order for /v1/orders. */
+static const char *intake_consume_route_kind(const char *route)
+{
+    if (strcmp(route, "/v1/purchase") == 0 || strcmp(route, "/purchase") == 0) {
+        return INTAKE_KIND_PURCHASE;
+    }
+    return strcmp(route, "/v1/orders") == 0 ? INTAKE_KIND_ORDER : NULL;
+}
+
+/* The envelope of intake.h around the request body; the body is decoded by the caller. */
+static int intake_consume_envelope(json_t *root, const char *id, const char *type,
+                                   const char *principal_header, struct command *cmd,
+                                   const char **route, char *why, size_t why_size)
+{
+    json_t *v = json_object_get(root, "v");
+    if (!json_is_integer(v) || json_integer_value(v) != INTAKE_FORMAT_VERSION) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                  "v must be 1 (the format version)", NULL);
+    }
+    const char *kind = intake_consume_string(root, "kind", 16);
+    *route = intake_consume_string(root, "route", 32);
+    const char *route_kind = *route != NULL ? intake_consume_route_kind(*route) : NULL;
+    if (kind == NULL || route_kind == NULL || strcmp(kind, route_kind) != 0) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                  "kind and route must be purchase with /v1/purchase or"
+                                  " /purchase, or order with /v1/orders",
+                                  NULL);
+    }
+    if (type != NULL && type[0] != '\0' && strcmp(type, kind) != 0) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                  "the type is not the kind: ", type);
+    }
+    const char *principal = intake_consume_string(root, "principal", AUTH_PRINCIPAL_BYTES_MAX);
+    if (principal == NULL || (principal_header != NULL && principal_header[0] != '\0' &&
+                              strcmp(principal_header, principal) != 0)) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                  "principal must be 1-64 bytes, as the principal header", NULL);
+    }
+    const char *key = intake_consume_string(root, "idempotencyKey", IDEM_KEY_BYTES_MAX);
+    /* message-id is an AMQP short string that mq.h keeps MQ_ID_BYTES_MAX bytes of. */
+    if (key == NULL || !intake_consume_key_valid(key) ||
+        (id != NULL && id[0] != '\0' && strncmp(id, key, MQ_ID_BYTES_MAX) != 0)) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                  "idempotencyKey must be 1-255 printable ASCII characters,"
+                                  " as the message-id",
+                                  NULL);
+    }
+    strcpy(cmd->principal, principal);
+    strcpy(cmd->idem_key, key);
+    cmd->has_idem_key = true;
+    return 0;
+}
+
+int intake_consume_decode(const void *body, size_t length, const char *id, const char *type,
+                          const char *principal_header, intake_consume_decoder decode,
+                          struct command *cmd, char *why, size_t why_size)
+{
+    SVC_ASSERT(decode != NULL && cmd != NULL && why != NULL && why_size >= 64);
+    json_error_t error;
+    json_t *root = body != NULL ? json_loadb(body, length, JSON_REJECT_DUPLICATES, &error) : NULL;
+    if (root == NULL || !json_is_object(root)) {
+        json_decref(root);
+        return intake_consume_why(why, why_size, SVC_EINVALID_JSON, "not a JSON object: ",
+                                  body != NULL && root == NULL ? error.text : NULL);
+    }
+    const char *route = NULL;
+    int rc = intake_consume_envelope(root, id, type, principal_header, cmd, &route, why, why_size);
+    json_t *request = json_object_get(root, "body");
+    if (rc == 0 && !json_is_object(request)) {
+        rc = intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                "body must be the request's JSON object", NULL);
+    }
+    if (rc == 0 && strcmp(intake_consume_route_kind(route), INTAKE_KIND_ORDER) == 0 &&
+        cmd->lines == NULL) {
+        rc = intake_consume_why(why, why_size, SVC_ECAPACITY, "no line block for an order", NULL);
+    }
+    if (rc == 0) {
+        const char *detail = "refused";
+        rc = decode(route, request, cmd, &detail);
+        if (rc != 0) {
+            snprintf(why, why_size, "the body of %s: %s", route, detail);
+        }
+    }
+    json_decref(root);
+    if (rc != 0) {
+        return rc;
+    }
+    SVC_ASSERT(cmd->kind == CMD_PURCHASE || cmd->kind == CMD_ORDER_CREATE);
+    if (cmd->kind != CMD_ORDER_CREATE) {
+        cmd->lines = NULL; /* a purchase has none: the fingerprint folds their absence */
+    }
+    cmd->fingerprint = command_fingerprint(cmd); /* as http_command_submit */
+    return 0;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+struct intake_consume *intake_consume_new(const struct intake_consume_config *config)
+{
+    SVC_ASSERT(config != NULL && config->db_uri != NULL && config->amqp_url != NULL);
+    SVC_ASSERT(config->queue != NULL && config->decode != NULL);
+    struct intake_consume *ic = calloc(1, sizeof *ic);
+    if (ic == NULL) {
+        return NULL;
+    }
+    ic->config = *config;
+    size_t n = INTAKE_CONSUME_COMMANDS_MAX;
+    ic->pool = calloc(n, sizeof *ic->pool);
+    ic->free_list = calloc(n, sizeof *ic->free_list);
+    ic->blocks = calloc(INTAKE_CONSUME_LINE_BLOCKS_MAX, sizeof *ic->blocks);
+    ic->entry_of = calloc(n, sizeof *ic->entry_of);
+    ic->ring = calloc(n, sizeof *ic->ring);
+    ic->retry = calloc(n, sizeof *ic->retry);
+    ic->retry_at_us = calloc(n, sizeof *ic->retry_at_us);
+    ic->replies = calloc(n, sizeof *ic->replies);
+    ic->held_body = malloc(MQ_BODY_BYTES_MAX);
+    struct mq_config mc = {
+        config->amqp_url,        INTAKE_QUEUE,           MQ_CONSUMER,
+        INTAKE_MAX_LENGTH_BYTES, INTAKE_MAX_AGE_SECONDS, INTAKE_CONSUME_COMMANDS_MAX};
+    if (!ic->pool || !ic->free_list || !ic->blocks || !ic->entry_of || !ic->ring || !ic->retry ||
+        !ic->retry_at_us || !ic->replies || !ic->held_body || mq_new(&ic->mq, &mc) != 0) {
+        ic->mq = NULL;
+        intake_consume_free(ic);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ic->free_list[ic->free_count++] = &ic->pool[n - 1 - i];
+    }
+    for (size_t i = 0; i < INTAKE_CONSUME_LINE_BLOCKS_MAX; i++) {
+        ic->blocks[i].next_free = ic->free_blocks;
+        ic->free_blocks = &ic->blocks[i];
+    }
+    ic->last_offset = -1;
+    atomic_store(&ic->stats.last_offset, -1);
+    pthread_mutex_init(&ic->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&ic->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    SVC_ASSERT(ic->free_count == INTAKE_CONSUME_COMMANDS_MAX);
+    return ic;
+}
+
+void intake_consume_free(struct intake_consume *ic)
+{
+    if (ic == NULL) {
+        return;
+    }
+    SVC_ASSERT(!ic->started);
+    if (ic->mq != NULL) {
+        mq_free(ic->mq);
+        pthread_mutex_destroy(&ic->lock);
+        pthread_cond_destroy(&ic->wake);
+    }
+    free(ic->pool);
+    free(ic->free_list);
+    free(ic->blocks);
+    free(ic->entry_of);
+    free(ic->ring);
+    free(ic->retry);
+    free(ic->retry_at_us);
+    free(ic->replies);
+    free(ic->held_body);
+    free(ic);
+}
+
+const struct intake_consume_stats *intake_consume_stats(const struct intake_consume *ic)
+{
+    return &ic->stats;
+}
+
+void intake_consume_writer_reply(struct command *cmd)
+{
+    struct intake_consume *ic = cmd->owner;
+    SVC_ASSERT(cmd->origin == CMD_ORIGIN_INTAKE && ic != NULL);
+    pthread_mutex_lock(&ic->lock);
+    SVC_ASSERT(ic->reply_count < INTAKE_CONSUME_COMMANDS_MAX); /* at most the pool is out */
+    ic->replies[ic->reply_count++] = cmd;
+    pthread_cond_signal(&ic->wake);
+    pthread_mutex_unlock(&ic->lock);
+}
+
+/* ---- the ring of deliveries --------------------------------------------------------------- */
+
+static struct intake_entry *intake_consume_entry(struct intake_consume *ic, uint64_t position)
+{
+    SVC_ASSERT(position >= ic->head && position < ic->tail);
+    return &ic->ring[position % INTAKE_CONSUME_COMMANDS_MAX];
+}
+
+/* The offset a command may store: every message before it is answered (0: none to store). */
+static int64_t intake_consume_mark(struct intake_consume *ic)
+{
+    if (ic->head < ic->tail) {
+        return intake_consume_entry(ic, ic->head)->offset;
+    }
+    return ic->last_offset + 1;
+}
+
+/* Acks the answered prefix of the ring, in stream order. */
+static void intake_consume_ack_prefix(struct intake_consume *ic)
+{
+    while (ic->head < ic->tail && intake_consume_entry(ic, ic->head)->answered) {
+        const struct intake_entry *e = intake_consume_entry(ic, ic->head);
+        struct mq_delivery d = {
+            .offset = e->offset, .delivery_tag = e->delivery_tag, .generation = e->generation};
+        (void)mq_ack(ic->mq, &d); /* a lost connection delivers it again: the ring is gone by
+                                   * then, so it counts as a duplicate below */
+        ic->head++;
+        atomic_fetch_add(&ic->stats.consumed, 1);
+    }
+    atomic_store(&ic->stats.resume_offset, mq_resume_offset(ic->mq));
+}
+
+/* The ring position holding offset, or UINT64_MAX. */
+static uint64_t intake_consume_find(struct intake_consume *ic, int64_t offset)
+{
+    uint64_t lo = ic->head;
+    uint64_t hi = ic->tail;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (intake_consume_entry(ic, mid)->offset < offset) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < ic->tail && intake_consume_entry(ic, lo)->offset == offset ? lo : UINT64_MAX;
+}
+
+/* ---- commands ----------------------------------------------------------------------------- */
+
+static void intake_consume_push(struct intake_consume *ic, struct command *cmd)
+{
+    cmd->stage_seq = intake_consume_mark(ic) >= 1 ? intake_consume_mark(ic) : 0;
+    cmd->queued_us = clock_mono_us();
+    command_reply_prepare(cmd);
+    if (queue_push(ic->config.queue, cmd) != 0) {
+        SVC_ASSERT(ic->retry_count < INTAKE_CONSUME_COMMANDS_MAX);
+        ic->retry_at_us[ic->retry_count] = clock_mono_us(); /* the queue is full: next round */
+        ic->retry[ic->retry_count++] = cmd;
+    }
+}
+
+static void intake_consume_release(struct intake_consume *ic, struct command *cmd)
+{
+    if (cmd->lines != NULL) {
+        cmd->lines->next_free = ic->free_blocks;
+        ic->free_blocks = cmd->lines;
+        cmd->lines = NULL;
+    }
+    ic->free_list[ic->free_count++] = cmd;
+}
+
+/* Makes the command of delivery d (a new message, the ring's last entry) and pushes it; holds
+ * d instead when it is an order and no line block is free. */
+static void intake_consume_command(struct intake_consume *ic, const struct mq_delivery *d)
+{
+    SVC_ASSERT(ic->free_count > 0 && !ic->held); /* a command per ring entry (see the loop) */
+    SVC_ASSERT(ic->tail > ic->head && intake_consume_entry(ic, ic->tail - 1)->offset == d->offset);
+    struct command *cmd = ic->free_list[--ic->free_count];
+    memset(cmd, 0, sizeof *cmd);
+    cmd->lines = ic->free_blocks; /* kept for an order only, below */
+    const char *principal_header = NULL;
+    for (size_t i = 0; i < d->header_count; i++) {
+        if (strcmp(d->header_keys[i], "principal") == 0) {
+            principal_header = d->header_values[i];
+        }
+    }
+    char why[REASON_BYTES_MAX + 1];
+    int rc = intake_consume_decode(d->body, d->body_length, d->id, d->type, principal_header,
+                                   ic->config.decode, cmd, why, sizeof why);
+    if (rc == SVC_ECAPACITY) {
+        SVC_ASSERT(ic->free_blocks == NULL && d->body_length <= MQ_BODY_BYTES_MAX);
+        cmd->lines = NULL;
+        ic->free_list[ic->free_count++] = cmd;
+        ic->held_delivery = *d;
+        memcpy(ic->held_body, d->body, d->body_length);
+        ic->held_delivery.body = ic->held_body;
+        ic->held = true;
+        return;
+    }
+    if (rc != 0) {
+        memset(cmd, 0, sizeof *cmd);
+        cmd->kind = CMD_INTAKE_DEAD_LETTER;
+        cmd->stream_offset = d->offset;
+        strcpy(cmd->principal, INTAKE_CONSUME_PRINCIPAL);
+        snprintf(cmd->reason, sizeof cmd->reason, "%s", why);
+        log_warn("intake: message %" PRId64 " (id %s) cannot be decoded: %s", d->offset,
+                 d->id[0] != '\0' ? d->id : "none", why);
+    }
+    if (cmd->kind == CMD_ORDER_CREATE) {
+        SVC_ASSERT(cmd->lines == ic->free_blocks);
+        ic->free_blocks = cmd->lines->next_free;
+        cmd->lines->next_free = NULL;
+    }
+    SVC_ASSERT(cmd->lines == NULL || cmd->kind == CMD_ORDER_CREATE);
+    cmd->origin = CMD_ORIGIN_INTAKE;
+    cmd->owner = ic;
+    cmd->stage = CMD_STAGE_INTAKE;
+    ic->entry_of[cmd - ic->pool] = ic->tail - 1;
+    intake_consume_push(ic, cmd);
+}
+
+/* One delivery: a new message, or one the ring holds (a reconnect delivers the unacked again). */
+static void intake_consume_delivery(struct intake_consume *ic, const struct mq_delivery *d)
+{
+    if (d->offset <= ic->last_offset) {
+        uint64_t position = intake_consume_find(ic, d->offset);
+        if (position == UINT64_MAX) {
+            (void)mq_ack(ic->mq, d); /* acked before: the broker sends it again, nothing to do */
+            atomic_fetch_add(&ic->stats.consumed, 1);
+            return;
+        }
+        struct intake_entry *e = intake_consume_entry(ic, position);
+        e->delivery_tag = d->delivery_tag; /* its command is with the writer, or answered */
+        e->generation = d->generation;
+        intake_consume_ack_prefix(ic);
+        return;
+    }
+    SVC_ASSERT(ic->tail - ic->head < INTAKE_CONSUME_COMMANDS_MAX); /* a command per entry */
+    ic->ring[ic->tail % INTAKE_CONSUME_COMMANDS_MAX] =
+        (struct intake_entry){d->offset, d->delivery_tag, d->generation, false};
+    ic->tail++;
+    ic->last_offset = d->offset;
+    atomic_store(&ic->stats.last_offset, d->offset);
+    intake_consume_command(ic, d);
+}
+
+static void intake_consume_on_reply(struct intake_consume *ic, struct command *cmd)
+{
+    SVC_ASSERT(cmd->origin == CMD_ORIGIN_INTAKE);
+    if (cmd->reply_status == 503 || cmd->reply_status == 429) {
+        SVC_ASSERT(ic->retry_count < INTAKE_CONSUME_COMMANDS_MAX);
+        ic->retry_at_us[ic->retry_count] = clock_mono_us() + INTAKE_CONSUME_RETRY_MS * 1000;
+        ic->retry[ic->retry_count++] = cmd; /* nothing of it was written: again, later */
+        atomic_fetch_add(&ic->stats.retried, 1);
+        return;
+    }
+    if (cmd->kind == CMD_INTAKE_DEAD_LETTER) {
+        atomic_fetch_add(&ic->stats.dead_lettered, 1);
+    } else if (cmd->reply_replayed) {
+        atomic_fetch_add(&ic->stats.replayed, 1);
+    } else if (cmd->reply_status < 300) {
+        atomic_fetch_add(&ic->stats.applied, 1);
+    } else {
+        atomic_fetch_add(&ic->stats.refused, 1);
+    }
+    intake_consume_entry(ic, ic->entry_of[cmd - ic->pool])->answered = true;
+    intake_consume_release(ic, cmd);
+    intake_consume_ack_prefix(ic);
+}
+
+/* Takes the answers that came back and pushes again the commands whose wait is over. */
+static void intake_consume_answers(struct intake_consume *ic)
+{
+    struct command *taken[256];
+    uint32_t n = 0;
+    pthread_mutex_lock(&ic->lock);
+    while (n < 256 && ic->reply_count > 0) {
+        taken[n++] = ic->replies[--ic->reply_count];
+    }
+    pthread_mutex_unlock(&ic->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        intake_consume_on_reply(ic, taken[i]);
+    }
+    int64_t now = clock_mono_us();
+    struct command *due[INTAKE_CONSUME_COMMANDS_MAX];
+    uint32_t due_count = 0;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < ic->retry_count; i++) {
+        if (ic->retry_at_us[i] <= now) {
+            due[due_count++] = ic->retry[i];
+        } else {
+            ic->retry_at_us[kept] = ic->retry_at_us[i];
+            ic->retry[kept++] = ic->retry[i];
+        }
+    }
+    ic->retry_count = kept;
+    for (uint32_t i = 0; i < due_count; i++) {
+        intake_consume_push(ic, due[i]); /* may go back to the list: the queue is full */
+    }
+}
+
+/* ---- the thread --------------------------------------------------------------------------- */
+
+static void intake_consume_publish_stats(struct intake_consume *ic)
+{
+    const struct mq_stats *s = mq_stats(ic->mq);
+    atomic_store(&ic->stats.connected, mq_connected(ic->mq));
+    atomic_store(&ic->stats.errors, s->losses + s->connect_failures);
+}
+
+/* Waits up to wait_ms for an answer of the writer or the stop. */
+static void intake_consume_wait(struct intake_consume *ic, int64_t wait_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    int64_t ns = until.tv_nsec + wait_ms * 1000000;
+    until.tv_sec += (time_t)(ns / 1000000000);
+    until.tv_nsec = (long)(ns % 1000000000);
+    pthread_mutex_lock(&ic->lock);
+    if (ic->reply_count == 0 && !atomic_load(&ic->stopping)) {
+        (void)pthread_cond_timedwait(&ic->wake, &ic->lock, &until);
+    }
+    pthread_mutex_unlock(&ic->lock);
+}
+
+/* Reads deliveries while nothing is held; -ENOTCONN when the connection is lost. Each
+ * delivery takes a command: the broker hands out at most INTAKE_CONSUME_COMMANDS_MAX unacked
+ * (the prefetch), and every command out has its unacked entry in the ring. */
+static int intake_consume_read(struct intake_consume *ic)
+{
+    int wait = ic->head < ic->tail ? INTAKE_CONSUME_BUSY_WAIT_MS : INTAKE_CONSUME_IDLE_WAIT_MS;
+    while (!ic->held && ic->free_count > 0 && ic->tail - ic->head < INTAKE_CONSUME_COMMANDS_MAX) {
+        struct mq_delivery d;
+        int rc = mq_next(ic->mq, wait, &d);
+        if (rc <= 0) {
+            return rc;
+        }
+        intake_consume_delivery(ic, &d);
+        wait = 0; /* take what is there, then look at the answers */
+    }
+    return 0;
+}
+
+static void *intake_consume_loop(void *arg)
+{
+    struct intake_consume *ic = arg;
+    while (!atomic_load(&ic->stopping)) {
+        intake_consume_answers(ic);
+        if (ic->held && ic->free_blocks != NULL) {
+            ic->held = false;
+            intake_consume_command(ic, &ic->held_delivery);
+        }
+        int rc = 0;
+        if (ic->held || ic->free_count == 0) {
+            intake_consume_wait(ic, INTAKE_CONSUME_BUSY_WAIT_MS); /* for an answer */
+        } else {
+            rc = intake_consume_read(ic);
+        }
+        intake_consume_publish_stats(ic);
+        if (rc < 0) {
+            intake_consume_wait(ic, INTAKE_CONSUME_IDLE_WAIT_MS); /* the broker is away */
+        }
+    }
+    return NULL;
+}
+
+int intake_consume_start(struct intake_consume *ic)
+{
+    SVC_ASSERT(!ic->started);
+    struct store_reader *reader = NULL;
+    int64_t offset = 0;
+    int rc = store_reader_open(&reader, ic->config.db_uri);
+    if (rc == 0) {
+        rc = store_reader_stage_offset(reader, INTAKE_STAGE, &offset);
+    }
+    store_reader_close(reader);
+    if (rc != 0) {
+        log_error("intake: cannot read its offset (%d)", rc);
+        return rc;
+    }
+    SVC_ASSERT(offset >= 0);
+    ic->last_offset = offset - 1;
+    atomic_store(&ic->stats.resume_offset, offset);
+    if (mq_consume(ic->mq, offset) != 0) {
+        log_warn("intake: the broker is not reachable yet; commands wait in the stream");
+    }
+    intake_consume_publish_stats(ic);
+    log_info("intake: consuming stream %s from offset %" PRId64, INTAKE_QUEUE, offset);
+    ic->started = true;
+    rc = pthread_create(&ic->thread, NULL, intake_consume_loop, ic);
+    if (rc != 0) {
+        ic->started = false;
+        return -rc;
+    }
+    return 0;
+}
+
+void intake_consume_stop(struct intake_consume *ic)
+{
+    if (ic == NULL || !ic->started) {
+        return;
+    }
+    atomic_store(&ic->stopping, true);
+    pthread_mutex_lock(&ic->lock);
+    pthread_cond_signal(&ic->wake);
+    pthread_mutex_unlock(&ic->lock);
+    pthread_join(ic->thread, NULL);
+}
