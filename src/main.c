@@ -27,6 +27,7 @@
 #include "store/store_open.h"
 #include "work/work.h"
 #include "relay/relay.h"
+#include "intake/intake_pub.h"
 
 /* Time the I/O threads get to send the last replies after the writer stopped. */
 #define MAIN_SHUTDOWN_GRACE_US 200000
@@ -76,7 +77,9 @@ static void main_usage(FILE *out)
             "                         (default on; off: an outage dead-letters the orders)\n"
             "  --amqp URL             amqp://user:password@host:port/vhost: publish every\n"
             "                         committed event to the RabbitMQ stream stockd.events\n"
-            "                         (the outbox relay; without it, no broker is used)\n"
+            "                         (the outbox relay), and honour Prefer: respond-async\n"
+            "                         on purchases and orders (202 once stockd.commands has\n"
+            "                         the command); without it, no broker is used\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -184,6 +187,22 @@ static void main_start_relay(struct app *app)
         exit(1);
     }
     atomic_store(&app->relay, relay);
+}
+
+/* Starts the publisher of asynchronous commands when --amqp names a broker (a broker that is
+ * down is no failure: asynchronous requests get 503 until it connects); exits on failure. */
+static void main_start_intake(struct app *app)
+{
+    if (app->config.amqp_url[0] == '\0') {
+        return;
+    }
+    struct intake_pub_config ic = {app->config.amqp_url};
+    struct intake_pub *pub = intake_pub_new(&ic);
+    if (pub == NULL || intake_pub_start(pub) != 0) {
+        log_error("cannot start the publisher of asynchronous commands (--amqp)");
+        exit(1);
+    }
+    atomic_store(&app->intake_pub, pub);
 }
 
 /* Starts the payment provider (the simulator, or the HTTP one with --payment-url) and the
@@ -590,6 +609,7 @@ int main(int argc, char **argv)
     }
     main_start_workers(app);
     main_start_relay(app);
+    main_start_intake(app);
     char shown[sizeof app->config.db_path];
     main_db_shown(app->config.db_path, shown, sizeof shown);
     printf("stockd listening on http://%s:%d (data %s, %d threads)\n", app->config.listen_host,
@@ -605,6 +625,7 @@ int main(int argc, char **argv)
     writer_stop(&app->writer);
     follower_stop(&app->follower);
     relay_stop(atomic_load(&app->relay)); /* what it did not see confirmed, the next start sends */
+    intake_pub_stop(atomic_load(&app->intake_pub)); /* what still waits is answered 503 */
     usleep(MAIN_SHUTDOWN_GRACE_US);
     store_close(store);
     log_info("stopped");

@@ -60,6 +60,7 @@ MODULES = {
     "work": (["src/work/work.c", "src/work/work_lease.c"], ["work_"]),
     "mq": (["src/mq/mq.c"], ["mq_"]),
     "relay": (["src/relay/relay.c"], ["relay_"]),
+    "intake_pub": (["src/intake/intake_pub.c"], ["intake_pub_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
     "prefetch": (["src/core/prefetch.c"], ["prefetch_"]),

@@ -1,8 +1,8 @@
 /*
  * api_ops.c - operations routes: /health (the process answers; "degraded" while the payment
  * provider's circuit is not closed), /ready (storage reachable and not shutting down; both show
- * the outbox relay's state with --amqp), /metrics (Prometheus text), /openapi.yaml (the API
- * document, compiled in) and the home page.
+ * the outbox relay's and the intake publisher's state with --amqp), /metrics (Prometheus
+ * text), /openapi.yaml (the API document, compiled in) and the home page.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,6 +13,7 @@
 #include "work/work.h"
 #include "pay/pay_breaker.h"
 #include "relay/relay.h"
+#include "intake/intake_pub.h"
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_assert.h"
@@ -39,6 +40,20 @@ static void api_relay_json(struct app *app, char *out, size_t size)
     }
 }
 
+/* The intake publisher's member of /health and /ready (--amqp only): ,"intake":{...}. Degraded
+ * while the broker connection is down: asynchronous requests get 503, synchronous ones sell. */
+static void api_intake_json(struct app *app, char *out, size_t size)
+{
+    SVC_ASSERT(size > 0);
+    struct intake_pub *pub = atomic_load(&app->intake_pub);
+    out[0] = '\0';
+    if (pub != NULL) {
+        bool up = atomic_load(&intake_pub_stats(pub)->connected);
+        int n = snprintf(out, size, ",\"intake\":{\"status\":\"%s\"}", up ? "ok" : "degraded");
+        SVC_ASSERT(n > 0 && (size_t)n < size);
+    }
+}
+
 void api_health(struct http_request *r)
 {
     /* Writable: the body it always had; read-only mode adds readOnly, --amqp the relay. The
@@ -48,6 +63,8 @@ void api_health(struct http_request *r)
     struct app *app = r->thread->app;
     char relay[128];
     api_relay_json(app, relay, sizeof relay);
+    char intake[64];
+    api_intake_json(app, intake, sizeof intake);
     bool on = atomic_load(&app->read_only);
     struct pay_breaker *breaker = atomic_load(&app->pay_breaker);
     int state =
@@ -69,6 +86,7 @@ void api_health(struct http_request *r)
         jbuf_lit(&b, "}]");
     }
     jbuf_lit(&b, relay);
+    jbuf_lit(&b, intake);
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);
@@ -88,8 +106,10 @@ void api_ready(struct http_request *r)
     /* A broker that is down is no reason to stop selling: still ready, the relay degraded. */
     char relay[128];
     api_relay_json(app, relay, sizeof relay);
+    char intake[64];
+    api_intake_json(app, intake, sizeof intake);
     char *body = h2o_mem_alloc_pool(&r->req->pool, 256);
-    int n = snprintf(body, 256, "{\"status\":\"ready\"%s}", relay);
+    int n = snprintf(body, 256, "{\"status\":\"ready\"%s%s}", relay, intake);
     SVC_ASSERT(n > 0 && n < 256);
     http_send_json(r, 200, body, (size_t)n);
 }
@@ -235,6 +255,35 @@ static void api_metrics_relay(struct app *app, char *out, size_t size, size_t *u
                        atomic_load(&st->connected) ? 1 : 0, (long long)atomic_load(&st->position));
 }
 
+/* Asynchronous intake's metrics (--amqp only; without it they are absent, not zero). */
+static void api_metrics_intake(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct intake_pub *pub = atomic_load(&app->intake_pub);
+    if (pub == NULL) {
+        return;
+    }
+    const struct intake_pub_stats *st = intake_pub_stats(pub);
+    struct api_intake_stats is;
+    api_intake_stats(&is);
+    api_metrics_printf(
+        out, size, used,
+        "# TYPE stockd_intake_accepted_total counter\n"
+        "stockd_intake_accepted_total %llu\n"
+        "# TYPE stockd_intake_refused_total counter\n"
+        "stockd_intake_refused_total{reason=\"not_connected\"} %llu\n"
+        "stockd_intake_refused_total{reason=\"full\"} %llu\n"
+        "stockd_intake_refused_total{reason=\"timeout\"} %llu\n"
+        "# TYPE stockd_intake_confirms_total counter\n"
+        "stockd_intake_confirms_total %llu\n"
+        "# TYPE stockd_intake_errors_total counter\n"
+        "stockd_intake_errors_total %llu\n"
+        "# TYPE stockd_intake_connected gauge\nstockd_intake_connected %d\n",
+        (unsigned long long)is.accepted, (unsigned long long)is.refused_not_connected,
+        (unsigned long long)is.refused_full, (unsigned long long)is.refused_timeout,
+        (unsigned long long)atomic_load(&st->confirmed),
+        (unsigned long long)atomic_load(&st->errors), atomic_load(&st->connected) ? 1 : 0);
+}
+
 void api_metrics(struct http_request *r)
 {
     struct app *app = r->thread->app;
@@ -273,6 +322,7 @@ void api_metrics(struct http_request *r)
                        (long long)api_dead_letters(app));
     api_metrics_payment(app, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_relay(app, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_intake(app, out, API_METRICS_BYTES_MAX, &used);
     struct work *w = atomic_load(&app->work);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_worker_lease_held gauge\n"

@@ -47,7 +47,8 @@ struct app_config {
     int64_t payment_timeout_ms;    /* --payment-timeout-ms: the HTTP provider's deadline */
     bool payment_breaker;          /* --payment-breaker: a circuit breaker around the provider */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
-    char amqp_url[512];            /* --amqp: the outbox relay's broker; empty: no relay */
+    char amqp_url[512]; /* --amqp: the broker of the outbox relay and of asynchronous intake;
+                         * empty: neither */
     /* The workers' leases (several instances on one PostgreSQL): --lease-ms, --instance-id. */
     int64_t lease_ms;
     char instance_id[128]; /* "" : hostname:pid:start-ms */
@@ -57,6 +58,7 @@ struct work;
 struct pay_sim;
 struct pay_breaker;
 struct relay;
+struct intake_pub;
 
 struct app {
     struct app_config config;
@@ -72,6 +74,8 @@ struct app {
     /* The circuit breaker around their payment provider (NULL: --workers off). */
     _Atomic(struct pay_breaker *) pay_breaker;
     _Atomic(struct relay *) relay; /* the outbox relay (NULL: no --amqp), woken by commits */
+    /* The publisher of asynchronous commands (NULL: no --amqp; intake/intake_pub.h). */
+    _Atomic(struct intake_pub *) intake_pub;
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;
