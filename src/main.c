@@ -29,6 +29,7 @@
 #include "relay/relay.h"
 #include "http/api.h"
 #include "intake/intake_consume.h"
+#include "intake/intake_pub.h"
 
 /* Time the I/O threads get to send the last replies after the writer stopped. */
 #define MAIN_SHUTDOWN_GRACE_US 200000
@@ -80,9 +81,10 @@ static void main_usage(FILE *out)
             "  --amqp URL             amqp://user:password@host:port/vhost: publish every\n"
             "                         committed event to the RabbitMQ stream stockd.events\n"
             "                         (the outbox relay; on one PostgreSQL, the holder of\n"
-            "                         its lease publishes) and apply the commands of the\n"
-            "                         stream stockd.commands (asynchronous intake); without\n"
-            "                         it, no broker is used\n"
+            "                         its lease publishes), honour Prefer: respond-async on\n"
+            "                         purchases and orders (202 once stockd.commands has the\n"
+            "                         command) and apply the commands of that stream\n"
+            "                         (asynchronous intake); without it, no broker is used\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -195,8 +197,10 @@ static void main_start_relay(struct app *app)
     atomic_store(&app->relay, relay);
 }
 
-/* Starts the consumer of the stream of commands (asynchronous intake) when --amqp names a
- * broker; exits on failure (a broker that is down is no failure: it connects when it can). */
+/* Starts asynchronous intake when --amqp names a broker: the publisher of the commands the
+ * HTTP side accepts (a broker that is down is no failure: asynchronous requests get 503
+ * until it connects) and the consumer of the stream that hands them to the writer (it
+ * connects when it can); exits on failure. */
 static void main_start_intake(struct app *app)
 {
     if (app->config.amqp_url[0] == '\0') {
@@ -210,6 +214,13 @@ static void main_start_intake(struct app *app)
         exit(1);
     }
     atomic_store(&app->intake, consumer);
+    struct intake_pub_config pc = {app->config.amqp_url};
+    struct intake_pub *pub = intake_pub_new(&pc);
+    if (pub == NULL || intake_pub_start(pub) != 0) {
+        log_error("cannot start the publisher of asynchronous commands (--amqp)");
+        exit(1);
+    }
+    atomic_store(&app->intake_pub, pub);
 }
 
 /* Starts the payment provider (the simulator, or the HTTP one with --payment-url) and the
@@ -636,6 +647,7 @@ int main(int argc, char **argv)
     writer_stop(&app->writer);
     follower_stop(&app->follower);
     relay_stop(atomic_load(&app->relay)); /* what it did not see confirmed, the next start sends */
+    intake_pub_stop(atomic_load(&app->intake_pub)); /* what still waits is answered 503 */
     usleep(MAIN_SHUTDOWN_GRACE_US);
     store_close(store);
     log_info("stopped");

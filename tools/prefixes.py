@@ -61,6 +61,7 @@ MODULES = {
     "mq": (["src/mq/mq.c"], ["mq_"]),
     "relay": (["src/relay/relay.c"], ["relay_"]),
     "intake_consume": (["src/intake/intake_consume.c"], ["intake_consume_"]),
+    "intake_pub": (["src/intake/intake_pub.c"], ["intake_pub_"]),
     "reply": (["src/core/reply.c"], ["reply_"]),
     "outcome": (["src/core/outcome.c"], ["outcome_"]),
     "prefetch": (["src/core/prefetch.c"], ["prefetch_"]),

@@ -43,7 +43,8 @@
     X(LOAD_TEST_RUNNING, 409, "load_test_running", "A load test is already running")      \
     X(LOAD_TEST_LIMIT, 400, "load_test_out_of_range", "Load test parameter out of range") \
     X(ORDER_NOT_CANCELLABLE, 409, "order_not_cancellable", "Order cannot be cancelled")   \
-    X(READ_ONLY, 503, "read_only", "Read-only mode: writes are refused")
+    X(READ_ONLY, 503, "read_only", "Read-only mode: writes are refused")                  \
+    X(BROKER_UNAVAILABLE, 503, "broker_unavailable", "Message broker unavailable")
 
 enum svc_err_index {
 #define SVC_ERR_INDEX_(name, status, code, title) SVC_ERR_INDEX_##name,

@@ -13,6 +13,8 @@
  *   api_ops.c           health, readiness, metrics, the OpenAPI document, the home page
  *   api_audit.c         the audit, on a thread of its own, with progress
  *   api_load.c          the load test: the load generator against this server, then the audit
+ *   api_intake.c        Prefer: respond-async with --amqp: a validated command published
+ *                       through the intake publisher, answered 202 on the broker's confirm
  *   api_common.c        the helpers below: body decoding, idempotency, fresh reads, events
  * All share one signature (route_handler) and reach the server only through request.h.
  * Commands go to the writer; queries never touch the writer's domain. Read api_common.c next.
@@ -122,6 +124,26 @@ struct api_stream_stats {
     uint64_t refused;          /* 503 too_many_subscribers */
 };
 void api_stream_stats(struct api_stream_stats *out);
+
+/* ---- asynchronous intake (api_intake.c, intake/intake.h) ---- */
+
+/* True when r may be answered asynchronously: its route honours it (ROUTE_ASYNC), stockd
+ * publishes commands (--amqp) and a Prefer header names respond-async. Without --amqp the
+ * preference is ignored and the request is served synchronously. */
+bool api_intake_wanted(struct http_request *r);
+/* Publishes r, validated and with its Idempotency-Key, as a command of kind (INTAKE_KIND_*)
+ * to the intake stream, and answers 202 once the broker confirmed it, or 503
+ * broker_unavailable. Called instead of http_command_submit. */
+void api_intake_publish(struct http_request *r, const char *kind);
+
+/* Intake counters over every I/O thread, for GET /metrics (any thread may call it). */
+struct api_intake_stats {
+    uint64_t accepted;              /* 202 */
+    uint64_t refused_not_connected; /* 503: no broker connection, or lost before the confirm */
+    uint64_t refused_full;          /* 503: the hand-off or the publisher's window was full */
+    uint64_t refused_timeout;       /* 503: no confirm within INTAKE_CONFIRM_TIMEOUT_MS */
+};
+void api_intake_stats(struct api_intake_stats *out);
 
 /* ---- decoding helpers (api_common.c) ---- */
 

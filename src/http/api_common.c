@@ -15,6 +15,7 @@
 #include "base/svc_limits.h"
 #include "base/text.h"
 #include "core/writer.h"
+#include "intake/intake.h"
 #include "read/projector.h"
 
 bool api_is_id(const char *s, size_t length, size_t max)
@@ -159,7 +160,8 @@ static bool api_idem_key_valid(h2o_iovec_t key)
 struct http_command *api_command_begin(struct http_request *r, enum cmd_kind kind)
 {
     h2o_iovec_t key = http_header(r, "idempotency-key");
-    if (key.base == NULL && (r->route->flags & ROUTE_IDEMPOTENT)) {
+    /* An asynchronous request needs its key too: it names the command's status URL. */
+    if (key.base == NULL && ((r->route->flags & ROUTE_IDEMPOTENT) || api_intake_wanted(r))) {
         http_send_problem(r, SVC_EIDEM_KEY_REQUIRED, "send an Idempotency-Key header", NULL, 0);
         return NULL;
     }
@@ -222,6 +224,12 @@ void api_submit_command(struct http_request *r, enum cmd_kind kind, bool with_li
     if (rc != 0) {
         http_command_free(hc);
         http_send_problem(r, rc, why, NULL, 0);
+        return;
+    }
+    if (api_intake_wanted(r)) {               /* validated: to the broker instead of the writer */
+        SVC_ASSERT(kind == CMD_ORDER_CREATE); /* the one ROUTE_ASYNC route that comes here */
+        http_command_free(hc);
+        api_intake_publish(r, INTAKE_KIND_ORDER);
         return;
     }
     http_command_submit(r, hc);

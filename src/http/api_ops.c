@@ -1,8 +1,8 @@
 /*
  * api_ops.c - operations routes: /health (the process answers; "degraded" while the payment
  * provider's circuit is not closed), /ready (storage reachable and not shutting down; both show
- * the outbox relay's state with --amqp), /metrics (Prometheus text), /openapi.yaml (the API
- * document, compiled in) and the home page.
+ * the outbox relay's and the intake publisher's state with --amqp), /metrics (Prometheus
+ * text), /openapi.yaml (the API document, compiled in) and the home page.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,6 +14,7 @@
 #include "pay/pay_breaker.h"
 #include "intake/intake_consume.h"
 #include "relay/relay.h"
+#include "intake/intake_pub.h"
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_assert.h"
@@ -54,24 +55,31 @@ static void api_relay_json(struct app *app, struct jbuf *b)
     jbuf_lit(b, "}");
 }
 
-/* The intake consumer's member of /health (--amqp only): ,"intake":{...}, degraded while the
- * broker connection is down; inFlight is the messages delivered and not answered yet. */
-static void api_intake_json(struct app *app, char *out, size_t size)
+/* Asynchronous intake's member of /health and /ready (--amqp only): ,"intake":{...}. Degraded
+ * while the publisher's or the consumer's broker connection is down (asynchronous requests get
+ * 503; synchronous ones sell); publisher and consumer say which. offset is the consumer's
+ * resume offset in the stream, inFlight the messages delivered and not answered yet. */
+static void api_intake_json(struct app *app, struct jbuf *b)
 {
-    SVC_ASSERT(size > 0);
+    struct intake_pub *pub = atomic_load(&app->intake_pub);
     struct intake_consume *ic = atomic_load(&app->intake);
-    out[0] = '\0';
+    if (pub == NULL && ic == NULL) {
+        return;
+    }
+    bool pub_up = pub != NULL && atomic_load(&intake_pub_stats(pub)->connected);
+    bool consumer_up = ic != NULL && atomic_load(&intake_consume_stats(ic)->connected);
+    jbuf_lit(b, pub_up && consumer_up ? ",\"intake\":{\"status\":\"ok\""
+                                      : ",\"intake\":{\"status\":\"degraded\"");
+    jbuf_kv_str(b, "publisher", pub_up ? "ok" : "degraded");
+    jbuf_kv_str(b, "consumer", consumer_up ? "ok" : "degraded");
     if (ic != NULL) {
         const struct intake_consume_stats *st = intake_consume_stats(ic);
-        bool up = atomic_load(&st->connected);
-        long long resume = (long long)atomic_load(&st->resume_offset);
-        long long last = (long long)atomic_load(&st->last_offset);
-        int n = snprintf(out, size,
-                         ",\"intake\":{\"status\":\"%s\",\"offset\":%lld,"
-                         "\"inFlight\":%lld}",
-                         up ? "ok" : "degraded", resume, last + 1 > resume ? last + 1 - resume : 0);
-        SVC_ASSERT(n > 0 && (size_t)n < size);
+        int64_t resume = atomic_load(&st->resume_offset);
+        int64_t last = atomic_load(&st->last_offset);
+        jbuf_kv_int(b, "offset", resume);
+        jbuf_kv_int(b, "inFlight", last + 1 > resume ? last + 1 - resume : 0);
     }
+    jbuf_lit(b, "}");
 }
 
 void api_health(struct http_request *r)
@@ -102,9 +110,7 @@ void api_health(struct http_request *r)
         jbuf_lit(&b, "}]");
     }
     api_relay_json(app, &b);
-    char intake[128];
-    api_intake_json(app, intake, sizeof intake);
-    jbuf_lit(&b, intake);
+    api_intake_json(app, &b);
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);
@@ -127,6 +133,7 @@ void api_ready(struct http_request *r)
     jbuf_init(&b, body, API_HEALTH_BYTES_MAX);
     jbuf_lit(&b, "{\"status\":\"ready\"");
     api_relay_json(app, &b);
+    api_intake_json(app, &b);
     jbuf_lit(&b, "}");
     SVC_ASSERT(jbuf_ok(&b));
     http_send_json(r, 200, body, b.length);
@@ -277,8 +284,10 @@ static void api_metrics_relay(struct app *app, char *out, size_t size, size_t *u
                        relay_holds(relay) ? 1 : 0);
 }
 
-/* The intake consumer's metrics (--amqp only; without it they are absent, not zero). */
-static void api_metrics_intake(struct app *app, char *out, size_t size, size_t *used)
+/* The intake consumer's metrics (--amqp only; without it they are absent, not zero). Its
+ * errors and connection are named consumer_: the publisher's are stockd_intake_errors_total and
+ * stockd_intake_connected. */
+static void api_metrics_intake_consumer(struct app *app, char *out, size_t size, size_t *used)
 {
     struct intake_consume *ic = atomic_load(&app->intake);
     if (ic == NULL) {
@@ -296,8 +305,9 @@ static void api_metrics_intake(struct app *app, char *out, size_t size, size_t *
         "stockd_intake_answers_total{outcome=\"replayed\"} %llu\n"
         "stockd_intake_answers_total{outcome=\"dead_lettered\"} %llu\n"
         "# TYPE stockd_intake_retries_total counter\nstockd_intake_retries_total %llu\n"
-        "# TYPE stockd_intake_errors_total counter\nstockd_intake_errors_total %llu\n"
-        "# TYPE stockd_intake_connected gauge\nstockd_intake_connected %d\n"
+        "# TYPE stockd_intake_consumer_errors_total counter\n"
+        "stockd_intake_consumer_errors_total %llu\n"
+        "# TYPE stockd_intake_consumer_connected gauge\nstockd_intake_consumer_connected %d\n"
         "# TYPE stockd_intake_offset gauge\nstockd_intake_offset %lld\n"
         "# TYPE stockd_intake_last_offset gauge\nstockd_intake_last_offset %lld\n"
         "# TYPE stockd_intake_in_flight gauge\nstockd_intake_in_flight %lld\n"
@@ -312,6 +322,35 @@ static void api_metrics_intake(struct app *app, char *out, size_t size, size_t *
         atomic_load(&st->connected) ? 1 : 0, resume, last,
         last + 1 > resume ? last + 1 - resume : 0,
         (unsigned long long)atomic_load(&st->dead_lettered));
+}
+
+/* Asynchronous intake's metrics (--amqp only; without it they are absent, not zero). */
+static void api_metrics_intake(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct intake_pub *pub = atomic_load(&app->intake_pub);
+    if (pub == NULL) {
+        return;
+    }
+    const struct intake_pub_stats *st = intake_pub_stats(pub);
+    struct api_intake_stats is;
+    api_intake_stats(&is);
+    api_metrics_printf(
+        out, size, used,
+        "# TYPE stockd_intake_accepted_total counter\n"
+        "stockd_intake_accepted_total %llu\n"
+        "# TYPE stockd_intake_refused_total counter\n"
+        "stockd_intake_refused_total{reason=\"not_connected\"} %llu\n"
+        "stockd_intake_refused_total{reason=\"full\"} %llu\n"
+        "stockd_intake_refused_total{reason=\"timeout\"} %llu\n"
+        "# TYPE stockd_intake_confirms_total counter\n"
+        "stockd_intake_confirms_total %llu\n"
+        "# TYPE stockd_intake_errors_total counter\n"
+        "stockd_intake_errors_total %llu\n"
+        "# TYPE stockd_intake_connected gauge\nstockd_intake_connected %d\n",
+        (unsigned long long)is.accepted, (unsigned long long)is.refused_not_connected,
+        (unsigned long long)is.refused_full, (unsigned long long)is.refused_timeout,
+        (unsigned long long)atomic_load(&st->confirmed),
+        (unsigned long long)atomic_load(&st->errors), atomic_load(&st->connected) ? 1 : 0);
 }
 
 void api_metrics(struct http_request *r)
@@ -353,6 +392,7 @@ void api_metrics(struct http_request *r)
     api_metrics_payment(app, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_relay(app, out, API_METRICS_BYTES_MAX, &used);
     api_metrics_intake(app, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_intake_consumer(app, out, API_METRICS_BYTES_MAX, &used);
     struct work *w = atomic_load(&app->work);
     api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
                        "# TYPE stockd_worker_lease_held gauge\n"

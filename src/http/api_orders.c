@@ -18,6 +18,7 @@
 #include "base/json_out.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "intake/intake.h"
 
 static int api_decode_policy(json_t *body, enum dom_policy *out, const char **why)
 {
@@ -82,6 +83,11 @@ void api_purchase(struct http_request *r)
         return;
     }
     SVC_ASSERT(hc->cmd.qty >= 1 && hc->cmd.qty <= QTY_MAX);
+    if (api_intake_wanted(r)) { /* validated: to the broker instead of the writer */
+        http_command_free(hc);
+        api_intake_publish(r, INTAKE_KIND_PURCHASE);
+        return;
+    }
     http_command_submit(r, hc);
 }
 

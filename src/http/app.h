@@ -47,7 +47,8 @@ struct app_config {
     int64_t payment_timeout_ms;    /* --payment-timeout-ms: the HTTP provider's deadline */
     bool payment_breaker;          /* --payment-breaker: a circuit breaker around the provider */
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
-    char amqp_url[512];            /* --amqp: the outbox relay's broker; empty: no relay */
+    char amqp_url[512]; /* --amqp: the broker of the outbox relay and of asynchronous intake;
+                         * empty: neither */
     /* The workers' leases (several instances on one PostgreSQL): --lease-ms, --instance-id. */
     int64_t lease_ms;
     char instance_id[128]; /* the leases' holder id; "": main fills hostname:pid:start-ms */
@@ -58,6 +59,7 @@ struct pay_sim;
 struct pay_breaker;
 struct relay;
 struct intake_consume;
+struct intake_pub;
 
 struct app {
     struct app_config config;
@@ -75,6 +77,8 @@ struct app {
     _Atomic(struct relay *) relay; /* the outbox relay (NULL: no --amqp), woken by commits */
     /* The consumer of the stream of commands (NULL: no --amqp; intake/intake_consume.h). */
     _Atomic(struct intake_consume *) intake;
+    /* The publisher of asynchronous commands (NULL: no --amqp; intake/intake_pub.h). */
+    _Atomic(struct intake_pub *) intake_pub;
     /* PUT /v1/admin/read-only: while set, every command route (ROUTE_WRITE) answers 503
      * read_only with Retry-After and the reads serve (routes_dispatch). In memory only. */
     _Atomic bool read_only;

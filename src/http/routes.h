@@ -26,6 +26,7 @@
 #define ROUTE_SEED 0x10      /* a seed-compatible alias: the role of its /v1 route */
 #define ROUTE_PUBLIC 0x20    /* no token needed (ops routes) */
 #define ROUTE_ADMIN 0x40     /* needs the admin role (admin and ops commands) */
+#define ROUTE_ASYNC 0x80     /* honours Prefer: respond-async with --amqp (api_intake.c) */
 
 typedef void (*route_handler)(struct http_request *r);
 

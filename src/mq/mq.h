@@ -47,8 +47,9 @@
 #define MQ_HEADERS_MAX 4
 #define MQ_HEADER_KEY_BYTES_MAX 32
 #define MQ_HEADER_VALUE_BYTES_MAX 128
-/* message-id and type (AMQP short strings), as we use them: a seq, an event type name. */
-#define MQ_ID_BYTES_MAX 64
+/* message-id and type (AMQP short strings), as we use them: a seq or an Idempotency-Key (up
+ * to 255 bytes, the most a short string holds: intake/intake.h), an event type name. */
+#define MQ_ID_BYTES_MAX 255
 #define MQ_TYPE_BYTES_MAX 64
 /* A queue name and an amqp:// URL. */
 #define MQ_QUEUE_BYTES_MAX 127

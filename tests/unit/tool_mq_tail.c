@@ -1,20 +1,22 @@
 /*
  * tool_mq_tail.c - reads a RabbitMQ stream through src/mq and prints each message as one JSON
- * line, for the black-box tests of the outbox relay (tests/blackbox/test_relay.py): python3-pika
- * is not among our packages, and this reads the stream the way any AMQP 0.9.1 consumer would.
+ * line, for the black-box tests of the outbox relay and of asynchronous intake
+ * (tests/blackbox/test_relay.py, test_intake_pub.py): python3-pika is not among our packages,
+ * and this reads the stream the way any AMQP 0.9.1 consumer would.
  *
  *   mq_tail URL QUEUE OFFSET UNTIL_ID WAIT_MS
  *
- * consumes QUEUE (declared as the relay declares it) from stream offset OFFSET and prints
- * {"offset":N,"id":"..","type":"..","headers":{..},"body":<the body>} per message, until it
- * printed a message whose id is UNTIL_ID (exit 0), or none came for WAIT_MS (exit 1: the
- * caller decides whether that is a failure). Not a test by itself.
+ * consumes QUEUE (declared as its producer declares it: the relay, or intake.h) from stream
+ * offset OFFSET and prints {"offset":N,"id":"..","type":"..","headers":{..},"body":<the body>}
+ * per message, until it printed a message whose id is UNTIL_ID (exit 0), or none came for
+ * WAIT_MS (exit 1: the caller decides whether that is a failure). Not a test by itself.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "intake/intake.h"
 #include "mq/mq.h"
 #include "relay/relay.h"
 
@@ -57,7 +59,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: mq_tail URL QUEUE OFFSET UNTIL_ID WAIT_MS\n");
         return 2;
     }
+    /* Declared with the arguments of its producer: a declaration that differs is refused. */
     struct mq_config c = {argv[1], argv[2], MQ_CONSUMER, RELAY_STREAM_BYTES_MAX, 0, 0};
+    if (strcmp(argv[2], INTAKE_QUEUE) == 0) {
+        c.max_length_bytes = INTAKE_MAX_LENGTH_BYTES;
+        c.max_age_seconds = INTAKE_MAX_AGE_SECONDS;
+    }
     struct mq *mq = NULL;
     if (mq_new(&mq, &c) != 0) {
         fprintf(stderr, "mq_tail: bad URL or queue\n");
