@@ -5,8 +5,11 @@ once the command is on the stream stockd.commands, in the message format of inta
 that fails validation gets its 4xx at once and publishes nothing; without an Idempotency-Key it
 gets 428; while the broker is stopped an asynchronous request gets 503 broker_unavailable with
 Retry-After and synchronous purchases still sell; once the broker is back, 202 again. Without
---amqp the preference is ignored (201). Whether the consumer applies the commands is not tested
-here (intake_consume.c).
+--amqp the preference is ignored (201). End to end through the consumer of the same stockd
+(intake_consume.c): an async flash sale over HTTP (200 async purchases from 8 clients on 20
+units -> exactly 20 orders at their status URLs, the rest 409), and an async checkout order
+that reaches PAID; the consumer's own tests (messages put on the stream directly) are
+test_intake.py.
 
 The broker is the node of $STOCKD_TEST_AMQP / $STOCKD_TEST_AMQP_DIR (scripts/run-tests.sh), a
 virtual host per test; the stream is read with tests/unit/tool_mq_tail.c ($STOCKD_MQ_TAIL), as
@@ -20,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (check, check_eq, check_status, main, new_key,  # noqa: E402
+from harness import (check, check_eq, check_status, main, new_key, run_threads,  # noqa: E402
                      start_stockd)
 from test_relay import (WAIT_S, broker_start, broker_stop, metric, mq_tail_bin,  # noqa: E402
                         new_vhost_url, product)
@@ -215,8 +218,70 @@ def test_broker_outage_refuses_async_and_keeps_selling():
     check_eq(messages[-1]["id"], key, "the last message")
 
 
+def final_answer(c, status_url):
+    """Polls a status URL until it is no longer 202 pending; returns that answer."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        r = c.get(status_url)
+        if r.status != 202:
+            return r
+        check_eq(r.json["status"], "pending", "pending " + status_url)
+        check(time.monotonic() < deadline, "%s still pending after %.0f s" % (status_url, WAIT_S))
+        time.sleep(0.05)
+
+
+def test_async_flash_sale_end_to_end():
+    url = new_vhost_url()
+    server = start_stockd(["--amqp", url])
+    clients, per_client, units = 8, 25, 20
+    try:
+        with server.client() as c:
+            product(c, "E2E-A", units)
+        urls = [[] for _ in range(clients)]
+
+        def buyer(i):
+            with server.client() as c:
+                for j in range(per_client):
+                    key = new_key("e2e-%d-%d" % (i, j))
+                    r = c.post("/v1/purchase", buy_body("E2E-A", "c-%d" % i), key=key,
+                               headers=ASYNC)
+                    urls[i].append(check_accepted(r, key, "async purchase %d/%d" % (i, j)))
+        run_threads(buyer, clients, timeout=WAIT_S * 2)
+        with server.client() as c:
+            sold, refused, orders = 0, 0, set()
+            for u in [u for per in urls for u in per]:
+                r = final_answer(c, u)
+                if r.status == 201:
+                    sold += 1
+                    orders.add(r.json["orderId"])
+                else:
+                    check_status(r, 409, "the final answer of " + u)
+                    check_eq(r.json["code"], "insufficient_stock", "refusal of " + u)
+                    refused += 1
+            check_eq((sold, refused), (units, clients * per_client - units), "sold, refused")
+            check_eq(len(orders), units, "distinct orders")
+            r = c.get("/v1/availability?sku=E2E-A")
+            check_status(r, 200, "availability")
+            check_eq((r.json["onHand"], r.json["reserved"]), (0, 0), "stock after the sale")
+            # An async checkout order: 201 at its status URL, then the workers take it to PAID.
+            product(c, "E2E-B", 5)
+            key = new_key("e2e-order")
+            r = c.post("/v1/orders", {"customerId": "c-o", "lines": [{"sku": "E2E-B", "qty": 2}]},
+                       key=key, headers=ASYNC)
+            r = final_answer(c, check_accepted(r, key, "async order"))
+            check_status(r, 201, "the async order's answer")
+            order_id = r.json["orderId"]
+            deadline = time.monotonic() + WAIT_S
+            while c.get("/v1/orders/" + order_id).json["status"] != "PAID":
+                check(time.monotonic() < deadline, "the async order is not PAID")
+                time.sleep(0.05)
+    finally:
+        server.stop()
+
+
 if __name__ == "__main__":
     main([test_without_amqp_the_preference_is_ignored,
           test_async_commands_are_published_and_answered_202,
           test_refused_requests_publish_nothing,
-          test_broker_outage_refuses_async_and_keeps_selling])
+          test_broker_outage_refuses_async_and_keeps_selling,
+          test_async_flash_sale_end_to_end])
