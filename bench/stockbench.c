@@ -80,7 +80,8 @@ static const char sb_usage_text[] =
     "                     --verify (default 1)\n"
     "  --target T         purchase (default): POST /v1/purchase; order: POST /v1/orders (one\n"
     "                     line of --qty --sku, a checkout order); buy-ticket: POST /buy_ticket;\n"
-    "                     get: GET --path\n"
+    "                     get: GET --path; seed-purchase: POST /purchase (seed 000), the\n"
+    "                     body of purchase\n"
     "  --requests N       end once N requests (warm-up included) are answered, or at the end\n"
     "                     of --duration if sooner (default: the whole --duration)\n"
     "  --path P           request path for --target get (default /)\n"
@@ -90,6 +91,8 @@ static const char sb_usage_text[] =
     "  --token T          send Authorization: Bearer T on every request (stockd's\n"
     "                     <data-dir>/admin.token, or a write token)\n"
     "  --timeout-ms MS    an attempt without an answer in MS counts as a timeout (default 5000)\n"
+    "  --prefer-async     send Prefer: respond-async (stockd answers 202 once the command\n"
+    "                     is durably queued on its stream)\n"
     "  --retry            send a timed-out or failed request again with the same\n"
     "                     Idempotency-Key on a fresh connection, at most 3 times\n"
     "  --verify           check the stock sold (order: held or sold) against the answers\n"
@@ -256,6 +259,8 @@ static bool sb_option_choice(struct sb_options *o, int option, const char *value
         o->lg.target = LG_TARGET_BUY_TICKET;
     } else if (strcmp(value, "get") == 0) {
         o->lg.target = LG_TARGET_GET;
+    } else if (strcmp(value, "seed-purchase") == 0) {
+        o->lg.target = LG_TARGET_SEED_PURCHASE;
     } else {
         return false;
     }
@@ -322,6 +327,12 @@ static const char *sb_options_check(struct sb_options *o)
     if (o->lg.threads > o->lg.connections) {
         return "--threads must not exceed --connections";
     }
+    if (o->lg.prefer_async && o->lg.target == LG_TARGET_GET) {
+        return "--prefer-async needs a POST --target";
+    }
+    if (o->verify && o->lg.prefer_async) {
+        return "--verify needs final answers: not with --prefer-async (answers are 202)";
+    }
     if (o->verify && o->lg.target == LG_TARGET_GET) {
         return "--verify needs --target purchase, order or buy-ticket";
     }
@@ -356,6 +367,7 @@ static const struct option sb_long_options[] = {
     {"timeout-ms", required_argument, 0, 'o'},
     {"requests", required_argument, 0, 'n'},
     {"retry", no_argument, 0, 'R'},
+    {"prefer-async", no_argument, 0, 'P'},
     {"verify", no_argument, 0, 'V'},
     {"label", required_argument, 0, 'l'},
     {"json", required_argument, 0, 'j'},
@@ -378,6 +390,8 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
             return SB_EXIT_OK;
         } else if (option == 'R' || option == 'V' || option == 'Q') {
             *(option == 'R' ? &o->lg.retry : option == 'V' ? &o->verify : &o->quiet) = true;
+        } else if (option == 'P') {
+            o->lg.prefer_async = true;
         } else if (option == 'm' || option == 'T') {
             ok = sb_option_choice(o, option, optarg);
         } else if (strchr("rctdwqon", option) != NULL) {
@@ -403,11 +417,12 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
 
 static const char *sb_target_name(enum lg_target target)
 {
-    SVC_ASSERT(target <= LG_TARGET_ORDER);
-    return target == LG_TARGET_PURCHASE     ? "purchase"
-           : target == LG_TARGET_ORDER      ? "order"
-           : target == LG_TARGET_BUY_TICKET ? "buy-ticket"
-                                            : "get";
+    SVC_ASSERT(target <= LG_TARGET_SEED_PURCHASE);
+    return target == LG_TARGET_PURCHASE        ? "purchase"
+           : target == LG_TARGET_ORDER         ? "order"
+           : target == LG_TARGET_BUY_TICKET    ? "buy-ticket"
+           : target == LG_TARGET_SEED_PURCHASE ? "seed-purchase"
+                                               : "get";
 }
 
 /* Prints the line for the second between prev and cur. */
@@ -612,6 +627,10 @@ static int sb_json_write(const struct sb_options *o, const struct lg_result *r,
         jbuf_lit(&b, "null");
     }
     jbuf_kv_int(&b, "start_wall_ms", sb_start_wall_ms);
+    jbuf_kv_int(&b, "start_wall_us", r->start_wall_ns / 1000);
+    jbuf_kv_str(&b, "key_prefix", o->lg.key_prefix);
+    jbuf_key(&b, "prefer_async");
+    jbuf_lit(&b, o->lg.prefer_async ? "true" : "false");
     sb_json_number(&b, "duration_s", (double)r->measured_ns / 1e9);
     jbuf_kv_int(&b, "requests", (int64_t)r->counts.requests);
     jbuf_kv_int(&b, "completed", (int64_t)r->counts.completed);

@@ -15,6 +15,7 @@ case "$profile" in
   test) packages+=(libcmocka-dev python3 python3-yaml clang-format postgresql clang
                    libclang-rt-14-dev procps rabbitmq-server) ;;
   bench) packages+=(libcmocka-dev python3 postgresql postgresql-contrib nginx-light gnuplot-nox
+                    rabbitmq-server
                     linux-perf valgrind) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
 esac

@@ -21,6 +21,20 @@
  *   (v: INTAKE_FORMAT_VERSION; body: the request's JSON object as the client sent it, so that
  *   the consumer decodes it with the same decoder as the synchronous route.)
  *
+ * Under load the publisher packs the purchases waiting at the same moment into one message,
+ * up to INTAKE_BATCH_COMMANDS_MAX (the broker's cost is per message: ~90 us of its CPU for a
+ * stream message published with a confirm, delivered and acked, which alone would hold a
+ * 2-core machine near 10,000 commands/s):
+ *   message-id  the first command's Idempotency-Key
+ *   type        INTAKE_KIND_BATCH, no principal header
+ *   body        {"v":2,"kind":"batch","commands":[<a message body of the form above>, ...]}
+ * Only purchases are packed (an order needs one of the consumer's line blocks, a purchase
+ * none). The confirm of the message is the confirm of every command in it; the consumer
+ * applies each command as if it had come alone, and passes the stream offset of the message
+ * only once all of them are answered, so a crash re-reads a half-applied message, whose
+ * applied commands are then replays of their keys. A message whose commands cannot all be
+ * decoded is one dead letter, all of it.
+ *
  * The consumer reads the stream from its stored offset, decodes each message into the same
  * command a synchronous request makes (principal and key included) and submits it to the
  * writer, which stores the stream offset in the same transaction as the command's effect and
@@ -42,6 +56,11 @@
 #define INTAKE_FORMAT_VERSION 1
 #define INTAKE_KIND_PURCHASE "purchase"
 #define INTAKE_KIND_ORDER "order"
+#define INTAKE_BATCH_FORMAT_VERSION 2
+#define INTAKE_KIND_BATCH "batch"
+/* Commands packed into one message at most: a burst of 64 purchases costs the broker one
+ * message. A batch also ends before its body would pass MQ_BODY_BYTES_MAX (intake_pub.c). */
+#define INTAKE_BATCH_COMMANDS_MAX 64
 
 /* The dead-letter stage of a message that cannot be decoded, and the consumer's offset name. */
 #define INTAKE_STAGE "commands"

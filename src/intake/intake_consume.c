@@ -4,8 +4,9 @@
  *
  * The ring holds every delivery handed out and not acked yet, in stream order: its head is
  * the low-water mark every command carries (the offset a restart may resume from), and its
- * answered prefix is acked as soon as it is answered. A reconnect (mq.h) delivers again from
- * the acked prefix: a delivery at an offset the ring holds is the same message, whose command
+ * answered prefix is acked as soon as it is answered. A batch message (intake.h) is one entry
+ * whose commands are all answered before it counts as answered. A reconnect (mq.h) delivers again
+ * from the acked prefix: a delivery at an offset the ring holds is the same message, whose command
  * is still with the writer or answered; the ring keeps its new tag, and nothing is pushed.
  *
  * Ownership: the commands and line blocks come from the consumer's pools; a pushed command
@@ -42,7 +43,7 @@ struct intake_entry {
     int64_t offset;
     uint64_t delivery_tag;
     uint64_t generation;
-    bool answered;
+    uint32_t pending; /* its commands not answered yet (a batch has several; 0: answered) */
 };
 
 struct intake_consume {
@@ -164,17 +165,14 @@ static int intake_consume_envelope(json_t *root, const char *id, const char *typ
     return 0;
 }
 
-int intake_consume_decode(const void *body, size_t length, const char *id, const char *type,
-                          const char *principal_header, intake_consume_decoder decode,
-                          struct command *cmd, char *why, size_t why_size)
+/* Decodes the message object root (intake.h, format 1) into cmd; see intake_consume_decode. */
+static int intake_consume_decode_object(json_t *root, const char *id, const char *type,
+                                        const char *principal_header, intake_consume_decoder decode,
+                                        struct command *cmd, char *why, size_t why_size)
 {
-    SVC_ASSERT(decode != NULL && cmd != NULL && why != NULL && why_size >= 64);
-    json_error_t error;
-    json_t *root = body != NULL ? json_loadb(body, length, JSON_REJECT_DUPLICATES, &error) : NULL;
-    if (root == NULL || !json_is_object(root)) {
-        json_decref(root);
-        return intake_consume_why(why, why_size, SVC_EINVALID_JSON, "not a JSON object: ",
-                                  body != NULL && root == NULL ? error.text : NULL);
+    if (!json_is_object(root)) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION, "a command is a JSON object",
+                                  NULL);
     }
     const char *route = NULL;
     int rc = intake_consume_envelope(root, id, type, principal_header, cmd, &route, why, why_size);
@@ -194,7 +192,6 @@ int intake_consume_decode(const void *body, size_t length, const char *id, const
             snprintf(why, why_size, "the body of %s: %s", route, detail);
         }
     }
-    json_decref(root);
     if (rc != 0) {
         return rc;
     }
@@ -204,6 +201,73 @@ int intake_consume_decode(const void *body, size_t length, const char *id, const
     }
     cmd->fingerprint = command_fingerprint(cmd); /* as http_command_submit */
     return 0;
+}
+
+/* Parses length bytes of body as a JSON object, or says why not. */
+static json_t *intake_consume_parse(const void *body, size_t length, char *why, size_t why_size)
+{
+    json_error_t error;
+    json_t *root = body != NULL ? json_loadb(body, length, JSON_REJECT_DUPLICATES, &error) : NULL;
+    if (root == NULL || !json_is_object(root)) {
+        json_decref(root);
+        (void)intake_consume_why(why, why_size, SVC_EINVALID_JSON, "not a JSON object: ",
+                                 body != NULL && root == NULL ? error.text : NULL);
+        return NULL;
+    }
+    return root;
+}
+
+int intake_consume_decode(const void *body, size_t length, const char *id, const char *type,
+                          const char *principal_header, intake_consume_decoder decode,
+                          struct command *cmd, char *why, size_t why_size)
+{
+    SVC_ASSERT(decode != NULL && cmd != NULL && why != NULL && why_size >= 64);
+    json_t *root = intake_consume_parse(body, length, why, why_size);
+    if (root == NULL) {
+        return SVC_EINVALID_JSON;
+    }
+    int rc =
+        intake_consume_decode_object(root, id, type, principal_header, decode, cmd, why, why_size);
+    json_decref(root);
+    return rc;
+}
+
+int intake_consume_decode_batch(const void *body, size_t length, intake_consume_decoder decode,
+                                struct command *const *cmds, size_t *count_out, char *why,
+                                size_t why_size)
+{
+    SVC_ASSERT(decode != NULL && cmds != NULL && why != NULL && why_size >= 64);
+    *count_out = 0;
+    json_t *root = intake_consume_parse(body, length, why, why_size);
+    if (root == NULL) {
+        return SVC_EINVALID_JSON;
+    }
+    json_t *v = json_object_get(root, "v");
+    json_t *commands = json_object_get(root, "commands");
+    const char *kind = intake_consume_string(root, "kind", 16);
+    int rc = 0;
+    if (!json_is_integer(v) || json_integer_value(v) != INTAKE_BATCH_FORMAT_VERSION ||
+        kind == NULL || strcmp(kind, INTAKE_KIND_BATCH) != 0) {
+        rc = intake_consume_why(why, why_size, SVC_EVALIDATION, "a batch has v 2 and kind batch",
+                                NULL);
+    } else if (!json_is_array(commands) || json_array_size(commands) < 1 ||
+               json_array_size(commands) > INTAKE_BATCH_COMMANDS_MAX) {
+        rc = intake_consume_why(why, why_size, SVC_EVALIDATION, "commands must hold 1-64 commands",
+                                NULL);
+    }
+    size_t count = rc == 0 ? json_array_size(commands) : 0;
+    for (size_t i = 0; i < count && rc == 0; i++) {
+        SVC_ASSERT(cmds[i]->lines == NULL); /* a batch holds purchases only */
+        rc = intake_consume_decode_object(json_array_get(commands, i), NULL, NULL, NULL, decode,
+                                          cmds[i], why, why_size);
+        if (rc == SVC_ECAPACITY) {
+            rc = intake_consume_why(why, why_size, SVC_EVALIDATION, "a batch holds purchases only",
+                                    NULL);
+        }
+    }
+    json_decref(root);
+    *count_out = rc == 0 ? count : 0;
+    return rc;
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -314,7 +378,7 @@ static int64_t intake_consume_mark(struct intake_consume *ic)
 /* Acks the answered prefix of the ring, in stream order. */
 static void intake_consume_ack_prefix(struct intake_consume *ic)
 {
-    while (ic->head < ic->tail && intake_consume_entry(ic, ic->head)->answered) {
+    while (ic->head < ic->tail && intake_consume_entry(ic, ic->head)->pending == 0) {
         const struct intake_entry *e = intake_consume_entry(ic, ic->head);
         struct mq_delivery d = {
             .offset = e->offset, .delivery_tag = e->delivery_tag, .generation = e->generation};
@@ -366,12 +430,68 @@ static void intake_consume_release(struct intake_consume *ic, struct command *cm
     ic->free_list[ic->free_count++] = cmd;
 }
 
-/* Makes the command of delivery d (a new message, the ring's last entry) and pushes it; holds
- * d instead when it is an order and no line block is free. */
+/* Hands cmd, decoded from the ring's last entry, to the writer. */
+static void intake_consume_hand(struct intake_consume *ic, struct command *cmd)
+{
+    SVC_ASSERT(cmd->lines == NULL || cmd->kind == CMD_ORDER_CREATE);
+    cmd->origin = CMD_ORIGIN_INTAKE;
+    cmd->owner = ic;
+    cmd->stage = CMD_STAGE_INTAKE;
+    ic->entry_of[cmd - ic->pool] = ic->tail - 1;
+    intake_consume_push(ic, cmd);
+}
+
+/* Makes cmd the dead letter of delivery d, which cannot be decoded (why). */
+static void intake_consume_dead_letter(struct command *cmd, const struct mq_delivery *d,
+                                       const char *why)
+{
+    memset(cmd, 0, sizeof *cmd);
+    cmd->kind = CMD_INTAKE_DEAD_LETTER;
+    cmd->stream_offset = d->offset;
+    strcpy(cmd->principal, INTAKE_CONSUME_PRINCIPAL);
+    snprintf(cmd->reason, sizeof cmd->reason, "%s", why);
+    log_warn("intake: message %" PRId64 " (id %s) cannot be decoded: %s", d->offset,
+             d->id[0] != '\0' ? d->id : "none", why);
+}
+
+/* The commands of batch delivery d (intake.h), pushed, or its one dead letter. */
+static void intake_consume_batch(struct intake_consume *ic, const struct mq_delivery *d,
+                                 struct intake_entry *e)
+{
+    struct command *cmds[INTAKE_BATCH_COMMANDS_MAX];
+    for (size_t i = 0; i < INTAKE_BATCH_COMMANDS_MAX; i++) {
+        cmds[i] = ic->free_list[ic->free_count - 1 - i];
+        memset(cmds[i], 0, sizeof *cmds[i]);
+    }
+    char why[REASON_BYTES_MAX + 1];
+    size_t count = 0;
+    int rc = intake_consume_decode_batch(d->body, d->body_length, ic->config.decode, cmds, &count,
+                                         why, sizeof why);
+    if (rc != 0) {
+        SVC_ASSERT(count == 0);
+        intake_consume_dead_letter(cmds[0], d, why);
+        count = 1;
+    }
+    SVC_ASSERT(count >= 1 && count <= INTAKE_BATCH_COMMANDS_MAX);
+    ic->free_count -= (uint32_t)count; /* cmds[i] is free_list[free_count - 1 - i] */
+    e->pending = (uint32_t)count;
+    for (size_t i = 0; i < count; i++) {
+        intake_consume_hand(ic, cmds[i]);
+    }
+}
+
+/* Makes the command(s) of delivery d (a new message, the ring's last entry) and pushes them;
+ * holds d instead when it is an order and no line block is free. */
 static void intake_consume_command(struct intake_consume *ic, const struct mq_delivery *d)
 {
-    SVC_ASSERT(ic->free_count > 0 && !ic->held); /* a command per ring entry (see the loop) */
+    /* The loop reads only with room for a whole batch. */
+    SVC_ASSERT(ic->free_count >= INTAKE_BATCH_COMMANDS_MAX && !ic->held);
     SVC_ASSERT(ic->tail > ic->head && intake_consume_entry(ic, ic->tail - 1)->offset == d->offset);
+    struct intake_entry *e = intake_consume_entry(ic, ic->tail - 1);
+    if (strcmp(d->type, INTAKE_KIND_BATCH) == 0) {
+        intake_consume_batch(ic, d, e);
+        return;
+    }
     struct command *cmd = ic->free_list[--ic->free_count];
     memset(cmd, 0, sizeof *cmd);
     cmd->lines = ic->free_blocks; /* kept for an order only, below */
@@ -395,25 +515,15 @@ static void intake_consume_command(struct intake_consume *ic, const struct mq_de
         return;
     }
     if (rc != 0) {
-        memset(cmd, 0, sizeof *cmd);
-        cmd->kind = CMD_INTAKE_DEAD_LETTER;
-        cmd->stream_offset = d->offset;
-        strcpy(cmd->principal, INTAKE_CONSUME_PRINCIPAL);
-        snprintf(cmd->reason, sizeof cmd->reason, "%s", why);
-        log_warn("intake: message %" PRId64 " (id %s) cannot be decoded: %s", d->offset,
-                 d->id[0] != '\0' ? d->id : "none", why);
+        intake_consume_dead_letter(cmd, d, why);
     }
     if (cmd->kind == CMD_ORDER_CREATE) {
         SVC_ASSERT(cmd->lines == ic->free_blocks);
         ic->free_blocks = cmd->lines->next_free;
         cmd->lines->next_free = NULL;
     }
-    SVC_ASSERT(cmd->lines == NULL || cmd->kind == CMD_ORDER_CREATE);
-    cmd->origin = CMD_ORIGIN_INTAKE;
-    cmd->owner = ic;
-    cmd->stage = CMD_STAGE_INTAKE;
-    ic->entry_of[cmd - ic->pool] = ic->tail - 1;
-    intake_consume_push(ic, cmd);
+    e->pending = 1;
+    intake_consume_hand(ic, cmd);
 }
 
 /* One delivery: a new message, or one the ring holds (a reconnect delivers the unacked again). */
@@ -434,7 +544,7 @@ static void intake_consume_delivery(struct intake_consume *ic, const struct mq_d
     }
     SVC_ASSERT(ic->tail - ic->head < INTAKE_CONSUME_COMMANDS_MAX); /* a command per entry */
     ic->ring[ic->tail % INTAKE_CONSUME_COMMANDS_MAX] =
-        (struct intake_entry){d->offset, d->delivery_tag, d->generation, false};
+        (struct intake_entry){d->offset, d->delivery_tag, d->generation, 0};
     ic->tail++;
     ic->last_offset = d->offset;
     atomic_store(&ic->stats.last_offset, d->offset);
@@ -460,7 +570,9 @@ static void intake_consume_on_reply(struct intake_consume *ic, struct command *c
     } else {
         atomic_fetch_add(&ic->stats.refused, 1);
     }
-    intake_consume_entry(ic, ic->entry_of[cmd - ic->pool])->answered = true;
+    struct intake_entry *e = intake_consume_entry(ic, ic->entry_of[cmd - ic->pool]);
+    SVC_ASSERT(e->pending > 0);
+    e->pending--;
     intake_consume_release(ic, cmd);
     intake_consume_ack_prefix(ic);
 }
@@ -520,13 +632,15 @@ static void intake_consume_wait(struct intake_consume *ic, int64_t wait_ms)
     pthread_mutex_unlock(&ic->lock);
 }
 
-/* Reads deliveries while nothing is held; -ENOTCONN when the connection is lost. Each
- * delivery takes a command: the broker hands out at most INTAKE_CONSUME_COMMANDS_MAX unacked
- * (the prefetch), and every command out has its unacked entry in the ring. */
+/* Reads deliveries while nothing is held and a whole batch's commands are free; -ENOTCONN
+ * when the connection is lost. Each delivery takes one command, or a batch's up to
+ * INTAKE_BATCH_COMMANDS_MAX: every command out has its unacked entry in the ring, so the ring
+ * (INTAKE_CONSUME_COMMANDS_MAX, the prefetch) never holds more entries than commands. */
 static int intake_consume_read(struct intake_consume *ic)
 {
     int wait = ic->head < ic->tail ? INTAKE_CONSUME_BUSY_WAIT_MS : INTAKE_CONSUME_IDLE_WAIT_MS;
-    while (!ic->held && ic->free_count > 0 && ic->tail - ic->head < INTAKE_CONSUME_COMMANDS_MAX) {
+    while (!ic->held && ic->free_count >= INTAKE_BATCH_COMMANDS_MAX &&
+           ic->tail - ic->head < INTAKE_CONSUME_COMMANDS_MAX) {
         struct mq_delivery d;
         int rc = mq_next(ic->mq, wait, &d);
         if (rc <= 0) {
@@ -548,7 +662,7 @@ static void *intake_consume_loop(void *arg)
             intake_consume_command(ic, &ic->held_delivery);
         }
         int rc = 0;
-        if (ic->held || ic->free_count == 0) {
+        if (ic->held || ic->free_count < INTAKE_BATCH_COMMANDS_MAX) {
             intake_consume_wait(ic, INTAKE_CONSUME_BUSY_WAIT_MS); /* for an answer */
         } else {
             rc = intake_consume_read(ic);

@@ -54,6 +54,7 @@ struct intake_pub {
     struct intake_pub_job *inflight_head;
     struct intake_pub_job *inflight_tail;
     int64_t cookie; /* the last one given */
+    char *batch;    /* MQ_BODY_BYTES_MAX, owned: the body of a batch message being made */
     pthread_t thread;
     bool started;
     struct intake_pub_stats stats;
@@ -68,7 +69,9 @@ struct intake_pub *intake_pub_new(const struct intake_pub_config *config)
     }
     struct mq_config mc = {config->amqp_url,        INTAKE_QUEUE,           MQ_PUBLISHER,
                            INTAKE_MAX_LENGTH_BYTES, INTAKE_MAX_AGE_SECONDS, 0};
-    if (mq_new(&p->mq, &mc) != 0) {
+    p->batch = malloc(MQ_BODY_BYTES_MAX);
+    if (p->batch == NULL || mq_new(&p->mq, &mc) != 0) {
+        free(p->batch);
         free(p);
         return NULL;
     }
@@ -89,6 +92,7 @@ void intake_pub_free(struct intake_pub *p)
     }
     SVC_ASSERT(!p->started && p->inflight_head == NULL && p->handoff_count == 0);
     mq_free(p->mq);
+    free(p->batch);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);
     free(p);
@@ -154,33 +158,86 @@ static size_t intake_pub_take(struct intake_pub *p, int64_t wait_ms)
     return n;
 }
 
-/* Publishes job, or is done with it at once when there is no connection or no room. */
-static void intake_pub_send(struct intake_pub *p, struct intake_pub_job *job)
+/* Keeps jobs[0..count) in flight under one cookie, in order. */
+static void intake_pub_inflight(struct intake_pub *p, struct intake_pub_job **jobs, size_t count)
 {
+    SVC_ASSERT(count >= 1);
+    p->cookie++;
+    for (size_t i = 0; i < count; i++) {
+        struct intake_pub_job *job = jobs[i];
+        job->cookie = p->cookie;
+        job->next = NULL;
+        if (p->inflight_tail == NULL) {
+            p->inflight_head = job;
+        } else {
+            p->inflight_tail->next = job;
+        }
+        p->inflight_tail = job;
+    }
+}
+
+/* Publishes jobs[0..count) as one message: a job's own (count 1), or a batch of purchases
+ * (intake.h). Without a connection or room, every job is done at once. */
+static void intake_pub_send(struct intake_pub *p, struct intake_pub_job **jobs, size_t count)
+{
+    SVC_ASSERT(count >= 1 && count <= INTAKE_BATCH_COMMANDS_MAX);
     if (!mq_connected(p->mq)) {
-        intake_pub_done(job, -ENOTCONN); /* nothing published: a retry is the client's */
+        for (size_t i = 0; i < count; i++) {
+            intake_pub_done(jobs[i], -ENOTCONN); /* nothing published: a retry is the client's */
+        }
         return;
     }
-    struct mq_message m = {.id = job->key, .type = job->kind, .cookie = p->cookie + 1};
-    m.body = job->body;
-    m.body_length = job->body_length;
-    m.headers[m.header_count++] = (struct mq_header){"principal", job->principal};
+    struct mq_message m = {.id = jobs[0]->key, .cookie = p->cookie + 1};
+    if (count == 1) {
+        m.type = jobs[0]->kind;
+        m.body = jobs[0]->body;
+        m.body_length = jobs[0]->body_length;
+        m.headers[m.header_count++] = (struct mq_header){"principal", jobs[0]->principal};
+    } else {
+        m.type = INTAKE_KIND_BATCH;
+        m.body = p->batch;
+        m.body_length = intake_pub_batch_format(p->batch, MQ_BODY_BYTES_MAX, jobs, count);
+        SVC_ASSERT(m.body_length > 0); /* intake_pub_send_round sized the batch to fit */
+    }
     int rc = mq_publish(p->mq, &m);
     if (rc == -EAGAIN) {
-        intake_pub_done(job, -EAGAIN);
+        for (size_t i = 0; i < count; i++) {
+            intake_pub_done(jobs[i], -EAGAIN);
+        }
         return;
     }
     SVC_ASSERT(rc == 0); /* -EMSGSIZE cannot happen: the limits are related above and in
-                          * api_intake.c (INTAKE_BODY_BYTES_MAX) */
-    p->cookie++;
-    job->cookie = p->cookie;
-    job->next = NULL;
-    if (p->inflight_tail == NULL) {
-        p->inflight_head = job;
-    } else {
-        p->inflight_tail->next = job;
+                          * api_intake.c (INTAKE_BODY_BYTES_MAX), and a batch is sized below */
+    intake_pub_inflight(p, jobs, count);
+}
+
+/* A bound of the bytes a batch of commands whose bodies total body_bytes takes (intake.h):
+ * the frame, a comma between two bodies, the bodies. */
+static size_t intake_pub_batch_bytes(size_t count, size_t body_bytes)
+{
+    return sizeof "{\"v\":2,\"kind\":\"batch\",\"commands\":[]}" + count + body_bytes;
+}
+
+/* Publishes the jobs of a round: runs of purchases as batches, any other job alone. */
+static void intake_pub_send_round(struct intake_pub *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t count = 1;
+        size_t bytes = p->round[i]->body_length;
+        if (strcmp(p->round[i]->kind, INTAKE_KIND_PURCHASE) == 0) {
+            while (i + count < n && count < INTAKE_BATCH_COMMANDS_MAX &&
+                   strcmp(p->round[i + count]->kind, INTAKE_KIND_PURCHASE) == 0 &&
+                   intake_pub_batch_bytes(count + 1, bytes + p->round[i + count]->body_length) <=
+                       MQ_BODY_BYTES_MAX) {
+                bytes += p->round[i + count]->body_length;
+                count++;
+            }
+        }
+        intake_pub_send(p, p->round + i, count);
+        i += count;
     }
-    p->inflight_tail = job;
+    SVC_ASSERT(i == n);
 }
 
 /* Done with every in-flight job the broker confirmed, then, without a connection, with the
@@ -222,9 +279,7 @@ static void *intake_pub_loop(void *arg)
     bool idle = false;
     while (!intake_pub_stopping(p)) {
         size_t n = intake_pub_take(p, idle ? INTAKE_PUB_IDLE_WAIT_MS : 0);
-        for (size_t i = 0; i < n; i++) {
-            intake_pub_send(p, p->round[i]);
-        }
+        intake_pub_send_round(p, n);
         bool in_flight = p->inflight_head != NULL;
         /* Connected with messages in flight: the wait is for their confirms. */
         (void)mq_poll(p->mq, in_flight ? INTAKE_PUB_CONFIRM_WAIT_MS : 0);
@@ -294,6 +349,30 @@ size_t intake_pub_format(char *out, size_t size, const char *kind, const char *p
     jbuf_key(&b, "body");
     jbuf_raw(&b, body, body_length); /* the client's object, verbatim */
     jbuf_lit(&b, "}");
+    return jbuf_ok(&b) ? b.length : 0;
+}
+
+size_t intake_pub_batch_format(char *out, size_t size, struct intake_pub_job *const *jobs,
+                               size_t count)
+{
+    SVC_ASSERT(count >= 1 && count <= INTAKE_BATCH_COMMANDS_MAX);
+    struct jbuf b;
+    jbuf_init(&b, out, size);
+    jbuf_lit(&b, "{");
+    jbuf_kv_int(&b, "v", INTAKE_BATCH_FORMAT_VERSION);
+    jbuf_kv_str(&b, "kind", INTAKE_KIND_BATCH);
+    jbuf_key(&b, "commands");
+    jbuf_lit(&b, "[");
+    size_t body_bytes = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (i > 0) {
+            jbuf_lit(&b, ",");
+        }
+        jbuf_raw(&b, jobs[i]->body, jobs[i]->body_length); /* intake_pub_format's output */
+        body_bytes += jobs[i]->body_length;
+    }
+    jbuf_lit(&b, "]}");
+    SVC_ASSERT(!jbuf_ok(&b) || b.length < intake_pub_batch_bytes(count, body_bytes));
     return jbuf_ok(&b) ? b.length : 0;
 }
 

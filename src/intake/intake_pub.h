@@ -87,6 +87,10 @@ const struct intake_pub_stats *intake_pub_stats(const struct intake_pub *pub);
  * does not fit size. */
 size_t intake_pub_format(char *out, size_t size, const char *kind, const char *principal,
                          const char *key, const char *route, const char *body, size_t body_length);
+/* Writes the body of a batch message (intake.h) of the jobs' bodies (each intake_pub_format's
+ * output) into out. Returns the length, or 0 when it does not fit size. */
+size_t intake_pub_batch_format(char *out, size_t size, struct intake_pub_job *const *jobs,
+                               size_t count);
 /* The longest route a message names (intake.h "route": "/v1/purchase" and the like). */
 #define INTAKE_PUB_ROUTE_BYTES_MAX 64
 /* The bytes intake_pub_format needs at most for these lengths: the members' names and

@@ -251,8 +251,8 @@ size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, 
     char body[256];
     int body_length;
     const char *path;
-    if (config->target == LG_TARGET_PURCHASE) {
-        path = "/v1/purchase";
+    if (config->target == LG_TARGET_PURCHASE || config->target == LG_TARGET_SEED_PURCHASE) {
+        path = config->target == LG_TARGET_PURCHASE ? "/v1/purchase" : "/purchase";
         body_length = snprintf(body, sizeof body,
                                "{\"sku\":\"%s\",\"qty\":%lld,"
                                "\"customerId\":\"c%llu\"}",
@@ -271,10 +271,11 @@ size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, 
     }
     SVC_ASSERT(body_length > 0 && (size_t)body_length < sizeof body);
     int length = snprintf(out, size,
-                          "POST %s HTTP/1.1\r\nHost: %s\r\n%s"
+                          "POST %s HTTP/1.1\r\nHost: %s\r\n%s%s"
                           "Content-Type: application/json\r\nIdempotency-Key: %s-%llu\r\n"
                           "Content-Length: %d\r\n\r\n%s",
                           path, config->endpoint.host_header, config->endpoint.auth_header,
+                          config->prefer_async ? "Prefer: respond-async\r\n" : "",
                           config->key_prefix, (unsigned long long)n, body_length, body);
     SVC_ASSERT(length > 0 && (size_t)length < size);
     return (size_t)length;
@@ -1299,6 +1300,9 @@ int lg_run_start(struct lg_run *run, const struct lg_config *config)
         return -ENOMEM;
     }
     run->start_ns = lg_now_ns();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    run->start_wall_ns = (int64_t)wall.tv_sec * 1000000000 + wall.tv_nsec;
     for (uint32_t i = 0; i < config->threads; i++) {
         if ((run->threads[i] = lg_thread_new(run, i)) == NULL) {
             int error = errno;
@@ -1391,6 +1395,7 @@ void lg_run_wait(struct lg_run *run, struct lg_result *out)
     SVC_ASSERT(run->started == run->config.threads);
     lg_run_join(run);
     memset(out, 0, sizeof *out);
+    out->start_wall_ns = run->start_wall_ns;
     for (uint32_t i = 0; i < run->config.threads; i++) {
         const struct lg_thread *t = run->threads[i];
         SVC_ASSERT(atomic_load(&t->finished));

@@ -134,10 +134,11 @@ double lg_hist_mean_ns(const struct lg_hist *h);
 enum lg_mode { LG_MODE_CLOSED, LG_MODE_OPEN };
 
 enum lg_target {
-    LG_TARGET_PURCHASE,   /* POST /v1/purchase {"sku","qty","customerId"} */
-    LG_TARGET_BUY_TICKET, /* POST /buy_ticket {"customer_id"} (seed 004) */
-    LG_TARGET_GET,        /* GET config.path, for measuring the HTTP ceiling of a server */
-    LG_TARGET_ORDER,      /* POST /v1/orders {"customerId","lines":[{"sku","qty"}]} */
+    LG_TARGET_PURCHASE,      /* POST /v1/purchase {"sku","qty","customerId"} */
+    LG_TARGET_BUY_TICKET,    /* POST /buy_ticket {"customer_id"} (seed 004) */
+    LG_TARGET_GET,           /* GET config.path, for measuring the HTTP ceiling of a server */
+    LG_TARGET_ORDER,         /* POST /v1/orders {"customerId","lines":[{"sku","qty"}]} */
+    LG_TARGET_SEED_PURCHASE, /* POST /purchase, the body of LG_TARGET_PURCHASE (seed 000) */
 };
 
 /* Where to connect, resolved once. */
@@ -179,6 +180,7 @@ struct lg_config {
     int64_t timeout_ns;                           /* per attempt, from its send */
     bool retry;                                   /* resend timed-out requests, same key */
     bool record_keys;                             /* remember each key's answer (verify) */
+    bool prefer_async; /* send "Prefer: respond-async" (purchase, order, seed purchase) */
 };
 
 /* Formats the request for key n into out: the purchase, order or buy-ticket body names
@@ -258,8 +260,10 @@ struct lg_counts {
 struct lg_result {
     struct lg_hist latency; /* of measured, answered requests */
     struct lg_counts counts;
-    int64_t measured_ns; /* length of the measured window actually run */
-    bool keys_exhausted; /* a thread stopped early: LG_KEYS_MAX answers remembered */
+    int64_t measured_ns;   /* length of the measured window actually run */
+    int64_t start_wall_ns; /* wall clock (CLOCK_REALTIME) at the run's start: open loop key n
+                            * is due at start_wall_ns + n * 1e9 / rate_rps */
+    bool keys_exhausted;   /* a thread stopped early: LG_KEYS_MAX answers remembered */
 };
 
 /* A live view for progress lines: cumulative since the start, warm-up included. */
@@ -282,9 +286,10 @@ struct lg_run {
     struct lg_thread **threads; /* config.threads of them */
     int64_t *keys;              /* key outcomes, LG_KEYS_MAX; NULL unless record_keys */
     uint64_t keys_per_thread;
-    int64_t start_ns; /* monotonic; warm-up starts here */
-    atomic_bool stop; /* set by lg_run_stop: end the window now */
-    uint32_t started; /* threads running or joined */
+    int64_t start_ns;      /* monotonic; warm-up starts here */
+    int64_t start_wall_ns; /* CLOCK_REALTIME read together with start_ns */
+    atomic_bool stop;      /* set by lg_run_stop: end the window now */
+    uint32_t started;      /* threads running or joined */
     bool joined;
 };
 

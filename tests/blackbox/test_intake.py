@@ -49,6 +49,13 @@ def message(key, body, kind="purchase", **kw):
             envelope(key, body, kind, **kw))
 
 
+def batch(commands, route="/v1/purchase"):
+    """A batch message (intake.h) of (key, body[, kind, route]) commands, as the publisher
+    packs them (it packs purchases only)."""
+    texts = ",".join(envelope(c[0], c[1], *(c[2:] or ("purchase", route))) for c in commands)
+    return (commands[0][0], "batch", {}, '{"v":2,"kind":"batch","commands":[%s]}' % texts)
+
+
 def publish(url, messages):
     lines = []
     for mid, mtype, headers, body in messages:
@@ -240,6 +247,37 @@ def test_malformed_message():
         s.stop()
 
 
+def test_batch_messages():
+    """A batch is applied command by command, as if each had come alone: a key seen before is
+    a replay, the stock runs out inside it; a batch with one bad command is one dead letter
+    and the consumer goes on."""
+    url = new_vhost_url()
+    s = start(url)
+    try:
+        catalog(s, "B", 3)
+        one = {"sku": "B", "qty": 1, "customerId": "c"}
+        publish(url, [
+            message("b-0", one),
+            batch([("b-0", one), ("b-1", one), ("b-2", one), ("b-3", one), ("b-4", one)]),
+            batch([("b-5", one), ("b-6", {"customerId": "c", "lines": [{"sku": "B", "qty": 1}]},
+                                  "order", "/v1/orders")]),
+            batch([("b-7", one)], route="/purchase"),
+        ])
+        wait_consumed(s, 4)
+        answers = statuses(s, ["b-%d" % i for i in range(8)])
+        check_eq([answers["b-%d" % i][0] for i in range(8)],
+                 [201, 201, 201, 409, 409, 202, 202, 409],
+                 "b-0 once, b-1 and b-2 sold, the rest refused; the bad batch pending")
+        check_eq(on_hand(s, "B"), 0, "three units sold, no more")
+        with s.client(token="ops-secret-1") as c:
+            letters = c.get("/v1/dlt?stage=commands").json["deadLetters"]
+            check_eq([d["seq"] for d in letters], [2], "one dead letter: the bad batch's offset")
+            check("purchases only" in letters[0]["error"], "why: %s" % letters[0]["error"])
+        check_eq(intake_state(s)["offset"], 4, "every message answered and acked")
+    finally:
+        s.stop()
+
+
 if __name__ == "__main__":
     main([test_sell_out, test_same_key_five_times, test_kill9_while_consuming,
-          test_malformed_message])
+          test_malformed_message, test_batch_messages])

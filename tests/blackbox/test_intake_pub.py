@@ -279,9 +279,66 @@ def test_async_flash_sale_end_to_end():
         server.stop()
 
 
+def test_concurrent_purchases_share_messages_each_once():
+    """Purchases that wait for the publisher together go out packed in batch messages
+    (intake.h); every accepted key is in the stream exactly once, each command as its own
+    message would carry it, and each is applied once."""
+    url = new_vhost_url()
+    server = start_stockd(["--amqp", url])
+    clients, per_client = 16, 30
+    try:
+        with server.client() as c:
+            product(c, "PACK", 100000)
+        accepted = [[] for _ in range(clients)]
+
+        def buyer(i):
+            with server.client() as c:
+                for j in range(per_client):
+                    key = new_key("pack-%d-%d" % (i, j))
+                    r = c.post("/purchase", buy_body("PACK", "c-%d" % i), key=key, headers=ASYNC)
+                    check_accepted(r, key, "async purchase %d/%d" % (i, j))
+                    accepted[i].append(key)
+        run_threads(buyer, clients, timeout=WAIT_S * 2)
+        with server.client() as c:
+            last = new_key("pack-last")  # alone: a message of its own, the end of the run
+            check_accepted(c.post("/purchase", buy_body("PACK"), key=last, headers=ASYNC),
+                           last, "the last purchase")
+        keys = [k for per in accepted for k in per] + [last]
+        messages = read_commands(url, last)
+        seen = []
+        for m in messages:
+            if m["type"] == "batch":
+                check_eq(m["headers"], {}, "a batch's headers")
+                check_eq((m["body"]["v"], m["body"]["kind"]), (2, "batch"), "a batch's format")
+                commands = m["body"]["commands"]
+                check(2 <= len(commands) <= 64, "a batch of %d" % len(commands))
+                check_eq(m["id"], commands[0]["idempotencyKey"], "a batch's message-id")
+            else:
+                commands = [m["body"]]
+                check_eq(m["id"], commands[0]["idempotencyKey"], "message-id")
+            for command in commands:
+                key = command["idempotencyKey"]
+                check_eq(command, {"v": 1, "kind": "purchase", "principal": "admin",
+                                   "idempotencyKey": key, "route": "/purchase",
+                                   "body": buy_body("PACK", command["body"]["customerId"])},
+                         "the command of " + key)
+                seen.append(key)
+        check_eq(sorted(seen), sorted(keys), "every accepted key once in the stream")
+        batched = sum(1 for m in messages if m["type"] == "batch")
+        print("  %d commands in %d messages (%d batches)" % (len(seen), len(messages), batched))
+        with server.client() as c:
+            for key in keys:
+                check_status(final_answer(c, "/v1/commands/" + key), 201, "the answer of " + key)
+            r = c.get("/v1/availability?sku=PACK")
+            check_eq(r.json["onHand"], 100000 - len(keys), "each purchase applied once")
+    finally:
+        server.stop()
+
+
 if __name__ == "__main__":
     main([test_without_amqp_the_preference_is_ignored,
           test_async_commands_are_published_and_answered_202,
           test_refused_requests_publish_nothing,
           test_broker_outage_refuses_async_and_keeps_selling,
-          test_async_flash_sale_end_to_end])
+          test_async_flash_sale_end_to_end,
+          test_concurrent_purchases_share_messages_each_once])

@@ -12,6 +12,7 @@
 
 #include "test_helpers.h"
 
+#include "intake/intake.h"
 #include "intake/intake_consume.h"
 
 static char seen_route[32];
@@ -133,12 +134,87 @@ static void test_refusals(void **state)
     }
 }
 
+/* A batch message (intake.h): its commands, in order, each as if it had come alone; one
+ * command that cannot be decoded refuses the whole message. */
+static struct command batch_cmds[INTAKE_BATCH_COMMANDS_MAX];
+
+static int decode_batch(const char *body, size_t *count)
+{
+    struct command *cmds[INTAKE_BATCH_COMMANDS_MAX];
+    for (size_t i = 0; i < INTAKE_BATCH_COMMANDS_MAX; i++) {
+        memset(&batch_cmds[i], 0, sizeof batch_cmds[i]);
+        cmds[i] = &batch_cmds[i];
+    }
+    why[0] = '\0';
+    return intake_consume_decode_batch(body, strlen(body), stub_decode, cmds, count, why,
+                                       sizeof why);
+}
+
+#define BATCH_OF(a, b) "{\"v\":2,\"kind\":\"batch\",\"commands\":[" a "," b "]}"
+#define SECOND                                                                         \
+    "{\"v\":1,\"kind\":\"purchase\",\"principal\":\"bob\",\"idempotencyKey\":\"k-2\"," \
+    "\"route\":\"/purchase\",\"body\":{\"sku\":\"T\",\"qty\":3}}"
+#define ORDER                                                                       \
+    "{\"v\":1,\"kind\":\"order\",\"principal\":\"bob\",\"idempotencyKey\":\"k-3\"," \
+    "\"route\":\"/v1/orders\",\"body\":{\"sku\":\"T\",\"qty\":3}}"
+
+static void test_batch(void **state)
+{
+    (void)state;
+    size_t count = 99;
+    ASSERT_EQ_INT(decode_batch(BATCH_OF(GOOD, SECOND), &count), 0);
+    ASSERT_EQ_UINT(count, 2);
+    ASSERT_EQ_STR(batch_cmds[0].principal, "alice");
+    ASSERT_EQ_STR(batch_cmds[0].idem_key, "k-1");
+    ASSERT_EQ_STR(batch_cmds[0].sku, "S");
+    ASSERT_EQ_INT(batch_cmds[0].qty, 2);
+    ASSERT_EQ_STR(batch_cmds[1].principal, "bob");
+    ASSERT_EQ_STR(batch_cmds[1].idem_key, "k-2");
+    ASSERT_EQ_STR(batch_cmds[1].sku, "T");
+    ASSERT_EQ_INT(batch_cmds[1].qty, 3);
+    ASSERT_TRUE(batch_cmds[1].kind == CMD_PURCHASE && batch_cmds[1].has_idem_key);
+    /* Each command's fingerprint is the one it has alone. */
+    ASSERT_EQ_INT(decode(SECOND, "k-2", "purchase", "bob", true), 0);
+    ASSERT_EQ_UINT(cmd.fingerprint, batch_cmds[1].fingerprint);
+
+    static const struct {
+        const char *body, *word;
+    } refused[] = {
+        {BATCH_OF(GOOD, ORDER), "purchases only"},
+        {BATCH_OF(GOOD, "{\"v\":3}"), "v must be 1"},
+        {BATCH_OF(GOOD, "[]"), "a command is a JSON object"},
+        {"{\"v\":1,\"kind\":\"batch\",\"commands\":[" GOOD "]}", "v 2"},
+        {"{\"v\":2,\"kind\":\"purchase\",\"commands\":[" GOOD "]}", "kind batch"},
+        {"{\"v\":2,\"kind\":\"batch\",\"commands\":[]}", "1-64"},
+        {"{\"v\":2,\"kind\":\"batch\"}", "1-64"},
+        {"{\"v\":2,", "JSON"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        count = 99;
+        if (decode_batch(refused[i].body, &count) == 0 || count != 0 ||
+            strstr(why, refused[i].word) == NULL) {
+            fail_msg("case %zu: \"%s\" does not refuse with %s", i, why, refused[i].word);
+        }
+    }
+    /* More than INTAKE_BATCH_COMMANDS_MAX commands. */
+    char big[(sizeof GOOD + 1) * (INTAKE_BATCH_COMMANDS_MAX + 1) + 64];
+    size_t used = (size_t)snprintf(big, sizeof big, "{\"v\":2,\"kind\":\"batch\",\"commands\":[");
+    for (size_t i = 0; i <= INTAKE_BATCH_COMMANDS_MAX; i++) {
+        used += (size_t)snprintf(big + used, sizeof big - used, "%s%s", i > 0 ? "," : "", GOOD);
+    }
+    snprintf(big + used, sizeof big - used, "]}");
+    count = 99;
+    ASSERT_NE_INT(decode_batch(big, &count), 0);
+    ASSERT_EQ_UINT(count, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_purchase),
         cmocka_unit_test(test_order),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -67,6 +67,26 @@ static void test_format_is_the_contract(void **state)
     ASSERT_LE_UINT(sizeof want - 1, INTAKE_PUB_FORMAT_BOUND(5, 4, 12, sizeof body - 1));
 }
 
+/* A batch (intake.h) is the commands' own messages in an array, in the jobs' order. */
+static void test_batch_format_is_the_contract(void **state)
+{
+    (void)state;
+    static const char a[] = "{\"v\":1,\"kind\":\"purchase\",\"idempotencyKey\":\"a\"}";
+    static const char b[] = "{\"v\":1,\"kind\":\"purchase\",\"idempotencyKey\":\"b\"}";
+    struct intake_pub_job ja = {.body = a, .body_length = sizeof a - 1};
+    struct intake_pub_job jb = {.body = b, .body_length = sizeof b - 1};
+    struct intake_pub_job *jobs[] = {&ja, &jb};
+    char out[512];
+    size_t n = intake_pub_batch_format(out, sizeof out, jobs, 2);
+    static const char want[] = "{\"v\":2,\"kind\":\"batch\",\"commands\":["
+                               "{\"v\":1,\"kind\":\"purchase\",\"idempotencyKey\":\"a\"},"
+                               "{\"v\":1,\"kind\":\"purchase\",\"idempotencyKey\":\"b\"}]}";
+    ASSERT_EQ_UINT(n, sizeof want - 1);
+    ASSERT_EQ_MEM(out, want, n);
+    ASSERT_EQ_UINT(intake_pub_batch_format(out, 1, jobs, 1), 0); /* does not fit: 0 */
+    ASSERT_EQ_UINT(intake_pub_batch_format(out, sizeof want - 1, jobs, 2), 0);
+}
+
 static void test_status_url_percent_encodes(void **state)
 {
     (void)state;
@@ -120,6 +140,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefer_names_respond_async),
         cmocka_unit_test(test_format_is_the_contract),
+        cmocka_unit_test(test_batch_format_is_the_contract),
         cmocka_unit_test(test_status_url_percent_encodes),
         cmocka_unit_test(test_without_a_broker_jobs_are_refused_at_once),
     };
