@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The module-prefix rule of STYLE 1 and 5, which a compiler does not check: every function
-defined in src/**/*.c belongs to the module of its file, and
+defined in src/**/*.c and bench/*.c belongs to the module of its file, and
 
   (a) a non-static function's name starts with its module's prefix, and
   (b) a static function's name does not start with another module's prefix (no squatting).
@@ -18,7 +18,8 @@ has no "=" outside parentheses. That covers clang-format's layout (.clang-format
 function alone on the next line, the signature wrapped over several lines when long) and a
 definition whose "{" shares the line. The name is the identifier before that parameter list.
 
-Usage: tools/prefixes.py          check src/ (scripts/run-tests.sh runs it after tools/tidy.py)
+Usage: tools/prefixes.py          check src/ and bench/ (scripts/run-tests.sh runs it after
+                                   tools/tidy.py)
        tools/prefixes.py --self-test   check the checker on the inline snippets below
 Prints each violation as path:line: message, then a summary; exits 1 on violations."""
 import fnmatch
@@ -83,10 +84,13 @@ MODULES = {
     "paysim": (["src/paysim/paysim.c"], ["paysim_"]),
     # top: only main() itself and static main_* helpers
     "main": (["src/main.c"], ["main_"]),
+    # bench/: programs of their own (the load generator's command line, seed 000's service)
+    "stockbench": (["bench/stockbench.c"], ["sb_"]),
+    "seedfront": (["bench/seedfront.c"], ["sf_"]),
 }
 MAIN_MODULE = "main"
 # Programs: their file defines main() and static helpers with the module's prefix only.
-PROGRAM_MODULES = (MAIN_MODULE, "paysim")
+PROGRAM_MODULES = (MAIN_MODULE, "paysim", "stockbench", "seedfront")
 
 
 def module_of(path):
@@ -261,7 +265,7 @@ def check_source(path, text):
 
 
 def check_tree():
-    files = sorted(glob.glob("src/**/*.c", recursive=True))
+    files = sorted(glob.glob("src/**/*.c", recursive=True) + glob.glob("bench/*.c"))
     problems = []
     functions = 0
     for path in files:
