@@ -18,19 +18,8 @@
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_assert.h"
+#include "base/text.h"
 #include "intake/intake.h"
-
-/* The value of a hex digit, or -1. */
-static int api_commands_hex(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
 
 /* Percent-decodes the {key} segment (the status URL carries the key URL-encoded) into out;
  * false when it is malformed or not a key (1..IDEM_KEY_BYTES_MAX printable ASCII). */
@@ -41,8 +30,8 @@ static bool api_commands_key(h2o_iovec_t param, char *out, size_t size)
     for (size_t i = 0; i < param.len; i++) {
         int c = (unsigned char)param.base[i];
         if (c == '%') {
-            int hi = i + 2 < param.len ? api_commands_hex(param.base[i + 1]) : -1;
-            int lo = hi >= 0 ? api_commands_hex(param.base[i + 2]) : -1;
+            int hi = i + 2 < param.len ? text_hex_value(param.base[i + 1]) : -1;
+            int lo = hi >= 0 ? text_hex_value(param.base[i + 2]) : -1;
             if (lo < 0) {
                 return false;
             }
