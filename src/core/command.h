@@ -58,7 +58,7 @@ enum cmd_stage {
     CMD_STAGE_NONE = 0, /* a client command */
     CMD_STAGE_ORDER,
     CMD_STAGE_PAYMENT,
-    CMD_STAGE_INTAKE, /* stored as "commands" (INTAKE_STAGE); no lease */
+    CMD_STAGE_INTAKE, /* offset stored as "commands" (INTAKE_STAGE), lease "intake" */
     CMD_STAGE_COUNT,
 };
 
@@ -133,14 +133,17 @@ struct command {
     int64_t stage_seq;     /* the event seq the stage consumed (0: none); stored with the effect.
                             * CMD_STAGE_INTAKE: the stream offset to resume from (0: none) */
     int64_t stream_offset; /* CMD_INTAKE_DEAD_LETTER: the message's stream offset */
-    int64_t lease_token;   /* CMD_ORDER_STEP: the sender's lease token of stage (the fence of
-                            * work/work.h); like stage and stage_seq not folded in the
-                            * fingerprint: steps are never keyed */
+    int64_t lease_token;   /* CMD_ORDER_STEP and CMD_STAGE_INTAKE: the sender's lease token
+                            * of stage (the fence of work/work.h); like stage and stage_seq not
+                            * folded in the fingerprint (a property of the sender, not of the
+                            * request) */
 
     /* Reply, written by the writer before it hands the command back. */
-    int reply_status;                              /* HTTP status */
-    bool reply_problem;                            /* body is application/problem+json */
-    bool reply_replayed;                           /* an idempotent replay of an earlier response */
+    int reply_status;    /* HTTP status */
+    bool reply_problem;  /* body is application/problem+json */
+    bool reply_replayed; /* an idempotent replay of an earlier response */
+    bool reply_fenced;   /* CMD_STAGE_INTAKE: refused unwritten, its lease token is not the
+                          * stage's current one (writer.c): the sender lost the stage */
     char reply_location[REPLY_LOCATION_BYTES_MAX]; /* the Location header, "" for none */
     size_t reply_length;                           /* bytes of reply_body */
     char *reply_body;      /* reply_inline, or lines->reply for multi-line commands; the

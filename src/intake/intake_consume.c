@@ -8,10 +8,19 @@
  * the acked prefix: a delivery at an offset the ring holds is the same message, whose command
  * is still with the writer or answered; the ring keeps its new tag, and nothing is pushed.
  *
+ * The lease: the thread ticks it at the top of each round and never waits past its next
+ * action. A loss drops the connection (mq_consume_stop), the ring, the retries and a held
+ * delivery; a command already pushed carries the token it was pushed under, so its answer is
+ * told apart when it comes back (a stale one only returns to the pool). A win reads the stored
+ * offset again and consumes from there with an empty ring (intake_consume.h says why that is
+ * safe).
+ *
  * Ownership: the commands and line blocks come from the consumer's pools; a pushed command
  * belongs to the writer until intake_consume_writer_reply queues it back (mutex-guarded); the
  * thread then reads its answer and returns it to the pool, or keeps it for a push again after
- * a 503. The mq handle is the thread's (and intake_consume_start's before the thread runs).
+ * a 503. The mq handle, the reader and the lease are the thread's (and intake_consume_start's
+ * and _stop's before the thread runs and after it was joined); other threads read the lease
+ * through work_lease_held / work_lease_holder.
  */
 #include "intake/intake_consume.h"
 
@@ -30,6 +39,7 @@
 #include "intake/intake.h"
 #include "mq/mq.h"
 #include "store/store_open.h"
+#include "work/work_lease.h"
 
 _Static_assert(INTAKE_CONSUME_COMMANDS_MAX <= 65535, "the prefetch is 16 bits");
 _Static_assert(INTAKE_CONSUME_LINE_BLOCKS_MAX <= INTAKE_CONSUME_COMMANDS_MAX, "blocks per command");
@@ -47,9 +57,12 @@ struct intake_entry {
 
 struct intake_consume {
     struct intake_consume_config config;
-    struct mq *mq;              /* owned: the consumer, used by the thread */
-    struct command *pool;       /* INTAKE_CONSUME_COMMANDS_MAX, owned */
-    struct command **free_list; /* INTAKE_CONSUME_COMMANDS_MAX */
+    struct mq *mq;               /* owned: the consumer, used by the thread */
+    struct store_reader *reader; /* owned: the thread's (the lease, the stored offset) */
+    struct work_lease lease;     /* stage INTAKE_LEASE_STAGE */
+    char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1]; /* this instance's id in worker_leases */
+    struct command *pool;                          /* INTAKE_CONSUME_COMMANDS_MAX, owned */
+    struct command **free_list;                    /* INTAKE_CONSUME_COMMANDS_MAX */
     uint32_t free_count;
     struct cmd_lines *blocks;      /* INTAKE_CONSUME_LINE_BLOCKS_MAX, owned */
     struct cmd_lines *free_blocks; /* their free list (next_free) */
@@ -217,6 +230,14 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
         return NULL;
     }
     ic->config = *config;
+    SVC_ASSERT(config->lease_ms == 0 ||
+               (config->lease_ms >= WORK_LEASE_MS_MIN && config->lease_ms <= WORK_LEASE_MS_MAX));
+    ic->config.lease_ms = config->lease_ms != 0 ? config->lease_ms : WORK_LEASE_MS_DEFAULT;
+    if (config->instance_id != NULL && config->instance_id[0] != '\0') {
+        snprintf(ic->holder, sizeof ic->holder, "%s", config->instance_id);
+    } else {
+        work_lease_default_holder(ic->holder, sizeof ic->holder);
+    }
     size_t n = INTAKE_CONSUME_COMMANDS_MAX;
     ic->pool = calloc(n, sizeof *ic->pool);
     ic->free_list = calloc(n, sizeof *ic->free_list);
@@ -245,6 +266,7 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
     }
     ic->last_offset = -1;
     atomic_store(&ic->stats.last_offset, -1);
+    work_lease_init(&ic->lease, INTAKE_LEASE_STAGE);
     pthread_mutex_init(&ic->lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -265,7 +287,9 @@ void intake_consume_free(struct intake_consume *ic)
         mq_free(ic->mq);
         pthread_mutex_destroy(&ic->lock);
         pthread_cond_destroy(&ic->wake);
+        work_lease_deinit(&ic->lease);
     }
+    store_reader_close(ic->reader);
     free(ic->pool);
     free(ic->free_list);
     free(ic->blocks);
@@ -281,6 +305,21 @@ void intake_consume_free(struct intake_consume *ic)
 const struct intake_consume_stats *intake_consume_stats(const struct intake_consume *ic)
 {
     return &ic->stats;
+}
+
+bool intake_consume_holds(const struct intake_consume *ic)
+{
+    return work_lease_held(&ic->lease);
+}
+
+void intake_consume_holder(struct intake_consume *ic, char *out, size_t size)
+{
+    work_lease_holder(&ic->lease, out, size);
+}
+
+const char *intake_consume_instance_id(const struct intake_consume *ic)
+{
+    return ic->holder;
 }
 
 void intake_consume_writer_reply(struct command *cmd)
@@ -346,6 +385,7 @@ static uint64_t intake_consume_find(struct intake_consume *ic, int64_t offset)
 
 static void intake_consume_push(struct intake_consume *ic, struct command *cmd)
 {
+    SVC_ASSERT(ic->lease.held && cmd->lease_token == ic->lease.token);
     cmd->stage_seq = intake_consume_mark(ic) >= 1 ? intake_consume_mark(ic) : 0;
     cmd->queued_us = clock_mono_us();
     command_reply_prepare(cmd);
@@ -412,6 +452,7 @@ static void intake_consume_command(struct intake_consume *ic, const struct mq_de
     cmd->origin = CMD_ORIGIN_INTAKE;
     cmd->owner = ic;
     cmd->stage = CMD_STAGE_INTAKE;
+    cmd->lease_token = ic->lease.token; /* the fence: refused unwritten once it is not current */
     ic->entry_of[cmd - ic->pool] = ic->tail - 1;
     intake_consume_push(ic, cmd);
 }
@@ -444,7 +485,16 @@ static void intake_consume_delivery(struct intake_consume *ic, const struct mq_d
 static void intake_consume_on_reply(struct intake_consume *ic, struct command *cmd)
 {
     SVC_ASSERT(cmd->origin == CMD_ORIGIN_INTAKE);
-    if (cmd->reply_status == 503 || cmd->reply_status == 429) {
+    if (!ic->lease.held || cmd->lease_token != ic->lease.token) {
+        /* Pushed under a lease since lost: its delivery left the ring with the lease, and
+         * what it did (if the fence let it) the next holder read from storage. */
+        intake_consume_release(ic, cmd);
+        return;
+    }
+    SVC_ASSERT(!cmd->reply_fenced || cmd->reply_status == 409);
+    if (cmd->reply_status == 503 || cmd->reply_status == 429 || cmd->reply_fenced) {
+        /* Fenced: the lease is lost though this thread has not seen it yet (its next renewal
+         * will); until then the command waits as after a 503, and is dropped with the ring. */
         SVC_ASSERT(ic->retry_count < INTAKE_CONSUME_COMMANDS_MAX);
         ic->retry_at_us[ic->retry_count] = clock_mono_us() + INTAKE_CONSUME_RETRY_MS * 1000;
         ic->retry[ic->retry_count++] = cmd; /* nothing of it was written: again, later */
@@ -505,6 +555,21 @@ static void intake_consume_publish_stats(struct intake_consume *ic)
     atomic_store(&ic->stats.errors, s->losses + s->connect_failures);
 }
 
+static int64_t intake_consume_mono_ms(void)
+{
+    return clock_mono_us() / 1000;
+}
+
+/* wait_ms, or less so as not to wait past the lease's next action (0 when it is due). */
+static int64_t intake_consume_until_lease(const struct intake_consume *ic, int64_t wait_ms)
+{
+    SVC_ASSERT(wait_ms >= 0);
+    int64_t until_due = work_lease_due_ms(&ic->lease) - intake_consume_mono_ms();
+    int64_t wait = until_due < wait_ms ? (until_due > 0 ? until_due : 0) : wait_ms;
+    SVC_ASSERT(wait >= 0 && wait <= wait_ms);
+    return wait;
+}
+
 /* Waits up to wait_ms for an answer of the writer or the stop. */
 static void intake_consume_wait(struct intake_consume *ic, int64_t wait_ms)
 {
@@ -526,6 +591,7 @@ static void intake_consume_wait(struct intake_consume *ic, int64_t wait_ms)
 static int intake_consume_read(struct intake_consume *ic)
 {
     int wait = ic->head < ic->tail ? INTAKE_CONSUME_BUSY_WAIT_MS : INTAKE_CONSUME_IDLE_WAIT_MS;
+    wait = (int)intake_consume_until_lease(ic, wait);
     while (!ic->held && ic->free_count > 0 && ic->tail - ic->head < INTAKE_CONSUME_COMMANDS_MAX) {
         struct mq_delivery d;
         int rc = mq_next(ic->mq, wait, &d);
@@ -538,11 +604,77 @@ static int intake_consume_read(struct intake_consume *ic)
     return 0;
 }
 
+/* ---- the lease ---------------------------------------------------------------------------- */
+
+/* The lease was lost: consuming stops at once. The connection goes (nothing more is
+ * delivered), and with it the ring: its deliveries not answered are read again by the next
+ * holder from the stored offset. The commands waiting for a retry and a held delivery go too;
+ * the commands with the writer come back fenced or answered, and only return to the pool. */
+static void intake_consume_drop(struct intake_consume *ic)
+{
+    mq_consume_stop(ic->mq);
+    uint32_t dropped = (uint32_t)(ic->tail - ic->head);
+    ic->head = ic->tail;
+    for (uint32_t i = 0; i < ic->retry_count; i++) {
+        intake_consume_release(ic, ic->retry[i]);
+    }
+    ic->retry_count = 0;
+    ic->held = false;
+    SVC_ASSERT(ic->head == ic->tail && ic->retry_count == 0);
+    log_warn("intake: stopped consuming at offset %" PRId64 " (%u deliveries not answered"
+             " dropped)",
+             ic->last_offset, dropped);
+}
+
+/* The lease was won: the stored offset is read again (another holder may have moved it, or
+ * this instance's last answers were never stored) and consuming starts there. 0 or an error
+ * (storage unreachable). */
+static int intake_consume_load(struct intake_consume *ic)
+{
+    SVC_ASSERT(ic->head == ic->tail && ic->retry_count == 0 && !ic->held);
+    int64_t offset = 0;
+    int rc = store_reader_stage_offset(ic->reader, INTAKE_STAGE, &offset);
+    if (rc != 0) {
+        return rc;
+    }
+    SVC_ASSERT(offset >= 0);
+    ic->last_offset = offset - 1;
+    atomic_store(&ic->stats.resume_offset, offset);
+    atomic_store(&ic->stats.last_offset, offset - 1);
+    if (mq_consume(ic->mq, offset) != 0) {
+        log_warn("intake: the broker is not reachable yet; commands wait in the stream");
+    }
+    log_info("intake: instance %s consumes stream %s from offset %" PRId64, ic->holder,
+             INTAKE_QUEUE, offset);
+    return 0;
+}
+
+/* Acquires, renews or notices the loss of the lease when due. */
+static void intake_consume_lease_tick(struct intake_consume *ic)
+{
+    enum work_lease_change change = work_lease_tick(&ic->lease, ic->reader, ic->holder,
+                                                    ic->config.lease_ms, intake_consume_mono_ms());
+    if (change == WORK_LEASE_LOST) {
+        intake_consume_drop(ic);
+    } else if (change == WORK_LEASE_WON && intake_consume_load(ic) != 0) {
+        log_warn("intake: cannot read its offset; its lease is tried again");
+        work_lease_forget(&ic->lease, intake_consume_mono_ms(),
+                          ic->config.lease_ms / WORK_LEASE_RENEW_DIVISOR);
+    }
+}
+
 static void *intake_consume_loop(void *arg)
 {
     struct intake_consume *ic = arg;
     while (!atomic_load(&ic->stopping)) {
+        intake_consume_lease_tick(ic);
         intake_consume_answers(ic);
+        if (!ic->lease.held) {
+            /* Not the holder: only the answers of commands pushed before a loss come back. */
+            intake_consume_publish_stats(ic);
+            intake_consume_wait(ic, intake_consume_until_lease(ic, INTAKE_CONSUME_IDLE_WAIT_MS));
+            continue;
+        }
         if (ic->held && ic->free_blocks != NULL) {
             ic->held = false;
             intake_consume_command(ic, &ic->held_delivery);
@@ -555,7 +687,8 @@ static void *intake_consume_loop(void *arg)
         }
         intake_consume_publish_stats(ic);
         if (rc < 0) {
-            intake_consume_wait(ic, INTAKE_CONSUME_IDLE_WAIT_MS); /* the broker is away */
+            /* The broker is away. */
+            intake_consume_wait(ic, intake_consume_until_lease(ic, INTAKE_CONSUME_IDLE_WAIT_MS));
         }
     }
     return NULL;
@@ -563,26 +696,23 @@ static void *intake_consume_loop(void *arg)
 
 int intake_consume_start(struct intake_consume *ic)
 {
-    SVC_ASSERT(!ic->started);
-    struct store_reader *reader = NULL;
-    int64_t offset = 0;
-    int rc = store_reader_open(&reader, ic->config.db_uri);
-    if (rc == 0) {
-        rc = store_reader_stage_offset(reader, INTAKE_STAGE, &offset);
-    }
-    store_reader_close(reader);
+    SVC_ASSERT(!ic->started && ic->reader == NULL);
+    int rc = store_reader_open(&ic->reader, ic->config.db_uri);
     if (rc != 0) {
-        log_error("intake: cannot read its offset (%d)", rc);
+        log_error("intake: cannot open its reader (%d)", rc);
         return rc;
     }
-    SVC_ASSERT(offset >= 0);
-    ic->last_offset = offset - 1;
-    atomic_store(&ic->stats.resume_offset, offset);
-    if (mq_consume(ic->mq, offset) != 0) {
-        log_warn("intake: the broker is not reachable yet; commands wait in the stream");
+    /* The lease is tried now: on SQLite, or when no live instance holds it, consuming starts
+     * from the stored offset at once, as before leases. */
+    log_info("intake: instance %s, lease of %" PRId64 " ms", ic->holder, ic->config.lease_ms);
+    intake_consume_lease_tick(ic);
+    if (!ic->lease.held) {
+        char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
+        work_lease_holder(&ic->lease, holder, sizeof holder);
+        log_info("intake: another instance (%s) holds the consumer's lease; this one waits",
+                 holder[0] != '\0' ? holder : "unknown");
     }
     intake_consume_publish_stats(ic);
-    log_info("intake: consuming stream %s from offset %" PRId64, INTAKE_QUEUE, offset);
     ic->started = true;
     rc = pthread_create(&ic->thread, NULL, intake_consume_loop, ic);
     if (rc != 0) {
@@ -602,4 +732,6 @@ void intake_consume_stop(struct intake_consume *ic)
     pthread_cond_signal(&ic->wake);
     pthread_mutex_unlock(&ic->lock);
     pthread_join(ic->thread, NULL);
+    work_lease_release(&ic->lease, ic->reader, ic->holder); /* the thread has ended */
+    SVC_ASSERT(!ic->lease.held);
 }
