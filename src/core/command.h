@@ -84,6 +84,19 @@ struct cmd_lines {
     struct cmd_lines *next_free; /* pool free list */
 };
 
+/* A stream message the intake consumer could not decode (CMD_INTAKE_DEAD_LETTER), as it
+ * came: stored with its dead letter so that POST /v1/dlt/replay can publish it again. Owned
+ * by the consumer's pool and lent with the command, like a line block. */
+struct cmd_message {
+    char id[DLT_MESSAGE_ID_BYTES_MAX + 1];               /* message-id, "" when absent */
+    char type[DLT_MESSAGE_TYPE_BYTES_MAX + 1];           /* type, "" when absent */
+    char principal[DLT_MESSAGE_PRINCIPAL_BYTES_MAX + 1]; /* its "principal" header, or "" */
+    bool body_kept; /* false: the body was over DLT_MESSAGE_BODY_BYTES_MAX (not replayable) */
+    size_t body_length;
+    char body[DLT_MESSAGE_BODY_BYTES_MAX];
+    struct cmd_message *next_free; /* pool free list */
+};
+
 /* How the writer formats the reply: the v1 contract or a seed's own body shapes. */
 enum cmd_style {
     CMD_STYLE_V1,      /* DESIGN.md bodies and problem+json errors */
@@ -133,10 +146,11 @@ struct command {
     int64_t stage_seq;     /* the event seq the stage consumed (0: none); stored with the effect.
                             * CMD_STAGE_INTAKE: the stream offset to resume from (0: none) */
     int64_t stream_offset; /* CMD_INTAKE_DEAD_LETTER: the message's stream offset */
-    int64_t lease_token;   /* CMD_ORDER_STEP and CMD_STAGE_INTAKE: the sender's lease token
-                            * of stage (the fence of work/work.h); like stage and stage_seq not
-                            * folded in the fingerprint (a property of the sender, not of the
-                            * request) */
+    const struct cmd_message *message; /* CMD_INTAKE_DEAD_LETTER: the message, else NULL */
+    int64_t lease_token; /* CMD_ORDER_STEP and CMD_STAGE_INTAKE: the sender's lease token
+                          * of stage (the fence of work/work.h); like stage and stage_seq not
+                          * folded in the fingerprint (a property of the sender, not of the
+                          * request) */
 
     /* Reply, written by the writer before it hands the command back. */
     int reply_status;    /* HTTP status */

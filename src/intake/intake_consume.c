@@ -46,6 +46,11 @@ _Static_assert(INTAKE_CONSUME_LINE_BLOCKS_MAX <= INTAKE_CONSUME_COMMANDS_MAX, "b
 _Static_assert(INTAKE_CONSUME_RETRY_MS > INTAKE_CONSUME_BUSY_WAIT_MS, "a retry waits");
 _Static_assert(INTAKE_CONSUME_IDLE_WAIT_MS < MQ_HEARTBEAT_SECONDS * 1000 / 2, "heartbeats");
 _Static_assert(REASON_BYTES_MAX >= 64, "a dead letter's error says something");
+_Static_assert(INTAKE_CONSUME_MESSAGES_MAX <= INTAKE_CONSUME_COMMANDS_MAX, "blocks per command");
+_Static_assert(DLT_MESSAGE_ID_BYTES_MAX >= MQ_ID_BYTES_MAX, "a message-id is kept whole");
+_Static_assert(DLT_MESSAGE_TYPE_BYTES_MAX >= MQ_TYPE_BYTES_MAX, "a type is kept whole");
+_Static_assert(DLT_MESSAGE_PRINCIPAL_BYTES_MAX >= MQ_HEADER_VALUE_BYTES_MAX, "a header whole");
+_Static_assert(DLT_MESSAGE_BODY_BYTES_MAX <= MQ_BODY_BYTES_MAX, "a kept body can be published");
 
 /* A delivery handed out and not acked yet. */
 struct intake_entry {
@@ -64,11 +69,13 @@ struct intake_consume {
     struct command *pool;                          /* INTAKE_CONSUME_COMMANDS_MAX, owned */
     struct command **free_list;                    /* INTAKE_CONSUME_COMMANDS_MAX */
     uint32_t free_count;
-    struct cmd_lines *blocks;      /* INTAKE_CONSUME_LINE_BLOCKS_MAX, owned */
-    struct cmd_lines *free_blocks; /* their free list (next_free) */
-    uint64_t *entry_of;            /* by pool index: the ring position of its delivery */
-    struct intake_entry *ring;     /* INTAKE_CONSUME_COMMANDS_MAX deliveries, in order */
-    uint64_t head;                 /* absolute positions: ring[pos % MAX] */
+    struct cmd_lines *blocks;          /* INTAKE_CONSUME_LINE_BLOCKS_MAX, owned */
+    struct cmd_lines *free_blocks;     /* their free list (next_free) */
+    struct cmd_message *messages;      /* INTAKE_CONSUME_MESSAGES_MAX, owned: for dead letters */
+    struct cmd_message *free_messages; /* their free list (next_free) */
+    uint64_t *entry_of;                /* by pool index: the ring position of its delivery */
+    struct intake_entry *ring;         /* INTAKE_CONSUME_COMMANDS_MAX deliveries, in order */
+    uint64_t head;                     /* absolute positions: ring[pos % MAX] */
     uint64_t tail;
     int64_t last_offset;    /* the highest offset handed out (-1: none) */
     struct command **retry; /* answered 503/429: pushed again at retry_at_us */
@@ -242,6 +249,7 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
     ic->pool = calloc(n, sizeof *ic->pool);
     ic->free_list = calloc(n, sizeof *ic->free_list);
     ic->blocks = calloc(INTAKE_CONSUME_LINE_BLOCKS_MAX, sizeof *ic->blocks);
+    ic->messages = calloc(INTAKE_CONSUME_MESSAGES_MAX, sizeof *ic->messages);
     ic->entry_of = calloc(n, sizeof *ic->entry_of);
     ic->ring = calloc(n, sizeof *ic->ring);
     ic->retry = calloc(n, sizeof *ic->retry);
@@ -251,8 +259,9 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
     struct mq_config mc = {
         config->amqp_url,        INTAKE_QUEUE,           MQ_CONSUMER,
         INTAKE_MAX_LENGTH_BYTES, INTAKE_MAX_AGE_SECONDS, INTAKE_CONSUME_COMMANDS_MAX};
-    if (!ic->pool || !ic->free_list || !ic->blocks || !ic->entry_of || !ic->ring || !ic->retry ||
-        !ic->retry_at_us || !ic->replies || !ic->held_body || mq_new(&ic->mq, &mc) != 0) {
+    if (!ic->pool || !ic->free_list || !ic->blocks || !ic->messages || !ic->entry_of || !ic->ring ||
+        !ic->retry || !ic->retry_at_us || !ic->replies || !ic->held_body ||
+        mq_new(&ic->mq, &mc) != 0) {
         ic->mq = NULL;
         intake_consume_free(ic);
         return NULL;
@@ -263,6 +272,10 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
     for (size_t i = 0; i < INTAKE_CONSUME_LINE_BLOCKS_MAX; i++) {
         ic->blocks[i].next_free = ic->free_blocks;
         ic->free_blocks = &ic->blocks[i];
+    }
+    for (size_t i = 0; i < INTAKE_CONSUME_MESSAGES_MAX; i++) {
+        ic->messages[i].next_free = ic->free_messages;
+        ic->free_messages = &ic->messages[i];
     }
     ic->last_offset = -1;
     atomic_store(&ic->stats.last_offset, -1);
@@ -293,6 +306,7 @@ void intake_consume_free(struct intake_consume *ic)
     free(ic->pool);
     free(ic->free_list);
     free(ic->blocks);
+    free(ic->messages);
     free(ic->entry_of);
     free(ic->ring);
     free(ic->retry);
@@ -398,6 +412,13 @@ static void intake_consume_push(struct intake_consume *ic, struct command *cmd)
 
 static void intake_consume_release(struct intake_consume *ic, struct command *cmd)
 {
+    if (cmd->message != NULL) {
+        size_t index = (size_t)(cmd->message - ic->messages);
+        SVC_ASSERT(index < INTAKE_CONSUME_MESSAGES_MAX);
+        ic->messages[index].next_free = ic->free_messages;
+        ic->free_messages = &ic->messages[index];
+        cmd->message = NULL;
+    }
     if (cmd->lines != NULL) {
         cmd->lines->next_free = ic->free_blocks;
         ic->free_blocks = cmd->lines;
@@ -406,8 +427,42 @@ static void intake_consume_release(struct intake_consume *ic, struct command *cm
     ic->free_list[ic->free_count++] = cmd;
 }
 
+/* Keeps the message of delivery d in a message block, for its dead letter. */
+static const struct cmd_message *intake_consume_keep(struct intake_consume *ic,
+                                                     const struct mq_delivery *d,
+                                                     const char *principal_header)
+{
+    SVC_ASSERT(ic->free_messages != NULL);
+    struct cmd_message *m = ic->free_messages;
+    ic->free_messages = m->next_free;
+    m->next_free = NULL;
+    snprintf(m->id, sizeof m->id, "%s", d->id);
+    snprintf(m->type, sizeof m->type, "%s", d->type);
+    snprintf(m->principal, sizeof m->principal, "%s",
+             principal_header != NULL ? principal_header : "");
+    m->body_kept = d->body_length <= sizeof m->body;
+    m->body_length = m->body_kept ? d->body_length : 0;
+    if (m->body_length > 0) {
+        memcpy(m->body, d->body, m->body_length);
+    }
+    SVC_ASSERT(m->body_length <= sizeof m->body);
+    return m;
+}
+
+/* Holds delivery d (its body copied) until a block is free: an order without a line block, or
+ * a dead letter without a message block. */
+static void intake_consume_hold(struct intake_consume *ic, const struct mq_delivery *d)
+{
+    SVC_ASSERT(!ic->held && d->body_length <= MQ_BODY_BYTES_MAX);
+    ic->held_delivery = *d;
+    memcpy(ic->held_body, d->body, d->body_length);
+    ic->held_delivery.body = ic->held_body;
+    ic->held = true;
+}
+
 /* Makes the command of delivery d (a new message, the ring's last entry) and pushes it; holds
- * d instead when it is an order and no line block is free. */
+ * d instead when it is an order and no line block is free, or a dead letter and no message
+ * block is free. */
 static void intake_consume_command(struct intake_consume *ic, const struct mq_delivery *d)
 {
     SVC_ASSERT(ic->free_count > 0 && !ic->held); /* a command per ring entry (see the loop) */
@@ -424,22 +479,25 @@ static void intake_consume_command(struct intake_consume *ic, const struct mq_de
     char why[REASON_BYTES_MAX + 1];
     int rc = intake_consume_decode(d->body, d->body_length, d->id, d->type, principal_header,
                                    ic->config.decode, cmd, why, sizeof why);
-    if (rc == SVC_ECAPACITY) {
-        SVC_ASSERT(ic->free_blocks == NULL && d->body_length <= MQ_BODY_BYTES_MAX);
+    if (rc == SVC_ECAPACITY || (rc != 0 && ic->free_messages == NULL)) {
+        SVC_ASSERT(rc != SVC_ECAPACITY || ic->free_blocks == NULL);
         cmd->lines = NULL;
         ic->free_list[ic->free_count++] = cmd;
-        ic->held_delivery = *d;
-        memcpy(ic->held_body, d->body, d->body_length);
-        ic->held_delivery.body = ic->held_body;
-        ic->held = true;
+        intake_consume_hold(ic, d);
         return;
     }
     if (rc != 0) {
         memset(cmd, 0, sizeof *cmd);
         cmd->kind = CMD_INTAKE_DEAD_LETTER;
         cmd->stream_offset = d->offset;
+        cmd->message = intake_consume_keep(ic, d, principal_header);
         strcpy(cmd->principal, INTAKE_CONSUME_PRINCIPAL);
         snprintf(cmd->reason, sizeof cmd->reason, "%s", why);
+        for (char *c = cmd->reason; *c != '\0'; c++) {
+            /* The error may quote the message (its type): stored as text, it must be text
+             * (PostgreSQL refuses a TEXT that is not UTF-8, and the batch would fail). */
+            *c = (*c >= 0x20 && *c <= 0x7e) ? *c : '?';
+        }
         log_warn("intake: message %" PRId64 " (id %s) cannot be decoded: %s", d->offset,
                  d->id[0] != '\0' ? d->id : "none", why);
     }
@@ -675,7 +733,7 @@ static void *intake_consume_loop(void *arg)
             intake_consume_wait(ic, intake_consume_until_lease(ic, INTAKE_CONSUME_IDLE_WAIT_MS));
             continue;
         }
-        if (ic->held && ic->free_blocks != NULL) {
+        if (ic->held && ic->free_blocks != NULL && ic->free_messages != NULL) {
             ic->held = false;
             intake_consume_command(ic, &ic->held_delivery);
         }

@@ -10,7 +10,9 @@
  * another format version, an unknown kind or route, a missing or malformed principal or key,
  * a principal or key that disagrees with the message's header or id, or a body its route's
  * decoder refuses with a 4xx) becomes a CMD_INTAKE_DEAD_LETTER: the writer writes it into the
- * dead-letter table with stage INTAKE_STAGE, keyed by its stream offset, and its status URL
+ * dead-letter table with stage INTAKE_STAGE, keyed by its stream offset, with the message as
+ * it came (message-id, type, principal header and body, up to DLT_MESSAGE_BODY_BYTES_MAX: what
+ * POST /v1/dlt/replay publishes again, http/api_dlt_stream.c), and its status URL
  * stays pending (the publisher validated the same body with the same decoder before it
  * published, so such a message is not one of ours, or of another version). A command the
  * writer refuses with a business answer (409 insufficient_stock) is no dead letter: that
@@ -69,6 +71,10 @@
 #define INTAKE_CONSUME_COMMANDS_MAX 1024
 /* Line blocks for checkout orders among them (a block is ~24 KiB): reading waits for one. */
 #define INTAKE_CONSUME_LINE_BLOCKS_MAX 128
+/* Message blocks for dead letters among them (a block is ~73 KiB: the message kept with its
+ * dead letter, for a replay): messages that cannot be decoded are rare, and reading waits for
+ * one while all are with the writer. */
+#define INTAKE_CONSUME_MESSAGES_MAX 8
 /* How long a command answered 503 or 429 (nothing written) waits before it is pushed again. */
 #define INTAKE_CONSUME_RETRY_MS 50
 /* How long the thread waits for a delivery while commands are with the writer (their answers
