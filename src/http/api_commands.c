@@ -6,7 +6,10 @@
  * that applied the command from the stream. Until it exists the answer is 202
  * {"status":"pending","idempotencyKey":...} with Retry-After INTAKE_RETRY_AFTER_SECONDS; then
  * it is the record's status and body, as a replay of the POST answers (201 with the order,
- * 409 problem+json insufficient_stock, ...), with Idempotent-Replayed: true. The record is
+ * 409 problem+json insufficient_stock, ...), with Idempotent-Replayed: true, and for a 201
+ * that created an order its Location: /v1/orders/{orderId} (the record's, as the replay sends
+ * it): the 202 of the POST pointed here, since no order existed yet, and this answer points on
+ * at the order (DESIGN.md: an asynchronous answer leads to /v1/orders/{id}). The record is
  * read from this thread's store reader (durable before the consumer acks the message), never
  * from the writer. A message the consumer dead-lettered has no record: it stays pending (the
  * operator finds it in GET /v1/dlt?stage=commands). Read api_dlt.c next.
@@ -82,6 +85,11 @@ void api_command_status(struct http_request *r)
     }
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("idempotent-replayed"), 0, NULL,
                           H2O_STRLIT("true"));
+    if (found.status == 201 && found.location != NULL && found.location[0] != '\0') {
+        size_t length = strlen(found.location);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL,
+                       h2o_strdup(&req->pool, found.location, length).base, length);
+    }
     http_send(r, found.status, found.problem ? "application/problem+json" : "application/json",
               found.body, found.body_length);
 }

@@ -374,6 +374,7 @@ struct store_idem_view {
     const char *body;
     size_t body_length;
     int64_t created_at_ms;
+    const char *location; /* the first response's Location header (valid as body), or NULL */
 };
 
 /* The reader handle's operations. */

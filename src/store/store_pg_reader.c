@@ -74,7 +74,7 @@
     X(EVENTS_ALL,                                                                              \
       "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")    \
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                     \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                     \
+    X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"           \
             " WHERE principal = $1 AND idem_key = $2")                                         \
     X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                       \
     X(LEASE_ACQUIRE,                                                                           \
@@ -114,6 +114,7 @@ struct pg_reader {
     uint64_t listening_connect; /* conn.connects when LISTEN ran; 0: not listening */
     PGresult *order_found;      /* owned: the last order read, which store_order_row points into */
     char *idem_body;            /* owned copy of the last found idempotency body */
+    char idem_location[REPLY_LOCATION_BYTES_MAX]; /* and of its Location */
     size_t idem_body_size;
     uint64_t snapshot_connect;          /* conn.connects at snapshot_begin; 0 outside a snapshot */
     const _Atomic uint64_t *recoveries; /* borrowed (store_reader_watch_recoveries), or NULL */
@@ -374,6 +375,12 @@ static int pg_reader_idem(struct store_reader *base, const char *principal, cons
         out->body = r->idem_body;
         out->body_length = length;
         out->created_at_ms = store_pg_int(res, 0, 3);
+        size_t location_length = (size_t)PQgetlength(res, 0, 4);
+        out->location = NULL; /* none, or longer than the writer writes one */
+        if (!PQgetisnull(res, 0, 4) && location_length < sizeof r->idem_location) {
+            memcpy(r->idem_location, PQgetvalue(res, 0, 4), location_length + 1);
+            out->location = r->idem_location;
+        }
         SVC_ASSERT(out->status >= 100 && out->status <= 599); /* as the writer wrote it */
         rc = 1;
     }

@@ -53,7 +53,7 @@
               " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"               \
               " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                        \
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                  \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                  \
+    X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"        \
             " WHERE principal = ?1 AND idem_key = ?2")                                      \
     X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                    \
     X(BEGIN, "BEGIN DEFERRED")                                                              \
@@ -88,6 +88,7 @@ struct sqlite_reader {
     sqlite3_stmt *stmts[STORE_SQLITE_READER_COUNT]; /* owned, prepared at open */
     struct sqlite_reader_buffer order_text;         /* the last order's five strings */
     struct sqlite_reader_buffer idem_body;          /* the last idempotency record's body */
+    char idem_location[REPLY_LOCATION_BYTES_MAX];   /* and its Location */
     sqlite3 *writable;      /* owned: the read-write connection, opened on first write */
     sqlite3_stmt *save;     /* owned, on writable (prepared on first use): the relay's upsert */
     sqlite3_stmt *replayed; /* owned, on writable (prepared on first use): the replay's mark */
@@ -336,6 +337,13 @@ static int sqlite_reader_idem_copy(struct sqlite_reader *r, sqlite3_stmt *stmt,
     out->body = r->idem_body.data;
     out->body_length = length;
     out->created_at_ms = sqlite3_column_int64(stmt, 3);
+    const char *location = (const char *)sqlite3_column_text(stmt, 4);
+    size_t location_length = (size_t)sqlite3_column_bytes(stmt, 4);
+    out->location = NULL; /* none, or longer than the writer writes one */
+    if (location != NULL && location_length < sizeof r->idem_location) {
+        memcpy(r->idem_location, location, location_length + 1);
+        out->location = r->idem_location;
+    }
     SVC_ASSERT(out->status >= 100 && out->status <= 599); /* as the writer wrote it */
     return 1;
 }
