@@ -62,9 +62,9 @@ static void main_usage(FILE *out)
             "  --workers on|off       run the checkout order workers (default on; with\n"
             "                         several instances on one PostgreSQL, each stage runs\n"
             "                         on the instance that holds its lease)\n"
-            "  --lease-ms MS          the lease of a worker stage and of the relay (default\n"
-            "                         5000, 100..600000; renewed every MS/3; a stopped\n"
-            "                         holder's is taken after it)\n"
+            "  --lease-ms MS          the lease of a worker stage, of the relay and of the\n"
+            "                         intake consumer (default 5000, 100..600000; renewed\n"
+            "                         every MS/3; a stopped holder's is taken after it)\n"
             "  --instance-id ID       this instance's name in the leases (default\n"
             "                         hostname:pid:start-ms)\n"
             "  --payment-failure-rate R  payment simulator: share of declined charges (0..1)\n"
@@ -84,7 +84,8 @@ static void main_usage(FILE *out)
             "                         its lease publishes), honour Prefer: respond-async on\n"
             "                         purchases and orders (202 once stockd.commands has the\n"
             "                         command) and apply the commands of that stream\n"
-            "                         (asynchronous intake); without it, no broker is used\n"
+            "                         (asynchronous intake; on one PostgreSQL, the holder\n"
+            "                         of its lease consumes); without it, no broker is used\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -206,8 +207,9 @@ static void main_start_intake(struct app *app)
     if (app->config.amqp_url[0] == '\0') {
         return;
     }
-    struct intake_consume_config ic = {app->config.db_path, app->config.amqp_url, &app->queue,
-                                       api_decode_async};
+    struct intake_consume_config ic = {
+        app->config.db_path, app->config.amqp_url,    &app->queue,
+        api_decode_async,    app->config.instance_id, app->config.lease_ms};
     struct intake_consume *consumer = intake_consume_new(&ic);
     if (consumer == NULL || intake_consume_start(consumer) != 0) {
         log_error("cannot start the consumer of the stream of commands (--amqp)");
@@ -625,7 +627,7 @@ int main(int argc, char **argv)
         log_error("cannot start threads");
         return 1;
     }
-    if (app->config.instance_id[0] == '\0') { /* one id for the workers' and the relay's leases */
+    if (app->config.instance_id[0] == '\0') { /* one id for every lease of the instance */
         work_lease_default_holder(app->config.instance_id, sizeof app->config.instance_id);
     }
     main_start_workers(app);

@@ -241,6 +241,19 @@ _Static_assert(SSE_RING_BYTES >= 4 * SSE_BUFFER_BYTES, "the ring holds what a su
 /* Dead letters one GET /v1/dlt lists at most, and one POST /v1/dlt/replay re-queues at most. */
 #define DLT_LIST_MAX 1000
 #define DLT_LIMIT_DEFAULT 100
+/* A stream message that became a dead letter (issue 12) is kept with it, so that a replay can
+ * publish it again: its message-id, type and principal header as AMQP short strings hold them
+ * (intake/intake.h), and a body up to what asynchronous intake publishes for the largest
+ * request (BODY_BYTES_MAX and its envelope, intake_pub.h's bound: < 68 KiB); a larger body,
+ * not ours, is not kept and that dead letter cannot be replayed. */
+#define DLT_MESSAGE_ID_BYTES_MAX 255
+#define DLT_MESSAGE_TYPE_BYTES_MAX 64
+#define DLT_MESSAGE_PRINCIPAL_BYTES_MAX 128
+#define DLT_MESSAGE_BODY_BYTES_MAX (72 * 1024)
+/* Stream dead letters one POST /v1/dlt/replay republishes at most: each waits for its confirm
+ * with its body on the heap (72 KiB at worst, far less for a request's command); a replay of
+ * more answers the rest as deferred, for the next call. */
+#define DLT_REPLAY_MESSAGES_MAX 256
 
 /* POST /v1/admin/load-test (issue 11): the in-tree load generator against this server.
  * Virtual users are keep-alive connections, each with one request in flight: 256 is four

@@ -12,16 +12,30 @@
 #include "core/apply_internal.h"
 
 /* A stream message the intake consumer could not decode (intake/intake_consume.h): its row in
- * the dead-letter table, keyed by its stream offset, written with the consumer's offset past
- * it (writer.c stores that for every intake command). The command is refused (no event, no
+ * the dead-letter table, keyed by its stream offset, with the message as it came (for a
+ * replay), written with the consumer's offset past it (writer.c stores that for every intake
+ * command). The command is refused (no event, no
  * state), so its answer stands only when the batch commits; the consumer then acks it. */
 static void apply_intake_dead_letter(struct batch *b, const struct command *cmd,
                                      struct outcome *out)
 {
     SVC_ASSERT(!cmd->has_idem_key && cmd->stage == CMD_STAGE_INTAKE && cmd->stream_offset >= 0);
-    struct row_dead_letter row = {
-        "commands",        0, 0, batch_text(b, cmd->reason), 1, batch_now_ms(b), false,
-        cmd->stream_offset};
+    SVC_ASSERT(cmd->message != NULL);
+    const struct cmd_message *m = cmd->message;
+    SVC_ASSERT(m->body_length <= sizeof m->body);
+    /* The message's parts point into the consumer's block, lent with the command until its
+     * reply, which comes after the commit. */
+    struct row_dead_letter row = {.stage = "commands",
+                                  .error = batch_text(b, cmd->reason),
+                                  .attempts = 1,
+                                  .at_ms = batch_now_ms(b),
+                                  .stream_offset = cmd->stream_offset,
+                                  .message_id = m->id[0] != '\0' ? m->id : NULL,
+                                  .message_type = m->type[0] != '\0' ? m->type : NULL,
+                                  .message_principal =
+                                      m->principal[0] != '\0' ? m->principal : NULL,
+                                  .message_body = m->body_kept ? m->body : NULL,
+                                  .message_body_length = m->body_kept ? m->body_length : 0};
     batch_add_dead_letter(b, &row);
     outcome_problem(out, SVC_EVALIDATION, "dead-lettered: %s", cmd->reason);
 }

@@ -264,14 +264,13 @@ static bool order_dead_letter_step(struct domain *d, struct batch *b, struct res
         return false;
     }
     bool replay = cmd->order_step == CMD_STEP_PAY_REPLAY;
-    struct row_dead_letter row = {order_stage_name(CMD_STAGE_PAYMENT),
-                                  r->order_seq,
-                                  r->seq,
-                                  replay ? NULL : batch_text(b, cmd->reason),
-                                  r->pay_attempts,
-                                  batch_now_ms(b),
-                                  replay,
-                                  0};
+    struct row_dead_letter row = {.stage = order_stage_name(CMD_STAGE_PAYMENT),
+                                  .order_seq = r->order_seq,
+                                  .reservation_seq = r->seq,
+                                  .error = replay ? NULL : batch_text(b, cmd->reason),
+                                  .attempts = r->pay_attempts,
+                                  .at_ms = batch_now_ms(b),
+                                  .remove = replay};
     if (replay) {
         order_keep(d, b, r, RES_ORDER_PAYING, 1, RES_EXPIRES_NEVER);
         order_event(d, b, r, EVENT_ORDER_PAYMENT_REPLAYED, "CONFIRMED", NULL, NULL);

@@ -169,10 +169,10 @@ void batch_ended_add(struct batch *b, int64_t seq, const char *status, int64_t v
 /* The ended reservation seq, or NULL when the prefetch did not report it. */
 const struct batch_ended_reservation *batch_ended_find(const struct batch *b, int64_t seq);
 
-/* ---- the workers' lease tokens the prefetch read (the fence of work/work.h) ---- */
-/* From now on until the next reset the batch's worker steps are checked against the tokens
- * the prefetch reports (a shared backend: set before its read, so a stage without a lease row
- * has token 0, which no step carries). */
+/* ---- the stages' lease tokens the prefetch read (the fence of work/work.h) ---- */
+/* From now on until the next reset the batch's worker steps and intake commands are checked
+ * against the tokens the prefetch reports (a shared backend: set before its read, so a stage
+ * without a lease row has token 0, which no step carries). */
 void batch_lease_fence(struct batch *b);
 void batch_lease_set(struct batch *b, enum cmd_stage stage, int64_t token);
 /* True when a step of stage carrying token may apply: the batch is not fenced (a backend one

@@ -58,7 +58,7 @@ enum cmd_stage {
     CMD_STAGE_NONE = 0, /* a client command */
     CMD_STAGE_ORDER,
     CMD_STAGE_PAYMENT,
-    CMD_STAGE_INTAKE, /* stored as "commands" (INTAKE_STAGE); no lease */
+    CMD_STAGE_INTAKE, /* offset stored as "commands" (INTAKE_STAGE), lease "intake" */
     CMD_STAGE_COUNT,
 };
 
@@ -82,6 +82,19 @@ struct cmd_lines {
     struct cmd_line items[CMD_LINES_MAX];
     char reply[LINES_REPLY_BYTES_MAX];
     struct cmd_lines *next_free; /* pool free list */
+};
+
+/* A stream message the intake consumer could not decode (CMD_INTAKE_DEAD_LETTER), as it
+ * came: stored with its dead letter so that POST /v1/dlt/replay can publish it again. Owned
+ * by the consumer's pool and lent with the command, like a line block. */
+struct cmd_message {
+    char id[DLT_MESSAGE_ID_BYTES_MAX + 1];               /* message-id, "" when absent */
+    char type[DLT_MESSAGE_TYPE_BYTES_MAX + 1];           /* type, "" when absent */
+    char principal[DLT_MESSAGE_PRINCIPAL_BYTES_MAX + 1]; /* its "principal" header, or "" */
+    bool body_kept; /* false: the body was over DLT_MESSAGE_BODY_BYTES_MAX (not replayable) */
+    size_t body_length;
+    char body[DLT_MESSAGE_BODY_BYTES_MAX];
+    struct cmd_message *next_free; /* pool free list */
 };
 
 /* How the writer formats the reply: the v1 contract or a seed's own body shapes. */
@@ -133,14 +146,18 @@ struct command {
     int64_t stage_seq;     /* the event seq the stage consumed (0: none); stored with the effect.
                             * CMD_STAGE_INTAKE: the stream offset to resume from (0: none) */
     int64_t stream_offset; /* CMD_INTAKE_DEAD_LETTER: the message's stream offset */
-    int64_t lease_token;   /* CMD_ORDER_STEP: the sender's lease token of stage (the fence of
-                            * work/work.h); like stage and stage_seq not folded in the
-                            * fingerprint: steps are never keyed */
+    const struct cmd_message *message; /* CMD_INTAKE_DEAD_LETTER: the message, else NULL */
+    int64_t lease_token; /* CMD_ORDER_STEP and CMD_STAGE_INTAKE: the sender's lease token
+                          * of stage (the fence of work/work.h); like stage and stage_seq not
+                          * folded in the fingerprint (a property of the sender, not of the
+                          * request) */
 
     /* Reply, written by the writer before it hands the command back. */
-    int reply_status;                              /* HTTP status */
-    bool reply_problem;                            /* body is application/problem+json */
-    bool reply_replayed;                           /* an idempotent replay of an earlier response */
+    int reply_status;    /* HTTP status */
+    bool reply_problem;  /* body is application/problem+json */
+    bool reply_replayed; /* an idempotent replay of an earlier response */
+    bool reply_fenced;   /* CMD_STAGE_INTAKE: refused unwritten, its lease token is not the
+                          * stage's current one (writer.c): the sender lost the stage */
     char reply_location[REPLY_LOCATION_BYTES_MAX]; /* the Location header, "" for none */
     size_t reply_length;                           /* bytes of reply_body */
     char *reply_body;      /* reply_inline, or lines->reply for multi-line commands; the

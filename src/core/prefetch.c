@@ -116,9 +116,10 @@ static void prefetch_reservation(struct prefetch *p, int64_t seq)
     p->reservation_seqs[p->reservation_count++] = seq;
 }
 
-/* The stored names of the stages (worker_offsets, worker_leases). */
+/* The names of the stages' rows in worker_leases: the workers' (work/work.h) and the intake
+ * consumer's (INTAKE_LEASE_STAGE of intake/intake.h, whose offset row is "commands"). */
 static const char *const prefetch_stage_names[CMD_STAGE_COUNT] = {NULL, "order", "payment",
-                                                                  "commands"};
+                                                                  "intake"};
 
 /* Names stage's lease row, once per batch (shared backends: the fence of work/work.h). */
 static void prefetch_lease(struct prefetch *p, enum cmd_stage stage)
@@ -151,7 +152,7 @@ static void prefetch_keys(struct prefetch *p, const struct domain *d, const stru
         }
         bool names_reservation = cmd->kind == CMD_CONFIRM || cmd->kind == CMD_CANCEL ||
                                  cmd->kind == CMD_ORDER_CANCEL || cmd->kind == CMD_ORDER_STEP;
-        if (cmd->kind == CMD_ORDER_STEP && p->shared) {
+        if ((cmd->kind == CMD_ORDER_STEP || cmd->stage == CMD_STAGE_INTAKE) && p->shared) {
             prefetch_lease(p, cmd->stage);
         }
         if (names_reservation && p->shared) {

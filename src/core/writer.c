@@ -313,7 +313,17 @@ static void writer_apply(struct writer *w, size_t index)
     enum writer_outcome *outcome = &writer_scratch_of(w)->outcomes[index];
     command_reply_prepare(cmd);
     cmd->reply_replayed = false;
+    cmd->reply_fenced = false;
     cmd->reply_location[0] = '\0';
+    if (cmd->stage == CMD_STAGE_INTAKE && !batch_lease_valid(b, cmd->stage, cmd->lease_token)) {
+        /* The intake consumer that sent it lost its lease (the fence of work/work.h): nothing
+         * of it is written, not its effect, its idempotency record nor the stream offset. The
+         * holder now reads the stream again from the stored offset and applies it then. */
+        reply_problem(cmd, SVC_EVERSION_CONFLICT, "the intake lease was taken over");
+        cmd->reply_fenced = true;
+        *outcome = WRITER_OUTCOME_NONE;
+        return;
+    }
     if (cmd->stage == CMD_STAGE_INTAKE && cmd->stage_seq >= 1) {
         /* The intake consumer's offset in the stream of commands, in the batch of the
          * command's effect and idempotency record (a replay moves it too). */

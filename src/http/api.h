@@ -9,6 +9,7 @@
  *   api_seed.c          the seed-compatible aliases (seed 004)
  *   api_admin.c         the operator's controls: workers, payment simulator, read-only mode
  *   api_dlt.c           the dead-letter table: list and replay
+ *   api_dlt_stream.c    its replay of the stream's dead letters: published to the stream again
  *   api_commands.c      the status of an asynchronous command (issue 12)
  *   api_ops.c           health, readiness, metrics, the OpenAPI document, the home page
  *   api_audit.c         the audit, on a thread of its own, with progress
@@ -75,6 +76,10 @@ void api_admin_read_only(struct http_request *r);
 /* The dead-letter table (api_dlt.c, admin role): GET /v1/dlt, POST /v1/dlt/replay. */
 void api_dlt_list(struct http_request *r);
 void api_dlt_replay(struct http_request *r);
+/* POST /v1/dlt/replay of stage commands (api_dlt_stream.c, called by api_dlt_replay): the
+ * stream messages the intake consumer could not decode, published to the stream again; ids
+ * the requested dead-letter ids (borrowed), or NULL for every one. Answers r. */
+void api_dlt_stream_replay(struct http_request *r, json_t *ids);
 void api_seed_worker_pause(struct http_request *r);
 void api_seed_worker_resume(struct http_request *r);
 void api_seed_payment_failure_rate(struct http_request *r);

@@ -6,7 +6,10 @@
  * that applied the command from the stream. Until it exists the answer is 202
  * {"status":"pending","idempotencyKey":...} with Retry-After INTAKE_RETRY_AFTER_SECONDS; then
  * it is the record's status and body, as a replay of the POST answers (201 with the order,
- * 409 problem+json insufficient_stock, ...), with Idempotent-Replayed: true. The record is
+ * 409 problem+json insufficient_stock, ...), with Idempotent-Replayed: true, and for a 201
+ * that created an order its Location: /v1/orders/{orderId} (the record's, as the replay sends
+ * it): the 202 of the POST pointed here, since no order existed yet, and this answer points on
+ * at the order (DESIGN.md: an asynchronous answer leads to /v1/orders/{id}). The record is
  * read from this thread's store reader (durable before the consumer acks the message), never
  * from the writer. A message the consumer dead-lettered has no record: it stays pending (the
  * operator finds it in GET /v1/dlt?stage=commands). Read api_dlt.c next.
@@ -18,19 +21,8 @@
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/svc_assert.h"
+#include "base/text.h"
 #include "intake/intake.h"
-
-/* The value of a hex digit, or -1. */
-static int api_commands_hex(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
 
 /* Percent-decodes the {key} segment (the status URL carries the key URL-encoded) into out;
  * false when it is malformed or not a key (1..IDEM_KEY_BYTES_MAX printable ASCII). */
@@ -41,8 +33,8 @@ static bool api_commands_key(h2o_iovec_t param, char *out, size_t size)
     for (size_t i = 0; i < param.len; i++) {
         int c = (unsigned char)param.base[i];
         if (c == '%') {
-            int hi = i + 2 < param.len ? api_commands_hex(param.base[i + 1]) : -1;
-            int lo = hi >= 0 ? api_commands_hex(param.base[i + 2]) : -1;
+            int hi = i + 2 < param.len ? text_hex_value(param.base[i + 1]) : -1;
+            int lo = hi >= 0 ? text_hex_value(param.base[i + 2]) : -1;
             if (lo < 0) {
                 return false;
             }
@@ -93,6 +85,11 @@ void api_command_status(struct http_request *r)
     }
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("idempotent-replayed"), 0, NULL,
                           H2O_STRLIT("true"));
+    if (found.status == 201 && found.location != NULL && found.location[0] != '\0') {
+        size_t length = strlen(found.location);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL,
+                       h2o_strdup(&req->pool, found.location, length).base, length);
+    }
     http_send(r, found.status, found.problem ? "application/problem+json" : "application/json",
               found.body, found.body_length);
 }

@@ -1,15 +1,23 @@
 /*
- * api_dlt.c - the dead-letter table of checkout orders (issue 11, admin role):
+ * api_dlt.c - the dead-letter table of checkout orders (issue 11) and of the stream of
+ * commands (issue 12), admin role:
  *   GET  /v1/dlt?stage=&limit=   the dead letters, read from this thread's store reader
- *   POST /v1/dlt/replay          {ids?|stage?}: each is handed to the workers (work_replay),
- *                                which re-queue it through the writer; 202 at once
+ *   POST /v1/dlt/replay          {ids?|stage?}: the payment stage's are handed to the workers
+ *                                (work_replay), which re-queue each through the writer, 202
+ *                                at once; the commands stage's are published to the stream
+ *                                again (api_dlt_stream.c), 202 once the broker confirmed them
  * A dead letter's id is "<stage>:<orderId>" (one per stage and order), or for a message of the
  * stream of commands that the intake consumer could not decode "commands:<offset>" (listed
- * with seq, its stream offset, instead of orderId; not replayable: it would fail again). The
- * table is written by the writer only (apply_orders.c, apply.c), in the batch of the order's
- * DeadLettered event (of the consumer's offset for a message); a replay
- * deletes its row with the OrderPaymentReplayed event and the charge is asked again with the
- * same idempotency key. Read api_ops.c next.
+ * with seq, its stream offset, instead of orderId). A replay is of one stage: its ids all name
+ * it, or {"stage": ...}. The table of orders is written by the writer only (apply_orders.c), in
+ * the batch of the order's DeadLettered event; a replay deletes its row with the
+ * OrderPaymentReplayed event and the charge is asked again with the same idempotency key. The
+ * stream's table is written by the writer (apply.c) in the batch of the consumer's offset
+ * past the message, with the message as it came; a replay publishes that message to the
+ * stream again and, after the broker's confirm, marks the row replayed (a reader's statement:
+ * the mark is no business data), which takes it off this list as the deletion does for an
+ * order; a message that still cannot be decoded becomes a dead letter again at its new
+ * offset. Read api_dlt_stream.c next.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,8 +31,8 @@
 #include "intake/intake.h"
 #include "work/work.h"
 
-/* The stage that dead-letters work items (replayable), and the intake consumer's stage of
- * stream messages it cannot decode (intake/intake.h; listed, not replayable). */
+/* The stage that dead-letters work items; the intake consumer's stage of stream messages it
+ * cannot decode is INTAKE_STAGE (intake/intake.h, api_dlt_stream.c). */
 #define API_DLT_STAGE "payment"
 #define API_DLT_ID_BYTES_MAX 48
 
@@ -156,38 +164,55 @@ static int api_dlt_replay_one(void *context, const struct store_dead_letter_row 
     return 0;
 }
 
-/* Decodes {ids: [...]} or {stage}; false after sending 400. */
-static bool api_dlt_replay_decode(struct http_request *r, json_t *body, json_t **ids)
+/* True when id names a dead letter of the stream of commands ("commands:..."). */
+static bool api_dlt_is_stream_id(const char *id)
+{
+    size_t n = strlen(INTAKE_STAGE);
+    return strncmp(id, INTAKE_STAGE, n) == 0 && id[n] == ':';
+}
+
+/* Decodes {ids: [...]} or {stage} into ids (NULL: every dead letter of the stage) and whether
+ * the stage is the stream's (commands) or the payment one; false after sending 400. */
+static bool api_dlt_replay_decode(struct http_request *r, json_t *body, json_t **ids, bool *stream)
 {
     json_t *list = json_object_get(body, "ids");
     json_t *stage = json_object_get(body, "stage");
     *ids = NULL;
+    *stream = false;
     if (list != NULL) {
         bool ok = json_is_array(list) && json_array_size(list) >= 1 &&
                   json_array_size(list) <= DLT_LIST_MAX;
+        size_t streams = 0;
         for (size_t i = 0; ok && i < json_array_size(list); i++) {
             ok = json_is_string(json_array_get(list, i));
+            streams += ok && api_dlt_is_stream_id(json_string_value(json_array_get(list, i)));
         }
-        if (!ok) {
-            http_send_problem(r, SVC_EVALIDATION, "ids is an array of 1 to 1000 dead-letter ids",
-                              NULL, 0);
+        if (!ok || (streams != 0 && streams != json_array_size(list))) {
+            http_send_problem(r, SVC_EVALIDATION,
+                              "ids is an array of 1 to 1000 dead-letter ids of one stage", NULL, 0);
             return false;
         }
         *ids = list;
+        *stream = streams > 0;
         return true;
     }
-    if (!json_is_string(stage) || strcmp(json_string_value(stage), API_DLT_STAGE) != 0) {
-        http_send_problem(r, SVC_EVALIDATION, "send {\"ids\": [...]} or {\"stage\": \"payment\"}",
-                          NULL, 0);
+    const char *name = json_is_string(stage) ? json_string_value(stage) : "";
+    if (strcmp(name, API_DLT_STAGE) != 0 && strcmp(name, INTAKE_STAGE) != 0) {
+        http_send_problem(r, SVC_EVALIDATION,
+                          "send {\"ids\": [...]} or {\"stage\": \"payment\"|\"commands\"}", NULL,
+                          0);
         return false;
     }
+    *stream = strcmp(name, INTAKE_STAGE) == 0;
     return true;
 }
 
-void api_dlt_replay(struct http_request *r)
+/* The payment stage's replay; takes body (ids points into it). */
+static void api_dlt_replay_payment(struct http_request *r, json_t *body, json_t *ids)
 {
     struct work *w = atomic_load(&r->thread->app->work);
     if (w == NULL) {
+        json_decref(body);
         http_send_problem(r, SVC_ENOT_FOUND, "this instance runs no workers (--workers off)", NULL,
                           0);
         return;
@@ -201,16 +226,8 @@ void api_dlt_replay(struct http_request *r)
                  "this instance does not hold the payment stage's lease: replay on its holder"
                  " (%s)",
                  holder[0] != '\0' ? holder : "unknown");
-        http_send_problem(r, SVC_EVERSION_CONFLICT, detail, NULL, 0);
-        return;
-    }
-    json_t *body = api_parse_body(r);
-    if (body == NULL) {
-        return;
-    }
-    json_t *ids = NULL;
-    if (!api_dlt_replay_decode(r, body, &ids)) {
         json_decref(body);
+        http_send_problem(r, SVC_EVERSION_CONFLICT, detail, NULL, 0);
         return;
     }
     char *out = h2o_mem_alloc_pool(&r->req->pool, LIST_BODY_BYTES_MAX);
@@ -233,4 +250,24 @@ void api_dlt_replay(struct http_request *r)
     SVC_ASSERT(jbuf_ok(&b)); /* DLT_LIST_MAX ids of API_DLT_ID_BYTES_MAX fit */
     log_info("dlt: %" PRId64 " dead letters replayed", replay.replayed);
     http_send_json(r, 202, out, b.length);
+}
+
+void api_dlt_replay(struct http_request *r)
+{
+    json_t *body = api_parse_body(r);
+    if (body == NULL) {
+        return;
+    }
+    json_t *ids = NULL;
+    bool stream = false;
+    if (!api_dlt_replay_decode(r, body, &ids, &stream)) {
+        json_decref(body);
+        return;
+    }
+    if (stream) {
+        api_dlt_stream_replay(r, ids);
+        json_decref(body);
+        return;
+    }
+    api_dlt_replay_payment(r, body, ids);
 }

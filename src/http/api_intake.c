@@ -255,6 +255,7 @@ static struct api_intake_job *api_intake_job_new(struct http_request *r, const c
                                        .principal = job->principal,
                                        .body = job->body,
                                        .body_length = length,
+                                       .packable = true, /* intake_pub_format's own body */
                                        .done = api_intake_done};
     job->timeout = (h2o_timeout_entry_t){.cb = api_intake_on_timeout};
     return job;

@@ -20,14 +20,27 @@
 #include "base/svc_assert.h"
 
 #define API_METRICS_BYTES_MAX 16384
-/* A /health or /ready body: the relay's two holder ids, escaped (6 bytes a byte at worst),
- * and the rest far below 1 KiB. */
-#define API_HEALTH_BYTES_MAX (1024 + 2 * 6 * STORE_LEASE_HOLDER_BYTES_MAX)
+/* A /health or /ready body: the relay's and the intake consumer's two holder ids each,
+ * escaped (6 bytes a byte at worst), and the rest far below 1 KiB. */
+#define API_HEALTH_BYTES_MAX (1024 + 4 * 6 * STORE_LEASE_HOLDER_BYTES_MAX)
 
 /* openapi.yaml at the repository root, embedded at build time by tools/embed.py (meson.build):
  * its bytes and a terminating 0 that the length does not count. */
 extern const char openapi_yaml[];
 extern const size_t openapi_yaml_length;
+
+/* ,"lease":{"held":..,"holder":..} of a stage this instance holds or not, and the holder it
+ * last saw (null when unknown). */
+static void api_lease_json(struct jbuf *b, bool held, const char *holder)
+{
+    jbuf_lit(b, held ? ",\"lease\":{\"held\":true" : ",\"lease\":{\"held\":false");
+    if (holder[0] != '\0') {
+        jbuf_kv_str(b, "holder", holder);
+    } else {
+        jbuf_lit(b, ",\"holder\":null");
+    }
+    jbuf_lit(b, "}");
+}
 
 /* The outbox relay's member of /health and /ready (--amqp only): ,"relay":{...}. Degraded
  * while the broker connection is down; the lag is the events committed and not confirmed.
@@ -44,21 +57,18 @@ static void api_relay_json(struct app *app, struct jbuf *b)
     jbuf_kv_int(b, "lagEvents", relay_lag_events(relay));
     char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
     relay_holder(relay, holder, sizeof holder);
-    jbuf_lit(b, relay_holds(relay) ? ",\"lease\":{\"held\":true" : ",\"lease\":{\"held\":false");
-    if (holder[0] != '\0') {
-        jbuf_kv_str(b, "holder", holder);
-    } else {
-        jbuf_lit(b, ",\"holder\":null");
-    }
-    jbuf_lit(b, "}");
+    api_lease_json(b, relay_holds(relay), holder);
     jbuf_kv_str(b, "instanceId", relay_instance_id(relay));
     jbuf_lit(b, "}");
 }
 
 /* Asynchronous intake's member of /health and /ready (--amqp only): ,"intake":{...}. Degraded
  * while the publisher's or the consumer's broker connection is down (asynchronous requests get
- * 503; synchronous ones sell); publisher and consumer say which. offset is the consumer's
- * resume offset in the stream, inFlight the messages delivered and not answered yet. */
+ * 503; synchronous ones sell); publisher and consumer say which. The consumer of an instance
+ * that does not hold its lease (another instance consumes) has no broker connection: it is
+ * "standby", which degrades nothing. offset is the consumer's resume offset in the stream (a
+ * standby's as it last consumed or read it), inFlight the messages delivered and not answered
+ * yet; lease and instanceId as the relay's. */
 static void api_intake_json(struct app *app, struct jbuf *b)
 {
     struct intake_pub *pub = atomic_load(&app->intake_pub);
@@ -67,17 +77,22 @@ static void api_intake_json(struct app *app, struct jbuf *b)
         return;
     }
     bool pub_up = pub != NULL && atomic_load(&intake_pub_stats(pub)->connected);
-    bool consumer_up = ic != NULL && atomic_load(&intake_consume_stats(ic)->connected);
+    bool standby = ic != NULL && !intake_consume_holds(ic);
+    bool consumer_up = ic != NULL && (standby || atomic_load(&intake_consume_stats(ic)->connected));
     jbuf_lit(b, pub_up && consumer_up ? ",\"intake\":{\"status\":\"ok\""
                                       : ",\"intake\":{\"status\":\"degraded\"");
     jbuf_kv_str(b, "publisher", pub_up ? "ok" : "degraded");
-    jbuf_kv_str(b, "consumer", consumer_up ? "ok" : "degraded");
+    jbuf_kv_str(b, "consumer", standby ? "standby" : consumer_up ? "ok" : "degraded");
     if (ic != NULL) {
         const struct intake_consume_stats *st = intake_consume_stats(ic);
         int64_t resume = atomic_load(&st->resume_offset);
         int64_t last = atomic_load(&st->last_offset);
         jbuf_kv_int(b, "offset", resume);
         jbuf_kv_int(b, "inFlight", last + 1 > resume ? last + 1 - resume : 0);
+        char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
+        intake_consume_holder(ic, holder, sizeof holder);
+        api_lease_json(b, !standby, holder);
+        jbuf_kv_str(b, "instanceId", intake_consume_instance_id(ic));
     }
     jbuf_lit(b, "}");
 }
@@ -312,7 +327,8 @@ static void api_metrics_intake_consumer(struct app *app, char *out, size_t size,
         "# TYPE stockd_intake_last_offset gauge\nstockd_intake_last_offset %lld\n"
         "# TYPE stockd_intake_in_flight gauge\nstockd_intake_in_flight %lld\n"
         "# TYPE stockd_intake_dead_letters_total counter\n"
-        "stockd_intake_dead_letters_total{stage=\"commands\"} %llu\n",
+        "stockd_intake_dead_letters_total{stage=\"commands\"} %llu\n"
+        "# TYPE stockd_intake_lease_held gauge\nstockd_intake_lease_held %d\n",
         (unsigned long long)atomic_load(&st->consumed),
         (unsigned long long)atomic_load(&st->applied),
         (unsigned long long)atomic_load(&st->refused),
@@ -321,7 +337,7 @@ static void api_metrics_intake_consumer(struct app *app, char *out, size_t size,
         (unsigned long long)atomic_load(&st->retried), (unsigned long long)atomic_load(&st->errors),
         atomic_load(&st->connected) ? 1 : 0, resume, last,
         last + 1 > resume ? last + 1 - resume : 0,
-        (unsigned long long)atomic_load(&st->dead_lettered));
+        (unsigned long long)atomic_load(&st->dead_lettered), intake_consume_holds(ic) ? 1 : 0);
 }
 
 /* Asynchronous intake's metrics (--amqp only; without it they are absent, not zero). */

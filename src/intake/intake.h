@@ -64,6 +64,9 @@
 
 /* The dead-letter stage of a message that cannot be decoded, and the consumer's offset name. */
 #define INTAKE_STAGE "commands"
+/* The consumer's row in worker_leases: of several instances on one PostgreSQL, only its
+ * holder consumes (intake_consume.h). core/prefetch.c spells it too. */
+#define INTAKE_LEASE_STAGE "intake"
 
 /* How long a request waits for the broker's confirm before its 503. */
 #define INTAKE_CONFIRM_TIMEOUT_MS 2000

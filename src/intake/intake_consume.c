@@ -9,10 +9,19 @@
  * from the acked prefix: a delivery at an offset the ring holds is the same message, whose command
  * is still with the writer or answered; the ring keeps its new tag, and nothing is pushed.
  *
+ * The lease: the thread ticks it at the top of each round and never waits past its next
+ * action. A loss drops the connection (mq_consume_stop), the ring, the retries and a held
+ * delivery; a command already pushed carries the token it was pushed under, so its answer is
+ * told apart when it comes back (a stale one only returns to the pool). A win reads the stored
+ * offset again and consumes from there with an empty ring (intake_consume.h says why that is
+ * safe).
+ *
  * Ownership: the commands and line blocks come from the consumer's pools; a pushed command
  * belongs to the writer until intake_consume_writer_reply queues it back (mutex-guarded); the
  * thread then reads its answer and returns it to the pool, or keeps it for a push again after
- * a 503. The mq handle is the thread's (and intake_consume_start's before the thread runs).
+ * a 503. The mq handle, the reader and the lease are the thread's (and intake_consume_start's
+ * and _stop's before the thread runs and after it was joined); other threads read the lease
+ * through work_lease_held / work_lease_holder.
  */
 #include "intake/intake_consume.h"
 
@@ -31,12 +40,18 @@
 #include "intake/intake.h"
 #include "mq/mq.h"
 #include "store/store_open.h"
+#include "work/work_lease.h"
 
 _Static_assert(INTAKE_CONSUME_COMMANDS_MAX <= 65535, "the prefetch is 16 bits");
 _Static_assert(INTAKE_CONSUME_LINE_BLOCKS_MAX <= INTAKE_CONSUME_COMMANDS_MAX, "blocks per command");
 _Static_assert(INTAKE_CONSUME_RETRY_MS > INTAKE_CONSUME_BUSY_WAIT_MS, "a retry waits");
 _Static_assert(INTAKE_CONSUME_IDLE_WAIT_MS < MQ_HEARTBEAT_SECONDS * 1000 / 2, "heartbeats");
 _Static_assert(REASON_BYTES_MAX >= 64, "a dead letter's error says something");
+_Static_assert(INTAKE_CONSUME_MESSAGES_MAX <= INTAKE_CONSUME_COMMANDS_MAX, "blocks per command");
+_Static_assert(DLT_MESSAGE_ID_BYTES_MAX >= MQ_ID_BYTES_MAX, "a message-id is kept whole");
+_Static_assert(DLT_MESSAGE_TYPE_BYTES_MAX >= MQ_TYPE_BYTES_MAX, "a type is kept whole");
+_Static_assert(DLT_MESSAGE_PRINCIPAL_BYTES_MAX >= MQ_HEADER_VALUE_BYTES_MAX, "a header whole");
+_Static_assert(DLT_MESSAGE_BODY_BYTES_MAX <= MQ_BODY_BYTES_MAX, "a kept body can be published");
 
 /* A delivery handed out and not acked yet. */
 struct intake_entry {
@@ -48,15 +63,20 @@ struct intake_entry {
 
 struct intake_consume {
     struct intake_consume_config config;
-    struct mq *mq;              /* owned: the consumer, used by the thread */
-    struct command *pool;       /* INTAKE_CONSUME_COMMANDS_MAX, owned */
-    struct command **free_list; /* INTAKE_CONSUME_COMMANDS_MAX */
+    struct mq *mq;               /* owned: the consumer, used by the thread */
+    struct store_reader *reader; /* owned: the thread's (the lease, the stored offset) */
+    struct work_lease lease;     /* stage INTAKE_LEASE_STAGE */
+    char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1]; /* this instance's id in worker_leases */
+    struct command *pool;                          /* INTAKE_CONSUME_COMMANDS_MAX, owned */
+    struct command **free_list;                    /* INTAKE_CONSUME_COMMANDS_MAX */
     uint32_t free_count;
-    struct cmd_lines *blocks;      /* INTAKE_CONSUME_LINE_BLOCKS_MAX, owned */
-    struct cmd_lines *free_blocks; /* their free list (next_free) */
-    uint64_t *entry_of;            /* by pool index: the ring position of its delivery */
-    struct intake_entry *ring;     /* INTAKE_CONSUME_COMMANDS_MAX deliveries, in order */
-    uint64_t head;                 /* absolute positions: ring[pos % MAX] */
+    struct cmd_lines *blocks;          /* INTAKE_CONSUME_LINE_BLOCKS_MAX, owned */
+    struct cmd_lines *free_blocks;     /* their free list (next_free) */
+    struct cmd_message *messages;      /* INTAKE_CONSUME_MESSAGES_MAX, owned: for dead letters */
+    struct cmd_message *free_messages; /* their free list (next_free) */
+    uint64_t *entry_of;                /* by pool index: the ring position of its delivery */
+    struct intake_entry *ring;         /* INTAKE_CONSUME_COMMANDS_MAX deliveries, in order */
+    uint64_t head;                     /* absolute positions: ring[pos % MAX] */
     uint64_t tail;
     int64_t last_offset;    /* the highest offset handed out (-1: none) */
     struct command **retry; /* answered 503/429: pushed again at retry_at_us */
@@ -281,10 +301,19 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
         return NULL;
     }
     ic->config = *config;
+    SVC_ASSERT(config->lease_ms == 0 ||
+               (config->lease_ms >= WORK_LEASE_MS_MIN && config->lease_ms <= WORK_LEASE_MS_MAX));
+    ic->config.lease_ms = config->lease_ms != 0 ? config->lease_ms : WORK_LEASE_MS_DEFAULT;
+    if (config->instance_id != NULL && config->instance_id[0] != '\0') {
+        snprintf(ic->holder, sizeof ic->holder, "%s", config->instance_id);
+    } else {
+        work_lease_default_holder(ic->holder, sizeof ic->holder);
+    }
     size_t n = INTAKE_CONSUME_COMMANDS_MAX;
     ic->pool = calloc(n, sizeof *ic->pool);
     ic->free_list = calloc(n, sizeof *ic->free_list);
     ic->blocks = calloc(INTAKE_CONSUME_LINE_BLOCKS_MAX, sizeof *ic->blocks);
+    ic->messages = calloc(INTAKE_CONSUME_MESSAGES_MAX, sizeof *ic->messages);
     ic->entry_of = calloc(n, sizeof *ic->entry_of);
     ic->ring = calloc(n, sizeof *ic->ring);
     ic->retry = calloc(n, sizeof *ic->retry);
@@ -294,8 +323,9 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
     struct mq_config mc = {
         config->amqp_url,        INTAKE_QUEUE,           MQ_CONSUMER,
         INTAKE_MAX_LENGTH_BYTES, INTAKE_MAX_AGE_SECONDS, INTAKE_CONSUME_COMMANDS_MAX};
-    if (!ic->pool || !ic->free_list || !ic->blocks || !ic->entry_of || !ic->ring || !ic->retry ||
-        !ic->retry_at_us || !ic->replies || !ic->held_body || mq_new(&ic->mq, &mc) != 0) {
+    if (!ic->pool || !ic->free_list || !ic->blocks || !ic->messages || !ic->entry_of || !ic->ring ||
+        !ic->retry || !ic->retry_at_us || !ic->replies || !ic->held_body ||
+        mq_new(&ic->mq, &mc) != 0) {
         ic->mq = NULL;
         intake_consume_free(ic);
         return NULL;
@@ -307,8 +337,13 @@ struct intake_consume *intake_consume_new(const struct intake_consume_config *co
         ic->blocks[i].next_free = ic->free_blocks;
         ic->free_blocks = &ic->blocks[i];
     }
+    for (size_t i = 0; i < INTAKE_CONSUME_MESSAGES_MAX; i++) {
+        ic->messages[i].next_free = ic->free_messages;
+        ic->free_messages = &ic->messages[i];
+    }
     ic->last_offset = -1;
     atomic_store(&ic->stats.last_offset, -1);
+    work_lease_init(&ic->lease, INTAKE_LEASE_STAGE);
     pthread_mutex_init(&ic->lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -329,10 +364,13 @@ void intake_consume_free(struct intake_consume *ic)
         mq_free(ic->mq);
         pthread_mutex_destroy(&ic->lock);
         pthread_cond_destroy(&ic->wake);
+        work_lease_deinit(&ic->lease);
     }
+    store_reader_close(ic->reader);
     free(ic->pool);
     free(ic->free_list);
     free(ic->blocks);
+    free(ic->messages);
     free(ic->entry_of);
     free(ic->ring);
     free(ic->retry);
@@ -345,6 +383,21 @@ void intake_consume_free(struct intake_consume *ic)
 const struct intake_consume_stats *intake_consume_stats(const struct intake_consume *ic)
 {
     return &ic->stats;
+}
+
+bool intake_consume_holds(const struct intake_consume *ic)
+{
+    return work_lease_held(&ic->lease);
+}
+
+void intake_consume_holder(struct intake_consume *ic, char *out, size_t size)
+{
+    work_lease_holder(&ic->lease, out, size);
+}
+
+const char *intake_consume_instance_id(const struct intake_consume *ic)
+{
+    return ic->holder;
 }
 
 void intake_consume_writer_reply(struct command *cmd)
@@ -410,6 +463,7 @@ static uint64_t intake_consume_find(struct intake_consume *ic, int64_t offset)
 
 static void intake_consume_push(struct intake_consume *ic, struct command *cmd)
 {
+    SVC_ASSERT(ic->lease.held && cmd->lease_token == ic->lease.token);
     cmd->stage_seq = intake_consume_mark(ic) >= 1 ? intake_consume_mark(ic) : 0;
     cmd->queued_us = clock_mono_us();
     command_reply_prepare(cmd);
@@ -422,12 +476,52 @@ static void intake_consume_push(struct intake_consume *ic, struct command *cmd)
 
 static void intake_consume_release(struct intake_consume *ic, struct command *cmd)
 {
+    if (cmd->message != NULL) {
+        size_t index = (size_t)(cmd->message - ic->messages);
+        SVC_ASSERT(index < INTAKE_CONSUME_MESSAGES_MAX);
+        ic->messages[index].next_free = ic->free_messages;
+        ic->free_messages = &ic->messages[index];
+        cmd->message = NULL;
+    }
     if (cmd->lines != NULL) {
         cmd->lines->next_free = ic->free_blocks;
         ic->free_blocks = cmd->lines;
         cmd->lines = NULL;
     }
     ic->free_list[ic->free_count++] = cmd;
+}
+
+/* Keeps the message of delivery d in a message block, for its dead letter. */
+static const struct cmd_message *intake_consume_keep(struct intake_consume *ic,
+                                                     const struct mq_delivery *d,
+                                                     const char *principal_header)
+{
+    SVC_ASSERT(ic->free_messages != NULL);
+    struct cmd_message *m = ic->free_messages;
+    ic->free_messages = m->next_free;
+    m->next_free = NULL;
+    snprintf(m->id, sizeof m->id, "%s", d->id);
+    snprintf(m->type, sizeof m->type, "%s", d->type);
+    snprintf(m->principal, sizeof m->principal, "%s",
+             principal_header != NULL ? principal_header : "");
+    m->body_kept = d->body_length <= sizeof m->body;
+    m->body_length = m->body_kept ? d->body_length : 0;
+    if (m->body_length > 0) {
+        memcpy(m->body, d->body, m->body_length);
+    }
+    SVC_ASSERT(m->body_length <= sizeof m->body);
+    return m;
+}
+
+/* Holds delivery d (its body copied) until a block is free: an order without a line block, or
+ * a dead letter without a message block. */
+static void intake_consume_hold(struct intake_consume *ic, const struct mq_delivery *d)
+{
+    SVC_ASSERT(!ic->held && d->body_length <= MQ_BODY_BYTES_MAX);
+    ic->held_delivery = *d;
+    memcpy(ic->held_body, d->body, d->body_length);
+    ic->held_delivery.body = ic->held_body;
+    ic->held = true;
 }
 
 /* Hands cmd, decoded from the ring's last entry, to the writer. */
@@ -437,19 +531,28 @@ static void intake_consume_hand(struct intake_consume *ic, struct command *cmd)
     cmd->origin = CMD_ORIGIN_INTAKE;
     cmd->owner = ic;
     cmd->stage = CMD_STAGE_INTAKE;
+    cmd->lease_token = ic->lease.token; /* the fence: refused unwritten once it is not current */
     ic->entry_of[cmd - ic->pool] = ic->tail - 1;
     intake_consume_push(ic, cmd);
 }
 
-/* Makes cmd the dead letter of delivery d, which cannot be decoded (why). */
-static void intake_consume_dead_letter(struct command *cmd, const struct mq_delivery *d,
+/* Makes cmd the dead letter of delivery d, which cannot be decoded (why); its message goes
+ * into a message block (the caller checked one is free). */
+static void intake_consume_dead_letter(struct intake_consume *ic, struct command *cmd,
+                                       const struct mq_delivery *d, const char *principal_header,
                                        const char *why)
 {
     memset(cmd, 0, sizeof *cmd);
     cmd->kind = CMD_INTAKE_DEAD_LETTER;
     cmd->stream_offset = d->offset;
+    cmd->message = intake_consume_keep(ic, d, principal_header);
     strcpy(cmd->principal, INTAKE_CONSUME_PRINCIPAL);
     snprintf(cmd->reason, sizeof cmd->reason, "%s", why);
+    for (char *c = cmd->reason; *c != '\0'; c++) {
+        /* The error may quote the message (its type): stored as text, it must be text
+         * (PostgreSQL refuses a TEXT that is not UTF-8, and the batch would fail). */
+        *c = (*c >= 0x20 && *c <= 0x7e) ? *c : '?';
+    }
     log_warn("intake: message %" PRId64 " (id %s) cannot be decoded: %s", d->offset,
              d->id[0] != '\0' ? d->id : "none", why);
 }
@@ -467,9 +570,13 @@ static void intake_consume_batch(struct intake_consume *ic, const struct mq_deli
     size_t count = 0;
     int rc = intake_consume_decode_batch(d->body, d->body_length, ic->config.decode, cmds, &count,
                                          why, sizeof why);
+    if (rc != 0 && ic->free_messages == NULL) {
+        intake_consume_hold(ic, d); /* until a message block is free for its dead letter */
+        return;
+    }
     if (rc != 0) {
         SVC_ASSERT(count == 0);
-        intake_consume_dead_letter(cmds[0], d, why);
+        intake_consume_dead_letter(ic, cmds[0], d, NULL, why);
         count = 1;
     }
     SVC_ASSERT(count >= 1 && count <= INTAKE_BATCH_COMMANDS_MAX);
@@ -481,7 +588,8 @@ static void intake_consume_batch(struct intake_consume *ic, const struct mq_deli
 }
 
 /* Makes the command(s) of delivery d (a new message, the ring's last entry) and pushes them;
- * holds d instead when it is an order and no line block is free. */
+ * holds d instead when it is an order and no line block is free, or a dead letter and no
+ * message block is free. */
 static void intake_consume_command(struct intake_consume *ic, const struct mq_delivery *d)
 {
     /* The loop reads only with room for a whole batch. */
@@ -504,18 +612,15 @@ static void intake_consume_command(struct intake_consume *ic, const struct mq_de
     char why[REASON_BYTES_MAX + 1];
     int rc = intake_consume_decode(d->body, d->body_length, d->id, d->type, principal_header,
                                    ic->config.decode, cmd, why, sizeof why);
-    if (rc == SVC_ECAPACITY) {
-        SVC_ASSERT(ic->free_blocks == NULL && d->body_length <= MQ_BODY_BYTES_MAX);
+    if (rc == SVC_ECAPACITY || (rc != 0 && ic->free_messages == NULL)) {
+        SVC_ASSERT(rc != SVC_ECAPACITY || ic->free_blocks == NULL);
         cmd->lines = NULL;
         ic->free_list[ic->free_count++] = cmd;
-        ic->held_delivery = *d;
-        memcpy(ic->held_body, d->body, d->body_length);
-        ic->held_delivery.body = ic->held_body;
-        ic->held = true;
+        intake_consume_hold(ic, d);
         return;
     }
     if (rc != 0) {
-        intake_consume_dead_letter(cmd, d, why);
+        intake_consume_dead_letter(ic, cmd, d, principal_header, why);
     }
     if (cmd->kind == CMD_ORDER_CREATE) {
         SVC_ASSERT(cmd->lines == ic->free_blocks);
@@ -554,7 +659,16 @@ static void intake_consume_delivery(struct intake_consume *ic, const struct mq_d
 static void intake_consume_on_reply(struct intake_consume *ic, struct command *cmd)
 {
     SVC_ASSERT(cmd->origin == CMD_ORIGIN_INTAKE);
-    if (cmd->reply_status == 503 || cmd->reply_status == 429) {
+    if (!ic->lease.held || cmd->lease_token != ic->lease.token) {
+        /* Pushed under a lease since lost: its delivery left the ring with the lease, and
+         * what it did (if the fence let it) the next holder read from storage. */
+        intake_consume_release(ic, cmd);
+        return;
+    }
+    SVC_ASSERT(!cmd->reply_fenced || cmd->reply_status == 409);
+    if (cmd->reply_status == 503 || cmd->reply_status == 429 || cmd->reply_fenced) {
+        /* Fenced: the lease is lost though this thread has not seen it yet (its next renewal
+         * will); until then the command waits as after a 503, and is dropped with the ring. */
         SVC_ASSERT(ic->retry_count < INTAKE_CONSUME_COMMANDS_MAX);
         ic->retry_at_us[ic->retry_count] = clock_mono_us() + INTAKE_CONSUME_RETRY_MS * 1000;
         ic->retry[ic->retry_count++] = cmd; /* nothing of it was written: again, later */
@@ -617,6 +731,21 @@ static void intake_consume_publish_stats(struct intake_consume *ic)
     atomic_store(&ic->stats.errors, s->losses + s->connect_failures);
 }
 
+static int64_t intake_consume_mono_ms(void)
+{
+    return clock_mono_us() / 1000;
+}
+
+/* wait_ms, or less so as not to wait past the lease's next action (0 when it is due). */
+static int64_t intake_consume_until_lease(const struct intake_consume *ic, int64_t wait_ms)
+{
+    SVC_ASSERT(wait_ms >= 0);
+    int64_t until_due = work_lease_due_ms(&ic->lease) - intake_consume_mono_ms();
+    int64_t wait = until_due < wait_ms ? (until_due > 0 ? until_due : 0) : wait_ms;
+    SVC_ASSERT(wait >= 0 && wait <= wait_ms);
+    return wait;
+}
+
 /* Waits up to wait_ms for an answer of the writer or the stop. */
 static void intake_consume_wait(struct intake_consume *ic, int64_t wait_ms)
 {
@@ -639,6 +768,7 @@ static void intake_consume_wait(struct intake_consume *ic, int64_t wait_ms)
 static int intake_consume_read(struct intake_consume *ic)
 {
     int wait = ic->head < ic->tail ? INTAKE_CONSUME_BUSY_WAIT_MS : INTAKE_CONSUME_IDLE_WAIT_MS;
+    wait = (int)intake_consume_until_lease(ic, wait);
     while (!ic->held && ic->free_count >= INTAKE_BATCH_COMMANDS_MAX &&
            ic->tail - ic->head < INTAKE_CONSUME_COMMANDS_MAX) {
         struct mq_delivery d;
@@ -652,12 +782,78 @@ static int intake_consume_read(struct intake_consume *ic)
     return 0;
 }
 
+/* ---- the lease ---------------------------------------------------------------------------- */
+
+/* The lease was lost: consuming stops at once. The connection goes (nothing more is
+ * delivered), and with it the ring: its deliveries not answered are read again by the next
+ * holder from the stored offset. The commands waiting for a retry and a held delivery go too;
+ * the commands with the writer come back fenced or answered, and only return to the pool. */
+static void intake_consume_drop(struct intake_consume *ic)
+{
+    mq_consume_stop(ic->mq);
+    uint32_t dropped = (uint32_t)(ic->tail - ic->head);
+    ic->head = ic->tail;
+    for (uint32_t i = 0; i < ic->retry_count; i++) {
+        intake_consume_release(ic, ic->retry[i]);
+    }
+    ic->retry_count = 0;
+    ic->held = false;
+    SVC_ASSERT(ic->head == ic->tail && ic->retry_count == 0);
+    log_warn("intake: stopped consuming at offset %" PRId64 " (%u deliveries not answered"
+             " dropped)",
+             ic->last_offset, dropped);
+}
+
+/* The lease was won: the stored offset is read again (another holder may have moved it, or
+ * this instance's last answers were never stored) and consuming starts there. 0 or an error
+ * (storage unreachable). */
+static int intake_consume_load(struct intake_consume *ic)
+{
+    SVC_ASSERT(ic->head == ic->tail && ic->retry_count == 0 && !ic->held);
+    int64_t offset = 0;
+    int rc = store_reader_stage_offset(ic->reader, INTAKE_STAGE, &offset);
+    if (rc != 0) {
+        return rc;
+    }
+    SVC_ASSERT(offset >= 0);
+    ic->last_offset = offset - 1;
+    atomic_store(&ic->stats.resume_offset, offset);
+    atomic_store(&ic->stats.last_offset, offset - 1);
+    if (mq_consume(ic->mq, offset) != 0) {
+        log_warn("intake: the broker is not reachable yet; commands wait in the stream");
+    }
+    log_info("intake: instance %s consumes stream %s from offset %" PRId64, ic->holder,
+             INTAKE_QUEUE, offset);
+    return 0;
+}
+
+/* Acquires, renews or notices the loss of the lease when due. */
+static void intake_consume_lease_tick(struct intake_consume *ic)
+{
+    enum work_lease_change change = work_lease_tick(&ic->lease, ic->reader, ic->holder,
+                                                    ic->config.lease_ms, intake_consume_mono_ms());
+    if (change == WORK_LEASE_LOST) {
+        intake_consume_drop(ic);
+    } else if (change == WORK_LEASE_WON && intake_consume_load(ic) != 0) {
+        log_warn("intake: cannot read its offset; its lease is tried again");
+        work_lease_forget(&ic->lease, intake_consume_mono_ms(),
+                          ic->config.lease_ms / WORK_LEASE_RENEW_DIVISOR);
+    }
+}
+
 static void *intake_consume_loop(void *arg)
 {
     struct intake_consume *ic = arg;
     while (!atomic_load(&ic->stopping)) {
+        intake_consume_lease_tick(ic);
         intake_consume_answers(ic);
-        if (ic->held && ic->free_blocks != NULL) {
+        if (!ic->lease.held) {
+            /* Not the holder: only the answers of commands pushed before a loss come back. */
+            intake_consume_publish_stats(ic);
+            intake_consume_wait(ic, intake_consume_until_lease(ic, INTAKE_CONSUME_IDLE_WAIT_MS));
+            continue;
+        }
+        if (ic->held && ic->free_blocks != NULL && ic->free_messages != NULL) {
             ic->held = false;
             intake_consume_command(ic, &ic->held_delivery);
         }
@@ -669,7 +865,8 @@ static void *intake_consume_loop(void *arg)
         }
         intake_consume_publish_stats(ic);
         if (rc < 0) {
-            intake_consume_wait(ic, INTAKE_CONSUME_IDLE_WAIT_MS); /* the broker is away */
+            /* The broker is away. */
+            intake_consume_wait(ic, intake_consume_until_lease(ic, INTAKE_CONSUME_IDLE_WAIT_MS));
         }
     }
     return NULL;
@@ -677,26 +874,23 @@ static void *intake_consume_loop(void *arg)
 
 int intake_consume_start(struct intake_consume *ic)
 {
-    SVC_ASSERT(!ic->started);
-    struct store_reader *reader = NULL;
-    int64_t offset = 0;
-    int rc = store_reader_open(&reader, ic->config.db_uri);
-    if (rc == 0) {
-        rc = store_reader_stage_offset(reader, INTAKE_STAGE, &offset);
-    }
-    store_reader_close(reader);
+    SVC_ASSERT(!ic->started && ic->reader == NULL);
+    int rc = store_reader_open(&ic->reader, ic->config.db_uri);
     if (rc != 0) {
-        log_error("intake: cannot read its offset (%d)", rc);
+        log_error("intake: cannot open its reader (%d)", rc);
         return rc;
     }
-    SVC_ASSERT(offset >= 0);
-    ic->last_offset = offset - 1;
-    atomic_store(&ic->stats.resume_offset, offset);
-    if (mq_consume(ic->mq, offset) != 0) {
-        log_warn("intake: the broker is not reachable yet; commands wait in the stream");
+    /* The lease is tried now: on SQLite, or when no live instance holds it, consuming starts
+     * from the stored offset at once, as before leases. */
+    log_info("intake: instance %s, lease of %" PRId64 " ms", ic->holder, ic->config.lease_ms);
+    intake_consume_lease_tick(ic);
+    if (!ic->lease.held) {
+        char holder[STORE_LEASE_HOLDER_BYTES_MAX + 1];
+        work_lease_holder(&ic->lease, holder, sizeof holder);
+        log_info("intake: another instance (%s) holds the consumer's lease; this one waits",
+                 holder[0] != '\0' ? holder : "unknown");
     }
     intake_consume_publish_stats(ic);
-    log_info("intake: consuming stream %s from offset %" PRId64, INTAKE_QUEUE, offset);
     ic->started = true;
     rc = pthread_create(&ic->thread, NULL, intake_consume_loop, ic);
     if (rc != 0) {
@@ -716,4 +910,6 @@ void intake_consume_stop(struct intake_consume *ic)
     pthread_cond_signal(&ic->wake);
     pthread_mutex_unlock(&ic->lock);
     pthread_join(ic->thread, NULL);
+    work_lease_release(&ic->lease, ic->reader, ic->holder); /* the thread has ended */
+    SVC_ASSERT(!ic->lease.held);
 }

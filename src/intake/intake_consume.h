@@ -10,7 +10,9 @@
  * another format version, an unknown kind or route, a missing or malformed principal or key,
  * a principal or key that disagrees with the message's header or id, or a body its route's
  * decoder refuses with a 4xx) becomes a CMD_INTAKE_DEAD_LETTER: the writer writes it into the
- * dead-letter table with stage INTAKE_STAGE, keyed by its stream offset, and its status URL
+ * dead-letter table with stage INTAKE_STAGE, keyed by its stream offset, with the message as
+ * it came (message-id, type, principal header and body, up to DLT_MESSAGE_BODY_BYTES_MAX: what
+ * POST /v1/dlt/replay publishes again, http/api_dlt_stream.c), and its status URL
  * stays pending (the publisher validated the same body with the same decoder before it
  * published, so such a message is not one of ours, or of another version). A command the
  * writer refuses with a business answer (409 insufficient_stock) is no dead letter: that
@@ -28,8 +30,30 @@
  * the command again after INTAKE_CONSUME_RETRY_MS. INTAKE_CONSUME_COMMANDS_MAX commands may
  * be with the writer at once (the broker's prefetch), so the writer batches them.
  *
- * Only one instance should consume on a shared PostgreSQL (as for the relay): two would both
- * apply every message, the second as a replay of the first's key. Read intake_consume.c next.
+ * Several instances on one PostgreSQL, each with --amqp: only the holder of the consumer's
+ * lease (work/work_lease.h, stage INTAKE_LEASE_STAGE of table worker_leases, --lease-ms and
+ * --instance-id as for the workers and the relay) consumes; the others hold no broker
+ * connection for it and wait to take over. A holder that loses its lease (a renewal found it
+ * taken, or none succeeded before its local deadline) stops consuming at once: its connection
+ * is dropped (nothing more is delivered), the deliveries it had not pushed and the commands
+ * waiting for a retry are dropped, and the answers still to come of the commands it pushed
+ * are dropped as they arrive. Those commands may still be in the writer's queue: each carries
+ * the lease token it was pushed under, and on PostgreSQL the writer reads the lease row FOR
+ * SHARE in the command's batch and refuses, unwritten, a command whose token is not the
+ * current one (the fence of work/work.h; reply_fenced). Why this is safe: the new holder's
+ * acquisition (an UPDATE of the row) waits for every batch that read the old token, and only
+ * then does the new holder read the stored offset; so it sees everything the old holder
+ * committed, offsets included, and nothing of the old holder commits after it. It then reads
+ * the stream from that offset: a message the old holder applied past its stored low-water
+ * mark is read again and answered from its idempotency record (the same key, the same
+ * fingerprint: a replay, no second effect), and a dead letter is counted again (attempts).
+ * Without the fence each command would still take effect once (two writers apply one key
+ * once: the sequencer lock orders their batches and the second finds the first's record), but
+ * the old holder's late commands would interleave with the new holder's, applying the stream
+ * out of its order (who gets the last unit), from an instance that no longer consumes. A clean stop
+ * gives the lease up, so another instance takes it at once. On SQLite (one process per data
+ * directory) the lease is always held and nothing of it is stored. Read intake_consume.c
+ * next.
  */
 #ifndef STOCKD_INTAKE_CONSUME_H
 #define STOCKD_INTAKE_CONSUME_H
@@ -47,6 +71,10 @@
 #define INTAKE_CONSUME_COMMANDS_MAX 1024
 /* Line blocks for checkout orders among them (a block is ~24 KiB): reading waits for one. */
 #define INTAKE_CONSUME_LINE_BLOCKS_MAX 128
+/* Message blocks for dead letters among them (a block is ~73 KiB: the message kept with its
+ * dead letter, for a replay): messages that cannot be decoded are rare, and reading waits for
+ * one while all are with the writer. */
+#define INTAKE_CONSUME_MESSAGES_MAX 8
 /* How long a command answered 503 or 429 (nothing written) waits before it is pushed again. */
 #define INTAKE_CONSUME_RETRY_MS 50
 /* How long the thread waits for a delivery while commands are with the writer (their answers
@@ -62,10 +90,12 @@ typedef int (*intake_consume_decoder)(const char *route, json_t *body, struct co
                                       const char **why);
 
 struct intake_consume_config {
-    const char *db_uri;   /* read once at start: the stored offset */
+    const char *db_uri;   /* the consumer's own reader: its lease and the stored offset */
     const char *amqp_url; /* amqp://user:password@host:port/vhost */
     struct queue *queue;  /* the writer's (borrowed) */
     intake_consume_decoder decode;
+    const char *instance_id; /* the lease's holder id; NULL or "": hostname:pid:start-ms */
+    int64_t lease_ms;        /* WORK_LEASE_MS_MIN..MAX; 0: WORK_LEASE_MS_DEFAULT */
 };
 
 /* What /health and /metrics show; written by the consumer's thread, read by any. */
@@ -87,15 +117,22 @@ struct intake_consume; /* opaque: intake_consume.c */
 /* Allocates the consumer (no thread, no connection yet); NULL when out of memory or when the
  * URL is not an amqp:// URL. The caller owns it: intake_consume_stop, then _free. */
 struct intake_consume *intake_consume_new(const struct intake_consume_config *config);
-/* Reads the stored offset and starts the thread; the broker may be down (it connects when it
- * can). 0 or an error (storage unreachable, no thread). */
+/* Opens the consumer's reader, tries the lease (reading the stored offset and consuming from
+ * it if it is won) and starts the thread; the broker may be down (it connects when it can).
+ * 0 or an error (storage unreachable, no thread). */
 int intake_consume_start(struct intake_consume *ic);
-/* Stops and joins the thread. Commands still with the writer are left to it (their answers
- * come back to memory nobody reads; what was not acked is read again at the next start). */
+/* Stops and joins the thread and gives the lease up. Commands still with the writer are left
+ * to it (their answers come back to memory nobody reads; what was not acked is read again at
+ * the next start, or by the next holder: fenced if it took the lease meanwhile). */
 void intake_consume_stop(struct intake_consume *ic);
 /* Frees a consumer that never started (NULL is fine); a stopped one lives until the exit. */
 void intake_consume_free(struct intake_consume *ic);
 const struct intake_consume_stats *intake_consume_stats(const struct intake_consume *ic);
+/* Whether this instance holds the consumer's lease now (only the holder consumes), the holder
+ * it last saw ("" when unknown), and this instance's holder id (any thread). */
+bool intake_consume_holds(const struct intake_consume *ic);
+void intake_consume_holder(struct intake_consume *ic, char *out, size_t size);
+const char *intake_consume_instance_id(const struct intake_consume *ic);
 
 /* The writer's reply hook for a command of origin CMD_ORIGIN_INTAKE (any thread: it only
  * queues it back to the consumer's thread). */

@@ -218,16 +218,22 @@ static size_t intake_pub_batch_bytes(size_t count, size_t body_bytes)
     return sizeof "{\"v\":2,\"kind\":\"batch\",\"commands\":[]}" + count + body_bytes;
 }
 
-/* Publishes the jobs of a round: runs of purchases as batches, any other job alone. */
+/* A purchase the HTTP side formatted: it may go out in a batch. */
+static bool intake_pub_packable(const struct intake_pub_job *job)
+{
+    return job->packable && strcmp(job->kind, INTAKE_KIND_PURCHASE) == 0;
+}
+
+/* Publishes the jobs of a round: runs of packable purchases as batches, any other job alone. */
 static void intake_pub_send_round(struct intake_pub *p, size_t n)
 {
     size_t i = 0;
     while (i < n) {
         size_t count = 1;
         size_t bytes = p->round[i]->body_length;
-        if (strcmp(p->round[i]->kind, INTAKE_KIND_PURCHASE) == 0) {
+        if (intake_pub_packable(p->round[i])) {
             while (i + count < n && count < INTAKE_BATCH_COMMANDS_MAX &&
-                   strcmp(p->round[i + count]->kind, INTAKE_KIND_PURCHASE) == 0 &&
+                   intake_pub_packable(p->round[i + count]) &&
                    intake_pub_batch_bytes(count + 1, bytes + p->round[i + count]->body_length) <=
                        MQ_BODY_BYTES_MAX) {
                 bytes += p->round[i + count]->body_length;

@@ -42,8 +42,11 @@ struct intake_pub_job {
     const char *key;       /* the Idempotency-Key: the message-id */
     const char *kind;      /* INTAKE_KIND_PURCHASE or INTAKE_KIND_ORDER: the type */
     const char *principal; /* the "principal" header */
-    const char *body;      /* intake_pub_format's output */
+    const char *body;      /* intake_pub_format's output, or a stored message's (a replay) */
     size_t body_length;
+    /* body is intake_pub_format's output: a purchase may share a batch message (intake.h).
+     * A replayed message goes out as it was stored, alone (it may not even be JSON). */
+    bool packable;
     void (*done)(struct intake_pub_job *job); /* on the publisher thread, once */
     int result;                               /* set before done: 0, -ENOTCONN or -EAGAIN */
     /* The publisher's. */

@@ -646,6 +646,21 @@ int mq_consume(struct mq *mq, int64_t offset)
     return mq_connect(mq);
 }
 
+void mq_consume_stop(struct mq *mq)
+{
+    SVC_ASSERT(mq->role == MQ_CONSUMER);
+    mq_release_message(mq);
+    if (mq->conn != NULL) {
+        /* No channel.close: a broker that is down would hold the caller for the RPC timeout,
+         * and the broker drops a consumer whose socket is gone. */
+        amqp_destroy_connection(mq->conn);
+        mq->conn = NULL;
+    }
+    mq->consuming = false;
+    mq->retry_at_us = 0;
+    SVC_ASSERT(mq->conn == NULL && !mq->message_held);
+}
+
 static void mq_copy_bytes(char *out, size_t out_size, amqp_bytes_t in)
 {
     SVC_ASSERT(out_size > 0);

@@ -162,9 +162,14 @@ void mq_set_confirmed_cookie(struct mq *mq, int64_t initial);
 size_t mq_drop_unconfirmed(struct mq *mq);
 
 /* Consumer: consume the queue from stream offset `offset` (0: the first message kept). Called
- * once; a reconnect consumes again from the resume offset. 0 or -ENOTCONN (it keeps trying in
- * mq_next). */
+ * once (again after mq_consume_stop); a reconnect consumes again from the resume offset. 0 or
+ * -ENOTCONN (it keeps trying in mq_next). */
 int mq_consume(struct mq *mq, int64_t offset);
+/* Consumer: stops consuming at once (an owner that may no longer consume, e.g. an intake
+ * consumer that lost its lease): the connection is dropped without a word to the broker, so
+ * nothing more is delivered and nothing delivered is acked (a stream keeps its messages
+ * whatever the acks). mq_consume may be called again afterwards, from any offset. */
+void mq_consume_stop(struct mq *mq);
 /* Consumer: waits up to timeout_ms for the next delivery at or past the resume offset.
  * 1 with *out filled, 0 when none came in time, or -ENOTCONN (lost; the next call connects
  * again after the backoff). */

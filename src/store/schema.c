@@ -235,10 +235,25 @@ static const char *const schema_v11[] = {
     NULL,
 };
 
+/* Replay of the stream's dead letters (issue 12): the message as it came, so that POST
+ * /v1/dlt/replay can publish it to the stream again (message_id, message_type, principal: its
+ * message-id, type and principal header; body; NULL when absent or not kept, as in every row
+ * written before this migration), and replayed_at_ms, set by the replay after the broker's
+ * confirm: GET /v1/dlt lists only the rows without it. Bytes, not TEXT: a message that cannot
+ * be decoded may be no UTF-8 at all, which PostgreSQL's TEXT refuses. */
+static const char *const schema_v12[] = {
+    "ALTER TABLE stream_dead_letters ADD COLUMN message_id @BLOB@",
+    "ALTER TABLE stream_dead_letters ADD COLUMN message_type @BLOB@",
+    "ALTER TABLE stream_dead_letters ADD COLUMN principal @BLOB@",
+    "ALTER TABLE stream_dead_letters ADD COLUMN body @BLOB@",
+    "ALTER TABLE stream_dead_letters ADD COLUMN replayed_at_ms @INT@",
+    NULL,
+};
+
 const struct schema_migration schema_migrations[] = {
     {1, schema_v1, false}, {2, schema_v2, false},  {3, schema_v3, false},   {4, schema_v4, false},
     {5, schema_v5, false}, {6, schema_v6, false},  {7, schema_v7, false},   {8, schema_v8, false},
-    {9, schema_v9, false}, {10, schema_v10, true}, {11, schema_v11, false},
+    {9, schema_v9, false}, {10, schema_v10, true}, {11, schema_v11, false}, {12, schema_v12, false},
 };
 
 const int schema_migration_count = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

@@ -381,6 +381,29 @@ int store_reader_dead_letters(struct store_reader *r, const char *stage, int lim
     return r->ops->dead_letters(r, stage, limit, context, each);
 }
 
+int store_reader_stream_messages(struct store_reader *r, const char *stage, int limit,
+                                 void *context,
+                                 int (*each)(void *context,
+                                             const struct store_stream_message_row *row))
+{
+    SVC_ASSERT(r != NULL && stage != NULL && each != NULL);
+    SVC_ASSERT(limit >= 1 && limit <= DLT_LIST_MAX);
+    return r->ops->stream_messages(r, stage, limit, context, each);
+}
+
+int store_reader_stream_replayed(struct store_reader *r, const char *stage, const int64_t *offsets,
+                                 size_t count, int64_t at_ms)
+{
+    SVC_ASSERT(r != NULL && stage != NULL && offsets != NULL);
+    SVC_ASSERT(count >= 1 && count <= DLT_REPLAY_MESSAGES_MAX);
+    for (size_t i = 0; i < count; i++) {
+        SVC_ASSERT(offsets[i] >= 0);
+    }
+    int rc = r->ops->stream_replayed(r, stage, offsets, count, at_ms);
+    SVC_ASSERT(rc == 0 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    return rc;
+}
+
 /* Writes a snapshot row between batches (see store.h). */
 int store_snapshot_write(struct store *s, const struct row_snapshot *row, int64_t keep_from_seq)
 {

@@ -97,6 +97,13 @@ struct row_dead_letter {
     int64_t at_ms;
     bool remove;
     int64_t stream_offset; /* order_seq 0 only */
+    /* order_seq 0: the message as it came (kept from its first dead-lettering), for a replay:
+     * its message-id, type and principal header (NULL: absent), its body (NULL: not kept). */
+    const char *message_id;
+    const char *message_type;
+    const char *message_principal;
+    const char *message_body;
+    size_t message_body_length;
 };
 
 struct row_idem {
@@ -346,6 +353,19 @@ struct store_dead_letter_row {
     int64_t stream_offset; /* a stream message's offset, -1 for an order's */
 };
 
+/* A stream message's dead letter that was not replayed yet, with the message as it came, for
+ * POST /v1/dlt/replay. Strings and body are valid during the callback; NULL when absent (the
+ * body also when it was not kept, or the row predates migration 12). */
+struct store_stream_message_row {
+    const char *stage;
+    int64_t stream_offset;
+    const char *message_id;
+    const char *message_type;
+    const char *message_principal;
+    const char *body;
+    size_t body_length;
+};
+
 /* A stored idempotency record as GET /v1/idempotency/{key} shows it. body points into the
  * reader's memory and stays valid until the next call on the same handle. */
 struct store_idem_view {
@@ -354,6 +374,7 @@ struct store_idem_view {
     const char *body;
     size_t body_length;
     int64_t created_at_ms;
+    const char *location; /* the first response's Location header (valid as body), or NULL */
 };
 
 /* The reader handle's operations. */
@@ -386,6 +407,11 @@ struct store_reader_ops {
     /* The dead letters of stage (NULL: every stage) by order, at most limit. */
     int (*dead_letters)(struct store_reader *r, const char *stage, int limit, void *context,
                         int (*each)(void *context, const struct store_dead_letter_row *row));
+    /* The stream messages' dead letters of stage not replayed yet, by offset, and their mark. */
+    int (*stream_messages)(struct store_reader *r, const char *stage, int limit, void *context,
+                           int (*each)(void *context, const struct store_stream_message_row *row));
+    int (*stream_replayed)(struct store_reader *r, const char *stage, const int64_t *offsets,
+                           size_t count, int64_t at_ms);
     /* NULL when no other process writes the database (the caller always holds the lease). */
     int (*lease)(struct store_reader *r, const char *stage, const char *holder, int64_t token,
                  int64_t ttl_ms, struct store_lease *out);
@@ -523,7 +549,7 @@ int store_reader_stage_offset(struct store_reader *r, const char *stage, int64_t
  * SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_relay_offset(struct store_reader *r, const char *name, int64_t *out);
 /* Advances the relay's position to seq (a lower seq than the stored one leaves it), in a
- * transaction of its own: the one write a reader handle makes, for the relay that owns it
+ * transaction of its own: a write of a reader handle, for the relay that owns it
  * (relay/relay.h), which no other thread writes. SQLite opens a second, read-write connection
  * for it on first use. 0 or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_relay_offset_save(struct store_reader *r, const char *name, int64_t seq,
@@ -539,7 +565,23 @@ int store_reader_payments_in_doubt(struct store_reader *r, void *context,
 int store_reader_dead_letters(struct store_reader *r, const char *stage, int limit, void *context,
                               int (*each)(void *context, const struct store_dead_letter_row *row));
 
-/* The one write of a reader handle: a worker's lease of stage (not business data, so it is no
+/* The dead letters of stream messages of stage that were not replayed yet, with the messages
+ * as they came, by stream offset, at most limit (1..DLT_LIST_MAX): each is called per row (a
+ * non-zero return stops and is returned). 0 or an error. For POST /v1/dlt/replay. */
+int store_reader_stream_messages(struct store_reader *r, const char *stage, int limit,
+                                 void *context,
+                                 int (*each)(void *context,
+                                             const struct store_stream_message_row *row));
+/* Marks the stream dead letters of stage at offsets (count of them, 1..DLT_REPLAY_MESSAGES_MAX)
+ * replayed at at_ms: GET /v1/dlt no longer lists them, and a later dead-lettering of the same
+ * offset (a restart reading it again) counts an attempt without listing it again. One
+ * statement in its own transaction, like store_reader_relay_offset_save: a mark is no
+ * business data (no event, no stock), so it is no command of the writer (SQLite writes it on
+ * the reader's read-write connection). 0 or SVC_ESTORAGE_UNAVAILABLE. */
+int store_reader_stream_replayed(struct store_reader *r, const char *stage, const int64_t *offsets,
+                                 size_t count, int64_t at_ms);
+
+/* A write of a reader handle: a worker's lease of stage (not business data, so it is no
  * command of the writer; one statement in its own transaction, on the database's clock).
  * token 0 acquires: holder takes the lease if it has no row, has expired, or is holder's
  * already, with a new token (the row's + 1). token >= 1 renews: the lease is extended to

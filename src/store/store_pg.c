@@ -123,8 +123,10 @@
                            " AS t(st, o) WHERE d.stage = t.st AND d.order_seq = t.o")           \
     X(UPSERT_STREAM_DEAD_LETTERS,                                                               \
       "INSERT INTO stream_dead_letters AS d (stage, stream_offset, error, attempts,"            \
-      " first_failed_at_ms, last_failed_at_ms) SELECT st, o, e, 1, at, at FROM"                 \
-      " unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) AS t(st, o, e, at)"          \
+      " first_failed_at_ms, last_failed_at_ms, message_id, message_type, principal, body)"      \
+      " SELECT st, o, e, 1, at, at, decode(mi, 'hex'), decode(mt, 'hex'), decode(mp, 'hex'),"   \
+      " decode(mb, 'hex') FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],"      \
+      " $5::text[], $6::text[], $7::text[], $8::text[]) AS t(st, o, e, at, mi, mt, mp, mb)"     \
       " ON CONFLICT (stage, stream_offset) DO UPDATE SET error = excluded.error,"               \
       " attempts = d.attempts + 1, last_failed_at_ms = excluded.last_failed_at_ms")             \
     X(INSERT_IDEMS, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"        \
@@ -189,9 +191,10 @@ static const struct store_pg_statement pg_statements[PG_STMT_COUNT] = {
 
 /* The parameters of one round trip: every array literal of the statements it sends. The
  * commit's are the most: stores 4, products 3, stock items 7, orders 9, order steps 4, stage
- * offsets 3, idempotency records 8, events 7, reservations 11, their lines 4, and the notify's
- * seq 1 (the prefetch has 9). */
-#define PG_TEXTS_MAX (4 + 3 + 7 + 9 + 4 + 3 + 8 + 7 + 11 + 4 + 1)
+ * offsets 3, idempotency records 8, events 7, reservations 11, their lines 4, the notify's
+ * seq 1, and the dead letters: the stream's 8, the orders' 6 and their removal 2 (the
+ * prefetch has 9). */
+#define PG_TEXTS_MAX (4 + 3 + 7 + 9 + 4 + 3 + 8 + 7 + 11 + 4 + 1 + 8 + 6 + 2)
 _Static_assert(PG_TEXTS_MAX >= 5, "a snapshot write takes five (pg_snapshot_write)");
 
 struct pg_store {
@@ -839,7 +842,7 @@ static int pg_write_dead_letters(struct pg_store *s, const struct store_batch *b
         streams += b->dead_letters[i].order_seq == 0 ? 1 : 0;
     }
     if (streams > 0) {
-        pg_write_begin(s, &w[n], PG_STMT_UPSERT_STREAM_DEAD_LETTERS, 4, t);
+        pg_write_begin(s, &w[n], PG_STMT_UPSERT_STREAM_DEAD_LETTERS, 8, t);
         for (size_t i = 0; i < b->dead_letter_count; i++) {
             const struct row_dead_letter *row = &b->dead_letters[i];
             if (row->order_seq == 0) {
@@ -848,6 +851,12 @@ static int pg_write_dead_letters(struct pg_store *s, const struct store_batch *b
                 store_pg_array_int(t[1], row->stream_offset);
                 store_pg_array_text(t[2], row->error);
                 store_pg_array_int(t[3], row->at_ms);
+                /* The message's parts as hex (bytea): they need not be UTF-8. */
+                const char *parts[] = {row->message_id, row->message_type, row->message_principal};
+                for (int p = 0; p < 3; p++) {
+                    store_pg_array_hex(t[4 + p], parts[p], parts[p] ? strlen(parts[p]) : 0);
+                }
+                store_pg_array_hex(t[7], row->message_body, row->message_body_length);
             }
         }
         pg_write_end(&w[n++], t);

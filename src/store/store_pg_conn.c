@@ -424,6 +424,33 @@ void store_pg_array_text_n(struct store_pg_text *t, const char *value, size_t le
     SVC_ASSERT(t->length >= before + length + 2);
 }
 
+/* See store_pg_conn.h (array literals). */
+void store_pg_array_hex(struct store_pg_text *t, const void *bytes, size_t length)
+{
+    SVC_ASSERT(t != NULL && t->length >= 1);
+    pg_array_separator(t);
+    if (bytes == NULL) {
+        store_pg_text_append(t, "NULL", 4);
+        return;
+    }
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *in = bytes;
+    char chunk[256];
+    size_t used = 0;
+    store_pg_text_append(t, "\"", 1);
+    for (size_t i = 0; i < length; i++) {
+        if (used + 2 > sizeof chunk) {
+            store_pg_text_append(t, chunk, used);
+            used = 0;
+        }
+        chunk[used++] = digits[in[i] >> 4];
+        chunk[used++] = digits[in[i] & 15];
+    }
+    store_pg_text_append(t, chunk, used);
+    store_pg_text_append(t, "\"", 1);
+    SVC_ASSERT(t->length >= 2 * length + 2);
+}
+
 static void pg_append_int(struct store_pg_text *t, int64_t value)
 {
     SVC_ASSERT(t != NULL);

@@ -118,6 +118,9 @@ void store_pg_array_begin(struct store_pg_text *t);
 void store_pg_array_text(struct store_pg_text *t, const char *value); /* NULL: SQL NULL */
 void store_pg_array_text_n(struct store_pg_text *t, const char *value, size_t length);
 void store_pg_array_int(struct store_pg_text *t, int64_t value);
+/* length bytes as a quoted hex string (decode(x, 'hex') makes them bytea again); NULL bytes:
+ * SQL NULL. */
+void store_pg_array_hex(struct store_pg_text *t, const void *bytes, size_t length);
 void store_pg_array_end(struct store_pg_text *t);
 /* A plain integer parameter. */
 void store_pg_text_int(struct store_pg_text *t, int64_t value);

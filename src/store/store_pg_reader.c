@@ -26,6 +26,8 @@
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "base/svc_limits.h"
+#include "base/text.h"
 #include "store/store.h"
 #include "store/store_pg.h"
 #include "store/store_pg_conn.h"
@@ -47,6 +49,12 @@
                          " VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE"                   \
                          " SET seq = excluded.seq, updated_at_ms = excluded.updated_at_ms"     \
                          " WHERE relay_offsets.seq < excluded.seq")                            \
+    X(STREAM_MESSAGES, "SELECT stage, stream_offset, encode(message_id, 'hex'),"               \
+                       " encode(message_type, 'hex'), encode(principal, 'hex'),"               \
+                       " encode(body, 'hex') FROM stream_dead_letters WHERE stage = $1"        \
+                       " AND replayed_at_ms IS NULL ORDER BY stream_offset LIMIT $2")          \
+    X(STREAM_REPLAYED, "UPDATE stream_dead_letters SET replayed_at_ms = $3 WHERE stage = $1"   \
+                       " AND stream_offset = ANY ($2::bigint[]) AND replayed_at_ms IS NULL")   \
     X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                    \
                          " (EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"    \
                          " AND d.order_seq = reservations.order_seq))::int FROM reservations"  \
@@ -58,7 +66,7 @@
                     " WHERE ($1::text IS NULL OR stage = $1) UNION ALL"                        \
                     " SELECT stage, 0, 0, error, attempts, first_failed_at_ms,"                \
                     " last_failed_at_ms, stream_offset FROM stream_dead_letters"               \
-                    " WHERE ($1::text IS NULL OR stage = $1)) d"                               \
+                    " WHERE ($1::text IS NULL OR stage = $1) AND replayed_at_ms IS NULL) d"    \
                     " ORDER BY order_seq, stream_offset, stage LIMIT $2")                      \
     X(EVENTS, "SELECT " STORE_PG_EVENT_COLUMNS                                                 \
               " FROM events WHERE seq > $1 AND ($2::text IS NULL OR store_id = $2)"            \
@@ -66,7 +74,7 @@
     X(EVENTS_ALL,                                                                              \
       "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")    \
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                     \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                     \
+    X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"           \
             " WHERE principal = $1 AND idem_key = $2")                                         \
     X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                       \
     X(LEASE_ACQUIRE,                                                                           \
@@ -106,6 +114,7 @@ struct pg_reader {
     uint64_t listening_connect; /* conn.connects when LISTEN ran; 0: not listening */
     PGresult *order_found;      /* owned: the last order read, which store_order_row points into */
     char *idem_body;            /* owned copy of the last found idempotency body */
+    char idem_location[REPLY_LOCATION_BYTES_MAX]; /* and of its Location */
     size_t idem_body_size;
     uint64_t snapshot_connect;          /* conn.connects at snapshot_begin; 0 outside a snapshot */
     const _Atomic uint64_t *recoveries; /* borrowed (store_reader_watch_recoveries), or NULL */
@@ -366,6 +375,12 @@ static int pg_reader_idem(struct store_reader *base, const char *principal, cons
         out->body = r->idem_body;
         out->body_length = length;
         out->created_at_ms = store_pg_int(res, 0, 3);
+        size_t location_length = (size_t)PQgetlength(res, 0, 4);
+        out->location = NULL; /* none, or longer than the writer writes one */
+        if (!PQgetisnull(res, 0, 4) && location_length < sizeof r->idem_location) {
+            memcpy(r->idem_location, PQgetvalue(res, 0, 4), location_length + 1);
+            out->location = r->idem_location;
+        }
         SVC_ASSERT(out->status >= 100 && out->status <= 599); /* as the writer wrote it */
         rc = 1;
     }
@@ -510,6 +525,128 @@ static int pg_reader_relay_offset_save(struct store_reader *base, const char *na
     return 0;
 }
 
+/* Decodes the hex of column (encode(x, 'hex')) of row i into out (size bytes, NUL-terminated
+ * after *length bytes); *present false for SQL NULL. false when it does not fit or is not hex. */
+static bool pg_reader_unhex(const PGresult *res, int i, int column, char *out, size_t size,
+                            size_t *length, bool *present)
+{
+    SVC_ASSERT(size >= 1);
+    *length = 0;
+    *present = !PQgetisnull(res, i, column);
+    const char *hex = PQgetvalue(res, i, column);
+    size_t hex_length = (size_t)PQgetlength(res, i, column);
+    if (!*present) {
+        out[0] = '\0';
+        return true;
+    }
+    if (hex_length % 2 != 0 || hex_length / 2 >= size) {
+        return false;
+    }
+    for (size_t k = 0; k < hex_length; k += 2) {
+        int hi = text_hex_value(hex[k]);
+        int lo = text_hex_value(hex[k + 1]);
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        out[k / 2] = (char)(hi * 16 + lo);
+    }
+    *length = hex_length / 2;
+    out[*length] = '\0';
+    SVC_ASSERT(*length < size);
+    return true;
+}
+
+/* The decoded parts of one row of STREAM_MESSAGES (heap: a body is up to 72 KiB). */
+struct pg_reader_message {
+    char id[DLT_MESSAGE_ID_BYTES_MAX + 1];
+    char type[DLT_MESSAGE_TYPE_BYTES_MAX + 1];
+    char principal[DLT_MESSAGE_PRINCIPAL_BYTES_MAX + 1];
+    char body[DLT_MESSAGE_BODY_BYTES_MAX + 1];
+};
+
+/* Row i of STREAM_MESSAGES into out, its parts decoded into m. false when the row breaks the
+ * limits the writer keeps (a part too long, not hex). */
+static bool pg_reader_message_row(const PGresult *res, int i, struct pg_reader_message *m,
+                                  struct store_stream_message_row *out)
+{
+    char *parts[] = {m->id, m->type, m->principal, m->body};
+    size_t sizes[] = {sizeof m->id, sizeof m->type, sizeof m->principal, sizeof m->body};
+    const char *values[4];
+    size_t lengths[4];
+    for (int p = 0; p < 4; p++) {
+        bool present = false;
+        if (!pg_reader_unhex(res, i, 2 + p, parts[p], sizes[p], &lengths[p], &present)) {
+            return false;
+        }
+        values[p] = present ? parts[p] : NULL;
+    }
+    *out = (struct store_stream_message_row){PQgetvalue(res, i, 0),
+                                             store_pg_int(res, i, 1),
+                                             values[0],
+                                             values[1],
+                                             values[2],
+                                             values[3],
+                                             lengths[3]};
+    return true;
+}
+
+static int
+pg_reader_stream_messages(struct store_reader *base, const char *stage, int limit, void *context,
+                          int (*each)(void *context, const struct store_stream_message_row *row))
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(stage != NULL && each != NULL && limit >= 1);
+    char limit_text[24];
+    snprintf(limit_text, sizeof limit_text, "%d", limit);
+    const char *values[] = {stage, limit_text};
+    PGresult *res = pg_reader_exec(r, PG_READER_STREAM_MESSAGES, 2, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    struct pg_reader_message *m = malloc(sizeof *m);
+    int rc = m != NULL ? 0 : SVC_ESTORAGE_UNAVAILABLE;
+    for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+        struct store_stream_message_row row;
+        if (!pg_reader_message_row(res, i, m, &row)) {
+            log_error("postgres: the stream dead letter at %s breaks its limits",
+                      PQgetvalue(res, i, 1));
+            rc = SVC_ESTORAGE_UNAVAILABLE;
+            break;
+        }
+        SVC_ASSERT(row.stream_offset >= 0);
+        rc = each(context, &row);
+    }
+    free(m);
+    PQclear(res);
+    return rc;
+}
+
+/* One statement outside any transaction, like the relay's save: setting a mark that is set
+ * already changes nothing, so a retry on a new session is safe. */
+static int pg_reader_stream_replayed(struct store_reader *base, const char *stage,
+                                     const int64_t *offsets, size_t count, int64_t at_ms)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(stage != NULL && count >= 1);
+    SVC_ASSERT(r->snapshot_connect == 0);
+    struct store_pg_text list = {0};
+    store_pg_array_begin(&list);
+    for (size_t i = 0; i < count; i++) {
+        store_pg_array_int(&list, offsets[i]);
+    }
+    store_pg_array_end(&list);
+    char at_text[24];
+    snprintf(at_text, sizeof at_text, "%" PRId64, at_ms);
+    const char *values[] = {stage, list.data, at_text};
+    PGresult *res = pg_reader_exec(r, PG_READER_STREAM_REPLAYED, 3, values);
+    store_pg_text_free(&list);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    PQclear(res);
+    return 0;
+}
+
 static int pg_reader_payments_in_doubt(struct store_reader *base, void *context,
                                        int (*each)(void *context,
                                                    const struct store_payment_row *row))
@@ -603,5 +740,7 @@ static const struct store_reader_ops pg_reader_ops = {
     .relay_offset_save = pg_reader_relay_offset_save,
     .payments_in_doubt = pg_reader_payments_in_doubt,
     .dead_letters = pg_reader_dead_letters,
+    .stream_messages = pg_reader_stream_messages,
+    .stream_replayed = pg_reader_stream_replayed,
     .lease = pg_reader_lease,
 };

@@ -69,7 +69,8 @@
     X(DELETE_DEAD_LETTER, "DELETE FROM dead_letters WHERE stage = ?1 AND order_seq = ?2")      \
     X(UPSERT_STREAM_DEAD_LETTER,                                                               \
       "INSERT INTO stream_dead_letters (stage, stream_offset, error, attempts,"                \
-      " first_failed_at_ms, last_failed_at_ms) VALUES (?1, ?2, ?3, 1, ?4, ?4)"                 \
+      " first_failed_at_ms, last_failed_at_ms, message_id, message_type, principal, body)"     \
+      " VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5, ?6, ?7, ?8)"                                        \
       " ON CONFLICT (stage, stream_offset) DO UPDATE SET error = excluded.error,"              \
       " attempts = stream_dead_letters.attempts + 1,"                                          \
       " last_failed_at_ms = excluded.last_failed_at_ms")                                       \
@@ -881,10 +882,23 @@ static int sqlite_write_dead_letter(struct sqlite_store *s, const struct row_dea
     if (row->order_seq == 0) {
         SVC_ASSERT(row->stream_offset >= 0 && !row->remove);
         sqlite3_stmt *stmt = s->stmts[STORE_SQLITE_STMT_UPSERT_STREAM_DEAD_LETTER];
+        sqlite3_clear_bindings(stmt); /* an absent part is NULL, not the last row's */
         sqlite3_bind_text(stmt, 1, row->stage, -1, SQLITE_STATIC);
         sqlite3_bind_int64(stmt, 2, row->stream_offset);
         sqlite3_bind_text(stmt, 3, row->error, -1, SQLITE_STATIC);
         sqlite3_bind_int64(stmt, 4, row->at_ms);
+        const char *texts[] = {row->message_id, row->message_type, row->message_principal};
+        for (int i = 0; i < 3; i++) { /* bytes: a message is not necessarily UTF-8 */
+            if (texts[i] != NULL) {
+                sqlite3_bind_blob(stmt, 5 + i, texts[i], (int)strlen(texts[i]), SQLITE_STATIC);
+            }
+        }
+        if (row->message_body != NULL) {
+            SVC_ASSERT(row->message_body_length <= DLT_MESSAGE_BODY_BYTES_MAX);
+            /* A zero-length blob with a non-NULL pointer is an empty value, not NULL. */
+            sqlite3_bind_blob(stmt, 8, row->message_body, (int)row->message_body_length,
+                              SQLITE_STATIC);
+        }
         return sqlite_step_done(s, STORE_SQLITE_STMT_UPSERT_STREAM_DEAD_LETTER);
     }
     int which =

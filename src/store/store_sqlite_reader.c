@@ -15,6 +15,7 @@
  */
 #include <inttypes.h>
 #include <sqlite3.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,13 +44,16 @@
                     " FROM dead_letters WHERE (?1 IS NULL OR stage = ?1) UNION ALL"         \
                     " SELECT stage, 0, 0, error, attempts, first_failed_at_ms,"             \
                     " last_failed_at_ms, stream_offset FROM stream_dead_letters"            \
-                    " WHERE (?1 IS NULL OR stage = ?1))"                                    \
+                    " WHERE (?1 IS NULL OR stage = ?1) AND replayed_at_ms IS NULL)"         \
                     " ORDER BY order_seq, stream_offset, stage LIMIT ?2")                   \
+    X(STREAM_MESSAGES, "SELECT stage, stream_offset, message_id, message_type, principal,"  \
+                       " body FROM stream_dead_letters WHERE stage = ?1"                    \
+                       " AND replayed_at_ms IS NULL ORDER BY stream_offset LIMIT ?2")       \
     X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"  \
               " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"               \
               " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                        \
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                  \
-    X(IDEM, "SELECT status, problem, body, created_at_ms FROM idempotency"                  \
+    X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"        \
             " WHERE principal = ?1 AND idem_key = ?2")                                      \
     X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                    \
     X(BEGIN, "BEGIN DEFERRED")                                                              \
@@ -84,9 +88,16 @@ struct sqlite_reader {
     sqlite3_stmt *stmts[STORE_SQLITE_READER_COUNT]; /* owned, prepared at open */
     struct sqlite_reader_buffer order_text;         /* the last order's five strings */
     struct sqlite_reader_buffer idem_body;          /* the last idempotency record's body */
-    sqlite3 *writable;  /* owned: the relay's read-write connection, opened on first save */
-    sqlite3_stmt *save; /* owned: its upsert of relay_offsets */
+    char idem_location[REPLY_LOCATION_BYTES_MAX];   /* and its Location */
+    sqlite3 *writable;      /* owned: the read-write connection, opened on first write */
+    sqlite3_stmt *save;     /* owned, on writable (prepared on first use): the relay's upsert */
+    sqlite3_stmt *replayed; /* owned, on writable (prepared on first use): the replay's mark */
 };
+
+/* The mark of replayed stream dead letters (?2: a JSON array of offsets). */
+#define STORE_SQLITE_READER_REPLAYED_SQL                                                       \
+    "UPDATE stream_dead_letters SET replayed_at_ms = ?3 WHERE stage = ?1 AND stream_offset IN" \
+    " (SELECT value FROM json_each(?2)) AND replayed_at_ms IS NULL"
 
 /* The relay's upsert; it only moves a position forward. */
 #define STORE_SQLITE_READER_RELAY_SAVE_SQL                                                         \
@@ -170,6 +181,7 @@ static void sqlite_reader_close(struct store_reader *base)
     }
     sqlite3_close(r->db);
     sqlite3_finalize(r->save);
+    sqlite3_finalize(r->replayed);
     sqlite3_close(r->writable);
     free(r->order_text.data);
     free(r->idem_body.data);
@@ -325,6 +337,13 @@ static int sqlite_reader_idem_copy(struct sqlite_reader *r, sqlite3_stmt *stmt,
     out->body = r->idem_body.data;
     out->body_length = length;
     out->created_at_ms = sqlite3_column_int64(stmt, 3);
+    const char *location = (const char *)sqlite3_column_text(stmt, 4);
+    size_t location_length = (size_t)sqlite3_column_bytes(stmt, 4);
+    out->location = NULL; /* none, or longer than the writer writes one */
+    if (location != NULL && location_length < sizeof r->idem_location) {
+        memcpy(r->idem_location, location, location_length + 1);
+        out->location = r->idem_location;
+    }
     SVC_ASSERT(out->status >= 100 && out->status <= 599); /* as the writer wrote it */
     return 1;
 }
@@ -409,28 +428,30 @@ static int sqlite_reader_relay_offset(struct store_reader *base, const char *nam
     return rc;
 }
 
-/* Opens the read-write connection of relay_offset_save on the reader's file (WAL: it waits for
- * the writer's transaction like the checkpointer does, for at most the busy timeout). */
-static int sqlite_reader_open_writable(struct sqlite_reader *r)
+/* Prepares *stmt (sql) on the read-write connection of the reader's writes, opening it on
+ * the reader's file first if needed (WAL: it waits for the writer's transaction like the
+ * checkpointer does, for at most the busy timeout). */
+static int sqlite_reader_writable(struct sqlite_reader *r, sqlite3_stmt **stmt, const char *sql)
 {
-    SVC_ASSERT(r->writable == NULL && r->save == NULL);
-    const char *path = sqlite3_db_filename(r->db, "main");
-    SVC_ASSERT(path != NULL && path[0] != '\0');
-    if (sqlite3_open_v2(path, &r->writable, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        int rc = store_sqlite_fail(r->writable, path);
-        sqlite3_close(r->writable);
-        r->writable = NULL;
-        return rc;
+    if (r->writable == NULL) {
+        SVC_ASSERT(r->save == NULL && r->replayed == NULL);
+        const char *path = sqlite3_db_filename(r->db, "main");
+        SVC_ASSERT(path != NULL && path[0] != '\0');
+        if (sqlite3_open_v2(path, &r->writable, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                            NULL) != SQLITE_OK) {
+            int rc = store_sqlite_fail(r->writable, path);
+            sqlite3_close(r->writable);
+            r->writable = NULL;
+            return rc;
+        }
+        sqlite3_busy_timeout(r->writable, STORE_SQLITE_READER_BUSY_MS);
     }
-    sqlite3_busy_timeout(r->writable, STORE_SQLITE_READER_BUSY_MS);
-    if (sqlite3_prepare_v3(r->writable, STORE_SQLITE_READER_RELAY_SAVE_SQL, -1,
-                           SQLITE_PREPARE_PERSISTENT, &r->save, NULL) != SQLITE_OK) {
-        int rc = store_sqlite_fail(r->writable, "prepare the relay's upsert");
-        sqlite3_close(r->writable);
-        r->writable = NULL;
-        return rc;
+    if (*stmt == NULL && sqlite3_prepare_v3(r->writable, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt,
+                                            NULL) != SQLITE_OK) {
+        *stmt = NULL;
+        return store_sqlite_fail(r->writable, sql);
     }
+    SVC_ASSERT(r->writable != NULL && *stmt != NULL);
     return 0;
 }
 
@@ -439,7 +460,7 @@ static int sqlite_reader_relay_offset_save(struct store_reader *base, const char
 {
     struct sqlite_reader *r = (struct sqlite_reader *)base;
     SVC_ASSERT(name != NULL && seq >= 0);
-    int rc = r->writable == NULL ? sqlite_reader_open_writable(r) : 0;
+    int rc = sqlite_reader_writable(r, &r->save, STORE_SQLITE_READER_RELAY_SAVE_SQL);
     if (rc != 0) {
         return rc;
     }
@@ -452,6 +473,88 @@ static int sqlite_reader_relay_offset_save(struct store_reader *base, const char
     }
     sqlite3_reset(r->save);
     sqlite3_clear_bindings(r->save);
+    return rc;
+}
+
+/* Column i of stmt as bytes (a blob, NUL-terminated by SQLite like any text), or NULL. */
+static const char *sqlite_reader_bytes(sqlite3_stmt *stmt, int i, size_t *length)
+{
+    const char *bytes = NULL;
+    if (sqlite3_column_type(stmt, i) != SQLITE_NULL) {
+        bytes = (const char *)sqlite3_column_text(stmt, i); /* "" for an empty blob */
+    }
+    *length = bytes != NULL ? (size_t)sqlite3_column_bytes(stmt, i) : 0;
+    return bytes;
+}
+
+static int sqlite_reader_stream_messages(struct store_reader *base, const char *stage, int limit,
+                                         void *context,
+                                         int (*each)(void *context,
+                                                     const struct store_stream_message_row *row))
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(stage != NULL && each != NULL && limit >= 1);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_STREAM_MESSAGES];
+    sqlite3_bind_text(stmt, 1, stage, -1, SQLITE_STATIC);
+    sqlite3_bind_int(stmt, 2, limit);
+    int rc = 0;
+    int step = SQLITE_DONE;
+    while (rc == 0 && (step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        size_t lengths[4];
+        const char *parts[4];
+        for (int p = 0; p < 4; p++) {
+            parts[p] = sqlite_reader_bytes(stmt, 2 + p, &lengths[p]);
+        }
+        struct store_stream_message_row row = {(const char *)sqlite3_column_text(stmt, 0),
+                                               sqlite3_column_int64(stmt, 1),
+                                               parts[0],
+                                               parts[1],
+                                               parts[2],
+                                               parts[3],
+                                               lengths[3]};
+        SVC_ASSERT(row.stage != NULL && row.stream_offset >= 0);
+        SVC_ASSERT(lengths[0] <= DLT_MESSAGE_ID_BYTES_MAX &&
+                   lengths[1] <= DLT_MESSAGE_TYPE_BYTES_MAX);
+        SVC_ASSERT(lengths[2] <= DLT_MESSAGE_PRINCIPAL_BYTES_MAX);
+        SVC_ASSERT(lengths[3] <= DLT_MESSAGE_BODY_BYTES_MAX);
+        rc = each(context, &row);
+    }
+    if (rc == 0 && step != SQLITE_DONE && step != SQLITE_ROW) {
+        rc = store_sqlite_fail(r->db, "stream dead letters");
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+static int sqlite_reader_stream_replayed(struct store_reader *base, const char *stage,
+                                         const int64_t *offsets, size_t count, int64_t at_ms)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(stage != NULL && count >= 1 && count <= DLT_REPLAY_MESSAGES_MAX);
+    int rc = sqlite_reader_writable(r, &r->replayed, STORE_SQLITE_READER_REPLAYED_SQL);
+    if (rc != 0) {
+        return rc;
+    }
+    char list[DLT_REPLAY_MESSAGES_MAX * 21 + 2]; /* [n,n,...]: 20 digits and a comma each */
+    size_t used = 0;
+    list[used++] = '[';
+    for (size_t i = 0; i < count; i++) {
+        int n =
+            snprintf(list + used, sizeof list - used, "%s%" PRId64, i > 0 ? "," : "", offsets[i]);
+        SVC_ASSERT(n > 0 && (size_t)n < sizeof list - used);
+        used += (size_t)n;
+    }
+    list[used++] = ']';
+    SVC_ASSERT(used < sizeof list);
+    sqlite3_bind_text(r->replayed, 1, stage, -1, SQLITE_STATIC);
+    sqlite3_bind_text(r->replayed, 2, list, (int)used, SQLITE_STATIC);
+    sqlite3_bind_int64(r->replayed, 3, at_ms);
+    if (sqlite3_step(r->replayed) != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->writable, "mark stream dead letters replayed");
+    }
+    sqlite3_reset(r->replayed);
+    sqlite3_clear_bindings(r->replayed);
     return rc;
 }
 
@@ -528,5 +631,7 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .relay_offset_save = sqlite_reader_relay_offset_save,
     .payments_in_doubt = sqlite_reader_payments_in_doubt,
     .dead_letters = sqlite_reader_dead_letters,
+    .stream_messages = sqlite_reader_stream_messages,
+    .stream_replayed = sqlite_reader_stream_replayed,
     .lease = NULL, /* one process by nature: its workers always hold their stages */
 };

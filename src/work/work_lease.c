@@ -1,6 +1,7 @@
 /*
  * work_lease.c - a stage's lease: see work_lease.h. Only the thread that runs the stage (the
- * workers', or the relay's) ticks it; other threads read held_shared and, under lock, holder.
+ * workers', the relay's or the intake consumer's) ticks it; other threads read held_shared
+ * and, under lock, holder.
  */
 #include "work/work_lease.h"
 

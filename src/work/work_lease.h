@@ -15,7 +15,9 @@
  * /metrics) through work_lease_held and work_lease_holder.
  *
  * The outbox relay (relay/relay.h) takes a lease of the same table the same way, stage
- * RELAY_LEASE_STAGE ("relay"), ticked by its own thread with its own reader. Read work.c next.
+ * RELAY_LEASE_STAGE ("relay"), and so does the intake consumer (intake/intake_consume.h,
+ * INTAKE_LEASE_STAGE "intake", fenced in the writer like the workers' steps), each ticked by
+ * its own thread with its own reader. Read work.c next.
  */
 #ifndef STOCKD_WORK_LEASE_H
 #define STOCKD_WORK_LEASE_H
@@ -44,7 +46,7 @@ enum work_lease_change {
 };
 
 struct work_lease {
-    const char *stage;        /* "order", "payment", "relay" (static) */
+    const char *stage;        /* "order", "payment", "relay", "intake" (static) */
     bool held;                /* the ticking thread's view */
     int64_t token;            /* the token of the last acquisition (kept after a loss) */
     int64_t valid_until_ms;   /* monotonic: held until then at most */

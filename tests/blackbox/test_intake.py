@@ -9,7 +9,9 @@ HTTP side (Prefer: respond-async), so that the consumer is tested alone: 1,000 p
 product with 100 units make exactly 100 orders and 900 answers 409; one key published five
 times has one effect; kill -9 of stockd while it consumes, then a restart, applies every
 command once (the stock says so); a malformed message becomes a dead letter of stage commands
-(GET /v1/dlt?stage=commands, keyed by its stream offset) and the consumer goes on.
+(GET /v1/dlt?stage=commands, keyed by its stream offset) and the consumer goes on; POST
+/v1/dlt/replay publishes a dead letter's message again (with the broker down: 503, nothing
+marked), and one that still cannot be decoded is a dead letter again at its new offset.
 
 The broker is the node scripts/run-tests.sh starts ($STOCKD_TEST_AMQP, $STOCKD_TEST_AMQP_DIR);
 each test gets a virtual host of its own. Both backends."""
@@ -22,9 +24,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (check, check_eq, check_status, main, new_key, start_stockd,  # noqa: E402
-                     stockd_bin)
-from test_relay import new_vhost_url  # noqa: E402
+from harness import (check, check_eq, check_problem, check_status, main, new_key,  # noqa: E402
+                     start_stockd, stockd_bin)
+from test_relay import broker_start, broker_stop, new_vhost_url  # noqa: E402
 
 WAIT_S = 90.0  # a bound for the broker and the consumer to catch up, never a timing assertion
 TOKENS = "alice:write:alice-secret-1,ops:admin:ops-secret-1"
@@ -57,13 +59,15 @@ def batch(commands, route="/v1/purchase"):
 
 
 def publish(url, messages):
+    """Publishes messages (id, type, headers, body: a str, or bytes that need not be UTF-8)."""
     lines = []
     for mid, mtype, headers, body in messages:
         h = ";".join("%s=%s" % kv for kv in headers.items()) or "-"
-        check("\t" not in body and "\n" not in body, "a body fits one line")
-        lines.append("%s\t%s\t%s\t%s" % (mid, mtype or "-", h, body))
+        raw = body if isinstance(body, bytes) else body.encode()
+        check(b"\t" not in raw and b"\n" not in raw, "a body fits one line")
+        lines.append(("%s\t%s\t%s\t" % (mid, mtype or "-", h)).encode() + raw)
     r = subprocess.run([mq_put_bin(), url, STREAM, str(int(WAIT_S * 1000))],
-                       input=("\n".join(lines) + "\n").encode(), capture_output=True,
+                       input=b"\n".join(lines) + b"\n", capture_output=True,
                        timeout=WAIT_S + 60)
     check(r.returncode == 0, "mq_put: %s" % r.stderr.decode()[-500:])
     check_eq(int(r.stdout.decode().strip()), len(messages), "messages confirmed")
@@ -247,6 +251,90 @@ def test_malformed_message():
         s.stop()
 
 
+def dead_letters(s):
+    with s.client(token="ops-secret-1") as c:
+        r = c.get("/v1/dlt?stage=commands")
+        check_status(r, 200, "GET /v1/dlt?stage=commands")
+        return r.json["deadLetters"]
+
+
+def replay(s, body):
+    with s.client(token="ops-secret-1") as c:
+        return c.post("/v1/dlt/replay", body)
+
+
+def test_replay_dead_letters():
+    """POST /v1/dlt/replay of stage commands publishes each dead letter's message again, byte
+    for byte, with the broker's confirm, and marks it replayed (off the list); a message that
+    still cannot be decoded is a dead letter again at its new offset. Broker down: 503
+    broker_unavailable, nothing marked."""
+    url = new_vhost_url()
+    s = start(url)
+    try:
+        catalog(s, "R", 10)
+        good = {"sku": "R", "qty": 1, "customerId": "c"}
+        publish(url, [
+            message("r-1", good),                                        # offset 0
+            ("bad-json", "purchase", {"principal": "alice"}, "{not json"),  # 1
+            ("bad-utf8", "order", {}, b'{"v":1,"x":"\xff\xfe"}'),         # 2: no UTF-8 at all
+            message("r-qty", {"sku": "R", "qty": 0, "customerId": "c"}),   # 3
+            message("r-2", good),                                        # 4
+        ])
+        wait_consumed(s, 5)
+        letters = dead_letters(s)
+        check_eq([d["id"] for d in letters], ["commands:1", "commands:2", "commands:3"], "ids")
+        errors = {d["seq"]: d["error"] for d in letters}
+
+        # One by id: published again (offset 5), marked, and a dead letter again there.
+        r = replay(s, {"ids": ["commands:2"]})
+        check_status(r, 202, "replay of commands:2")
+        check_eq(r.json, {"ids": ["commands:2"], "replayed": 1, "deferred": 0,
+                          "notReplayable": []}, "the replay's answer")
+        wait_consumed(s, 6)
+        letters = dead_letters(s)
+        check_eq([d["seq"] for d in letters], [1, 3, 5], "commands:2 is now commands:5")
+        check_eq(letters[2]["error"], errors[2], "the same message, the same error")
+        check_eq(letters[2]["attempts"], 1, "a new dead letter")
+        # Replayed already: not found again.
+        r = replay(s, {"ids": ["commands:2", "commands:77"]})
+        check_status(r, 202, "replay of a replayed and an unknown id")
+        check_eq(r.json["replayed"], 0, "nothing replayed")
+
+        # The broker down: 503 broker_unavailable, nothing marked.
+        broker_stop()
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while intake_state(s)["publisher"] == "ok":
+                check(time.monotonic() < deadline, "the publisher did not see the broker go")
+                time.sleep(0.1)
+            r = replay(s, {"stage": "commands"})
+            check_status(r, 503, "replay with the broker down")
+            check_eq(r.json["code"], "broker_unavailable", "code")
+            check_eq(r.headers.get("retry-after"), "1", "Retry-After")
+            check_eq([d["seq"] for d in dead_letters(s)], [1, 3, 5], "nothing marked")
+        finally:
+            broker_start()
+
+        # Every one of the stage, once the broker is back: each a dead letter again.
+        deadline = time.monotonic() + WAIT_S
+        while intake_state(s)["status"] != "ok":
+            check(time.monotonic() < deadline, "intake did not reconnect")
+            time.sleep(0.1)
+        r = replay(s, {"stage": "commands"})
+        check_status(r, 202, "replay of the stage")
+        check_eq(r.json["ids"], ["commands:1", "commands:3", "commands:5"], "replayed ids")
+        wait_consumed(s, 9)
+        letters = dead_letters(s)
+        check_eq([d["seq"] for d in letters], [6, 7, 8], "dead letters at their new offsets")
+        check_eq([d["error"] for d in letters], [errors[1], errors[3], errors[2]], "errors")
+        check_eq(on_hand(s, "R"), 8, "the two good purchases only")
+        with s.client(token="ops-secret-1") as c:
+            check_problem(c.post("/v1/dlt/replay", {"ids": ["commands:6", "payment:ord_1"]}),
+                          400, "validation_failed", "ids of two stages")
+    finally:
+        s.stop()
+
+
 def test_batch_messages():
     """A batch is applied command by command, as if each had come alone: a key seen before is
     a replay, the stock runs out inside it; a batch with one bad command is one dead letter
@@ -274,10 +362,19 @@ def test_batch_messages():
             check_eq([d["seq"] for d in letters], [2], "one dead letter: the bad batch's offset")
             check("purchases only" in letters[0]["error"], "why: %s" % letters[0]["error"])
         check_eq(intake_state(s)["offset"], 4, "every message answered and acked")
+        # Replayed, the batch goes back to the stream as it came, and is refused again there.
+        with s.client(token="ops-secret-1") as c:
+            r = c.post("/v1/dlt/replay", {"ids": ["commands:2"]})
+            check_status(r, 202, "replay of the batch's dead letter")
+        wait_consumed(s, 5)
+        letters = dead_letters(s)
+        check_eq([d["seq"] for d in letters], [4], "the batch again, at its new offset")
+        check("purchases only" in letters[0]["error"], "why again: %s" % letters[0]["error"])
+        check_eq(statuses(s, ["b-5"])["b-5"][0], 202, "its purchase still pending")
     finally:
         s.stop()
 
 
 if __name__ == "__main__":
     main([test_sell_out, test_same_key_five_times, test_kill9_while_consuming,
-          test_malformed_message, test_batch_messages])
+          test_malformed_message, test_replay_dead_letters, test_batch_messages])

@@ -254,9 +254,13 @@ def test_async_flash_sale_end_to_end():
                 if r.status == 201:
                     sold += 1
                     orders.add(r.json["orderId"])
+                    # The status points on at the order, as the POST's replay would.
+                    check_eq(r.headers.get("location"), "/v1/orders/" + r.json["orderId"],
+                             "Location of the 201 at " + u)
                 else:
                     check_status(r, 409, "the final answer of " + u)
                     check_eq(r.json["code"], "insufficient_stock", "refusal of " + u)
+                    check(r.headers.get("location") is None, "no Location on the 409 at " + u)
                     refused += 1
             check_eq((sold, refused), (units, clients * per_client - units), "sold, refused")
             check_eq(len(orders), units, "distinct orders")
@@ -271,6 +275,8 @@ def test_async_flash_sale_end_to_end():
             r = final_answer(c, check_accepted(r, key, "async order"))
             check_status(r, 201, "the async order's answer")
             order_id = r.json["orderId"]
+            check_eq(r.headers.get("location"), "/v1/orders/" + order_id, "the order's Location")
+            check_status(c.get(r.headers["location"]), 200, "GET the order's Location")
             deadline = time.monotonic() + WAIT_S
             while c.get("/v1/orders/" + order_id).json["status"] != "PAID":
                 check(time.monotonic() < deadline, "the async order is not PAID")

@@ -4,7 +4,12 @@ the event type, store/sku headers, the body as GET /v1/events shows the event), 
 of stockd resumes from the durable position without a gap. With the broker stopped mid-run,
 purchases still answer 201 while /health and /ready report the relay degraded with its lag;
 once the broker is back the relay catches up and the stream holds every event once or more, in
-order, with no gap. Without --amqp nothing of it shows (the default needs no broker).
+order, with no gap. Without --amqp nothing of it shows (the default needs no broker). A consumer
+of stockd.events rebuilt from offset 0 (here: the test folding each stock event's deltas per
+store and sku) reproduces onHand, reserved and available of GET /v1/availability after a mixed
+run (receipts, adjustments, purchases and sold-out 409s, reservations confirmed, cancelled and
+held, checkout orders paid and cancelled, a transfer), and misses it when one event is left
+out.
 
 The broker is the node scripts/run-tests.sh starts for the whole run: $STOCKD_TEST_AMQP (its
 URL) and $STOCKD_TEST_AMQP_DIR (its directory, for rabbitmqctl and for stopping and starting
@@ -228,7 +233,146 @@ def test_broker_outage_keeps_selling_and_the_relay_catches_up():
         len(events), duplicates, relay))
 
 
+def fold_stream(messages, drop_seq=None):
+    """A consumer of stockd.events rebuilt from offset 0: every stock event (one store's item
+    changed: the message has store and sku, its data delta and reservedDelta) adds its deltas
+    to (onHand, reserved) of its (store, sku); a seq seen again (a republish) is skipped, and
+    after each event the folded state must be the one the event says (onHand, reserved).
+    drop_seq leaves that event out (the test of the test). Returns {(store, sku): (onHand,
+    reserved, available)} and the seqs of the stock events."""
+    state = {}
+    last = 0
+    stock_seqs = []
+    for m in messages:
+        seq = int(m["id"])
+        if seq <= last:
+            continue
+        check_eq(seq, last + 1, "the seq after %d" % last)
+        last = seq
+        body = m["body"]
+        data = body["data"]
+        if body["storeId"] is None or body["sku"] is None or "delta" not in data:
+            continue  # not a stock event: a store, a reservation's or an order's lifecycle
+        stock_seqs.append(seq)
+        if seq == drop_seq:
+            continue
+        key = (body["storeId"], body["sku"])
+        on_hand, reserved = state.get(key, (0, 0))
+        state[key] = (on_hand + data["delta"], reserved + data.get("reservedDelta", 0))
+        if drop_seq is None:
+            check_eq(state[key], (data["onHand"], data["reserved"]),
+                     "%s %d folds to what it says" % (body["eventType"], seq))
+    return {k: (oh, rs, oh - rs) for k, (oh, rs) in state.items()}, stock_seqs
+
+
+def api_stock(c, skus, stores):
+    """{(store, sku): (onHand, reserved, available)} of GET /v1/availability for every sku in
+    every store that stocks it, and {sku: the same over all stores}."""
+    per_store = {}
+    per_sku = {}
+    for sku in skus:
+        r = c.get("/v1/availability?sku=" + sku)
+        check_status(r, 200, "availability of " + sku)
+        per_sku[sku] = (r.json["onHand"], r.json["reserved"], r.json["available"])
+        for store in stores:
+            r = c.get("/v1/availability?sku=%s&storeId=%s" % (sku, store))
+            if r.status == 404:
+                continue  # not stocked there
+            check_status(r, 200, "availability of %s in %s" % (sku, store))
+            per_store[(store, sku)] = (r.json["onHand"], r.json["reserved"], r.json["available"])
+    return per_store, per_sku
+
+
+def by_sku(folded):
+    out = {}
+    for (_, sku), (on_hand, reserved, available) in folded.items():
+        a, b, d = out.get(sku, (0, 0, 0))
+        out[sku] = (a + on_hand, b + reserved, d + available)
+    return out
+
+
+def mixed_run(c):
+    """Receipts, adjustments, purchases with sold-out 409s, reservations (confirmed,
+    cancelled, held), checkout orders (paid by the workers, one cancelled), a transfer. Returns
+    the checkout orders' ids."""
+    def ok(r, status, what):
+        check_status(r, status, what)
+        return r.json
+    ok(c.post("/v1/stores", {"storeId": "S2", "name": "Two"}, key=new_key()), 201, "store S2")
+    for sku, units in (("FOLD-A", 60), ("FOLD-B", 5)):
+        ok(c.post("/v1/products", {"sku": sku, "name": sku, "initialOnHand": units,
+                                   "storeId": "S1"}, key=new_key()), 201, "product " + sku)
+    ok(c.post("/v1/adjustments", {"storeId": "S2", "sku": "FOLD-B", "delta": 7,
+                                  "reason": "receipt"}, key=new_key()), 200, "receipt in S2")
+    ok(c.post("/v1/adjustments", {"storeId": "S1", "sku": "FOLD-A", "delta": -3,
+                                  "reason": "damaged"}, key=new_key()), 200, "shrinkage")
+    buy(c, "FOLD-A", 10)
+    statuses = []
+    for _ in range(15):  # 12 units of FOLD-B in all: 12 sales, then sold out
+        r = c.post("/v1/purchase", {"sku": "FOLD-B", "qty": 1, "customerId": "c-2"},
+                   key=new_key())
+        statuses.append(r.status)
+    check_eq(sorted(statuses), [201] * 12 + [409] * 3, "FOLD-B sells out")
+    held = []
+    for qty in (4, 2, 3):
+        res = ok(c.post("/v1/reservations", {"storeId": "S1", "lines": [
+            {"sku": "FOLD-A", "qty": qty}], "ttlSeconds": 3600, "customerId": "c-3"},
+            key=new_key()), 201, "reservation of %d" % qty)
+        held.append(res["reservationId"])
+    ok(c.post("/v1/reservations/%s:confirm" % held[0], {}, key=new_key()), 200, "confirm")
+    ok(c.post("/v1/reservations/%s:cancel" % held[1], {"reason": "no"}, key=new_key()), 200,
+       "cancel")  # held[2] stays ACTIVE: reserved
+    orders = []
+    for qty in (2, 1, 3):
+        order = ok(c.post("/v1/orders", {"customerId": "c-4", "lines": [
+            {"sku": "FOLD-A", "qty": qty}]}, key=new_key()), 201, "checkout order")
+        orders.append(order["orderId"])
+    r = c.post("/v1/orders/%s:cancel" % orders[1], {"reason": "changed mind"}, key=new_key())
+    check(r.status in (200, 409), "cancel of an order: %d" % r.status)  # 409: already paid
+    ok(c.post("/v1/transfers", {"fromStore": "S1", "toStore": "S2", "lines": [
+        {"sku": "FOLD-A", "qty": 5}]}, key=new_key()), 201, "transfer")
+    return orders
+
+
+def test_a_consumer_from_offset_0_reproduces_availability():
+    url = new_vhost_url()
+    server = start_stockd(["--amqp", url])
+    with server.client() as c:
+        orders = mixed_run(c)
+        deadline = time.monotonic() + WAIT_S
+        for order_id in orders:  # the workers end each (paid, or cancelled above)
+            while c.get("/v1/orders/" + order_id).json["status"] not in (
+                    "PAID", "CANCELLED", "PAYMENT_FAILED"):
+                check(time.monotonic() < deadline, "order %s did not end" % order_id)
+                time.sleep(0.05)
+        wait_relay(c, "ok")
+        events = api_events(c)
+        messages = read_stream(url, len(events))
+        check_stream(messages, events)
+        folded, stock_seqs = fold_stream(messages)
+        skus = sorted({sku for _, sku in folded})
+        check_eq(skus, ["FOLD-A", "FOLD-B"], "skus in the stream")
+        stores = sorted({store for store, _ in folded})
+        deadline = time.monotonic() + WAIT_S
+        while True:  # the read model may trail the commit a little; the stream is final
+            per_store, per_sku = api_stock(c, skus, stores)
+            if per_store == folded or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        check_eq(per_store, folded, "availability per store and sku, folded from the stream")
+        check_eq(per_sku, by_sku(folded), "availability per sku, folded from the stream")
+        check(per_sku["FOLD-A"][1] > 0 and per_sku["FOLD-B"][2] == 0,
+              "the run holds a reservation and sold FOLD-B out: %s" % per_sku)
+        # The test of the test: leaving any one stock event out gives another availability.
+        for drop in stock_seqs:
+            partial, _ = fold_stream(messages, drop_seq=drop)
+            check(partial != per_store, "the fold without event %d still matches" % drop)
+    print("  (%d events, %d of them stock events, folded into %d items)" % (
+        len(events), len(stock_seqs), len(folded)))
+
+
 if __name__ == "__main__":
     main([test_without_amqp_nothing_changes,
           test_events_reach_the_stream_in_order_and_resume_after_restart,
-          test_broker_outage_keeps_selling_and_the_relay_catches_up])
+          test_broker_outage_keeps_selling_and_the_relay_catches_up,
+          test_a_consumer_from_offset_0_reproduces_availability])
