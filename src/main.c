@@ -86,6 +86,9 @@ static void main_usage(FILE *out)
             "                         command) and apply the commands of that stream\n"
             "                         (asynchronous intake; on one PostgreSQL, the holder\n"
             "                         of its lease consumes); without it, no broker is used\n"
+            "  --relay on|off         with --amqp, run the outbox relay (default on; off: an\n"
+            "                         instance that only takes asynchronous commands, e.g.\n"
+            "                         while another instance relays the events)\n"
             "  --audit                replay the database's event log, check every stock\n"
             "                         invariant, print the report and exit (1 if violated)\n"
             "  --help\n");
@@ -144,6 +147,13 @@ static int main_parse_on_off(const char *value, bool *out)
     return *out || strcmp(value, "off") == 0 ? 0 : -EINVAL;
 }
 
+/* --relay on|off (opt 'R'). */
+static int main_parse_relay(struct app_config *c, const char *value)
+{
+    c->relay = strcmp(value, "on") == 0;
+    return c->relay || strcmp(value, "off") == 0 ? 0 : -EINVAL;
+}
+
 static int main_parse_workers(struct app_config *c, const char *value)
 {
     c->workers = strcmp(value, "on") == 0;
@@ -186,6 +196,12 @@ static void main_durable_hook(int64_t seq, void *context)
 static void main_start_relay(struct app *app)
 {
     if (app->config.amqp_url[0] == '\0') {
+        return;
+    }
+    if (!app->config.relay) {
+        log_info("relay off (--relay off): committed events stay in the database (GET "
+                 "/v1/events, /v1/stream); none is published to %s",
+                 RELAY_STREAM);
         return;
     }
     struct relay_config rc = {app->config.db_path, app->config.amqp_url, &app->writer.acked_seq,
@@ -356,6 +372,7 @@ static const struct option main_options[] = {
     {"payment-url", required_argument, 0, 'U'},
     {"payment-timeout-ms", required_argument, 0, 'M'},
     {"amqp", required_argument, 0, 'Q'},
+    {"relay", required_argument, 0, 'R'},
     {"lease-ms", required_argument, 0, 'E'},
     {"instance-id", required_argument, 0, 'I'},
     {0, 0, 0, 0},
@@ -385,6 +402,7 @@ static int main_parse(struct app_config *c, int argc, char **argv)
             break;
         case 'A': rc = main_parse_anonymous_role(c, optarg); break;
         case 'W': rc = main_parse_workers(c, optarg); break;
+        case 'R': rc = main_parse_relay(c, optarg); break;
         case 'F': rc = main_parse_rate(optarg, &c->payment_failure_rate); break;
         case 'O': rc = main_parse_rate(optarg, &c->payment_timeout_rate); break;
         case 'L': c->payment_latency_ms = atoll(optarg); break;
@@ -421,6 +439,7 @@ static void main_defaults(struct app_config *c)
     strcpy(c->ticket_sku, "TICKET-A");
     c->idem_retention_ms = IDEM_RETENTION_MS_DEFAULT;
     c->workers = true;
+    c->relay = true;
     c->payment_breaker = true;
     c->snapshot_every_events = SNAPSHOT_EVERY_EVENTS;
     c->payment_timeout_ms = PAY_HTTP_TIMEOUT_MS_DEFAULT;

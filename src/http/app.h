@@ -49,6 +49,7 @@ struct app_config {
     int64_t snapshot_every_events; /* --snapshot-every-events; 0: no snapshots are written */
     char amqp_url[512]; /* --amqp: the broker of the outbox relay and of asynchronous intake;
                          * empty: neither */
+    bool relay;         /* --relay on|off: with --amqp, run the outbox relay */
     /* The workers' leases (several instances on one PostgreSQL): --lease-ms, --instance-id. */
     int64_t lease_ms;
     char instance_id[128]; /* the leases' holder id; "": main fills hostname:pid:start-ms */

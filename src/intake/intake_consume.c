@@ -277,7 +277,7 @@ int intake_consume_decode_batch(const void *body, size_t length, intake_consume_
     }
     size_t count = rc == 0 ? json_array_size(commands) : 0;
     for (size_t i = 0; i < count && rc == 0; i++) {
-        SVC_ASSERT(cmds[i]->lines == NULL); /* a batch holds purchases only */
+        memset(cmds[i], 0, sizeof *cmds[i]); /* lines NULL: a batch holds purchases only */
         rc = intake_consume_decode_object(json_array_get(commands, i), NULL, NULL, NULL, decode,
                                           cmds[i], why, why_size);
         if (rc == SVC_ECAPACITY) {
@@ -563,8 +563,7 @@ static void intake_consume_batch(struct intake_consume *ic, const struct mq_deli
 {
     struct command *cmds[INTAKE_BATCH_COMMANDS_MAX];
     for (size_t i = 0; i < INTAKE_BATCH_COMMANDS_MAX; i++) {
-        cmds[i] = ic->free_list[ic->free_count - 1 - i];
-        memset(cmds[i], 0, sizeof *cmds[i]);
+        cmds[i] = ic->free_list[ic->free_count - 1 - i]; /* zeroed by the decoder, as used */
     }
     char why[REASON_BYTES_MAX + 1];
     size_t count = 0;

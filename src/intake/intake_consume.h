@@ -147,10 +147,10 @@ void intake_consume_writer_reply(struct command *cmd);
 int intake_consume_decode(const void *body, size_t length, const char *id, const char *type,
                           const char *principal_header, intake_consume_decoder decode,
                           struct command *cmd, char *why, size_t why_size);
-/* Decodes a batch message (intake.h: type INTAKE_KIND_BATCH) into cmds[0..*count_out), each
- * zeroed by the caller with lines NULL (a batch holds purchases only), at most
- * INTAKE_BATCH_COMMANDS_MAX of them. 0, or an error with why and *count_out 0: one command that
- * cannot be decoded makes the whole message a dead letter. */
+/* Decodes a batch message (intake.h: type INTAKE_KIND_BATCH) into cmds[0..*count_out), at most
+ * INTAKE_BATCH_COMMANDS_MAX of them; each one used is zeroed here first (lines NULL: a batch
+ * holds purchases only), the others are left as they are. 0, or an error with why and
+ * *count_out 0: one command that cannot be decoded makes the whole message a dead letter. */
 int intake_consume_decode_batch(const void *body, size_t length, intake_consume_decoder decode,
                                 struct command *const *cmds, size_t *count_out, char *why,
                                 size_t why_size);

@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (check, check_eq, check_status, main, new_key, run_threads,  # noqa: E402
-                     start_stockd)
+                     start_stockd, stockd_bin)
 from test_relay import (WAIT_S, broker_start, broker_stop, metric, mq_tail_bin,  # noqa: E402
                         new_vhost_url, product)
 
@@ -341,10 +341,31 @@ def test_concurrent_purchases_share_messages_each_once():
         server.stop()
 
 
+def test_relay_off_takes_commands_and_publishes_no_event():
+    url = new_vhost_url()
+    server = start_stockd(["--amqp", url, "--relay", "off"])
+    try:
+        with server.client() as c:
+            product(c, "NORELAY", 5)
+            key = new_key("norelay")
+            r = c.post("/purchase", buy_body("NORELAY"), key=key, headers=ASYNC)
+            check_status(final_answer(c, check_accepted(r, key, "async purchase")), 201,
+                         "the async purchase's answer")
+            health = c.get("/health").json
+            check("relay" not in health and "intake" in health, "/health: %s" % health)
+            check(b"stockd_relay_" not in c.get("/metrics").body, "no relay metrics")
+        check("relay off" in server.log_tail(500), "the log says the relay is off")
+    finally:
+        server.stop()
+    r = subprocess.run([stockd_bin(), "--relay", "maybe"], capture_output=True, timeout=30)
+    check(r.returncode != 0, "--relay maybe is refused")
+
+
 if __name__ == "__main__":
     main([test_without_amqp_the_preference_is_ignored,
           test_async_commands_are_published_and_answered_202,
           test_refused_requests_publish_nothing,
           test_broker_outage_refuses_async_and_keeps_selling,
           test_async_flash_sale_end_to_end,
-          test_concurrent_purchases_share_messages_each_once])
+          test_concurrent_purchases_share_messages_each_once,
+          test_relay_off_takes_commands_and_publishes_no_event])

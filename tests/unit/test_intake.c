@@ -142,7 +142,7 @@ static int decode_batch(const char *body, size_t *count)
 {
     struct command *cmds[INTAKE_BATCH_COMMANDS_MAX];
     for (size_t i = 0; i < INTAKE_BATCH_COMMANDS_MAX; i++) {
-        memset(&batch_cmds[i], 0, sizeof batch_cmds[i]);
+        memset(&batch_cmds[i], 0xA5, sizeof batch_cmds[i]); /* the decoder zeroes what it uses */
         cmds[i] = &batch_cmds[i];
     }
     why[0] = '\0';
