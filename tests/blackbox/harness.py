@@ -528,6 +528,19 @@ def describe(resp):
     return "%d %s" % (resp.status, body)
 
 
+def eventually(fn, what, timeout):
+    """Calls fn() until it returns without AssertionError; returns its result, or raises the
+    last error after timeout seconds (a bound for what must happen, not a timing check)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except AssertionError as e:
+            if time.monotonic() > deadline:
+                raise AssertionError("%s, still after %.0f s: %s" % (what, timeout, e))
+        time.sleep(0.1)
+
+
 def check_status(resp, status, what):
     if resp.status != status:
         raise AssertionError("%s: want status %d, got %s" % (what, status, describe(resp)))

@@ -6,6 +6,7 @@ kill -9 of one instance loses no acknowledged order, and a PostgreSQL restart un
 An instance follows the changes the others commit with some lag, so checks across instances
 poll (`eventually`) with generous deadlines; no test asserts how fast anything is."""
 
+import functools
 import http.client
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import harness  # noqa: E402
 from harness import (PG_DIR, audit_events, check, check_eq, check_problem, check_status,  # noqa: E402
                      describe, main, new_key, new_pg_database, pg_start, pg_stop, pg_uri, psql,
                      psql_bin,
@@ -24,17 +26,7 @@ from harness import (PG_DIR, audit_events, check, check_eq, check_problem, check
 SETTLE_S = 15.0  # how long another instance may take to see a change (the contract says ~5 s)
 
 
-def eventually(fn, what, timeout=SETTLE_S):
-    """Calls fn() until it returns without AssertionError; returns its result, or raises the
-    last error after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except AssertionError as e:
-            if time.monotonic() > deadline:
-                raise AssertionError("%s, still after %.0f s: %s" % (what, timeout, e))
-        time.sleep(0.1)
+eventually = functools.partial(harness.eventually, timeout=SETTLE_S)
 
 
 def make_product(server, sku, on_hand):

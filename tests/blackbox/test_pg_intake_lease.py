@@ -14,12 +14,14 @@ gives the lease up at once.
 No test asserts how fast anything is: waits poll with generous deadlines. The broker is
 test_relay.py's ($STOCKD_TEST_AMQP, $STOCKD_TEST_AMQP_DIR)."""
 
+import functools
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import harness  # noqa: E402
 from harness import (check, check_eq, check_status, main, new_key,  # noqa: E402
                      new_pg_database, pg_mode, psql, run_threads, skip_test, start_stockd)
 from test_relay import amqp_env, metric, new_vhost_url, product  # noqa: E402
@@ -32,16 +34,7 @@ SKU = "IL"
 STOCK = 100000
 
 
-def eventually(fn, what, timeout=WAIT_S):
-    """Calls fn() until it returns without AssertionError; returns its result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except AssertionError as e:
-            if time.monotonic() > deadline:
-                raise AssertionError("%s, still after %.0f s: %s" % (what, timeout, e))
-        time.sleep(0.1)
+eventually = functools.partial(harness.eventually, timeout=WAIT_S)
 
 
 def start(name, db, url):

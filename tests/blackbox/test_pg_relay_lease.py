@@ -13,12 +13,14 @@ the lease up at once: the row is released (or already taken) when the process ha
 No test asserts how fast anything is: waits poll with generous deadlines. The broker and the
 stream reader are test_relay.py's ($STOCKD_TEST_AMQP, $STOCKD_TEST_AMQP_DIR, $STOCKD_MQ_TAIL)."""
 
+import functools
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import harness  # noqa: E402
 from harness import (check, check_eq, check_status, main, new_key,  # noqa: E402
                      new_pg_database, pg_mode, psql, skip_test, start_stockd)
 from test_relay import (amqp_env, api_events, check_stream, metric,  # noqa: E402
@@ -29,16 +31,7 @@ WAIT_S = 60.0  # a bound for takeovers and catching up, never a timing assertion
 WATCH_S = 3 * LEASE_MS / 1000.0  # an instance that published without the lease would meanwhile
 
 
-def eventually(fn, what, timeout=WAIT_S):
-    """Calls fn() until it returns without AssertionError; returns its result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except AssertionError as e:
-            if time.monotonic() > deadline:
-                raise AssertionError("%s, still after %.0f s: %s" % (what, timeout, e))
-        time.sleep(0.1)
+eventually = functools.partial(harness.eventually, timeout=WAIT_S)
 
 
 def start(name, db, url):

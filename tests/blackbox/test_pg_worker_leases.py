@@ -12,6 +12,7 @@ know it, so only for those orders may a key be in two ledgers (at most once in e
 other key is in one ledger, once. No test asserts how fast anything is: waits poll with generous
 deadlines, and the check that a non-holder does nothing watches for a few lease periods."""
 
+import functools
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import harness  # noqa: E402
 from harness import (audit_events, check, check_eq, check_status, main, new_key,  # noqa: E402
                      new_pg_database, pg_mode, psql, skip_test, start_stockd)
 
@@ -27,16 +29,7 @@ WAIT_S = 60.0
 WATCH_S = 3 * LEASE_MS / 1000.0  # a non-holder that leaked would move an order meanwhile
 
 
-def eventually(fn, what, timeout=WAIT_S):
-    """Calls fn() until it returns without AssertionError; returns its result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except AssertionError as e:
-            if time.monotonic() > deadline:
-                raise AssertionError("%s, still after %.0f s: %s" % (what, timeout, e))
-        time.sleep(0.1)
+eventually = functools.partial(harness.eventually, timeout=WAIT_S)
 
 
 def start(name, db):
