@@ -27,6 +27,7 @@
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
 #include "http/api.h"
+#include "http/waiter.h"
 #include "http/request.h"
 #include "http/thread.h"
 #include "read/audit.h"
@@ -47,7 +48,7 @@ struct audit_job {
     struct audit_message end_message;      /* sent once, last */
     h2o_generator_t generator;             /* streaming answers */
     struct io_thread *thread;              /* the owner */
-    h2o_req_t *req;                        /* owner only: NULL once h2o disposed it */
+    struct http_waiter waiter;             /* owner only: its req is NULL once h2o disposed it */
     bool streaming;                        /* owner only */
     bool sending;                          /* owner only: a chunk is with h2o */
     bool ended;                            /* owner only: took the end message */
@@ -62,11 +63,8 @@ struct audit_job {
     struct audit_report report; /* likewise; json owned by the job until sent */
 };
 
-/* Per I/O thread: its receiver on the reply queue, registered at its first audit. */
-static struct {
-    h2o_multithread_receiver_t receiver;
-    bool registered; /* owner only */
-} audit_receivers[IO_THREADS_MAX];
+/* Per I/O thread: its mailbox, set up at its first audit. */
+static struct http_mailbox audit_mailboxes[IO_THREADS_MAX];
 
 static _Atomic bool audit_busy; /* an audit thread runs */
 
@@ -79,7 +77,7 @@ static void api_audit_on_progress(void *context, int64_t events, int64_t total)
     atomic_store_explicit(&job->total, total, memory_order_relaxed);
     atomic_store_explicit(&job->events, events, memory_order_release); /* after total */
     if (!atomic_exchange(&job->progress_queued, true)) {
-        h2o_multithread_send_message(&audit_receivers[job->thread->index].receiver,
+        h2o_multithread_send_message(&audit_mailboxes[job->thread->index].receiver,
                                      &job->progress_message.message);
     }
 }
@@ -97,7 +95,7 @@ static void *api_audit_thread_main(void *arg)
     job->rc = rc;
     atomic_store(&audit_busy, false);
     /* The last touch: after this message the owner may free the job. */
-    h2o_multithread_send_message(&audit_receivers[job->thread->index].receiver,
+    h2o_multithread_send_message(&audit_mailboxes[job->thread->index].receiver,
                                  &job->end_message.message);
     return NULL;
 }
@@ -106,17 +104,16 @@ static void *api_audit_thread_main(void *arg)
 
 static void api_audit_job_free(struct audit_job *job)
 {
-    SVC_ASSERT(job->ended && job->req == NULL);
+    SVC_ASSERT(job->ended && job->waiter.req == NULL);
     audit_report_free(&job->report);
     free(job);
 }
 
 /* h2o disposes the request (answered, or the client left): the job loses its request. */
-static void api_audit_on_dispose(void *guard)
+static void api_audit_on_gone(struct http_waiter *w)
 {
-    struct audit_job *job = *(struct audit_job **)guard;
-    SVC_ASSERT(job->req != NULL);
-    job->req = NULL;
+    struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, waiter, w);
+    SVC_ASSERT(job->waiter.req == NULL);
     if (job->ended) {
         api_audit_job_free(job);
     }
@@ -125,7 +122,7 @@ static void api_audit_on_dispose(void *guard)
 /* Hands h2o the next chunk of a streaming answer, if there is one and none is in flight. */
 static void api_audit_stream_next(struct audit_job *job)
 {
-    SVC_ASSERT(job->streaming && job->req != NULL);
+    SVC_ASSERT(job->streaming && job->waiter.req != NULL);
     if (job->sending || job->final_sent) {
         return;
     }
@@ -141,13 +138,13 @@ static void api_audit_stream_next(struct audit_job *job)
             data = problem;
         }
         size_t size = length + 32;
-        char *text = h2o_mem_alloc_pool(&job->req->pool, size);
+        char *text = h2o_mem_alloc_pool(&job->waiter.req->pool, size);
         int n = snprintf(text, size, "event: %s\ndata: %.*s\n\n", kind, (int)length, data);
         SVC_ASSERT(n > 0 && (size_t)n < size);
         job->final_sent = true;
         job->sending = true;
         h2o_iovec_t buf = h2o_iovec_init(text, (size_t)n);
-        h2o_send(job->req, &buf, 1, H2O_SEND_STATE_FINAL);
+        h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_FINAL);
         return;
     }
     int64_t events = atomic_load_explicit(&job->events, memory_order_acquire);
@@ -162,13 +159,13 @@ static void api_audit_stream_next(struct audit_job *job)
     job->sent_events = events;
     job->sending = true;
     h2o_iovec_t buf = h2o_iovec_init(job->chunk, (size_t)n);
-    h2o_send(job->req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
+    h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
 }
 
 static void api_audit_on_proceed(h2o_generator_t *generator, h2o_req_t *req)
 {
     struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, generator, generator);
-    SVC_ASSERT(job->req == req);
+    SVC_ASSERT(job->waiter.req == req);
     job->sending = false;
     api_audit_stream_next(job);
 }
@@ -183,7 +180,7 @@ static void api_audit_on_stop(h2o_generator_t *generator, h2o_req_t *req)
 static void api_audit_on_end(struct audit_job *job)
 {
     job->ended = true;
-    if (job->req == NULL) {
+    if (job->waiter.req == NULL) {
         api_audit_job_free(job);
         return;
     }
@@ -191,7 +188,7 @@ static void api_audit_on_end(struct audit_job *job)
         api_audit_stream_next(job);
         return;
     }
-    struct http_request r = {.thread = job->thread, .req = job->req};
+    struct http_request r = {.thread = job->thread, .req = job->waiter.req};
     if (job->rc != 0) {
         http_send_problem(&r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL,
                           0);
@@ -215,7 +212,7 @@ static void api_audit_on_message(h2o_multithread_receiver_t *receiver, h2o_linkl
             continue;
         }
         atomic_store(&job->progress_queued, false);
-        if (job->req != NULL && job->streaming) {
+        if (job->waiter.req != NULL && job->streaming) {
             api_audit_stream_next(job);
         }
     }
@@ -244,22 +241,16 @@ void api_audit(struct http_request *r)
         http_send_problem(r, SVC_EOUT_OF_MEMORY, NULL, NULL, 0);
         return;
     }
-    if (!audit_receivers[t->index].registered) {
-        h2o_multithread_register_receiver(t->reply_queue, &audit_receivers[t->index].receiver,
-                                          api_audit_on_message);
-        audit_receivers[t->index].registered = true;
-    }
+    (void)http_mailbox_of(audit_mailboxes, t, api_audit_on_message, 0);
     job->progress_message = (struct audit_message){.job = job, .end = false};
     job->end_message = (struct audit_message){.job = job, .end = true};
     job->thread = t;
-    job->req = r->req;
     job->streaming = api_audit_wants_stream(r);
     job->sent_events = -1;
     atomic_init(&job->events, -1); /* the audit thread has not reported yet */
     job->generator = (h2o_generator_t){api_audit_on_proceed, api_audit_on_stop};
-    struct audit_job **guard =
-        h2o_mem_alloc_shared(&r->req->pool, sizeof *guard, api_audit_on_dispose);
-    *guard = job;
+    job->waiter.on_gone = api_audit_on_gone;
+    http_waiter_start(&job->waiter, r->req, t, NULL);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

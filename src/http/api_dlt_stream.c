@@ -22,7 +22,7 @@
  *
  * Ownership: the replay and its jobs belong to this thread, but each job for the publisher's
  * turn between intake_pub_submit and its done callback. The replay lives until it is answered
- * (or its client left: a guard on the request's pool) and every job it handed over came back.
+ * (or its client left: its http_waiter, waiter.h) and every job it handed over came back.
  * Read api_ops.c next.
  */
 #include <errno.h>
@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "http/api.h"
+#include "http/waiter.h"
 #include "base/clock.h"
 #include "base/errors.h"
 #include "base/json_out.h"
@@ -64,12 +65,10 @@ struct api_dlt_stream_job {
 
 struct api_dlt_stream_replay {
     struct io_thread *thread;
-    h2o_req_t *req;                       /* NULL once answered, or disposed by h2o */
-    struct api_dlt_stream_replay **guard; /* on req's pool while req is waiting */
-    h2o_timeout_entry_t timeout;          /* INTAKE_CONFIRM_TIMEOUT_MS, linked while req waits */
-    json_t *ids;                          /* the requested ids (owned), or NULL: every one */
-    uint32_t job_count;                   /* jobs made */
-    uint32_t out;                         /* jobs with the publisher */
+    struct http_waiter waiter; /* its timer: INTAKE_CONFIRM_TIMEOUT_MS */
+    json_t *ids;               /* the requested ids (owned), or NULL: every one */
+    uint32_t job_count;        /* jobs made */
+    uint32_t out;              /* jobs with the publisher */
     struct api_dlt_stream_job *jobs[DLT_REPLAY_MESSAGES_MAX]; /* owned; NULL once freed */
     int64_t deferred;                                         /* past the maximum, or refused */
     uint32_t not_replayable;
@@ -78,11 +77,7 @@ struct api_dlt_stream_replay {
 };
 
 /* Per I/O thread, set up at its first replay; owner only. */
-static struct api_dlt_stream_thread {
-    h2o_multithread_receiver_t receiver; /* on the thread's reply queue */
-    h2o_timeout_t timeout;               /* INTAKE_CONFIRM_TIMEOUT_MS on the thread's loop */
-    bool ready;
-} api_dlt_stream_threads[IO_THREADS_MAX];
+static struct http_mailbox api_dlt_stream_mailboxes[IO_THREADS_MAX];
 
 static void api_dlt_stream_id(char *out, size_t size, int64_t offset)
 {
@@ -114,7 +109,7 @@ static void api_dlt_stream_done(struct intake_pub_job *pub)
     struct api_dlt_stream_job *job = H2O_STRUCT_FROM_MEMBER(struct api_dlt_stream_job, pub, pub);
     struct io_thread *t = job->replay->thread;
     SVC_ASSERT(t != NULL && t->index < IO_THREADS_MAX);
-    h2o_multithread_send_message(&api_dlt_stream_threads[t->index].receiver, &job->message);
+    h2o_multithread_send_message(&api_dlt_stream_mailboxes[t->index].receiver, &job->message);
 }
 
 /* A job for one row of store_reader_stream_messages; NULL when out of memory. */
@@ -173,29 +168,12 @@ static int api_dlt_stream_take(void *context, const struct store_stream_message_
 
 static void api_dlt_stream_free(struct api_dlt_stream_replay *replay)
 {
-    SVC_ASSERT(replay->out == 0 && replay->req == NULL);
+    SVC_ASSERT(replay->out == 0 && replay->waiter.req == NULL);
     for (uint32_t i = 0; i < replay->job_count; i++) {
         free(replay->jobs[i]);
     }
     json_decref(replay->ids);
     free(replay);
-}
-
-/* Takes the replay's request back from its guard; NULL when h2o disposed it or it was
- * answered. */
-static h2o_req_t *api_dlt_stream_release(struct api_dlt_stream_replay *replay)
-{
-    h2o_req_t *req = replay->req;
-    if (req != NULL) {
-        SVC_ASSERT(*replay->guard == replay);
-        *replay->guard = NULL;
-        replay->req = NULL;
-        replay->guard = NULL;
-    }
-    if (h2o_timeout_is_linked(&replay->timeout)) {
-        h2o_timeout_unlink(&replay->timeout);
-    }
-    return req;
 }
 
 /* The 202: the ids replayed (confirmed and marked), deferred and not replayable. */
@@ -274,14 +252,14 @@ static void api_dlt_stream_on_message(h2o_multithread_receiver_t *receiver,
             H2O_STRUCT_FROM_MEMBER(struct api_dlt_stream_job, message.link, messages->next);
         h2o_linklist_unlink(&job->message.link);
         struct api_dlt_stream_replay *replay = job->replay;
-        SVC_ASSERT(&api_dlt_stream_threads[replay->thread->index].receiver == receiver);
+        SVC_ASSERT(&api_dlt_stream_mailboxes[replay->thread->index].receiver == receiver);
         SVC_ASSERT(replay->out > 0);
         job->back = true;
         replay->out--;
         if (replay->out > 0) {
             continue;
         }
-        h2o_req_t *req = api_dlt_stream_release(replay);
+        h2o_req_t *req = http_waiter_take(&replay->waiter);
         if (req != NULL) {
             api_dlt_stream_answer(replay, req);
         }
@@ -294,38 +272,11 @@ static void api_dlt_stream_on_message(h2o_multithread_receiver_t *receiver,
 static void api_dlt_stream_on_timeout(h2o_timeout_entry_t *entry)
 {
     struct api_dlt_stream_replay *replay =
-        H2O_STRUCT_FROM_MEMBER(struct api_dlt_stream_replay, timeout, entry);
-    h2o_req_t *req = api_dlt_stream_release(replay);
+        H2O_STRUCT_FROM_MEMBER(struct api_dlt_stream_replay, waiter.timeout, entry);
+    h2o_req_t *req = http_waiter_take(&replay->waiter);
     if (req != NULL) {
         api_dlt_stream_answer(replay, req);
     }
-}
-
-/* Runs when h2o frees the request's pool: the client is gone before the answer. */
-static void api_dlt_stream_guard_dispose(void *object)
-{
-    struct api_dlt_stream_replay **guard = object;
-    struct api_dlt_stream_replay *replay = *guard;
-    if (replay != NULL) {
-        SVC_ASSERT(replay->guard == guard);
-        replay->req = NULL;
-        replay->guard = NULL;
-        if (h2o_timeout_is_linked(&replay->timeout)) {
-            h2o_timeout_unlink(&replay->timeout);
-        }
-    }
-}
-
-static struct api_dlt_stream_thread *api_dlt_stream_thread_ready(struct io_thread *t)
-{
-    SVC_ASSERT(t->index < IO_THREADS_MAX);
-    struct api_dlt_stream_thread *it = &api_dlt_stream_threads[t->index];
-    if (!it->ready) {
-        h2o_multithread_register_receiver(t->reply_queue, &it->receiver, api_dlt_stream_on_message);
-        h2o_timeout_init(t->loop, &it->timeout, INTAKE_CONFIRM_TIMEOUT_MS);
-        it->ready = true;
-    }
-    return it;
 }
 
 /* Hands every job to the publisher. 0, or the first refusal when none was handed over (the
@@ -360,7 +311,7 @@ void api_dlt_stream_replay(struct http_request *r, json_t *ids)
     }
     replay->thread = r->thread;
     replay->ids = ids != NULL ? json_incref(ids) : NULL;
-    replay->timeout = (h2o_timeout_entry_t){.cb = api_dlt_stream_on_timeout};
+    replay->waiter.timeout = (h2o_timeout_entry_t){.cb = api_dlt_stream_on_timeout};
     int limit = ids != NULL ? DLT_LIST_MAX : DLT_REPLAY_MESSAGES_MAX + 1;
     int rc = store_reader_stream_messages(r->thread->reader, INTAKE_STAGE, limit, replay,
                                           api_dlt_stream_take);
@@ -376,16 +327,13 @@ void api_dlt_stream_replay(struct http_request *r, json_t *ids)
         api_dlt_stream_free(replay);
         return;
     }
-    struct api_dlt_stream_thread *it = api_dlt_stream_thread_ready(r->thread);
+    struct http_mailbox *box = http_mailbox_of(
+        api_dlt_stream_mailboxes, r->thread, api_dlt_stream_on_message, INTAKE_CONFIRM_TIMEOUT_MS);
     /* Armed before the hand-off: the publisher may report at once (on this thread, later). */
-    replay->req = r->req;
-    replay->guard =
-        h2o_mem_alloc_shared(&r->req->pool, sizeof *replay->guard, api_dlt_stream_guard_dispose);
-    *replay->guard = replay;
-    h2o_timeout_link(r->thread->loop, &it->timeout, &replay->timeout);
+    http_waiter_start(&replay->waiter, r->req, r->thread, &box->timeout);
     rc = api_dlt_stream_submit(pub, replay);
     if (rc != 0) { /* none handed over: nothing was published, nothing is marked */
-        h2o_req_t *req = api_dlt_stream_release(replay);
+        h2o_req_t *req = http_waiter_take(&replay->waiter);
         SVC_ASSERT(req == r->req);
         api_dlt_stream_free(replay);
         http_send_problem(r, SVC_EBROKER_UNAVAILABLE,

@@ -13,8 +13,8 @@
  * time whatever the publisher does; the job itself is freed only when it comes back.
  *
  * Ownership: a job belongs to this thread, but for the publisher's turn between
- * intake_pub_submit and its done callback. A guard on the request's pool clears job->req when
- * h2o disposes the request (the client left): the late answer is then dropped. Read
+ * intake_pub_submit and its done callback. Its request waits in an http_waiter (waiter.h):
+ * when the client leaves first, the late answer is dropped. Read
  * api_seed.c next.
  */
 #include <errno.h>
@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "http/api.h"
+#include "http/waiter.h"
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/log.h"
@@ -39,20 +40,14 @@ struct api_intake_job {
     h2o_multithread_message_t message; /* to this thread's receiver; first member */
     struct intake_pub_job pub;
     struct io_thread *thread;
-    h2o_req_t *req;                /* NULL once answered, or disposed by h2o */
-    struct api_intake_job **guard; /* on req's pool while req is waiting */
-    h2o_timeout_entry_t timeout;   /* INTAKE_CONFIRM_TIMEOUT_MS, linked while req waits */
+    struct http_waiter waiter; /* its timer: INTAKE_CONFIRM_TIMEOUT_MS */
     char key[IDEM_KEY_BYTES_MAX + 1];
     char principal[AUTH_PRINCIPAL_BYTES_MAX + 1];
     char body[]; /* the message */
 };
 
 /* Per I/O thread, set up at its first asynchronous request; owner only. */
-static struct api_intake_thread {
-    h2o_multithread_receiver_t receiver; /* on the thread's reply queue */
-    h2o_timeout_t timeout;               /* INTAKE_CONFIRM_TIMEOUT_MS on the thread's loop */
-    bool ready;
-} api_intake_threads[IO_THREADS_MAX];
+static struct http_mailbox api_intake_mailboxes[IO_THREADS_MAX];
 
 /* For GET /metrics: any thread reads them. */
 static _Atomic uint64_t api_intake_accepted;
@@ -133,19 +128,6 @@ static void api_intake_accept(struct http_request *r, const struct api_intake_jo
     http_send_json(r, 202, body, b.length);
 }
 
-/* Takes the job's request back from its guard; NULL when h2o disposed it or it was answered. */
-static h2o_req_t *api_intake_release(struct api_intake_job *job)
-{
-    h2o_req_t *req = job->req;
-    if (req != NULL) {
-        SVC_ASSERT(*job->guard == job);
-        *job->guard = NULL; /* the request no longer needs to tell us it is gone */
-        job->req = NULL;
-        job->guard = NULL;
-    }
-    return req;
-}
-
 static void api_intake_answer(struct api_intake_job *job, h2o_req_t *req, int result)
 {
     struct http_request r;
@@ -167,11 +149,8 @@ static void api_intake_on_message(h2o_multithread_receiver_t *receiver, h2o_link
         struct api_intake_job *job =
             H2O_STRUCT_FROM_MEMBER(struct api_intake_job, message.link, messages->next);
         h2o_linklist_unlink(&job->message.link);
-        SVC_ASSERT(&api_intake_threads[job->thread->index].receiver == receiver);
-        if (h2o_timeout_is_linked(&job->timeout)) {
-            h2o_timeout_unlink(&job->timeout);
-        }
-        h2o_req_t *req = api_intake_release(job);
+        SVC_ASSERT(&api_intake_mailboxes[job->thread->index].receiver == receiver);
+        h2o_req_t *req = http_waiter_take(&job->waiter);
         if (req != NULL) {
             api_intake_answer(job, req, job->pub.result);
         }
@@ -183,8 +162,9 @@ static void api_intake_on_message(h2o_multithread_receiver_t *receiver, h2o_link
  * back later and is freed then. */
 static void api_intake_on_timeout(h2o_timeout_entry_t *entry)
 {
-    struct api_intake_job *job = H2O_STRUCT_FROM_MEMBER(struct api_intake_job, timeout, entry);
-    h2o_req_t *req = api_intake_release(job);
+    struct api_intake_job *job =
+        H2O_STRUCT_FROM_MEMBER(struct api_intake_job, waiter.timeout, entry);
+    h2o_req_t *req = http_waiter_take(&job->waiter);
     if (req != NULL) {
         api_intake_answer(job, req, -ETIMEDOUT);
     }
@@ -195,34 +175,7 @@ static void api_intake_done(struct intake_pub_job *pub)
 {
     struct api_intake_job *job = H2O_STRUCT_FROM_MEMBER(struct api_intake_job, pub, pub);
     SVC_ASSERT(job->thread != NULL && job->thread->index < IO_THREADS_MAX);
-    h2o_multithread_send_message(&api_intake_threads[job->thread->index].receiver, &job->message);
-}
-
-/* Runs when h2o frees the request's pool: the client is gone before the answer. */
-static void api_intake_guard_dispose(void *object)
-{
-    struct api_intake_job **guard = object;
-    struct api_intake_job *job = *guard;
-    if (job != NULL) {
-        SVC_ASSERT(job->guard == guard);
-        job->req = NULL;
-        job->guard = NULL;
-        if (h2o_timeout_is_linked(&job->timeout)) {
-            h2o_timeout_unlink(&job->timeout);
-        }
-    }
-}
-
-static struct api_intake_thread *api_intake_thread_ready(struct io_thread *t)
-{
-    SVC_ASSERT(t->index < IO_THREADS_MAX);
-    struct api_intake_thread *it = &api_intake_threads[t->index];
-    if (!it->ready) {
-        h2o_multithread_register_receiver(t->reply_queue, &it->receiver, api_intake_on_message);
-        h2o_timeout_init(t->loop, &it->timeout, INTAKE_CONFIRM_TIMEOUT_MS);
-        it->ready = true;
-    }
-    return it;
+    h2o_multithread_send_message(&api_intake_mailboxes[job->thread->index].receiver, &job->message);
 }
 
 /* A new job holding r's message, or NULL when out of memory. */
@@ -257,7 +210,7 @@ static struct api_intake_job *api_intake_job_new(struct http_request *r, const c
                                        .body_length = length,
                                        .packable = true, /* intake_pub_format's own body */
                                        .done = api_intake_done};
-    job->timeout = (h2o_timeout_entry_t){.cb = api_intake_on_timeout};
+    job->waiter.timeout = (h2o_timeout_entry_t){.cb = api_intake_on_timeout};
     return job;
 }
 
@@ -266,21 +219,18 @@ void api_intake_publish(struct http_request *r, const char *kind)
     struct intake_pub *pub = atomic_load(&r->thread->app->intake_pub);
     SVC_ASSERT(pub != NULL && (r->route->flags & ROUTE_ASYNC));
     SVC_ASSERT(strcmp(kind, INTAKE_KIND_PURCHASE) == 0 || strcmp(kind, INTAKE_KIND_ORDER) == 0);
-    struct api_intake_thread *it = api_intake_thread_ready(r->thread);
+    struct http_mailbox *box = http_mailbox_of(api_intake_mailboxes, r->thread,
+                                               api_intake_on_message, INTAKE_CONFIRM_TIMEOUT_MS);
     struct api_intake_job *job = api_intake_job_new(r, kind);
     if (job == NULL) {
         http_send_problem(r, SVC_EOUT_OF_MEMORY, NULL, NULL, 0);
         return;
     }
     /* Armed before the hand-off: the publisher may report at once (on this thread, later). */
-    job->req = r->req;
-    job->guard = h2o_mem_alloc_shared(&r->req->pool, sizeof *job->guard, api_intake_guard_dispose);
-    *job->guard = job;
-    h2o_timeout_link(r->thread->loop, &it->timeout, &job->timeout);
+    http_waiter_start(&job->waiter, r->req, r->thread, &box->timeout);
     int rc = intake_pub_submit(pub, &job->pub);
     if (rc != 0) { /* never handed over: still ours alone */
-        h2o_timeout_unlink(&job->timeout);
-        h2o_req_t *req = api_intake_release(job);
+        h2o_req_t *req = http_waiter_take(&job->waiter);
         SVC_ASSERT(req == r->req);
         free(job);
         api_intake_refuse(r, rc);

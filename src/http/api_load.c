@@ -44,6 +44,7 @@
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
 #include "http/api.h"
+#include "http/waiter.h"
 #include "http/app.h"
 #include "http/request.h"
 #include "http/thread.h"
@@ -91,13 +92,13 @@ struct load_job {
     struct load_message progress_message; /* sent while progress_queued was false */
     struct load_message end_message;      /* sent once, last */
     h2o_generator_t generator;
-    struct io_thread *thread; /* the owner */
-    h2o_req_t *req;           /* owner only: NULL once h2o disposed it */
-    bool streaming;           /* owner only */
-    bool sending;             /* owner only: a chunk is with h2o */
-    bool ended;               /* owner only: took the end message */
-    bool final_sent;          /* owner only */
-    uint64_t sent_version;    /* owner only: the progress last sent */
+    struct io_thread *thread;  /* the owner */
+    struct http_waiter waiter; /* owner only: its req is NULL once h2o disposed it */
+    bool streaming;            /* owner only */
+    bool sending;              /* owner only: a chunk is with h2o */
+    bool ended;                /* owner only: took the end message */
+    bool final_sent;           /* owner only */
+    uint64_t sent_version;     /* owner only: the progress last sent */
     char chunk[LOAD_CHUNK_BYTES];
     struct load_params params; /* set before the load thread starts; read-only after */
     pthread_mutex_t progress_lock;
@@ -115,11 +116,8 @@ struct load_job {
     struct audit_report report;
 };
 
-/* Per I/O thread: its receiver on the reply queue, registered at its first load test. */
-static struct {
-    h2o_multithread_receiver_t receiver;
-    bool registered; /* owner only */
-} load_receivers[IO_THREADS_MAX];
+/* Per I/O thread: its mailbox, set up at its first load test. */
+static struct http_mailbox load_mailboxes[IO_THREADS_MAX];
 
 static _Atomic bool load_busy;     /* a load thread runs */
 static _Atomic uint64_t load_runs; /* numbers the runs' Idempotency-Key prefixes */
@@ -135,7 +133,7 @@ static void api_load_publish(struct load_job *job, const struct load_progress *p
     job->progress.version = version;
     pthread_mutex_unlock(&job->progress_lock);
     if (!atomic_exchange(&job->progress_queued, true)) {
-        h2o_multithread_send_message(&load_receivers[job->thread->index].receiver,
+        h2o_multithread_send_message(&load_mailboxes[job->thread->index].receiver,
                                      &job->progress_message.message);
     }
 }
@@ -326,7 +324,7 @@ static void *api_load_thread_main(void *arg)
              (long long)job->params.requests, job->params.vus, rc == 0 ? "done" : job->why);
     atomic_store(&load_busy, false);
     /* The last touch: after this message the owner may free the job. */
-    h2o_multithread_send_message(&load_receivers[job->thread->index].receiver,
+    h2o_multithread_send_message(&load_mailboxes[job->thread->index].receiver,
                                  &job->end_message.message);
     return NULL;
 }
@@ -335,17 +333,16 @@ static void *api_load_thread_main(void *arg)
 
 static void api_load_job_free(struct load_job *job)
 {
-    SVC_ASSERT(job->ended && job->req == NULL);
+    SVC_ASSERT(job->ended && job->waiter.req == NULL);
     pthread_mutex_destroy(&job->progress_lock);
     free(job->result);
     free(job);
 }
 
-static void api_load_on_dispose(void *guard)
+static void api_load_on_gone(struct http_waiter *w)
 {
-    struct load_job *job = *(struct load_job **)guard;
-    SVC_ASSERT(job->req != NULL);
-    job->req = NULL;
+    struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, waiter, w);
+    SVC_ASSERT(job->waiter.req == NULL);
     if (job->ended) {
         api_load_job_free(job);
     }
@@ -394,19 +391,19 @@ static void api_load_stream_final(struct load_job *job)
         data = problem;
     }
     size_t size = length + 32;
-    char *text = h2o_mem_alloc_pool(&job->req->pool, size);
+    char *text = h2o_mem_alloc_pool(&job->waiter.req->pool, size);
     int n = snprintf(text, size, "event: %s\ndata: %.*s\n\n", kind, (int)length, data);
     SVC_ASSERT(n > 0 && (size_t)n < size);
     job->final_sent = true;
     job->sending = true;
     h2o_iovec_t buf = h2o_iovec_init(text, (size_t)n);
-    h2o_send(job->req, &buf, 1, H2O_SEND_STATE_FINAL);
+    h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_FINAL);
 }
 
 /* Hands h2o the next chunk of a streaming answer, if there is one and none is in flight. */
 static void api_load_stream_next(struct load_job *job)
 {
-    SVC_ASSERT(job->streaming && job->req != NULL);
+    SVC_ASSERT(job->streaming && job->waiter.req != NULL);
     if (job->sending || job->final_sent) {
         return;
     }
@@ -420,13 +417,13 @@ static void api_load_stream_next(struct load_job *job)
     }
     job->sending = true;
     h2o_iovec_t buf = h2o_iovec_init(job->chunk, (size_t)n);
-    h2o_send(job->req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
+    h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
 }
 
 static void api_load_on_proceed(h2o_generator_t *generator, h2o_req_t *req)
 {
     struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, generator, generator);
-    SVC_ASSERT(job->req == req);
+    SVC_ASSERT(job->waiter.req == req);
     job->sending = false;
     api_load_stream_next(job);
 }
@@ -441,7 +438,7 @@ static void api_load_on_stop(h2o_generator_t *generator, h2o_req_t *req)
 static void api_load_on_end(struct load_job *job)
 {
     job->ended = true;
-    if (job->req == NULL) {
+    if (job->waiter.req == NULL) {
         api_load_job_free(job);
         return;
     }
@@ -449,7 +446,7 @@ static void api_load_on_end(struct load_job *job)
         api_load_stream_next(job);
         return;
     }
-    struct http_request r = {.thread = job->thread, .req = job->req};
+    struct http_request r = {.thread = job->thread, .req = job->waiter.req};
     if (job->rc != 0) {
         http_send_problem(&r, job->rc, job->why, NULL, 0);
         return;
@@ -471,7 +468,7 @@ static void api_load_on_message(h2o_multithread_receiver_t *receiver, h2o_linkli
             continue;
         }
         atomic_store(&job->progress_queued, false);
-        if (job->req != NULL && job->streaming) {
+        if (job->waiter.req != NULL && job->streaming) {
             api_load_stream_next(job);
         }
     }
@@ -588,7 +585,7 @@ static void api_load_token(struct http_request *r, char *out, size_t size)
 /* Starts the streaming answer: headers and a first comment line. */
 static void api_load_stream_start(struct load_job *job)
 {
-    h2o_req_t *req = job->req;
+    h2o_req_t *req = job->waiter.req;
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
@@ -613,24 +610,18 @@ static void api_load_launch(struct http_request *r, const struct load_params *pa
         http_send_problem(r, SVC_EOUT_OF_MEMORY, NULL, NULL, 0);
         return;
     }
-    if (!load_receivers[t->index].registered) {
-        h2o_multithread_register_receiver(t->reply_queue, &load_receivers[t->index].receiver,
-                                          api_load_on_message);
-        load_receivers[t->index].registered = true;
-    }
+    (void)http_mailbox_of(load_mailboxes, t, api_load_on_message, 0);
     job->progress_message = (struct load_message){.job = job, .end = false};
     job->end_message = (struct load_message){.job = job, .end = true};
     job->thread = t;
-    job->req = r->req;
     h2o_iovec_t accept = http_header(r, "accept");
     job->streaming = accept.base != NULL && h2o_strstr(accept.base, accept.len,
                                                        H2O_STRLIT("text/event-stream")) != SIZE_MAX;
     job->params = *params;
     pthread_mutex_init(&job->progress_lock, NULL);
     job->generator = (h2o_generator_t){api_load_on_proceed, api_load_on_stop};
-    struct load_job **guard =
-        h2o_mem_alloc_shared(&r->req->pool, sizeof *guard, api_load_on_dispose);
-    *guard = job;
+    job->waiter.on_gone = api_load_on_gone;
+    http_waiter_start(&job->waiter, r->req, t, NULL);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
