@@ -76,6 +76,7 @@ MODULES = {
     "http": (["src/http/server.c", "src/http/request.c"], ["http_"]),
     "routes": (["src/http/routes.c"], ["routes_"]),
     "waiter": (["src/http/waiter.c"], ["http_waiter_", "http_mailbox_"]),
+    "bgjob": (["src/http/bgjob.c"], ["http_bgjob_"]),
     "framing": (["src/http/framing.c"], ["framing_"]),
     "auth": (["src/http/auth.c"], ["auth_"]),
     "api": (["src/http/api_*.c"], ["api_"]),

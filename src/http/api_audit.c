@@ -10,11 +10,9 @@
  * problem); otherwise it is the report as application/json when the audit is done, as before.
  * One audit runs at a time: another request meanwhile gets 409 audit_running.
  *
- * Ownership: the owner I/O thread allocates the job and frees it; the audit thread writes only
- * the atomics, rc and report, and sends the two messages. The owner frees the job once it has
- * taken the end message (the audit thread's last touch) and h2o has disposed the request.
+ * The job is an http_bgjob (bgjob.h: threads, wake-ups, streaming and ownership); the audit
+ * thread writes only the atomics, rc and report.
  */
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,48 +21,22 @@
 
 #include "base/errors.h"
 #include "base/log.h"
-#include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
 #include "http/api.h"
-#include "http/waiter.h"
-#include "http/request.h"
-#include "http/thread.h"
+#include "http/bgjob.h"
 #include "read/audit.h"
 #include "store/store_open.h"
 
-/* One progress event: "event: progress\ndata: {...}\n\n" with two int64 values. */
-#define AUDIT_CHUNK_BYTES 128
-
-/* A wake-up of the owner: the message and what it says. */
-struct audit_message {
-    h2o_multithread_message_t message; /* first member */
-    struct audit_job *job;
-    bool end; /* the audit ended (else: progress) */
-};
-
 struct audit_job {
-    struct audit_message progress_message; /* sent while progress_queued was false */
-    struct audit_message end_message;      /* sent once, last */
-    h2o_generator_t generator;             /* streaming answers */
-    struct io_thread *thread;              /* the owner */
-    struct http_waiter waiter;             /* owner only: its req is NULL once h2o disposed it */
-    bool streaming;                        /* owner only */
-    bool sending;                          /* owner only: a chunk is with h2o */
-    bool ended;                            /* owner only: took the end message */
-    bool final_sent;                       /* owner only */
-    int64_t sent_events;                   /* owner only: the last progress sent */
-    char chunk[AUDIT_CHUNK_BYTES];         /* owner only: the chunk with h2o */
+    struct http_bgjob base;
+    int64_t sent_events; /* owner only: the last progress sent */
     /* Written by the audit thread. */
     _Atomic int64_t events; /* -1 until the snapshot is open */
     _Atomic int64_t total;
-    _Atomic bool progress_queued;
-    int rc;                     /* read by the owner after the end message */
-    struct audit_report report; /* likewise; json owned by the job until sent */
+    int rc;                     /* read by the owner after the end */
+    struct audit_report report; /* likewise; json owned by the job */
 };
-
-/* Per I/O thread: its mailbox, set up at its first audit. */
-static struct http_mailbox audit_mailboxes[IO_THREADS_MAX];
 
 static _Atomic bool audit_busy; /* an audit thread runs */
 
@@ -76,17 +48,14 @@ static void api_audit_on_progress(void *context, int64_t events, int64_t total)
     SVC_ASSERT(events >= 0 && total >= 0);
     atomic_store_explicit(&job->total, total, memory_order_relaxed);
     atomic_store_explicit(&job->events, events, memory_order_release); /* after total */
-    if (!atomic_exchange(&job->progress_queued, true)) {
-        h2o_multithread_send_message(&audit_mailboxes[job->thread->index].receiver,
-                                     &job->progress_message.message);
-    }
+    http_bgjob_progress(&job->base);
 }
 
-static void *api_audit_thread_main(void *arg)
+static void api_audit_run(struct http_bgjob *base)
 {
-    struct audit_job *job = arg;
+    struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, base, base);
     struct store_reader *reader = NULL;
-    int rc = store_reader_open(&reader, job->thread->app->config.db_path);
+    int rc = store_reader_open(&reader, base->thread->app->config.db_path);
     if (rc == 0) {
         struct audit_progress progress = {api_audit_on_progress, job};
         rc = audit_run(reader, &progress, &job->report);
@@ -94,142 +63,53 @@ static void *api_audit_thread_main(void *arg)
     }
     job->rc = rc;
     atomic_store(&audit_busy, false);
-    /* The last touch: after this message the owner may free the job. */
-    h2o_multithread_send_message(&audit_mailboxes[job->thread->index].receiver,
-                                 &job->end_message.message);
-    return NULL;
 }
 
 /* ---- the owner I/O thread --------------------------------------------------------------- */
 
-static void api_audit_job_free(struct audit_job *job)
+static size_t api_audit_progress(struct http_bgjob *base, char *out, size_t size)
 {
-    SVC_ASSERT(job->ended && job->waiter.req == NULL);
+    struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, base, base);
+    int64_t events = atomic_load_explicit(&job->events, memory_order_acquire);
+    if (events < 0 || events == job->sent_events) {
+        return 0; /* not started, or nothing new */
+    }
+    int n = snprintf(out, size, "event: progress\ndata: {\"events\":%lld,\"total\":%lld}\n\n",
+                     (long long)events,
+                     (long long)atomic_load_explicit(&job->total, memory_order_relaxed));
+    SVC_ASSERT(n > 0 && (size_t)n < size);
+    job->sent_events = events;
+    return (size_t)n;
+}
+
+static void api_audit_result(struct http_bgjob *base, struct http_bgjob_result *out)
+{
+    struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, base, base);
+    if (job->rc != 0) {
+        *out = (struct http_bgjob_result){.code = SVC_ESTORAGE_UNAVAILABLE,
+                                          .why = "the audit could not read the log"};
+        return;
+    }
+    SVC_ASSERT(job->report.json != NULL);
+    *out = (struct http_bgjob_result){
+        .event = "report", .json = job->report.json, .length = job->report.json_length};
+}
+
+static void api_audit_free(struct http_bgjob *base)
+{
+    struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, base, base);
     audit_report_free(&job->report);
     free(job);
 }
 
-/* h2o disposes the request (answered, or the client left): the job loses its request. */
-static void api_audit_on_gone(struct http_waiter *w)
-{
-    struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, waiter, w);
-    SVC_ASSERT(job->waiter.req == NULL);
-    if (job->ended) {
-        api_audit_job_free(job);
-    }
-}
-
-/* Hands h2o the next chunk of a streaming answer, if there is one and none is in flight. */
-static void api_audit_stream_next(struct audit_job *job)
-{
-    SVC_ASSERT(job->streaming && job->waiter.req != NULL);
-    if (job->sending || job->final_sent) {
-        return;
-    }
-    if (job->ended) {
-        char problem[REPLY_BODY_BYTES_MAX];
-        const char *kind = "report";
-        const char *data = job->report.json;
-        size_t length = job->report.json_length;
-        if (job->rc != 0) {
-            kind = "error";
-            length = problem_format(problem, sizeof problem, job->rc,
-                                    "the audit could not read the log", NULL, 0);
-            data = problem;
-        }
-        size_t size = length + 32;
-        char *text = h2o_mem_alloc_pool(&job->waiter.req->pool, size);
-        int n = snprintf(text, size, "event: %s\ndata: %.*s\n\n", kind, (int)length, data);
-        SVC_ASSERT(n > 0 && (size_t)n < size);
-        job->final_sent = true;
-        job->sending = true;
-        h2o_iovec_t buf = h2o_iovec_init(text, (size_t)n);
-        h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_FINAL);
-        return;
-    }
-    int64_t events = atomic_load_explicit(&job->events, memory_order_acquire);
-    if (events < 0 || events == job->sent_events) {
-        return; /* not started, or nothing new */
-    }
-    int n =
-        snprintf(job->chunk, sizeof job->chunk,
-                 "event: progress\ndata: {\"events\":%lld,\"total\":%lld}\n\n", (long long)events,
-                 (long long)atomic_load_explicit(&job->total, memory_order_relaxed));
-    SVC_ASSERT(n > 0 && (size_t)n < sizeof job->chunk);
-    job->sent_events = events;
-    job->sending = true;
-    h2o_iovec_t buf = h2o_iovec_init(job->chunk, (size_t)n);
-    h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
-}
-
-static void api_audit_on_proceed(h2o_generator_t *generator, h2o_req_t *req)
-{
-    struct audit_job *job = H2O_STRUCT_FROM_MEMBER(struct audit_job, generator, generator);
-    SVC_ASSERT(job->waiter.req == req);
-    job->sending = false;
-    api_audit_stream_next(job);
-}
-
-static void api_audit_on_stop(h2o_generator_t *generator, h2o_req_t *req)
-{
-    (void)generator;
-    (void)req; /* the client left: the dispose of the request's pool follows */
-}
-
-/* The audit ended: answer with its report, or free the job if nobody waits for it any more. */
-static void api_audit_on_end(struct audit_job *job)
-{
-    job->ended = true;
-    if (job->waiter.req == NULL) {
-        api_audit_job_free(job);
-        return;
-    }
-    if (job->streaming) {
-        api_audit_stream_next(job);
-        return;
-    }
-    struct http_request r = {.thread = job->thread, .req = job->waiter.req};
-    if (job->rc != 0) {
-        http_send_problem(&r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL,
-                          0);
-        return;
-    }
-    SVC_ASSERT(job->report.json != NULL);
-    http_send_json(&r, 200, job->report.json, job->report.json_length); /* copies */
-}
-
-static void api_audit_on_message(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
-{
-    SVC_ASSERT(receiver != NULL);
-    while (!h2o_linklist_is_empty(messages)) {
-        struct audit_message *m =
-            H2O_STRUCT_FROM_MEMBER(struct audit_message, message.link, messages->next);
-        h2o_linklist_unlink(&m->message.link);
-        struct audit_job *job = m->job;
-        SVC_ASSERT(m == (m->end ? &job->end_message : &job->progress_message));
-        if (m->end) {
-            api_audit_on_end(job); /* may free the job */
-            continue;
-        }
-        atomic_store(&job->progress_queued, false);
-        if (job->waiter.req != NULL && job->streaming) {
-            api_audit_stream_next(job);
-        }
-    }
-}
-
-/* True when the client asked for text/event-stream. */
-static bool api_audit_wants_stream(struct http_request *r)
-{
-    h2o_iovec_t accept = http_header(r, "accept");
-    return accept.base != NULL &&
-           h2o_strstr(accept.base, accept.len, H2O_STRLIT("text/event-stream")) != SIZE_MAX;
-}
+static const struct http_bgjob_ops api_audit_ops = {.name = "audit",
+                                                    .run = api_audit_run,
+                                                    .progress = api_audit_progress,
+                                                    .result = api_audit_result,
+                                                    .free = api_audit_free};
 
 void api_audit(struct http_request *r)
 {
-    struct io_thread *t = r->thread;
-    SVC_ASSERT(t->index < IO_THREADS_MAX);
     if (atomic_exchange(&audit_busy, true)) {
         http_send_problem(r, SVC_EAUDIT_RUNNING, "one audit runs at a time; retry when it ends",
                           NULL, 0);
@@ -241,41 +121,12 @@ void api_audit(struct http_request *r)
         http_send_problem(r, SVC_EOUT_OF_MEMORY, NULL, NULL, 0);
         return;
     }
-    (void)http_mailbox_of(audit_mailboxes, t, api_audit_on_message, 0);
-    job->progress_message = (struct audit_message){.job = job, .end = false};
-    job->end_message = (struct audit_message){.job = job, .end = true};
-    job->thread = t;
-    job->streaming = api_audit_wants_stream(r);
     job->sent_events = -1;
     atomic_init(&job->events, -1); /* the audit thread has not reported yet */
-    job->generator = (h2o_generator_t){api_audit_on_proceed, api_audit_on_stop};
-    job->waiter.on_gone = api_audit_on_gone;
-    http_waiter_start(&job->waiter, r->req, t, NULL);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_t thread;
-    int rc = pthread_create(&thread, &attr, api_audit_thread_main, job);
-    pthread_attr_destroy(&attr);
+    int rc = http_bgjob_start(&job->base, &api_audit_ops, r);
     if (rc != 0) {
         log_error("audit: cannot start its thread: %s", strerror(rc));
         atomic_store(&audit_busy, false);
-        job->ended = true; /* no audit thread: the dispose frees the job */
         http_send_problem(r, SVC_EOUT_OF_MEMORY, "no thread for the audit", NULL, 0);
-        return;
-    }
-    if (job->streaming) {
-        h2o_req_t *req = r->req;
-        req->res.status = 200;
-        req->res.reason = "OK";
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                       H2O_STRLIT("text/event-stream"));
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                       H2O_STRLIT("no-cache"));
-        h2o_start_response(req, &job->generator);
-        int n = snprintf(job->chunk, sizeof job->chunk, ": audit started\n\n");
-        job->sending = true;
-        h2o_iovec_t buf = h2o_iovec_init(job->chunk, (size_t)n);
-        h2o_send(req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
     }
 }

@@ -21,9 +21,9 @@
  * completed requests and status classes; phase "audit": events read of total) and one last
  * "result" event (the answer above) or "error" event (a problem); otherwise the answer is
  * sent when both end. One load test runs at a time: another meanwhile is 409
- * load_test_running. The job's ownership is api_audit.c's: the owner I/O thread allocates and
- * frees it; the load thread writes the progress (under its mutex), rc and result, and sends
- * the messages, the end message last. Read api_ops.c next.
+ * load_test_running. The job is an http_bgjob (bgjob.h: threads, wake-ups, streaming and
+ * ownership); the load thread writes the progress (under its mutex), rc and result. Read
+ * api_ops.c next.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -40,20 +40,16 @@
 #include "base/errors.h"
 #include "base/json_out.h"
 #include "base/log.h"
-#include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
 #include "http/api.h"
-#include "http/waiter.h"
+#include "http/bgjob.h"
 #include "http/app.h"
 #include "http/request.h"
 #include "http/thread.h"
 #include "load/loadgen.h"
 #include "read/audit.h"
 #include "store/store_open.h"
-
-/* One progress event: "event: progress\ndata: {...}\n\n" with at most eight int64 values. */
-#define LOAD_CHUNK_BYTES 512
 
 /* The answer without the audit's report: fixed members and up to 500 status codes. */
 #define LOAD_RESULT_BYTES_BASE (16 * 1024)
@@ -82,29 +78,13 @@ struct load_progress {
     uint64_t version; /* bumped with every update */
 };
 
-struct load_message {
-    h2o_multithread_message_t message; /* first member */
-    struct load_job *job;
-    bool end;
-};
-
 struct load_job {
-    struct load_message progress_message; /* sent while progress_queued was false */
-    struct load_message end_message;      /* sent once, last */
-    h2o_generator_t generator;
-    struct io_thread *thread;  /* the owner */
-    struct http_waiter waiter; /* owner only: its req is NULL once h2o disposed it */
-    bool streaming;            /* owner only */
-    bool sending;              /* owner only: a chunk is with h2o */
-    bool ended;                /* owner only: took the end message */
-    bool final_sent;           /* owner only */
+    struct http_bgjob base;
     uint64_t sent_version;     /* owner only: the progress last sent */
-    char chunk[LOAD_CHUNK_BYTES];
     struct load_params params; /* set before the load thread starts; read-only after */
     pthread_mutex_t progress_lock;
     struct load_progress progress; /* under progress_lock */
-    _Atomic bool progress_queued;
-    /* Written by the load thread, read by the owner after the end message. */
+    /* Written by the load thread, read by the owner after the end. */
     int rc;
     const char *why; /* a static text when rc != 0 */
     char *result;    /* the answer's JSON; owned */
@@ -115,9 +95,6 @@ struct load_job {
     struct lg_progress lg_progress;
     struct audit_report report;
 };
-
-/* Per I/O thread: its mailbox, set up at its first load test. */
-static struct http_mailbox load_mailboxes[IO_THREADS_MAX];
 
 static _Atomic bool load_busy;     /* a load thread runs */
 static _Atomic uint64_t load_runs; /* numbers the runs' Idempotency-Key prefixes */
@@ -132,10 +109,7 @@ static void api_load_publish(struct load_job *job, const struct load_progress *p
     job->progress = *p;
     job->progress.version = version;
     pthread_mutex_unlock(&job->progress_lock);
-    if (!atomic_exchange(&job->progress_queued, true)) {
-        h2o_multithread_send_message(&load_mailboxes[job->thread->index].receiver,
-                                     &job->progress_message.message);
-    }
+    http_bgjob_progress(&job->base);
 }
 
 static void api_load_on_audit_progress(void *context, int64_t events, int64_t total)
@@ -190,7 +164,7 @@ static int api_load_generate(struct load_job *job)
         job->why = "the load generator could not start (its own address or its threads)";
         return SVC_EOUT_OF_MEMORY;
     }
-    struct app *app = job->thread->app;
+    struct app *app = job->base.thread->app;
     bool finished = false;
     while (!finished) { /* the last progress, after the end, has the final counts */
         nanosleep(&pause, NULL);
@@ -217,7 +191,7 @@ static int api_load_generate(struct load_job *job)
 static int api_load_audit(struct load_job *job)
 {
     struct store_reader *reader = NULL;
-    int rc = store_reader_open(&reader, job->thread->app->config.db_path);
+    int rc = store_reader_open(&reader, job->base.thread->app->config.db_path);
     if (rc == 0) {
         struct audit_progress progress = {api_load_on_audit_progress, job};
         rc = audit_run(reader, &progress, &job->report);
@@ -307,9 +281,9 @@ static int api_load_format(struct load_job *job)
     return 0;
 }
 
-static void *api_load_thread_main(void *arg)
+static void api_load_run(struct http_bgjob *base)
 {
-    struct load_job *job = arg;
+    struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, base, base);
     int rc = api_load_generate(job);
     if (rc == 0) {
         rc = api_load_audit(job);
@@ -323,34 +297,23 @@ static void *api_load_thread_main(void *arg)
              job->params.target == LG_TARGET_ORDER ? "order" : "purchase",
              (long long)job->params.requests, job->params.vus, rc == 0 ? "done" : job->why);
     atomic_store(&load_busy, false);
-    /* The last touch: after this message the owner may free the job. */
-    h2o_multithread_send_message(&load_mailboxes[job->thread->index].receiver,
-                                 &job->end_message.message);
-    return NULL;
 }
 
 /* ---- the owner I/O thread --------------------------------------------------------------- */
 
-static void api_load_job_free(struct load_job *job)
+static void api_load_free(struct http_bgjob *base)
 {
-    SVC_ASSERT(job->ended && job->waiter.req == NULL);
+    struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, base, base);
+    SVC_ASSERT(base->ended && base->waiter.req == NULL);
     pthread_mutex_destroy(&job->progress_lock);
     free(job->result);
     free(job);
 }
 
-static void api_load_on_gone(struct http_waiter *w)
+/* Formats the progress event into out; 0 when there is nothing new. */
+static size_t api_load_progress(struct http_bgjob *base, char *out, size_t size)
 {
-    struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, waiter, w);
-    SVC_ASSERT(job->waiter.req == NULL);
-    if (job->ended) {
-        api_load_job_free(job);
-    }
-}
-
-/* Formats the progress event into job->chunk; 0 when there is nothing new. */
-static int api_load_progress_chunk(struct load_job *job)
-{
+    struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, base, base);
     pthread_mutex_lock(&job->progress_lock);
     struct load_progress p = job->progress;
     pthread_mutex_unlock(&job->progress_lock);
@@ -360,12 +323,12 @@ static int api_load_progress_chunk(struct load_job *job)
     job->sent_version = p.version;
     int n;
     if (p.audit) {
-        n = snprintf(job->chunk, sizeof job->chunk,
+        n = snprintf(out, size,
                      "event: progress\ndata: {\"phase\":\"audit\",\"events\":%lld,"
                      "\"total\":%lld}\n\n",
                      (long long)p.audit_events, (long long)p.audit_total);
     } else {
-        n = snprintf(job->chunk, sizeof job->chunk,
+        n = snprintf(out, size,
                      "event: progress\ndata: {\"phase\":\"load\",\"elapsedMs\":%lld,"
                      "\"completed\":%llu,\"totalRequests\":%lld,\"2xx\":%llu,\"4xx\":%llu,"
                      "\"5xx\":%llu,\"errors\":%llu}\n\n",
@@ -374,105 +337,27 @@ static int api_load_progress_chunk(struct load_job *job)
                      (unsigned long long)p.class_4xx, (unsigned long long)p.class_5xx,
                      (unsigned long long)p.errors);
     }
-    SVC_ASSERT(n > 0 && (size_t)n < sizeof job->chunk);
-    return n;
-}
-
-/* Sends the last event of a stream: the result, or the problem. */
-static void api_load_stream_final(struct load_job *job)
-{
-    char problem[REPLY_BODY_BYTES_MAX];
-    const char *kind = "result";
-    const char *data = job->result;
-    size_t length = job->result_length;
-    if (job->rc != 0) {
-        kind = "error";
-        length = problem_format(problem, sizeof problem, job->rc, job->why, NULL, 0);
-        data = problem;
-    }
-    size_t size = length + 32;
-    char *text = h2o_mem_alloc_pool(&job->waiter.req->pool, size);
-    int n = snprintf(text, size, "event: %s\ndata: %.*s\n\n", kind, (int)length, data);
     SVC_ASSERT(n > 0 && (size_t)n < size);
-    job->final_sent = true;
-    job->sending = true;
-    h2o_iovec_t buf = h2o_iovec_init(text, (size_t)n);
-    h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_FINAL);
+    return (size_t)n;
 }
 
-/* Hands h2o the next chunk of a streaming answer, if there is one and none is in flight. */
-static void api_load_stream_next(struct load_job *job)
+static void api_load_result(struct http_bgjob *base, struct http_bgjob_result *out)
 {
-    SVC_ASSERT(job->streaming && job->waiter.req != NULL);
-    if (job->sending || job->final_sent) {
-        return;
-    }
-    int n = api_load_progress_chunk(job); /* after the end too: the last progress first */
-    if (n == 0 && job->ended) {
-        api_load_stream_final(job);
-        return;
-    }
-    if (n == 0) {
-        return;
-    }
-    job->sending = true;
-    h2o_iovec_t buf = h2o_iovec_init(job->chunk, (size_t)n);
-    h2o_send(job->waiter.req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
-}
-
-static void api_load_on_proceed(h2o_generator_t *generator, h2o_req_t *req)
-{
-    struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, generator, generator);
-    SVC_ASSERT(job->waiter.req == req);
-    job->sending = false;
-    api_load_stream_next(job);
-}
-
-static void api_load_on_stop(h2o_generator_t *generator, h2o_req_t *req)
-{
-    (void)generator;
-    (void)req; /* the client left: the dispose of the request's pool follows */
-}
-
-/* The load test ended: answer, or free the job if nobody waits for it any more. */
-static void api_load_on_end(struct load_job *job)
-{
-    job->ended = true;
-    if (job->waiter.req == NULL) {
-        api_load_job_free(job);
-        return;
-    }
-    if (job->streaming) {
-        api_load_stream_next(job);
-        return;
-    }
-    struct http_request r = {.thread = job->thread, .req = job->waiter.req};
+    struct load_job *job = H2O_STRUCT_FROM_MEMBER(struct load_job, base, base);
     if (job->rc != 0) {
-        http_send_problem(&r, job->rc, job->why, NULL, 0);
+        *out = (struct http_bgjob_result){.code = job->rc, .why = job->why};
         return;
     }
-    http_send_json(&r, 200, job->result, job->result_length); /* copies */
+    SVC_ASSERT(job->result != NULL);
+    *out = (struct http_bgjob_result){
+        .event = "result", .json = job->result, .length = job->result_length};
 }
 
-static void api_load_on_message(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
-{
-    SVC_ASSERT(receiver != NULL);
-    while (!h2o_linklist_is_empty(messages)) {
-        struct load_message *m =
-            H2O_STRUCT_FROM_MEMBER(struct load_message, message.link, messages->next);
-        h2o_linklist_unlink(&m->message.link);
-        struct load_job *job = m->job;
-        SVC_ASSERT(m == (m->end ? &job->end_message : &job->progress_message));
-        if (m->end) {
-            api_load_on_end(job); /* may free the job */
-            continue;
-        }
-        atomic_store(&job->progress_queued, false);
-        if (job->waiter.req != NULL && job->streaming) {
-            api_load_stream_next(job);
-        }
-    }
-}
+static const struct http_bgjob_ops api_load_ops = {.name = "load test",
+                                                   .run = api_load_run,
+                                                   .progress = api_load_progress,
+                                                   .result = api_load_result,
+                                                   .free = api_load_free};
 
 /* ---- the request ------------------------------------------------------------------------ */
 
@@ -582,61 +467,23 @@ static void api_load_token(struct http_request *r, char *out, size_t size)
     }
 }
 
-/* Starts the streaming answer: headers and a first comment line. */
-static void api_load_stream_start(struct load_job *job)
-{
-    h2o_req_t *req = job->waiter.req;
-    req->res.status = 200;
-    req->res.reason = "OK";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("text/event-stream"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                   H2O_STRLIT("no-cache"));
-    h2o_start_response(req, &job->generator);
-    int n = snprintf(job->chunk, sizeof job->chunk, ": load test started\n\n");
-    job->sending = true;
-    h2o_iovec_t buf = h2o_iovec_init(job->chunk, (size_t)n);
-    h2o_send(req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
-}
-
 /* Makes the job of r (the load_busy flag is ours) and starts its thread; on failure answers
  * and clears the flag. */
 static void api_load_launch(struct http_request *r, const struct load_params *params)
 {
-    struct io_thread *t = r->thread;
     struct load_job *job = calloc(1, sizeof *job);
     if (job == NULL) {
         atomic_store(&load_busy, false);
         http_send_problem(r, SVC_EOUT_OF_MEMORY, NULL, NULL, 0);
         return;
     }
-    (void)http_mailbox_of(load_mailboxes, t, api_load_on_message, 0);
-    job->progress_message = (struct load_message){.job = job, .end = false};
-    job->end_message = (struct load_message){.job = job, .end = true};
-    job->thread = t;
-    h2o_iovec_t accept = http_header(r, "accept");
-    job->streaming = accept.base != NULL && h2o_strstr(accept.base, accept.len,
-                                                       H2O_STRLIT("text/event-stream")) != SIZE_MAX;
     job->params = *params;
     pthread_mutex_init(&job->progress_lock, NULL);
-    job->generator = (h2o_generator_t){api_load_on_proceed, api_load_on_stop};
-    job->waiter.on_gone = api_load_on_gone;
-    http_waiter_start(&job->waiter, r->req, t, NULL);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_t thread;
-    int rc = pthread_create(&thread, &attr, api_load_thread_main, job);
-    pthread_attr_destroy(&attr);
+    int rc = http_bgjob_start(&job->base, &api_load_ops, r);
     if (rc != 0) {
         log_error("load test: cannot start its thread: %s", strerror(rc));
         atomic_store(&load_busy, false);
-        job->ended = true; /* no load thread: the dispose frees the job */
         http_send_problem(r, SVC_EOUT_OF_MEMORY, "no thread for the load test", NULL, 0);
-        return;
-    }
-    if (job->streaming) {
-        api_load_stream_start(job);
     }
 }
 
