@@ -14,68 +14,38 @@ gives the lease up at once.
 No test asserts how fast anything is: waits poll with generous deadlines. The broker is
 test_relay.py's ($STOCKD_TEST_AMQP, $STOCKD_TEST_AMQP_DIR)."""
 
-import functools
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
 from harness import (check, check_eq, check_status, main, new_key,  # noqa: E402
-                     new_pg_database, pg_mode, psql, run_threads, skip_test, start_stockd)
+                     new_pg_database, pg_mode, psql, run_threads, skip_test)
+from leases import (WAIT_S, WATCH_S, StageLease, check_given_up, eventually,  # noqa: E402
+                    expire, start_instance, steal)
 from test_relay import amqp_env, metric, new_vhost_url, product  # noqa: E402
 
-LEASE_MS = 1000
-WAIT_S = 90.0  # a bound for takeovers and catching up, never a timing assertion
-WATCH_S = 3 * LEASE_MS / 1000.0  # an instance that consumed without the lease would meanwhile
 ASYNC = {"Prefer": "respond-async"}
 SKU = "IL"
 STOCK = 100000
 
 
-eventually = functools.partial(harness.eventually, timeout=WAIT_S)
-
-
 def start(name, db, url):
-    server = start_stockd(["--amqp", url, "--lease-ms", str(LEASE_MS), "--instance-id", name,
-                           "--workers", "off"], pg_db=db)
-    server.name = name
-    return server
+    return start_instance(name, db, ["--amqp", url, "--workers", "off"])
 
 
-def intake_of(server, path="/health"):
-    with server.client() as c:
-        r = c.get(path)
-    check_status(r, 200, "%s on %s" % (path, server.name))
-    check("intake" in r.json, "%s without intake: %s" % (path, r.json))
-    return r.json["intake"]
+def check_consumer(server, intake, held):
+    """The consumer of an instance without the lease is on standby, and degrades nothing."""
+    check_eq(intake["consumer"], "ok" if held else "standby", server.name + "'s consumer")
+    check_eq(intake["status"], "ok", server.name + "'s intake status")
+
+
+LEASE = StageLease("intake", "stockd_intake_lease_held", "the consumer", also=check_consumer)
 
 
 def check_lease(server, held, holder):
-    """server's /health and /ready say it holds the consumer's lease (held) and holder holds
-    it; /metrics agrees."""
-    for path in ("/health", "/ready"):
-        intake = intake_of(server, path)
-        check_eq(intake["instanceId"], server.name, "instanceId on " + server.name)
-        check_eq(intake["lease"], {"held": held, "holder": holder},
-                 "%s's intake lease (%s)" % (server.name, path))
-        if held:
-            check_eq(intake["consumer"], "ok", server.name + "'s consumer")
-        else:
-            check_eq(intake["consumer"], "standby", server.name + "'s consumer")
-        check_eq(intake["status"], "ok", server.name + "'s intake status")
-    with server.client() as c:
-        check_eq(metric(c, "stockd_intake_lease_held"), 1 if held else 0,
-                 server.name + "'s stockd_intake_lease_held")
-
-
-def holder_of(*servers):
-    """The one server of servers that holds the consumer's lease."""
-    holders = [s for s in servers if intake_of(s)["lease"]["held"]]
-    check_eq(len(holders), 1, "instances holding the consumer's lease")
-    check_lease(holders[0], True, holders[0].name)
-    return holders[0]
+    LEASE.check(server, held, holder)
 
 
 def consumed(server):
@@ -162,8 +132,7 @@ def test_one_consumer_and_takeover():
 
     # The lease taken by another holder (as an instance that found it expired would): intake-a
     # stops consuming, and neither instance applies anything while it lasts.
-    psql("UPDATE worker_leases SET holder = 'intruder', token = token + 1, expires_at_ms ="
-         " expires_at_ms + 3600000 WHERE stage = 'intake'", db=db)
+    steal(db, "intake")
     for server in (a, b):
         eventually(lambda: check_lease(server, False, "intruder"),
                    "%s sees the intruder's lease" % server.name)
@@ -174,8 +143,8 @@ def test_one_consumer_and_takeover():
     got = answers(a, waiting)
     check_eq(sorted({st for st, _ in got.values()}), [202], "statuses while nobody consumes")
     # Released: one of them takes it and applies what waits, from the stored offset.
-    psql("UPDATE worker_leases SET expires_at_ms = 0 WHERE stage = 'intake'", db=db)
-    holder = eventually(lambda: holder_of(a, b), "nobody took the released lease")
+    expire(db, "intake")
+    holder = eventually(lambda: LEASE.holder(a, b), "nobody took the released lease")
     standby = b if holder is a else a
     eventually(lambda: check_lease(standby, False, holder.name),
                "%s sees %s's lease" % (standby.name, holder.name))
@@ -203,11 +172,7 @@ def test_one_consumer_and_takeover():
     c_server = start("intake-c", db, url)
     eventually(lambda: check_lease(c_server, False, b.name), "intake-c sees %s's lease" % b.name)
     check_eq(b.stop(), 0, "%s's exit code" % b.name)
-    rows = psql("SELECT holder, expires_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)"
-                "::bigint FROM worker_leases WHERE stage = 'intake'", db=db)
-    check_eq(len(rows), 1, "the consumer's lease row")
-    check(rows[0][0] == "intake-c" or rows[0][1] == "t",
-          "the consumer's lease after %s's clean stop: %s" % (b.name, rows))
+    check_given_up(db, "intake", "intake-c", b.name)
     eventually(lambda: check_lease(c_server, True, "intake-c"), "intake-c took the lease")
     buy_async(c_server, 20, accepted)
     check_exactly_once(c_server, db, accepted)

@@ -13,61 +13,28 @@ the lease up at once: the row is released (or already taken) when the process ha
 No test asserts how fast anything is: waits poll with generous deadlines. The broker and the
 stream reader are test_relay.py's ($STOCKD_TEST_AMQP, $STOCKD_TEST_AMQP_DIR, $STOCKD_MQ_TAIL)."""
 
-import functools
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
 from harness import (check, check_eq, check_status, main, new_key,  # noqa: E402
-                     new_pg_database, pg_mode, psql, skip_test, start_stockd)
+                     new_pg_database, pg_mode, skip_test)
+from leases import (WATCH_S, StageLease, check_given_up, eventually, expire,  # noqa: E402
+                    start_instance, steal)
 from test_relay import (amqp_env, api_events, check_stream, metric,  # noqa: E402
                         new_vhost_url, read_stream)
 
-LEASE_MS = 1000
-WAIT_S = 60.0  # a bound for takeovers and catching up, never a timing assertion
-WATCH_S = 3 * LEASE_MS / 1000.0  # an instance that published without the lease would meanwhile
-
-
-eventually = functools.partial(harness.eventually, timeout=WAIT_S)
+LEASE = StageLease("relay", "stockd_relay_lease_held", "the relay")
 
 
 def start(name, db, url):
-    server = start_stockd(["--amqp", url, "--lease-ms", str(LEASE_MS), "--instance-id", name,
-                           "--workers", "off"], pg_db=db)
-    server.name = name
-    return server
-
-
-def relay_of(server, path="/health"):
-    with server.client() as c:
-        r = c.get(path)
-    check_status(r, 200, "%s on %s" % (path, server.name))
-    check("relay" in r.json, "%s without relay: %s" % (path, r.json))
-    return r.json["relay"]
+    return start_instance(name, db, ["--amqp", url, "--workers", "off"])
 
 
 def check_lease(server, held, holder):
-    """server's /health and /ready say it holds the relay's lease (held) and holder holds it;
-    /metrics agrees."""
-    for path in ("/health", "/ready"):
-        relay = relay_of(server, path)
-        check_eq(relay["instanceId"], server.name, "instanceId on " + server.name)
-        check_eq(relay["lease"], {"held": held, "holder": holder},
-                 "%s's relay lease (%s)" % (server.name, path))
-    with server.client() as c:
-        check_eq(metric(c, "stockd_relay_lease_held"), 1 if held else 0,
-                 server.name + "'s stockd_relay_lease_held")
-
-
-def holder_of(*servers):
-    """The one server of servers that holds the relay's lease."""
-    holders = [s for s in servers if relay_of(s)["lease"]["held"]]
-    check_eq(len(holders), 1, "instances holding the relay's lease")
-    check_lease(holders[0], True, holders[0].name)
-    return holders[0]
+    LEASE.check(server, held, holder)
 
 
 def published(server):
@@ -135,8 +102,7 @@ def test_one_relay_and_takeover():
 
     # The lease taken by another holder (as an instance that found it expired would): relay-a
     # stops publishing, and neither instance publishes or saves a position while it lasts.
-    psql("UPDATE worker_leases SET holder = 'intruder', token = token + 1, expires_at_ms ="
-         " expires_at_ms + 3600000 WHERE stage = 'relay'", db=db)
+    steal(db, "relay")
     for server in (a, b):
         eventually(lambda: check_lease(server, False, "intruder"),
                    "%s sees the intruder's lease" % server.name)
@@ -147,8 +113,8 @@ def test_one_relay_and_takeover():
     check_eq((published(a), published(b), position(a)), counts,
              "published and position while the intruder holds the lease")
     # Released: one of them takes it and publishes from the durable position.
-    psql("UPDATE worker_leases SET expires_at_ms = 0 WHERE stage = 'relay'", db=db)
-    holder = eventually(lambda: holder_of(a, b), "nobody took the released lease")
+    expire(db, "relay")
+    holder = eventually(lambda: LEASE.holder(a, b), "nobody took the released lease")
     standby = b if holder is a else a
     eventually(lambda: check_lease(standby, False, holder.name),
                "%s sees %s's lease" % (standby.name, holder.name))
@@ -176,11 +142,7 @@ def test_one_relay_and_takeover():
     c = start("relay-c", db, url)
     eventually(lambda: check_lease(c, False, b.name), "relay-c sees %s's lease" % b.name)
     check_eq(b.stop(), 0, "%s's exit code" % b.name)
-    rows = psql("SELECT holder, expires_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)"
-                "::bigint FROM worker_leases WHERE stage = 'relay'", db=db)
-    check_eq(len(rows), 1, "the relay's lease row")
-    check(rows[0][0] == "relay-c" or rows[0][1] == "t",
-          "the relay's lease after %s's clean stop: %s" % (b.name, rows))
+    check_given_up(db, "relay", "relay-c", b.name)
     eventually(lambda: check_lease(c, True, "relay-c"), "relay-c took the relay's lease")
     buy(c, "RL", 5)
     events, n = last_seq(c)

@@ -12,7 +12,6 @@ know it, so only for those orders may a key be in two ledgers (at most once in e
 other key is in one ledger, once. No test asserts how fast anything is: waits poll with generous
 deadlines, and the check that a non-holder does nothing watches for a few lease periods."""
 
-import functools
 import json
 import os
 import sys
@@ -20,22 +19,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
 from harness import (audit_events, check, check_eq, check_status, main, new_key,  # noqa: E402
-                     new_pg_database, pg_mode, psql, skip_test, start_stockd)
-
-LEASE_MS = 1000
-WAIT_S = 60.0
-WATCH_S = 3 * LEASE_MS / 1000.0  # a non-holder that leaked would move an order meanwhile
-
-
-eventually = functools.partial(harness.eventually, timeout=WAIT_S)
+                     new_pg_database, pg_mode, psql, skip_test)
+from leases import WATCH_S, eventually, start_instance  # noqa: E402
 
 
 def start(name, db):
-    server = start_stockd(["--lease-ms", str(LEASE_MS), "--instance-id", name], pg_db=db)
-    server.name = name
-    return server
+    return start_instance(name, db)
 
 
 def workers(server):
