@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 from harness import check, check_eq, check_status, psql, start_stockd  # noqa: E402
+from test_relay import metric  # noqa: E402
 
 LEASE_MS = 1000
 # An instance that acted without the lease would have acted within this time (never a timing
@@ -33,12 +34,7 @@ def start_instance(name, db, extra=()):
 def metric_value(server, name):
     """The value of the unlabelled metric `name` in server's /metrics."""
     with server.client() as c:
-        r = c.get("/metrics")
-    check_status(r, 200, "/metrics")
-    for line in r.body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError("no %s in /metrics" % name)
+        return metric(c, name)
 
 
 class StageLease:
