@@ -3,7 +3,7 @@
  * accept loop, the hand-off of every request to the route table, and the writer's reply hook
  * that returns a finished command to the thread that sent it.
  *
- * main includes this file, and /metrics (api_ops.c) for http_accept_pauses. It is not what
+ * main includes this file, and /metrics (api_metrics.c) for http_accept_pauses. It is not what
  * handlers use (request.h) and not the route table (routes.h); the arrows are
  * server -> routes -> api_* -> request and server -> request.
  * Read thread.h next.

@@ -1,0 +1,292 @@
+/*
+ * api_metrics.c - GET /metrics: the Prometheus text exposition of the writer's, the read
+ * model's, the workers', the relay's and the intake's counters and the HTTP routes' calls.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "http/api.h"
+#include "http/server.h"
+#include "work/work.h"
+#include "pay/pay_breaker.h"
+#include "intake/intake_consume.h"
+#include "relay/relay.h"
+#include "intake/intake_pub.h"
+#include "base/svc_assert.h"
+
+#define API_METRICS_BYTES_MAX 16384
+
+/* Appends printf output to the metrics buffer, keeping *used within size. */
+static void api_metrics_printf(char *out, size_t size, size_t *used, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void api_metrics_printf(char *out, size_t size, size_t *used, const char *fmt, ...)
+{
+    SVC_ASSERT(*used <= size);
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(out + *used, size - *used, fmt, args);
+    va_end(args);
+    if (n > 0) {
+        *used += (size_t)n < size - *used ? (size_t)n : size - *used - 1;
+    }
+}
+
+static void api_metrics_writer(const struct writer_stats *st, char *out, size_t size, size_t *used)
+{
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_writer_batches_total counter\n"
+                       "stockd_writer_batches_total %llu\n"
+                       "# TYPE stockd_writer_commands_total counter\n"
+                       "stockd_writer_commands_total %llu\n"
+                       "# TYPE stockd_writer_batch_size_max gauge\n"
+                       "stockd_writer_batch_size_max %llu\n"
+                       "# TYPE stockd_writer_batch_failures_total counter\n"
+                       "stockd_writer_batch_failures_total %llu\n"
+                       "# TYPE stockd_idempotent_replays_total counter\n"
+                       "stockd_idempotent_replays_total %llu\n"
+                       "# TYPE stockd_writer_commit_seconds_total counter\n"
+                       "stockd_writer_commit_seconds_total %.6f\n"
+                       "# TYPE stockd_writer_commit_seconds_max gauge\n"
+                       "stockd_writer_commit_seconds_max %.6f\n"
+                       "# TYPE stockd_writer_batch_size histogram\n",
+                       (unsigned long long)atomic_load(&st->batches),
+                       (unsigned long long)atomic_load(&st->commands),
+                       (unsigned long long)atomic_load(&st->batch_size_max),
+                       (unsigned long long)atomic_load(&st->batch_failures),
+                       (unsigned long long)atomic_load(&st->replays),
+                       (double)atomic_load(&st->commit_us_total) / 1e6,
+                       (double)atomic_load(&st->commit_us_max) / 1e6);
+    unsigned long long cumulative = 0;
+    for (unsigned b = 0; b < WRITER_BATCH_BUCKETS; b++) {
+        cumulative += atomic_load(&st->batch_size_buckets[b]);
+        api_metrics_printf(out, size, used, "stockd_writer_batch_size_bucket{le=\"%u\"} %llu\n",
+                           (2u << b) - 1, cumulative);
+    }
+    api_metrics_printf(out, size, used,
+                       "stockd_writer_batch_size_bucket{le=\"+Inf\"} %llu\n"
+                       "stockd_writer_batch_size_count %llu\n"
+                       "stockd_writer_batch_size_sum %llu\n",
+                       cumulative, cumulative, (unsigned long long)atomic_load(&st->commands));
+}
+
+static void api_metrics_stream(char *out, size_t size, size_t *used)
+{
+    struct api_stream_stats st;
+    api_stream_stats(&st);
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_stream_subscribers gauge\n"
+                       "stockd_stream_subscribers %llu\n"
+                       "# TYPE stockd_stream_dropped_total counter\n"
+                       "stockd_stream_dropped_total{reason=\"behind\"} %llu\n"
+                       "stockd_stream_dropped_total{reason=\"write_timeout\"} %llu\n"
+                       "stockd_stream_dropped_total{reason=\"ring_overflow\"} %llu\n"
+                       "# TYPE stockd_stream_refused_total counter\n"
+                       "stockd_stream_refused_total %llu\n"
+                       "# TYPE stockd_http_accept_pauses_total counter\n"
+                       "stockd_http_accept_pauses_total %llu\n",
+                       (unsigned long long)st.subscribers, (unsigned long long)st.dropped_behind,
+                       (unsigned long long)st.dropped_timeout,
+                       (unsigned long long)st.dropped_overflow, (unsigned long long)st.refused,
+                       (unsigned long long)http_accept_pauses());
+}
+
+static int64_t api_projection_lag_ms(struct app *app)
+{
+    struct projection *v = projector_read_begin(&app->projector);
+    int64_t lag = projector_lag_ms(&app->projector, v);
+    projector_read_end(&app->projector, v);
+    return lag;
+}
+
+/* The circuit breaker around the payment provider (zeros without workers). */
+static void api_metrics_payment(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct pay_breaker *breaker = atomic_load(&app->pay_breaker);
+    static const struct pay_breaker_stats none; /* --workers off: closed, nothing counted */
+    const struct pay_breaker_stats *st = breaker != NULL ? pay_breaker_stats(breaker) : &none;
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_payment_circuit_state gauge\n"
+                       "stockd_payment_circuit_state %d\n"
+                       "# TYPE stockd_payment_circuit_opens_total counter\n"
+                       "stockd_payment_circuit_opens_total %llu\n"
+                       "# TYPE stockd_payment_circuit_consecutive_failures gauge\n"
+                       "stockd_payment_circuit_consecutive_failures %llu\n"
+                       "# TYPE stockd_payment_circuit_refused_total counter\n"
+                       "stockd_payment_circuit_refused_total %llu\n"
+                       "# TYPE stockd_payment_circuit_probes_total counter\n"
+                       "stockd_payment_circuit_probes_total %llu\n"
+                       "# TYPE stockd_payment_provider_charges_total counter\n"
+                       "stockd_payment_provider_charges_total %llu\n"
+                       "# TYPE stockd_payment_provider_timeouts_total counter\n"
+                       "stockd_payment_provider_timeouts_total %llu\n",
+                       atomic_load(&st->state), (unsigned long long)atomic_load(&st->opens),
+                       (unsigned long long)atomic_load(&st->consecutive_failures),
+                       (unsigned long long)atomic_load(&st->refused),
+                       (unsigned long long)atomic_load(&st->probes),
+                       (unsigned long long)atomic_load(&st->charges),
+                       (unsigned long long)atomic_load(&st->timeouts));
+}
+
+/* The payment dead letters now, as the workers count them (0 without workers). */
+static int64_t api_dead_letters(struct app *app)
+{
+    struct work *w = atomic_load(&app->work);
+    return w != NULL ? atomic_load(&work_stats(w)->dead_letters) : 0;
+}
+
+/* The outbox relay's metrics (--amqp only; without it they are absent, not zero). */
+static void api_metrics_relay(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct relay *relay = atomic_load(&app->relay);
+    if (relay == NULL) {
+        return;
+    }
+    const struct relay_stats *st = relay_stats(relay);
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_relay_lag_events gauge\nstockd_relay_lag_events %lld\n"
+                       "# TYPE stockd_relay_published_total counter\n"
+                       "stockd_relay_published_total %llu\n"
+                       "# TYPE stockd_relay_errors_total counter\n"
+                       "stockd_relay_errors_total %llu\n"
+                       "# TYPE stockd_relay_connected gauge\nstockd_relay_connected %d\n"
+                       "# TYPE stockd_relay_position gauge\nstockd_relay_position %lld\n",
+                       (long long)relay_lag_events(relay),
+                       (unsigned long long)atomic_load(&st->published),
+                       (unsigned long long)atomic_load(&st->errors),
+                       atomic_load(&st->connected) ? 1 : 0, (long long)atomic_load(&st->position));
+    /* 1 on the one instance that holds the relay's lease (publishes), 0 on the others. */
+    api_metrics_printf(out, size, used,
+                       "# TYPE stockd_relay_lease_held gauge\nstockd_relay_lease_held %d\n",
+                       relay_holds(relay) ? 1 : 0);
+}
+
+/* The intake consumer's metrics (--amqp only; without it they are absent, not zero). Its
+ * errors and connection are named consumer_: the publisher's are stockd_intake_errors_total and
+ * stockd_intake_connected. */
+static void api_metrics_intake_consumer(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct intake_consume *ic = atomic_load(&app->intake);
+    if (ic == NULL) {
+        return;
+    }
+    const struct intake_consume_stats *st = intake_consume_stats(ic);
+    long long resume = (long long)atomic_load(&st->resume_offset);
+    long long last = (long long)atomic_load(&st->last_offset);
+    api_metrics_printf(
+        out, size, used,
+        "# TYPE stockd_intake_consumed_total counter\nstockd_intake_consumed_total %llu\n"
+        "# TYPE stockd_intake_answers_total counter\n"
+        "stockd_intake_answers_total{outcome=\"applied\"} %llu\n"
+        "stockd_intake_answers_total{outcome=\"refused\"} %llu\n"
+        "stockd_intake_answers_total{outcome=\"replayed\"} %llu\n"
+        "stockd_intake_answers_total{outcome=\"dead_lettered\"} %llu\n"
+        "# TYPE stockd_intake_retries_total counter\nstockd_intake_retries_total %llu\n"
+        "# TYPE stockd_intake_consumer_errors_total counter\n"
+        "stockd_intake_consumer_errors_total %llu\n"
+        "# TYPE stockd_intake_consumer_connected gauge\nstockd_intake_consumer_connected %d\n"
+        "# TYPE stockd_intake_offset gauge\nstockd_intake_offset %lld\n"
+        "# TYPE stockd_intake_last_offset gauge\nstockd_intake_last_offset %lld\n"
+        "# TYPE stockd_intake_in_flight gauge\nstockd_intake_in_flight %lld\n"
+        "# TYPE stockd_intake_dead_letters_total counter\n"
+        "stockd_intake_dead_letters_total{stage=\"commands\"} %llu\n"
+        "# TYPE stockd_intake_lease_held gauge\nstockd_intake_lease_held %d\n",
+        (unsigned long long)atomic_load(&st->consumed),
+        (unsigned long long)atomic_load(&st->applied),
+        (unsigned long long)atomic_load(&st->refused),
+        (unsigned long long)atomic_load(&st->replayed),
+        (unsigned long long)atomic_load(&st->dead_lettered),
+        (unsigned long long)atomic_load(&st->retried), (unsigned long long)atomic_load(&st->errors),
+        atomic_load(&st->connected) ? 1 : 0, resume, last,
+        last + 1 > resume ? last + 1 - resume : 0,
+        (unsigned long long)atomic_load(&st->dead_lettered), intake_consume_holds(ic) ? 1 : 0);
+}
+
+/* Asynchronous intake's metrics (--amqp only; without it they are absent, not zero). */
+static void api_metrics_intake(struct app *app, char *out, size_t size, size_t *used)
+{
+    struct intake_pub *pub = atomic_load(&app->intake_pub);
+    if (pub == NULL) {
+        return;
+    }
+    const struct intake_pub_stats *st = intake_pub_stats(pub);
+    struct api_intake_stats is;
+    api_intake_stats(&is);
+    api_metrics_printf(
+        out, size, used,
+        "# TYPE stockd_intake_accepted_total counter\n"
+        "stockd_intake_accepted_total %llu\n"
+        "# TYPE stockd_intake_refused_total counter\n"
+        "stockd_intake_refused_total{reason=\"not_connected\"} %llu\n"
+        "stockd_intake_refused_total{reason=\"full\"} %llu\n"
+        "stockd_intake_refused_total{reason=\"timeout\"} %llu\n"
+        "# TYPE stockd_intake_confirms_total counter\n"
+        "stockd_intake_confirms_total %llu\n"
+        "# TYPE stockd_intake_errors_total counter\n"
+        "stockd_intake_errors_total %llu\n"
+        "# TYPE stockd_intake_connected gauge\nstockd_intake_connected %d\n",
+        (unsigned long long)is.accepted, (unsigned long long)is.refused_not_connected,
+        (unsigned long long)is.refused_full, (unsigned long long)is.refused_timeout,
+        (unsigned long long)atomic_load(&st->confirmed),
+        (unsigned long long)atomic_load(&st->errors), atomic_load(&st->connected) ? 1 : 0);
+}
+
+void api_metrics(struct http_request *r)
+{
+    struct app *app = r->thread->app;
+    char *out = h2o_mem_alloc_pool(&r->req->pool, API_METRICS_BYTES_MAX);
+    size_t used = 0;
+    api_metrics_writer(&app->writer.stats, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_store_busy_waits_total counter\n"
+                       "stockd_store_busy_waits_total %llu\n"
+                       "# TYPE stockd_writer_batch_retries_total counter\n"
+                       "stockd_writer_batch_retries_total %llu\n"
+                       "# TYPE stockd_follower_catch_ups_total counter\n"
+                       "stockd_follower_catch_ups_total %llu\n"
+                       "# TYPE stockd_projection_lag_seconds gauge\n"
+                       "stockd_projection_lag_seconds %.3f\n"
+                       "# TYPE stockd_queue_depth gauge\nstockd_queue_depth %zu\n",
+                       (unsigned long long)store_busy_wait_count(app->writer.config.store),
+                       (unsigned long long)atomic_load(&app->writer.stats.batch_retries),
+                       (unsigned long long)atomic_load(&app->follower.catch_ups),
+                       (double)api_projection_lag_ms(app) / 1000.0, queue_depth(&app->queue));
+    api_metrics_stream(out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_snapshots_written_total counter\n"
+                       "stockd_snapshots_written_total %llu\n"
+                       "# TYPE stockd_snapshot_seq gauge\nstockd_snapshot_seq %lld\n"
+                       "# TYPE stockd_snapshot_bytes gauge\nstockd_snapshot_bytes %lld\n",
+                       (unsigned long long)atomic_load(&app->projector.snapshots_written),
+                       (long long)atomic_load(&app->projector.snapshot_seq),
+                       (long long)atomic_load(&app->projector.snapshot_bytes));
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_read_only gauge\nstockd_read_only %d\n"
+                       "# TYPE stockd_expiry_paused gauge\nstockd_expiry_paused %d\n"
+                       "# TYPE stockd_dead_letters gauge\nstockd_dead_letters %lld\n",
+                       atomic_load(&app->read_only) ? 1 : 0,
+                       atomic_load(&app->writer.expiry_paused) ? 1 : 0,
+                       (long long)api_dead_letters(app));
+    api_metrics_payment(app, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_relay(app, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_intake(app, out, API_METRICS_BYTES_MAX, &used);
+    api_metrics_intake_consumer(app, out, API_METRICS_BYTES_MAX, &used);
+    struct work *w = atomic_load(&app->work);
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_worker_lease_held gauge\n"
+                       "stockd_worker_lease_held{stage=\"order\"} %d\n"
+                       "stockd_worker_lease_held{stage=\"payment\"} %d\n",
+                       w != NULL && work_holds(w, CMD_STAGE_ORDER) ? 1 : 0,
+                       w != NULL && work_holds(w, CMD_STAGE_PAYMENT) ? 1 : 0);
+    api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                       "# TYPE stockd_http_requests_total counter\n");
+    for (size_t i = 0; i < routes_count; i++) {
+        api_metrics_printf(out, API_METRICS_BYTES_MAX, &used,
+                           "stockd_http_requests_total{method=\"%s\",route=\"%s\"} %llu\n",
+                           routes_table[i].method, routes_table[i].pattern,
+                           (unsigned long long)atomic_load(&routes_table[i].stats.calls));
+    }
+    SVC_ASSERT(used < API_METRICS_BYTES_MAX);
+    http_send(r, 200, "text/plain; version=0.0.4", out, used);
+}
