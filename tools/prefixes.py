@@ -75,6 +75,7 @@ MODULES = {
     # http
     "http": (["src/http/server.c", "src/http/request.c"], ["http_"]),
     "routes": (["src/http/routes.c"], ["routes_"]),
+    "http_metrics": (["src/http/http_metrics.c"], ["http_metrics_"]),
     "framing": (["src/http/framing.c"], ["framing_"]),
     "auth": (["src/http/auth.c"], ["auth_"]),
     "api": (["src/http/api_*.c"], ["api_"]),

@@ -28,6 +28,7 @@
 #include "base/svc_limits.h"
 #include "http/api.h"
 #include "http/request.h"
+#include "http/http_metrics.h"
 #include "http/thread.h"
 #include "read/audit.h"
 #include "store/store_open.h"
@@ -48,12 +49,14 @@ struct audit_job {
     h2o_generator_t generator;             /* streaming answers */
     struct io_thread *thread;              /* the owner */
     h2o_req_t *req;                        /* owner only: NULL once h2o disposed it */
-    bool streaming;                        /* owner only */
-    bool sending;                          /* owner only: a chunk is with h2o */
-    bool ended;                            /* owner only: took the end message */
-    bool final_sent;                       /* owner only */
-    int64_t sent_events;                   /* owner only: the last progress sent */
-    char chunk[AUDIT_CHUNK_BYTES];         /* owner only: the chunk with h2o */
+    const struct route *route;             /* the request's, for its metrics (http_metrics.h) */
+    int64_t started_us;
+    bool streaming;                /* owner only */
+    bool sending;                  /* owner only: a chunk is with h2o */
+    bool ended;                    /* owner only: took the end message */
+    bool final_sent;               /* owner only */
+    int64_t sent_events;           /* owner only: the last progress sent */
+    char chunk[AUDIT_CHUNK_BYTES]; /* owner only: the chunk with h2o */
     /* Written by the audit thread. */
     _Atomic int64_t events; /* -1 until the snapshot is open */
     _Atomic int64_t total;
@@ -191,7 +194,8 @@ static void api_audit_on_end(struct audit_job *job)
         api_audit_stream_next(job);
         return;
     }
-    struct http_request r = {.thread = job->thread, .req = job->req};
+    struct http_request r = {
+        .thread = job->thread, .req = job->req, .route = job->route, .started_us = job->started_us};
     if (job->rc != 0) {
         http_send_problem(&r, SVC_ESTORAGE_UNAVAILABLE, "the audit could not read the log", NULL,
                           0);
@@ -253,6 +257,8 @@ void api_audit(struct http_request *r)
     job->end_message = (struct audit_message){.job = job, .end = true};
     job->thread = t;
     job->req = r->req;
+    job->route = r->route;
+    job->started_us = r->started_us;
     job->streaming = api_audit_wants_stream(r);
     job->sent_events = -1;
     atomic_init(&job->events, -1); /* the audit thread has not reported yet */
@@ -275,6 +281,7 @@ void api_audit(struct http_request *r)
     }
     if (job->streaming) {
         h2o_req_t *req = r->req;
+        http_metrics_count(r->thread, r->route, req->method, 200, r->started_us);
         req->res.status = 200;
         req->res.reason = "OK";
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,

@@ -64,7 +64,9 @@ struct api_dlt_stream_job {
 
 struct api_dlt_stream_replay {
     struct io_thread *thread;
-    h2o_req_t *req;                       /* NULL once answered, or disposed by h2o */
+    h2o_req_t *req;            /* NULL once answered, or disposed by h2o */
+    const struct route *route; /* the request's, for its metrics (http_metrics.h) */
+    int64_t started_us;
     struct api_dlt_stream_replay **guard; /* on req's pool while req is waiting */
     h2o_timeout_entry_t timeout;          /* INTAKE_CONFIRM_TIMEOUT_MS, linked while req waits */
     json_t *ids;                          /* the requested ids (owned), or NULL: every one */
@@ -235,6 +237,8 @@ static void api_dlt_stream_answer(struct api_dlt_stream_replay *replay, h2o_req_
     memset(&r, 0, sizeof r);
     r.thread = replay->thread;
     r.req = req;
+    r.route = replay->route;
+    r.started_us = replay->started_us;
     int64_t offsets[DLT_REPLAY_MESSAGES_MAX];
     uint32_t confirmed = 0;
     for (uint32_t i = 0; i < replay->job_count; i++) {
@@ -379,6 +383,8 @@ void api_dlt_stream_replay(struct http_request *r, json_t *ids)
     struct api_dlt_stream_thread *it = api_dlt_stream_thread_ready(r->thread);
     /* Armed before the hand-off: the publisher may report at once (on this thread, later). */
     replay->req = r->req;
+    replay->route = r->route;
+    replay->started_us = r->started_us;
     replay->guard =
         h2o_mem_alloc_shared(&r->req->pool, sizeof *replay->guard, api_dlt_stream_guard_dispose);
     *replay->guard = replay;

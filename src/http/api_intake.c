@@ -39,7 +39,9 @@ struct api_intake_job {
     h2o_multithread_message_t message; /* to this thread's receiver; first member */
     struct intake_pub_job pub;
     struct io_thread *thread;
-    h2o_req_t *req;                /* NULL once answered, or disposed by h2o */
+    h2o_req_t *req;            /* NULL once answered, or disposed by h2o */
+    const struct route *route; /* the request's, for its metrics (http_metrics.h) */
+    int64_t started_us;
     struct api_intake_job **guard; /* on req's pool while req is waiting */
     h2o_timeout_entry_t timeout;   /* INTAKE_CONFIRM_TIMEOUT_MS, linked while req waits */
     char key[IDEM_KEY_BYTES_MAX + 1];
@@ -152,6 +154,8 @@ static void api_intake_answer(struct api_intake_job *job, h2o_req_t *req, int re
     memset(&r, 0, sizeof r);
     r.thread = job->thread;
     r.req = req;
+    r.route = job->route;
+    r.started_us = job->started_us;
     if (result == 0) {
         api_intake_accept(&r, job);
     } else {
@@ -274,6 +278,8 @@ void api_intake_publish(struct http_request *r, const char *kind)
     }
     /* Armed before the hand-off: the publisher may report at once (on this thread, later). */
     job->req = r->req;
+    job->route = r->route;
+    job->started_us = r->started_us;
     job->guard = h2o_mem_alloc_shared(&r->req->pool, sizeof *job->guard, api_intake_guard_dispose);
     *job->guard = job;
     h2o_timeout_link(r->thread->loop, &it->timeout, &job->timeout);

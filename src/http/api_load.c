@@ -46,6 +46,7 @@
 #include "http/api.h"
 #include "http/app.h"
 #include "http/request.h"
+#include "http/http_metrics.h"
 #include "http/thread.h"
 #include "load/loadgen.h"
 #include "read/audit.h"
@@ -91,13 +92,15 @@ struct load_job {
     struct load_message progress_message; /* sent while progress_queued was false */
     struct load_message end_message;      /* sent once, last */
     h2o_generator_t generator;
-    struct io_thread *thread; /* the owner */
-    h2o_req_t *req;           /* owner only: NULL once h2o disposed it */
-    bool streaming;           /* owner only */
-    bool sending;             /* owner only: a chunk is with h2o */
-    bool ended;               /* owner only: took the end message */
-    bool final_sent;          /* owner only */
-    uint64_t sent_version;    /* owner only: the progress last sent */
+    struct io_thread *thread;  /* the owner */
+    h2o_req_t *req;            /* owner only: NULL once h2o disposed it */
+    const struct route *route; /* the request's, for its metrics (http_metrics.h) */
+    int64_t started_us;
+    bool streaming;        /* owner only */
+    bool sending;          /* owner only: a chunk is with h2o */
+    bool ended;            /* owner only: took the end message */
+    bool final_sent;       /* owner only */
+    uint64_t sent_version; /* owner only: the progress last sent */
     char chunk[LOAD_CHUNK_BYTES];
     struct load_params params; /* set before the load thread starts; read-only after */
     pthread_mutex_t progress_lock;
@@ -449,7 +452,8 @@ static void api_load_on_end(struct load_job *job)
         api_load_stream_next(job);
         return;
     }
-    struct http_request r = {.thread = job->thread, .req = job->req};
+    struct http_request r = {
+        .thread = job->thread, .req = job->req, .route = job->route, .started_us = job->started_us};
     if (job->rc != 0) {
         http_send_problem(&r, job->rc, job->why, NULL, 0);
         return;
@@ -589,6 +593,7 @@ static void api_load_token(struct http_request *r, char *out, size_t size)
 static void api_load_stream_start(struct load_job *job)
 {
     h2o_req_t *req = job->req;
+    http_metrics_count(job->thread, job->route, req->method, 200, job->started_us);
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
@@ -622,6 +627,8 @@ static void api_load_launch(struct http_request *r, const struct load_params *pa
     job->end_message = (struct load_message){.job = job, .end = true};
     job->thread = t;
     job->req = r->req;
+    job->route = r->route;
+    job->started_us = r->started_us;
     h2o_iovec_t accept = http_header(r, "accept");
     job->streaming = accept.base != NULL && h2o_strstr(accept.base, accept.len,
                                                        H2O_STRLIT("text/event-stream")) != SIZE_MAX;

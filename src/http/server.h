@@ -25,6 +25,11 @@ int http_listen(const char *host, int port, int *port_out);
  * up (memory, its store reader) exits the process with a logged reason. */
 int http_start(struct app *app, int listen_fd, int count);
 
+/* Adds every I/O thread's request counters and latency histograms into sum (zeroed by the
+ * caller), for /metrics; any thread may call it. */
+struct http_metrics_sum;
+void http_threads_metrics(struct http_metrics_sum *sum);
+
 /* How many times an I/O thread paused accepting for want of file descriptors (/metrics). */
 uint64_t http_accept_pauses(void);
 
