@@ -350,7 +350,7 @@ static void api_metrics_payment(struct app *app, struct api_metrics_out *o)
     static const struct pay_breaker_stats none; /* --workers off: closed, nothing counted */
     const struct pay_breaker_stats *st = breaker != NULL ? pay_breaker_stats(breaker) : &none;
     api_metrics_one(o, "stockd_payment_circuit_state", "gauge",
-                    "The payment provider's circuit: 0 closed, 1 open, 2 half-open.",
+                    "The payment provider's circuit: 0 closed, 1 half-open, 2 open.",
                     atomic_load(&st->state));
     api_metrics_one(o, "stockd_payment_circuit_opens_total", "counter",
                     "Times the payment circuit opened.", api_u64(atomic_load(&st->opens)));
