@@ -73,10 +73,10 @@ static void http_metrics_bump(_Atomic uint64_t *counter, uint64_t n)
 void http_metrics_count(struct io_thread *t, const struct route *route, h2o_iovec_t method,
                         int status, int64_t started_us)
 {
-    struct http_metrics *m = t->metrics;
-    if (m == NULL || started_us == 0) {
+    if (started_us == 0 || t == NULL || t->metrics == NULL) {
         return; /* not a request the server dispatched (the fuzz harness) */
     }
+    struct http_metrics *m = t->metrics;
     unsigned slot = HTTP_METRICS_UNMATCHED;
     if (route != NULL) {
         SVC_ASSERT(route >= routes_table && route < routes_table + routes_count);
