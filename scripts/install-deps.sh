@@ -12,8 +12,9 @@ case "$profile" in
   # procps: pgrep (test_pg_cluster's frozen server); libclang-rt-14-dev: the sanitizer and
   # libFuzzer runtimes of the fuzz build, which --no-install-recommends leaves out of clang.
   # rabbitmq-server: the broker the tests start on loopback (scripts/rabbitmq-start.sh).
+  # prometheus: for promtool only (test_metrics checks a live scrape, deploy/prometheus).
   test) packages+=(libcmocka-dev python3 python3-yaml clang-format postgresql clang
-                   libclang-rt-14-dev procps rabbitmq-server) ;;
+                   libclang-rt-14-dev procps rabbitmq-server prometheus) ;;
   bench) packages+=(libcmocka-dev python3 postgresql postgresql-contrib nginx-light gnuplot-nox
                     rabbitmq-server
                     linux-perf valgrind) ;;
@@ -40,3 +41,9 @@ echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# prometheus is there for promtool: where an init system runs, its package starts the
+# Prometheus server (port 9090); stop and disable it again. (In a root without an init, such as
+# scripts/fresh-check.sh's, policy-rc.d keeps every service from starting.)
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  "${sudo_cmd[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

@@ -77,6 +77,7 @@ MODULES = {
     "routes": (["src/http/routes.c"], ["routes_"]),
     "waiter": (["src/http/waiter.c"], ["http_waiter_", "http_mailbox_"]),
     "bgjob": (["src/http/bgjob.c"], ["http_bgjob_"]),
+    "http_metrics": (["src/http/http_metrics.c"], ["http_metrics_"]),
     "framing": (["src/http/framing.c"], ["framing_"]),
     "auth": (["src/http/auth.c"], ["auth_"]),
     "api": (["src/http/api_*.c"], ["api_"]),

@@ -72,6 +72,10 @@
 /* HTTP I/O threads. The default is the number of cores; more than 64 buys nothing here. */
 #define IO_THREADS_MAX 64
 
+/* Rows of the route table (routes.c): sizes each I/O thread's per-route request counters and
+ * latency histograms (http/http_metrics.h), about 200 KiB per thread at this bound. */
+#define ROUTES_MAX 96
+
 /* Reply body the writer formats for one command; stored verbatim as the idempotency record. */
 #define REPLY_BODY_BYTES_MAX 2048
 

@@ -76,6 +76,10 @@
 /* Idempotency pruning runs at most this often while idle. */
 #define WRITER_PRUNE_INTERVAL_MS (60 * 1000)
 
+const int64_t writer_commit_bucket_us[WRITER_COMMIT_BUCKETS] = {
+    100,   250,    500,    1000,   2500,    5000,    10000,   25000,
+    50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
+
 /* What a command's reply depends on, for the failure path. */
 enum writer_outcome {
     WRITER_OUTCOME_NONE = 0,      /* refused: stands only if the batch commits */
@@ -87,7 +91,8 @@ enum writer_outcome {
 /* The writer's private scratch beside the batch: per-command outcomes and the prefetch keys. */
 struct writer_scratch {
     enum writer_outcome outcomes[BATCH_COMMANDS_MAX];
-    struct prefetch *prefetch; /* owned */
+    uint64_t stock_refusals[WRITER_REFUSAL_KINDS]; /* of the attempt in hand */
+    struct prefetch *prefetch;                     /* owned */
 };
 
 static struct writer_scratch *writer_scratch_of(const struct writer *w);
@@ -306,6 +311,16 @@ static enum writer_outcome writer_idem_check(struct writer *w, size_t index)
     return WRITER_OUTCOME_FRESH;
 }
 
+static enum writer_refusal writer_refusal_of(const struct command *cmd)
+{
+    switch (cmd->kind) {
+    case CMD_PURCHASE: return WRITER_REFUSAL_PURCHASE;
+    case CMD_RESERVE: return WRITER_REFUSAL_RESERVATION;
+    case CMD_ORDER_CREATE: return WRITER_REFUSAL_ORDER;
+    default: return WRITER_REFUSAL_OTHER;
+    }
+}
+
 static void writer_apply(struct writer *w, size_t index)
 {
     struct batch *b = w->batch;
@@ -337,6 +352,9 @@ static void writer_apply(struct writer *w, size_t index)
     }
     struct outcome decided;
     apply_command(w->config.domain, b, cmd, &decided);
+    if (decided.kind == OUTCOME_PROBLEM && decided.problem.err == SVC_EINSUFFICIENT_STOCK) {
+        writer_scratch_of(w)->stock_refusals[writer_refusal_of(cmd)]++;
+    }
     reply_format(cmd, &decided, w->config.domain);
     SVC_ASSERT(cmd->reply_status >= 200 && cmd->reply_status <= 599);
     if (decided.kind != OUTCOME_PROBLEM) {
@@ -395,6 +413,29 @@ static void writer_record_stats(struct writer *w, size_t count, int64_t commit_u
         bucket++;
     }
     atomic_fetch_add_explicit(&st->batch_size_buckets[bucket], 1, memory_order_relaxed);
+    unsigned slot = 0;
+    while (slot < WRITER_COMMIT_BUCKETS && commit_us > writer_commit_bucket_us[slot]) {
+        slot++;
+    }
+    atomic_fetch_add_explicit(&st->commit_us_buckets[slot], 1, memory_order_relaxed);
+}
+
+/* Counts what a committed batch did: its refusals for want of stock and its events. */
+static void writer_record_committed(struct writer *w)
+{
+    struct writer_stats *st = &w->stats;
+    const struct writer_scratch *scratch = writer_scratch_of(w);
+    for (unsigned k = 0; k < WRITER_REFUSAL_KINDS; k++) {
+        if (scratch->stock_refusals[k] > 0) {
+            atomic_fetch_add_explicit(&st->stock_refusals[k], scratch->stock_refusals[k],
+                                      memory_order_relaxed);
+        }
+    }
+    const struct event *events = batch_events(w->batch);
+    for (size_t i = 0; i < batch_event_count(w->batch); i++) {
+        SVC_ASSERT(events[i].type < EVENT_TYPE_COUNT); /* the writer made it */
+        atomic_fetch_add_explicit(&st->events[events[i].type], 1, memory_order_relaxed);
+    }
 }
 
 size_t writer_batch_fit(struct writer *w, struct command **commands, size_t count)
@@ -448,6 +489,7 @@ static int writer_attempt(struct writer *w)
     int64_t t0 = clock_mono_us();
     w->state = WRITER_PREFETCHING;
     if (prefetch_batch(writer_scratch_of(w)->prefetch, s, w->config.domain, b, events_after) != 0) {
+        atomic_fetch_add(&w->stats.store_errors[WRITER_STORE_ERROR_PREFETCH], 1);
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     int64_t t1 = clock_mono_us();
@@ -457,6 +499,9 @@ static int writer_attempt(struct writer *w)
     /* A shared backend's transaction is open since the prefetch: always end it. */
     int rc = batch_has_rows(b) || store_is_shared(s) ? store_commit_batch(s, batch_rows(b)) : 0;
     int64_t t3 = clock_mono_us();
+    if (rc != 0 && rc != STORE_COMMIT_RETRY) {
+        atomic_fetch_add(&w->stats.store_errors[WRITER_STORE_ERROR_COMMIT], 1);
+    }
     if (t3 - t0 >= WRITER_SLOW_BATCH_US) {
         log_warn("writer: slow batch of %zu commands: prefetch %lld us, apply %lld us, commit"
                  " %lld us",
@@ -525,6 +570,8 @@ static int writer_run_attempts(struct writer *w, struct command **commands, size
     int rc = 0;
     for (int attempt = 1;; attempt++) {
         memset(writer_scratch_of(w)->outcomes, 0, count * sizeof(enum writer_outcome));
+        memset(writer_scratch_of(w)->stock_refusals, 0,
+               sizeof writer_scratch_of(w)->stock_refusals);
         batch_reset(w->batch, commands, count, now_ms);
         rc = writer_attempt(w);
         if (rc != STORE_COMMIT_RETRY || attempt == WRITER_COMMIT_ATTEMPTS_MAX) {
@@ -533,7 +580,11 @@ static int writer_run_attempts(struct writer *w, struct command **commands, size
         writer_undo_batch(w); /* another instance won a race: read again, apply again */
         atomic_fetch_add_explicit(&w->stats.batch_retries, 1, memory_order_relaxed);
     }
-    return rc == STORE_COMMIT_RETRY ? SVC_ESTORAGE_UNAVAILABLE : rc;
+    if (rc == STORE_COMMIT_RETRY) {
+        atomic_fetch_add(&w->stats.store_errors[WRITER_STORE_ERROR_CONFLICT], 1);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    return rc;
 }
 
 void writer_run_batch(struct writer *w, struct command **commands, size_t count)
@@ -549,6 +600,7 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
     if (rc == 0) {
         dom_commit(w->config.domain);
         batch_seqs_commit(w->batch);
+        writer_record_committed(w);
         atomic_store(&w->storage_ok, true);
         int64_t seq = batch_seqs_committed(w->batch)->event;
         atomic_store_explicit(&w->acked_seq, seq, memory_order_release);

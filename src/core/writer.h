@@ -27,6 +27,28 @@
 
 /* Batch-size histogram buckets: [1], [2,3], [4,7], ... [512,1023], [1024]. */
 #define WRITER_BATCH_BUCKETS 11
+/* Batch-duration histogram: its upper bounds (writer_commit_bucket_us, 0.1 ms .. 10 s) and one
+ * bucket over them all. */
+#define WRITER_COMMIT_BUCKETS 16
+
+/* What a store failure of a batch was (the /metrics label "kind"). */
+enum writer_store_error {
+    WRITER_STORE_ERROR_PREFETCH = 0, /* the reads before the apply failed */
+    WRITER_STORE_ERROR_COMMIT,       /* the batch's transaction failed */
+    WRITER_STORE_ERROR_CONFLICT,     /* lost WRITER_COMMIT_ATTEMPTS_MAX races (shared store) */
+    WRITER_STORE_ERROR_KINDS,
+};
+
+/* Which command a refusal for want of stock (insufficient_stock) answered. */
+enum writer_refusal {
+    WRITER_REFUSAL_PURCHASE = 0, /* POST /v1/purchase, the seeds' buy aliases */
+    WRITER_REFUSAL_RESERVATION,  /* POST /v1/reservations */
+    WRITER_REFUSAL_ORDER,        /* POST /v1/orders (a checkout order) */
+    WRITER_REFUSAL_OTHER,        /* transfers, adjustments below zero, confirms */
+    WRITER_REFUSAL_KINDS,
+};
+
+extern const int64_t writer_commit_bucket_us[WRITER_COMMIT_BUCKETS];
 
 struct writer_config {
     struct store *store;   /* borrowed; used by the writer thread only once started */
@@ -72,6 +94,11 @@ struct writer_stats { /* written by the writer, read by /metrics */
     _Atomic uint64_t commit_us_total;
     _Atomic uint64_t commit_us_max;
     _Atomic uint64_t batch_size_buckets[WRITER_BATCH_BUCKETS];
+    /* batches per duration bucket (not cumulative); the last is over every bound */
+    _Atomic uint64_t commit_us_buckets[WRITER_COMMIT_BUCKETS + 1];
+    _Atomic uint64_t store_errors[WRITER_STORE_ERROR_KINDS];
+    _Atomic uint64_t stock_refusals[WRITER_REFUSAL_KINDS]; /* of committed batches */
+    _Atomic uint64_t events[EVENT_TYPE_COUNT];             /* committed, by type */
 };
 
 /* Where the batch in hand is (writer.c's state machine). */

@@ -209,10 +209,7 @@ static void api_dlt_stream_accept(struct http_request *r, struct api_dlt_stream_
  * when none was (nothing marked). The jobs not confirmed yet count as deferred. */
 static void api_dlt_stream_answer(struct api_dlt_stream_replay *replay, h2o_req_t *req)
 {
-    struct http_request r;
-    memset(&r, 0, sizeof r);
-    r.thread = replay->thread;
-    r.req = req;
+    struct http_request r = http_waiter_view(&replay->waiter, replay->thread, req);
     int64_t offsets[DLT_REPLAY_MESSAGES_MAX];
     uint32_t confirmed = 0;
     for (uint32_t i = 0; i < replay->job_count; i++) {
@@ -330,7 +327,7 @@ void api_dlt_stream_replay(struct http_request *r, json_t *ids)
     struct http_mailbox *box = http_mailbox_of(
         api_dlt_stream_mailboxes, r->thread, api_dlt_stream_on_message, INTAKE_CONFIRM_TIMEOUT_MS);
     /* Armed before the hand-off: the publisher may report at once (on this thread, later). */
-    http_waiter_start(&replay->waiter, r->req, r->thread, &box->timeout);
+    http_waiter_start(&replay->waiter, r, &box->timeout);
     rc = api_dlt_stream_submit(pub, replay);
     if (rc != 0) { /* none handed over: nothing was published, nothing is marked */
         h2o_req_t *req = http_waiter_take(&replay->waiter);

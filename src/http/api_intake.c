@@ -130,10 +130,7 @@ static void api_intake_accept(struct http_request *r, const struct api_intake_jo
 
 static void api_intake_answer(struct api_intake_job *job, h2o_req_t *req, int result)
 {
-    struct http_request r;
-    memset(&r, 0, sizeof r);
-    r.thread = job->thread;
-    r.req = req;
+    struct http_request r = http_waiter_view(&job->waiter, job->thread, req);
     if (result == 0) {
         api_intake_accept(&r, job);
     } else {
@@ -227,7 +224,7 @@ void api_intake_publish(struct http_request *r, const char *kind)
         return;
     }
     /* Armed before the hand-off: the publisher may report at once (on this thread, later). */
-    http_waiter_start(&job->waiter, r->req, r->thread, &box->timeout);
+    http_waiter_start(&job->waiter, r, &box->timeout);
     int rc = intake_pub_submit(pub, &job->pub);
     if (rc != 0) { /* never handed over: still ours alone */
         h2o_req_t *req = http_waiter_take(&job->waiter);

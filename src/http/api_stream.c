@@ -33,6 +33,7 @@
 #include "base/svc_limits.h"
 #include "core/events.h"
 #include "http/api.h"
+#include "http/http_metrics.h"
 #include "http/sse_ring.h"
 #include "read/projector.h"
 
@@ -480,6 +481,7 @@ static void stream_start(struct http_request *r, struct stream_thread *st, int64
     SVC_ASSERT(since >= 0);
     SVC_ASSERT(st->thread == r->thread);
     h2o_req_t *req = r->req;
+    http_metrics_count(r->thread, r->route, req->method, 200, r->started_us);
     struct stream_subscriber *sub = h2o_mem_alloc_shared(&req->pool, sizeof *sub, stream_dispose);
     memset(sub, 0, sizeof *sub);
     sub->generator.proceed = stream_proceed;

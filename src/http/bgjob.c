@@ -9,6 +9,7 @@
 #include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
+#include "http/http_metrics.h"
 
 /* Per I/O thread: its mailbox, set up at its first job. */
 static struct http_mailbox http_bgjob_mailboxes[IO_THREADS_MAX];
@@ -118,7 +119,7 @@ static void http_bgjob_on_end(struct http_bgjob *job)
     }
     struct http_bgjob_result result = {0};
     job->ops->result(job, &result);
-    struct http_request r = {.thread = job->thread, .req = job->waiter.req};
+    struct http_request r = http_waiter_view(&job->waiter, job->thread, job->waiter.req);
     if (result.code != 0) {
         http_send_problem(&r, result.code, result.why, NULL, 0);
         return;
@@ -158,6 +159,8 @@ static void http_bgjob_stream_start(struct http_bgjob *job)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
                    H2O_STRLIT("no-cache"));
     h2o_start_response(req, &job->generator);
+    /* The stream counts at its start (its end is the client's): 200 and the time to here. */
+    http_metrics_count(job->thread, job->waiter.route, req->method, 200, job->waiter.started_us);
     int n = snprintf(job->chunk, sizeof job->chunk, ": %s started\n\n", job->ops->name);
     SVC_ASSERT(n > 0 && (size_t)n < sizeof job->chunk);
     job->sending = true;
@@ -181,7 +184,7 @@ int http_bgjob_start(struct http_bgjob *job, const struct http_bgjob_ops *ops,
                                                        H2O_STRLIT("text/event-stream")) != SIZE_MAX;
     job->generator = (h2o_generator_t){http_bgjob_on_proceed, http_bgjob_on_stop};
     job->waiter.on_gone = http_bgjob_on_gone;
-    http_waiter_start(&job->waiter, r->req, t, NULL);
+    http_waiter_start(&job->waiter, r, NULL);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

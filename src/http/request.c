@@ -17,6 +17,7 @@
 #include "base/svc_limits.h"
 #include "base/text.h"
 #include "core/queue.h"
+#include "http/http_metrics.h"
 
 /* Longest X-Trace-Id taken from a client; a longer one is replaced by ours. */
 #define REQUEST_TRACE_ID_BYTES_MAX 128
@@ -97,6 +98,7 @@ void http_send(struct http_request *r, int status, const char *content_type, con
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type,
                    strlen(content_type));
     request_add_trace_id(r);
+    http_metrics_count(r->thread, r->route, req->method, status, r->started_us);
     /* A known length keeps HTTP/1.1 connections alive for every status: without it h2o
      * chunks only 200 responses and closes the connection after any other. */
     req->res.content_length = status == 304 ? 0 : length;
@@ -286,6 +288,8 @@ void http_command_submit(struct http_request *r, struct http_command *hc)
     SVC_ASSERT(hc->thread == r->thread);
     SVC_ASSERT(hc->req == NULL);
     hc->req = r->req;
+    hc->route = r->route;
+    hc->started_us = r->started_us;
     hc->guard = h2o_mem_alloc_shared(&r->req->pool, sizeof *hc->guard, request_guard_dispose);
     *hc->guard = hc;
     if (hc->cmd.has_idem_key) {
@@ -319,6 +323,8 @@ static void request_send_reply(struct http_command *hc)
     memset(&r, 0, sizeof r);
     r.thread = hc->thread;
     r.req = req;
+    r.route = hc->route;
+    r.started_us = hc->started_us;
     if (cmd->reply_replayed) {
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("idempotent-replayed"), 0,
                               NULL, H2O_STRLIT("true"));

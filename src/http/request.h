@@ -28,6 +28,7 @@ struct http_request {
     const struct route *route;
     const char *principal; /* who sent it (set by routes_dispatch): a token's principal in
                             * the immutable auth table, or "public" on a public route */
+    int64_t started_us;    /* clock_mono_us when the server dispatched it (the metrics) */
 };
 
 /* ---- responses: every function below sends the whole response ---- */

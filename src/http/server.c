@@ -16,12 +16,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
 #include "http/framing.h"
+#include "http/http_metrics.h"
 #include "http/request.h"
 #include "http/routes.h"
 #include "http/thread.h"
@@ -295,6 +297,7 @@ static int server_on_req(h2o_handler_t *self, h2o_req_t *req)
     memset(&r, 0, sizeof r);
     r.thread = server_thread_of(req);
     r.req = req;
+    r.started_us = clock_mono_us();
     r.path = req->path;
     r.query = h2o_iovec_init("", 0);
     if (req->query_at != SIZE_MAX) {
@@ -371,6 +374,9 @@ static int server_thread_init(struct io_thread *t)
 {
     SVC_ASSERT(t->app != NULL && t->loop == NULL);
     int rc = http_command_pool_init(t);
+    if (rc == 0) {
+        rc = http_metrics_init(t);
+    }
     if (rc != 0) {
         return rc;
     }
@@ -448,6 +454,14 @@ int http_start(struct app *app, int listen_fd, int count)
     server_threads = threads;
     atomic_store(&server_thread_count, count);
     return 0;
+}
+
+void http_threads_metrics(struct http_metrics_sum *sum)
+{
+    int count = atomic_load(&server_thread_count);
+    for (int i = 0; i < count; i++) {
+        http_metrics_add(&server_threads[i], sum);
+    }
 }
 
 uint64_t http_accept_pauses(void)

@@ -3,7 +3,7 @@
  * accept loop, the hand-off of every request to the route table, and the writer's reply hook
  * that returns a finished command to the thread that sent it.
  *
- * main includes this file, and /metrics (api_ops.c) for http_accept_pauses. It is not what
+ * main includes this file, and /metrics (api_metrics.c) for http_accept_pauses. It is not what
  * handlers use (request.h) and not the route table (routes.h); the arrows are
  * server -> routes -> api_* -> request and server -> request.
  * Read thread.h next.
@@ -24,6 +24,11 @@ int http_listen(const char *host, int port, int *port_out);
  * projector, auth) and immutable from here on. 0 or -errno; a thread that fails to set itself
  * up (memory, its store reader) exits the process with a logged reason. */
 int http_start(struct app *app, int listen_fd, int count);
+
+/* Adds every I/O thread's request counters and latency histograms into sum (zeroed by the
+ * caller), for /metrics; any thread may call it. */
+struct http_metrics_sum;
+void http_threads_metrics(struct http_metrics_sum *sum);
 
 /* How many times an I/O thread paused accepting for want of file descriptors (/metrics). */
 uint64_t http_accept_pauses(void);

@@ -30,6 +30,8 @@ struct io_thread;
 
 /* One command in flight, as the I/O thread sees it. */
 struct http_request; /* request.h */
+struct route;        /* routes.h */
+struct http_metrics; /* http_metrics.h */
 
 struct http_command {
     h2o_multithread_message_t message; /* link for the reply queue; first member */
@@ -42,6 +44,8 @@ struct http_command {
     /* NULL: the writer's reply goes out as it is. Else called with a 200 reply (also a
      * replayed one); true when it sent the reply itself (e.g. the order as GET shows it). */
     bool (*send_ok)(struct http_request *r, const struct command *cmd);
+    const struct route *route; /* the request's, for its metrics when the reply goes out */
+    int64_t started_us;        /* the request's clock_mono_us when it was dispatched */
 };
 
 struct io_thread {
@@ -63,6 +67,7 @@ struct io_thread {
     char *list_body; /* LIST_BODY_BYTES_MAX, owned: the body of one list response at a time */
     unsigned index;  /* 0..IO_THREADS_MAX-1 */
     uint64_t trace_counter;
+    struct http_metrics *metrics; /* owned: written by this thread, read by /metrics */
     pthread_t thread;
 };
 

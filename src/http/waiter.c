@@ -41,17 +41,27 @@ static void http_waiter_dispose(void *object)
     }
 }
 
-void http_waiter_start(struct http_waiter *w, h2o_req_t *req, struct io_thread *t,
-                       h2o_timeout_t *timeout)
+void http_waiter_start(struct http_waiter *w, struct http_request *r, h2o_timeout_t *timeout)
 {
-    SVC_ASSERT(w->req == NULL && w->guard == NULL && req != NULL);
-    w->req = req;
-    w->guard = h2o_mem_alloc_shared(&req->pool, sizeof *w->guard, http_waiter_dispose);
+    SVC_ASSERT(w->req == NULL && w->guard == NULL && r->req != NULL);
+    struct io_thread *t = r->thread;
+    w->req = r->req;
+    w->route = r->route;
+    w->started_us = r->started_us;
+    w->guard = h2o_mem_alloc_shared(&r->req->pool, sizeof *w->guard, http_waiter_dispose);
     *w->guard = w;
     if (timeout != NULL) {
         SVC_ASSERT(timeout->timeout > 0 && w->timeout.cb != NULL);
         h2o_timeout_link(t->loop, timeout, &w->timeout);
     }
+}
+
+struct http_request http_waiter_view(const struct http_waiter *w, struct io_thread *t,
+                                     h2o_req_t *req)
+{
+    SVC_ASSERT(req != NULL);
+    return (struct http_request){
+        .thread = t, .req = req, .route = w->route, .started_us = w->started_us};
 }
 
 h2o_req_t *http_waiter_take(struct http_waiter *w)

@@ -19,10 +19,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "http/request.h"
 #include "http/thread.h"
 
 struct http_waiter {
-    h2o_req_t *req;              /* while the request waits; NULL once taken or disposed */
+    h2o_req_t *req;            /* while the request waits; NULL once taken or disposed */
+    const struct route *route; /* the request's, and its start: for its metrics */
+    int64_t started_us;
     struct http_waiter **guard;  /* on req's pool while req waits */
     h2o_timeout_entry_t timeout; /* its cb set by the owner; linked while req waits, if armed */
     /* Optional: called when h2o disposed the request before it was taken (req is NULL). */
@@ -41,10 +44,16 @@ struct http_mailbox {
 struct http_mailbox *http_mailbox_of(struct http_mailbox *boxes, struct io_thread *t,
                                      h2o_multithread_receiver_cb cb, uint64_t timeout_ms);
 
-/* Makes w wait with req: guards it and, when timeout is not NULL (a mailbox's, made with
- * timeout_ms > 0), links w->timeout, whose cb the caller set, on it. w->req must be NULL. */
-void http_waiter_start(struct http_waiter *w, h2o_req_t *req, struct io_thread *t,
-                       h2o_timeout_t *timeout);
+/* Makes w wait with r's request: guards it and, when timeout is not NULL (a mailbox's, made
+ * with timeout_ms > 0), links w->timeout, whose cb the caller set, on it. w->req must be
+ * NULL. */
+void http_waiter_start(struct http_waiter *w, struct http_request *r, h2o_timeout_t *timeout);
+
+/* The view of w's request to answer it on thread t, req being what http_waiter_take gave
+ * back: the route and the start time the handler had (the answer counts in the metrics as
+ * the route's, from then). */
+struct http_request http_waiter_view(const struct http_waiter *w, struct io_thread *t,
+                                     h2o_req_t *req);
 
 /* Takes the request back to answer it: the guard and the timer are disarmed. NULL when it was
  * taken before or h2o disposed it. */

@@ -1003,3 +1003,20 @@ const char *projector_status_name(enum projector_status status)
     SVC_ASSERT((unsigned)status < 4);
     return names[status];
 }
+
+void projector_totals_get(const struct projection *v, struct projector_totals *out)
+{
+    memset(out, 0, sizeof *out);
+    uint32_t items = atomic_load_explicit(&v->item_count, memory_order_acquire);
+    SVC_ASSERT(items <= ITEMS_MAX);
+    for (uint32_t i = 0; i < items; i++) {
+        out->units_sold += atomic_load_explicit(&v->items[i].sold, memory_order_relaxed);
+    }
+    uint32_t reservations = atomic_load_explicit(&v->reservation_count, memory_order_acquire);
+    SVC_ASSERT(reservations <= PROJ_RESERVATIONS_MAX);
+    for (uint32_t i = 0; i < reservations; i++) {
+        int32_t status = atomic_load_explicit(&v->reservations[i].status, memory_order_relaxed);
+        SVC_ASSERT(status >= PROJECTOR_ACTIVE && status <= PROJECTOR_EXPIRED);
+        out->reservations[status]++;
+    }
+}

@@ -221,4 +221,13 @@ bool projector_reservation_find(const struct projection *v, const char *id,
                                 struct projector_reservation *out);
 const char *projector_status_name(enum projector_status status);
 
+/* What /metrics reads of a projection: units sold over every item, reservations per status. */
+struct projector_totals {
+    int64_t units_sold;
+    int64_t reservations[PROJECTOR_EXPIRED + 1]; /* by enum projector_status */
+};
+/* Adds up v's items and reservations (a pass over each table; each value read atomically,
+ * the whole not one instant). */
+void projector_totals_get(const struct projection *v, struct projector_totals *out);
+
 #endif
