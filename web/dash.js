@@ -11,6 +11,8 @@
   const HEALTH_POLL_MS = 2000;
   const HISTORY_POINTS = 60; // one minute of metrics
   const ORDERS_SHOWN = 25;
+  const ORDERS_KEPT = 400; // in memory, pruned to half when passed
+  const ITEMS_SHOWN = 200;
   const INVENTORY_SKUS_MAX = 50; // products loaded at start (the stream adds the others)
   const RECENT_EVENTS = 1000; // events read back at start for the recent orders
   const RENDER_DELAY_MS = 100; // stream events are rendered in batches
@@ -189,6 +191,8 @@
     if (ev.eventType.startsWith('Order') && d.orderId && status) {
       const old = state.orders.get(d.orderId);
       if (old && old.seq >= ev.seq) return;
+      // Only orders created in sight are kept: a later step of one pruned is not news.
+      if (!old && ev.eventType !== 'OrderCreated' && ev.eventType !== 'OrderCompleted') return;
       state.orders.set(d.orderId, {
         orderId: d.orderId,
         kind: old ? old.kind : orderKind(ev.eventType),
@@ -199,7 +203,14 @@
         seq: ev.seq,
         created: old ? old.created : ev.seq,
       });
+      if (!old && state.orders.size > ORDERS_KEPT) pruneOrders();
     }
+  }
+
+  // Forgets the oldest orders past ORDERS_KEPT (a load test creates thousands).
+  function pruneOrders() {
+    const oldest = Array.from(state.orders.values()).sort((a, b) => a.created - b.created);
+    for (const o of oldest.slice(0, oldest.length - ORDERS_KEPT / 2)) state.orders.delete(o.orderId);
   }
 
   async function loadSnapshot() {
@@ -308,7 +319,7 @@
 
   function renderInventory() {
     const rows = Array.from(state.items.values()).sort(
-      (a, b) => a.sku.localeCompare(b.sku) || a.storeId.localeCompare(b.storeId));
+      (a, b) => a.sku.localeCompare(b.sku) || a.storeId.localeCompare(b.storeId)).slice(0, ITEMS_SHOWN);
     const body = $('#inventory tbody');
     const now = Date.now();
     body.replaceChildren(...rows.map((it) => {

@@ -357,3 +357,41 @@ test('a phone-width screen has no horizontal overflow', async () => {
   await context.close();
   assert.deepEqual(errors, []);
 });
+
+test('latency comes from the per-route histogram when /metrics has one', async () => {
+  // /metrics as stockd serves it, plus a stockd_http_request_duration_seconds histogram that
+  // grows by 100 answers a scrape: 50 within 1 ms, 40 within 5 ms, 10 within 10 ms; and a
+  // stream route's long ones, which the quantiles leave out.
+  const context = await browser.newContext({ viewport: DESKTOP });
+  let scrapes = 0;
+  await context.route('**/metrics', async (route) => {
+    const res = await route.fetch();
+    const n = 100 * ++scrapes;
+    const h = 'stockd_http_request_duration_seconds';
+    const lines = [
+      '# TYPE ' + h + ' histogram',
+      h + '_bucket{route="/v1/purchase",le="0.001"} ' + n / 2,
+      h + '_bucket{route="/v1/purchase",le="0.005"} ' + (n * 9) / 10,
+      h + '_bucket{route="/v1/purchase",le="0.01"} ' + n,
+      h + '_bucket{route="/v1/purchase",le="+Inf"} ' + n,
+      h + '_sum{route="/v1/purchase"} ' + n * 0.002,
+      h + '_count{route="/v1/purchase"} ' + n,
+      h + '_bucket{route="/v1/stream",le="0.01"} 0',
+      h + '_bucket{route="/v1/stream",le="+Inf"} ' + n,
+      h + '_sum{route="/v1/stream"} ' + n * 60,
+      h + '_count{route="/v1/stream"} ' + n,
+    ];
+    await route.fulfill({ response: res, body: (await res.text()) + lines.join('\n') + '\n' });
+  });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()); });
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(url('/'));
+  await page.waitForFunction(() => document.querySelector('#metric-p99 .value').textContent !== 'n/a'
+    && /ms$/.test(document.querySelector('#metric-p99 .value').textContent), null, { timeout: UI_WAIT_MS });
+  assert.equal(await text(page, '#metric-p50 .value'), '1 ms');
+  assert.equal(await text(page, '#metric-p99 .value'), '9.50 ms');
+  await context.close();
+  assert.deepEqual(errors, []);
+});
