@@ -342,6 +342,17 @@ test('the dashboard with an admin token', async (t) => {
     await page.screenshot({ path: path.join(ARTIFACTS, 'desktop.png'), fullPage: true });
   });
 
+  await t.test('the token is asked once per tab session, and forgotten on request', async () => {
+    await page.reload();
+    await itemRow(page, 'SKU-A', 'S1').waitFor({ timeout: UI_WAIT_MS });
+    assert.ok(await page.locator('#token-set').isVisible(), 'the token survives a reload');
+    assert.ok(!(await page.locator('#token-form').isVisible()), 'no second question');
+    await page.click('#token-forget');
+    await page.locator('#token-form').waitFor({ timeout: UI_WAIT_MS });
+    assert.ok(!(await page.locator('#inventory').isVisible()), 'no inventory once forgotten');
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('stockd.token')), null);
+  });
+
   await context.close();
   assert.deepEqual(errors, [], 'console errors or exceptions of the page');
 });
