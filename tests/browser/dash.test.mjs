@@ -159,9 +159,9 @@ after(async () => {
     const exited = new Promise((resolve) => server.proc.on('exit', (code, sig) => resolve({ code, sig })));
     server.proc.kill('SIGTERM');
     const { code, sig } = await exited;
+    rmSync(server.dir, { recursive: true, force: true });
     // A clean stop (under the sanitizers: no leak, no error report either).
     assert.equal(code, 0, 'stockd stopped with ' + (sig || code) + '; stderr:\n' + server.stderr().slice(-4000));
-    rmSync(server.dir, { recursive: true, force: true });
   }
 });
 
