@@ -192,6 +192,14 @@ sed 's/^/  /' "$root/etc/apt/sources.list"
 # Name resolution as on the host (the archive's name may only resolve through it).
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 cp -L /etc/hosts "$root/etc/hosts"
+# The network's own certificate authorities, as the host trusts them: on a network whose
+# proxy intercepts TLS, the npm registry (tests/browser's `npm ci`) is reachable only through
+# it, and a newcomer's machine there trusts them the same way. ca-certificates (installed by
+# scripts/install-deps.sh) adds them to the root's store when it is installed.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp -L /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+fi
 # No init runs in the root, so no package may start its service (postgresql's postinst would
 # start a cluster on the host's port 5432: loopback is shared). Debian's container images ship
 # the same policy; the tests start their own PostgreSQL (scripts/pg-start.sh).

@@ -13,8 +13,10 @@ case "$profile" in
   # libFuzzer runtimes of the fuzz build, which --no-install-recommends leaves out of clang.
   # rabbitmq-server: the broker the tests start on loopback (scripts/rabbitmq-start.sh).
   # prometheus: for promtool only (test_metrics checks a live scrape, deploy/prometheus).
+  # chromium, nodejs, npm: the dashboard's browser tests (tests/browser: playwright-core from
+  # npm drives Debian's chromium).
   test) packages+=(libcmocka-dev python3 python3-yaml clang-format postgresql clang
-                   libclang-rt-14-dev procps rabbitmq-server prometheus) ;;
+                   libclang-rt-14-dev procps rabbitmq-server prometheus chromium nodejs npm) ;;
   bench) packages+=(libcmocka-dev python3 postgresql postgresql-contrib nginx-light gnuplot-nox
                     rabbitmq-server
                     linux-perf valgrind) ;;
@@ -23,7 +25,11 @@ esac
 
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+  # A nodejs package from outside Debian (NodeSource) bundles npm and conflicts with Debian's:
+  # an npm on the PATH is enough.
+  [ "$p" = npm ] && command -v npm >/dev/null && continue
+  missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

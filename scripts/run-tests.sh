@@ -2,7 +2,8 @@
 # Runs every test suite in the three builds of STYLE 22, then prints one summary line:
 #   1. ASan+UBSan debug build: unit, writer simulation (tests/sim) and black-box suites
 #   2. TSan build: the thread and queue tests (suite tsan)
-#   3. release build with assertions on: unit, simulation and black-box suites
+#   3. release build with assertions on: unit, simulation and black-box suites, and the
+#      dashboard in a real browser (suite browser: tests/browser, after `npm ci` there)
 #   4. the ASan+UBSan and the release builds again on PostgreSQL: the black-box scripts of suite
 #      blackbox-pg on a throwaway cluster (scripts/pg-start.sh in a temporary directory, a free
 #      port from 55432); under the sanitizers because the PostgreSQL backend is C of its own
@@ -66,7 +67,10 @@ setup build-tsan --buildtype=debug -Db_sanitize=thread || failed_steps+=("setup 
 run_suite build-tsan --suite tsan || failed_steps+=("tsan")
 
 setup build --buildtype=release -Db_ndebug=false || failed_steps+=("setup release")
-run_suite build --suite unit --suite sim --suite blackbox || failed_steps+=("release")
+# The browser tests of the dashboard (suite browser, release build only): playwright-core from
+# tests/browser/package-lock.json, driving Debian's chromium.
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) || failed_steps+=("npm ci")
+run_suite build --suite unit --suite sim --suite blackbox --suite browser || failed_steps+=("release")
 
 # 4. PostgreSQL. Its results go to <build>/meson-logs/testlog-pg.json (--logbase), beside each
 # build's testlog.json, so that the summary counts both.

@@ -5,7 +5,8 @@
     const size_t NAME_length = <bytes>;
 
 so that the server answers with the file without reading it at run time. stockd embeds
-openapi.yaml this way (GET /openapi.yaml, src/api_ops.c).
+openapi.yaml this way (GET /openapi.yaml, src/http/api_ops.c), and the dashboard's
+files of web/ (GET / and /assets/{name}, src/http/api_dash.c).
 
 Usage: embed.py INPUT OUTPUT NAME
 """

@@ -11,8 +11,9 @@
  *   api_dlt.c           the dead-letter table: list and replay
  *   api_dlt_stream.c    its replay of the stream's dead letters: published to the stream again
  *   api_commands.c      the status of an asynchronous command (issue 12)
- *   api_ops.c           health, readiness, the OpenAPI document, the home page
+ *   api_ops.c           health, readiness, the OpenAPI document
  *   api_metrics.c       GET /metrics, the Prometheus text exposition
+ *   api_dash.c          the dashboard at / and its assets (web/, compiled in)
  *   api_audit.c         the audit, on a thread of its own, with progress
  *   api_load.c          the load test: the load generator against this server, then the audit
  *   api_intake.c        Prefer: respond-async with --amqp: a validated command published
@@ -90,8 +91,11 @@ void api_seed_read_only_off(struct http_request *r);
  * in-tree load generator against this server, then the audit, on a thread of their own. */
 void api_load_test(struct http_request *r);
 void api_seed_load_test(struct http_request *r);
-/* Operations (api_ops.c): GET /, /health, /ready. */
+/* The dashboard (api_dash.c): GET / is the page, GET /assets/{name} its script and style
+ * sheet, all compiled in from web/ (tools/embed.py). */
 void api_home(struct http_request *r);
+void api_dash_asset(struct http_request *r);
+/* Operations (api_ops.c): GET /health, /ready. */
 void api_health(struct http_request *r);
 void api_ready(struct http_request *r);
 /* GET /metrics (api_metrics.c): Prometheus text. */

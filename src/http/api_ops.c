@@ -1,8 +1,8 @@
 /*
  * api_ops.c - operations routes: /health (the process answers; "degraded" while the payment
  * provider's circuit is not closed), /ready (storage reachable and not shutting down; both show
- * the outbox relay's and the intake publisher's state with --amqp), /openapi.yaml (the API
- * document, compiled in) and the home page. /metrics is api_metrics.c.
+ * the outbox relay's and the intake publisher's state with --amqp) and /openapi.yaml (the API
+ * document, compiled in). /metrics is api_metrics.c, the home page (the dashboard) api_dash.c.
  */
 #include <stdio.h>
 #include <string.h>
@@ -154,17 +154,4 @@ void api_openapi(struct http_request *r)
 {
     SVC_ASSERT(openapi_yaml_length > 0 && openapi_yaml[openapi_yaml_length] == '\0');
     http_send(r, 200, "application/yaml", openapi_yaml, openapi_yaml_length);
-}
-
-void api_home(struct http_request *r)
-{
-    static const char page[] =
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>stockd</title></head>"
-        "<body><h1>stockd</h1><p>Inventory and orders for flash sales: one writer, batched "
-        "group commit, no oversell, no duplicate orders.</p><ul>"
-        "<li><a href=\"/health\">/health</a></li><li><a href=\"/ready\">/ready</a></li>"
-        "<li><a href=\"/metrics\">/metrics</a></li>"
-        "<li><a href=\"/openapi.yaml\">/openapi.yaml</a> (the API)</li>"
-        "<li><a href=\"/inventory\">/inventory</a> (seed 004 ticket)</li></ul></body></html>";
-    http_send(r, 200, "text/html; charset=utf-8", page, sizeof page - 1);
 }

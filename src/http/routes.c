@@ -336,7 +336,14 @@ struct route routes_table[] = {
      0,
      "Seed 001: read-only mode off (admin)",
      {0}},
-    {"GET", "/", api_home, ROUTE_READONLY | ROUTE_PUBLIC, 0, "Home page", {0}},
+    {"GET", "/", api_home, ROUTE_READONLY | ROUTE_PUBLIC, 0, "The dashboard", {0}},
+    {"GET",
+     "/assets/{id}",
+     api_dash_asset,
+     ROUTE_READONLY | ROUTE_PUBLIC,
+     0,
+     "The dashboard's script and style sheet",
+     {0}},
 };
 
 const size_t routes_count = sizeof routes_table / sizeof routes_table[0];

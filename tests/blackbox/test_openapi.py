@@ -472,6 +472,8 @@ def test_answers_conform_to_the_schemas():
             ex("GET", "/ready", want=200)
             ex("GET", "/metrics", want=200)
             ex("GET", "/", want=200)
+            ex("GET", "/assets/dash.js", want=200)
+            ex("GET", "/assets/nothing.js", want=404)
             ex("GET", "/inventory", want=404)
             ex("POST", "/reset", key=False, want=200)
             ex("GET", "/inventory", want=200)
