@@ -152,11 +152,13 @@ static void api_intake_answer(struct api_intake_job *job, h2o_req_t *req, int re
     memset(&r, 0, sizeof r);
     r.thread = job->thread;
     r.req = req;
+    http_trace_begin(&r); /* the id the request had when it was published */
     if (result == 0) {
         api_intake_accept(&r, job);
     } else {
         api_intake_refuse(&r, result);
     }
+    log_trace_set(NULL);
 }
 
 /* The publisher's report, on this thread: answer the request if it still waits, free the job. */

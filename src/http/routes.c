@@ -406,6 +406,7 @@ static bool routes_authorize_anonymous(struct http_request *r, enum auth_role ne
     if (anonymous >= need) {
         return true; /* r->principal stays the anonymous one */
     }
+    r->principal = NULL; /* refused: nobody (the access log says so) */
     if (anonymous == AUTH_ROLE_NONE) {
         routes_send_unauthorized(r, "send Authorization: Bearer <token>");
         return false;
@@ -420,7 +421,8 @@ static bool routes_authorize_anonymous(struct http_request *r, enum auth_role ne
 }
 
 /* Checks r's bearer token against the role the route needs and sets r->principal. On failure
- * sends 401 (with WWW-Authenticate: Bearer) or 403 and returns false. */
+ * sends 401 (with WWW-Authenticate: Bearer; r->principal NULL) or 403 (r->principal the too
+ * weak token's) and returns false. */
 static bool routes_authorize(struct http_request *r, const struct route *route)
 {
     static const char scheme[] = "Bearer ";
@@ -440,10 +442,12 @@ static bool routes_authorize(struct http_request *r, const struct route *route)
     }
     if (token == NULL) {
         /* A wrong token is refused even when anonymous requests would pass: never downgrade. */
+        r->principal = NULL;
         routes_send_unauthorized(r, "the bearer token is not known");
         return false;
     }
     SVC_ASSERT(token->role != AUTH_ROLE_NONE);
+    r->principal = token->principal; /* known, if too weak: the access log names it */
     if (token->role < need) {
         char detail[96];
         snprintf(detail, sizeof detail, "this route needs the %s role; the token has %s",
@@ -451,7 +455,7 @@ static bool routes_authorize(struct http_request *r, const struct route *route)
         http_send_problem(r, SVC_EFORBIDDEN, detail, NULL, 0);
         return false;
     }
-    r->principal = token->principal;
+    SVC_ASSERT(r->principal == token->principal);
     return true;
 }
 
