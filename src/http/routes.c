@@ -229,7 +229,7 @@ struct route routes_table[] = {
      BODY_BYTES_MAX,
      "Re-queue dead letters by ids or stage (admin)",
      {0}},
-    {"GET", "/health", api_health, ROUTE_READONLY | ROUTE_PUBLIC, 0, "Liveness", {0}},
+    {"GET", "/health", api_health, ROUTE_READONLY | ROUTE_PUBLIC, 0, "Health checks", {0}},
     {"GET",
      "/ready",
      api_ready,
