@@ -6,6 +6,7 @@
 - a request's X-Trace-Id is on the lines it causes on its I/O thread (the command queued) and
   on the writer thread (the command answered), for an applied command and a refused one, and
   a made-up trace id (the request sent none) is the one its lines and its response carry;
+  the lines about a whole batch that failed list the trace ids of its requests (traceIds);
 - --access-log: one line per request with method, route pattern, status, durationMs, trace id
   and principal, in JSON and in text, and never the bearer token (nor in the log);
 - GET /health: status and checks (storage, writer, projection, payment; relay with --amqp),
@@ -287,7 +288,7 @@ def test_health_degraded_while_the_broker_is_down():
 def test_health_degraded_while_commits_fail_on_sqlite():
     if pg_mode():
         skip_test("SQLite's lock; on PostgreSQL see test_health_down_while_postgres_is_stopped")
-    s = start([])
+    s = start(["--log-format", "json"])
     with s.client() as c:
         product(c, "H-C", 10)
         check_eq(health(c)["status"], "ok", "before")
@@ -295,7 +296,7 @@ def test_health_degraded_while_commits_fail_on_sqlite():
                              isolation_level=None)
         try:
             db.execute("BEGIN EXCLUSIVE")  # the writer's busy wait gives up: its batch fails
-            r = purchase(c, "H-C", 1)
+            r = purchase(c, "H-C", 1, trace="bb-locked")
             check_problem(r, 503, "storage_unavailable", "a purchase while the lock is held")
             h = health(c)  # reads still serve: storage reachable, the last commit failed
             check_shape(h)
@@ -309,6 +310,11 @@ def test_health_degraded_while_commits_fail_on_sqlite():
         check_status(purchase(c, "H-C", 1), 201, "a purchase once the lock is gone")
         check_eq(health(c)["status"], "ok", "after")
     s.stop()
+    # The failed batch's lines (its store error, its slowness) name the requests in it.
+    batch_lines = [e for e in json_lines(log_lines(s), "stderr")
+                   if "bb-locked" in e.get("traceIds", [])]
+    check(batch_lines and all(e["level"] in ("warn", "error") for e in batch_lines),
+          "warn or error lines of the failed batch listing bb-locked: %s" % batch_lines)
 
 
 def test_health_down_while_postgres_is_stopped():
