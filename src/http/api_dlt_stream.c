@@ -235,6 +235,7 @@ static void api_dlt_stream_answer(struct api_dlt_stream_replay *replay, h2o_req_
     memset(&r, 0, sizeof r);
     r.thread = replay->thread;
     r.req = req;
+    http_trace_begin(&r); /* the request's id: its lines carry it (the caller clears it) */
     int64_t offsets[DLT_REPLAY_MESSAGES_MAX];
     uint32_t confirmed = 0;
     for (uint32_t i = 0; i < replay->job_count; i++) {
@@ -284,6 +285,7 @@ static void api_dlt_stream_on_message(h2o_multithread_receiver_t *receiver,
         h2o_req_t *req = api_dlt_stream_release(replay);
         if (req != NULL) {
             api_dlt_stream_answer(replay, req);
+            log_trace_set(NULL);
         }
         api_dlt_stream_free(replay);
     }
@@ -298,6 +300,7 @@ static void api_dlt_stream_on_timeout(h2o_timeout_entry_t *entry)
     h2o_req_t *req = api_dlt_stream_release(replay);
     if (req != NULL) {
         api_dlt_stream_answer(replay, req);
+        log_trace_set(NULL);
     }
 }
 
