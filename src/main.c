@@ -59,6 +59,11 @@ static void main_usage(FILE *out)
             "                         (default 100000; also at a clean stop; 0: never), so\n"
             "                         that a start replays only the events after it\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
+            "  --log-format FORMAT    text (default) or json: one JSON object per line\n"
+            "                         (time, level, file, line, msg, traceId)\n"
+            "  --access-log PATH      one line per request (method, route, status,\n"
+            "                         durationMs, trace id, principal; never a token) in\n"
+            "                         the --log-format, appended to PATH; \"-\" is stderr\n"
             "  --workers on|off       run the checkout order workers (default on; with\n"
             "                         several instances on one PostgreSQL, each stage runs\n"
             "                         on the instance that holds its lease)\n"
@@ -109,6 +114,17 @@ static int main_parse_listen(struct app_config *c, const char *value)
     }
     c->listen_port = (int)port;
     return 0;
+}
+
+/* --log-format text|json. */
+static int main_parse_log_format(const char *value)
+{
+    if (strcmp(value, "text") == 0 || strcmp(value, "json") == 0) {
+        log_set_format(value[0] == 't' ? LOG_FORMAT_TEXT : LOG_FORMAT_JSON);
+        return 0;
+    }
+    fprintf(stderr, "stockd: --log-format takes text or json, not \"%s\"\n", value);
+    return -EINVAL;
 }
 
 static int main_parse_level(const char *value)
@@ -357,6 +373,8 @@ static const struct option main_options[] = {
     {"ticket-sku", required_argument, 0, 's'},
     {"idempotency-retention-hours", required_argument, 0, 'i'},
     {"log-level", required_argument, 0, 'v'},
+    {"log-format", required_argument, 0, 'f'},
+    {"access-log", required_argument, 0, 'x'},
     {"help", no_argument, 0, 'h'},
     {"tokens-file", required_argument, 0, 'T'},
     {"audit", no_argument, 0, 'a'},
@@ -393,6 +411,8 @@ static int main_parse(struct app_config *c, int argc, char **argv)
             break;
         case 'i': c->idem_retention_ms = atoll(optarg) * 3600 * 1000; break;
         case 'v': rc = main_parse_level(optarg); break;
+        case 'f': rc = main_parse_log_format(optarg); break;
+        case 'x': c->access_log = optarg[0] != '\0' ? optarg : NULL; break;
         case 'T': c->tokens_file = optarg; break;
         case 'a': c->audit_only = true; break;
         case 'S':
@@ -603,6 +623,17 @@ static int main_wait_for_signal(void)
     return signal_number;
 }
 
+/* --access-log PATH: opened before any thread starts; exits with the reason on failure. */
+static void main_open_access_log(const struct app_config *c)
+{
+    int rc = c->access_log != NULL ? log_access_open(c->access_log) : 0;
+    if (rc != 0) {
+        log_error("cannot open the access log %s: %s", c->access_log, strerror(-rc));
+        exit(1);
+    }
+    SVC_ASSERT(log_access_enabled() == (c->access_log != NULL));
+}
+
 int main(int argc, char **argv)
 {
     struct app *app = &main_app;
@@ -616,6 +647,7 @@ int main(int argc, char **argv)
         return main_audit(&app->config);
     }
     signal(SIGPIPE, SIG_IGN);
+    main_open_access_log(&app->config);
     main_raise_fd_limit();
     sigset_t set;
     sigemptyset(&set);

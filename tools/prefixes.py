@@ -33,7 +33,7 @@ MODULES = {
     # base
     "svc_assert": (["src/base/svc_assert.c"], ["svc_assert_", "svc_testcase_"]),
     "errors": (["src/base/errors.c"], ["svc_err_"]),
-    "log": (["src/base/log.c"], ["log_"]),
+    "log": (["src/base/log.c", "src/base/log_format.c"], ["log_"]),
     "clock": (["src/base/clock.c"], ["clock_"]),
     "json_out": (["src/base/json_out.c"], ["jbuf_"]),
     "problem": (["src/base/problem.c"], ["problem_"]),

@@ -211,6 +211,21 @@ _Static_assert(ORDER_TTL_SECONDS_DEFAULT <= RESERVATION_TTL_SECONDS_MAX, "a defa
  * fits a fixed field of a command and an idempotency row without escaping. */
 #define AUTH_PRINCIPAL_BYTES_MAX 64
 
+/* A writer that has had a batch in hand, or commands waiting with no batch ending, for this
+ * long is stalled: GET /health says "down" (503). A healthy batch that meets a failing store
+ * gives up well before: SQLite's busy wait after 5 s, PostgreSQL's round trips after 5 s each
+ * (a batch makes at most a few), so 15 s is a writer that no longer moves. */
+#define WRITER_STALL_MS 15000
+
+/* The projection lag (ms behind the event log) past which GET /health calls the projection
+ * "degraded": reads answer from an older state than a second or two of catch-up explains. */
+#define HEALTH_PROJECTION_LAG_MS 5000
+
+/* The longest X-Trace-Id taken from a client (a longer one, or one with bytes other than
+ * printable ASCII, is replaced by stockd's own): W3C traceparent is 55 bytes, 128 leaves room
+ * for other schemes. Each command carries one (struct command), so it stays small. */
+#define TRACE_ID_BYTES_MAX 128
+
 /* A plaintext bearer token: 1..256 printable ASCII bytes. The generated one is 64 hex digits;
  * 256 leaves room for JWT-sized opaque tokens a deployment may already have. */
 #define AUTH_TOKEN_BYTES_MAX 256

@@ -1,5 +1,6 @@
 /*
- * command.c - the idempotency fingerprint of a decoded command. See command.h.
+ * command.c - the idempotency fingerprint of a decoded command, and the names of the kinds
+ * (for log lines). See command.h.
  *
  * The fingerprint is of what the command means, not of the bytes that carried it: two bodies
  * that differ only in key order, whitespace, escapes or an omitted default decode to the
@@ -84,4 +85,30 @@ uint64_t command_fingerprint(const struct command *cmd)
         h = command_fold_int(h, cmd->order_seq);
     }
     return command_fold_lines(h, cmd);
+}
+
+const char *command_kind_name(enum cmd_kind kind)
+{
+    static const char *const names[] = {
+        [CMD_STORE_CREATE] = "store_create",
+        [CMD_PRODUCT_CREATE] = "product_create",
+        [CMD_PURCHASE] = "purchase",
+        [CMD_ADJUST] = "adjust",
+        [CMD_TICKET_RESET] = "ticket_reset",
+        [CMD_SET_ABSOLUTE] = "set_absolute",
+        [CMD_RESERVE] = "reserve",
+        [CMD_CONFIRM] = "confirm",
+        [CMD_CANCEL] = "cancel",
+        [CMD_TRANSFER] = "transfer",
+        [CMD_RECONCILE] = "reconcile",
+        [CMD_ORDER_CREATE] = "order_create",
+        [CMD_ORDER_CANCEL] = "order_cancel",
+        [CMD_ORDER_STEP] = "order_step",
+        [CMD_INTAKE_DEAD_LETTER] = "intake_dead_letter",
+    };
+    _Static_assert(sizeof names / sizeof names[0] == CMD_INTAKE_DEAD_LETTER + 1,
+                   "a name for every kind");
+    SVC_ASSERT((size_t)kind < sizeof names / sizeof names[0]);
+    SVC_ASSERT(names[kind] != NULL);
+    return names[kind];
 }

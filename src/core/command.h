@@ -151,6 +151,11 @@ struct command {
                           * of stage (the fence of work/work.h); like stage and stage_seq not
                           * folded in the fingerprint (a property of the sender, not of the
                           * request) */
+    char trace_id[TRACE_ID_BYTES_MAX + 1]; /* the request's X-Trace-Id (echoed or made up),
+                                            * "" when none (a worker's step): the writer's log
+                                            * lines about this command carry it (log.h). Not
+                                            * folded in the fingerprint: a retry with the same
+                                            * key may come with a new trace id */
 
     /* Reply, written by the writer before it hands the command back. */
     int reply_status;    /* HTTP status */
@@ -170,6 +175,9 @@ struct command {
  * bytes that carried it. Deterministic across machines; cmd must carry an Idempotency-Key and
  * have every unused argument zeroed (http_command_alloc). */
 uint64_t command_fingerprint(const struct command *cmd);
+
+/* The kind's name in log lines ("purchase", "order_step"); a static string. */
+const char *command_kind_name(enum cmd_kind kind);
 
 /* Points the reply buffer at the right storage; idempotent. Called by whoever fills a
  * command (I/O thread) and again by the writer before it writes a reply. */

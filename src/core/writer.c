@@ -45,7 +45,13 @@
  *    and it costs a batch boundary one short transaction every SNAPSHOT_EVERY_EVENTS events.
  *    read/projector_snapshot.c says more, with the alternative of a thread of its own.
  *
- * 4. Invariants (writer_invariants_hold), between batches:
+ * 4. Trace ids in the log (log.h): while a batch runs, this thread's log lines carry the list of
+ *    its commands' trace ids (writer_run_batch), and while one command applies, and while its
+ *    reply is handed back, that command's alone (writer_apply_all, writer_reply_all), so a
+ *    line about the batch (a slow one, a failed prefetch or commit) names every request in
+ *    it, and one about a command names its request. At debug level each reply is logged.
+ *
+ * 5. Invariants (writer_invariants_hold), between batches:
  *    - the working sequences equal the committed ones, no item is dirty, no reservation is
  *      touched (the working state is the committed state);
  *    - the domain invariants, reserved = sum of ACTIVE lines included (an O(N) scan:
@@ -92,6 +98,7 @@ enum writer_outcome {
 struct writer_scratch {
     enum writer_outcome outcomes[BATCH_COMMANDS_MAX];
     uint64_t stock_refusals[WRITER_REFUSAL_KINDS]; /* of the attempt in hand */
+    const char *trace_ids[BATCH_COMMANDS_MAX];     /* the batch's commands' trace_id (borrowed) */
     struct prefetch *prefetch;                     /* owned */
 };
 
@@ -469,7 +476,10 @@ static void writer_apply_all(struct writer *w)
         atomic_fetch_add(&w->expiry_events, batch_event_count(b) - before);
     }
     for (size_t i = 0; i < batch_command_count(b); i++) {
+        const char *trace_id = batch_command(b, i)->trace_id;
+        log_trace_set(trace_id[0] != '\0' ? trace_id : NULL); /* section 4 at the top */
         writer_apply(w, i);
+        log_trace_set(NULL);
     }
     batch_collect_items(b, w->config.domain);
     store_apply_end(w->config.store);
@@ -541,7 +551,12 @@ static void writer_reply_all(struct writer *w, struct command **commands, size_t
         if (outcome == WRITER_OUTCOME_STORED_REPLAY || outcome == WRITER_OUTCOME_BATCH_REPLAY) {
             atomic_fetch_add_explicit(&w->stats.replays, 1, memory_order_relaxed);
         }
-        SVC_ASSERT(commands[i]->reply_status >= 200);
+        const struct command *cmd = commands[i];
+        SVC_ASSERT(cmd->reply_status >= 200);
+        log_trace_set(cmd->trace_id[0] != '\0' ? cmd->trace_id : NULL);
+        log_debug("writer: %s of %s answered %d%s", command_kind_name(cmd->kind), cmd->principal,
+                  cmd->reply_status, cmd->reply_replayed ? " (a replay)" : "");
+        log_trace_set(NULL); /* the reply hook hands cmd over: its trace_id goes with it */
         w->config.reply(commands[i], w->config.reply_context);
     }
     if (w->config.replies_done != NULL) {
@@ -594,7 +609,13 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
     SVC_TESTCASE(count == BATCH_COMMANDS_MAX);
     SVC_TESTCASE(count == 0);
     SVC_ASSERT(writer_batch_fit(w, commands, count) == count); /* the loop cuts batches */
+    const char **trace_ids = writer_scratch_of(w)->trace_ids;
+    for (size_t i = 0; i < count; i++) {
+        trace_ids[i] = commands[i]->trace_id;
+    }
+    log_trace_set_batch(count > 0 ? trace_ids : NULL, count); /* section 4 at the top */
     int64_t started_us = clock_mono_us();
+    atomic_store(&w->batch_started_ms, started_us / 1000 + 1); /* never 0 while in hand */
     int rc = writer_run_attempts(w, commands, count, w->config.wall_ms());
     int64_t commit_us = clock_mono_us() - started_us;
     if (rc == 0) {
@@ -615,10 +636,25 @@ void writer_run_batch(struct writer *w, struct command **commands, size_t count)
         writer_record_stats(w, count, commit_us);
     }
     writer_note_recovery(w);
+    log_trace_set_batch(NULL, 0); /* the replies hand the commands, and their trace ids, over */
     writer_reply_all(w, commands, count);
     writer_publish(w, rc == 0);
     w->state = WRITER_IDLE;
+    atomic_store(&w->batch_ended_ms, clock_mono_us() / 1000);
+    atomic_store(&w->batch_started_ms, 0);
     SVC_ASSERT(writer_invariants_hold(w));
+}
+
+bool writer_stalled(const struct writer *w, size_t queue_depth, int64_t now_ms)
+{
+    SVC_ASSERT(now_ms >= 0);
+    int64_t started_ms = atomic_load(&w->batch_started_ms);
+    int64_t ended_ms = atomic_load(&w->batch_ended_ms);
+    if (started_ms != 0) {
+        return now_ms - started_ms > WRITER_STALL_MS;
+    }
+    SVC_ASSERT(ended_ms >= 0);
+    return queue_depth > 0 && now_ms - ended_ms > WRITER_STALL_MS;
 }
 
 int64_t writer_acked_seq(struct writer *w)
@@ -722,6 +758,7 @@ int writer_start(struct writer *w)
 {
     SVC_ASSERT(!w->started);
     w->started = true;
+    atomic_store(&w->batch_ended_ms, clock_mono_us() / 1000); /* idle from here */
     int rc = pthread_create(&w->thread, NULL, writer_loop, w);
     if (rc != 0) {
         w->started = false;

@@ -135,6 +135,11 @@ struct writer {
      * skipped, so no reservation and no checkout order expires by time while it is set. */
     _Atomic bool expiry_paused;
     _Atomic uint64_t expiry_events; /* events of the sweeps (released holds, expired orders) */
+    /* Progress, for /health's writer check (writer_stalled; the writer writes, any thread
+     * reads), monotonic ms: when the batch in hand started (0: none in hand) and when the
+     * last one ended (or the thread started). */
+    _Atomic int64_t batch_started_ms;
+    _Atomic int64_t batch_ended_ms;
     struct writer_stats stats;
 };
 
@@ -148,6 +153,11 @@ void writer_deinit(struct writer *w);
 int writer_start(struct writer *w);
 /* Asks the thread to finish the batch in hand and the queue's contents, then joins it. */
 void writer_stop(struct writer *w);
+
+/* Whether the writer is stalled at monotonic time now_ms: a batch in hand for longer than
+ * WRITER_STALL_MS, or queue_depth commands waiting while no batch ended for that long. Any
+ * thread (GET /health). */
+bool writer_stalled(const struct writer *w, size_t queue_depth, int64_t now_ms);
 
 /* Runs one batch synchronously on the calling thread: prefetch, apply, persist, reply,
  * publish. The writer thread's loop body; exposed for the tests. Takes ownership of every

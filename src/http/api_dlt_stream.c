@@ -210,6 +210,7 @@ static void api_dlt_stream_accept(struct http_request *r, struct api_dlt_stream_
 static void api_dlt_stream_answer(struct api_dlt_stream_replay *replay, h2o_req_t *req)
 {
     struct http_request r = http_waiter_view(&replay->waiter, replay->thread, req);
+    log_trace_set(r.trace_id); /* the request's id: its lines carry it (the caller clears it) */
     int64_t offsets[DLT_REPLAY_MESSAGES_MAX];
     uint32_t confirmed = 0;
     for (uint32_t i = 0; i < replay->job_count; i++) {
@@ -259,6 +260,7 @@ static void api_dlt_stream_on_message(h2o_multithread_receiver_t *receiver,
         h2o_req_t *req = http_waiter_take(&replay->waiter);
         if (req != NULL) {
             api_dlt_stream_answer(replay, req);
+            log_trace_set(NULL);
         }
         api_dlt_stream_free(replay);
     }
@@ -273,6 +275,7 @@ static void api_dlt_stream_on_timeout(h2o_timeout_entry_t *entry)
     h2o_req_t *req = http_waiter_take(&replay->waiter);
     if (req != NULL) {
         api_dlt_stream_answer(replay, req);
+        log_trace_set(NULL);
     }
 }
 

@@ -131,11 +131,13 @@ static void api_intake_accept(struct http_request *r, const struct api_intake_jo
 static void api_intake_answer(struct api_intake_job *job, h2o_req_t *req, int result)
 {
     struct http_request r = http_waiter_view(&job->waiter, job->thread, req);
+    log_trace_set(r.trace_id); /* the id the request had when it was published */
     if (result == 0) {
         api_intake_accept(&r, job);
     } else {
         api_intake_refuse(&r, result);
     }
+    log_trace_set(NULL);
 }
 
 /* The publisher's report, on this thread: answer the request if it still waits, free the job. */

@@ -36,6 +36,7 @@ struct app_config {
     char ticket_sku[SKU_BYTES_MAX + 1]; /* the item of the seed-004 aliases */
     int64_t idem_retention_ms;
     const char *tokens_file;       /* --tokens-file, or NULL (then STOCKD_TOKENS, data dir) */
+    const char *access_log;        /* --access-log PATH ("-": stderr), or NULL: none */
     enum auth_role anonymous_role; /* --anonymous-role: a request without a token has it */
     /* Checkout orders' workers (issue 11): --workers on|off and the payment simulator. */
     bool workers;

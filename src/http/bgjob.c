@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdio.h>
 
+#include "base/log.h"
 #include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
@@ -120,12 +121,15 @@ static void http_bgjob_on_end(struct http_bgjob *job)
     struct http_bgjob_result result = {0};
     job->ops->result(job, &result);
     struct http_request r = http_waiter_view(&job->waiter, job->thread, job->waiter.req);
+    log_trace_set(r.trace_id); /* the request's: the lines of its answer carry it */
     if (result.code != 0) {
         http_send_problem(&r, result.code, result.why, NULL, 0);
+        log_trace_set(NULL);
         return;
     }
     SVC_ASSERT(result.json != NULL);
     http_send_json(&r, 200, result.json, result.length); /* copies */
+    log_trace_set(NULL);
 }
 
 static void http_bgjob_on_message(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)

@@ -12,15 +12,13 @@
 
 #include "base/clock.h"
 #include "base/errors.h"
+#include "base/log.h"
 #include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
 #include "base/text.h"
 #include "core/queue.h"
 #include "http/http_metrics.h"
-
-/* Longest X-Trace-Id taken from a client; a longer one is replaced by ours. */
-#define REQUEST_TRACE_ID_BYTES_MAX 128
 
 /* ---- responses -------------------------------------------------------------------------- */
 
@@ -75,16 +73,63 @@ static h2o_iovec_t request_trace_id_make(struct http_request *r)
     return h2o_iovec_init(generated, length);
 }
 
+/* Whether the client's X-Trace-Id can go in log lines as it is: 1..TRACE_ID_BYTES_MAX bytes of
+ * printable ASCII without spaces (a line cannot be forged through it). */
+static bool request_trace_id_usable(h2o_iovec_t trace)
+{
+    if (trace.base == NULL || trace.len == 0 || trace.len > TRACE_ID_BYTES_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < trace.len; i++) {
+        if ((unsigned char)trace.base[i] <= 0x20 || (unsigned char)trace.base[i] >= 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Sets r->trace_id (see http_trace_begin) without touching the log's. A made-up one replaces
+ * the request's X-Trace-Id header (or is added as one), so that a reply sent later on the same
+ * request (api_intake.c, api_dlt_stream.c) settles on the same id. */
+static void request_trace_settle(struct http_request *r)
+{
+    SVC_ASSERT(r->trace_id == NULL);
+    h2o_req_t *req = r->req;
+    ssize_t index = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-trace-id"), -1);
+    h2o_iovec_t trace = index >= 0 ? req->headers.entries[index].value : h2o_iovec_init(NULL, 0);
+    if (!request_trace_id_usable(trace)) {
+        trace = request_trace_id_make(r);
+        if (index >= 0) {
+            req->headers.entries[index].value = trace;
+        } else {
+            h2o_add_header_by_str(&req->pool, &req->headers, H2O_STRLIT("x-trace-id"), 0, NULL,
+                                  trace.base, trace.len);
+        }
+    }
+    SVC_ASSERT(trace.len >= 1 && trace.len <= TRACE_ID_BYTES_MAX);
+    char *copy = h2o_mem_alloc_pool(&req->pool, trace.len + 1);
+    memcpy(copy, trace.base, trace.len);
+    copy[trace.len] = '\0';
+    r->trace_id = copy;
+}
+
+void http_trace_begin(struct http_request *r)
+{
+    request_trace_settle(r);
+    SVC_ASSERT(r->trace_id != NULL);
+    log_trace_set(r->trace_id);
+}
+
 static void request_add_trace_id(struct http_request *r)
 {
     h2o_req_t *req = r->req;
-    h2o_iovec_t trace = http_header(r, "x-trace-id");
-    if (trace.base == NULL || trace.len == 0 || trace.len > REQUEST_TRACE_ID_BYTES_MAX) {
-        trace = request_trace_id_make(r);
+    if (r->trace_id == NULL) {
+        request_trace_settle(r); /* a response sent outside dispatch (server.c's refusals) */
     }
-    SVC_ASSERT(trace.len >= 1 && trace.len <= REQUEST_TRACE_ID_BYTES_MAX);
+    size_t length = strlen(r->trace_id);
+    SVC_ASSERT(length >= 1 && length <= TRACE_ID_BYTES_MAX);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-trace-id"), 0, NULL,
-                          trace.base, trace.len);
+                          r->trace_id, length);
 }
 
 void http_send(struct http_request *r, int status, const char *content_type, const char *body,
@@ -296,7 +341,11 @@ void http_command_submit(struct http_request *r, struct http_command *hc)
         hc->cmd.fingerprint = command_fingerprint(&hc->cmd); /* decoded: its meaning */
     }
     hc->cmd.queued_us = clock_mono_us();
+    SVC_ASSERT(r->trace_id != NULL && strlen(r->trace_id) < sizeof hc->cmd.trace_id);
+    strcpy(hc->cmd.trace_id, r->trace_id); /* the writer's lines about it carry it */
     command_reply_prepare(&hc->cmd);
+    log_debug("http: %s of %s queued for the writer", command_kind_name(hc->cmd.kind),
+              hc->cmd.principal);
     bool stopping = atomic_load(&r->thread->app->shutting_down);
     int rc = stopping ? -ESHUTDOWN : queue_push(&r->thread->app->queue, &hc->cmd);
     if (rc != 0) {
@@ -325,6 +374,10 @@ static void request_send_reply(struct http_command *hc)
     r.req = req;
     r.route = hc->route;
     r.started_us = hc->started_us;
+    /* The same X-Trace-Id as when it was queued, on the pool: h2o keeps a header's value by
+     * reference, and the command goes back to its pool before the request ends. */
+    SVC_ASSERT(cmd->trace_id[0] != '\0'); /* http_command_submit copied it */
+    r.trace_id = h2o_strdup(&req->pool, cmd->trace_id, SIZE_MAX).base;
     if (cmd->reply_replayed) {
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("idempotent-replayed"), 0,
                               NULL, H2O_STRLIT("true"));
@@ -355,7 +408,9 @@ void http_command_finish(struct http_command *hc)
     if (hc->req != NULL) {
         SVC_ASSERT(*hc->guard == hc);
         *hc->guard = NULL; /* the request no longer needs to tell us it is gone */
+        log_trace_set(hc->cmd.trace_id[0] != '\0' ? hc->cmd.trace_id : NULL);
         request_send_reply(hc);
+        log_trace_set(NULL);
     }
     http_command_free(hc);
 }

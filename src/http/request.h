@@ -27,9 +27,19 @@ struct http_request {
     h2o_iovec_t path_param; /* the {id} segment of the route, if any */
     const struct route *route;
     const char *principal; /* who sent it (set by routes_dispatch): a token's principal in
-                            * the immutable auth table, or "public" on a public route */
+                            * the immutable auth table, or "public" on a public route; NULL
+                            * when no route matched or the token was refused (401) */
     int64_t started_us;    /* clock_mono_us when the server dispatched it (the metrics) */
+    const char *trace_id;  /* the X-Trace-Id of the response (http_trace_begin), NUL-terminated
+                            * on req's pool; NULL until then */
 };
+
+/* ---- trace ids ---- */
+
+/* Settles r's trace id: the client's X-Trace-Id when it is 1..TRACE_ID_BYTES_MAX printable
+ * ASCII bytes without spaces, else one made up here, and makes it the thread's current trace
+ * id for the log (log.h) until the caller sets another. Called by server.c before dispatch. */
+void http_trace_begin(struct http_request *r);
 
 /* ---- responses: every function below sends the whole response ---- */
 

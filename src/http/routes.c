@@ -229,7 +229,7 @@ struct route routes_table[] = {
      BODY_BYTES_MAX,
      "Re-queue dead letters by ids or stage (admin)",
      {0}},
-    {"GET", "/health", api_health, ROUTE_READONLY | ROUTE_PUBLIC, 0, "Liveness", {0}},
+    {"GET", "/health", api_health, ROUTE_READONLY | ROUTE_PUBLIC, 0, "Health checks", {0}},
     {"GET",
      "/ready",
      api_ready,
@@ -413,6 +413,7 @@ static bool routes_authorize_anonymous(struct http_request *r, enum auth_role ne
     if (anonymous >= need) {
         return true; /* r->principal stays the anonymous one */
     }
+    r->principal = NULL; /* refused: nobody (the access log says so) */
     if (anonymous == AUTH_ROLE_NONE) {
         routes_send_unauthorized(r, "send Authorization: Bearer <token>");
         return false;
@@ -427,7 +428,8 @@ static bool routes_authorize_anonymous(struct http_request *r, enum auth_role ne
 }
 
 /* Checks r's bearer token against the role the route needs and sets r->principal. On failure
- * sends 401 (with WWW-Authenticate: Bearer) or 403 and returns false. */
+ * sends 401 (with WWW-Authenticate: Bearer; r->principal NULL) or 403 (r->principal the too
+ * weak token's) and returns false. */
 static bool routes_authorize(struct http_request *r, const struct route *route)
 {
     static const char scheme[] = "Bearer ";
@@ -447,10 +449,12 @@ static bool routes_authorize(struct http_request *r, const struct route *route)
     }
     if (token == NULL) {
         /* A wrong token is refused even when anonymous requests would pass: never downgrade. */
+        r->principal = NULL;
         routes_send_unauthorized(r, "the bearer token is not known");
         return false;
     }
     SVC_ASSERT(token->role != AUTH_ROLE_NONE);
+    r->principal = token->principal; /* known, if too weak: the access log names it */
     if (token->role < need) {
         char detail[96];
         snprintf(detail, sizeof detail, "this route needs the %s role; the token has %s",
@@ -458,7 +462,7 @@ static bool routes_authorize(struct http_request *r, const struct route *route)
         http_send_problem(r, SVC_EFORBIDDEN, detail, NULL, 0);
         return false;
     }
-    r->principal = token->principal;
+    SVC_ASSERT(r->principal == token->principal);
     return true;
 }
 

@@ -1,7 +1,8 @@
 /*
  * server.c - see server.h. The h2o wiring: listener, I/O threads and their startup, the accept
- * loop, request dispatch with its framing check, the filter that turns h2o's own refusals into
- * problem+json, and the receiver of the writer's replies. It does not format responses
+ * loop, request dispatch with its framing check, its trace id and its access log line, the
+ * filter that turns h2o's own refusals into problem+json, and the receiver of the writer's
+ * replies. It does not format responses
  * (request.c), route requests (routes.c) or define the framing rules (framing.c). Read routes.c
  * next.
  */
@@ -290,6 +291,53 @@ static void server_problem_on_setup_ostream(h2o_filter_t *self, h2o_req_t *req,
     h2o_setup_next_ostream(req, slot);
 }
 
+/* --access-log: what the line of one request needs, on its pool until h2o frees the request
+ * (then server_access_dispose writes the line: the status is known, and the time spent
+ * includes sending the answer, or an SSE stream's whole life). */
+struct server_access {
+    h2o_req_t *req;        /* alive while its pool is being freed (h2o_dispose_request) */
+    const char *route;     /* the route's pattern (static), NULL: no route matched */
+    const char *principal; /* the auth table's (immutable), NULL: not authenticated */
+    char method[16];       /* the method, cut to fit */
+    size_t method_length;
+    char trace_id[TRACE_ID_BYTES_MAX + 1];
+    int64_t started_us; /* monotonic, as the handler started */
+};
+
+static void server_access_dispose(void *object)
+{
+    struct server_access *a = object;
+    SVC_ASSERT(a->req != NULL && a->trace_id[0] != '\0');
+    int status = a->req->res.status; /* 0: the client left before the answer */
+    struct log_access line = {
+        .method = a->method,
+        .method_length = a->method_length,
+        .route = a->route,
+        .status = status >= 0 && status <= 999 ? status : 0,
+        .duration_us = clock_mono_us() - a->started_us,
+        .trace_id = a->trace_id,
+        .principal = a->principal,
+    };
+    log_access_write(&line);
+}
+
+/* Arms r's access log line (after dispatch: the route and principal are known). */
+static void server_access_arm(const struct http_request *r, int64_t started_us)
+{
+    SVC_ASSERT(r->trace_id != NULL);
+    h2o_req_t *req = r->req;
+    struct server_access *a = h2o_mem_alloc_shared(&req->pool, sizeof *a, server_access_dispose);
+    a->req = req;
+    a->route = r->route != NULL ? r->route->pattern : NULL;
+    a->principal = r->principal;
+    a->method_length = req->method.len < sizeof a->method ? req->method.len : sizeof a->method;
+    memcpy(a->method, req->method.base, a->method_length);
+    size_t trace_length = strlen(r->trace_id);
+    SVC_ASSERT(trace_length >= 1 && trace_length < sizeof a->trace_id);
+    memcpy(a->trace_id, r->trace_id, trace_length + 1);
+    a->started_us = started_us;
+}
+
 static int server_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     (void)self;
@@ -306,9 +354,15 @@ static int server_on_req(h2o_handler_t *self, h2o_req_t *req)
         r.query =
             h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
     }
+    int64_t started_us = clock_mono_us();
+    http_trace_begin(&r); /* every line logged from here on carries it (log.h) */
     if (!server_framing_refused(&r)) {
         routes_dispatch(&r);
     }
+    if (log_access_enabled()) {
+        server_access_arm(&r, started_us);
+    }
+    log_trace_set(NULL); /* r->trace_id lives on the request's pool */
     return 0;
 }
 

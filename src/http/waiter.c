@@ -48,6 +48,7 @@ void http_waiter_start(struct http_waiter *w, struct http_request *r, h2o_timeou
     w->req = r->req;
     w->route = r->route;
     w->started_us = r->started_us;
+    w->trace_id = r->trace_id;
     w->guard = h2o_mem_alloc_shared(&r->req->pool, sizeof *w->guard, http_waiter_dispose);
     *w->guard = w;
     if (timeout != NULL) {
@@ -60,8 +61,11 @@ struct http_request http_waiter_view(const struct http_waiter *w, struct io_thre
                                      h2o_req_t *req)
 {
     SVC_ASSERT(req != NULL);
-    return (struct http_request){
-        .thread = t, .req = req, .route = w->route, .started_us = w->started_us};
+    return (struct http_request){.thread = t,
+                                 .req = req,
+                                 .route = w->route,
+                                 .started_us = w->started_us,
+                                 .trace_id = w->trace_id};
 }
 
 h2o_req_t *http_waiter_take(struct http_waiter *w)

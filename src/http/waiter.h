@@ -26,6 +26,7 @@ struct http_waiter {
     h2o_req_t *req;            /* while the request waits; NULL once taken or disposed */
     const struct route *route; /* the request's, and its start: for its metrics */
     int64_t started_us;
+    const char *trace_id;        /* the request's X-Trace-Id, on req's pool: for its log lines */
     struct http_waiter **guard;  /* on req's pool while req waits */
     h2o_timeout_entry_t timeout; /* its cb set by the owner; linked while req waits, if armed */
     /* Optional: called when h2o disposed the request before it was taken (req is NULL). */
@@ -50,8 +51,8 @@ struct http_mailbox *http_mailbox_of(struct http_mailbox *boxes, struct io_threa
 void http_waiter_start(struct http_waiter *w, struct http_request *r, h2o_timeout_t *timeout);
 
 /* The view of w's request to answer it on thread t, req being what http_waiter_take gave
- * back: the route and the start time the handler had (the answer counts in the metrics as
- * the route's, from then). */
+ * back: the route, the start time and the trace id the handler had (the answer counts in the
+ * metrics as the route's, from then, and carries the same X-Trace-Id). */
 struct http_request http_waiter_view(const struct http_waiter *w, struct io_thread *t,
                                      h2o_req_t *req);
 

@@ -306,7 +306,10 @@ def test_ops_routes():
         with s.client() as c:
             r = c.get("/health")
             check_status(r, 200, "/health")
-            check_eq(r.json, {"status": "ok"}, "/health body")
+            check_eq(r.json["status"], "ok", "/health status")
+            check_eq(sorted(r.json["checks"]), ["payment", "projection", "storage", "writer"],
+                     "/health checks")
+            check("relay" not in r.json and "readOnly" not in r.json, "/health: %s" % r.json)
             r = c.get("/ready")
             check_status(r, 200, "/ready")
             check_eq(r.json.get("status"), "ready", "/ready body")

@@ -214,8 +214,8 @@ def test_simulator_down_orders_wait():
         check(m["stockd_payment_circuit_state"] in (1, 2), "the circuit is not closed")
         h = health(c)
         check_eq(h["status"], "degraded", "/health while the provider is down: %r" % h)
-        check_eq(h["checks"][0]["name"], "payment_provider", "the check names the provider")
-        check_eq(h["checks"][0]["provider"], "http", "the provider")
+        check_eq(h["checks"]["payment"]["name"], "payment_provider", "the check names the provider")
+        check_eq(h["checks"]["payment"]["provider"], "http", "the provider")
         sim2 = start_paysim(["--latency-ms", "5"], port=sim.port, data_dir=sim.data_dir,
                             ledger_path=sim.ledger_path)
         for oid in ids:

@@ -36,7 +36,8 @@ def thread_of(resp):
 
 def connect_once(server, by_thread, spare):
     """One more keep-alive connection, filed under the I/O thread that answers its GET /health
-    (which reads no storage), or kept aside when that thread has enough."""
+    (whose one read, of the highest event seq, takes no lock that BusyThread holds), or kept
+    aside when that thread has enough."""
     c = server.client(timeout=30).connect()
     r = c.get("/health")
     check_status(r, 200, "GET /health")

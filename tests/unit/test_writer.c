@@ -453,6 +453,8 @@ static void test_product_then_purchases_in_one_batch(void **state)
     cmd_purchase(&c[7], "NOPE", 1, NULL);
     uint64_t batches = atomic_load(&f->writer.stats.batches); /* 1: the bootstrap's S1 */
     run_batch(f, c, 8);
+    ASSERT_EQ_INT(atomic_load(&f->writer.batch_started_ms), 0); /* none in hand (/health) */
+    ASSERT_GT_INT(atomic_load(&f->writer.batch_ended_ms), 0);
     ASSERT_EQ_INT(c[0].reply_status, 201);
     ASSERT_EQ_INT(c[1].reply_status, 201);
     ASSERT_EQ_INT(reply_int(&c[1], "onHand"), 10);
@@ -1059,6 +1061,23 @@ static void test_writer_thread_with_two_producers(void **state)
     check_events_explain_stock(f, THREAD_STOCK);
 }
 
+/* writer_stalled (GET /health): a batch in hand, or commands waiting with none ending, for
+ * more than WRITER_STALL_MS; an idle writer with nothing waiting never is. */
+static void test_stalled_only_with_work_and_no_progress(void **state)
+{
+    (void)state;
+    struct writer w;
+    memset(&w, 0, sizeof w);
+    atomic_store(&w.batch_ended_ms, 1000);
+    ASSERT_FALSE(writer_stalled(&w, 0, 1000 + 10 * WRITER_STALL_MS)); /* idle, nothing waits */
+    ASSERT_FALSE(writer_stalled(&w, 5, 1000 + WRITER_STALL_MS));      /* at the bound */
+    ASSERT_TRUE(writer_stalled(&w, 5, 1000 + WRITER_STALL_MS + 1));
+    atomic_store(&w.batch_started_ms, 50000); /* a batch in hand: the queue may be empty */
+    ASSERT_FALSE(writer_stalled(&w, 0, 50000 + WRITER_STALL_MS));
+    ASSERT_TRUE(writer_stalled(&w, 0, 50000 + WRITER_STALL_MS + 1));
+    ASSERT_TRUE(writer_stalled(&w, 5, 50000 + WRITER_STALL_MS + 1));
+}
+
 int main(void)
 {
 #define WRITER_TEST(f) cmocka_unit_test_setup_teardown(f, writer_setup, writer_teardown)
@@ -1076,6 +1095,7 @@ int main(void)
         WRITER_TEST(test_adjust_if_match),
         WRITER_TEST(test_seed004_keyed_replay_keeps_plain_json),
         WRITER_TEST(test_writer_thread_with_two_producers),
+        cmocka_unit_test(test_stalled_only_with_work_and_no_progress),
     };
 #undef WRITER_TEST
     log_set_level(LOG_WARN); /* the writer's startup lines would drown the test output */
