@@ -166,7 +166,8 @@ bool projector_wait_seq(struct projector *p, int64_t seq, int64_t timeout_us);
  * SVC_ESTORAGE_UNAVAILABLE with the projection empty. */
 int projector_snapshot_load(struct projector *p, struct store *s, struct store_reader *reader);
 /* The writer_config.snapshot adapter (writer thread only, between batches): when one is due
- * (snapshot_every_events past the last; with final, any event past it), encodes the live
+ * (snapshot_every_events past the last, or as many events as the projection has rows when
+ * that is more; with final, any event past it), encodes the live
  * projection under the apply mutex into the projector's buffer and fills *out (its body
  * borrowed until the next call) and *keep_from_seq (the snapshot to keep beside it). 1 taken,
  * 0 not due, -ENOMEM. */
