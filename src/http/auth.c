@@ -64,6 +64,50 @@ const char *auth_role_name(enum auth_role role)
     SVC_UNREACHABLE();
 }
 
+/* libcrypto's one-shot EVP_Digest looks SHA-256 up in its provider tables (a lock) and
+ * allocates a context on every call: ~0.5 us against ~0.13 us for a context kept and reused
+ * with an implementation fetched once. */
+struct auth_hasher {
+    EVP_MD *md;      /* owned: SHA-256, fetched once */
+    EVP_MD_CTX *ctx; /* owned, reused by every digest */
+};
+
+struct auth_hasher *auth_hasher_new(void)
+{
+    struct auth_hasher *h = calloc(1, sizeof *h);
+    if (h == NULL) {
+        return NULL;
+    }
+    h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    h->ctx = EVP_MD_CTX_new();
+    if (h->md == NULL || h->ctx == NULL) {
+        auth_hasher_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void auth_hasher_free(struct auth_hasher *h)
+{
+    if (h != NULL) {
+        EVP_MD_CTX_free(h->ctx);
+        EVP_MD_free(h->md);
+    }
+    free(h);
+}
+
+static void auth_digest(struct auth_hasher *h, const char *data, size_t length,
+                        unsigned char out[AUTH_HASH_BYTES])
+{
+    unsigned int out_length = 0;
+    int ok = EVP_DigestInit_ex2(h->ctx, h->md, NULL) == 1 &&
+             EVP_DigestUpdate(h->ctx, data, length) == 1 &&
+             EVP_DigestFinal_ex(h->ctx, out, &out_length) == 1;
+    SVC_ASSERT(ok); /* only fails without memory or a broken libcrypto */
+    SVC_ASSERT(out_length == AUTH_HASH_BYTES);
+}
+
+/* Startup paths (filling the table): the one-shot digest, once per token. */
 static void auth_sha256(const char *data, size_t length, unsigned char out[AUTH_HASH_BYTES])
 {
     unsigned int out_length = 0;
@@ -372,14 +416,16 @@ int auth_configure(struct auth *a, const char *tokens_file, const char *data_dir
     return source;
 }
 
-const struct auth_token *auth_check(const struct auth *a, const char *token, size_t length)
+const struct auth_token *auth_check(const struct auth *a, struct auth_hasher *h, const char *token,
+                                    size_t length)
 {
     SVC_ASSERT(a->token_count <= AUTH_TOKENS_MAX);
+    SVC_ASSERT(h != NULL);
     if (!auth_token_valid(token, length)) {
         return NULL;
     }
     unsigned char hash[AUTH_HASH_BYTES];
-    auth_sha256(token, length, hash);
+    auth_digest(h, token, length, hash);
     size_t found = AUTH_TOKENS_MAX; /* none */
     for (size_t i = 0; i < a->token_count; i++) {
         /* Every entry is compared, whatever matched before, so the time does not say which. */

@@ -86,8 +86,16 @@ int auth_load_file(struct auth *a, const char *path, int *line_number_out);
 int auth_configure(struct auth *a, const char *tokens_file, const char *data_dir,
                    char *token_path_out, size_t size);
 
-/* Checks a presented token (the bytes after "Bearer "). Returns the matching entry or NULL.
- * Hashes once and compares with every entry, without an early exit. Thread-safe: reads only. */
-const struct auth_token *auth_check(const struct auth *a, const char *token, size_t length);
+/* One thread's SHA-256 state for auth_check (each I/O thread owns one): a check then
+ * allocates nothing. NULL when out of memory. */
+struct auth_hasher;
+struct auth_hasher *auth_hasher_new(void);
+void auth_hasher_free(struct auth_hasher *h);
+
+/* Checks a presented token (the bytes after "Bearer ") with the calling thread's hasher.
+ * Returns the matching entry or NULL. Hashes once and compares with every entry, without an
+ * early exit. Thread-safe: reads a only. */
+const struct auth_token *auth_check(const struct auth *a, struct auth_hasher *h, const char *token,
+                                    size_t length);
 
 #endif

@@ -444,7 +444,7 @@ static bool routes_authorize(struct http_request *r, const struct route *route)
     }
     const struct auth_token *token = NULL;
     if (value.len > sizeof scheme - 1 && strncasecmp(value.base, scheme, sizeof scheme - 1) == 0) {
-        token = auth_check(&r->thread->app->auth, value.base + sizeof scheme - 1,
+        token = auth_check(&r->thread->app->auth, r->thread->hasher, value.base + sizeof scheme - 1,
                            value.len - (sizeof scheme - 1));
     }
     if (token == NULL) {

@@ -435,7 +435,8 @@ static int server_thread_init(struct io_thread *t)
         return rc;
     }
     t->list_body = malloc(LIST_BODY_BYTES_MAX);
-    if (t->list_body == NULL) {
+    t->hasher = auth_hasher_new();
+    if (t->list_body == NULL || t->hasher == NULL) {
         return -ENOMEM;
     }
     rc = store_reader_open(&t->reader, t->app->config.db_path);

@@ -65,7 +65,8 @@ struct io_thread {
     struct cmd_lines *line_blocks; /* THREAD_LINE_BLOCKS_MAX, owned */
     struct cmd_lines *free_line_blocks;
     char *list_body; /* LIST_BODY_BYTES_MAX, owned: the body of one list response at a time */
-    unsigned index;  /* 0..IO_THREADS_MAX-1 */
+    struct auth_hasher *hasher; /* owned: auth_check's SHA-256 state */
+    unsigned index;             /* 0..IO_THREADS_MAX-1 */
     uint64_t trace_counter;
     struct http_metrics *metrics; /* owned: written by this thread, read by /metrics */
     pthread_t thread;
