@@ -155,7 +155,11 @@ static int32_t reserve_choose_store(const struct domain *d, const struct res_lin
 {
     int32_t best = -1;
     int64_t best_slack = -1;
-    for (uint32_t s = 0; s < d->store_count; s++) {
+    /* Only a store that stocks the first line's product can hold every line: visit those, in
+     * store order (the product's item list), not every store. */
+    const struct dom_product *first = &d->products[lines[0].product_index];
+    for (int32_t i = first->first_item; i >= 0; i = d->items[i].next) {
+        uint32_t s = d->items[i].store_index;
         uint32_t ignored = 0;
         int64_t slack = reserve_slack(d, s, lines, count, &ignored);
         if (slack > best_slack) {
@@ -175,9 +179,10 @@ static void reserve_short_anywhere(const struct domain *d, const struct res_line
     SVC_ASSERT(d->store_count >= 1);
     for (uint32_t i = 0; i < count; i++) {
         int64_t wanted = reserve_wanted(lines, count, lines[i].product_index);
-        int64_t best = 0;
-        for (uint32_t s = 0; s < d->store_count; s++) {
-            int64_t available = reserve_available(d, s, lines[i].product_index);
+        int64_t best = 0; /* a store without the product has 0 */
+        const struct dom_product *product = &d->products[lines[i].product_index];
+        for (int32_t k = product->first_item; k >= 0; k = d->items[k].next) {
+            int64_t available = dom_item_available(&d->items[k]);
             best = available > best ? available : best;
         }
         if (best < wanted) {
