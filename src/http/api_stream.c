@@ -504,15 +504,9 @@ static void stream_start(struct http_request *r, struct stream_thread *st, int64
         int sndbuf = SSE_SOCKET_SNDBUF_BYTES; /* bounds what a stuck reader pins in the kernel */
         (void)setsockopt(sub->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     }
-    req->res.status = 200;
-    req->res.reason = "OK";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("text/event-stream"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                   H2O_STRLIT("no-cache"));
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-projection-lag-ms"), 0, NULL,
                           H2O_STRLIT("0"));
-    h2o_start_response(req, &sub->generator);
+    http_start_event_stream(req, &sub->generator);
     if (sub->replaying) {
         stream_replay(sub);
     }

@@ -156,13 +156,7 @@ static void http_bgjob_on_message(h2o_multithread_receiver_t *receiver, h2o_link
 static void http_bgjob_stream_start(struct http_bgjob *job)
 {
     h2o_req_t *req = job->waiter.req;
-    req->res.status = 200;
-    req->res.reason = "OK";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("text/event-stream"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                   H2O_STRLIT("no-cache"));
-    h2o_start_response(req, &job->generator);
+    http_start_event_stream(req, &job->generator);
     /* The stream counts at its start (its end is the client's): 200 and the time to here. */
     http_metrics_count(job->thread, job->waiter.route, req->method, 200, job->waiter.started_us);
     int n = snprintf(job->chunk, sizeof job->chunk, ": %s started\n\n", job->ops->name);

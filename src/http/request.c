@@ -160,6 +160,18 @@ void http_send_json(struct http_request *r, int status, const char *body, size_t
     http_send(r, status, "application/json", body, length);
 }
 
+void http_start_event_stream(h2o_req_t *req, h2o_generator_t *generator)
+{
+    SVC_ASSERT(req != NULL && generator != NULL);
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/event-stream"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                   H2O_STRLIT("no-cache"));
+    h2o_start_response(req, generator);
+}
+
 void http_send_problem(struct http_request *r, int err, const char *detail, const char *extra_key,
                        int64_t extra_value)
 {

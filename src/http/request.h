@@ -49,6 +49,9 @@ void http_send(struct http_request *r, int status, const char *content_type, con
                size_t length);
 /* Sends application/json. */
 void http_send_json(struct http_request *r, int status, const char *body, size_t length);
+/* Starts a 200 text/event-stream answer (no-cache) whose body generator pulls; headers the
+ * caller added to req->res first go out with it. */
+void http_start_event_stream(h2o_req_t *req, h2o_generator_t *generator);
 /* Sends a problem+json for err with optional detail and one optional integer member, with
  * Retry-After on 429/503 and Allow on 405 (the route's method). */
 void http_send_problem(struct http_request *r, int err, const char *detail, const char *extra_key,

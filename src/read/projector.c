@@ -956,6 +956,11 @@ int32_t projector_store_find(const struct projection *v, const char *store_id)
     return projection_store_find(v, store_id);
 }
 
+uint32_t projector_item_count(const struct projection *v)
+{
+    return atomic_load_explicit(&v->item_count, memory_order_acquire);
+}
+
 uint32_t projector_product_count(const struct projection *v)
 {
     return atomic_load_explicit(&v->product_count, memory_order_acquire);

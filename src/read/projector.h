@@ -208,6 +208,8 @@ void projector_store_get(const struct projection *v, uint32_t index, struct proj
 int32_t projector_store_find(const struct projection *v, const char *store_id);
 
 uint32_t projector_product_count(const struct projection *v);
+/* Stock items, (store, sku) pairs, in v. */
+uint32_t projector_item_count(const struct projection *v);
 int32_t projector_product_find(const struct projection *v, const char *sku);
 /* The sku and name of a product (immutable once published). */
 const char *projector_product_sku(const struct projection *v, uint32_t index);

@@ -196,6 +196,13 @@ def test_scrape_after_load_lints_and_counts():
             check(moved("stockd_writer_commit_duration_seconds_count") >= 1,
                   "commit duration observations")
             check_eq(value(after, "stockd_queue_capacity") > 0, True, "queue capacity")
+            for table, default in (("stores", 32), ("products", 65536), ("stock_items", 262144),
+                                   ("reservations", 16384)):  # the --max-* defaults
+                check_eq(value(after, "stockd_table_capacity", table=table), default,
+                         "capacity of " + table)
+            check_eq(moved("stockd_table_rows", table="products"), 1, "product rows")
+            check_eq(moved("stockd_table_rows", table="stock_items"), 1, "stock item rows")
+            check(value(after, "stockd_table_rows", table="stores") >= 1, "store rows")
             check_eq(value(after, "stockd_writer_storage_ok"), 1.0, "storage ok")
             for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
                          "process_open_fds", "process_start_time_seconds"):
