@@ -249,6 +249,44 @@ static const char *api_metrics_order_status(enum event_type type)
     }
 }
 
+/* What the read model holds of each table sized by a --max-* flag. */
+struct api_metrics_rows {
+    long long stores;
+    long long products;
+    long long items;
+    long long reservations; /* ACTIVE */
+};
+
+/* stockd_table_capacity and stockd_table_rows. */
+static void api_metrics_capacity(struct api_metrics_out *o, const struct capacity *cap,
+                                 const struct api_metrics_rows *rows)
+{
+    const struct {
+        const char *table;
+        uint32_t capacity;
+        long long rows;
+    } tables[] = {
+        {"stores", cap->stores, rows->stores},
+        {"products", cap->products, rows->products},
+        {"stock_items", cap->items, rows->items},
+        {"reservations", cap->reservations, rows->reservations},
+    };
+    api_metrics_family(o, "stockd_table_capacity", "gauge",
+                       "Rows an in-memory table may hold (the --max-* flags); past it a command "
+                       "gets 507 capacity_exceeded. reservations: ACTIVE ones.");
+    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
+        api_metrics_printf(o, "stockd_table_capacity{table=\"%s\"} %u\n", tables[i].table,
+                           (unsigned)tables[i].capacity);
+    }
+    api_metrics_family(o, "stockd_table_rows", "gauge",
+                       "Rows an in-memory table holds, as the read model sees them. "
+                       "reservations: ACTIVE ones.");
+    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
+        api_metrics_printf(o, "stockd_table_rows{table=\"%s\"} %lld\n", tables[i].table,
+                           tables[i].rows);
+    }
+}
+
 static void api_metrics_business(struct app *app, struct api_metrics_out *o)
 {
     const struct writer_stats *st = &app->writer.stats;
@@ -282,32 +320,11 @@ static void api_metrics_business(struct app *app, struct api_metrics_out *o)
     struct projector_totals totals;
     projector_totals_get(v, &totals);
     int64_t lag_ms = projector_lag_ms(&app->projector, v);
-    const struct capacity *cap = &app->config.capacity;
-    const struct {
-        const char *table;
-        uint32_t capacity;
-        long long rows;
-    } tables[] = {
-        {"stores", cap->stores, projector_store_count(v)},
-        {"products", cap->products, projector_product_count(v)},
-        {"stock_items", cap->items, projector_item_count(v)},
-        {"reservations", cap->reservations, (long long)totals.reservations[PROJECTOR_ACTIVE]},
-    };
+    struct api_metrics_rows rows = {projector_store_count(v), projector_product_count(v),
+                                    projector_item_count(v),
+                                    (long long)totals.reservations[PROJECTOR_ACTIVE]};
     projector_read_end(&app->projector, v);
-    api_metrics_family(o, "stockd_table_capacity", "gauge",
-                       "Rows an in-memory table may hold (the --max-* flags); past it a command "
-                       "gets 507 capacity_exceeded. reservations: ACTIVE ones.");
-    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
-        api_metrics_printf(o, "stockd_table_capacity{table=\"%s\"} %u\n", tables[i].table,
-                           (unsigned)tables[i].capacity);
-    }
-    api_metrics_family(o, "stockd_table_rows", "gauge",
-                       "Rows an in-memory table holds, as the read model sees them. "
-                       "reservations: ACTIVE ones.");
-    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
-        api_metrics_printf(o, "stockd_table_rows{table=\"%s\"} %lld\n", tables[i].table,
-                           tables[i].rows);
-    }
+    api_metrics_capacity(o, &app->config.capacity, &rows);
     api_metrics_one(o, "stockd_units_sold_total", "counter",
                     "Units sold over every item, as the read model holds them.",
                     (long long)totals.units_sold);
