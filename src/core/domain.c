@@ -9,6 +9,7 @@
 #include "core/domain.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,20 +65,35 @@ void dom_deinit(struct domain *d)
     memset(d, 0, sizeof *d);
 }
 
-/* Finds store id; *slot_out gets the slot it is in or the empty slot ending the probe. */
-static int32_t dom_store_probe(const struct domain *d, const char *id, uint32_t *slot_out)
+/* Finds key in an open-addressing hash of slots (a power of two) slots holding row index + 1;
+ * row i's key is the string at keys + i * stride (the rows' array seen as bytes, from the key
+ * member of row 0). *slot_out gets the slot it is in or the empty slot ending the probe. */
+static int32_t dom_probe(const uint32_t *hash, uint32_t slots, const char *keys, size_t stride,
+                         const char *key, uint32_t *slot_out)
 {
-    uint32_t mask = d->store_hash_slots - 1;
-    uint32_t slot = dom_slot(id, d->store_hash_slots);
-    for (uint32_t probes = 0; probes < d->store_hash_slots; probes++) {
-        uint32_t entry = d->store_hash[slot];
-        if (entry == 0 || strcmp(d->stores[entry - 1].id, id) == 0) {
+    uint32_t slot = dom_slot(key, slots);
+    for (uint32_t probes = 0; probes < slots; probes++) {
+        uint32_t entry = hash[slot];
+        if (entry == 0 || strcmp(keys + (size_t)(entry - 1) * stride, key) == 0) {
             *slot_out = slot;
             return entry == 0 ? -1 : (int32_t)(entry - 1);
         }
-        slot = (slot + 1) & mask;
+        slot = (slot + 1) & (slots - 1);
     }
     SVC_UNREACHABLE(); /* the load factor is <= 0.5, so an empty slot always exists */
+}
+
+static int32_t dom_store_probe(const struct domain *d, const char *id, uint32_t *slot_out)
+{
+    const char *keys = (const char *)d->stores + offsetof(struct dom_store, id);
+    return dom_probe(d->store_hash, d->store_hash_slots, keys, sizeof d->stores[0], id, slot_out);
+}
+
+static int32_t dom_product_probe(const struct domain *d, const char *sku, uint32_t *slot_out)
+{
+    const char *keys = (const char *)d->products + offsetof(struct dom_product, sku);
+    return dom_probe(d->product_hash, d->product_hash_slots, keys, sizeof d->products[0], sku,
+                     slot_out);
 }
 
 int32_t dom_store_find(const struct domain *d, const char *store_id)
@@ -88,22 +104,6 @@ int32_t dom_store_find(const struct domain *d, const char *store_id)
     int32_t found = dom_store_probe(d, store_id, &slot);
     SVC_ASSERT(found < (int32_t)d->store_count);
     return found;
-}
-
-/* Finds sku; *slot_out gets the slot it is in or the empty slot ending the probe. */
-static int32_t dom_product_probe(const struct domain *d, const char *sku, uint32_t *slot_out)
-{
-    uint32_t mask = d->product_hash_slots - 1;
-    uint32_t slot = dom_slot(sku, d->product_hash_slots);
-    for (uint32_t probes = 0; probes < d->product_hash_slots; probes++) {
-        uint32_t entry = d->product_hash[slot];
-        if (entry == 0 || strcmp(d->products[entry - 1].sku, sku) == 0) {
-            *slot_out = slot;
-            return entry == 0 ? -1 : (int32_t)(entry - 1);
-        }
-        slot = (slot + 1) & mask;
-    }
-    SVC_UNREACHABLE(); /* the load factor is <= 0.5, so an empty slot always exists */
 }
 
 int32_t dom_product_find(const struct domain *d, const char *sku)

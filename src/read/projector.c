@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,15 +155,18 @@ static uint32_t projection_slot(const char *key, uint32_t slots)
     return (uint32_t)(hash_fnv1a(HASH_FNV_OFFSET, key, strlen(key)) & (slots - 1));
 }
 
-static int32_t projection_product_probe(const struct projection *v, const char *sku,
-                                        uint32_t *slot_out)
+/* Finds key in an open-addressing hash of slots (a power of two) slots holding row index + 1
+ * (release-published); row i's key is the string at keys + i * stride (the rows' array seen
+ * as bytes, from the key member of row 0). *slot_out gets the slot it is in or the empty slot
+ * ending the probe. */
+static int32_t projection_probe(const _Atomic uint32_t *hash, uint32_t slots, const char *keys,
+                                size_t stride, const char *key, uint32_t *slot_out)
 {
-    SVC_ASSERT(sku != NULL);
-    uint32_t slots = v->limits.product_slots;
-    uint32_t slot = projection_slot(sku, slots);
+    SVC_ASSERT(key != NULL);
+    uint32_t slot = projection_slot(key, slots);
     for (uint32_t probes = 0; probes < slots; probes++) {
-        uint32_t entry = atomic_load_explicit(&v->product_hash[slot], memory_order_acquire);
-        if (entry == 0 || strcmp(v->products[entry - 1].sku, sku) == 0) {
+        uint32_t entry = atomic_load_explicit(&hash[slot], memory_order_acquire);
+        if (entry == 0 || strcmp(keys + (size_t)(entry - 1) * stride, key) == 0) {
             *slot_out = slot;
             return entry == 0 ? -1 : (int32_t)(entry - 1);
         }
@@ -171,37 +175,27 @@ static int32_t projection_product_probe(const struct projection *v, const char *
     SVC_UNREACHABLE(); /* load factor <= 0.5: an empty slot always exists */
 }
 
+static int32_t projection_product_probe(const struct projection *v, const char *sku,
+                                        uint32_t *slot_out)
+{
+    const char *keys = (const char *)v->products + offsetof(struct projection_product, sku);
+    return projection_probe(v->product_hash, v->limits.product_slots, keys, sizeof v->products[0],
+                            sku, slot_out);
+}
+
 static int32_t projection_store_probe(const struct projection *v, const char *id,
                                       uint32_t *slot_out)
 {
-    SVC_ASSERT(id != NULL);
-    uint32_t slots = v->limits.store_slots;
-    uint32_t slot = projection_slot(id, slots);
-    for (uint32_t probes = 0; probes < slots; probes++) {
-        uint32_t entry = atomic_load_explicit(&v->store_hash[slot], memory_order_acquire);
-        if (entry == 0 || strcmp(v->stores[entry - 1].id, id) == 0) {
-            *slot_out = slot;
-            return entry == 0 ? -1 : (int32_t)(entry - 1);
-        }
-        slot = (slot + 1) & (slots - 1);
-    }
-    SVC_UNREACHABLE();
+    const char *keys = (const char *)v->stores + offsetof(struct projection_store, id);
+    return projection_probe(v->store_hash, v->limits.store_slots, keys, sizeof v->stores[0], id,
+                            slot_out);
 }
 
 int32_t projector__reservation_probe(const struct projection *v, const char *id, uint32_t *slot_out)
 {
-    SVC_ASSERT(id != NULL);
-    uint32_t slots = v->limits.reservation_slots;
-    uint32_t slot = projection_slot(id, slots);
-    for (uint32_t probes = 0; probes < slots; probes++) {
-        uint32_t entry = atomic_load_explicit(&v->reservation_hash[slot], memory_order_acquire);
-        if (entry == 0 || strcmp(v->reservations[entry - 1].id, id) == 0) {
-            *slot_out = slot;
-            return entry == 0 ? -1 : (int32_t)(entry - 1);
-        }
-        slot = (slot + 1) & (slots - 1);
-    }
-    SVC_UNREACHABLE();
+    const char *keys = (const char *)v->reservations + offsetof(struct projection_reservation, id);
+    return projection_probe(v->reservation_hash, v->limits.reservation_slots, keys,
+                            sizeof v->reservations[0], id, slot_out);
 }
 
 static int32_t projection_store_find(const struct projection *v, const char *id)
