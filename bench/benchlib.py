@@ -1,6 +1,7 @@
 """bench/benchlib.py: what the benchmark scripts share (bench/hot-sku, bench/seed000): the
 release build, a stockd process on a fresh data directory, the PostgreSQL server of
 scripts/pg-start.sh, and stockbench runs read back as JSON."""
+import glob
 import json
 import os
 import shutil
@@ -203,3 +204,22 @@ class PgServer:
     def stop(self):
         subprocess.run([os.path.join(ROOT, "scripts", "pg-stop.sh"), self.dir])
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pgbench_percentiles(log_prefix):
+    """Latency percentiles (ms) from pgbench's per-transaction logs (--log --log-prefix),
+    which it deletes."""
+    latencies = []
+    for path in glob.glob(log_prefix + "*"):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    latencies.append(int(parts[2]) / 1000.0)
+        os.unlink(path)
+    latencies.sort()
+
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(p / 100.0 * len(latencies)))]
+    return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "p999": pct(99.9),
+            "max": latencies[-1], "mean": sum(latencies) / len(latencies)}

@@ -10,6 +10,9 @@
  * requests that never got an answer (so every key has a known outcome), then checks that the
  * units sold equal qty times the keys answered 2xx, that no orderId went to two keys, and that
  * a sample of the orders reads back. It assumes nothing else buys the sku during the run.
+ * With --skus N the purchases spread over N skus (loadgen.h, lg_request_sku_index) and verify
+ * reads SB_VERIFY_SKUS_MAX of them at most (all N below that, else every ceil(N / 1000)th):
+ * each sku read must have sold qty times the keys answered 2xx that bought it.
  * Exit codes: 0 success, 1 no connection or verify failed, 2 bad options.
  */
 #include <errno.h>
@@ -32,6 +35,13 @@
 /* Orders read back by verify: a sample spread over the run, enough to catch a class of lost
  * orders (1,000 reads take well under a second) without reading back a million. */
 #define SB_VERIFY_ORDERS_MAX 1000
+
+/* Skus whose stock verify reads before and after a --skus run: all of them up to this, else
+ * an evenly strided sample of this many. 1,000 reads each side take well under a second; a
+ * million would take minutes. */
+#define SB_VERIFY_SKUS_MAX 1000
+_Static_assert(LG_SKU_BYTES_MAX - LG_SKU_SUFFIX_BYTES_MAX == 55, "the usage text says 55");
+_Static_assert(LG_SKUS_MAX == 16777216, "the usage text says 16777216");
 
 /* Unanswered keys verify replays one at a time after the run. Each may be a fresh purchase
  * costing one commit (~1 ms); beyond 10,000 the run was broken anyway and verify says so. */
@@ -81,11 +91,17 @@ static const char sb_usage_text[] =
     "  --target T         purchase (default): POST /v1/purchase; order: POST /v1/orders (one\n"
     "                     line of --qty --sku, a checkout order); buy-ticket: POST /buy_ticket;\n"
     "                     get: GET --path; seed-purchase: POST /purchase (seed 000), the\n"
-    "                     body of purchase\n"
+    "                     body of purchase; product: POST /v1/products, key n creates\n"
+    "                     SKU-<n> with --qty units (n < --requests, required): the catalogue\n"
+    "                     of a --skus run\n"
     "  --requests N       end once N requests (warm-up included) are answered, or at the end\n"
     "                     of --duration if sooner (default: the whole --duration)\n"
     "  --path P           request path for --target get (default /)\n"
     "  --sku SKU          sku to buy (default HOT)\n"
+    "  --skus N           spread purchases or orders over N skus: request n buys\n"
+    "                     SKU-<j>, j in 0..N-1 drawn uniformly from a hash of n (the same j\n"
+    "                     for a replay of n); --verify then checks at most 1,000 of them,\n"
+    "                     every ceil(N/1000)th (default 1: SKU itself)\n"
     "  --qty N            units per purchase (default 1)\n"
     "  --key-prefix P     Idempotency-Key is P-<n> (default: random per run)\n"
     "  --token T          send Authorization: Bearer T on every request (stockd's\n"
@@ -118,14 +134,22 @@ struct sb_options {
 /* What verify found; see sb_verify_print for the meaning of each check. */
 struct sb_verify {
     bool ok;
-    int64_t stock_before; /* onHand (purchase) or current_stock (buy-ticket) */
+    int64_t stock_before; /* onHand (purchase) or current_stock (buy-ticket), summed over the
+                           * skus read */
     int64_t stock_after;
     bool stock_after_known; /* the read after the run succeeded */
+    uint64_t sku_stride;    /* the skus read are those whose index is a multiple of it */
+    uint32_t skus_read;     /* how many: min(skus, SB_VERIFY_SKUS_MAX) */
+    uint32_t skus_wrong;    /* of those, skus whose own sold count differs from their keys */
+    int64_t sku_before[SB_VERIFY_SKUS_MAX]; /* per sku read: the stock before, after, and */
+    int64_t sku_after[SB_VERIFY_SKUS_MAX];  /* the keys answered 2xx that bought it */
+    uint64_t sku_keys_2xx[SB_VERIFY_SKUS_MAX];
     uint64_t keys_sent;
-    uint64_t keys_2xx;        /* distinct keys answered 2xx */
-    uint64_t keys_no_order;   /* answered 2xx without an orderId (purchase only) */
-    uint64_t keys_conflict;   /* answered 2xx with two different orderIds */
-    uint64_t keys_unanswered; /* still without an answer after the replays */
+    uint64_t keys_2xx;         /* distinct keys answered 2xx */
+    uint64_t keys_2xx_checked; /* of those, keys that bought one of the skus read */
+    uint64_t keys_no_order;    /* answered 2xx without an orderId (purchase only) */
+    uint64_t keys_conflict;    /* answered 2xx with two different orderIds */
+    uint64_t keys_unanswered;  /* still without an answer after the replays */
     uint64_t keys_replayed;
     uint64_t duplicate_ids; /* orderIds returned for two different keys */
     uint64_t orders_wanted; /* sample size: min(orderIds, SB_VERIFY_ORDERS_MAX) */
@@ -261,6 +285,8 @@ static bool sb_option_choice(struct sb_options *o, int option, const char *value
         o->lg.target = LG_TARGET_GET;
     } else if (strcmp(value, "seed-purchase") == 0) {
         o->lg.target = LG_TARGET_SEED_PURCHASE;
+    } else if (strcmp(value, "product") == 0) {
+        o->lg.target = LG_TARGET_PRODUCT;
     } else {
         return false;
     }
@@ -288,6 +314,7 @@ static bool sb_option_number(struct sb_options *o, int option, const char *value
     case 'q': return sb_parse_int(value, 1, SB_QTY_MAX, &n) && (c->qty = n);
     case 'o': return sb_parse_int(value, 1, SB_TIMEOUT_MS_MAX, &n) && (c->timeout_ns = n * 1000000);
     case 'n': return sb_parse_int(value, 1, SB_REQUESTS_MAX, &n) && (c->requests_max = (uint64_t)n);
+    case 'K': return sb_parse_int(value, 1, LG_SKUS_MAX, &n) && (c->skus = (uint64_t)n);
     }
     SVC_UNREACHABLE();
 }
@@ -333,7 +360,22 @@ static const char *sb_options_check(struct sb_options *o)
     if (o->verify && o->lg.prefer_async) {
         return "--verify needs final answers: not with --prefer-async (answers are 202)";
     }
-    if (o->verify && o->lg.target == LG_TARGET_GET) {
+    if (o->lg.skus > 1 && o->lg.target != LG_TARGET_PURCHASE && o->lg.target != LG_TARGET_ORDER &&
+        o->lg.target != LG_TARGET_SEED_PURCHASE) {
+        return "--skus needs --target purchase, order or seed-purchase";
+    }
+    if (o->lg.skus > 1 && strlen(o->lg.sku) + LG_SKU_SUFFIX_BYTES_MAX > LG_SKU_BYTES_MAX) {
+        return "--sku with --skus must be at most 55 characters (room for -<index>)";
+    }
+    if (o->lg.target == LG_TARGET_PRODUCT &&
+        (o->lg.requests_max == 0 || o->lg.requests_max > (uint64_t)LG_SKUS_MAX)) {
+        return "--target product needs --requests N (the products to create, at most 16777216)";
+    }
+    if (o->lg.target == LG_TARGET_PRODUCT &&
+        strlen(o->lg.sku) + LG_SKU_SUFFIX_BYTES_MAX > LG_SKU_BYTES_MAX) {
+        return "--sku with --target product must be at most 55 characters (room for -<n>)";
+    }
+    if (o->verify && (o->lg.target == LG_TARGET_GET || o->lg.target == LG_TARGET_PRODUCT)) {
         return "--verify needs --target purchase, order or buy-ticket";
     }
     int rc = lg_endpoint_parse(&o->lg.endpoint, o->url);
@@ -362,6 +404,7 @@ static const struct option sb_long_options[] = {
     {"target", required_argument, 0, 'T'},
     {"path", required_argument, 0, 'p'},
     {"sku", required_argument, 0, 's'},
+    {"skus", required_argument, 0, 'K'},
     {"qty", required_argument, 0, 'q'},
     {"key-prefix", required_argument, 0, 'k'},
     {"timeout-ms", required_argument, 0, 'o'},
@@ -394,7 +437,7 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
             o->lg.prefer_async = true;
         } else if (option == 'm' || option == 'T') {
             ok = sb_option_choice(o, option, optarg);
-        } else if (strchr("rctdwqon", option) != NULL) {
+        } else if (strchr("rctdwqonK", option) != NULL) {
             ok = sb_option_number(o, option, optarg);
         } else if (strchr("upsklja", option) != NULL) {
             ok = sb_option_text(o, option, optarg);
@@ -417,11 +460,12 @@ static int sb_options_parse(struct sb_options *o, int argc, char **argv)
 
 static const char *sb_target_name(enum lg_target target)
 {
-    SVC_ASSERT(target <= LG_TARGET_SEED_PURCHASE);
+    SVC_ASSERT(target <= LG_TARGET_PRODUCT);
     return target == LG_TARGET_PURCHASE        ? "purchase"
            : target == LG_TARGET_ORDER         ? "order"
            : target == LG_TARGET_BUY_TICKET    ? "buy-ticket"
            : target == LG_TARGET_SEED_PURCHASE ? "seed-purchase"
+           : target == LG_TARGET_PRODUCT       ? "product"
                                                : "get";
 }
 
@@ -588,8 +632,12 @@ static void sb_json_verify(struct jbuf *b, const struct sb_verify *v)
     } else {
         jbuf_lit(b, ",\"stock_after\":null,\"sold\":null");
     }
+    jbuf_kv_int(b, "skus_read", v->skus_read);
+    jbuf_kv_int(b, "sku_stride", (int64_t)v->sku_stride);
+    jbuf_kv_int(b, "skus_wrong", v->skus_wrong);
     jbuf_kv_int(b, "keys_sent", (int64_t)v->keys_sent);
     jbuf_kv_int(b, "keys_2xx", (int64_t)v->keys_2xx);
+    jbuf_kv_int(b, "keys_2xx_checked", (int64_t)v->keys_2xx_checked);
     jbuf_kv_int(b, "keys_2xx_without_order", (int64_t)v->keys_no_order);
     jbuf_kv_int(b, "keys_conflicting", (int64_t)v->keys_conflict);
     jbuf_kv_int(b, "keys_unanswered", (int64_t)v->keys_unanswered);
@@ -620,6 +668,7 @@ static int sb_json_write(const struct sb_options *o, const struct lg_result *r,
     jbuf_kv_str(&b, "mode", o->lg.mode == LG_MODE_OPEN ? "open" : "closed");
     jbuf_kv_int(&b, "connections", o->lg.connections);
     jbuf_kv_int(&b, "threads", o->lg.threads);
+    jbuf_kv_int(&b, "skus", (int64_t)(o->lg.skus > 1 ? o->lg.skus : 1));
     if (o->lg.mode == LG_MODE_OPEN) {
         sb_json_number(&b, "rate_target", o->lg.rate_rps);
     } else {
@@ -661,15 +710,17 @@ static int sb_json_write(const struct sb_options *o, const struct lg_result *r,
 
 /* ---- verify -------------------------------------------------------------------------------- */
 
-/* Reads the stock verify compares: onHand of the sku, or the seed-004 ticket's current_stock.
- * Returns 0 or a negative errno (-ENOENT: not answered 200 with the field). */
-static int sb_stock_read(struct lg_client *client, const struct sb_options *o, int64_t *out)
+/* Reads the stock verify compares for sku: its onHand (purchase) or available (order), or the
+ * seed-004 ticket's current_stock. Returns 0 or a negative errno (-ENOENT: not answered 200
+ * with the field). */
+static int sb_stock_read(struct lg_client *client, const struct sb_options *o, const char *sku,
+                         int64_t *out)
 {
     SVC_ASSERT(client->endpoint == &o->lg.endpoint);
     SVC_ASSERT(o->lg.target != LG_TARGET_GET);
     char path[LG_PATH_BYTES_MAX];
     bool ticket = o->lg.target == LG_TARGET_BUY_TICKET;
-    snprintf(path, sizeof path, ticket ? "/inventory" : "/v1/availability?sku=%s", o->lg.sku);
+    snprintf(path, sizeof path, ticket ? "/inventory" : "/v1/availability?sku=%s", sku);
     const char *field = ticket                            ? "\"current_stock\":"
                         : o->lg.target == LG_TARGET_ORDER ? "\"available\":"
                                                           : "\"onHand\":";
@@ -690,6 +741,36 @@ static int sb_stock_read(struct lg_client *client, const struct sb_options *o, i
     SVC_ASSERT(end != NULL);
     *out = value;
     return end == at + strlen(field) ? -ENOENT : 0;
+}
+
+/* Which skus verify reads: every sku_stride-th of them (all of them for up to
+ * SB_VERIFY_SKUS_MAX). */
+static void sb_verify_plan(const struct sb_options *o, struct sb_verify *v)
+{
+    uint64_t skus = o->lg.skus > 1 ? o->lg.skus : 1;
+    v->sku_stride = (skus + SB_VERIFY_SKUS_MAX - 1) / SB_VERIFY_SKUS_MAX;
+    v->skus_read = (uint32_t)((skus + v->sku_stride - 1) / v->sku_stride);
+    SVC_ASSERT(v->skus_read >= 1 && v->skus_read <= SB_VERIFY_SKUS_MAX);
+    SVC_ASSERT((uint64_t)(v->skus_read - 1) * v->sku_stride < skus);
+}
+
+/* Reads the stock of every sku verify reads into values and their sum into *sum. Returns 0 or
+ * the first failure's negative errno. */
+static int sb_stock_read_all(struct lg_client *client, const struct sb_options *o,
+                             const struct sb_verify *v, int64_t *values, int64_t *sum)
+{
+    SVC_ASSERT(v->skus_read >= 1 && v->sku_stride >= 1);
+    char sku[LG_SKU_BYTES_MAX + 1];
+    *sum = 0;
+    for (uint32_t i = 0; i < v->skus_read; i++) {
+        lg_sku_format(&o->lg, (uint64_t)i * v->sku_stride, sku);
+        int rc = sb_stock_read(client, o, sku, &values[i]);
+        if (rc < 0) {
+            return rc;
+        }
+        *sum += values[i];
+    }
+    return 0;
 }
 
 /* Sends once more, with its own key, every request that never got an answer, so that every
@@ -734,6 +815,12 @@ static int64_t *sb_verify_tally(const struct lg_run *run, struct sb_verify *v, s
         v->keys_conflict += outcome == LG_KEY_CONFLICT ? 1 : 0;
         bool ok = outcome > 0 || outcome == LG_KEY_2XX_NO_ORDER || outcome == LG_KEY_CONFLICT;
         v->keys_2xx += ok ? 1 : 0;
+        uint64_t sku = ok ? lg_request_sku_index(&run->config, n) : 1;
+        if (ok && sku % v->sku_stride == 0) {
+            SVC_ASSERT(sku / v->sku_stride < v->skus_read);
+            v->sku_keys_2xx[sku / v->sku_stride]++;
+            v->keys_2xx_checked++;
+        }
         if (outcome > 0) {
             ids[count++] = outcome;
         }
@@ -741,7 +828,7 @@ static int64_t *sb_verify_tally(const struct lg_run *run, struct sb_verify *v, s
             v->keys_no_order++;
         }
     }
-    SVC_ASSERT(count <= v->keys_2xx);
+    SVC_ASSERT(count <= v->keys_2xx && v->keys_2xx_checked <= v->keys_2xx);
     SVC_ASSERT(v->keys_2xx + v->keys_unanswered <= v->keys_sent);
     *ids_count = count;
     return ids;
@@ -801,18 +888,23 @@ static bool sb_verify_after(struct lg_run *run, const struct sb_options *o, stru
         v->duplicate_ids += ids[i] == ids[i - 1] ? 1 : 0;
     }
     free(ids);
-    int rc = sb_stock_read(&client, o, &v->stock_after);
+    int rc = sb_stock_read_all(&client, o, v, v->sku_after, &v->stock_after);
     lg_client_deinit(&client);
     v->stock_after_known = rc == 0;
     int64_t qty = o->lg.target == LG_TARGET_BUY_TICKET ? 1 : o->lg.qty;
-    v->ok = rc == 0 && v->stock_before - v->stock_after == qty * (int64_t)v->keys_2xx &&
-            v->duplicate_ids == 0 && v->keys_conflict == 0 && v->keys_no_order == 0 &&
-            v->keys_unanswered == 0 && v->orders_ok == v->orders_wanted;
+    for (uint32_t i = 0; i < v->skus_read && rc == 0; i++) {
+        int64_t sold = v->sku_before[i] - v->sku_after[i];
+        v->skus_wrong += sold != qty * (int64_t)v->sku_keys_2xx[i] ? 1 : 0;
+    }
+    v->ok = rc == 0 && v->stock_before - v->stock_after == qty * (int64_t)v->keys_2xx_checked &&
+            v->skus_wrong == 0 && v->duplicate_ids == 0 && v->keys_conflict == 0 &&
+            v->keys_no_order == 0 && v->keys_unanswered == 0 && v->orders_ok == v->orders_wanted;
     if (rc < 0) {
         log_error("verify: cannot read the stock after the run: %s", strerror(-rc));
     }
     if (v->ok) {
         SVC_ASSERT(v->keys_2xx <= v->keys_sent && v->keys_unanswered == 0);
+        SVC_ASSERT(v->sku_stride > 1 || v->keys_2xx_checked == v->keys_2xx);
     }
     return v->ok;
 }
@@ -837,6 +929,12 @@ static void sb_verify_print(const struct sb_options *o, const struct sb_verify *
     int64_t qty = ticket ? 1 : o->lg.qty;
     int64_t sold = v->stock_before - v->stock_after;
     SVC_ASSERT(v->keys_2xx <= v->keys_sent);
+    uint64_t skus = o->lg.skus > 1 ? o->lg.skus : 1;
+    if (skus > 1) {
+        printf("verify: reading %u of %llu skus (every %llu%s)\n", v->skus_read,
+               (unsigned long long)skus, (unsigned long long)v->sku_stride,
+               v->sku_stride == 1 ? ": all" : "th");
+    }
     if (v->stock_after_known) {
         printf("verify: %s %lld before, %lld after: sold %lld\n", sb_stock_name(o),
                (long long)v->stock_before, (long long)v->stock_after, (long long)sold);
@@ -844,9 +942,16 @@ static void sb_verify_print(const struct sb_options *o, const struct sb_verify *
         printf("verify: %s %lld before, unknown after (could not read it)\n", sb_stock_name(o),
                (long long)v->stock_before);
     }
-    printf("verify: sold == qty %lld x %llu keys answered %s: %s\n", (long long)qty,
-           (unsigned long long)v->keys_2xx, ticket ? "200" : "2xx",
-           sb_verdict(v->stock_after_known && sold == qty * (int64_t)v->keys_2xx));
+    printf("verify: sold == qty %lld x %llu keys answered %s%s: %s\n", (long long)qty,
+           (unsigned long long)v->keys_2xx_checked, ticket ? "200" : "2xx",
+           skus > 1 ? " that bought those skus" : "",
+           sb_verdict(v->stock_after_known && sold == qty * (int64_t)v->keys_2xx_checked));
+    if (skus > 1) {
+        printf("verify: each sku read sold qty x its own keys (%u differ, %llu keys answered "
+               "2xx in all): %s\n",
+               v->skus_wrong, (unsigned long long)v->keys_2xx,
+               sb_verdict(v->stock_after_known && v->skus_wrong == 0));
+    }
     printf("verify: every key sent has an answer (%llu sent, %llu replayed after the run, "
            "%llu still unanswered): %s\n",
            (unsigned long long)v->keys_sent, (unsigned long long)v->keys_replayed,
@@ -877,9 +982,10 @@ static int sb_before(const struct sb_options *o, struct sb_verify *v)
     if (!o->verify) {
         return 0;
     }
+    sb_verify_plan(o, v);
     struct lg_client client;
     lg_client_init(&client, &o->lg.endpoint, o->lg.timeout_ns);
-    rc = sb_stock_read(&client, o, &v->stock_before);
+    rc = sb_stock_read_all(&client, o, v, v->sku_before, &v->stock_before);
     lg_client_deinit(&client);
     if (rc < 0) {
         fprintf(stderr, "stockbench: --verify cannot read the stock before the run (%s)\n",
@@ -906,8 +1012,7 @@ int main(int argc, char **argv)
     static struct sb_options o;
     static struct lg_run run;
     static struct lg_result result;
-    struct sb_verify verify;
-    memset(&verify, 0, sizeof verify);
+    static struct sb_verify verify; /* zero; 24 KiB of per-sku counts: off the stack */
     int exit_code = sb_options_parse(&o, argc, argv);
     if (exit_code >= 0) {
         return exit_code;

@@ -241,6 +241,39 @@ int lg_endpoint_set_token(struct lg_endpoint *endpoint, const char *token)
     return 0;
 }
 
+/* splitmix64's finalizer: spreads consecutive n over the whole 64-bit range. */
+static uint64_t lg_mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+uint64_t lg_request_sku_index(const struct lg_config *config, uint64_t n)
+{
+    SVC_ASSERT(config->skus <= (uint64_t)LG_SKUS_MAX);
+    uint64_t index = config->skus <= 1 ? 0 : lg_mix64(n) % config->skus;
+    SVC_ASSERT(index == 0 || index < config->skus);
+    return index;
+}
+
+void lg_sku_format(const struct lg_config *config, uint64_t index, char *out)
+{
+    size_t prefix = strlen(config->sku);
+    SVC_ASSERT(prefix >= 1 && prefix <= LG_SKU_BYTES_MAX);
+    if (config->skus <= 1) {
+        SVC_ASSERT(index == 0);
+        memcpy(out, config->sku, prefix + 1);
+        return;
+    }
+    SVC_ASSERT(index < config->skus && config->skus <= (uint64_t)LG_SKUS_MAX);
+    SVC_ASSERT(prefix + LG_SKU_SUFFIX_BYTES_MAX <= LG_SKU_BYTES_MAX);
+    int length =
+        snprintf(out, LG_SKU_BYTES_MAX + 1, "%s-%llu", config->sku, (unsigned long long)index);
+    SVC_ASSERT(length > 0 && (size_t)length <= prefix + LG_SKU_SUFFIX_BYTES_MAX);
+}
+
 size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, size_t size)
 {
     SVC_ASSERT(size > 0);
@@ -249,6 +282,8 @@ size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, 
         return lg_request_format_get(&config->endpoint, config->path, out, size);
     }
     char body[256];
+    char sku[LG_SKU_BYTES_MAX + 1];
+    lg_sku_format(config, lg_request_sku_index(config, n), sku);
     int body_length;
     const char *path;
     if (config->target == LG_TARGET_PURCHASE || config->target == LG_TARGET_SEED_PURCHASE) {
@@ -256,13 +291,22 @@ size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, 
         body_length = snprintf(body, sizeof body,
                                "{\"sku\":\"%s\",\"qty\":%lld,"
                                "\"customerId\":\"c%llu\"}",
-                               config->sku, (long long)config->qty, (unsigned long long)n);
+                               sku, (long long)config->qty, (unsigned long long)n);
     } else if (config->target == LG_TARGET_ORDER) {
         path = "/v1/orders";
         body_length = snprintf(body, sizeof body,
                                "{\"customerId\":\"c%llu\","
                                "\"lines\":[{\"sku\":\"%s\",\"qty\":%lld}]}",
-                               (unsigned long long)n, config->sku, (long long)config->qty);
+                               (unsigned long long)n, sku, (long long)config->qty);
+    } else if (config->target == LG_TARGET_PRODUCT) {
+        SVC_ASSERT(strlen(config->sku) + LG_SKU_SUFFIX_BYTES_MAX <= LG_SKU_BYTES_MAX);
+        SVC_ASSERT(n < (uint64_t)LG_SKUS_MAX);
+        path = "/v1/products";
+        body_length = snprintf(body, sizeof body,
+                               "{\"sku\":\"%s-%llu\",\"name\":\"%s %llu\","
+                               "\"initialOnHand\":%lld}",
+                               config->sku, (unsigned long long)n, config->sku,
+                               (unsigned long long)n, (long long)config->qty);
     } else {
         SVC_ASSERT(config->target == LG_TARGET_BUY_TICKET);
         path = "/buy_ticket";
@@ -1269,6 +1313,11 @@ static void lg_config_check(const struct lg_config *c)
     SVC_ASSERT(c->mode == LG_MODE_CLOSED || c->rate_rps > 0.0);
     SVC_ASSERT(c->duration_ns > 0 && c->warmup_ns >= 0 && c->timeout_ns > 0);
     SVC_ASSERT(c->qty >= 1);
+    SVC_ASSERT(c->skus <= (uint64_t)LG_SKUS_MAX);
+    SVC_ASSERT(c->skus <= 1 || strlen(c->sku) + LG_SKU_SUFFIX_BYTES_MAX <= LG_SKU_BYTES_MAX);
+    SVC_ASSERT(c->target != LG_TARGET_PRODUCT ||
+               (c->requests_max >= 1 && c->requests_max <= (uint64_t)LG_SKUS_MAX &&
+                strlen(c->sku) + LG_SKU_SUFFIX_BYTES_MAX <= LG_SKU_BYTES_MAX));
     SVC_ASSERT(c->target != LG_TARGET_GET || c->path[0] == '/');
     SVC_ASSERT(c->endpoint.address_length > 0);
 }

@@ -90,6 +90,12 @@
 #define LG_HOST_BYTES_MAX 256
 #define LG_PATH_BYTES_MAX 256
 #define LG_SKU_BYTES_MAX 64
+
+/* SKUs one run may spread its purchases or orders over (lg_config.skus): 16M, more than any
+ * catalogue stockd is started with, and 8 decimal digits of suffix ("-16777215"). A spread
+ * run's --sku is the prefix, so it must leave room for that suffix. */
+#define LG_SKUS_MAX (16LL * 1024 * 1024)
+#define LG_SKU_SUFFIX_BYTES_MAX 9
 #define LG_KEY_PREFIX_BYTES_MAX 64
 /* A bearer token (stockd's AUTH_TOKEN_BYTES_MAX) and its whole header line with CRLF. */
 #define LG_TOKEN_BYTES_MAX 256
@@ -102,6 +108,7 @@ _Static_assert((1LL << (LG_HIST_EXPONENT_MAX + 1)) > LG_HIST_VALUE_MAX_NS,
                "the top histogram exponent covers the largest value");
 _Static_assert(LG_KEY_PREFIX_BYTES_MAX + LG_SKU_BYTES_MAX + 320 < LG_REQUEST_BYTES_MAX,
                "a purchase request fits its buffer");
+_Static_assert(LG_SKU_SUFFIX_BYTES_MAX < LG_SKU_BYTES_MAX, "a spread sku has room for a prefix");
 _Static_assert(LG_PATH_BYTES_MAX + LG_HOST_BYTES_MAX + 64 < LG_REQUEST_BYTES_MAX,
                "a GET request fits its buffer");
 
@@ -139,6 +146,9 @@ enum lg_target {
     LG_TARGET_GET,           /* GET config.path, for measuring the HTTP ceiling of a server */
     LG_TARGET_ORDER,         /* POST /v1/orders {"customerId","lines":[{"sku","qty"}]} */
     LG_TARGET_SEED_PURCHASE, /* POST /purchase, the body of LG_TARGET_PURCHASE (seed 000) */
+    /* POST /v1/products {"sku":"<sku>-<n>","name","initialOnHand":qty}: key n creates product
+     * n, so a run of requests_max keys makes the catalogue 0..requests_max-1 of a skus run */
+    LG_TARGET_PRODUCT,
 };
 
 /* Where to connect, resolved once. */
@@ -169,6 +179,7 @@ struct lg_config {
     enum lg_target target;
     char path[LG_PATH_BYTES_MAX];                 /* LG_TARGET_GET only; starts with '/' */
     char sku[LG_SKU_BYTES_MAX + 1];               /* [A-Za-z0-9._-]; purchase, order */
+    uint64_t skus;                                /* > 1: buy "<sku>-<j>", lg_sku_format */
     int64_t qty;                                  /* units per purchase or order, >= 1 */
     char key_prefix[LG_KEY_PREFIX_BYTES_MAX + 1]; /* Idempotency-Key is "<prefix>-<n>" */
     uint32_t connections;                         /* threads..LG_CONNECTIONS_MAX */
@@ -184,10 +195,19 @@ struct lg_config {
 };
 
 /* Formats the request for key n into out: the purchase, order or buy-ticket body names
- * customer "c<n>" and carries Idempotency-Key "<prefix>-<n>", so the same n always gives the
- * same bytes.
+ * customer "c<n>" (and sku lg_request_sku_index(config, n)) and carries Idempotency-Key
+ * "<prefix>-<n>", so the same n always gives the same bytes.
  * Returns its length (< size). Used by the engine and by replays during verify. */
 size_t lg_request_format(const struct lg_config *config, uint64_t n, char *out, size_t size);
+
+/* Which of config->skus request n buys: 0 when config->skus <= 1, else a 64-bit mix of n,
+ * mod skus: a uniformly spread choice among the skus (as independent purchases hit a
+ * catalogue) that is still the same for the same n, so a replay of key n buys what the first
+ * attempt did. */
+uint64_t lg_request_sku_index(const struct lg_config *config, uint64_t n);
+/* Writes sku number index (< skus) to out (LG_SKU_BYTES_MAX + 1 bytes): config->sku itself when
+ * config->skus <= 1, else "<sku>-<index>". */
+void lg_sku_format(const struct lg_config *config, uint64_t index, char *out);
 
 /* Formats "GET path" for endpoint into out; returns the length (< size). */
 size_t lg_request_format_get(const struct lg_endpoint *endpoint, const char *path, char *out,
