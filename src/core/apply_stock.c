@@ -271,6 +271,29 @@ static int32_t stock_store(const struct domain *d, const char *id, struct outcom
 }
 
 /* Checks a transfer before any change: enough available at the source, room at the target. */
+/* Room for the items lines would create at store (each distinct product with qty > 0 that
+ * store does not stock yet): false with 507 when the item table (--max-stock-items) cannot
+ * hold them, checked before anything changes. */
+static bool stock_room_check(const struct domain *d, uint32_t store, const struct stock_line *lines,
+                             uint32_t count, struct outcome *out)
+{
+    uint32_t created = 0;
+    for (uint32_t k = 0; k < count; k++) {
+        uint32_t product = lines[k].product_index;
+        bool counted = lines[k].qty == 0 || dom_item_find(d, store, product) >= 0;
+        for (uint32_t j = 0; j < k && !counted; j++) {
+            counted = lines[j].product_index == product && lines[j].qty > 0;
+        }
+        created += !counted;
+    }
+    SVC_ASSERT(created <= count && d->item_count <= d->capacity.items);
+    if (created > d->capacity.items - d->item_count) {
+        outcome_problem(out, SVC_ECAPACITY, "the stock item table is full (--max-stock-items)");
+        return false;
+    }
+    return true;
+}
+
 static bool transfer_check(const struct domain *d, uint32_t from, uint32_t to,
                            const struct stock_line *lines, uint32_t count, struct outcome *out)
 {
@@ -288,7 +311,7 @@ static bool transfer_check(const struct domain *d, uint32_t from, uint32_t to,
             return false;
         }
     }
-    return true;
+    return stock_room_check(d, to, lines, count, out);
 }
 
 /* Moves one line from store from to store to, with its two events. */
@@ -374,7 +397,7 @@ static bool reconcile_check(const struct domain *d, uint32_t store, const struct
             return false;
         }
     }
-    return true;
+    return stock_room_check(d, store, lines, count, out);
 }
 
 /* Sets every counted line, with a StockReconciled event for each that changed. */
@@ -392,7 +415,7 @@ static void reconcile_lines(struct domain *d, struct batch *b, const struct comm
         }
         uint32_t item = 0;
         int rc = dom_adjust(d, store, product, delta, batch_now_ms(b), &item);
-        SVC_ASSERT(rc == 0); /* counts are <= QTY_MAX and >= reserved */
+        SVC_ASSERT(rc == 0); /* counts are <= QTY_MAX and >= reserved; room was checked */
         struct event e;
         event_init(&e, EVENT_STOCK_RECONCILED);
         e.reconciliation_id = id;
