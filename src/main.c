@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,13 @@ static void main_usage(FILE *out)
             "  --snapshot-every-events N  write a snapshot of the read model every N events\n"
             "                         (default 100000; also at a clean stop; 0: never), so\n"
             "                         that a start replays only the events after it\n"
+            "  --max-stores N         stores held in memory (default 32, at most 4096)\n"
+            "  --max-products N       products (skus) held in memory (default 65536)\n"
+            "  --max-stock-items N    stock items, (store, sku) pairs (default 262144)\n"
+            "  --max-reservations N   ACTIVE reservations and checkout orders at once (default\n"
+            "                         16384; the read model remembers 4 x N, ended or not).\n"
+            "                         Tables are reserved at start and filled as used; past\n"
+            "                         a limit a command gets 507 capacity_exceeded\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
             "  --log-format FORMAT    text (default) or json: one JSON object per line\n"
             "                         (time, level, file, line, msg, traceId)\n"
@@ -364,6 +372,30 @@ static int main_parse_lease(struct app_config *c, int opt, const char *value)
     return opt == 'E' ? main_parse_lease_ms(c, value) : main_parse_instance_id(c, value);
 }
 
+/* --max-stores (opt '1'), --max-products, --max-stock-items, --max-reservations ('4'): a
+ * whole number within the table's hard bound (base/capacity.h); a bad one is named on stderr
+ * before the usage. */
+static int main_parse_capacity(struct app_config *c, int opt, const char *value)
+{
+    static const char *const names[4] = {"--max-stores", "--max-products", "--max-stock-items",
+                                         "--max-reservations"};
+    static const uint32_t limits[4] = {CAPACITY_STORES_LIMIT, CAPACITY_PRODUCTS_LIMIT,
+                                       CAPACITY_ITEMS_LIMIT, CAPACITY_RESERVATIONS_LIMIT};
+    uint32_t *fields[4] = {&c->capacity.stores, &c->capacity.products, &c->capacity.items,
+                           &c->capacity.reservations};
+    SVC_ASSERT(opt >= '1' && opt <= '4');
+    int which = opt - '1';
+    int64_t count = 0;
+    if (main_parse_count(value, &count) != 0 || count < 1 || count > limits[which]) {
+        fprintf(stderr, "stockd: %s must be a whole number from 1 to %" PRIu32 ", not \"%s\"\n",
+                names[which], limits[which], value);
+        return -EINVAL;
+    }
+    *fields[which] = (uint32_t)count;
+    SVC_ASSERT(*fields[which] >= 1);
+    return 0;
+}
+
 /* The long options main_parse reads (each one's letter is its case there). */
 static const struct option main_options[] = {
     {"listen", required_argument, 0, 'l'},
@@ -393,6 +425,10 @@ static const struct option main_options[] = {
     {"relay", required_argument, 0, 'R'},
     {"lease-ms", required_argument, 0, 'E'},
     {"instance-id", required_argument, 0, 'I'},
+    {"max-stores", required_argument, 0, '1'},
+    {"max-products", required_argument, 0, '2'},
+    {"max-stock-items", required_argument, 0, '3'},
+    {"max-reservations", required_argument, 0, '4'},
     {0, 0, 0, 0},
 };
 
@@ -437,11 +473,15 @@ static int main_parse(struct app_config *c, int argc, char **argv)
         case 'Q': rc = main_parse_amqp(c, optarg); break;
         case 'E':
         case 'I': rc = main_parse_lease(c, opt, optarg); break;
+        case '1':
+        case '2':
+        case '3':
+        case '4': rc = main_parse_capacity(c, opt, optarg); break;
         case 'h': main_usage(stdout); exit(0);
         default: return -EINVAL;
         }
     }
-    if (rc != 0 || optind != argc || c->io_thread_count < 1 ||
+    if (rc != 0 || optind != argc || !capacity_valid(&c->capacity) || c->io_thread_count < 1 ||
         c->io_thread_count > IO_THREADS_MAX || c->idem_retention_ms <= 0) {
         return -EINVAL;
     }
@@ -463,6 +503,7 @@ static void main_defaults(struct app_config *c)
     c->payment_breaker = true;
     c->snapshot_every_events = SNAPSHOT_EVERY_EVENTS;
     c->payment_timeout_ms = PAY_HTTP_TIMEOUT_MS_DEFAULT;
+    c->capacity = capacity_default();
 }
 
 /* The database: the --store uri, else the SQLite file in the data directory. */
@@ -570,8 +611,9 @@ static struct store *main_open_storage(struct app *app)
         log_error("cannot open the database %s", shown);
         exit(1);
     }
-    if (dom_init(&app->domain) != 0 || queue_init(&app->queue, QUEUE_DEPTH_MAX) != 0 ||
-        projector_init(&app->projector, c->db_path) != 0) {
+    if (dom_init(&app->domain, &c->capacity) != 0 ||
+        queue_init(&app->queue, QUEUE_DEPTH_MAX) != 0 ||
+        projector_init(&app->projector, c->db_path, &c->capacity) != 0) {
         log_error("out of memory allocating the fixed tables");
         exit(1);
     }

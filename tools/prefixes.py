@@ -37,6 +37,7 @@ MODULES = {
     "clock": (["src/base/clock.c"], ["clock_"]),
     "json_out": (["src/base/json_out.c"], ["jbuf_"]),
     "problem": (["src/base/problem.c"], ["problem_"]),
+    "capacity": (["src/base/capacity.c"], ["capacity_"]),
     # store
     "store": (["src/store/store.c", "src/store/store_open.c"], ["store_"]),
     "schema": (["src/store/schema.c"], ["schema_"]),

@@ -40,16 +40,8 @@
  * int64 overflow while leaving more room than any warehouse holds. */
 #define ON_HAND_MAX 1000000000000000LL
 
-/* Stores in one deployment. Store choice scans them all per purchase, so keep it small; 32
- * covers the seeds' regional setups (seed 003: a handful of stores per region). */
-#define STORES_MAX 32
-
-/* Products held in memory. Each has a STORES_MAX-wide item index; 65,536 * 32 * 4 B = 8 MiB. */
-#define PRODUCTS_MAX 65536
-#define PRODUCT_HASH_SLOTS (2 * PRODUCTS_MAX) /* open addressing, load factor <= 0.5 */
-
-/* Stock items (store, sku) pairs: at most one per product per store. */
-#define ITEMS_MAX (PRODUCTS_MAX * 4)
+/* Stores, products, stock items and reservations held in memory: sized at start-up by flags
+ * (base/capacity.h), not here. */
 
 /* Commands the writer takes in one batch (one storage transaction). 1024 amortises one fsync
  * over enough purchases to reach tens of thousands per second at a few ms per fsync, and keeps
@@ -110,11 +102,6 @@
  * Far fewer than single-line purchases: reservations and transfers are not the hot path. */
 #define THREAD_LINE_BLOCKS_MAX 512
 
-/* Reservations ACTIVE at once (held in memory with their lines, ~0.9 KiB each). A confirmed,
- * cancelled or expired reservation leaves memory; its final state stays in the database. */
-#define RESERVATIONS_ACTIVE_MAX 16384
-#define RESERVATION_SLOTS (2 * RESERVATIONS_ACTIVE_MAX) /* id hash, load <= 0.5 */
-
 /* Reservation TTL bounds: a second to a week. */
 #define RESERVATION_TTL_SECONDS_MAX (7 * 24 * 3600)
 /* A checkout order's time to be paid when POST /v1/orders names none: 15 minutes, a common
@@ -122,16 +109,9 @@
 #define ORDER_TTL_SECONDS_DEFAULT (15 * 60)
 _Static_assert(ORDER_TTL_SECONDS_DEFAULT <= RESERVATION_TTL_SECONDS_MAX, "a default TTL is valid");
 
-/* The projector (read model fed by events, projector.c). Reservations it remembers, ACTIVE or
- * finished: GET /v1/reservations/{id} answers from memory, so keep more than the writer's active
- * set; 65,536 at ~0.4 KiB is 26 MiB per projection (two exist, for rebuilds; pages are touched
- * only as rows are used). Past the limit new reservations are counted as dropped and 404. */
-#define PROJ_RESERVATIONS_MAX 65536
-#define PROJ_RESERVATION_SLOTS (2 * PROJ_RESERVATIONS_MAX) /* id hash, load <= 0.5 */
+/* The projector (read model fed by events, projector.c): its tables are sized by capacity.h. */
 /* Reservation ids the projector keeps ("res_<seq>" today; room for client-visible formats). */
 #define PROJ_RESERVATION_ID_BYTES_MAX 64
-/* Reservation lines held in all: four lines per reservation on average (16 B each, 4 MiB). */
-#define PROJ_RESERVATION_LINES_MAX (4 * PROJ_RESERVATIONS_MAX)
 /* Events read per query while replaying the log (startup, rebuild): large enough to amortise
  * the statement, small enough that the read transaction stays short. */
 #define PROJ_REPLAY_CHUNK 4096
@@ -235,21 +215,15 @@ _Static_assert(ORDER_TTL_SECONDS_DEFAULT <= RESERVATION_TTL_SECONDS_MAX, "a defa
 
 _Static_assert(QUEUE_DEPTH_MAX >= BATCH_COMMANDS_MAX, "a batch must fit in the queue");
 _Static_assert((QUEUE_DEPTH_MAX & (QUEUE_DEPTH_MAX - 1)) == 0, "the queue ring is a power of two");
-_Static_assert((PRODUCT_HASH_SLOTS & (PRODUCT_HASH_SLOTS - 1)) == 0, "hash slots: power of two");
-_Static_assert(PRODUCT_HASH_SLOTS >= 2 * PRODUCTS_MAX, "hash load factor must stay <= 0.5");
 _Static_assert(THREAD_COMMANDS_MAX > QUEUE_DEPTH_MAX, "one thread must be able to fill the queue");
-_Static_assert(ITEMS_MAX >= PRODUCTS_MAX, "every product has at least one item");
 _Static_assert(QTY_MAX * 1000 < ON_HAND_MAX, "stock bound leaves room above the qty bound");
 _Static_assert(REPLY_BODY_BYTES_MAX >= 512, "a problem+json body with detail must fit");
-_Static_assert((PROJ_RESERVATION_SLOTS & (PROJ_RESERVATION_SLOTS - 1)) == 0, "power of two");
 _Static_assert(LIST_BODY_BYTES_MAX >= TOTALS_PAGE_MAX * (SKU_BYTES_MAX + 6 * NAME_BYTES_MAX),
                "a full totals page of escaped names must fit");
 _Static_assert(AUTH_LINE_BYTES_MAX > AUTH_PRINCIPAL_BYTES_MAX + AUTH_TOKEN_BYTES_MAX + 16,
                "a tokens-file line must hold the longest principal and token");
 _Static_assert(LINES_REPLY_BYTES_MAX >= CMD_LINES_MAX * (SKU_BYTES_MAX + 96),
                "a 100-line reply with four numbers per line must fit");
-_Static_assert((RESERVATION_SLOTS & (RESERVATION_SLOTS - 1)) == 0, "slots: a power of two");
-_Static_assert(RESERVATIONS_ACTIVE_MAX <= BATCH_ARENA_BYTES, "bounded reservation work");
 _Static_assert((SSE_RING_BYTES & (SSE_RING_BYTES - 1)) == 0, "the SSE ring is a power of two");
 _Static_assert(SSE_RING_BYTES >= 4 * SSE_BUFFER_BYTES, "the ring holds what a subscriber may");
 

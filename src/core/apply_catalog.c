@@ -17,7 +17,7 @@ void apply_store_create(struct domain *d, struct batch *b, const struct command 
     if (rc != 0) {
         outcome_problem(out, rc,
                         rc == SVC_ESTORE_EXISTS ? "a store with this storeId exists"
-                                                : "the store table is full (STORES_MAX)");
+                                                : "the store table is full (--max-stores)");
         return;
     }
     const struct dom_store *store = &d->stores[index];

@@ -16,23 +16,32 @@
 #include "base/hash.h"
 #include "base/svc_assert.h"
 
-static uint32_t dom_sku_slot(const char *sku)
+/* The home slot of key in a hash of slots (a power of two) slots. */
+static uint32_t dom_slot(const char *key, uint32_t slots)
 {
-    uint64_t h = hash_fnv1a(HASH_FNV_OFFSET, sku, strlen(sku));
-    return (uint32_t)(h & (PRODUCT_HASH_SLOTS - 1));
+    SVC_ASSERT((slots & (slots - 1)) == 0);
+    uint64_t h = hash_fnv1a(HASH_FNV_OFFSET, key, strlen(key));
+    return (uint32_t)(h & (slots - 1));
 }
 
-int dom_init(struct domain *d)
+int dom_init(struct domain *d, const struct capacity *capacity)
 {
-    SVC_ASSERT(d != NULL);
+    SVC_ASSERT(d != NULL && capacity_valid(capacity));
     memset(d, 0, sizeof *d);
-    d->products = calloc(PRODUCTS_MAX, sizeof *d->products);
-    d->items = calloc(ITEMS_MAX, sizeof *d->items);
-    d->product_hash = calloc(PRODUCT_HASH_SLOTS, sizeof *d->product_hash);
-    d->undo = calloc(ITEMS_MAX, sizeof *d->undo);
-    d->check_sums = calloc(ITEMS_MAX, sizeof *d->check_sums);
-    if (!d->products || !d->items || !d->product_hash || !d->undo || !d->check_sums ||
-        res_init(&d->reservations) != 0) {
+    d->capacity = *capacity;
+    d->store_hash_slots = capacity_hash_slots(capacity->stores);
+    d->product_hash_slots = capacity_hash_slots(capacity->products);
+    d->stores = calloc(capacity->stores, sizeof *d->stores);
+    d->store_hash = calloc(d->store_hash_slots, sizeof *d->store_hash);
+    d->products = calloc(capacity->products, sizeof *d->products);
+    d->items = calloc(capacity->items, sizeof *d->items);
+    d->product_hash = calloc(d->product_hash_slots, sizeof *d->product_hash);
+    d->undo = calloc(capacity->items, sizeof *d->undo);
+    d->check_sums = calloc(capacity->items, sizeof *d->check_sums);
+    d->check_totals = calloc(capacity->stores, sizeof *d->check_totals);
+    if (!d->stores || !d->store_hash || !d->products || !d->items || !d->product_hash || !d->undo ||
+        !d->check_sums || !d->check_totals ||
+        res_init(&d->reservations, capacity->reservations) != 0) {
         dom_deinit(d);
         return -ENOMEM;
     }
@@ -43,6 +52,9 @@ int dom_init(struct domain *d)
 
 void dom_deinit(struct domain *d)
 {
+    free(d->stores);
+    free(d->store_hash);
+    free(d->check_totals);
     free(d->products);
     free(d->items);
     free(d->product_hash);
@@ -52,29 +64,44 @@ void dom_deinit(struct domain *d)
     memset(d, 0, sizeof *d);
 }
 
+/* Finds store id; *slot_out gets the slot it is in or the empty slot ending the probe. */
+static int32_t dom_store_probe(const struct domain *d, const char *id, uint32_t *slot_out)
+{
+    uint32_t mask = d->store_hash_slots - 1;
+    uint32_t slot = dom_slot(id, d->store_hash_slots);
+    for (uint32_t probes = 0; probes < d->store_hash_slots; probes++) {
+        uint32_t entry = d->store_hash[slot];
+        if (entry == 0 || strcmp(d->stores[entry - 1].id, id) == 0) {
+            *slot_out = slot;
+            return entry == 0 ? -1 : (int32_t)(entry - 1);
+        }
+        slot = (slot + 1) & mask;
+    }
+    SVC_UNREACHABLE(); /* the load factor is <= 0.5, so an empty slot always exists */
+}
+
 int32_t dom_store_find(const struct domain *d, const char *store_id)
 {
     SVC_ASSERT(store_id != NULL);
-    SVC_ASSERT(d->store_count <= STORES_MAX);
-    for (uint32_t i = 0; i < d->store_count; i++) {
-        if (strcmp(d->stores[i].id, store_id) == 0) {
-            return (int32_t)i;
-        }
-    }
-    return -1;
+    SVC_ASSERT(d->store_count <= d->capacity.stores);
+    uint32_t slot = 0;
+    int32_t found = dom_store_probe(d, store_id, &slot);
+    SVC_ASSERT(found < (int32_t)d->store_count);
+    return found;
 }
 
 /* Finds sku; *slot_out gets the slot it is in or the empty slot ending the probe. */
 static int32_t dom_product_probe(const struct domain *d, const char *sku, uint32_t *slot_out)
 {
-    uint32_t slot = dom_sku_slot(sku);
-    for (uint32_t probes = 0; probes < PRODUCT_HASH_SLOTS; probes++) {
+    uint32_t mask = d->product_hash_slots - 1;
+    uint32_t slot = dom_slot(sku, d->product_hash_slots);
+    for (uint32_t probes = 0; probes < d->product_hash_slots; probes++) {
         uint32_t entry = d->product_hash[slot];
         if (entry == 0 || strcmp(d->products[entry - 1].sku, sku) == 0) {
             *slot_out = slot;
             return entry == 0 ? -1 : (int32_t)(entry - 1);
         }
-        slot = (slot + 1) & (PRODUCT_HASH_SLOTS - 1);
+        slot = (slot + 1) & mask;
     }
     SVC_UNREACHABLE(); /* the load factor is <= 0.5, so an empty slot always exists */
 }
@@ -92,7 +119,11 @@ int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t pro
 {
     SVC_ASSERT(store_index < d->store_count);
     SVC_ASSERT(product_index < d->product_count);
-    return d->products[product_index].item_by_store[store_index];
+    int32_t index = d->products[product_index].first_item;
+    while (index >= 0 && d->items[index].store_index < store_index) {
+        index = d->items[index].next;
+    }
+    return index >= 0 && d->items[index].store_index == store_index ? index : -1;
 }
 
 int dom_store_create(struct domain *d, const char *id, const char *name, int64_t latency_ms,
@@ -101,10 +132,11 @@ int dom_store_create(struct domain *d, const char *id, const char *name, int64_t
     SVC_ASSERT(strlen(id) >= 1 && strlen(id) <= STORE_ID_BYTES_MAX);
     SVC_ASSERT(strlen(name) <= NAME_BYTES_MAX);
     SVC_ASSERT(latency_ms >= 0);
-    if (dom_store_find(d, id) >= 0) {
+    uint32_t slot = 0;
+    if (dom_store_probe(d, id, &slot) >= 0) {
         return SVC_ESTORE_EXISTS;
     }
-    if (d->store_count == STORES_MAX) {
+    if (d->store_count == d->capacity.stores) {
         return SVC_ECAPACITY;
     }
     struct dom_store *store = &d->stores[d->store_count];
@@ -112,7 +144,9 @@ int dom_store_create(struct domain *d, const char *id, const char *name, int64_t
     strcpy(store->id, id);
     strcpy(store->name, name);
     store->latency_ms = latency_ms;
+    d->store_hash[slot] = d->store_count + 1;
     *store_index_out = d->store_count++;
+    SVC_ASSERT(dom_store_find(d, id) == (int32_t)*store_index_out);
     return 0;
 }
 
@@ -121,7 +155,7 @@ static void dom_mark_dirty(struct domain *d, uint32_t item_index)
 {
     struct dom_item *item = &d->items[item_index];
     if (!item->dirty) {
-        SVC_ASSERT(d->undo_count < ITEMS_MAX);
+        SVC_ASSERT(d->undo_count < d->capacity.items);
         item->dirty = true;
         d->undo[d->undo_count++] =
             (struct dom_undo){item_index,    item->on_hand, item->reserved,
@@ -137,8 +171,8 @@ static int dom_item_create(struct domain *d, uint32_t store_index, uint32_t prod
 {
     struct dom_product *product = &d->products[product_index];
     SVC_ASSERT(store_index < d->store_count);
-    SVC_ASSERT(product->item_by_store[store_index] < 0);
-    if (d->item_count == ITEMS_MAX) {
+    SVC_ASSERT(dom_item_find(d, store_index, product_index) < 0);
+    if (d->item_count == d->capacity.items) {
         return SVC_ECAPACITY;
     }
     uint32_t index = d->item_count++;
@@ -146,7 +180,12 @@ static int dom_item_create(struct domain *d, uint32_t store_index, uint32_t prod
     memset(item, 0, sizeof *item);
     item->store_index = store_index;
     item->product_index = product_index;
-    product->item_by_store[store_index] = (int32_t)index;
+    int32_t *link = &product->first_item; /* the list stays in store index order */
+    while (*link >= 0 && d->items[*link].store_index < store_index) {
+        link = &d->items[*link].next;
+    }
+    item->next = *link;
+    *link = (int32_t)index;
     dom_mark_dirty(d, index);
     *item_out = index;
     return 0;
@@ -183,16 +222,14 @@ static int32_t dom_lowest_stock_store(const struct domain *d)
 /* Appends a product with no items; the caller checked it is new and there is room. */
 static uint32_t dom_product_add(struct domain *d, const char *sku, const char *name, uint32_t slot)
 {
-    SVC_ASSERT(d->product_count < PRODUCTS_MAX);
+    SVC_ASSERT(d->product_count < d->capacity.products);
     SVC_ASSERT(d->product_hash[slot] == 0);
     uint32_t index = d->product_count++;
     struct dom_product *product = &d->products[index];
     strcpy(product->sku, sku);
     strcpy(product->name, name);
     product->round_robin_next = 0;
-    for (uint32_t s = 0; s < STORES_MAX; s++) {
-        product->item_by_store[s] = -1;
-    }
+    product->first_item = -1;
     d->product_hash[slot] = index + 1;
     return index;
 }
@@ -212,7 +249,7 @@ int dom_product_create(struct domain *d, const char *sku, const char *name, int6
     if (store_index < 0 || (uint32_t)store_index >= d->store_count) {
         return SVC_EUNKNOWN_STORE;
     }
-    if (d->product_count == PRODUCTS_MAX || d->item_count == ITEMS_MAX) {
+    if (d->product_count == d->capacity.products || d->item_count == d->capacity.items) {
         return SVC_ECAPACITY;
     }
     uint32_t index = dom_product_add(d, sku, name, slot);
@@ -223,40 +260,53 @@ int dom_product_create(struct domain *d, const char *sku, const char *name, int6
     return 0;
 }
 
+/* Weighs item index as a candidate for dom_choose_item; true when the choice is final. */
+static bool dom_choose_weigh(struct domain *d, struct dom_product *product, enum dom_policy policy,
+                             int64_t qty, int32_t index, int32_t *chosen, int64_t *best_available)
+{
+    const struct dom_item *item = &d->items[index];
+    int64_t available = dom_item_available(item);
+    *best_available = available > *best_available ? available : *best_available;
+    if (available < qty) {
+        return false;
+    }
+    if (*chosen < 0) {
+        *chosen = index;
+        if (policy == DOM_POLICY_ROUND_ROBIN) {
+            product->round_robin_next = (item->store_index + 1) % d->store_count;
+            return true;
+        }
+        return false;
+    }
+    const struct dom_item *best = &d->items[*chosen];
+    if (policy == DOM_POLICY_HIGHEST_AVAILABLE && available > dom_item_available(best)) {
+        *chosen = index;
+    }
+    if (policy == DOM_POLICY_LOWEST_LATENCY &&
+        d->stores[item->store_index].latency_ms < d->stores[best->store_index].latency_ms) {
+        *chosen = index;
+    }
+    return false;
+}
+
 /* Chooses the store to sell qty from, or -1. *best_available_out is the largest available of
- * any store, reported with insufficient_stock. */
+ * any store, reported with insufficient_stock. The product's items are visited in store index
+ * order; round robin starts at round_robin_next and wraps (two passes over the list). */
 static int32_t dom_choose_item(struct domain *d, struct dom_product *product,
                                enum dom_policy policy, int64_t qty, int64_t *best_available_out)
 {
     int32_t chosen = -1;
     int64_t best_available = 0;
-    for (uint32_t k = 0; k < d->store_count; k++) {
-        uint32_t s =
-            policy == DOM_POLICY_ROUND_ROBIN ? (product->round_robin_next + k) % d->store_count : k;
-        int32_t item_index = product->item_by_store[s];
-        if (item_index < 0) {
-            continue;
-        }
-        int64_t available = dom_item_available(&d->items[item_index]);
-        best_available = available > best_available ? available : best_available;
-        if (available < qty) {
-            continue;
-        }
-        if (chosen < 0) {
-            chosen = item_index;
-            if (policy == DOM_POLICY_ROUND_ROBIN) {
-                product->round_robin_next = (s + 1) % d->store_count;
-                break;
+    uint32_t start = policy == DOM_POLICY_ROUND_ROBIN && d->store_count > 0
+                         ? product->round_robin_next % d->store_count
+                         : 0;
+    bool final = false;
+    for (int pass = 0; pass < (start > 0 ? 2 : 1) && !final; pass++) {
+        for (int32_t i = product->first_item; i >= 0 && !final; i = d->items[i].next) {
+            uint32_t s = d->items[i].store_index;
+            if ((pass == 0) == (s >= start)) {
+                final = dom_choose_weigh(d, product, policy, qty, i, &chosen, &best_available);
             }
-            continue;
-        }
-        const struct dom_item *best = &d->items[chosen];
-        if (policy == DOM_POLICY_HIGHEST_AVAILABLE && available > dom_item_available(best)) {
-            chosen = item_index;
-        }
-        if (policy == DOM_POLICY_LOWEST_LATENCY &&
-            d->stores[s].latency_ms < d->stores[best->store_index].latency_ms) {
-            chosen = item_index;
         }
     }
     *best_available_out = best_available;
@@ -274,7 +324,7 @@ int dom_purchase(struct domain *d, uint32_t product_index, int32_t store_index,
     int64_t best_available = 0;
     if (store_index >= 0) {
         SVC_ASSERT((uint32_t)store_index < d->store_count);
-        item_index = product->item_by_store[store_index];
+        item_index = dom_item_find(d, (uint32_t)store_index, product_index);
         if (item_index >= 0) {
             best_available = dom_item_available(&d->items[item_index]);
             item_index = best_available < qty ? -1 : item_index;
@@ -302,7 +352,7 @@ int dom_adjust(struct domain *d, uint32_t store_index, uint32_t product_index, i
 {
     SVC_ASSERT(store_index < d->store_count);
     SVC_ASSERT(product_index < d->product_count);
-    int32_t item_index = d->products[product_index].item_by_store[store_index];
+    int32_t item_index = dom_item_find(d, store_index, product_index);
     int64_t on_hand = item_index >= 0 ? d->items[item_index].on_hand : 0;
     int64_t reserved = item_index >= 0 ? d->items[item_index].reserved : 0;
     if (on_hand + delta < reserved) {
@@ -384,13 +434,24 @@ void dom_rollback(struct domain *d)
     for (uint32_t i = d->item_count; i > d->item_count_committed; i--) {
         const struct dom_item *item = &d->items[i - 1];
         SVC_ASSERT(item->on_hand == 0 && item->version == 0);
-        d->products[item->product_index].item_by_store[item->store_index] = -1;
+        int32_t *link = &d->products[item->product_index].first_item;
+        while (*link != (int32_t)(i - 1)) {
+            SVC_ASSERT(*link >= 0); /* it is on its product's list */
+            link = &d->items[*link].next;
+        }
+        *link = item->next;
     }
     for (uint32_t p = d->product_count; p > d->product_count_committed; p--) {
         uint32_t slot = 0;
         int32_t found = dom_product_probe(d, d->products[p - 1].sku, &slot);
         SVC_ASSERT(found == (int32_t)(p - 1));
         d->product_hash[slot] = 0; /* newest first: probe chains stay intact */
+    }
+    for (uint32_t s = d->store_count; s > d->store_count_committed; s--) {
+        uint32_t slot = 0;
+        int32_t found = dom_store_probe(d, d->stores[s - 1].id, &slot);
+        SVC_ASSERT(found == (int32_t)(s - 1));
+        d->store_hash[slot] = 0; /* newest first, as above */
     }
     d->item_count = d->item_count_committed;
     d->product_count = d->product_count_committed;
@@ -423,7 +484,7 @@ int dom_load_product(struct domain *d, const char *sku, const char *name)
     if (dom_product_probe(d, sku, &slot) >= 0) {
         return 0; /* products never change once created */
     }
-    if (d->product_count == PRODUCTS_MAX) {
+    if (d->product_count == d->capacity.products) {
         return SVC_ECAPACITY;
     }
     (void)dom_product_add(d, sku, name, slot);
@@ -446,7 +507,7 @@ int dom_load_item(struct domain *d, const char *store_id, const char *sku, int64
         !dom_stored_item_valid(on_hand, reserved, version, sold)) {
         return SVC_EVALIDATION;
     }
-    int32_t index = d->products[product_index].item_by_store[store_index];
+    int32_t index = dom_item_find(d, (uint32_t)store_index, (uint32_t)product_index);
     if (index < 0) {
         uint32_t created = 0;
         int rc = dom_item_create(d, (uint32_t)store_index, (uint32_t)product_index, &created);
@@ -576,7 +637,7 @@ static bool dom_reserved_matches_reservations(const struct domain *d)
 {
     memset(d->check_sums, 0, d->item_count * sizeof d->check_sums[0]);
     const struct res_table *t = &d->reservations;
-    for (uint32_t s = 0; s < RESERVATIONS_ACTIVE_MAX; s++) {
+    for (uint32_t s = 0; s < t->slots_max; s++) {
         const struct reservation *r = &t->slots[s];
         if (r->seq == 0 || r->status != RES_ACTIVE) {
             continue;
@@ -605,11 +666,12 @@ static bool dom_reserved_matches_reservations(const struct domain *d)
 
 bool dom_invariants_hold(const struct domain *d)
 {
-    int64_t totals[STORES_MAX] = {0};
-    if (d->store_count > STORES_MAX || d->product_count > PRODUCTS_MAX ||
-        d->item_count > ITEMS_MAX || d->undo_count > d->item_count) {
+    int64_t *totals = d->check_totals;
+    if (d->store_count > d->capacity.stores || d->product_count > d->capacity.products ||
+        d->item_count > d->capacity.items || d->undo_count > d->item_count) {
         return false;
     }
+    memset(totals, 0, d->store_count * sizeof *totals);
     for (uint32_t i = 0; i < d->item_count; i++) {
         const struct dom_item *item = &d->items[i];
         if (item->store_index >= d->store_count || item->product_index >= d->product_count) {
@@ -618,8 +680,8 @@ bool dom_invariants_hold(const struct domain *d)
         if (item->reserved < 0 || item->reserved > item->on_hand || item->on_hand > ON_HAND_MAX) {
             return false;
         }
-        if (d->products[item->product_index].item_by_store[item->store_index] != (int32_t)i) {
-            return false;
+        if (dom_item_find(d, item->store_index, item->product_index) != (int32_t)i) {
+            return false; /* on its product's list, once, in store order */
         }
         totals[item->store_index] += item->on_hand;
     }

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "base/capacity.h"
 #include "base/svc_limits.h"
 #include "core/reservations.h"
 
@@ -48,14 +49,15 @@ struct dom_item {
     int64_t version;       /* +1 on every change; 1 when created */
     int64_t sold;          /* units sold by purchase, for seed-004 totals */
     int64_t updated_at_ms; /* wall ms of the last change */
+    int32_t next;          /* the product's next item by store index; -1 ends the list */
     bool dirty;            /* changed by the current batch (it has an undo record) */
 };
 
 struct dom_product {
     char sku[SKU_BYTES_MAX + 1];
     char name[NAME_BYTES_MAX + 1];
-    uint32_t round_robin_next;         /* next store index to try; not rolled back */
-    int32_t item_by_store[STORES_MAX]; /* item index, or -1 when not stocked there */
+    uint32_t round_robin_next; /* next store index to try; not rolled back */
+    int32_t first_item;        /* its items, a list in store index order; -1 when none */
 };
 
 /* An item's values before the current batch first changed it. */
@@ -69,11 +71,15 @@ struct dom_undo {
 };
 
 struct domain {
-    struct dom_store stores[STORES_MAX];
-    struct dom_product *products; /* PRODUCTS_MAX, owned, allocated by dom_init */
-    struct dom_item *items;       /* ITEMS_MAX, owned */
-    uint32_t *product_hash;       /* PRODUCT_HASH_SLOTS of product index + 1; 0 = empty */
-    struct dom_undo *undo;        /* ITEMS_MAX, owned: the items the batch changed */
+    struct capacity capacity;     /* the sizes of the tables below */
+    uint32_t store_hash_slots;    /* capacity_hash_slots(capacity.stores) */
+    uint32_t product_hash_slots;  /* capacity_hash_slots(capacity.products) */
+    struct dom_store *stores;     /* capacity.stores, owned, allocated by dom_init */
+    uint32_t *store_hash;         /* store_hash_slots of store index + 1; 0 = empty */
+    struct dom_product *products; /* capacity.products, owned */
+    struct dom_item *items;       /* capacity.items, owned */
+    uint32_t *product_hash;       /* product_hash_slots of product index + 1; 0 = empty */
+    struct dom_undo *undo;        /* capacity.items, owned: the items the batch changed */
     uint32_t undo_count;
     uint32_t store_count; /* working counts */
     uint32_t product_count;
@@ -83,19 +89,21 @@ struct domain {
     uint32_t item_count_committed;
     struct res_table reservations; /* the ACTIVE reservations (and those the batch ended) */
     bool reservations_complete;    /* every ACTIVE reservation of the database is here */
-    int64_t *check_sums;           /* ITEMS_MAX, owned: dom_invariants_hold's scratch */
+    int64_t *check_sums;           /* capacity.items, owned: dom_invariants_hold's scratch */
+    int64_t *check_totals;         /* capacity.stores, owned: dom_invariants_hold's scratch */
 };
 
-/* Allocates the fixed tables; the state starts empty, with reservations_complete set (the
- * writer clears it on a shared backend). Returns 0 or -ENOMEM. */
-int dom_init(struct domain *d);
+/* Allocates the tables for capacity (capacity_valid); the state starts empty, with
+ * reservations_complete set (the writer clears it on a shared backend). Returns 0 or -ENOMEM. */
+int dom_init(struct domain *d, const struct capacity *capacity);
 /* Frees what dom_init allocated. */
 void dom_deinit(struct domain *d);
 
 /* Lookups. Return the index or -1. */
 int32_t dom_store_find(const struct domain *d, const char *store_id);
 int32_t dom_product_find(const struct domain *d, const char *sku);
-/* The item of (store, product), or -1 when that store does not stock it. */
+/* The item of (store, product), or -1 when that store does not stock it. Walks the product's
+ * items: as many steps as stores that stock it, at most. */
 int32_t dom_item_find(const struct domain *d, uint32_t store_index, uint32_t product_index);
 
 /* Adds a store. SVC_ESTORE_EXISTS, SVC_ECAPACITY. On success *store_index_out is set. */
@@ -159,7 +167,7 @@ int dom_load_reservation_order(struct domain *d, int64_t seq, int64_t order_seq,
  * it leaves memory at the next dom_commit. */
 void dom_forget_reservation(struct domain *d, int64_t seq);
 
-/* Checks every invariant of the working state, O(items + RESERVATIONS_ACTIVE_MAX slots); used
+/* Checks every invariant of the working state, O(items + reservation slots); used
  * in assertions (SVC_DEBUG_ASSERT: debug builds only) and by the tests and the simulation. */
 bool dom_invariants_hold(const struct domain *d);
 

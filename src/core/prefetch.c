@@ -14,19 +14,17 @@
 #include "base/log.h"
 #include "base/svc_assert.h"
 
-/* Stock rows a batch can name: a purchase without a store names its sku in every store (32
- * rows for a weight of 2), a reservation without one each line in every store (3,200 rows for
- * a weight of 202): at most 16 per unit of weight. */
-#define PREFETCH_ITEMS_MAX (16 * BATCH_COMMAND_WEIGHT_MAX)
+/* Stock rows a batch can name, per unit of its weight: a purchase without a store names its
+ * sku in every store (weight 2), a reservation without one each line in every store (weight
+ * 2 + 2 per line), so at most half the stores per unit, and two (a transfer's two stores) when
+ * every command names its stores. */
+#define PREFETCH_ITEMS_PER_WEIGHT(stores) ((stores) / 2 + 2)
 /* Stores and skus a batch names: two stores per command, a sku per line and per command. */
 #define PREFETCH_NAMES_MAX (2 * BATCH_COMMANDS_MAX + BATCH_COMMAND_WEIGHT_MAX)
 
-_Static_assert(STORES_MAX <= 16 * 2, "a purchase without a store fits its weight's share");
-_Static_assert(STORES_MAX *CMD_LINES_MAX <= 16 * (2 + 2 * CMD_LINES_MAX),
-               "a reservation without a store fits its weight's share");
-
 struct prefetch {
-    struct store_item_key items[PREFETCH_ITEMS_MAX];
+    struct store_item_key *items; /* items_max, owned */
+    size_t items_max;
     size_t item_count;
     const char *store_ids[PREFETCH_NAMES_MAX]; /* point into the batch's commands */
     size_t store_count;
@@ -46,15 +44,28 @@ struct prefetch {
     bool shared;
 };
 
-struct prefetch *prefetch_new(void)
+struct prefetch *prefetch_new(uint32_t stores_max)
 {
+    SVC_ASSERT(stores_max >= 1 && stores_max <= CAPACITY_STORES_LIMIT);
     struct prefetch *p = calloc(1, sizeof *p);
-    SVC_ASSERT(p == NULL || p->adopt_count == 0);
+    if (p == NULL) {
+        return NULL;
+    }
+    p->items_max = (size_t)PREFETCH_ITEMS_PER_WEIGHT(stores_max) * BATCH_COMMAND_WEIGHT_MAX;
+    p->items = calloc(p->items_max, sizeof *p->items);
+    if (p->items == NULL) {
+        free(p);
+        return NULL;
+    }
+    SVC_ASSERT(p->adopt_count == 0);
     return p;
 }
 
 void prefetch_free(struct prefetch *p)
 {
+    if (p != NULL) {
+        free(p->items);
+    }
     free(p);
 }
 
@@ -62,7 +73,7 @@ void prefetch_free(struct prefetch *p)
 
 static void prefetch_item(struct prefetch *p, const char *store_id, const char *sku)
 {
-    SVC_ASSERT(p->item_count < PREFETCH_ITEMS_MAX); /* the batch's weight bounds it */
+    SVC_ASSERT(p->item_count < p->items_max); /* the batch's weight bounds it */
     p->items[p->item_count++] = (struct store_item_key){store_id, sku};
 }
 

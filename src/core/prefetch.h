@@ -29,8 +29,9 @@
 
 struct prefetch; /* the keys of one batch: fixed arrays, owned by the writer */
 
-/* Allocates the key arrays. NULL when out of memory (startup: the caller exits). */
-struct prefetch *prefetch_new(void);
+/* Allocates the key arrays, sized for a domain of up to stores_max stores. NULL when out of
+ * memory (startup: the caller exits). */
+struct prefetch *prefetch_new(uint32_t stores_max);
 void prefetch_free(struct prefetch *p);
 
 /* Reads what the batch in b needs (see the top of this file) into d and b. events_after is

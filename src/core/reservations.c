@@ -9,26 +9,31 @@
 
 #include "base/errors.h"
 #include "base/hash.h"
+#include "base/capacity.h"
 #include "base/svc_assert.h"
 
-#define RES_HEAP_MAX (2 * RESERVATIONS_ACTIVE_MAX) /* lazy entries: at most two per slot */
+/* Lazy heap entries: at most two per slot. */
+#define RES_HEAP_MAX(t) (2 * (t)->slots_max)
 
-int res_init(struct res_table *t)
+int res_init(struct res_table *t, uint32_t slots_max)
 {
+    SVC_ASSERT(slots_max >= 1 && slots_max <= CAPACITY_RESERVATIONS_LIMIT);
     memset(t, 0, sizeof *t);
-    t->slots = calloc(RESERVATIONS_ACTIVE_MAX, sizeof *t->slots);
-    t->free_slots = calloc(RESERVATIONS_ACTIVE_MAX, sizeof *t->free_slots);
-    t->index = calloc(RESERVATION_SLOTS, sizeof *t->index);
-    t->heap = calloc(RES_HEAP_MAX, sizeof *t->heap);
-    t->touched = calloc(RESERVATIONS_ACTIVE_MAX, sizeof *t->touched);
+    t->slots_max = slots_max;
+    t->index_slots = capacity_hash_slots(slots_max);
+    t->slots = calloc(t->slots_max, sizeof *t->slots);
+    t->free_slots = calloc(t->slots_max, sizeof *t->free_slots);
+    t->index = calloc(t->index_slots, sizeof *t->index);
+    t->heap = calloc(RES_HEAP_MAX(t), sizeof *t->heap);
+    t->touched = calloc(t->slots_max, sizeof *t->touched);
     if (!t->slots || !t->free_slots || !t->index || !t->heap || !t->touched) {
         res_deinit(t);
         return -ENOMEM;
     }
-    for (uint32_t i = 0; i < RESERVATIONS_ACTIVE_MAX; i++) {
-        t->free_slots[i] = RESERVATIONS_ACTIVE_MAX - 1 - i;
+    for (uint32_t i = 0; i < t->slots_max; i++) {
+        t->free_slots[i] = t->slots_max - 1 - i;
     }
-    t->free_count = RESERVATIONS_ACTIVE_MAX;
+    t->free_count = t->slots_max;
     SVC_ASSERT(t->heap_count == 0 && t->touched_count == 0);
     return 0;
 }
@@ -43,17 +48,17 @@ void res_deinit(struct res_table *t)
     memset(t, 0, sizeof *t);
 }
 
-static uint32_t res_home(int64_t seq)
+static uint32_t res_home(const struct res_table *t, int64_t seq)
 {
     uint64_t h = hash_fnv1a(HASH_FNV_OFFSET, &seq, sizeof seq);
-    return (uint32_t)(h & (RESERVATION_SLOTS - 1));
+    return (uint32_t)(h & (t->index_slots - 1));
 }
 
 /* The index position holding seq, or of the empty entry ending its probe. */
 static uint32_t res_probe(const struct res_table *t, int64_t seq, bool *found)
 {
-    uint32_t pos = res_home(seq);
-    for (uint32_t probes = 0; probes < RESERVATION_SLOTS; probes++) {
+    uint32_t pos = res_home(t, seq);
+    for (uint32_t probes = 0; probes < t->index_slots; probes++) {
         int32_t entry = t->index[pos];
         if (entry == 0) {
             *found = false;
@@ -63,7 +68,7 @@ static uint32_t res_probe(const struct res_table *t, int64_t seq, bool *found)
             *found = true;
             return pos;
         }
-        pos = (pos + 1) & (RESERVATION_SLOTS - 1);
+        pos = (pos + 1) & (t->index_slots - 1);
     }
     SVC_UNREACHABLE(); /* load <= 0.5 */
 }
@@ -100,16 +105,16 @@ struct reservation *res_create(struct res_table *t, int64_t seq)
 static void res_index_delete(struct res_table *t, uint32_t pos)
 {
     uint32_t hole = pos;
-    uint32_t next = (pos + 1) & (RESERVATION_SLOTS - 1);
+    uint32_t next = (pos + 1) & (t->index_slots - 1);
     while (t->index[next] != 0) {
-        uint32_t home = res_home(t->slots[t->index[next] - 1].seq);
+        uint32_t home = res_home(t, t->slots[t->index[next] - 1].seq);
         /* Move next into the hole unless its home lies cyclically in (hole, next]. */
         bool stays = hole < next ? (home > hole && home <= next) : (home > hole || home <= next);
         if (!stays) {
             t->index[hole] = t->index[next];
             hole = next;
         }
-        next = (next + 1) & (RESERVATION_SLOTS - 1);
+        next = (next + 1) & (t->index_slots - 1);
     }
     t->index[hole] = 0;
 }
@@ -121,7 +126,7 @@ static void res_free(struct res_table *t, struct reservation *r)
     SVC_ASSERT(found);
     res_index_delete(t, pos);
     r->seq = 0;
-    SVC_ASSERT(t->free_count < RESERVATIONS_ACTIVE_MAX);
+    SVC_ASSERT(t->free_count < t->slots_max);
     t->free_slots[t->free_count++] = (uint32_t)(r - t->slots);
 }
 
@@ -160,13 +165,13 @@ static void res_heap_sift_down(struct res_table *t, uint32_t i)
 static void res_heap_rebuild(struct res_table *t)
 {
     t->heap_count = 0;
-    for (uint32_t s = 0; s < RESERVATIONS_ACTIVE_MAX; s++) {
+    for (uint32_t s = 0; s < t->slots_max; s++) {
         const struct reservation *r = &t->slots[s];
         if (r->seq != 0 && r->status == RES_ACTIVE) {
             t->heap[t->heap_count++] = (struct res_heap_entry){r->expires_at_ms, r->seq};
         }
     }
-    SVC_ASSERT(t->heap_count <= RESERVATIONS_ACTIVE_MAX);
+    SVC_ASSERT(t->heap_count <= t->slots_max);
     for (uint32_t i = t->heap_count / 2; i > 0; i--) {
         res_heap_sift_down(t, i - 1);
     }
@@ -175,11 +180,11 @@ static void res_heap_rebuild(struct res_table *t)
 void res_schedule(struct res_table *t, const struct reservation *r)
 {
     SVC_ASSERT(r->status == RES_ACTIVE);
-    if (t->heap_count == RES_HEAP_MAX) {
+    if (t->heap_count == RES_HEAP_MAX(t)) {
         /* Full of stale entries. Dropping r's entry would leave it ACTIVE forever: rebuild,
          * which schedules r too (it is an ACTIVE slot). At most once per
-         * RESERVATIONS_ACTIVE_MAX pushes, as at most that many entries survive. */
-        SVC_ASSERT(r->seq >= 1 && r >= t->slots && r < t->slots + RESERVATIONS_ACTIVE_MAX);
+         * slots_max pushes, as at most that many entries survive. */
+        SVC_ASSERT(r->seq >= 1 && r >= t->slots && r < t->slots + t->slots_max);
         res_heap_rebuild(t);
         return;
     }
@@ -250,7 +255,7 @@ void res_touch(struct res_table *t, struct reservation *r)
         r->touched = true;
         r->saved =
             (struct res_order_saved){r->order_state, r->pay_attempts, r->expires_at_ms, r->version};
-        SVC_ASSERT(t->touched_count < RESERVATIONS_ACTIVE_MAX);
+        SVC_ASSERT(t->touched_count < t->slots_max);
         t->touched[t->touched_count++] = (uint32_t)(r - t->slots);
     }
 }
@@ -306,7 +311,7 @@ void res_rollback(struct res_table *t)
 
 uint32_t res_count(const struct res_table *t)
 {
-    return RESERVATIONS_ACTIVE_MAX - t->free_count;
+    return t->slots_max - t->free_count;
 }
 
 const char *res_status_name(enum res_status status)

@@ -1,7 +1,7 @@
 /*
  * reservations.h - the ACTIVE reservations, held by the writer in memory.
  *
- * A fixed table of RESERVATIONS_ACTIVE_MAX slots with their lines, an id index (open
+ * A fixed table of slots (as many as --max-reservations) with their lines, an id index (open
  * addressing on res_<seq>), and a min-heap of expiry times that drives the writer's TTL timer
  * (no scan of a table). Heap entries are lazy: an entry whose reservation is gone or whose
  * time changed is skipped when it surfaces, and a heap full of them is rebuilt from the ACTIVE
@@ -77,18 +77,21 @@ struct res_heap_entry {
 };
 
 struct res_table {
-    struct reservation *slots; /* RESERVATIONS_ACTIVE_MAX, owned */
+    uint32_t slots_max;        /* ACTIVE at once (capacity.reservations) */
+    uint32_t index_slots;      /* capacity_hash_slots(slots_max): a power of two */
+    struct reservation *slots; /* slots_max, owned */
     uint32_t *free_slots;      /* stack of free slot indexes, owned */
     uint32_t free_count;
-    int32_t *index;              /* RESERVATION_SLOTS of slot + 1 (0 empty), owned */
-    struct res_heap_entry *heap; /* 2 * RESERVATIONS_ACTIVE_MAX, owned */
+    int32_t *index;              /* index_slots of slot + 1 (0 empty), owned */
+    struct res_heap_entry *heap; /* 2 * slots_max, owned */
     uint32_t heap_count;
     uint32_t *touched; /* slots changed by the current batch, owned */
     uint32_t touched_count;
 };
 
-/* Allocates the fixed tables. 0 or -ENOMEM. */
-int res_init(struct res_table *t);
+/* Allocates the fixed tables for slots_max ACTIVE reservations (1..CAPACITY_RESERVATIONS_LIMIT).
+ * 0 or -ENOMEM. */
+int res_init(struct res_table *t, uint32_t slots_max);
 void res_deinit(struct res_table *t);
 
 /* The reservation res_<seq> if it is in memory (ACTIVE or finished in this batch), or NULL.

@@ -124,28 +124,46 @@ static bool writer_invariants_hold(const struct writer *w)
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
+/* A stored table larger than its configured capacity: the start fails, naming the flag. */
+static int writer_load_capacity(int rc, const char *flag, uint32_t limit)
+{
+    if (rc == SVC_ECAPACITY) {
+        log_error("the database holds more than %s %" PRIu32 " allows: start with a larger %s",
+                  flag, limit, flag);
+    }
+    return rc;
+}
+
 static int writer_load_store(void *context, const char *id, const char *name, int64_t latency_ms)
 {
-    return dom_load_store(context, id, name, latency_ms);
+    struct domain *d = context;
+    return writer_load_capacity(dom_load_store(d, id, name, latency_ms), "--max-stores",
+                                d->capacity.stores);
 }
 
 static int writer_load_product(void *context, const char *sku, const char *name)
 {
-    return dom_load_product(context, sku, name);
+    struct domain *d = context;
+    return writer_load_capacity(dom_load_product(d, sku, name), "--max-products",
+                                d->capacity.products);
 }
 
 static int writer_load_item(void *context, const char *store_id, const char *sku, int64_t on_hand,
                             int64_t reserved, int64_t version, int64_t sold, int64_t updated_at_ms)
 {
-    return dom_load_item(context, store_id, sku, on_hand, reserved, version, sold, updated_at_ms);
+    struct domain *d = context;
+    int rc = dom_load_item(d, store_id, sku, on_hand, reserved, version, sold, updated_at_ms);
+    return writer_load_capacity(rc, "--max-stock-items", d->capacity.items);
 }
 
 static int writer_load_reservation(void *context, int64_t seq, const char *store_id,
                                    const char *customer_id, int64_t expires_at_ms, int64_t version,
                                    int64_t created_at_ms)
 {
-    return dom_load_reservation(context, seq, store_id, customer_id, expires_at_ms, version,
-                                created_at_ms);
+    struct domain *d = context;
+    int rc =
+        dom_load_reservation(d, seq, store_id, customer_id, expires_at_ms, version, created_at_ms);
+    return writer_load_capacity(rc, "--max-reservations", d->capacity.reservations);
 }
 
 static int writer_load_reservation_line(void *context, int64_t seq, const char *sku, int64_t qty)
@@ -229,7 +247,8 @@ int writer_init(struct writer *w, const struct writer_config *config)
     w->batch = batch_new();
     struct writer_scratch *scratch = calloc(1, sizeof *scratch);
     w->scratch = scratch;
-    if (w->batch == NULL || scratch == NULL || (scratch->prefetch = prefetch_new()) == NULL) {
+    if (w->batch == NULL || scratch == NULL ||
+        (scratch->prefetch = prefetch_new(config->domain->capacity.stores)) == NULL) {
         writer_deinit(w);
         return -ENOMEM;
     }

@@ -99,6 +99,12 @@ static bool query_path_param(const struct http_request *r, char *out, size_t siz
 
 /* ---- availability ----------------------------------------------------------------------- */
 
+/* One store's row of GET /v1/items/{sku}/availability: a 64-byte storeId (never escaped: its
+ * alphabet is [A-Za-z0-9._-]), four 20-digit numbers and their keys. */
+#define QUERY_ITEM_ROW_BYTES_MAX 240
+_Static_assert((size_t)CAPACITY_STORES_LIMIT *QUERY_ITEM_ROW_BYTES_MAX + 512 <= LIST_BODY_BYTES_MAX,
+               "a sku stocked in every store fits one list body");
+
 struct query_sum {
     int64_t on_hand;
     int64_t reserved;
@@ -109,13 +115,18 @@ static void query_sum_items(const struct projection *v, uint32_t product_index, 
                             struct query_sum *sum)
 {
     memset(sum, 0, sizeof *sum);
-    uint32_t store_count = projector_store_count(v);
-    for (uint32_t s = 0; s < store_count; s++) {
-        struct projector_item item;
-        if ((store_index >= 0 && (uint32_t)store_index != s) ||
-            !projector_item_get(v, product_index, s, &item)) {
-            continue;
+    struct projector_item item;
+    if (store_index >= 0) {
+        if (projector_item_get(v, product_index, (uint32_t)store_index, &item)) {
+            sum->on_hand = item.on_hand;
+            sum->reserved = item.reserved;
+            sum->version = item.version;
         }
+        return;
+    }
+    uint32_t s = 0;
+    for (int32_t at = projector_item_next(v, product_index, -1, &s, &item); at >= 0;
+         at = projector_item_next(v, product_index, at, &s, &item)) {
         sum->on_hand += item.on_hand;
         sum->reserved += item.reserved;
         sum->version += item.version;
@@ -175,15 +186,13 @@ static void query_item_stores(const struct projection *v, uint32_t product_index
                               struct query_sum *sum)
 {
     memset(sum, 0, sizeof *sum);
-    uint32_t store_count = projector_store_count(v);
     jbuf_key(b, "stores");
     jbuf_lit(b, "[");
-    for (uint32_t s = 0; s < store_count; s++) {
-        struct projector_item item;
+    struct projector_item item;
+    uint32_t s = 0;
+    for (int32_t at = projector_item_next(v, product_index, -1, &s, &item); at >= 0;
+         at = projector_item_next(v, product_index, at, &s, &item)) {
         struct projector_store store;
-        if (!projector_item_get(v, product_index, s, &item)) {
-            continue;
-        }
         projector_store_get(v, s, &store);
         jbuf_lit(b, b->data[b->length - 1] == '[' ? "{" : ",{");
         jbuf_kv_str(b, "storeId", store.id);
@@ -212,9 +221,11 @@ static void query_item_availability(struct http_request *r, struct projection *v
         http_send_problem(r, SVC_EUNKNOWN_SKU, "no product with this sku", NULL, 0);
         return;
     }
-    char body[READ_BODY_BYTES_MAX];
+    /* A row per store that stocks it, at most --max-stores: the request's pool, freed with it. */
+    size_t size = (size_t)projector_store_count(v) * QUERY_ITEM_ROW_BYTES_MAX + 32;
+    char *body = h2o_mem_alloc_pool(&r->req->pool, size);
     struct jbuf stores;
-    jbuf_init(&stores, body, sizeof body);
+    jbuf_init(&stores, body, size);
     jbuf_lit(&stores, "{");
     struct query_sum sum;
     query_item_stores(v, (uint32_t)product_index, &stores, &sum);
@@ -341,10 +352,12 @@ void api_query_stores(struct http_request *r)
     api_read_fresh(r);
     struct projection *v = projector_read_begin(&r->thread->app->projector);
     uint32_t count = projector_store_count(v);
-    SVC_ASSERT(count <= STORES_MAX);
-    char body[STORES_MAX * (STORE_ID_BYTES_MAX + 6 * NAME_BYTES_MAX + 64) + 32];
+    SVC_ASSERT(count <= CAPACITY_STORES_LIMIT);
+    /* Sized by the count (up to --max-stores rows): the request's pool, freed with it. */
+    size_t size = (size_t)count * (STORE_ID_BYTES_MAX + 6 * NAME_BYTES_MAX + 64) + 32;
+    char *body = h2o_mem_alloc_pool(&r->req->pool, size);
     struct jbuf b;
-    jbuf_init(&b, body, sizeof body);
+    jbuf_init(&b, body, size);
     jbuf_lit(&b, "{\"items\":[");
     for (uint32_t i = 0; i < count; i++) {
         struct projector_store store;

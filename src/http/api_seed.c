@@ -130,12 +130,14 @@ void api_seed_inventory_item(struct http_request *r)
     int32_t product_index = projector_product_find(v, sku);
     int64_t on_hand = 0;
     int64_t reserved = 0;
-    for (uint32_t s = 0; product_index >= 0 && s < projector_store_count(v); s++) {
-        struct projector_item item;
-        if (projector_item_get(v, (uint32_t)product_index, s, &item)) {
-            on_hand += item.on_hand;
-            reserved += item.reserved;
-        }
+    struct projector_item item;
+    uint32_t store = 0;
+    for (int32_t at = product_index >= 0
+                          ? projector_item_next(v, (uint32_t)product_index, -1, &store, &item)
+                          : -1;
+         at >= 0; at = projector_item_next(v, (uint32_t)product_index, at, &store, &item)) {
+        on_hand += item.on_hand;
+        reserved += item.reserved;
     }
     projector_read_end(p, v);
     if (product_index < 0) {

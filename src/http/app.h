@@ -53,7 +53,9 @@ struct app_config {
     bool relay;         /* --relay on|off: with --amqp, run the outbox relay */
     /* The workers' leases (several instances on one PostgreSQL): --lease-ms, --instance-id. */
     int64_t lease_ms;
-    char instance_id[128]; /* the leases' holder id; "": main fills hostname:pid:start-ms */
+    char instance_id[128];    /* the leases' holder id; "": main fills hostname:pid:start-ms */
+    struct capacity capacity; /* --max-stores, --max-products, --max-stock-items,
+                               * --max-reservations */
 };
 
 struct work;

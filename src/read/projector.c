@@ -3,7 +3,8 @@
  * lock-free reader side.
  *
  * Publication: a new store, product, item or reservation row is written completely, then made
- * findable (hash slot or item_by_store entry, release store), then counted (release store).
+ * findable (hash slot, or its predecessor's link on its product's item list, release store),
+ * then counted (release store). Nothing is ever unlinked while the projection is readable.
  * Mutable fields (item stock, reservation status) are rewritten under the row's seqlock:
  * odd while the applying thread writes, readers retry until they see an even, unchanged value.
  * Events carry the full item state after the change (core/events.h), so applying one is a
@@ -40,6 +41,8 @@ static void projection_free(struct projection *v)
     if (v == NULL) {
         return;
     }
+    free(v->stores);
+    free((void *)v->store_hash);
     free(v->products);
     free((void *)v->product_hash);
     free(v->items);
@@ -49,20 +52,31 @@ static void projection_free(struct projection *v)
     free(v);
 }
 
-static struct projection *projection_alloc(void)
+static struct projection *projection_alloc(const struct capacity *c)
 {
     struct projection *v = calloc(1, sizeof *v);
     if (v == NULL) {
         return NULL;
     }
-    v->products = calloc(PRODUCTS_MAX, sizeof *v->products);
-    v->product_hash = calloc(PRODUCT_HASH_SLOTS, sizeof *v->product_hash);
-    v->items = calloc(ITEMS_MAX, sizeof *v->items);
-    v->reservations = calloc(PROJ_RESERVATIONS_MAX, sizeof *v->reservations);
-    v->reservation_hash = calloc(PROJ_RESERVATION_SLOTS, sizeof *v->reservation_hash);
-    v->lines = calloc(PROJ_RESERVATION_LINES_MAX, sizeof *v->lines);
-    if (!v->products || !v->product_hash || !v->items || !v->reservations || !v->reservation_hash ||
-        !v->lines) {
+    struct projection_limits *l = &v->limits;
+    l->stores = c->stores;
+    l->products = c->products;
+    l->items = c->items;
+    l->reservations = capacity_proj_reservations(c);
+    l->lines = capacity_proj_lines(c);
+    l->store_slots = capacity_hash_slots(l->stores);
+    l->product_slots = capacity_hash_slots(l->products);
+    l->reservation_slots = capacity_hash_slots(l->reservations);
+    v->stores = calloc(l->stores, sizeof *v->stores);
+    v->store_hash = calloc(l->store_slots, sizeof *v->store_hash);
+    v->products = calloc(l->products, sizeof *v->products);
+    v->product_hash = calloc(l->product_slots, sizeof *v->product_hash);
+    v->items = calloc(l->items, sizeof *v->items);
+    v->reservations = calloc(l->reservations, sizeof *v->reservations);
+    v->reservation_hash = calloc(l->reservation_slots, sizeof *v->reservation_hash);
+    v->lines = calloc(l->lines, sizeof *v->lines);
+    if (!v->stores || !v->store_hash || !v->products || !v->product_hash || !v->items ||
+        !v->reservations || !v->reservation_hash || !v->lines) {
         projection_free(v);
         return NULL;
     }
@@ -78,12 +92,14 @@ void projector__reset(struct projection *v)
     uint32_t products = atomic_load(&v->product_count);
     uint32_t items = atomic_load(&v->item_count);
     uint32_t reservations = atomic_load(&v->reservation_count);
-    memset(v->stores, 0, sizeof v->stores);
+    const struct projection_limits *l = &v->limits;
+    memset(v->stores, 0, atomic_load(&v->store_count) * sizeof *v->stores);
+    memset((void *)v->store_hash, 0, l->store_slots * sizeof *v->store_hash);
     memset(v->products, 0, products * sizeof *v->products);
-    memset((void *)v->product_hash, 0, PRODUCT_HASH_SLOTS * sizeof *v->product_hash);
+    memset((void *)v->product_hash, 0, l->product_slots * sizeof *v->product_hash);
     memset(v->items, 0, items * sizeof *v->items);
     memset(v->reservations, 0, reservations * sizeof *v->reservations);
-    memset((void *)v->reservation_hash, 0, PROJ_RESERVATION_SLOTS * sizeof *v->reservation_hash);
+    memset((void *)v->reservation_hash, 0, l->reservation_slots * sizeof *v->reservation_hash);
     memset(v->lines, 0, v->line_count * sizeof *v->lines);
     atomic_store(&v->store_count, 0);
     atomic_store(&v->product_count, 0);
@@ -98,14 +114,14 @@ void projector__reset(struct projection *v)
 
 static void projector_follow_chunk_free(struct projector *p);
 
-int projector_init(struct projector *p, const char *db_path)
+int projector_init(struct projector *p, const char *db_path, const struct capacity *capacity)
 {
-    SVC_ASSERT(p != NULL && db_path != NULL);
+    SVC_ASSERT(p != NULL && db_path != NULL && capacity_valid(capacity));
     SVC_ASSERT(strlen(db_path) < sizeof p->db_path);
     memset(p, 0, sizeof *p);
     strcpy(p->db_path, db_path);
-    p->instances[0] = projection_alloc();
-    p->instances[1] = projection_alloc();
+    p->instances[0] = projection_alloc(capacity);
+    p->instances[1] = projection_alloc(capacity);
     if (p->instances[0] == NULL || p->instances[1] == NULL) {
         projector_deinit(p);
         return -ENOMEM;
@@ -142,43 +158,68 @@ static int32_t projection_product_probe(const struct projection *v, const char *
                                         uint32_t *slot_out)
 {
     SVC_ASSERT(sku != NULL);
-    uint32_t slot = projection_slot(sku, PRODUCT_HASH_SLOTS);
-    for (uint32_t probes = 0; probes < PRODUCT_HASH_SLOTS; probes++) {
+    uint32_t slots = v->limits.product_slots;
+    uint32_t slot = projection_slot(sku, slots);
+    for (uint32_t probes = 0; probes < slots; probes++) {
         uint32_t entry = atomic_load_explicit(&v->product_hash[slot], memory_order_acquire);
         if (entry == 0 || strcmp(v->products[entry - 1].sku, sku) == 0) {
             *slot_out = slot;
             return entry == 0 ? -1 : (int32_t)(entry - 1);
         }
-        slot = (slot + 1) & (PRODUCT_HASH_SLOTS - 1);
+        slot = (slot + 1) & (slots - 1);
     }
     SVC_UNREACHABLE(); /* load factor <= 0.5: an empty slot always exists */
+}
+
+static int32_t projection_store_probe(const struct projection *v, const char *id,
+                                      uint32_t *slot_out)
+{
+    SVC_ASSERT(id != NULL);
+    uint32_t slots = v->limits.store_slots;
+    uint32_t slot = projection_slot(id, slots);
+    for (uint32_t probes = 0; probes < slots; probes++) {
+        uint32_t entry = atomic_load_explicit(&v->store_hash[slot], memory_order_acquire);
+        if (entry == 0 || strcmp(v->stores[entry - 1].id, id) == 0) {
+            *slot_out = slot;
+            return entry == 0 ? -1 : (int32_t)(entry - 1);
+        }
+        slot = (slot + 1) & (slots - 1);
+    }
+    SVC_UNREACHABLE();
 }
 
 int32_t projector__reservation_probe(const struct projection *v, const char *id, uint32_t *slot_out)
 {
     SVC_ASSERT(id != NULL);
-    uint32_t slot = projection_slot(id, PROJ_RESERVATION_SLOTS);
-    for (uint32_t probes = 0; probes < PROJ_RESERVATION_SLOTS; probes++) {
+    uint32_t slots = v->limits.reservation_slots;
+    uint32_t slot = projection_slot(id, slots);
+    for (uint32_t probes = 0; probes < slots; probes++) {
         uint32_t entry = atomic_load_explicit(&v->reservation_hash[slot], memory_order_acquire);
         if (entry == 0 || strcmp(v->reservations[entry - 1].id, id) == 0) {
             *slot_out = slot;
             return entry == 0 ? -1 : (int32_t)(entry - 1);
         }
-        slot = (slot + 1) & (PROJ_RESERVATION_SLOTS - 1);
+        slot = (slot + 1) & (slots - 1);
     }
     SVC_UNREACHABLE();
 }
 
 static int32_t projection_store_find(const struct projection *v, const char *id)
 {
-    uint32_t count = atomic_load_explicit(&v->store_count, memory_order_acquire);
-    SVC_ASSERT(count <= STORES_MAX);
-    for (uint32_t i = 0; i < count; i++) {
-        if (strcmp(v->stores[i].id, id) == 0) {
-            return (int32_t)i;
-        }
+    uint32_t slot = 0;
+    return projection_store_probe(v, id, &slot);
+}
+
+int32_t projector__item_find(const struct projection *v, uint32_t product_index,
+                             uint32_t store_index)
+{
+    SVC_ASSERT(product_index < v->limits.products);
+    int32_t index =
+        atomic_load_explicit(&v->products[product_index].first_item, memory_order_acquire);
+    while (index >= 0 && v->items[index].store_index < store_index) {
+        index = atomic_load_explicit(&v->items[index].next, memory_order_acquire);
     }
-    return -1;
+    return index >= 0 && v->items[index].store_index == store_index ? index : -1;
 }
 
 /* ---- applying (one thread per projection at a time) --------------------------------------- */
@@ -197,13 +238,14 @@ void projector__copy(char *out, size_t size, const char *text)
 int32_t projector__store_add(struct projection *v, const char *id, const char *name,
                              int64_t latency_ms)
 {
-    int32_t found = projection_store_find(v, id);
+    uint32_t slot = 0;
+    int32_t found = projection_store_probe(v, id, &slot);
     if (found >= 0) {
         return found;
     }
     uint32_t count = atomic_load(&v->store_count);
-    SVC_ASSERT(count <= STORES_MAX);
-    if (count == STORES_MAX || id[0] == '\0') {
+    SVC_ASSERT(count <= v->limits.stores);
+    if (count == v->limits.stores || id[0] == '\0') {
         v->dropped++;
         return -1;
     }
@@ -211,6 +253,7 @@ int32_t projector__store_add(struct projection *v, const char *id, const char *n
     projector__copy(store->id, sizeof store->id, id);
     projector__copy(store->name, sizeof store->name, name);
     store->latency_ms = latency_ms;
+    atomic_store_explicit(&v->store_hash[slot], count + 1, memory_order_release);
     atomic_store_explicit(&v->store_count, count + 1, memory_order_release);
     SVC_ASSERT(projection_store_find(v, id) == (int32_t)count);
     return (int32_t)count;
@@ -224,17 +267,15 @@ int32_t projector__product_add(struct projection *v, const char *sku, const char
         return found;
     }
     uint32_t count = atomic_load(&v->product_count);
-    SVC_ASSERT(count <= PRODUCTS_MAX);
-    if (count == PRODUCTS_MAX || sku[0] == '\0') {
+    SVC_ASSERT(count <= v->limits.products);
+    if (count == v->limits.products || sku[0] == '\0') {
         v->dropped++;
         return -1;
     }
     struct projection_product *product = &v->products[count];
     projector__copy(product->sku, sizeof product->sku, sku);
     projector__copy(product->name, sizeof product->name, name);
-    for (uint32_t s = 0; s < STORES_MAX; s++) {
-        atomic_store_explicit(&product->item_by_store[s], -1, memory_order_relaxed);
-    }
+    atomic_store_explicit(&product->first_item, -1, memory_order_relaxed);
     atomic_store_explicit(&v->product_hash[slot], count + 1, memory_order_release);
     atomic_store_explicit(&v->product_count, count + 1, memory_order_release);
     SVC_ASSERT(projection_product_probe(v, sku, &slot) == (int32_t)count);
@@ -247,14 +288,24 @@ void projector__item_set(struct projection *v, uint32_t product_index, uint32_t 
     SVC_ASSERT(product_index < atomic_load(&v->product_count));
     SVC_ASSERT(store_index < atomic_load(&v->store_count));
     struct projection_product *product = &v->products[product_index];
-    int32_t index = atomic_load(&product->item_by_store[store_index]);
+    int32_t index = projector__item_find(v, product_index, store_index);
+    _Atomic int32_t *link = NULL; /* where a new item is linked in, once written */
     if (index < 0) {
         uint32_t count = atomic_load(&v->item_count);
-        if (count == ITEMS_MAX) {
+        if (count == v->limits.items) {
             v->dropped++;
             return;
         }
         index = (int32_t)count;
+        link = &product->first_item;
+        int32_t next = atomic_load(link);
+        while (next >= 0 && v->items[next].store_index < store_index) {
+            link = &v->items[next].next;
+            next = atomic_load(link);
+        }
+        v->items[index].product_index = product_index;
+        v->items[index].store_index = store_index;
+        atomic_store_explicit(&v->items[index].next, next, memory_order_relaxed);
         atomic_store_explicit(&v->item_count, count + 1, memory_order_release);
     }
     struct projection_item *item = &v->items[index];
@@ -268,8 +319,11 @@ void projector__item_set(struct projection *v, uint32_t product_index, uint32_t 
     atomic_store_explicit(&item->sold, stock->sold, memory_order_relaxed);
     atomic_store_explicit(&item->updated_at_ms, at_ms, memory_order_relaxed);
     atomic_store_explicit(&item->seqlock, seq + 2, memory_order_release);
-    /* Published after its first values: a reader finding the index sees a whole item. */
-    atomic_store_explicit(&product->item_by_store[store_index], index, memory_order_release);
+    /* Linked in after its first values: a reader reaching it sees a whole item. */
+    if (link != NULL) {
+        atomic_store_explicit(link, index, memory_order_release);
+    }
+    SVC_ASSERT(projector__item_find(v, product_index, store_index) == index);
 }
 
 /* The item's sold count after e: carried by the event, or (a log written before events carried
@@ -284,7 +338,7 @@ static int64_t projection_sold(const struct projection *v, uint32_t product_inde
         strcmp(e->reason, EVENT_REASON_RESET) == 0) {
         return 0; /* seed 004's reset restarted the count (the writer zeroes it too) */
     }
-    int32_t index = atomic_load(&v->products[product_index].item_by_store[store_index]);
+    int32_t index = projector__item_find(v, product_index, store_index);
     int64_t before = index >= 0 ? atomic_load(&v->items[index].sold) : 0;
     return before + (e->type == EVENT_ORDER_COMPLETED ? e->qty : 0);
 }
@@ -344,7 +398,7 @@ static int32_t projection_status_parse(const char *text, int32_t fallback)
 static bool projection_lines_add(struct projection *v, const struct event *e,
                                  struct projection_reservation *r)
 {
-    if (v->line_count + e->line_count > PROJ_RESERVATION_LINES_MAX) {
+    if (v->line_count + e->line_count > v->limits.lines) {
         return false;
     }
     r->line_first = v->line_count;
@@ -368,7 +422,7 @@ static void projection_reservation_create(struct projection *v, const struct eve
     uint32_t slot = 0;
     uint32_t count = atomic_load(&v->reservation_count);
     if (id[0] == '\0' || strlen(id) > PROJ_RESERVATION_ID_BYTES_MAX ||
-        projector__reservation_probe(v, id, &slot) >= 0 || count == PROJ_RESERVATIONS_MAX) {
+        projector__reservation_probe(v, id, &slot) >= 0 || count == v->limits.reservations) {
         v->dropped++;
         return;
     }
@@ -916,27 +970,19 @@ int32_t projector_product_find(const struct projection *v, const char *sku)
 
 const char *projector_product_sku(const struct projection *v, uint32_t index)
 {
-    SVC_ASSERT(index < PRODUCTS_MAX);
+    SVC_ASSERT(index < v->limits.products);
     return v->products[index].sku;
 }
 
 const char *projector_product_name(const struct projection *v, uint32_t index)
 {
-    SVC_ASSERT(index < PRODUCTS_MAX);
+    SVC_ASSERT(index < v->limits.products);
     return v->products[index].name;
 }
 
-bool projector_item_get(const struct projection *v, uint32_t product_index, uint32_t store_index,
-                        struct projector_item *out)
+/* Copies item out under its seqlock. */
+static void projection_item_read(const struct projection_item *item, struct projector_item *out)
 {
-    SVC_ASSERT(product_index < PRODUCTS_MAX);
-    SVC_ASSERT(store_index < STORES_MAX);
-    int32_t index = atomic_load_explicit(&v->products[product_index].item_by_store[store_index],
-                                         memory_order_acquire);
-    if (index < 0) {
-        return false;
-    }
-    const struct projection_item *item = &v->items[index];
     for (;;) {
         uint32_t seq = atomic_load_explicit(&item->seqlock, memory_order_acquire);
         if (seq % 2 == 1) {
@@ -953,7 +999,37 @@ bool projector_item_get(const struct projection *v, uint32_t product_index, uint
         }
     }
     SVC_ASSERT(out->reserved >= 0 && out->reserved <= out->on_hand);
+}
+
+bool projector_item_get(const struct projection *v, uint32_t product_index, uint32_t store_index,
+                        struct projector_item *out)
+{
+    SVC_ASSERT(product_index < v->limits.products);
+    SVC_ASSERT(store_index < v->limits.stores);
+    int32_t index = projector__item_find(v, product_index, store_index);
+    if (index < 0) {
+        return false;
+    }
+    projection_item_read(&v->items[index], out);
     return true;
+}
+
+int32_t projector_item_next(const struct projection *v, uint32_t product_index, int32_t cursor,
+                            uint32_t *store_index_out, struct projector_item *out)
+{
+    SVC_ASSERT(product_index < v->limits.products);
+    SVC_ASSERT(cursor == -1 || (cursor >= 0 && (uint32_t)cursor < v->limits.items));
+    int32_t index = cursor < 0 ? atomic_load_explicit(&v->products[product_index].first_item,
+                                                      memory_order_acquire)
+                               : atomic_load_explicit(&v->items[cursor].next, memory_order_acquire);
+    if (index < 0) {
+        return -1;
+    }
+    const struct projection_item *item = &v->items[index];
+    SVC_ASSERT(item->product_index == product_index);
+    *store_index_out = item->store_index;
+    projection_item_read(item, out);
+    return index;
 }
 
 uint32_t projector_reservation_count(const struct projection *v)
@@ -1008,12 +1084,12 @@ void projector_totals_get(const struct projection *v, struct projector_totals *o
 {
     memset(out, 0, sizeof *out);
     uint32_t items = atomic_load_explicit(&v->item_count, memory_order_acquire);
-    SVC_ASSERT(items <= ITEMS_MAX);
+    SVC_ASSERT(items <= v->limits.items);
     for (uint32_t i = 0; i < items; i++) {
         out->units_sold += atomic_load_explicit(&v->items[i].sold, memory_order_relaxed);
     }
     uint32_t reservations = atomic_load_explicit(&v->reservation_count, memory_order_acquire);
-    SVC_ASSERT(reservations <= PROJ_RESERVATIONS_MAX);
+    SVC_ASSERT(reservations <= v->limits.reservations);
     for (uint32_t i = 0; i < reservations; i++) {
         int32_t status = atomic_load_explicit(&v->reservations[i].status, memory_order_relaxed);
         SVC_ASSERT(status >= PROJECTOR_ACTIVE && status <= PROJECTOR_EXPIRED);

@@ -28,6 +28,7 @@
 
 #include "core/events.h"
 #include "store/store.h"
+#include "base/capacity.h"
 #include "base/svc_limits.h"
 
 struct projection;      /* one instance of the read model; see projector.c */
@@ -121,7 +122,7 @@ struct projector_reservation {
 
 /* Allocates both projections (empty). db_path is copied for rebuilds. 0 or -ENOMEM. Called
  * by main before any thread starts. */
-int projector_init(struct projector *p, const char *db_path);
+int projector_init(struct projector *p, const char *db_path, const struct capacity *capacity);
 /* Frees them. No reader, hook or rebuild may be running. */
 void projector_deinit(struct projector *p);
 
@@ -214,6 +215,11 @@ const char *projector_product_name(const struct projection *v, uint32_t index);
 /* Copies the item of (product, store); false when that store never stocked it. */
 bool projector_item_get(const struct projection *v, uint32_t product_index, uint32_t store_index,
                         struct projector_item *out);
+/* Iterates over the items of a product in store index order: cursor -1 starts; returns the
+ * next cursor (fill *store_index_out and *out) or -1 at the end. Items added meanwhile may or
+ * may not be seen, each at most once. */
+int32_t projector_item_next(const struct projection *v, uint32_t product_index, int32_t cursor,
+                            uint32_t *store_index_out, struct projector_item *out);
 
 uint32_t projector_reservation_count(const struct projection *v);
 /* Copies reservation id; false when unknown. */

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/capacity.h"
 #include "base/svc_limits.h"
 #include "read/projector.h"
 
@@ -27,10 +28,13 @@ struct projection_store {
 struct projection_product {
     char sku[SKU_BYTES_MAX + 1];
     char name[NAME_BYTES_MAX + 1];
-    _Atomic int32_t item_by_store[STORES_MAX]; /* item index, -1 when never stocked there */
+    _Atomic int32_t first_item; /* its items, a list in store index order; -1 when none */
 };
 
 struct projection_item {
+    uint32_t product_index;   /* immutable once published */
+    uint32_t store_index;     /* immutable once published */
+    _Atomic int32_t next;     /* the product's next item by store index; -1 ends the list */
     _Atomic uint32_t seqlock; /* odd while the applier rewrites the fields below */
     _Atomic int64_t on_hand;
     _Atomic int64_t reserved;
@@ -53,18 +57,32 @@ struct projection_reservation {
     _Atomic int64_t updated_at_ms;
 };
 
+/* The sizes of a projection's tables (from struct capacity; hash slots are powers of two). */
+struct projection_limits {
+    uint32_t stores;
+    uint32_t products;
+    uint32_t items;
+    uint32_t reservations;
+    uint32_t lines;
+    uint32_t store_slots;
+    uint32_t product_slots;
+    uint32_t reservation_slots;
+};
+
 struct projection {
-    struct projection_store stores[STORES_MAX];
+    struct projection_limits limits;
+    struct projection_store *stores; /* limits.stores, owned */
+    _Atomic uint32_t *store_hash;    /* limits.store_slots of index + 1; 0 empty */
     _Atomic uint32_t store_count;
-    struct projection_product *products; /* PRODUCTS_MAX, owned */
-    _Atomic uint32_t *product_hash;      /* PRODUCT_HASH_SLOTS of index + 1; 0 empty */
+    struct projection_product *products; /* limits.products, owned */
+    _Atomic uint32_t *product_hash;      /* limits.product_slots of index + 1; 0 empty */
     _Atomic uint32_t product_count;
-    struct projection_item *items; /* ITEMS_MAX, owned */
+    struct projection_item *items; /* limits.items, owned */
     _Atomic uint32_t item_count;
-    struct projection_reservation *reservations; /* PROJ_RESERVATIONS_MAX, owned */
-    _Atomic uint32_t *reservation_hash;          /* PROJ_RESERVATION_SLOTS of index + 1 */
+    struct projection_reservation *reservations; /* limits.reservations, owned */
+    _Atomic uint32_t *reservation_hash;          /* limits.reservation_slots of index + 1 */
     _Atomic uint32_t reservation_count;
-    struct projector_line *lines; /* PROJ_RESERVATION_LINES_MAX, owned */
+    struct projector_line *lines; /* limits.lines, owned */
     uint32_t line_count;          /* applier only */
     _Atomic uint64_t dropped;     /* events not projected (capacity, corrupt) */
     _Atomic int64_t applied_seq;
@@ -83,12 +101,15 @@ struct projection_stock {
 void projector__reset(struct projection *v);
 /* Copies text (NULL: "") into out, cut to size - 1 bytes. */
 void projector__copy(char *out, size_t size, const char *text);
-/* The index of store id, added (with name and latency) when new; -1 past STORES_MAX or for
- * an empty id (counted as dropped). */
+/* The index of store id, added (with name and latency) when new; -1 past limits.stores or
+ * for an empty id (counted as dropped). */
 int32_t projector__store_add(struct projection *v, const char *id, const char *name,
                              int64_t latency_ms);
-/* The index of product sku, added when new; -1 past PRODUCTS_MAX or for an empty sku. */
+/* The index of product sku, added when new; -1 past limits.products or for an empty sku. */
 int32_t projector__product_add(struct projection *v, const char *sku, const char *name);
+/* The item index of (product, store), or -1. */
+int32_t projector__item_find(const struct projection *v, uint32_t product_index,
+                             uint32_t store_index);
 /* Sets the item of (product, store), appending it to the items when new. */
 void projector__item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
                          const struct projection_stock *stock, int64_t at_ms);

@@ -117,36 +117,22 @@ static void snap_encode_header(struct snap_out *o, const struct projection *v,
     SVC_ASSERT(o->used == SNAP_HEADER_BYTES);
 }
 
-/* Items in index order: which (product, store) each index is, found from the products' item
- * indexes (an item does not name its product). */
+/* Items in index order, each naming its product and store. */
 static void snap_encode_items(struct snap_out *o, const struct projection *v, uint32_t products,
                               uint32_t stores, uint32_t items)
 {
-    size_t at = o->used;
-    o->used += (size_t)items * SNAP_ITEM_BYTES;
-    SVC_ASSERT(o->used <= o->capacity);
-    uint32_t placed = 0;
-    for (uint32_t p = 0; p < products; p++) {
-        for (uint32_t s = 0; s < stores; s++) {
-            int32_t index = atomic_load(&v->products[p].item_by_store[s]);
-            if (index < 0) {
-                continue;
-            }
-            SVC_ASSERT((uint32_t)index < items);
-            const struct projection_item *item = &v->items[index];
-            struct snap_out row = {o->data + at + (size_t)index * SNAP_ITEM_BYTES, 0,
-                                   SNAP_ITEM_BYTES};
-            snap_put(&row, p, 4);
-            snap_put(&row, s, 4);
-            snap_put(&row, (uint64_t)atomic_load(&item->on_hand), 8);
-            snap_put(&row, (uint64_t)atomic_load(&item->reserved), 8);
-            snap_put(&row, (uint64_t)atomic_load(&item->version), 8);
-            snap_put(&row, (uint64_t)atomic_load(&item->sold), 8);
-            snap_put(&row, (uint64_t)atomic_load(&item->updated_at_ms), 8);
-            placed++;
-        }
+    for (uint32_t i = 0; i < items; i++) {
+        const struct projection_item *item = &v->items[i];
+        SVC_ASSERT(item->product_index < products && item->store_index < stores);
+        snap_put(o, item->product_index, 4);
+        snap_put(o, item->store_index, 4);
+        snap_put(o, (uint64_t)atomic_load(&item->on_hand), 8);
+        snap_put(o, (uint64_t)atomic_load(&item->reserved), 8);
+        snap_put(o, (uint64_t)atomic_load(&item->version), 8);
+        snap_put(o, (uint64_t)atomic_load(&item->sold), 8);
+        snap_put(o, (uint64_t)atomic_load(&item->updated_at_ms), 8);
     }
-    SVC_ASSERT(placed == items); /* every item is some product's in some store */
+    SVC_ASSERT(o->used <= o->capacity);
 }
 
 static void snap_encode_reservations(struct snap_out *o, const struct projection *v,
@@ -265,7 +251,7 @@ struct snap_header {
 };
 
 static void snap_decode_header(struct snap_in *in, const struct row_snapshot *row,
-                               struct snap_header *h)
+                               const struct projection_limits *l, struct snap_header *h)
 {
     if (row->length < SNAP_HEADER_BYTES + SNAP_CHECKSUM_BYTES ||
         memcmp(row->body, SNAP_MAGIC, SNAP_MAGIC_BYTES) != 0) {
@@ -282,11 +268,10 @@ static void snap_decode_header(struct snap_in *in, const struct row_snapshot *ro
         h->counts[i] = (uint32_t)snap_get(in, 4);
     }
     (void)snap_get(in, 4);
-    static const uint32_t limits[5] = {STORES_MAX, PRODUCTS_MAX, ITEMS_MAX, PROJ_RESERVATIONS_MAX,
-                                       PROJ_RESERVATION_LINES_MAX};
+    const uint32_t limits[5] = {l->stores, l->products, l->items, l->reservations, l->lines};
     for (int i = 0; i < 5; i++) {
         if (h->counts[i] > limits[i]) {
-            snap_fail(in, "a count past its limit");
+            snap_fail(in, "a count past its limit (the --max-* flags)");
         }
     }
     if (format != PROJ_SNAPSHOT_FORMAT || h->seq != row->seq || h->seq < 0) {
@@ -334,7 +319,7 @@ static void snap_decode_items(struct snap_in *in, struct projection *v, const st
         stock.sold = snap_get_i64(in);
         int64_t at_ms = snap_get_i64(in);
         if (in->bad || product >= h->counts[1] || store >= h->counts[0] ||
-            atomic_load(&v->products[product].item_by_store[store]) >= 0) {
+            projector__item_find(v, product, store) >= 0) {
             snap_fail(in, "an item of no product or store, or twice");
             return;
         }
@@ -344,7 +329,7 @@ static void snap_decode_items(struct snap_in *in, struct projection *v, const st
             return;
         }
         projector__item_set(v, product, store, &stock, at_ms);
-        SVC_ASSERT(atomic_load(&v->products[product].item_by_store[store]) == (int32_t)i);
+        SVC_ASSERT(projector__item_find(v, product, store) == (int32_t)i);
     }
 }
 
@@ -413,7 +398,7 @@ static bool snap_decode(struct projection *v, const struct row_snapshot *row, co
     in.length = row->length >= SNAP_CHECKSUM_BYTES ? row->length - SNAP_CHECKSUM_BYTES : 0;
     struct snap_header h;
     memset(&h, 0, sizeof h);
-    snap_decode_header(&in, row, &h);
+    snap_decode_header(&in, row, &v->limits, &h);
     if (!in.bad) {
         snap_decode_catalog(&in, v, &h);
         snap_decode_items(&in, v, &h);

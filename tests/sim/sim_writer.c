@@ -37,6 +37,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The tables' default sizes (base/capacity.h), as stockd starts without --max-* flags. */
+static const struct capacity test_capacity = {CAPACITY_STORES_DEFAULT, CAPACITY_PRODUCTS_DEFAULT,
+                                              CAPACITY_ITEMS_DEFAULT,
+                                              CAPACITY_RESERVATIONS_DEFAULT};
+
 /* ---- the seeded world ------------------------------------------------------------------- */
 
 #define SIM_STEPS 3000
@@ -564,7 +569,7 @@ static void sim_instance_open(struct sim_instance *in)
 {
     in->handle = (struct store){&sim_ops, false};
     in->domain = calloc(1, sizeof *in->domain);
-    SIM_CHECK(in->domain != NULL && dom_init(in->domain) == 0);
+    SIM_CHECK(in->domain != NULL && dom_init(in->domain, &test_capacity) == 0);
     SIM_CHECK(queue_init(&in->queue, QUEUE_DEPTH_MAX) == 0);
     struct writer_config config = {
         .store = &in->handle,

@@ -19,13 +19,18 @@
 #include "base/hash.h"
 #include "base/svc_assert.h"
 
+/* The tables' default sizes (base/capacity.h), as stockd starts without --max-* flags. */
+static const struct capacity test_capacity = {CAPACITY_STORES_DEFAULT, CAPACITY_PRODUCTS_DEFAULT,
+                                              CAPACITY_ITEMS_DEFAULT,
+                                              CAPACITY_RESERVATIONS_DEFAULT};
+
 /* ---- fixture and helpers ----------------------------------------------------------------- */
 
 static int domain_setup(void **state)
 {
     test_seed_end(); /* a failed randomized test leaves its seed behind */
     struct domain *d = calloc(1, sizeof *d);
-    if (d == NULL || dom_init(d) != 0) {
+    if (d == NULL || dom_init(d, &test_capacity) != 0) {
         free(d);
         return -1;
     }
@@ -79,7 +84,10 @@ static uint32_t stock_add(struct domain *d, uint32_t store, uint32_t product, in
 /* The working on_hand of (product, store), or -1 when it is not stocked there. */
 static int64_t on_hand_of(const struct domain *d, uint32_t product, uint32_t store)
 {
-    int32_t item = d->products[product].item_by_store[store];
+    if (store >= d->store_count || product >= d->product_count) {
+        return -1; /* gone with a rollback */
+    }
+    int32_t item = dom_item_find(d, store, product);
     return item < 0 ? -1 : d->items[item].on_hand;
 }
 
@@ -119,7 +127,7 @@ static bool committed_item_get(const struct domain *d, uint32_t product, uint32_
     if (product >= d->product_count_committed || store >= d->store_count_committed) {
         return false;
     }
-    int32_t index = d->products[product].item_by_store[store];
+    int32_t index = dom_item_find(d, store, product);
     if (index < 0 || (uint32_t)index >= d->item_count_committed) {
         return false; /* new items are appended after the committed ones */
     }
@@ -235,7 +243,7 @@ static void snapshot_reservations(const struct domain *d, struct snapshot *s)
     const struct res_table *t = &d->reservations;
     snap_push(s, res_count(t));
     snap_push(s, t->touched_count);
-    for (uint32_t slot = 0; slot < RESERVATIONS_ACTIVE_MAX; slot++) {
+    for (uint32_t slot = 0; slot < t->slots_max; slot++) {
         const struct reservation *r = &t->slots[slot];
         if (r->seq == 0) {
             continue;
@@ -278,9 +286,10 @@ static void snapshot_take(const struct domain *d, struct snapshot *s)
     for (uint32_t p = 0; p < d->product_count; p++) {
         const char *sku = d->products[p].sku;
         snap_push(s, (int64_t)hash_fnv1a(HASH_FNV_OFFSET, sku, strlen(sku)));
-        for (uint32_t k = 0; k < STORES_MAX; k++) {
-            snap_push(s, d->products[p].item_by_store[k]);
+        for (int32_t k = d->products[p].first_item; k >= 0; k = d->items[k].next) {
+            snap_push(s, k); /* the product's item list, in order */
         }
+        snap_push(s, -1);
     }
     for (uint32_t i = 0; i < d->item_count; i++) {
         const struct dom_item *item = &d->items[i];
@@ -330,14 +339,14 @@ static void test_store_capacity(void **state)
 {
     struct domain *d = *state;
     char id[16];
-    for (int i = 0; i < STORES_MAX; i++) {
-        snprintf(id, sizeof id, "S%d", i);
+    for (uint32_t i = 0; i < d->capacity.stores; i++) {
+        snprintf(id, sizeof id, "S%u", i);
         make_store(d, id, i);
     }
     uint32_t index = 0;
     ASSERT_ERR(dom_store_create(d, "one-more", "x", 0, &index), SVC_ECAPACITY);
     ASSERT_ERR(dom_store_create(d, "S0", "x", 0, &index), SVC_ESTORE_EXISTS); /* first check */
-    ASSERT_EQ_UINT(d->store_count, STORES_MAX);
+    ASSERT_EQ_UINT(d->store_count, d->capacity.stores);
     ASSERT_INVARIANTS(d);
 }
 
@@ -439,7 +448,7 @@ static void test_purchase_highest_available(void **state)
     ASSERT_EQ_UINT(buy(d, p, -1, DOM_POLICY_HIGHEST_AVAILABLE, 5), 3); /* 5, 0, 6: store 3 */
     ASSERT_EQ_INT(on_hand_of(d, p, 0), 5);
     ASSERT_EQ_INT(on_hand_of(d, p, 3), 1);
-    ASSERT_EQ_INT(d->items[d->products[p].item_by_store[1]].sold, 9);
+    ASSERT_EQ_INT(d->items[dom_item_find(d, 1, p)].sold, 9);
 }
 
 static void test_purchase_lowest_latency(void **state)
@@ -1065,7 +1074,7 @@ static void test_load_and_forget(void **state)
  * linear-probe chain. */
 static void colliding_skus(const char *base, char skus[][16], int count)
 {
-    uint64_t mask = PRODUCT_HASH_SLOTS - 1;
+    uint64_t mask = capacity_hash_slots(test_capacity.products) - 1;
     uint64_t slot = hash_fnv1a(HASH_FNV_OFFSET, base, strlen(base)) & mask;
     int found = 0;
     for (uint32_t n = 0; found < count; n++) {
@@ -1543,8 +1552,8 @@ static void model_check_working(struct domain *d, struct model_state *m)
     uint32_t items = 0;
     for (uint32_t p = 0; p < m->product_count; p++) {
         ASSERT_EQ_INT(dom_product_find(d, m->skus[p]), p);
-        for (uint32_t s = 0; s < STORES_MAX; s++) {
-            int32_t index = d->products[p].item_by_store[s];
+        for (uint32_t s = 0; s < m->store_count; s++) {
+            int32_t index = dom_item_find(d, s, p);
             const struct model_item *it = s < m->store_count ? &m->items[p][s] : NULL;
             if (it == NULL || !it->exists) {
                 ASSERT_EQ_INT(index, -1);
@@ -1685,12 +1694,89 @@ static void test_randomized_against_model(void **state)
     test_seed_end();
 }
 
+/* A domain of small configured tables: every table refuses one past its size with
+ * SVC_ECAPACITY and stays as it was; what fits works (the --max-* flags of main.c). */
+static void test_configured_capacity(void **state)
+{
+    (void)state;
+    struct domain small;
+    const struct capacity capacity = {2, 3, 4, 2};
+    ASSERT_OK(dom_init(&small, &capacity));
+    struct domain *d = &small;
+    uint32_t s0 = make_store(d, "S0", 0);
+    uint32_t s1 = make_store(d, "S1", 0);
+    uint32_t index = 0;
+    ASSERT_ERR(dom_store_create(d, "S2", "x", 0, &index), SVC_ECAPACITY);
+    uint32_t a = make_product(d, "A", 5, (int32_t)s0);
+    uint32_t b = make_product(d, "B", 5, (int32_t)s1);
+    stock_add(d, s1, a, 3);                            /* items: A@S0, B@S1, A@S1 */
+    uint32_t c = make_product(d, "C", 1, (int32_t)s0); /* the fourth and last item */
+    uint32_t item = 0;
+    ASSERT_ERR(dom_adjust(d, s0, b, 1, 1000, &item), SVC_ECAPACITY); /* a fifth item */
+    ASSERT_ERR(dom_product_create(d, "D", "d", 1, (int32_t)s0, 1000, &item), SVC_ECAPACITY);
+    ASSERT_EQ_UINT(d->product_count, 3);
+    ASSERT_EQ_UINT(d->item_count, 4);
+    ASSERT_EQ_INT(dom_item_find(d, s0, b), -1);
+    ASSERT_EQ_INT(on_hand_of(d, a, s1), 3);
+    ASSERT_EQ_INT(on_hand_of(d, c, s0), 1);
+    int64_t available = 0;
+    ASSERT_OK(dom_purchase(d, a, -1, DOM_POLICY_HIGHEST_AVAILABLE, 4, 1000, &item, &available));
+    ASSERT_EQ_UINT(d->items[item].store_index, s0);
+    ASSERT_EQ_INT(dom_load_product(d, "E", "e"), SVC_ECAPACITY);
+    ASSERT_NOT_NULL(res_create(&d->reservations, 1));
+    ASSERT_NOT_NULL(res_create(&d->reservations, 2));
+    ASSERT_NULL(res_create(&d->reservations, 3)); /* two ACTIVE at most */
+    dom_commit(d);
+    ASSERT_EQ_UINT(d->store_count, 2);
+    ASSERT_INVARIANTS(d);
+    dom_deinit(d);
+}
+
+/* A product's items stay listed in store index order whatever order they were stocked in, and
+ * a rollback takes the batch's new items off the list wherever they sit on it. */
+static void test_item_list_order_and_rollback(void **state)
+{
+    struct domain *d = *state;
+    uint32_t stores[6];
+    for (uint32_t i = 0; i < 6; i++) {
+        char id[8];
+        snprintf(id, sizeof id, "S%u", i);
+        stores[i] = make_store(d, id, 0);
+    }
+    uint32_t p = make_product(d, "P", 1, (int32_t)stores[3]);
+    stock_add(d, stores[5], p, 1);
+    stock_add(d, stores[1], p, 1);
+    dom_commit(d);
+    stock_add(d, stores[4], p, 1); /* between committed ones */
+    stock_add(d, stores[0], p, 1); /* at the head */
+    uint32_t expected[5] = {0, 1, 3, 4, 5};
+    uint32_t n = 0;
+    for (int32_t i = d->products[p].first_item; i >= 0; i = d->items[i].next) {
+        ASSERT_LT_UINT(n, 5);
+        ASSERT_EQ_UINT(d->items[i].store_index, stores[expected[n++]]);
+    }
+    ASSERT_EQ_UINT(n, 5);
+    dom_rollback(d);
+    uint32_t kept[3] = {1, 3, 5};
+    n = 0;
+    for (int32_t i = d->products[p].first_item; i >= 0; i = d->items[i].next) {
+        ASSERT_LT_UINT(n, 3);
+        ASSERT_EQ_UINT(d->items[i].store_index, stores[kept[n++]]);
+    }
+    ASSERT_EQ_UINT(n, 3);
+    ASSERT_EQ_INT(on_hand_of(d, p, stores[4]), -1);
+    ASSERT_EQ_INT(on_hand_of(d, p, stores[0]), -1);
+    ASSERT_INVARIANTS(d);
+}
+
 int main(void)
 {
 #define DOMAIN_TEST(f) cmocka_unit_test_setup_teardown(f, domain_setup, domain_teardown)
     const struct CMUnitTest tests[] = {
         DOMAIN_TEST(test_store_create_and_duplicates),
         DOMAIN_TEST(test_store_capacity),
+        DOMAIN_TEST(test_configured_capacity),
+        DOMAIN_TEST(test_item_list_order_and_rollback),
         DOMAIN_TEST(test_product_create_and_duplicates),
         DOMAIN_TEST(test_product_placed_in_lowest_stock_store),
         DOMAIN_TEST(test_purchase_highest_available),

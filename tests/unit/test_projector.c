@@ -21,6 +21,11 @@
 
 #include "test_helpers.h"
 
+/* The tables' default sizes (base/capacity.h), as stockd starts without --max-* flags. */
+static const struct capacity test_capacity = {CAPACITY_STORES_DEFAULT, CAPACITY_PRODUCTS_DEFAULT,
+                                              CAPACITY_ITEMS_DEFAULT,
+                                              CAPACITY_RESERVATIONS_DEFAULT};
+
 #define T0_MS 1700000000000LL
 #define GEN_STORES 3
 #define GEN_SKUS 5
@@ -277,7 +282,7 @@ static void commit_events(struct fixture *f, size_t from, size_t to)
 static void load_projector(struct fixture *f, struct projector *p)
 {
     struct store_reader *reader = NULL;
-    ASSERT_OK(projector_init(p, f->path));
+    ASSERT_OK(projector_init(p, f->path, &test_capacity));
     ASSERT_OK(store_reader_open(&reader, f->path));
     ASSERT_OK(projector_load(p, reader));
     store_reader_close(reader);
@@ -322,6 +327,28 @@ static void assert_matches_model(struct projector *p, const struct gen *g)
                 ASSERT_EQ_INT(item.sold, g->sold[s][k]);
             }
         }
+    }
+    for (int k = 0; k < GEN_SKUS; k++) {
+        /* The product's items listed in store order, each once, whatever order they came in. */
+        uint32_t product_index = (uint32_t)projector_product_find(v, g->skus[k]);
+        int listed = 0;
+        int stocked = 0;
+        int64_t last_store = -1;
+        struct projector_item item;
+        uint32_t s = 0;
+        for (int32_t at = projector_item_next(v, product_index, -1, &s, &item); at >= 0;
+             at = projector_item_next(v, product_index, at, &s, &item)) {
+            ASSERT_GT_INT(s, last_store);
+            ASSERT_LT_UINT(s, GEN_STORES);
+            ASSERT_EQ_INT(item.on_hand, g->on_hand[s][k]);
+            ASSERT_EQ_INT(item.version, g->version[s][k]);
+            last_store = s;
+            listed++;
+        }
+        for (int st = 0; st < GEN_STORES; st++) {
+            stocked += g->version[st][k] > 0;
+        }
+        ASSERT_EQ_INT(listed, stocked);
     }
     ASSERT_EQ_UINT(projector_reservation_count(v), g->reservations);
     for (int n = 1; n <= g->reservations; n++) {
@@ -444,7 +471,7 @@ static void test_bad_rows_in_the_log(void **state)
     ASSERT_EQ_INT(projector_applied_seq(v), f->gen.seq);
     projector_read_end(&loaded, v);
     struct projector followed;
-    ASSERT_OK(projector_init(&followed, f->path));
+    ASSERT_OK(projector_init(&followed, f->path, &test_capacity));
     struct store_reader *reader = NULL;
     ASSERT_OK(store_reader_open(&reader, f->path));
     ASSERT_EQ_INT(projector_follow(&followed, reader), f->gen.seq);
@@ -672,7 +699,7 @@ static void test_sold_is_projected(void **state)
     }
     commit_events(f, 0, g->count);
     struct projector p;
-    ASSERT_OK(projector_init(&p, f->path));
+    ASSERT_OK(projector_init(&p, f->path, &test_capacity));
     size_t catalog = GEN_STORES + GEN_SKUS;
     ASSERT_EQ_UINT(projector_apply(&p, g->events, catalog), catalog);
     const int64_t modern_sold[] = {2, 0, 3};

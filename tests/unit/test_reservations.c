@@ -19,7 +19,7 @@ static int res_setup(void **state)
 {
     test_seed_end(); /* a failed randomized test leaves its seed behind */
     struct res_table *t = calloc(1, sizeof *t);
-    if (t == NULL || res_init(t) != 0) {
+    if (t == NULL || res_init(t, CAPACITY_RESERVATIONS_DEFAULT) != 0) {
         free(t);
         return -1;
     }
@@ -65,25 +65,25 @@ static void finish(struct res_table *t, struct reservation *r, enum res_status s
 static void check_index(const struct res_table *t)
 {
     uint32_t used = 0;
-    for (uint32_t pos = 0; pos < RESERVATION_SLOTS; pos++) {
+    for (uint32_t pos = 0; pos < t->index_slots; pos++) {
         int32_t entry = t->index[pos];
         if (entry == 0) {
             continue;
         }
         used++;
         ASSERT_GE_INT(entry, 1);
-        ASSERT_LE_INT(entry, RESERVATIONS_ACTIVE_MAX);
+        ASSERT_LE_INT(entry, t->slots_max);
         int64_t seq = t->slots[entry - 1].seq;
         ASSERT_GE_INT(seq, 1);
-        for (uint32_t p = res_home(seq); p != pos; p = (p + 1) & (RESERVATION_SLOTS - 1)) {
+        for (uint32_t p = res_home(t, seq); p != pos; p = (p + 1) & (t->index_slots - 1)) {
             if (t->index[p] == 0) {
                 TEST_FAIL("res_%" PRId64 " at %u is cut off from its home %u by a hole at %u", seq,
-                          pos, res_home(seq), p);
+                          pos, res_home(t, seq), p);
             }
         }
     }
     ASSERT_EQ_UINT(used, res_count(t));
-    ASSERT_EQ_UINT(used + t->free_count, RESERVATIONS_ACTIVE_MAX);
+    ASSERT_EQ_UINT(used + t->free_count, t->slots_max);
 }
 
 /* ---- index: create, find, delete -------------------------------------------------------- */
@@ -114,11 +114,11 @@ static void test_create_and_find(void **state)
 #define POOL_SIZE 240
 #define WINDOW 6
 
-static bool in_window(uint32_t home)
+static bool in_window(const struct res_table *t, uint32_t home)
 {
-    uint32_t end_distance = (home + WINDOW) & (RESERVATION_SLOTS - 1);
+    uint32_t end_distance = (home + WINDOW) & (t->index_slots - 1);
     return end_distance < 2 * WINDOW ||
-           (home >= RESERVATION_SLOTS / 2 && home < RESERVATION_SLOTS / 2 + WINDOW);
+           (home >= t->index_slots / 2 && home < t->index_slots / 2 + WINDOW);
 }
 
 static void test_index_colliding_random(void **state)
@@ -129,9 +129,9 @@ static void test_index_colliding_random(void **state)
     uint32_t found = 0;
     bool wraps = false;
     for (int64_t seq = 1; found < POOL_SIZE; seq++) {
-        uint32_t home = res_home(seq);
-        if (in_window(home)) {
-            wraps = wraps || home >= RESERVATION_SLOTS - WINDOW;
+        uint32_t home = res_home(t, seq);
+        if (in_window(t, home)) {
+            wraps = wraps || home >= t->index_slots - WINDOW;
             pool[found++] = seq;
         }
     }
@@ -196,7 +196,7 @@ static void test_index_delete_wrapping_chain(void **state)
     int64_t chain[8];
     uint32_t n = 0;
     for (int64_t seq = 1; n < 8; seq++) {
-        if (res_home(seq) == RESERVATION_SLOTS - 2) {
+        if (res_home(t, seq) == t->index_slots - 2) {
             chain[n++] = seq;
         }
     }
@@ -317,13 +317,13 @@ static void test_heap_full_of_stale_entries(void **state)
     make_committed(t, 1, 1000); /* the blocker: earliest, never ends */
     res_commit(t);
     int64_t seq = 2;
-    for (uint32_t i = 0; i < 2 * RES_HEAP_MAX; i++, seq++) {
+    for (uint32_t i = 0; i < 2 * RES_HEAP_MAX(t); i++, seq++) {
         struct reservation *r = make_committed(t, seq, 2000 + i);
         res_commit(t);
         finish(t, r, RES_CONFIRMED);
         res_commit(t);
         ASSERT_EQ_INT(res_next_expiry(t), 1000); /* the writer's idle check, each time */
-        ASSERT_LE_UINT(t->heap_count, RES_HEAP_MAX);
+        ASSERT_LE_UINT(t->heap_count, RES_HEAP_MAX(t));
     }
     ASSERT_EQ_UINT(res_count(t), 1);
     struct reservation *late = make_committed(t, seq, 500);
@@ -349,8 +349,8 @@ static void test_rollback_into_full_heap(void **state)
     struct reservation *blocker = make_committed(t, 1, 1000);
     res_commit(t);
     int64_t seq = 2;
-    while (t->heap_count < RES_HEAP_MAX) {
-        ASSERT_LT_INT(seq, 2 + 2 * RES_HEAP_MAX);
+    while (t->heap_count < RES_HEAP_MAX(t)) {
+        ASSERT_LT_INT(seq, 2 + 2 * RES_HEAP_MAX(t));
         struct reservation *r = make_committed(t, seq, 2000 + seq);
         res_commit(t);
         finish(t, r, RES_CANCELLED);
@@ -492,24 +492,24 @@ static void test_rollback_restores_batch(void **state)
 static void test_capacity(void **state)
 {
     struct res_table *t = *state;
-    for (int64_t seq = 1; seq <= RESERVATIONS_ACTIVE_MAX; seq++) {
+    for (int64_t seq = 1; seq <= t->slots_max; seq++) {
         make_committed(t, seq, seq);
     }
     res_commit(t);
-    ASSERT_EQ_UINT(res_count(t), RESERVATIONS_ACTIVE_MAX);
+    ASSERT_EQ_UINT(res_count(t), t->slots_max);
     ASSERT_EQ_UINT(t->free_count, 0);
-    ASSERT_NULL(res_create(t, RESERVATIONS_ACTIVE_MAX + 1));
-    ASSERT_NULL(res_find(t, RESERVATIONS_ACTIVE_MAX + 1));
+    ASSERT_NULL(res_create(t, t->slots_max + 1));
+    ASSERT_NULL(res_find(t, t->slots_max + 1));
     check_index(t);
     /* One ends: its slot serves the next id. */
     finish(t, res_find(t, 77), RES_CONFIRMED);
     res_commit(t);
-    struct reservation *r = res_create(t, RESERVATIONS_ACTIVE_MAX + 1);
+    struct reservation *r = res_create(t, t->slots_max + 1);
     ASSERT_NOT_NULL(r);
     ASSERT_EQ_INT(r->version, 1);
     ASSERT_EQ_INT(r->status, RES_ACTIVE);
-    ASSERT_NULL(res_create(t, RESERVATIONS_ACTIVE_MAX + 2));
-    for (int64_t seq = 1; seq <= RESERVATIONS_ACTIVE_MAX + 1; seq++) {
+    ASSERT_NULL(res_create(t, t->slots_max + 2));
+    for (int64_t seq = 1; seq <= t->slots_max + 1; seq++) {
         if (seq == 77) {
             ASSERT_NULL(res_find(t, seq));
         } else {

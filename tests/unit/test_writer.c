@@ -26,6 +26,11 @@
 
 #include "test_helpers.h"
 
+/* The tables' default sizes (base/capacity.h), as stockd starts without --max-* flags. */
+static const struct capacity test_capacity = {CAPACITY_STORES_DEFAULT, CAPACITY_PRODUCTS_DEFAULT,
+                                              CAPACITY_ITEMS_DEFAULT,
+                                              CAPACITY_RESERVATIONS_DEFAULT};
+
 /* ---- fixture ----------------------------------------------------------------------------- */
 
 #define REPLIES_MAX 2048
@@ -67,10 +72,10 @@ static int fixture_open(struct fixture *f, void (*reply)(struct command *, void 
     }
     f->domain = calloc(1, sizeof *f->domain);
     SVC_ASSERT(f->domain != NULL);
-    SVC_ASSERT(dom_init(f->domain) == 0);
+    SVC_ASSERT(dom_init(f->domain, &test_capacity) == 0);
     SVC_ASSERT(queue_init(&f->queue, QUEUE_DEPTH_MAX) == 0);
     f->projector = calloc(1, sizeof *f->projector);
-    SVC_ASSERT(f->projector != NULL && projector_init(f->projector, f->path) == 0);
+    SVC_ASSERT(f->projector != NULL && projector_init(f->projector, f->path, &test_capacity) == 0);
     struct store_reader *reader = NULL;
     SVC_ASSERT(store_reader_open(&reader, f->path) == 0);
     SVC_ASSERT(projector_load(f->projector, reader) == 0);
