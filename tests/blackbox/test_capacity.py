@@ -9,7 +9,8 @@ and what fits keeps working (purchases, changes of existing items, availability,
 Ending a reservation frees its slot. A bad value of a flag makes stockd exit 2 with its usage
 and never start. A restart with limits below the stored data exits with a non-zero status (not
 a signal) and a log line naming the flag to raise, both from a snapshot and from a replay of
-the event log; a restart with the same limits comes back with every row."""
+the event log; a restart with the same limits comes back with every row. A reservation made
+after many have ended still reads back."""
 
 import os
 import subprocess
@@ -57,12 +58,17 @@ def check_full(s, c, r, what):
 
 
 def avail(c, sku, store_id):
-    """(onHand, reserved, available) of sku in store_id; None when not stocked there."""
+    """(onHand, reserved, available) of sku in store_id ((0, 0, 0) when not stocked there)."""
     r = c.get("/v1/availability?sku=%s&storeId=%s" % (sku, store_id))
-    if r.status == 404:
-        return None
     check_status(r, 200, "availability of %s in %s" % (sku, store_id))
     return (r.json["onHand"], r.json["reserved"], r.json["available"])
+
+
+def stocked(c, sku):
+    """The stores that stock sku (an item exists), from its per-store breakdown."""
+    r = c.get("/v1/items/%s/availability" % sku)
+    check_status(r, 200, "per-store availability of " + sku)
+    return sorted(row["storeId"] for row in r.json["stores"])
 
 
 def reserve(c, sku, store_id="S1", qty=1):
@@ -92,33 +98,21 @@ def fill_to_limits(s, c):
                                    "reason": "delivery"}, 200, "item 6 (adjustment)")
     post_ok(c, "/v1/items:set-absolute", {"storeId": "S2", "sku": "P2", "onHand": 40,
                                           "countRef": "c1"}, 200, "item 7 (set-absolute)")
-    # One item past the limit, each way a command can make one.
-    past = [
-        ("/v1/adjustments", {"storeId": "S2", "sku": "P3", "delta": 1, "reason": "x"},
-         "adjustment"),
-        ("/v1/items:set-absolute", {"storeId": "S3", "sku": "P3", "onHand": 1,
-                                    "countRef": "c2"}, "set-absolute"),
-        ("/v1/reconciliations", {"storeId": "S3", "snapshotOnHand": {"P4": 5},
-                                 "source": "count"}, "reconciliation"),
-        ("/v1/reconciliations", {"storeId": "S2", "snapshotOnHand": {"P1": 60, "P5": 5},
-                                 "source": "count"}, "reconciliation of a known and a new item"),
-        ("/v1/transfers", {"fromStore": "S1", "toStore": "S3",
-                           "lines": [{"sku": "P5", "qty": 1}]}, "transfer"),
-        ("/v1/transfers", {"fromStore": "S1", "toStore": "S2",
-                           "lines": [{"sku": "P1", "qty": 1}, {"sku": "P4", "qty": 1}]},
-         "transfer of a known and a new item"),
-    ]
-    for path, body, what in past:
-        check_full(s, c, c.post(path, body, key=new_key()), "item 8 of --max-stock-items 7 by "
-                   + what)
+    # One item past the limit, by an adjustment and a set-absolute.
+    check_full(s, c, c.post("/v1/adjustments", {"storeId": "S2", "sku": "P3", "delta": 1,
+                                                "reason": "x"}, key=new_key()),
+               "item 8 of --max-stock-items 7 by an adjustment")
+    check_full(s, c, c.post("/v1/items:set-absolute", {"storeId": "S3", "sku": "P3",
+                                                       "onHand": 1, "countRef": "c2"},
+                            key=new_key()), "item 8 of --max-stock-items 7 by a set-absolute")
     # Nothing of the refused commands happened.
     check_eq(avail(c, "P1", "S2"), (50, 0, 50), "P1 in S2 after the refusals")
     check_eq(avail(c, "P1", "S1"), (100, 0, 100), "P1 in S1 after the refusals")
     check_eq(avail(c, "P4", "S1"), (100, 0, 100), "P4 in S1 after the refusals")
     check_eq(avail(c, "P5", "S1"), (100, 0, 100), "P5 in S1 after the refusals")
-    for sku, store in (("P3", "S2"), ("P3", "S3"), ("P4", "S3"), ("P5", "S2"), ("P5", "S3"),
-                       ("P4", "S2")):
-        check_eq(avail(c, sku, store), None, "%s in %s (never stocked)" % (sku, store))
+    for sku, stores in (("P1", ["S1", "S2"]), ("P2", ["S1", "S2"]), ("P3", ["S1"]),
+                        ("P4", ["S1"]), ("P5", ["S1"])):
+        check_eq(stocked(c, sku), stores, "stores stocking %s after the refusals" % sku)
     # A product past both limits, too.
     check_full(s, c, c.post("/v1/products", {"sku": "P7", "name": "p7"}, key=new_key()),
                "product past both limits")
@@ -133,6 +127,39 @@ def fill_to_limits(s, c):
                                            "lines": [{"sku": "P5", "qty": 1}]}, key=new_key()),
                "checkout order with every reservation slot taken")
     return ids
+
+
+def test_items_past_limit_by_reconciliation_and_transfer():
+    """A reconciliation or a transfer that would make a stock item past the limit (alone or
+    beside lines on existing items): 507, nothing of it applied, the server alive."""
+    s = start_stockd(limit_args())
+    try:
+        with s.client() as c:
+            fill_to_limits(s, c)
+            past = [
+                ("/v1/reconciliations", {"storeId": "S3", "snapshotOnHand": {"P4": 5},
+                                         "source": "count"}, "a reconciliation"),
+                ("/v1/reconciliations", {"storeId": "S2", "snapshotOnHand": {"P1": 60, "P5": 5},
+                                         "source": "count"},
+                 "a reconciliation of a known and a new item"),
+                ("/v1/transfers", {"fromStore": "S1", "toStore": "S3",
+                                   "lines": [{"sku": "P5", "qty": 1}]}, "a transfer"),
+                ("/v1/transfers", {"fromStore": "S1", "toStore": "S2",
+                                   "lines": [{"sku": "P1", "qty": 1}, {"sku": "P4", "qty": 1}]},
+                 "a transfer of a known and a new item"),
+            ]
+            for path, body, what in past:
+                check_full(s, c, c.post(path, body, key=new_key()),
+                           "item 8 of --max-stock-items 7 by " + what)
+            check_eq(avail(c, "P1", "S2"), (50, 0, 50), "P1 in S2 after the refusals")
+            check_eq(avail(c, "P1", "S1"), (100, 1, 99), "P1 in S1 after the refusals")
+            check_eq(avail(c, "P4", "S1"), (100, 1, 99), "P4 in S1 after the refusals")
+            check_eq(avail(c, "P5", "S1"), (100, 0, 100), "P5 in S1 after the refusals")
+            for sku, stores in (("P1", ["S1", "S2"]), ("P4", ["S1"]), ("P5", ["S1"])):
+                check_eq(stocked(c, sku), stores, "stores stocking %s after the refusals" % sku)
+        audit_events(s)
+    finally:
+        s.stop()
 
 
 def test_limits_answer_507():
@@ -194,6 +221,38 @@ def test_limits_answer_507():
         s.stop()
 
 
+def test_new_reservations_readable_after_many_ended():
+    """The read model remembers CAPACITY_PROJ_RESERVATIONS_FACTOR (4) x --max-reservations
+    reservations, active or ended. A new reservation must still read back (GET
+    /v1/reservations/{id}) once that many have ended, also after a restart: the limit on ACTIVE
+    ones is what --max-reservations promises, not on all there ever were."""
+    s = start_stockd(limit_args(reservations=2))
+    try:
+        total = 4 * 2 + 4
+        with s.client() as c:
+            post_ok(c, "/v1/products", {"sku": "R", "name": "r", "initialOnHand": 100,
+                                        "storeId": "S1"}, 201, "product R")
+            for i in range(total):
+                r = reserve(c, "R")
+                check_status(r, 201, "reservation %d" % (i + 1))
+                rid = r.json["reservationId"]
+                g = c.get("/v1/reservations/" + rid)
+                check_status(g, 200, "GET reservation %d of %d (%d ended before it)"
+                             % (i + 1, total, i))
+                check_eq(g.json["status"], "ACTIVE", "status of reservation %d" % (i + 1))
+                check_status(c.post("/v1/reservations/%s:cancel" % rid, {"reason": "n"},
+                                    key=new_key()), 200, "cancel reservation %d" % (i + 1))
+        check_eq(s.stop(), 0, "exit status of a clean stop")
+        s = start_stockd(limit_args(reservations=2), data_dir=s.data_dir)
+        with s.client() as c:
+            r = reserve(c, "R")
+            check_status(r, 201, "a reservation after the restart")
+            check_status(c.get("/v1/reservations/" + r.json["reservationId"]), 200,
+                         "GET the reservation made after the restart")
+    finally:
+        s.stop()
+
+
 BAD_VALUES = ("0", "-1", "abc", "", "12x", "1.5", "99999999999999999999", str(2 ** 40))
 
 
@@ -250,8 +309,7 @@ def snapshot_of(s, c, ids):
     """What must come back after a restart."""
     state = {"stores": c.get("/v1/stores").body, "totals": c.get("/v1/products/totals").body}
     for sku in ("P%d" % i for i in range(1, MAX_PRODUCTS + 1)):
-        for store in ("S1", "S2", "S3"):
-            state[(sku, store)] = avail(c, sku, store)
+        state[sku] = c.get("/v1/items/%s/availability" % sku).json
     for rid in ids:
         r = c.get("/v1/reservations/" + rid)
         check_status(r, 200, "reservation " + rid)
@@ -318,5 +376,6 @@ def test_restart_below_stored_data_replay():
 
 
 if __name__ == "__main__":
-    main([test_limits_answer_507, test_bad_values_exit_2, test_restart_below_stored_data,
-          test_restart_below_stored_data_replay])
+    main([test_limits_answer_507, test_items_past_limit_by_reconciliation_and_transfer,
+          test_bad_values_exit_2, test_restart_below_stored_data,
+          test_restart_below_stored_data_replay, test_new_reservations_readable_after_many_ended])
