@@ -17,14 +17,6 @@
 #include "base/hash.h"
 #include "base/svc_assert.h"
 
-/* The home slot of key in a hash of slots (a power of two) slots. */
-static uint32_t dom_slot(const char *key, uint32_t slots)
-{
-    SVC_ASSERT((slots & (slots - 1)) == 0);
-    uint64_t h = hash_fnv1a(HASH_FNV_OFFSET, key, strlen(key));
-    return (uint32_t)(h & (slots - 1));
-}
-
 int dom_init(struct domain *d, const struct capacity *capacity)
 {
     SVC_ASSERT(d != NULL && capacity_valid(capacity));
@@ -71,7 +63,7 @@ void dom_deinit(struct domain *d)
 static int32_t dom_probe(const uint32_t *hash, uint32_t slots, const char *keys, size_t stride,
                          const char *key, uint32_t *slot_out)
 {
-    uint32_t slot = dom_slot(key, slots);
+    uint32_t slot = hash_slot(key, slots);
     for (uint32_t probes = 0; probes < slots; probes++) {
         uint32_t entry = hash[slot];
         if (entry == 0 || strcmp(keys + (size_t)(entry - 1) * stride, key) == 0) {

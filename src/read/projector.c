@@ -149,12 +149,6 @@ void projector_deinit(struct projector *p)
 
 /* ---- lookups shared by the applier and readers ------------------------------------------ */
 
-static uint32_t projection_slot(const char *key, uint32_t slots)
-{
-    SVC_ASSERT((slots & (slots - 1)) == 0);
-    return (uint32_t)(hash_fnv1a(HASH_FNV_OFFSET, key, strlen(key)) & (slots - 1));
-}
-
 /* Finds key in an open-addressing hash of slots (a power of two) slots holding row index + 1
  * (release-published); row i's key is the string at keys + i * stride (the rows' array seen
  * as bytes, from the key member of row 0). *slot_out gets the slot it is in or the empty slot
@@ -163,7 +157,7 @@ static int32_t projection_probe(const _Atomic uint32_t *hash, uint32_t slots, co
                                 size_t stride, const char *key, uint32_t *slot_out)
 {
     SVC_ASSERT(key != NULL);
-    uint32_t slot = projection_slot(key, slots);
+    uint32_t slot = hash_slot(key, slots);
     for (uint32_t probes = 0; probes < slots; probes++) {
         uint32_t entry = atomic_load_explicit(&hash[slot], memory_order_acquire);
         if (entry == 0 || strcmp(keys + (size_t)(entry - 1) * stride, key) == 0) {
@@ -276,14 +270,33 @@ int32_t projector__product_add(struct projection *v, const char *sku, const char
     return (int32_t)count;
 }
 
-void projector__item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
-                         const struct projection_stock *stock, int64_t at_ms)
+/* The writer's walk of a product's items (store-index order): the index of the item of
+ * (product, store), or -1 with *link_out the link a new item goes in at. */
+static int32_t projection_item_locate(struct projection *v, uint32_t product_index,
+                                      uint32_t store_index, _Atomic int32_t **link_out)
 {
     SVC_ASSERT(product_index < atomic_load(&v->product_count));
+    _Atomic int32_t *link = &v->products[product_index].first_item;
+    int32_t next = atomic_load_explicit(link, memory_order_relaxed);
+    while (next >= 0 && v->items[next].store_index < store_index) {
+        link = &v->items[next].next;
+        next = atomic_load_explicit(link, memory_order_relaxed);
+    }
+    if (next >= 0 && v->items[next].store_index == store_index) {
+        return next;
+    }
+    *link_out = link;
+    return -1;
+}
+
+/* Writes the item at index, or (index -1) a new one linked in at link, after its first values:
+ * a reader reaching it sees a whole item. */
+static void projection_item_write(struct projection *v, uint32_t product_index,
+                                  uint32_t store_index, int32_t index, _Atomic int32_t *link,
+                                  const struct projection_stock *stock, int64_t at_ms)
+{
     SVC_ASSERT(store_index < atomic_load(&v->store_count));
-    struct projection_product *product = &v->products[product_index];
-    int32_t index = projector__item_find(v, product_index, store_index);
-    _Atomic int32_t *link = NULL; /* where a new item is linked in, once written */
+    SVC_ASSERT((index >= 0) == (link == NULL));
     if (index < 0) {
         uint32_t count = atomic_load(&v->item_count);
         if (count == v->limits.items) {
@@ -291,18 +304,13 @@ void projector__item_set(struct projection *v, uint32_t product_index, uint32_t 
             return;
         }
         index = (int32_t)count;
-        link = &product->first_item;
-        int32_t next = atomic_load(link);
-        while (next >= 0 && v->items[next].store_index < store_index) {
-            link = &v->items[next].next;
-            next = atomic_load(link);
-        }
         v->items[index].product_index = product_index;
         v->items[index].store_index = store_index;
-        atomic_store_explicit(&v->items[index].next, next, memory_order_relaxed);
+        atomic_store_explicit(&v->items[index].next, atomic_load(link), memory_order_relaxed);
         atomic_store_explicit(&v->item_count, count + 1, memory_order_release);
     }
     struct projection_item *item = &v->items[index];
+    SVC_ASSERT(item->product_index == product_index && item->store_index == store_index);
     uint32_t seq = atomic_load_explicit(&item->seqlock, memory_order_relaxed);
     SVC_ASSERT(seq % 2 == 0);
     atomic_store_explicit(&item->seqlock, seq + 1, memory_order_relaxed);
@@ -313,17 +321,23 @@ void projector__item_set(struct projection *v, uint32_t product_index, uint32_t 
     atomic_store_explicit(&item->sold, stock->sold, memory_order_relaxed);
     atomic_store_explicit(&item->updated_at_ms, at_ms, memory_order_relaxed);
     atomic_store_explicit(&item->seqlock, seq + 2, memory_order_release);
-    /* Linked in after its first values: a reader reaching it sees a whole item. */
     if (link != NULL) {
         atomic_store_explicit(link, index, memory_order_release);
+        SVC_ASSERT(projector__item_find(v, product_index, store_index) == index);
     }
-    SVC_ASSERT(projector__item_find(v, product_index, store_index) == index);
 }
 
-/* The item's sold count after e: carried by the event, or (a log written before events carried
- * it) the count before plus what an order sold. */
-static int64_t projection_sold(const struct projection *v, uint32_t product_index,
-                               uint32_t store_index, const struct event *e)
+void projector__item_set(struct projection *v, uint32_t product_index, uint32_t store_index,
+                         const struct projection_stock *stock, int64_t at_ms)
+{
+    _Atomic int32_t *link = NULL;
+    int32_t index = projection_item_locate(v, product_index, store_index, &link);
+    projection_item_write(v, product_index, store_index, index, link, stock, at_ms);
+}
+
+/* The sold count after e of the item at index (-1: a new item): carried by the event, or (a log
+ * written before events carried it) the count before plus what an order sold. */
+static int64_t projection_sold(const struct projection *v, int32_t index, const struct event *e)
 {
     if (e->present & EVF(SOLD)) {
         return e->sold;
@@ -332,7 +346,6 @@ static int64_t projection_sold(const struct projection *v, uint32_t product_inde
         strcmp(e->reason, EVENT_REASON_RESET) == 0) {
         return 0; /* seed 004's reset restarted the count (the writer zeroes it too) */
     }
-    int32_t index = projector__item_find(v, product_index, store_index);
     int64_t before = index >= 0 ? atomic_load(&v->items[index].sold) : 0;
     return before + (e->type == EVENT_ORDER_COMPLETED ? e->qty : 0);
 }
@@ -357,11 +370,13 @@ static void projection_apply_stock(struct projection *v, const struct event *e)
         v->dropped++; /* the log is external data here: refuse it rather than crash */
         return;
     }
-    struct projection_stock stock = {
-        e->on_hand, e->reserved, e->version,
-        projection_sold(v, (uint32_t)product_index, (uint32_t)store_index, e)};
-    projector__item_set(v, (uint32_t)product_index, (uint32_t)store_index, &stock,
-                        e->occurred_at_ms);
+    _Atomic int32_t *link = NULL;
+    int32_t index =
+        projection_item_locate(v, (uint32_t)product_index, (uint32_t)store_index, &link);
+    struct projection_stock stock = {e->on_hand, e->reserved, e->version,
+                                     projection_sold(v, index, e)};
+    projection_item_write(v, (uint32_t)product_index, (uint32_t)store_index, index, link, &stock,
+                          e->occurred_at_ms);
 }
 
 void projector__reservation_write(struct projection_reservation *r, int32_t status, int64_t version,
