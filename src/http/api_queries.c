@@ -1,7 +1,8 @@
 /*
  * api_queries.c - the query routes, answered on the I/O thread from the projector's read model
- * (projector.h) or, for the event log and idempotency records, from this thread's read-only
- * store connection. Nothing here reaches the writer or its domain.
+ * (projector.h) or, for the event log, idempotency records and a reservation the read model
+ * does not hold, from this thread's read-only store connection. Nothing here reaches the
+ * writer or its domain.
  *
  * Every answer carries an ETag derived from the projection state it shows (item versions, a
  * reservation's version, the applied seq) and X-Projection-Lag-ms; If-None-Match with the same
@@ -18,6 +19,7 @@
 #include "base/errors.h"
 #include "base/hash.h"
 #include "base/json_out.h"
+#include "base/log.h"
 #include "read/projector.h"
 #include "base/svc_assert.h"
 
@@ -378,50 +380,117 @@ void api_query_stores(struct http_request *r)
 
 /* ---- reservations ----------------------------------------------------------------------- */
 
-static void query_reservation(struct http_request *r, struct projection *v)
+/* Writes the body of GET /v1/reservations/{id}: one shape whichever source row came from. */
+static void query_reservation_body(struct jbuf *b, const char *id,
+                                   const struct store_reservation_row *row)
 {
-    char id[PROJ_RESERVATION_ID_BYTES_MAX + 1];
-    struct projector_reservation res;
-    if (!query_path_param(r, id, sizeof id) || !projector_reservation_find(v, id, &res)) {
-        http_send_problem(r, SVC_EUNKNOWN_RESERVATION, "no reservation with this id", NULL, 0);
-        return;
+    SVC_ASSERT(row->line_count <= CMD_LINES_MAX);
+    jbuf_lit(b, "{");
+    jbuf_kv_str(b, "reservationId", id);
+    jbuf_kv_str(b, "status", row->status);
+    jbuf_kv_str(b, "storeId", row->store_id);
+    jbuf_kv_str(b, "customerId", row->customer_id);
+    jbuf_lit(b, ",\"lines\":[");
+    for (uint32_t i = 0; i < row->line_count; i++) {
+        jbuf_lit(b, i == 0 ? "{" : ",{");
+        jbuf_kv_str(b, "sku", row->lines[i].sku);
+        jbuf_kv_int(b, "qty", row->lines[i].qty);
+        jbuf_lit(b, "}");
     }
-    struct projector_store store;
-    projector_store_get(v, res.store_index, &store);
+    jbuf_lit(b, "]");
+    jbuf_kv_time(b, "expiresAt", row->expires_at_ms);
+    jbuf_kv_time(b, "createdAt", row->created_at_ms);
+    jbuf_kv_time(b, "updatedAt", row->updated_at_ms);
+    jbuf_kv_int(b, "version", row->version);
+    jbuf_lit(b, "}");
+}
+
+/* Sends the reservation row with ETag "r<version>"; false, having sent nothing, when its body
+ * does not fit a list body (never for a row the writer wrote: 100 lines of a 64-byte sku). */
+static bool query_reservation_send(struct http_request *r, int64_t lag_ms, const char *id,
+                                   const struct store_reservation_row *row)
+{
     char *out = query_list_buffer(r);
     struct jbuf b;
     jbuf_init(&b, out, LIST_BODY_BYTES_MAX);
-    jbuf_lit(&b, "{");
-    jbuf_kv_str(&b, "reservationId", res.id);
-    jbuf_kv_str(&b, "status", projector_status_name(res.status));
-    jbuf_kv_str(&b, "storeId", store.id);
-    jbuf_kv_str(&b, "customerId", res.customer_id);
-    jbuf_lit(&b, ",\"lines\":[");
-    for (uint32_t i = 0; i < res.line_count; i++) {
-        jbuf_lit(&b, i == 0 ? "{" : ",{");
-        jbuf_kv_str(&b, "sku", projector_product_sku(v, res.lines[i].product_index));
-        jbuf_kv_int(&b, "qty", res.lines[i].qty);
-        jbuf_lit(&b, "}");
+    query_reservation_body(&b, id, row);
+    if (!jbuf_ok(&b)) {
+        return false;
     }
-    jbuf_lit(&b, "]");
-    jbuf_kv_time(&b, "expiresAt", res.expires_at_ms);
-    jbuf_kv_time(&b, "createdAt", res.created_at_ms);
-    jbuf_kv_time(&b, "updatedAt", res.updated_at_ms);
-    jbuf_kv_int(&b, "version", res.version);
-    jbuf_lit(&b, "}");
-    SVC_ASSERT(jbuf_ok(&b));
     char tag[32];
-    snprintf(tag, sizeof tag, "r%" PRId64, res.version);
-    query_send(r, projector_lag_ms(&r->thread->app->projector, v), tag, out, b.length);
+    snprintf(tag, sizeof tag, "r%" PRId64, row->version);
+    query_send(r, lag_ms, tag, out, b.length);
+    return true;
+}
+
+/* Answers reservation id from the pinned projection v; false, having sent nothing, when v does
+ * not hold it. */
+static bool query_reservation(struct http_request *r, struct projection *v, const char *id)
+{
+    struct projector_reservation res;
+    if (!projector_reservation_find(v, id, &res) || res.line_count > CMD_LINES_MAX) {
+        return false; /* more lines than the writer takes: never from its events */
+    }
+    struct projector_store store;
+    projector_store_get(v, res.store_index, &store);
+    struct store_reservation_row row = {
+        .store_id = store.id,
+        .customer_id = res.customer_id,
+        .status = projector_status_name(res.status),
+        .expires_at_ms = res.expires_at_ms,
+        .version = res.version,
+        .created_at_ms = res.created_at_ms,
+        .updated_at_ms = res.updated_at_ms,
+        .line_count = res.line_count,
+    };
+    for (uint32_t i = 0; i < res.line_count; i++) {
+        row.lines[i].sku = projector_product_sku(v, res.lines[i].product_index);
+        row.lines[i].qty = res.lines[i].qty;
+    }
+    bool sent =
+        query_reservation_send(r, projector_lag_ms(&r->thread->app->projector, v), res.id, &row);
+    SVC_ASSERT(sent); /* the read model's strings are bounded (svc_limits.h) */
+    return true;
+}
+
+/* Answers reservation id from this thread's store connection: the read model does not hold
+ * every reservation there ever was (its table is full at CAPACITY_PROJ_RESERVATIONS_FACTOR x
+ * --max-reservations, ended ones included), the database does. The database is the truth,
+ * so the answer shows no projection lag. */
+static void query_reservation_stored(struct http_request *r, const char *id)
+{
+    int64_t seq = api_id_seq(h2o_iovec_init(id, strlen(id)), "res_");
+    struct store_reservation_row row;
+    int rc = seq >= 1 ? store_reader_reservation(r->thread->reader, seq, &row) : 0;
+    if (rc < 0) {
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "cannot read the reservation", NULL, 0);
+        return;
+    }
+    if (rc == 0) {
+        http_send_problem(r, SVC_EUNKNOWN_RESERVATION, "no reservation with this id", NULL, 0);
+        return;
+    }
+    if (!query_reservation_send(r, 0, id, &row)) {
+        log_error("http: reservation %s does not fit %d bytes", id, LIST_BODY_BYTES_MAX);
+        http_send_problem(r, SVC_ESTORAGE_UNAVAILABLE, "cannot read the reservation", NULL, 0);
+    }
 }
 
 void api_query_reservation(struct http_request *r)
 {
     SVC_ASSERT(r->route != NULL && r->thread != NULL);
     api_read_fresh(r);
+    char id[PROJ_RESERVATION_ID_BYTES_MAX + 1];
+    if (!query_path_param(r, id, sizeof id)) {
+        http_send_problem(r, SVC_EUNKNOWN_RESERVATION, "no reservation with this id", NULL, 0);
+        return;
+    }
     struct projection *v = projector_read_begin(&r->thread->app->projector);
-    query_reservation(r, v);
+    bool sent = query_reservation(r, v, id);
     projector_read_end(&r->thread->app->projector, v);
+    if (!sent) { /* the read model is the fast path; the database answers a miss */
+        query_reservation_stored(r, id);
+    }
 }
 
 /* ---- projections status and rebuild ----------------------------------------------------- */

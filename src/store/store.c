@@ -224,6 +224,22 @@ int store_reader_order(struct store_reader *r, int64_t order_seq, struct store_o
     return rc;
 }
 
+/* Reads one reservation with its lines (see store.h); an I/O thread's fallback read. */
+int store_reader_reservation(struct store_reader *r, int64_t reservation_seq,
+                             struct store_reservation_row *out)
+{
+    SVC_ASSERT(r != NULL && out != NULL);
+    SVC_ASSERT(reservation_seq >= 1);
+    int rc = r->ops->reservation(r, reservation_seq, out);
+    SVC_ASSERT(rc == 0 || rc == 1 || rc == SVC_ESTORAGE_UNAVAILABLE);
+    if (rc == 1) {
+        SVC_ASSERT(out->store_id != NULL && out->customer_id != NULL && out->status != NULL);
+        SVC_ASSERT(out->line_count >= 1 && out->line_count <= CMD_LINES_MAX);
+        SVC_ASSERT(out->version >= 1);
+    }
+    return rc;
+}
+
 /* Streams events after since_seq (see store.h); called by handlers, the projector, the
  * follower and the audit. */
 int store_reader_events(struct store_reader *r, int64_t since_seq, const char *store_id,

@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/svc_limits.h"
+
 struct store;        /* a backend's writer handle; owned by whoever opened it */
 struct store_reader; /* a backend's read-only handle, one per thread */
 
@@ -324,6 +326,25 @@ struct store_order_row {
     int64_t updated_at_ms;
 };
 
+/* A stored reservation as GET /v1/reservations/{id} shows it when the read model does not hold
+ * it: its columns and its lines in line order (at most CMD_LINES_MAX, as the writer takes no
+ * more). Strings are valid until the next call on the same handle. */
+struct store_reservation_line {
+    const char *sku;
+    int64_t qty;
+};
+struct store_reservation_row {
+    const char *store_id;
+    const char *customer_id;
+    const char *status; /* ACTIVE, CONFIRMED, CANCELLED or EXPIRED */
+    int64_t expires_at_ms;
+    int64_t version;
+    int64_t created_at_ms;
+    int64_t updated_at_ms;
+    struct store_reservation_line lines[CMD_LINES_MAX];
+    uint32_t line_count;
+};
+
 /* A checkout order whose charge is in doubt (its reservation ACTIVE, PAYING), for the
  * payment worker's restart. */
 struct store_payment_row {
@@ -382,6 +403,8 @@ struct store_reader_ops {
     const char *name;
     void (*close)(struct store_reader *r);
     int (*order)(struct store_reader *r, int64_t order_seq, struct store_order_row *out);
+    int (*reservation)(struct store_reader *r, int64_t reservation_seq,
+                       struct store_reservation_row *out);
     int (*events)(struct store_reader *r, int64_t since_seq, const char *store_id, const char *sku,
                   int limit, void *context,
                   int (*each_event)(void *context, const struct row_event *row));
@@ -500,6 +523,13 @@ void store_reader_close(struct store_reader *r);
 
 /* Reads order ord_<seq>. 1 found (out set), 0 absent, or SVC_ESTORAGE_UNAVAILABLE. */
 int store_reader_order(struct store_reader *r, int64_t order_seq, struct store_order_row *out);
+
+/* Reads reservation res_<seq> with its lines, in one statement (one snapshot). 1 found (out
+ * set), 0 absent, or SVC_ESTORAGE_UNAVAILABLE (also for a stored row the writer cannot have
+ * written: more than CMD_LINES_MAX lines, none at all). For GET /v1/reservations/{id} when
+ * the read model does not hold the reservation (its table is full, read/projector.h). */
+int store_reader_reservation(struct store_reader *r, int64_t reservation_seq,
+                             struct store_reservation_row *out);
 
 /* Streams the events with seq > since_seq, in seq order, at most limit of them, optionally only
  * those of store_id and/or sku (NULL: any), to each_event. The row's strings are valid during

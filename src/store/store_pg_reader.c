@@ -43,6 +43,10 @@
     X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"            \
              " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                      \
              " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = $1")       \
+    X(RESERVATION, "SELECT r.store_id, r.customer_id, r.status, r.expires_at_ms, r.version,"   \
+                   " r.created_at_ms, r.updated_at_ms, l.sku, l.qty FROM reservations r"       \
+                   " LEFT JOIN reservation_lines l ON l.reservation_seq = r.reservation_seq"   \
+                   " WHERE r.reservation_seq = $1 ORDER BY l.line_no LIMIT $2")                \
     X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = $1")                   \
     X(RELAY_OFFSET, "SELECT seq FROM relay_offsets WHERE name = $1")                           \
     X(RELAY_OFFSET_SAVE, "INSERT INTO relay_offsets (name, seq, updated_at_ms)"                \
@@ -111,9 +115,10 @@ static const struct store_pg_statement pg_reader_statements[PG_READER_COUNT] = {
 struct pg_reader {
     struct store_reader base; /* first: the backend's operations */
     struct store_pg_conn conn;
-    uint64_t listening_connect; /* conn.connects when LISTEN ran; 0: not listening */
-    PGresult *order_found;      /* owned: the last order read, which store_order_row points into */
-    char *idem_body;            /* owned copy of the last found idempotency body */
+    uint64_t listening_connect;  /* conn.connects when LISTEN ran; 0: not listening */
+    PGresult *order_found;       /* owned: the last order read, which store_order_row points into */
+    PGresult *reservation_found; /* owned: the last reservation read, its row points in */
+    char *idem_body;             /* owned copy of the last found idempotency body */
     char idem_location[REPLY_LOCATION_BYTES_MAX]; /* and of its Location */
     size_t idem_body_size;
     uint64_t snapshot_connect;          /* conn.connects at snapshot_begin; 0 outside a snapshot */
@@ -154,6 +159,7 @@ static void pg_reader_close(struct store_reader *base)
     SVC_ASSERT(r != NULL && r->base.ops == &pg_reader_ops);
     store_pg_conn_close(&r->conn);
     PQclear(r->order_found);
+    PQclear(r->reservation_found);
     free(r->idem_body);
     free(r);
 }
@@ -247,6 +253,69 @@ static int pg_reader_order(struct store_reader *base, int64_t order_seq,
         PQgetvalue(res, 0, 0),   PQgetvalue(res, 0, 1),   PQgetvalue(res, 0, 2),
         PQgetvalue(res, 0, 3),   PQgetvalue(res, 0, 4),   store_pg_int(res, 0, 5),
         store_pg_int(res, 0, 6), store_pg_int(res, 0, 7), store_pg_int(res, 0, 8)};
+    return 1;
+}
+
+/* Points out at the reservation's rows in res (one per line, the reservation's columns on
+ * each). 1, or SVC_ESTORAGE_UNAVAILABLE for rows the writer cannot have written. */
+static int pg_reader_reservation_rows(const PGresult *res, int64_t reservation_seq,
+                                      struct store_reservation_row *out)
+{
+    int rows = PQntuples(res);
+    SVC_ASSERT(rows >= 1 && rows <= CMD_LINES_MAX + 1 && PQnfields(res) == 9);
+    if (rows > CMD_LINES_MAX) {
+        log_error("postgres reader: reservation res_%" PRId64 " has more than %d lines",
+                  reservation_seq, CMD_LINES_MAX);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    out->store_id = PQgetvalue(res, 0, 0);
+    out->customer_id = PQgetvalue(res, 0, 1);
+    out->status = PQgetvalue(res, 0, 2);
+    out->expires_at_ms = store_pg_int(res, 0, 3);
+    out->version = store_pg_int(res, 0, 4);
+    out->created_at_ms = store_pg_int(res, 0, 5);
+    out->updated_at_ms = store_pg_int(res, 0, 6);
+    out->line_count = 0;
+    for (int i = 0; i < rows; i++) {
+        if (PQgetisnull(res, i, 7)) {
+            continue; /* a reservation without lines: refused below */
+        }
+        out->lines[out->line_count].sku = PQgetvalue(res, i, 7);
+        out->lines[out->line_count++].qty = store_pg_int(res, i, 8);
+    }
+    if (out->line_count == 0) {
+        log_error("postgres reader: reservation res_%" PRId64 " has no lines", reservation_seq);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    return 1;
+}
+
+static int pg_reader_reservation(struct store_reader *base, int64_t reservation_seq,
+                                 struct store_reservation_row *out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(reservation_seq >= 1 && out != NULL);
+    PQclear(r->reservation_found); /* the previous answer's strings end here */
+    r->reservation_found = NULL;
+    char seq[24];
+    char limit[24];
+    snprintf(seq, sizeof seq, "%" PRId64, reservation_seq);
+    snprintf(limit, sizeof limit, "%d", CMD_LINES_MAX + 1); /* one more shows a row too many */
+    const char *values[] = {seq, limit};
+    PGresult *res = pg_reader_exec(r, PG_READER_RESERVATION, 2, values);
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return 0;
+    }
+    int rc = pg_reader_reservation_rows(res, reservation_seq, out);
+    if (rc != 1) {
+        PQclear(res);
+        return rc;
+    }
+    r->reservation_found = res;
     return 1;
 }
 
@@ -727,6 +796,7 @@ static const struct store_reader_ops pg_reader_ops = {
     .name = "postgres",
     .close = pg_reader_close,
     .order = pg_reader_order,
+    .reservation = pg_reader_reservation,
     .events = pg_reader_events,
     .items = pg_reader_items,
     .event_seq_max = pg_reader_event_seq_max,

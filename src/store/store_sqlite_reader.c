@@ -28,35 +28,39 @@
 #include "store/store_sqlite_internal.h"
 
 /* The reader's statements, prepared at open (STYLE 24). */
-#define STORE_SQLITE_READER_STMT_MAP(X)                                                     \
-    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"         \
-             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                   \
-             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = ?1")    \
-    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = ?1")                \
-    X(RELAY_OFFSET, "SELECT seq FROM relay_offsets WHERE name = ?1")                        \
-    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                 \
-                         " EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"  \
-                         " AND d.order_seq = reservations.order_seq) FROM reservations"     \
-                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"             \
-                         " ORDER BY order_seq")                                             \
-    X(DEAD_LETTERS, "SELECT * FROM (SELECT stage, order_seq, reservation_seq, error,"       \
-                    " attempts, first_failed_at_ms, last_failed_at_ms, -1 AS stream_offset" \
-                    " FROM dead_letters WHERE (?1 IS NULL OR stage = ?1) UNION ALL"         \
-                    " SELECT stage, 0, 0, error, attempts, first_failed_at_ms,"             \
-                    " last_failed_at_ms, stream_offset FROM stream_dead_letters"            \
-                    " WHERE (?1 IS NULL OR stage = ?1) AND replayed_at_ms IS NULL)"         \
-                    " ORDER BY order_seq, stream_offset, stage LIMIT ?2")                   \
-    X(STREAM_MESSAGES, "SELECT stage, stream_offset, message_id, message_type, principal,"  \
-                       " body FROM stream_dead_letters WHERE stage = ?1"                    \
-                       " AND replayed_at_ms IS NULL ORDER BY stream_offset LIMIT ?2")       \
-    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"  \
-              " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"               \
-              " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                        \
-    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                  \
-    X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"        \
-            " WHERE principal = ?1 AND idem_key = ?2")                                      \
-    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                    \
-    X(BEGIN, "BEGIN DEFERRED")                                                              \
+#define STORE_SQLITE_READER_STMT_MAP(X)                                                      \
+    X(ORDER, "SELECT customer_id, store_id, status, lines, history, created_at_ms,"          \
+             " COALESCE(reservation_seq, 0), COALESCE(expires_at_ms, 0),"                    \
+             " COALESCE(updated_at_ms, created_at_ms) FROM orders WHERE order_seq = ?1")     \
+    X(RESERVATION, "SELECT r.store_id, r.customer_id, r.status, r.expires_at_ms, r.version," \
+                   " r.created_at_ms, r.updated_at_ms, l.sku, l.qty FROM reservations r"     \
+                   " LEFT JOIN reservation_lines l ON l.reservation_seq = r.reservation_seq" \
+                   " WHERE r.reservation_seq = ?1 ORDER BY l.line_no")                       \
+    X(STAGE_OFFSET, "SELECT event_seq FROM worker_offsets WHERE stage = ?1")                 \
+    X(RELAY_OFFSET, "SELECT seq FROM relay_offsets WHERE name = ?1")                         \
+    X(PAYMENTS_IN_DOUBT, "SELECT order_seq, reservation_seq, pay_attempts,"                  \
+                         " EXISTS (SELECT 1 FROM dead_letters d WHERE d.stage = 'payment'"   \
+                         " AND d.order_seq = reservations.order_seq) FROM reservations"      \
+                         " WHERE status = 'ACTIVE' AND order_status = 'PAYING'"              \
+                         " ORDER BY order_seq")                                              \
+    X(DEAD_LETTERS, "SELECT * FROM (SELECT stage, order_seq, reservation_seq, error,"        \
+                    " attempts, first_failed_at_ms, last_failed_at_ms, -1 AS stream_offset"  \
+                    " FROM dead_letters WHERE (?1 IS NULL OR stage = ?1) UNION ALL"          \
+                    " SELECT stage, 0, 0, error, attempts, first_failed_at_ms,"              \
+                    " last_failed_at_ms, stream_offset FROM stream_dead_letters"             \
+                    " WHERE (?1 IS NULL OR stage = ?1) AND replayed_at_ms IS NULL)"          \
+                    " ORDER BY order_seq, stream_offset, stage LIMIT ?2")                    \
+    X(STREAM_MESSAGES, "SELECT stage, stream_offset, message_id, message_type, principal,"   \
+                       " body FROM stream_dead_letters WHERE stage = ?1"                     \
+                       " AND replayed_at_ms IS NULL ORDER BY stream_offset LIMIT ?2")        \
+    X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"   \
+              " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"                \
+              " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                         \
+    X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
+    X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"         \
+            " WHERE principal = ?1 AND idem_key = ?2")                                       \
+    X(ITEMS, "SELECT store_id, sku, on_hand, reserved FROM stock_items")                     \
+    X(BEGIN, "BEGIN DEFERRED")                                                               \
     X(COMMIT, "COMMIT")
 
 enum sqlite_reader_stmt {
@@ -87,6 +91,7 @@ struct sqlite_reader {
     sqlite3 *db;                                    /* owned, read-only */
     sqlite3_stmt *stmts[STORE_SQLITE_READER_COUNT]; /* owned, prepared at open */
     struct sqlite_reader_buffer order_text;         /* the last order's five strings */
+    struct sqlite_reader_buffer reservation_text;   /* the last reservation's strings */
     struct sqlite_reader_buffer idem_body;          /* the last idempotency record's body */
     char idem_location[REPLY_LOCATION_BYTES_MAX];   /* and its Location */
     sqlite3 *writable;      /* owned: the read-write connection, opened on first write */
@@ -104,6 +109,13 @@ struct sqlite_reader {
     "INSERT INTO relay_offsets (name, seq, updated_at_ms) VALUES (?1, ?2, ?3)"                     \
     " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, updated_at_ms = excluded.updated_at_ms" \
     " WHERE relay_offsets.seq < excluded.seq"
+
+/* The strings of a reservation the writer wrote, each with its terminator: storeId,
+ * customerId, status and its skus. */
+#define SQLITE_READER_STATUS_BYTES_MAX 16
+#define SQLITE_READER_RESERVATION_TEXT_BYTES                                               \
+    (STORE_ID_BYTES_MAX + 1 + CUSTOMER_ID_BYTES_MAX + 1 + SQLITE_READER_STATUS_BYTES_MAX + \
+     CMD_LINES_MAX * (SKU_BYTES_MAX + 1))
 
 static void sqlite_reader_close(struct store_reader *base);
 static const struct store_reader_ops sqlite_reader_ops;
@@ -139,6 +151,9 @@ static int sqlite_reader_prepare(struct sqlite_reader *r)
     }
     /* The usual rows fit from the start: the request path does not allocate. */
     int rc = sqlite_reader_reserve(&r->order_text, READ_BODY_BYTES_MAX);
+    if (rc == 0) {
+        rc = sqlite_reader_reserve(&r->reservation_text, SQLITE_READER_RESERVATION_TEXT_BYTES);
+    }
     return rc == 0 ? sqlite_reader_reserve(&r->idem_body, REPLY_BODY_BYTES_MAX + 1) : rc;
 }
 
@@ -184,6 +199,7 @@ static void sqlite_reader_close(struct store_reader *base)
     sqlite3_finalize(r->replayed);
     sqlite3_close(r->writable);
     free(r->order_text.data);
+    free(r->reservation_text.data);
     free(r->idem_body.data);
     free(r);
 }
@@ -240,6 +256,97 @@ static int sqlite_reader_order(struct store_reader *base, int64_t order_seq,
         rc = sqlite_reader_order_copy(r, stmt, out);
     } else if (step != SQLITE_DONE) {
         rc = store_sqlite_fail(r->db, "order lookup");
+    }
+    sqlite3_reset(stmt);
+    return rc;
+}
+
+/* Appends the text of stmt's column to the handle's reservation buffer at *used; its offset,
+ * or -1 when memory is short. */
+static ptrdiff_t sqlite_reader_reservation_text(struct sqlite_reader *r, sqlite3_stmt *stmt,
+                                                int column, size_t *used)
+{
+    const char *text = store_sqlite_column_text(stmt, column);
+    size_t length = (size_t)sqlite3_column_bytes(stmt, column);
+    if (sqlite_reader_reserve(&r->reservation_text, *used + length + 1) != 0) {
+        return -1;
+    }
+    size_t at = *used;
+    memcpy(r->reservation_text.data + at, text, length);
+    r->reservation_text.data[at + length] = '\0';
+    *used = at + length + 1;
+    SVC_ASSERT(*used <= r->reservation_text.size);
+    return (ptrdiff_t)at;
+}
+
+/* Copies the reservation's rows (one per line, the reservation's columns on each) into the
+ * handle's buffer; the buffer may grow meanwhile, so strings are kept as offsets until the
+ * last row. 1, or SVC_ESTORAGE_UNAVAILABLE. */
+static int sqlite_reader_reservation_copy(struct sqlite_reader *r, sqlite3_stmt *stmt,
+                                          int64_t reservation_seq,
+                                          struct store_reservation_row *out)
+{
+    size_t used = 0;
+    ptrdiff_t heads[3];
+    for (int i = 0; i < 3; i++) {
+        heads[i] = sqlite_reader_reservation_text(r, stmt, i, &used);
+        if (heads[i] < 0) {
+            return SVC_ESTORAGE_UNAVAILABLE;
+        }
+    }
+    out->expires_at_ms = sqlite3_column_int64(stmt, 3);
+    out->version = sqlite3_column_int64(stmt, 4);
+    out->created_at_ms = sqlite3_column_int64(stmt, 5);
+    out->updated_at_ms = sqlite3_column_int64(stmt, 6);
+    out->line_count = 0;
+    ptrdiff_t skus[CMD_LINES_MAX];
+    int step = SQLITE_ROW;
+    for (; step == SQLITE_ROW; step = sqlite3_step(stmt)) {
+        if (sqlite3_column_type(stmt, 7) == SQLITE_NULL) {
+            continue; /* a reservation without lines: refused below */
+        }
+        if (out->line_count == CMD_LINES_MAX) {
+            log_error("sqlite reader: reservation res_%" PRId64 " has more than %d lines",
+                      reservation_seq, CMD_LINES_MAX);
+            return SVC_ESTORAGE_UNAVAILABLE;
+        }
+        skus[out->line_count] = sqlite_reader_reservation_text(r, stmt, 7, &used);
+        if (skus[out->line_count] < 0) {
+            return SVC_ESTORAGE_UNAVAILABLE;
+        }
+        out->lines[out->line_count++].qty = sqlite3_column_int64(stmt, 8);
+    }
+    if (step != SQLITE_DONE) {
+        return store_sqlite_fail(r->db, "reservation lookup");
+    }
+    if (out->line_count == 0) {
+        log_error("sqlite reader: reservation res_%" PRId64 " has no lines", reservation_seq);
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    const char *text = r->reservation_text.data; /* it will not move any more */
+    out->store_id = text + heads[0];
+    out->customer_id = text + heads[1];
+    out->status = text + heads[2];
+    for (uint32_t i = 0; i < out->line_count; i++) {
+        out->lines[i].sku = text + skus[i];
+    }
+    return 1;
+}
+
+static int sqlite_reader_reservation(struct store_reader *base, int64_t reservation_seq,
+                                     struct store_reservation_row *out)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(reservation_seq >= 1);
+    SVC_ASSERT(out != NULL);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_RESERVATION];
+    sqlite3_bind_int64(stmt, 1, reservation_seq);
+    int step = sqlite3_step(stmt);
+    int rc = 0;
+    if (step == SQLITE_ROW) {
+        rc = sqlite_reader_reservation_copy(r, stmt, reservation_seq, out);
+    } else if (step != SQLITE_DONE) {
+        rc = store_sqlite_fail(r->db, "reservation lookup");
     }
     sqlite3_reset(stmt);
     return rc;
@@ -619,6 +726,7 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .name = "sqlite",
     .close = sqlite_reader_close,
     .order = sqlite_reader_order,
+    .reservation = sqlite_reader_reservation,
     .events = sqlite_reader_events,
     .items = sqlite_reader_items,
     .event_seq_max = sqlite_reader_event_seq_max,

@@ -221,6 +221,69 @@ def test_limits_answer_507():
         s.stop()
 
 
+def check_reservation_read(c, rid, want, what):
+    """GET /v1/reservations/{rid} answers 200 with the body want (plus its three times, as
+    strings) and ETag "r<version>", and If-None-Match with that tag answers 304."""
+    g = c.get("/v1/reservations/" + rid)
+    check_status(g, 200, "GET " + what)
+    body = dict(g.json)
+    for name in ("expiresAt", "createdAt", "updatedAt"):
+        check(isinstance(body.pop(name, None), str), "%s: %s is a time string" % (what, name))
+    check_eq(body, want, "body of " + what)
+    tag = '"r%d"' % want["version"]
+    check_eq(g.headers.get("etag"), tag, "ETag of " + what)
+    check_status(c.get("/v1/reservations/" + rid, headers={"If-None-Match": tag}), 304,
+                 "GET %s with If-None-Match %s" % (what, tag))
+    return g.json
+
+
+def test_new_reservations_readable_after_many_ended():
+    """The read model remembers CAPACITY_PROJ_RESERVATIONS_FACTOR (4) x --max-reservations
+    reservations, active or ended. A new reservation must still read back (GET
+    /v1/reservations/{id}) once that many have ended, also after a restart: the limit on ACTIVE
+    ones is what --max-reservations promises, not on all there ever were. The ones past the read
+    model's table read back from the database with the same body, ETag and updates."""
+    s = start_stockd(limit_args(reservations=2))
+    try:
+        total = 4 * 2 + 4
+        lines = [{"sku": "R", "qty": 1}, {"sku": "R2", "qty": 2}]
+        with s.client() as c:
+            for sku in ("R", "R2"):
+                post_ok(c, "/v1/products", {"sku": sku, "name": sku, "initialOnHand": 100,
+                                            "storeId": "S1"}, 201, "product " + sku)
+            for i in range(total):
+                what = "reservation %d of %d (%d ended before it)" % (i + 1, total, i)
+                r = c.post("/v1/reservations", {"storeId": "S1", "lines": lines,
+                                                "ttlSeconds": TTL_LONG, "customerId": "cap"},
+                           key=new_key())
+                check_status(r, 201, what)
+                rid = r.json["reservationId"]
+                want = {"reservationId": rid, "status": "ACTIVE", "storeId": "S1",
+                        "customerId": "cap", "lines": lines, "version": 1}
+                got = check_reservation_read(c, rid, want, what)
+                check_eq(got["expiresAt"], r.json["expiresAt"], "expiresAt of " + what)
+                cancel = c.post("/v1/reservations/%s:cancel" % rid, {"reason": "n"},
+                                key=new_key())
+                check_status(cancel, 200, "cancel " + what)
+                want.update(status="CANCELLED", version=cancel.json["version"])
+                check_eq(want["version"], 2, "version of the cancelled " + what)
+                check_reservation_read(c, rid, want, "cancelled " + what)
+            for rid in ("res_999999", "res_0", "res_x"):
+                check_problem(c.get("/v1/reservations/" + rid), 404, "unknown_reservation",
+                              "GET unknown " + rid)
+        check_eq(s.stop(), 0, "exit status of a clean stop")
+        s = start_stockd(limit_args(reservations=2), data_dir=s.data_dir)
+        with s.client() as c:
+            r = reserve(c, "R")
+            check_status(r, 201, "a reservation after the restart")
+            check_status(c.get("/v1/reservations/" + r.json["reservationId"]), 200,
+                         "GET the reservation made after the restart")
+            check_eq(c.get("/v1/reservations/res_%d" % total).json["status"], "CANCELLED",
+                     "the last one before the restart, after it")
+    finally:
+        s.stop()
+
+
 BAD_VALUES = ("0", "-1", "abc", "", "12x", "1.5", "99999999999999999999", str(2 ** 40))
 
 
@@ -346,4 +409,4 @@ def test_restart_below_stored_data_replay():
 if __name__ == "__main__":
     main([test_limits_answer_507, test_items_past_limit_by_reconciliation_and_transfer,
           test_bad_values_exit_2, test_restart_below_stored_data,
-          test_restart_below_stored_data_replay])
+          test_restart_below_stored_data_replay, test_new_reservations_readable_after_many_ended])

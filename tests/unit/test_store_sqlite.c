@@ -379,6 +379,73 @@ static void test_reader_reads_committed_rows(void **state)
     store_reader_close(r);
 }
 
+/* Reservations 3 (no lines) and 4 (CMD_LINES_MAX + 1 lines): rows the writer never writes. */
+static const struct row_reservation odd_reservations[] = {
+    {3, "S1", "c3", "EXPIRED", T0_MS + 60000, 2, T0_MS, T0_MS + 9, 0, NULL, 0},
+    {4, "S1", "c4", "ACTIVE", T0_MS + 60000, 1, T0_MS, T0_MS, 0, NULL, 0},
+};
+
+static struct store_batch odd_batch(struct row_reservation_line *lines)
+{
+    for (int i = 0; i < CMD_LINES_MAX + 1; i++) {
+        lines[i] = (struct row_reservation_line){4, i + 1, "P1", 1};
+    }
+    return (struct store_batch){.reservations = odd_reservations,
+                                .reservation_count = 2,
+                                .reservation_lines = lines,
+                                .reservation_line_count = CMD_LINES_MAX + 1};
+}
+
+/* What GET /v1/reservations/{id} reads when the read model does not hold the reservation: its
+ * columns and its lines in line order; an unknown one is absent, and a stored row the writer
+ * cannot have written is a storage failure (a 503), after which the handle reads on. */
+static void check_reader_reservations(struct store_reader *r)
+{
+    struct store_reservation_row row;
+    ASSERT_EQ_INT(store_reader_reservation(r, 1, &row), 1);
+    ASSERT_EQ_STR(row.store_id, "S1");
+    ASSERT_EQ_STR(row.customer_id, "c1");
+    ASSERT_EQ_STR(row.status, "ACTIVE");
+    ASSERT_EQ_INT(row.expires_at_ms, T0_MS + 60000);
+    ASSERT_EQ_INT(row.version, 1);
+    ASSERT_EQ_INT(row.created_at_ms, T0_MS);
+    ASSERT_EQ_INT(row.updated_at_ms, T0_MS);
+    ASSERT_EQ_UINT(row.line_count, 2);
+    ASSERT_EQ_STR(row.lines[0].sku, "P1");
+    ASSERT_EQ_INT(row.lines[0].qty, 2);
+    ASSERT_EQ_STR(row.lines[1].sku, "P2");
+    ASSERT_EQ_INT(row.lines[1].qty, 1);
+    ASSERT_EQ_INT(store_reader_reservation(r, 2, &row), 1);
+    ASSERT_EQ_STR(row.customer_id, "c2");
+    ASSERT_EQ_STR(row.status, "CONFIRMED");
+    ASSERT_EQ_INT(row.version, 2);
+    ASSERT_EQ_INT(row.updated_at_ms, T0_MS + 5);
+    ASSERT_EQ_UINT(row.line_count, 1);
+    ASSERT_EQ_STR(row.lines[0].sku, "P1");
+    ASSERT_EQ_INT(row.lines[0].qty, 1);
+    ASSERT_EQ_INT(store_reader_reservation(r, 99, &row), 0);
+    ASSERT_EQ_INT(store_reader_reservation(r, 3, &row), SVC_ESTORAGE_UNAVAILABLE);
+    ASSERT_EQ_INT(store_reader_reservation(r, 4, &row), SVC_ESTORAGE_UNAVAILABLE);
+    ASSERT_EQ_INT(store_reader_reservation(r, 1, &row), 1);
+    ASSERT_EQ_STR(row.customer_id, "c1");
+    ASSERT_EQ_STR(row.lines[1].sku, "P2");
+}
+
+static void test_reader_reservation_row(void **state)
+{
+    struct fixture *f = *state;
+    fixture_open(f);
+    struct store_batch batch = full_batch();
+    ASSERT_OK(store_commit_batch(f->store, &batch));
+    struct row_reservation_line lines[CMD_LINES_MAX + 1];
+    batch = odd_batch(lines);
+    ASSERT_OK(store_commit_batch(f->store, &batch));
+    struct store_reader *r = NULL;
+    ASSERT_OK(store_reader_open(&r, f->path));
+    check_reader_reservations(r);
+    store_reader_close(r);
+}
+
 /* ---- prefetch: idempotency records ------------------------------------------------------- */
 
 #define MANY_RECORDS 1500
@@ -805,6 +872,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_commit_reopen_load, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_reader_reads_committed_rows, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_reader_reservation_row, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_prefetch_idems_every_size, fixture_setup,
                                         fixture_teardown),
