@@ -268,6 +268,7 @@ int writer_init(struct writer *w, const struct writer_config *config)
     SVC_ASSERT(dom_invariants_hold(config->domain));
     SVC_ASSERT(writer_invariants_hold(w));
     const struct domain *d = config->domain;
+    atomic_store(&w->stats.reservations_held, res_count(&d->reservations));
     log_info("writer: loaded %u stores, %u products, %u items; orders to %" PRId64
              ", events to %" PRId64 "; %u active reservations",
              d->store_count, d->product_count, d->item_count, batch_seqs_committed(w->batch)->order,
@@ -426,6 +427,8 @@ static void writer_record_stats(struct writer *w, size_t count, int64_t commit_u
     struct writer_stats *st = &w->stats;
     SVC_ASSERT(count >= 1 && commit_us >= 0);
     atomic_fetch_add_explicit(&st->batches, 1, memory_order_relaxed);
+    atomic_store_explicit(&st->reservations_held, res_count(&w->config.domain->reservations),
+                          memory_order_relaxed);
     atomic_fetch_add_explicit(&st->commands, count, memory_order_relaxed);
     atomic_fetch_add_explicit(&st->commit_us_total, (uint64_t)commit_us, memory_order_relaxed);
     if ((uint64_t)commit_us > atomic_load_explicit(&st->commit_us_max, memory_order_relaxed)) {

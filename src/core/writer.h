@@ -99,6 +99,9 @@ struct writer_stats { /* written by the writer, read by /metrics */
     _Atomic uint64_t store_errors[WRITER_STORE_ERROR_KINDS];
     _Atomic uint64_t stock_refusals[WRITER_REFUSAL_KINDS]; /* of committed batches */
     _Atomic uint64_t events[EVENT_TYPE_COUNT];             /* committed, by type */
+    /* The domain's reservations after the last committed batch (or the load): the ACTIVE ones
+     * --max-reservations limits. The read model's count stops at its own table's size. */
+    _Atomic uint64_t reservations_held;
 };
 
 /* Where the batch in hand is (writer.c's state machine). */

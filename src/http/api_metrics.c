@@ -254,7 +254,7 @@ struct api_metrics_rows {
     long long stores;
     long long products;
     long long items;
-    long long reservations; /* ACTIVE */
+    long long reservations; /* ACTIVE, as the writer holds them */
 };
 
 /* stockd_table_capacity and stockd_table_rows. */
@@ -279,8 +279,8 @@ static void api_metrics_capacity(struct api_metrics_out *o, const struct capacit
                            (unsigned)tables[i].capacity);
     }
     api_metrics_family(o, "stockd_table_rows", "gauge",
-                       "Rows an in-memory table holds, as the read model sees them. "
-                       "reservations: ACTIVE ones.");
+                       "Rows an in-memory table holds, as the read model sees them; "
+                       "reservations: the ACTIVE ones the writer holds.");
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         api_metrics_printf(o, "stockd_table_rows{table=\"%s\"} %lld\n", tables[i].table,
                            tables[i].rows);
@@ -322,7 +322,7 @@ static void api_metrics_business(struct app *app, struct api_metrics_out *o)
     int64_t lag_ms = projector_lag_ms(&app->projector, v);
     struct api_metrics_rows rows = {projector_store_count(v), projector_product_count(v),
                                     projector_item_count(v),
-                                    (long long)totals.reservations[PROJECTOR_ACTIVE]};
+                                    (long long)atomic_load(&app->writer.stats.reservations_held)};
     projector_read_end(&app->projector, v);
     api_metrics_capacity(o, &app->config.capacity, &rows);
     api_metrics_one(o, "stockd_units_sold_total", "counter",

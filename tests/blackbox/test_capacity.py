@@ -237,6 +237,16 @@ def check_reservation_read(c, rid, want, what):
     return g.json
 
 
+def reservation_rows(c):
+    """stockd_table_rows{table="reservations"}: the ACTIVE reservations the writer holds."""
+    r = c.get("/metrics")
+    check_status(r, 200, "GET /metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith('stockd_table_rows{table="reservations"} '):
+            return int(line.split()[1])
+    check(False, "/metrics has no reservations row count")
+
+
 def test_new_reservations_readable_after_many_ended():
     """The read model remembers CAPACITY_PROJ_RESERVATIONS_FACTOR (4) x --max-reservations
     reservations, active or ended. A new reservation must still read back (GET
@@ -268,6 +278,7 @@ def test_new_reservations_readable_after_many_ended():
                 want.update(status="CANCELLED", version=cancel.json["version"])
                 check_eq(want["version"], 2, "version of the cancelled " + what)
                 check_reservation_read(c, rid, want, "cancelled " + what)
+            check_eq(reservation_rows(c), 0, "reservation rows once every one is cancelled")
             for rid in ("res_999999", "res_0", "res_x"):
                 check_problem(c.get("/v1/reservations/" + rid), 404, "unknown_reservation",
                               "GET unknown " + rid)
@@ -276,6 +287,8 @@ def test_new_reservations_readable_after_many_ended():
         with s.client() as c:
             r = reserve(c, "R")
             check_status(r, 201, "a reservation after the restart")
+            check_eq(reservation_rows(c), 1, "reservation rows with one ACTIVE past the read "
+                     "model's table")
             check_status(c.get("/v1/reservations/" + r.json["reservationId"]), 200,
                          "GET the reservation made after the restart")
             check_eq(c.get("/v1/reservations/res_%d" % total).json["status"], "CANCELLED",
