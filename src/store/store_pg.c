@@ -10,7 +10,8 @@
  *             stores and products it names, its idempotency records, the sequences, the
  *             lease rows of its workers' stages FOR SHARE (the fence of work/work.h) and the
  *             events other instances committed since this one last looked -> Sync; every row
- *             goes to the writer's sink, and the transaction stays open for the commit
+ *             goes to the writer's sink, and the transaction stays open for the commit (a
+ *             batch that names no reservation sends none of the reservation statements)
  *   commit:   INSERT ... SELECT FROM unnest(arrays) for every kind of row (stock rows as
  *             upserts guarded by version); pg_notify('stockd_events', last seq); COMMIT -> Sync
  *
@@ -60,6 +61,9 @@
                   " JOIN reservation_lines l USING (reservation_seq)"                           \
                   " WHERE r.reservation_seq = ANY($3::bigint[]))"                               \
                   " ORDER BY store_id, sku FOR UPDATE")                                         \
+    X(LOCK_KEYED_ITEMS, "SELECT " PG_ITEM_COLUMNS " FROM stock_items WHERE (store_id, sku) IN"  \
+                        " (SELECT * FROM unnest($1::text[], $2::text[]))"                       \
+                        " ORDER BY store_id, sku FOR UPDATE")                                   \
     X(LOCK_RESERVATIONS,                                                                        \
       "SELECT " PG_RES_COLUMNS ", created_at_ms, " PG_RES_ORDER_COLUMNS " FROM reservations"    \
       " WHERE reservation_seq = ANY($1::bigint[])"                                              \
@@ -73,6 +77,10 @@
     X(PRODUCTS, "SELECT sku, name FROM products WHERE sku = ANY($1::text[])"                    \
                 " OR sku IN (SELECT sku FROM reservation_lines"                                 \
                 " WHERE reservation_seq = ANY($2::bigint[])) ORDER BY created_at_ms, sku")      \
+    X(KEYED_STORES, "SELECT store_id, name, latency_ms FROM stores"                             \
+                    " WHERE store_id = ANY($1::text[]) ORDER BY created_at_ms, store_id")       \
+    X(KEYED_PRODUCTS, "SELECT sku, name FROM products WHERE sku = ANY($1::text[])"              \
+                      " ORDER BY created_at_ms, sku")                                           \
     X(IDEMS, "SELECT principal, idem_key, fingerprint, status, problem, body, location"         \
              " FROM idempotency WHERE (principal, idem_key) IN"                                 \
              " (SELECT * FROM unnest($1::text[], $2::text[]))")                                 \
@@ -595,30 +603,75 @@ enum pg_prefetch_result {
 };
 _Static_assert(PG_FETCH_COUNT <= STORE_PG_PIPELINE_MAX, "one round trip");
 
-/* Queues the prefetch's statements; the sequencer first, then the stock rows in key order
- * (the locking order of every instance). */
-static int pg_prefetch_send(struct pg_store *s, const struct pg_prefetch_params *p)
+/* One statement of the prefetch round trip: the result it fills and its parameters. */
+struct pg_fetch {
+    enum pg_prefetch_result slot;
+    enum pg_stmt which;
+    int count;
+    const char *params[3];
+};
+
+/* Lists the prefetch's statements in the order they are sent: the sequencer first, then the
+ * stock rows in key order (the locking order of every instance). A batch that names no
+ * reservation (a purchase-only batch, the hot path) skips the reservation statements and uses
+ * the forms without their subqueries, which plan in about half the time (planning is a quarter
+ * of the backend's work: custom plans are forced, store_pg_conn.c); a batch of no worker skips
+ * the lease rows. Returns how many it listed; the slots it did not list stay NULL. */
+static int pg_prefetch_list(const struct store_prefetch_keys *keys,
+                            const struct pg_prefetch_params *p, struct pg_fetch *out)
+{
+    int n = 0;
+    out[n++] = (struct pg_fetch){PG_FETCH_BEGIN, PG_STMT_BEGIN, 0, {NULL}};
+    out[n++] = (struct pg_fetch){PG_FETCH_SEQUENCER, PG_STMT_SEQUENCER, 0, {NULL}};
+    if (keys->reservation_count > 0) {
+        out[n++] = (struct pg_fetch){
+            PG_FETCH_ITEMS, PG_STMT_LOCK_ITEMS, 3, {p->item_stores, p->item_skus, p->reservations}};
+        out[n++] = (struct pg_fetch){
+            PG_FETCH_RESERVATIONS, PG_STMT_LOCK_RESERVATIONS, 1, {p->reservations}};
+        out[n++] =
+            (struct pg_fetch){PG_FETCH_LINES, PG_STMT_RESERVATION_LINES, 1, {p->reservations}};
+        out[n++] =
+            (struct pg_fetch){PG_FETCH_STORES, PG_STMT_STORES, 2, {p->stores, p->reservations}};
+        out[n++] =
+            (struct pg_fetch){PG_FETCH_PRODUCTS, PG_STMT_PRODUCTS, 2, {p->skus, p->reservations}};
+    } else {
+        out[n++] = (struct pg_fetch){
+            PG_FETCH_ITEMS, PG_STMT_LOCK_KEYED_ITEMS, 2, {p->item_stores, p->item_skus}};
+        out[n++] = (struct pg_fetch){PG_FETCH_STORES, PG_STMT_KEYED_STORES, 1, {p->stores}};
+        out[n++] = (struct pg_fetch){PG_FETCH_PRODUCTS, PG_STMT_KEYED_PRODUCTS, 1, {p->skus}};
+    }
+    out[n++] =
+        (struct pg_fetch){PG_FETCH_IDEMS, PG_STMT_IDEMS, 2, {p->idem_principals, p->idem_keys}};
+    out[n++] = (struct pg_fetch){PG_FETCH_SEQUENCES, PG_STMT_SEQUENCES, 0, {NULL}};
+    if (keys->lease_stage_count > 0) {
+        out[n++] = (struct pg_fetch){PG_FETCH_LEASES, PG_STMT_LEASES, 1, {p->lease_stages}};
+    }
+    out[n++] = (struct pg_fetch){PG_FETCH_GAP_EVENTS, PG_STMT_GAP_EVENTS, 1, {p->events_after}};
+    SVC_ASSERT(n <= PG_FETCH_COUNT);
+    return n;
+}
+
+/* Sends the listed statements and waits for their results; each lands in its slot of r
+ * (PG_FETCH_COUNT of them), and the slots of statements not listed are NULL. */
+static int pg_prefetch_round_trip(struct pg_store *s, const struct pg_fetch *list, int count,
+                                  PGresult **r)
 {
     struct store_pg_conn *c = &s->writer;
     SVC_ASSERT(c->conn != NULL && !s->in_transaction);
-    const char *items[] = {p->item_stores, p->item_skus, p->reservations};
-    const char *by_seq[] = {p->reservations};
-    const char *stores[] = {p->stores, p->reservations};
-    const char *skus[] = {p->skus, p->reservations};
-    const char *idems[] = {p->idem_principals, p->idem_keys};
-    const char *after[] = {p->events_after};
-    const char *leases[] = {p->lease_stages};
-    int rc = store_pg_send(c, PG_STMT_BEGIN, 0, NULL);
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_SEQUENCER, 0, NULL) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_LOCK_ITEMS, 3, items) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_LOCK_RESERVATIONS, 1, by_seq) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_RESERVATION_LINES, 1, by_seq) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_STORES, 2, stores) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_PRODUCTS, 2, skus) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_IDEMS, 2, idems) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_SEQUENCES, 0, NULL) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_LEASES, 1, leases) : rc;
-    rc = rc == 0 ? store_pg_send(c, PG_STMT_GAP_EVENTS, 1, after) : rc;
+    SVC_ASSERT(count >= 2 && count <= PG_FETCH_COUNT);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < count; i++) {
+        rc = store_pg_send(c, list[i].which, list[i].count, list[i].params);
+    }
+    PGresult *got[PG_FETCH_COUNT];
+    rc = rc == 0 ? store_pg_round_trip(c, got, count) : rc;
+    for (int i = 0; i < PG_FETCH_COUNT; i++) {
+        r[i] = NULL;
+    }
+    for (int i = 0; rc == 0 && i < count; i++) {
+        SVC_ASSERT(r[list[i].slot] == NULL); /* one statement per slot */
+        r[list[i].slot] = got[i];
+    }
     return rc;
 }
 
@@ -700,7 +753,7 @@ static int pg_prefetch_feed(struct pg_store *s, PGresult **r,
     SVC_ASSERT(s->in_transaction);
     int rc = 0;
     for (int i = 0; rc == 0 && i < PG_FETCH_COUNT; i++) {
-        if (!store_pg_result_ok(r[i])) {
+        if (r[i] != NULL && !store_pg_result_ok(r[i])) {
             log_error("postgres: prefetch: %s", PQresultErrorMessage(r[i]));
             rc = SVC_ESTORAGE_UNAVAILABLE;
         }
@@ -708,11 +761,17 @@ static int pg_prefetch_feed(struct pg_store *s, PGresult **r,
     rc = rc == 0 ? pg_feed_stores(r[PG_FETCH_STORES], sink) : rc;
     rc = rc == 0 ? pg_feed_products(r[PG_FETCH_PRODUCTS], sink) : rc;
     rc = rc == 0 ? pg_feed_items(r[PG_FETCH_ITEMS], sink) : rc;
-    rc = rc == 0 ? pg_feed_reservations(r[PG_FETCH_RESERVATIONS], r[PG_FETCH_LINES], sink, false)
+    SVC_ASSERT((r[PG_FETCH_RESERVATIONS] != NULL) == (keys->reservation_count > 0));
+    SVC_ASSERT((r[PG_FETCH_LINES] != NULL) == (keys->reservation_count > 0));
+    if (r[PG_FETCH_RESERVATIONS] != NULL) {
+        rc = rc == 0
+                 ? pg_feed_reservations(r[PG_FETCH_RESERVATIONS], r[PG_FETCH_LINES], sink, false)
                  : rc;
-    rc = rc == 0 ? pg_missing_reservations(r[PG_FETCH_RESERVATIONS], keys, sink) : rc;
+        rc = rc == 0 ? pg_missing_reservations(r[PG_FETCH_RESERVATIONS], keys, sink) : rc;
+    }
     rc = rc == 0 ? pg_feed_idems(r[PG_FETCH_IDEMS], keys->idem_count, sink) : rc;
-    rc = rc == 0 ? pg_feed_leases(r[PG_FETCH_LEASES], sink) : rc;
+    SVC_ASSERT((r[PG_FETCH_LEASES] != NULL) == (keys->lease_stage_count > 0));
+    rc = rc == 0 && r[PG_FETCH_LEASES] != NULL ? pg_feed_leases(r[PG_FETCH_LEASES], sink) : rc;
     rc = rc == 0 ? pg_feed_gap_events(s, r[PG_FETCH_GAP_EVENTS], keys->events_after, sink) : rc;
     if (rc == 0) {
         pg_sequences(r[PG_FETCH_SEQUENCES], out);
@@ -735,10 +794,11 @@ static int pg_prefetch(struct store *base, const struct store_prefetch_keys *key
     s->text_used = 0;
     struct pg_prefetch_params params;
     pg_prefetch_params(s, keys, &params);
+    struct pg_fetch list[PG_FETCH_COUNT];
+    int count = pg_prefetch_list(keys, &params, list);
     PGresult *r[PG_FETCH_COUNT];
     int rc = store_pg_conn_ready(&s->writer);
-    rc = rc == 0 ? pg_prefetch_send(s, &params) : rc;
-    rc = rc == 0 ? store_pg_round_trip(&s->writer, r, PG_FETCH_COUNT) : rc;
+    rc = rc == 0 ? pg_prefetch_round_trip(s, list, count, r) : rc;
     if (rc != 0) {
         return SVC_ESTORAGE_UNAVAILABLE; /* the connection was dropped with its transaction */
     }

@@ -351,11 +351,9 @@ static void pg_commit(struct store *store, const struct store_batch *batch)
     free(seen);
 }
 
-static void test_pg_prefetch_reports_the_batch(void **state)
+/* Commits every row above in one batch. */
+static void pg_commit_rows(struct store *store)
 {
-    struct pg_fixture *f = pg_fixture_or_skip(state);
-    ASSERT_OK(store_open(&f->store, f->uri));
-    ASSERT_TRUE(store_is_shared(f->store));
     struct store_batch batch = {.stores = stores,
                                 .store_count = 2,
                                 .products = products,
@@ -372,7 +370,15 @@ static void test_pg_prefetch_reports_the_batch(void **state)
                                 .reservation_count = 2,
                                 .reservation_lines = reservation_lines,
                                 .reservation_line_count = 3};
-    pg_commit(f->store, &batch);
+    pg_commit(store, &batch);
+}
+
+static void test_pg_prefetch_reports_the_batch(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    ASSERT_OK(store_open(&f->store, f->uri));
+    ASSERT_TRUE(store_is_shared(f->store));
+    pg_commit_rows(f->store);
     struct seen *seen = calloc(1, sizeof *seen);
     struct store_sink sink = full_sink(seen);
     struct store_idem_key idem_keys[] = {{"alice", "k-located"},
@@ -432,6 +438,43 @@ static void test_pg_prefetch_reports_the_batch(void **state)
             ASSERT_LT_UINT(reservation_at, i);
         }
     }
+    free(seen);
+}
+
+/* A batch that names no reservation (the purchase path) takes its stock rows, stores and
+ * products by key alone, and hears of no reservation. */
+static void test_pg_prefetch_without_reservations(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    ASSERT_OK(store_open(&f->store, f->uri));
+    pg_commit_rows(f->store);
+    struct seen *seen = calloc(1, sizeof *seen);
+    struct store_sink sink = full_sink(seen);
+    struct store_item_key item_keys[] = {{"S2", "P2"}, {"S1", "P9"}};
+    const char *store_ids[] = {"S2", "S9"};
+    const char *skus[] = {"P2"};
+    struct store_idem_key idem_keys[] = {{"alice", "k-absent"}};
+    struct store_prefetch_keys keys = {.idems = idem_keys,
+                                       .idem_count = 1,
+                                       .items = item_keys,
+                                       .item_count = 2,
+                                       .store_ids = store_ids,
+                                       .store_count = 2,
+                                       .skus = skus,
+                                       .sku_count = 1,
+                                       .events_after = 3};
+    struct store_sequences sequences = {-1, -1, -1};
+    ASSERT_OK(store_prefetch(f->store, &keys, &sink, &sequences));
+    const char *expected[] = {"store S2 Store 2 5", "product P2 Product 2", "item S2 P2 7 0 v1 0"};
+    for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++) {
+        if (!seen_has(seen, expected[i])) {
+            TEST_FAIL("not reported: %s", expected[i]);
+        }
+    }
+    ASSERT_EQ_UINT(seen->count, sizeof expected / sizeof expected[0]);
+    ASSERT_EQ_INT(sequences.event_seq_max, 3);
+    ASSERT_EQ_INT(sequences.reservation_seq_max, 2);
+    ASSERT_OK(store_commit_batch(f->store, &(struct store_batch){0}));
     free(seen);
 }
 
@@ -830,6 +873,8 @@ int main(void)
         cmocka_unit_test(test_schema_renders_both_dialects),
         cmocka_unit_test(test_uri_selects_the_backend),
         cmocka_unit_test_setup_teardown(test_pg_prefetch_reports_the_batch, pg_setup, pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_prefetch_without_reservations, pg_setup,
+                                        pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_prefetch_a_full_batch_of_keys, pg_setup,
                                         pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_order_row, pg_setup, pg_teardown),
