@@ -25,7 +25,15 @@ fi
 # max_wal_size: at tens of thousands of commits' worth of rows a second the default 1 GB forces
 # a checkpoint every ~20 s ("checkpoints are occurring too frequently"), each a stall of
 # ~150 ms for every writer; 4 GB lets the timed checkpoint (5 min) do it, spread out.
+# wal_init_zero=off: by default each new 16 MB WAL segment is first written full of zeros and
+# fsynced, inside some commit. At ~10 MB of WAL a second (10k purchases/s) that is a commit of
+# ~55 ms every second or two until checkpoints start recycling segments, and it was the whole
+# p99 of stockd on PostgreSQL at half its peak (bench/hot-sku: ~50 ms with it, ~4-11 ms without,
+# at 8-12k/s). Off, the segment is created sparse and fdatasync persists each block as it is
+# allocated: as durable, the cost spread over the commits. (A full disk then fails a WAL write
+# rather than the segment's creation.)
 settings="-c shared_buffers=256MB -c fsync=on -c synchronous_commit=on -c max_wal_size=4GB"
+settings+=" -c wal_init_zero=off"
 as_postgres "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
   -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 $settings" \
   start >/dev/null
