@@ -86,8 +86,10 @@
 /* Idempotency records are kept this long by default (DESIGN.md: 7 days). */
 #define IDEM_RETENTION_MS_DEFAULT (7LL * 24 * 3600 * 1000)
 
-/* Idempotency rows deleted per pruning transaction: bounded so pruning never stalls a batch. */
-#define IDEM_PRUNE_ROWS_MAX 10000
+/* Idempotency records looked at (and the old ones deleted) per step of the pruning sweep, each
+ * step its own transaction between batches: bounded so pruning never stalls a batch for long
+ * (a few ms). */
+#define IDEM_PRUNE_ROWS_MAX 4096
 
 /* The seed-004 ticket item is reset to this level by POST /reset. */
 #define TICKET_RESET_ON_HAND 100

@@ -79,8 +79,11 @@
  * commands get 503: each retry finds the winner's rows, so a second run nearly always
  * commits; four covers a burst of instances racing on the same new keys. */
 #define WRITER_COMMIT_ATTEMPTS_MAX 4
-/* Idempotency pruning runs at most this often while idle. */
-#define WRITER_PRUNE_INTERVAL_MS (60 * 1000)
+/* A sweep that prunes idempotency records starts at most this often; its steps then run at the
+ * writer's idle moments until it reaches the end of the table. So a record is deleted within
+ * about this long (plus the sweep's own time) after its retention ends, and a sweep of a
+ * table of millions costs the writer seconds in ten minutes. */
+#define WRITER_PRUNE_INTERVAL_MS (10 * 60 * 1000)
 
 const int64_t writer_commit_bucket_us[WRITER_COMMIT_BUCKETS] = {
     100,   250,    500,    1000,   2500,    5000,    10000,   25000,
@@ -695,13 +698,19 @@ void writer_housekeeping(struct writer *w)
     if (now_ms < w->prune_due_ms) {
         return;
     }
-    w->prune_due_ms = now_ms + WRITER_PRUNE_INTERVAL_MS;
+    bool swept = false;
     int deleted = store_idem_prune(w->config.store, now_ms - w->config.idem_retention_ms,
-                                   IDEM_PRUNE_ROWS_MAX);
-    if (deleted > 0) {
-        log_info("writer: pruned %d expired idempotency records", deleted);
-        w->prune_due_ms = now_ms; /* more may be due: continue at the next idle moment */
+                                   IDEM_PRUNE_ROWS_MAX, &swept);
+    w->pruned_in_sweep += deleted > 0 ? (uint64_t)deleted : 0;
+    if (deleted >= 0 && !swept) {
+        w->prune_due_ms = now_ms; /* the sweep goes on at the next idle moment */
+        return;
     }
+    if (swept && w->pruned_in_sweep > 0) {
+        log_info("writer: pruned %" PRIu64 " expired idempotency records", w->pruned_in_sweep);
+    }
+    w->pruned_in_sweep = swept ? 0 : w->pruned_in_sweep;
+    w->prune_due_ms = now_ms + WRITER_PRUNE_INTERVAL_MS; /* swept, or storage failed */
 }
 
 /* Writes a snapshot of the read model when one is due (section 3 at the top). */

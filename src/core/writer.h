@@ -122,7 +122,8 @@ struct writer {
     struct batch *batch;            /* owned */
     struct writer_scratch *scratch; /* owned */
     enum writer_state state;
-    int64_t prune_due_ms; /* wall time of the next idempotency pruning */
+    int64_t prune_due_ms;     /* wall time of the next step of the idempotency sweep */
+    uint64_t pruned_in_sweep; /* records the current sweep deleted so far */
     pthread_t thread;
     bool started;
     _Atomic bool stopping;

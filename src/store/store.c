@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "base/errors.h"
+#include "base/log.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
 
@@ -153,13 +154,34 @@ void store_batch_done(struct store *s)
     s->ops->batch_done(s);
 }
 
-/* Deletes old idempotency records (see store.h); called by the writer when idle. */
-int store_idem_prune(struct store *s, int64_t before_ms, int max_rows)
+/* See store.h. */
+bool store_sweep_set(struct store_idem_sweep *sweep, const char *principal, size_t p_len,
+                     const char *key, size_t k_len)
 {
-    SVC_ASSERT(s != NULL && max_rows >= 1);
+    SVC_ASSERT(principal != NULL && key != NULL);
+    if (p_len >= sizeof sweep->principal || k_len >= sizeof sweep->key) {
+        log_error("idempotency sweep: a stored key of %zu+%zu bytes is longer than the cursor"
+                  " holds; starting the sweep again",
+                  p_len, k_len);
+        return false;
+    }
+    memcpy(sweep->principal, principal, p_len);
+    sweep->principal[p_len] = '\0';
+    memcpy(sweep->key, key, k_len);
+    sweep->key[k_len] = '\0';
+    return true;
+}
+
+/* A step of the sweep that deletes old idempotency records (see store.h); called by the
+ * writer when idle. */
+int store_idem_prune(struct store *s, int64_t before_ms, int max_rows, bool *swept)
+{
+    SVC_ASSERT(s != NULL && max_rows >= 1 && swept != NULL);
     SVC_ASSERT(!s->applying);
-    int rc = s->ops->idem_prune(s, before_ms, max_rows);
+    *swept = false;
+    int rc = s->ops->idem_prune(s, &s->idem_sweep, before_ms, max_rows, swept);
     SVC_ASSERT(rc == SVC_ESTORAGE_UNAVAILABLE || (rc >= 0 && rc <= max_rows));
+    SVC_ASSERT(!*swept || (s->idem_sweep.principal[0] == '\0' && s->idem_sweep.key[0] == '\0'));
     return rc;
 }
 

@@ -290,6 +290,14 @@ struct store_prefetch_keys {
 
 /* ---- the operations of a backend ---------------------------------------------------------- */
 
+/* Where the sweep of store_idem_prune stands: the last key it looked at ("" and "" before the
+ * first; an Idempotency-Key is never empty). */
+#define STORE_SWEEP_NAME_BYTES 512
+struct store_idem_sweep {
+    char principal[STORE_SWEEP_NAME_BYTES];
+    char key[STORE_SWEEP_NAME_BYTES];
+};
+
 /* The writer handle's operations (the store_* functions below forward to them). */
 struct store_ops {
     const char *name;
@@ -302,7 +310,10 @@ struct store_ops {
                     const struct store_sink *sink, struct store_sequences *out);
     int (*commit_batch)(struct store *s, const struct store_batch *batch);
     void (*batch_done)(struct store *s);
-    int (*idem_prune)(struct store *s, int64_t before_ms, int max_rows);
+    /* From sweep's key, the next max_rows records: deletes the old ones and moves sweep to the
+     * last one looked at (past the end: back to "" "", and *swept). */
+    int (*idem_prune)(struct store *s, struct store_idem_sweep *sweep, int64_t before_ms,
+                      int max_rows, bool *swept);
     /* Shared backends only (else NULL). */
     int (*reservations_due)(struct store *s, int64_t before_ms, int64_t *out, int max);
     uint64_t (*busy_wait_count)(struct store *s);
@@ -440,10 +451,18 @@ struct store_reader_ops {
                  int64_t ttl_ms, struct store_lease *out);
 };
 
+/* For the backends: sets *sweep to (principal, key), of p_len and k_len bytes, and returns
+ * true. A name too long for the cursor (none that stockd writes: principals and keys are
+ * bounded far below it) is logged and leaves *sweep alone: false, the step then deletes
+ * nothing and the sweep starts again from the first key. */
+bool store_sweep_set(struct store_idem_sweep *sweep, const char *principal, size_t p_len,
+                     const char *key, size_t k_len);
+
 /* Every backend's writer handle begins with this. */
 struct store {
     const struct store_ops *ops;
     bool applying; /* between store_apply_begin and store_apply_end: no reads allowed */
+    struct store_idem_sweep idem_sweep; /* owned by store_idem_prune */
 };
 
 /* Every backend's reader handle begins with this. */
@@ -484,9 +503,12 @@ int store_commit_batch(struct store *s, const struct store_batch *batch);
  * the SQLite WAL bounded. Cheap when there is nothing to do. */
 void store_batch_done(struct store *s);
 
-/* Deletes at most max_rows idempotency records created before before_ms; returns how many
- * were deleted or SVC_ESTORAGE_UNAVAILABLE. */
-int store_idem_prune(struct store *s, int64_t before_ms, int max_rows);
+/* One step of the sweep that prunes idempotency records (there is no index by age): looks at
+ * the next max_rows records in key order, from where the handle's previous step stopped, and
+ * deletes those created before before_ms. *swept is set when the step reached the end of the
+ * table: the next one starts again from the first key. Returns how many were deleted or
+ * SVC_ESTORAGE_UNAVAILABLE (the sweep then resumes where it was). */
+int store_idem_prune(struct store *s, int64_t before_ms, int max_rows, bool *swept);
 
 /* Shared backends: writes into out the seqs of up to max ACTIVE reservations that expired
  * before before_ms, whichever instance made them (one that stopped for good leaves its

@@ -173,9 +173,13 @@
                               " ORDER BY l.reservation_seq, l.line_no")                         \
     X(RESERVATIONS_DUE, "SELECT reservation_seq FROM reservations WHERE status = 'ACTIVE'"      \
                         " AND expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2")              \
-    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                      \
-                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < $1"      \
-                  " LIMIT $2)")                                                                 \
+    X(SWEEP_IDEM_BOUND, "SELECT principal, idem_key FROM idempotency"                           \
+                        " WHERE (principal, idem_key) > ($1, $2)"                               \
+                        " ORDER BY principal, idem_key LIMIT 1 OFFSET $3")                      \
+    X(SWEEP_IDEM_RANGE, "DELETE FROM idempotency WHERE (principal, idem_key) > ($1, $2)"        \
+                        " AND (principal, idem_key) <= ($3, $4) AND created_at_ms < $5")        \
+    X(SWEEP_IDEM_TAIL, "DELETE FROM idempotency WHERE (principal, idem_key) > ($1, $2)"         \
+                       " AND created_at_ms < $3")                                               \
     X(SNAPSHOT_INSERT, "INSERT INTO snapshots (seq, format, created_at_ms, body)"               \
                        " VALUES ($1, $2, $3, $4::bytea) ON CONFLICT (seq) DO UPDATE SET"        \
                        " format = excluded.format, created_at_ms = excluded.created_at_ms,"     \
@@ -1169,17 +1173,47 @@ static int pg_run_limited(struct pg_store *s, enum pg_stmt which, int64_t before
     return *out != NULL ? 0 : SVC_ESTORAGE_UNAVAILABLE;
 }
 
-static int pg_idem_prune(struct store *base, int64_t before_ms, int max_rows)
+/* The step of the sweep (store.h): the bound, then the delete up to it; each statement its own
+ * transaction, as the records of other instances may come and go between them (the delete only
+ * ever takes records older than before_ms). */
+static int pg_idem_prune(struct store *base, struct store_idem_sweep *sweep, int64_t before_ms,
+                         int max_rows, bool *swept)
 {
-    SVC_ASSERT(max_rows >= 1);
-    PGresult *r = NULL;
-    int rc = pg_run_limited((struct pg_store *)base, PG_STMT_PRUNE_IDEM, before_ms, max_rows, &r);
-    if (rc == 0) {
-        rc = (int)strtol(PQcmdTuples(r), NULL, 10);
+    struct pg_store *s = (struct pg_store *)base;
+    SVC_ASSERT(max_rows >= 1 && !s->in_transaction);
+    char offset[24];
+    char before[24];
+    snprintf(offset, sizeof offset, "%d", max_rows - 1);
+    snprintf(before, sizeof before, "%" PRId64, before_ms);
+    const char *bound_params[] = {sweep->principal, sweep->key, offset};
+    PGresult *bound = store_pg_exec(&s->writer, PG_STMT_SWEEP_IDEM_BOUND, 3, bound_params);
+    if (bound == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
     }
+    bool tail = PQntuples(bound) == 0;
+    struct store_idem_sweep next = {{0}, {0}}; /* past the end: from the first key again */
+    bool fits =
+        tail || store_sweep_set(&next, PQgetvalue(bound, 0, 0), (size_t)PQgetlength(bound, 0, 0),
+                                PQgetvalue(bound, 0, 1), (size_t)PQgetlength(bound, 0, 1));
+    PQclear(bound);
+    if (!fits) {
+        *sweep = next;
+        *swept = true;
+        return 0;
+    }
+    const char *range[] = {sweep->principal, sweep->key, next.principal, next.key, before};
+    const char *rest[] = {sweep->principal, sweep->key, before};
+    PGresult *r = tail ? store_pg_exec(&s->writer, PG_STMT_SWEEP_IDEM_TAIL, 3, rest)
+                       : store_pg_exec(&s->writer, PG_STMT_SWEEP_IDEM_RANGE, 5, range);
+    if (r == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int deleted = (int)strtol(PQcmdTuples(r), NULL, 10);
     PQclear(r);
-    SVC_ASSERT(rc <= max_rows); /* DELETE ... LIMIT max_rows */
-    return rc;
+    SVC_ASSERT(deleted >= 0 && deleted <= max_rows); /* in a range of max_rows keys */
+    *sweep = next;
+    *swept = tail;
+    return deleted;
 }
 
 static int pg_reservations_due(struct store *base, int64_t before_ms, int64_t *out, int max)

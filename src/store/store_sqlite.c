@@ -94,9 +94,13 @@
                                " sku, qty) VALUES (?1, ?2, ?3, ?4)")                           \
     X(FIND_RESERVATION, "SELECT status, version FROM reservations"                             \
                         " WHERE reservation_seq = ?1")                                         \
-    X(PRUNE_IDEM, "DELETE FROM idempotency WHERE (principal, idem_key) IN"                     \
-                  " (SELECT principal, idem_key FROM idempotency WHERE created_at_ms < ?1"     \
-                  " LIMIT ?2)")                                                                \
+    X(SWEEP_IDEM_BOUND, "SELECT principal, idem_key FROM idempotency"                          \
+                        " WHERE (principal, idem_key) > (?1, ?2)"                              \
+                        " ORDER BY principal, idem_key LIMIT 1 OFFSET ?3")                     \
+    X(SWEEP_IDEM_RANGE, "DELETE FROM idempotency WHERE (principal, idem_key) > (?1, ?2)"       \
+                        " AND (principal, idem_key) <= (?3, ?4) AND created_at_ms < ?5")       \
+    X(SWEEP_IDEM_TAIL, "DELETE FROM idempotency WHERE (principal, idem_key) > (?1, ?2)"        \
+                       " AND created_at_ms < ?3")                                              \
     X(SNAPSHOT_INSERT, "INSERT INTO snapshots (seq, format, created_at_ms, body)"              \
                        " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (seq) DO UPDATE SET"              \
                        " format = excluded.format, created_at_ms = excluded.created_at_ms,"    \
@@ -1062,15 +1066,48 @@ static void sqlite_batch_done(struct store *base)
     atomic_store_explicit(&s->checkpointer.wal_frames, 0, memory_order_relaxed);
 }
 
-static int sqlite_idem_prune(struct store *base, int64_t before_ms, int max_rows)
+static int sqlite_idem_prune(struct store *base, struct store_idem_sweep *sweep, int64_t before_ms,
+                             int max_rows, bool *swept)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     SVC_ASSERT(max_rows > 0);
-    SVC_ASSERT(sqlite3_get_autocommit(s->db)); /* its own transaction */
-    sqlite3_stmt *stmt = s->stmts[STORE_SQLITE_STMT_PRUNE_IDEM];
-    sqlite3_bind_int64(stmt, 1, before_ms);
-    sqlite3_bind_int(stmt, 2, max_rows);
-    int rc = sqlite_step_done(s, STORE_SQLITE_STMT_PRUNE_IDEM);
+    SVC_ASSERT(sqlite3_get_autocommit(s->db)); /* each statement its own transaction */
+    sqlite3_stmt *bound = s->stmts[STORE_SQLITE_STMT_SWEEP_IDEM_BOUND];
+    sqlite3_bind_text(bound, 1, sweep->principal, -1, SQLITE_STATIC);
+    sqlite3_bind_text(bound, 2, sweep->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int(bound, 3, max_rows - 1);
+    int step = sqlite3_step(bound);
+    struct store_idem_sweep next = {{0}, {0}}; /* past the end: from the first key again */
+    bool fits =
+        step != SQLITE_ROW || store_sweep_set(&next, (const char *)sqlite3_column_text(bound, 0),
+                                              (size_t)sqlite3_column_bytes(bound, 0),
+                                              (const char *)sqlite3_column_text(bound, 1),
+                                              (size_t)sqlite3_column_bytes(bound, 1));
+    sqlite3_reset(bound);
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        return store_sqlite_fail(s->db, sqlite_stmt_sql[STORE_SQLITE_STMT_SWEEP_IDEM_BOUND]);
+    }
+    if (!fits) {
+        *sweep = next;
+        *swept = true;
+        return 0;
+    }
+    bool tail = step == SQLITE_DONE;
+    enum sqlite_stmt which =
+        tail ? STORE_SQLITE_STMT_SWEEP_IDEM_TAIL : STORE_SQLITE_STMT_SWEEP_IDEM_RANGE;
+    sqlite3_stmt *stmt = s->stmts[which];
+    sqlite3_bind_text(stmt, 1, sweep->principal, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, sweep->key, -1, SQLITE_STATIC);
+    if (!tail) {
+        sqlite3_bind_text(stmt, 3, next.principal, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 4, next.key, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int64(stmt, tail ? 3 : 5, before_ms);
+    int rc = sqlite_step_done(s, which);
+    if (rc == 0) {
+        *sweep = next;
+        *swept = tail;
+    }
     return rc == 0 ? sqlite3_changes(s->db) : rc;
 }
 

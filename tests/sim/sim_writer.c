@@ -489,11 +489,14 @@ static void sim_batch_done(struct store *base)
     (void)base;
 }
 
-static int sim_idem_prune(struct store *base, int64_t before_ms, int max_rows)
+static int sim_idem_prune(struct store *base, struct store_idem_sweep *sweep, int64_t before_ms,
+                          int max_rows, bool *swept)
 {
     (void)base;
+    (void)sweep;
     (void)before_ms;
     (void)max_rows;
+    *swept = true;
     return 0; /* a run is shorter than the retention */
 }
 
@@ -567,7 +570,7 @@ static void sim_reply(struct command *cmd, void *context)
 
 static void sim_instance_open(struct sim_instance *in)
 {
-    in->handle = (struct store){&sim_ops, false};
+    in->handle = (struct store){.ops = &sim_ops};
     in->domain = calloc(1, sizeof *in->domain);
     SIM_CHECK(in->domain != NULL && dom_init(in->domain, &test_capacity) == 0);
     SIM_CHECK(queue_init(&in->queue, QUEUE_DEPTH_MAX) == 0);

@@ -480,21 +480,28 @@ static void test_pg_prefetch_without_reservations(void **state)
 
 #define MANY_RECORDS 1500
 
-static void test_pg_prefetch_a_full_batch_of_keys(void **state)
+/* Commits MANY_RECORDS records of principal "p": key-0000... created at T0_MS + i, the even
+ * ones with a Location. */
+static void pg_commit_many(struct store *store)
 {
-    struct pg_fixture *f = pg_fixture_or_skip(state);
-    ASSERT_OK(store_open(&f->store, f->uri));
     static char names[MANY_RECORDS][16];
     static struct row_idem rows[MANY_RECORDS];
     for (int i = 0; i < MANY_RECORDS; i++) {
         snprintf(names[i], sizeof names[i], "key-%04d", i);
-        rows[i] = (struct row_idem){"p",  names[i], (uint64_t)i,         201,  false,
-                                    "{}", 2,        i % 2 ? NULL : "/x", T0_MS};
+        rows[i] = (struct row_idem){"p",  names[i], (uint64_t)i,         201,      false,
+                                    "{}", 2,        i % 2 ? NULL : "/x", T0_MS + i};
     }
     struct store_batch batch = {0};
     batch.idems = rows;
     batch.idem_count = MANY_RECORDS;
-    pg_commit(f->store, &batch);
+    pg_commit(store, &batch);
+}
+
+static void test_pg_prefetch_a_full_batch_of_keys(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    ASSERT_OK(store_open(&f->store, f->uri));
+    pg_commit_many(f->store);
     static char asked[BATCH_COMMANDS_MAX][16];
     static struct store_idem_key keys[BATCH_COMMANDS_MAX];
     for (int i = 0; i < BATCH_COMMANDS_MAX; i++) { /* every other one absent */
@@ -864,6 +871,43 @@ static void test_pg_leases(void **state)
     store_reader_close(b);
 }
 
+/* Pruning sweeps the records in key order, a step at a time, and deletes only the old ones;
+ * the table has no index by age (migration 13). */
+static void test_pg_idem_prune_sweeps_in_steps(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    ASSERT_OK(store_open(&f->store, f->uri));
+    pg_commit_many(f->store); /* key-0000..key-1499, created T0_MS + i */
+    ASSERT_EQ_INT(pg_fixture_number(f, "SELECT count(*) FROM pg_indexes"
+                                       " WHERE indexname = 'idempotency_created'"),
+                  0);
+    const struct {
+        int64_t before_ms;
+        int steps;   /* of 400 records: the last one reaches the end */
+        int deleted; /* by the whole sweep */
+        int64_t left;
+    } sweeps[] = {
+        {T0_MS + 1000, 4, 1000, MANY_RECORDS - 1000},
+        {T0_MS + MANY_RECORDS, 2, 500, 0}, /* from the first key again */
+        {T0_MS + MANY_RECORDS, 1, 0, 0},   /* an empty table */
+    };
+    for (size_t i = 0; i < sizeof sweeps / sizeof sweeps[0]; i++) {
+        int deleted = 0;
+        for (int step = 1; step <= sweeps[i].steps; step++) {
+            bool swept = true;
+            int rc = store_idem_prune(f->store, sweeps[i].before_ms, 400, &swept);
+            ASSERT_LE_INT(0, rc);
+            ASSERT_EQ_INT(swept, step == sweeps[i].steps);
+            deleted += rc;
+        }
+        ASSERT_EQ_INT(deleted, sweeps[i].deleted);
+        ASSERT_EQ_INT(pg_fixture_number(f, "SELECT count(*) FROM idempotency"), sweeps[i].left);
+        ASSERT_EQ_INT(pg_fixture_number(f, "SELECT count(*) FROM idempotency"
+                                           " WHERE idem_key < 'key-1000'"),
+                      0); /* the old ones, and only they */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -877,6 +921,7 @@ int main(void)
                                         pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_prefetch_a_full_batch_of_keys, pg_setup,
                                         pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_idem_prune_sweeps_in_steps, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_order_row, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_reservation_row, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_leases, pg_setup, pg_teardown),

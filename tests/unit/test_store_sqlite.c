@@ -651,7 +651,7 @@ static void apply_call_run(struct store *store, enum apply_call call)
     case CALL_LOAD: store_load(store, &load, &sequences); break;
     case CALL_COMMIT: store_commit_batch(store, &batch); break;
     case CALL_BATCH_DONE: store_batch_done(store); break;
-    case CALL_IDEM_PRUNE: store_idem_prune(store, 0, 1); break;
+    case CALL_IDEM_PRUNE: store_idem_prune(store, 0, 1, &(bool){false}); break;
     case CALL_CLOSE: store_close(store); break;
     case CALL_APPLY_BEGIN: store_apply_begin(store); break; /* nested */
     case CALL_COUNT: break;
@@ -867,6 +867,57 @@ static void test_idem_prefetch_searches_the_primary_key(void **state)
     sqlite3_close(db);
 }
 
+/* Runs one sweep of store_idem_prune to its end in steps of step_rows; checks that every step
+ * but the last one reported more to come, and returns how many records it deleted. */
+static int sweep_once(struct store *store, int64_t before_ms, int step_rows, int steps_expected)
+{
+    int deleted = 0;
+    for (int step = 1; step <= steps_expected; step++) {
+        bool swept = true;
+        int rc = store_idem_prune(store, before_ms, step_rows, &swept);
+        ASSERT_LE_INT(0, rc);
+        ASSERT_LE_INT(rc, step_rows);
+        ASSERT_EQ_INT(swept, step == steps_expected);
+        deleted += rc;
+    }
+    return deleted;
+}
+
+static int64_t count_sql(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    ASSERT_EQ_INT(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *stmt = NULL;
+    ASSERT_EQ_INT(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
+    ASSERT_EQ_INT(sqlite3_step(stmt), SQLITE_ROW);
+    int64_t n = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Pruning sweeps the records in key order, a step at a time, and deletes only the old ones;
+ * the table has no index by age (migration 13). */
+static void test_idem_prune_sweeps_in_steps(void **state)
+{
+    struct fixture *f = *state;
+    fixture_open(f);
+    commit_many_records(f->store); /* key-0000..key-1499, created T0_MS + i */
+    ASSERT_EQ_INT(count_sql(f->path, "SELECT count(*) FROM sqlite_schema"
+                                     " WHERE name = 'idempotency_created'"),
+                  0);
+    /* 1,500 keys in steps of 400: three steps up to a bound, the fourth reaches the end. */
+    ASSERT_EQ_INT(sweep_once(f->store, T0_MS + 1000, 400, 4), 1000);
+    ASSERT_EQ_INT(count_sql(f->path, "SELECT count(*) FROM idempotency"), MANY_RECORDS - 1000);
+    ASSERT_EQ_INT(count_sql(f->path, "SELECT count(*) FROM idempotency"
+                                     " WHERE idem_key < 'key-1000'"),
+                  0);
+    /* The next sweep starts from the first key again: 500 left, every one old now. */
+    ASSERT_EQ_INT(sweep_once(f->store, T0_MS + MANY_RECORDS, 400, 2), 500);
+    ASSERT_EQ_INT(count_sql(f->path, "SELECT count(*) FROM idempotency"), 0);
+    ASSERT_EQ_INT(sweep_once(f->store, T0_MS + MANY_RECORDS, 400, 1), 0); /* empty table */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -888,6 +939,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_migration_10_checks_without_ephemeral_tables,
                                         fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_idem_prefetch_searches_the_primary_key, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_idem_prune_sweeps_in_steps, fixture_setup,
                                         fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
