@@ -1,18 +1,20 @@
 """Black-box tests of Idempotency-Key (DESIGN.md): same key + same request -> the first
 response again, byte for byte, with Idempotent-Replayed: true; same key + another request ->
 422 idempotency_key_reused; concurrent duplicates create one order; keys survive a restart;
-the request is compared by its meaning (a re-serialised body replays), and records stored by
-older versions (a fingerprint of the bytes) still replay."""
+the request is compared by its meaning (a re-serialised body replays), records stored by
+older versions (a fingerprint of the bytes) still replay, and records past the retention are
+pruned."""
 
 import os
 import sqlite3
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (audit_events, check, check_eq, check_problem, check_status, describe, main,  # noqa: E402
-                     new_key, psql, run_threads, start_stockd)
+from harness import (audit_events, check, check_eq, check_problem, check_status, describe,  # noqa: E402
+                     eventually, main, new_key, psql, run_threads, start_stockd)
 
 SKU = "IDEM-1"
 
@@ -307,7 +309,74 @@ def test_records_of_older_versions_replay():
         s.stop()
 
 
+OLD_RECORDS = 10000  # more than two steps of the sweep (IDEM_PRUNE_ROWS_MAX, 4,096)
+
+
+def stored_sql(s, sql):
+    """Runs sql on the stopped or running server's database; the rows."""
+    if s.pg_db:
+        return psql(sql, db=s.pg_db)
+    db = sqlite3.connect(os.path.join(s.data_dir, "stockd.db"), timeout=10)
+    try:
+        with db:
+            return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def test_expired_records_are_pruned():
+    """Past --idempotency-retention-hours the writer's sweep deletes a record (there is no
+    index by age: it walks the table in steps): the old ones go, the recent ones still replay,
+    and a key whose record went may be used for another request."""
+    s = start_stockd()
+    try:
+        with s.client() as c:
+            make_product(c, 10)
+            firsts = []
+            for i in range(3):
+                key = new_key("prune")
+                body = {"sku": SKU, "qty": 1, "customerId": "p%d" % i}
+                r = c.post("/v1/purchase", body, key=key)
+                check_status(r, 201, "purchase %d" % i)
+                firsts.append((key, body, r))
+        check_eq(s.stop(), 0, "exit code of a clean stop")
+        old_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+        if s.pg_db:
+            series = ("FROM generate_series(1, %d) i" % OLD_RECORDS, "lpad(i::text, 5, '0')")
+            stored_sql(s, "INSERT INTO idempotency (principal, idem_key, fingerprint, status,"
+                          " problem, body, created_at_ms) SELECT 'admin', 'old-' || %s, 0, 201,"
+                          " 0, '{}', %d %s" % (series[1], old_ms, series[0]))
+        else:
+            stored_sql(s, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                          " WHERE i < %d) INSERT INTO idempotency (principal, idem_key,"
+                          " fingerprint, status, problem, body, created_at_ms) SELECT 'admin',"
+                          " printf('old-%%05d', i), 0, 201, 0, '{}', %d FROM n"
+                          % (OLD_RECORDS, old_ms))
+        aged_key, aged_body, _ = firsts[0]
+        stored_sql(s, "UPDATE idempotency SET created_at_ms = %d WHERE idem_key = '%s'"
+                      % (old_ms, aged_key))
+        s = start_stockd(["--idempotency-retention-hours", "1"], data_dir=s.data_dir)
+
+        def no_old_left():
+            n = int(stored_sql(s, "SELECT count(*) FROM idempotency WHERE idem_key LIKE 'old-%%'"
+                                  " OR idem_key = '%s'" % aged_key)[0][0])
+            check_eq(n, 0, "expired records left")
+        eventually(no_old_left, "the expired records deleted", 30)
+        with s.client() as c:
+            for key, body, first in firsts[1:]:
+                check_replay(first, c.post("/v1/purchase", body, key=key), "a recent key")
+            r = c.post("/v1/purchase", dict(aged_body, qty=2), key=aged_key)
+            check_status(r, 201, "another request with the key of a pruned record")
+            check_eq(on_hand(c), 5, "three purchases of 1, then one of 2")
+        with open(s.log_path) as f:
+            log = f.read()
+        check("pruned %d expired idempotency records" % (OLD_RECORDS + 1) in log,
+              "the sweep's log line (pruned %d): %s" % (OLD_RECORDS + 1, s.log_tail(10)))
+    finally:
+        s.stop()
+
+
 if __name__ == "__main__":
     main([test_same_key_same_body, test_same_key_other_request, test_concurrent_same_key,
           test_replayed_409_stays_409, test_keys_survive_restart, test_reserialised_body_replays,
-          test_records_of_older_versions_replay])
+          test_records_of_older_versions_replay, test_expired_records_are_pruned])
