@@ -185,18 +185,25 @@ def test_replayed_409_stays_409():
         s.stop()
 
 
+def purchases(c, count, prefix, qty_of):
+    """count purchases of SKU, each under a new key, of qty_of(i) units; each must answer 201.
+    Returns [(key, body, response)] for replays."""
+    done = []
+    for i in range(count):
+        key = new_key(prefix)
+        body = {"sku": SKU, "qty": qty_of(i), "customerId": "%s-c%d" % (prefix, i)}
+        r = c.post("/v1/purchase", body, key=key)
+        check_status(r, 201, "%s purchase %d" % (prefix, i))
+        done.append((key, body, r))
+    return done
+
+
 def test_keys_survive_restart():
     s = start_stockd()
     try:
         with s.client() as c:
             make_product(c, 20)
-            firsts = []
-            for i in range(5):
-                key = new_key("restart")
-                body = {"sku": SKU, "qty": i + 1, "customerId": "c%d" % i}
-                r = c.post("/v1/purchase", body, key=key)
-                check_status(r, 201, "purchase %d" % i)
-                firsts.append((key, body, r))
+            firsts = purchases(c, 5, "restart", lambda i: i + 1)
             key = new_key("restart-409")
             body = {"sku": SKU, "qty": 100, "customerId": "big"}
             r = c.post("/v1/purchase", body, key=key)
@@ -332,13 +339,7 @@ def test_expired_records_are_pruned():
     try:
         with s.client() as c:
             make_product(c, 10)
-            firsts = []
-            for i in range(3):
-                key = new_key("prune")
-                body = {"sku": SKU, "qty": 1, "customerId": "p%d" % i}
-                r = c.post("/v1/purchase", body, key=key)
-                check_status(r, 201, "purchase %d" % i)
-                firsts.append((key, body, r))
+            firsts = purchases(c, 3, "prune", lambda i: 1)
         check_eq(s.stop(), 0, "exit code of a clean stop")
         old_ms = int(time.time() * 1000) - 2 * 3600 * 1000
         if s.pg_db:

@@ -714,6 +714,23 @@ static void test_reads_during_apply_abort(void **state)
     seen_free(&seen);
 }
 
+/* The database at path, opened read-only beside the store's own connection. */
+static sqlite3 *open_read_only(const char *path)
+{
+    sqlite3 *db = NULL;
+    ASSERT_EQ_INT(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    return db;
+}
+
+/* sql prepared and stepped to its first row, which must exist; the caller finalizes. */
+static sqlite3_stmt *first_row(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    ASSERT_EQ_INT(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
+    ASSERT_EQ_INT(sqlite3_step(stmt), SQLITE_ROW);
+    return stmt;
+}
+
 /* ---- migration 4 --------------------------------------------------------------------------- */
 
 /* Builds f->path at schema version 3 with the v1..v3 statements, plus idempotency records. */
@@ -766,13 +783,8 @@ static void test_migration_4_backfills_location(void **state)
     ASSERT_FALSE(seen_idem_find(&seen, "p", "refused")->has_location);
     ASSERT_FALSE(seen_idem_find(&seen, "p", "ok")->has_location);
     seen_free(&seen);
-    sqlite3 *db = NULL;
-    ASSERT_EQ_INT(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *stmt = NULL;
-    ASSERT_EQ_INT(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'schema_version'", -1,
-                                     &stmt, NULL),
-                  SQLITE_OK);
-    ASSERT_EQ_INT(sqlite3_step(stmt), SQLITE_ROW);
+    sqlite3 *db = open_read_only(f->path);
+    sqlite3_stmt *stmt = first_row(db, "SELECT value FROM meta WHERE key = 'schema_version'");
     char newest[16]; /* every later migration runs too */
     snprintf(newest, sizeof newest, "%d", schema_migrations[schema_migration_count - 1].version);
     ASSERT_EQ_STR((const char *)sqlite3_column_text(stmt, 0), newest);
@@ -844,8 +856,7 @@ static void test_idem_prefetch_searches_the_primary_key(void **state)
 {
     struct fixture *f = *state;
     fixture_open(f); /* the schema at the latest version */
-    sqlite3 *db = NULL;
-    ASSERT_EQ_INT(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3 *db = open_read_only(f->path);
     static char sql[256 + 16 * BATCH_COMMANDS_MAX];
     const size_t sizes[] = {1, 8, 64, BATCH_COMMANDS_MAX};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
@@ -883,13 +894,11 @@ static int sweep_once(struct store *store, int64_t before_ms, int step_rows, int
     return deleted;
 }
 
+/* The integer sql (a count) reads from the database at path. */
 static int64_t count_sql(const char *path, const char *sql)
 {
-    sqlite3 *db = NULL;
-    ASSERT_EQ_INT(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *stmt = NULL;
-    ASSERT_EQ_INT(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
-    ASSERT_EQ_INT(sqlite3_step(stmt), SQLITE_ROW);
+    sqlite3 *db = open_read_only(path);
+    sqlite3_stmt *stmt = first_row(db, sql);
     int64_t n = sqlite3_column_int64(stmt, 0);
     sqlite3_finalize(stmt);
     sqlite3_close(db);
