@@ -177,6 +177,77 @@ static struct sim_item *sim_item(const char *store_id, const char *sku)
     return NULL;
 }
 
+/* Shared: the stock rows and reservations each instance's last prefetch named (a shared
+ * backend locks them there), and every stock row its commit updates must be among them. */
+#define SIM_NAMED_MAX 4096
+struct sim_named {
+    struct {
+        char store_id[STORE_ID_BYTES_MAX + 1];
+        char sku[SKU_BYTES_MAX + 1];
+    } items[SIM_NAMED_MAX];
+    size_t item_count;
+    int64_t reservations[SIM_NAMED_MAX];
+    size_t reservation_count;
+};
+
+static struct sim_named sim_named[SIM_INSTANCES_MAX];
+
+static struct sim_named *sim_named_of(const struct store *base)
+{
+    for (int i = 0; i < sim_instance_count; i++) {
+        if (&sim_instances[i].handle == base) {
+            return &sim_named[i];
+        }
+    }
+    SIM_CHECK(false); /* every handle is an instance's */
+    return NULL;
+}
+
+static void sim_name(const struct store *base, const struct store_prefetch_keys *keys)
+{
+    struct sim_named *n = sim_named_of(base);
+    SIM_CHECK(keys->item_count <= SIM_NAMED_MAX && keys->reservation_count <= SIM_NAMED_MAX);
+    n->item_count = keys->item_count;
+    for (size_t i = 0; i < keys->item_count; i++) {
+        snprintf(n->items[i].store_id, sizeof n->items[i].store_id, "%s", keys->items[i].store_id);
+        snprintf(n->items[i].sku, sizeof n->items[i].sku, "%s", keys->items[i].sku);
+    }
+    n->reservation_count = keys->reservation_count;
+    memcpy(n->reservations, keys->reservation_seqs,
+           keys->reservation_count * sizeof keys->reservation_seqs[0]);
+}
+
+/* Was the stock row (store_id, sku) named, itself or as a line of a named reservation? */
+static bool sim_was_named(const struct sim_named *n, const char *store_id, const char *sku)
+{
+    for (size_t i = 0; i < n->item_count; i++) {
+        if (strcmp(n->items[i].store_id, store_id) == 0 && strcmp(n->items[i].sku, sku) == 0) {
+            return true;
+        }
+    }
+    for (size_t i = 0; i < n->reservation_count; i++) {
+        const struct sim_reservation *r = &sim.reservations[n->reservations[i]];
+        for (uint32_t l = 0; strcmp(r->store_id, store_id) == 0 && l < r->line_count; l++) {
+            if (strcmp(r->skus[l], sku) == 0) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* Every stock row the batch updates (a new one is an insert: a unique key guards it) was
+ * named by the prefetch before it: else another instance could sell the same units. */
+static void sim_check_named(const struct store *base, const struct store_batch *b)
+{
+    const struct sim_named *n = sim_named_of(base);
+    for (size_t i = 0; i < b->item_count; i++) {
+        const struct row_item *row = &b->items[i];
+        SIM_CHECK(sim_item(row->store_id, row->sku) == NULL ||
+                  sim_was_named(n, row->store_id, row->sku));
+    }
+}
+
 /* The index of key "k<index>". */
 static uint32_t sim_key_index(const char *key)
 {
@@ -298,7 +369,6 @@ static int sim_prefetch_events(int64_t events_after, const struct store_sink *si
 static int sim_prefetch(struct store *base, const struct store_prefetch_keys *keys,
                         const struct store_sink *sink, struct store_sequences *out)
 {
-    (void)base;
     sim_read();
     sim.prefetches++;
     int rc = sim_prefetch_idems(keys, sink);
@@ -307,7 +377,9 @@ static int sim_prefetch(struct store *base, const struct store_prefetch_keys *ke
         SIM_CHECK(keys->item_count == 0 && keys->store_count == 0 && keys->sku_count == 0);
         return rc;
     }
-    /* Shared: the whole catalogue is small here; a real backend reads only what keys name. */
+    /* Shared: the whole catalogue is small here; a real backend reads only what keys name
+     * (sim_check_named holds the writer to that). */
+    sim_name(base, keys);
     rc = rc == 0 ? sim_feed_catalogue(sink) : rc;
     rc = rc == 0 ? sim_prefetch_events(keys->events_after, sink) : rc;
     *out = (struct store_sequences){sim.order_max, sim.event_max, sim.reservation_max};
@@ -467,8 +539,10 @@ static void sim_commit_reservations(const struct store_batch *b)
 
 static int sim_commit_batch(struct store *base, const struct store_batch *b)
 {
-    (void)base;
     sim_read(); /* a write is not a read, but it must not happen during apply either */
+    if (sim_shared) {
+        sim_check_named(base, b);
+    }
     if (sim_below(100) < SIM_FAIL_PERCENT) {
         return SVC_ESTORAGE_UNAVAILABLE; /* nothing of it is kept */
     }
