@@ -130,24 +130,6 @@ static int pg_conn_prepare_all(struct store_pg_conn *c)
     return 0;
 }
 
-/* The writer's first connection reads the server settings that cost stockd its tail and says
- * so once in the log (README, "Several instances on one PostgreSQL"). wal_init_zero=on (the
- * default) writes each new 16 MB WAL segment full of zeros and fsyncs it inside the commit that
- * needs it: a ~55 ms commit every second or two at ~10k purchases/s. */
-static void pg_conn_check_settings(struct store_pg_conn *c)
-{
-    SVC_ASSERT(c->conn != NULL && c->connects == 0);
-    PGresult *r = PQexec(c->conn, "SHOW wal_init_zero");
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-        strcmp(PQgetvalue(r, 0, 0), "on") == 0) {
-        log_warn("postgres %s: the server has wal_init_zero=on: a commit that needs a new WAL "
-                 "segment waits while it is zero-filled and fsynced (tens of ms); set "
-                 "wal_init_zero=off (as durable: fsync stays on)",
-                 c->role);
-    }
-    PQclear(r); /* an older server without the setting answers an error: nothing to say */
-}
-
 /* See store_pg_conn.h; called before every round trip. */
 int store_pg_conn_ready(struct store_pg_conn *c)
 {
@@ -172,9 +154,6 @@ int store_pg_conn_ready(struct store_pg_conn *c)
         return SVC_ESTORAGE_UNAVAILABLE;
     }
     PQsetNoticeProcessor(c->conn, pg_conn_notice, c);
-    if (c->connects == 0 && c->pipeline && strcmp(c->role, "writer") == 0) {
-        pg_conn_check_settings(c);
-    }
     if (pg_conn_prepare_all(c) != 0) {
         store_pg_conn_fail(c, "prepare");
         return SVC_ESTORAGE_UNAVAILABLE;

@@ -227,7 +227,10 @@ static bool sim_was_named(const struct sim_named *n, const char *store_id, const
     }
     for (size_t i = 0; i < n->reservation_count; i++) {
         const struct sim_reservation *r = &sim.reservations[n->reservations[i]];
-        for (uint32_t l = 0; strcmp(r->store_id, store_id) == 0 && l < r->line_count; l++) {
+        if (strcmp(r->store_id, store_id) != 0) {
+            continue;
+        }
+        for (uint32_t l = 0; l < r->line_count; l++) {
             if (strcmp(r->skus[l], sku) == 0) {
                 return true;
             }
