@@ -5,9 +5,10 @@
  *
  * Input: byte 0 picks the decoder; the bytes up to the first newline are the path parameter
  * ({id} of the route, e.g. res_12); the rest is the body, parsed as api_parse_body does. The
- * same rest is also read as a query string. Properties, besides "no crash, no sanitizer
- * report": a refusal is a 4xx svc_err with a reason; an accepted command has NUL-terminated
- * fields, identifiers of [A-Za-z0-9._-] only, and at most CMD_LINES_MAX lines. See
+ * same rest is also read as a query string, and by json_flat (base/json_flat.h), whose reading
+ * must agree with jansson's, and so must the purchase it decodes. Properties, besides "no
+ * crash, no sanitizer report": a refusal is a 4xx svc_err with a reason; an accepted command has
+ * NUL-terminated fields, identifiers of [A-Za-z0-9._-] only, and at most CMD_LINES_MAX lines. See
  * fuzz/README.md for running, minimising and merging.
  */
 #include "../src/http/api_inventory.c"
@@ -28,7 +29,8 @@ static int fuzz_decode_purchase(const struct http_request *r, json_t *body, stru
                                 const char **why)
 {
     (void)r;
-    return api_decode_purchase(body, cmd, why);
+    struct api_body purchase = {body, NULL};
+    return api_decode_purchase(&purchase, cmd, why);
 }
 
 static const struct {
@@ -83,6 +85,41 @@ static void fuzz_query(const uint8_t *data, size_t size)
     }
 }
 
+/* json_flat.h's promise: what it reads, jansson reads as the same object, member for member,
+ * and a purchase decoded from either is the same command with the same answer. */
+static void fuzz_flat(const uint8_t *bytes, size_t length, json_t *body)
+{
+    static struct json_flat flat;
+    if (!json_flat_parse((const char *)bytes, length, &flat)) {
+        return;
+    }
+    SVC_ASSERT(body != NULL && json_is_object(body) && json_object_size(body) == flat.count);
+    for (uint32_t i = 0; i < flat.count; i++) {
+        const struct json_flat_member *m = &flat.members[i];
+        json_t *v = json_object_getn(body, m->key, m->key_length);
+        SVC_ASSERT(v != NULL);
+        SVC_ASSERT(m->type != JSON_FLAT_STRING ||
+                   (json_is_string(v) && json_string_length(v) == m->length &&
+                    memcmp(json_string_value(v), m->text, m->length) == 0));
+        SVC_ASSERT(m->type != JSON_FLAT_INTEGER ||
+                   (json_is_integer(v) && json_integer_value(v) == m->integer));
+        SVC_ASSERT(m->type != JSON_FLAT_TRUE || json_is_true(v));
+        SVC_ASSERT(m->type != JSON_FLAT_FALSE || json_is_false(v));
+        SVC_ASSERT(m->type != JSON_FLAT_NULL || json_is_null(v));
+    }
+    static struct command from_flat, from_json;
+    memset(&from_flat, 0, sizeof from_flat);
+    memset(&from_json, 0, sizeof from_json);
+    const char *why_flat = NULL;
+    const char *why_json = NULL;
+    struct api_body a = {NULL, &flat};
+    struct api_body b = {body, NULL};
+    int rc_flat = api_decode_purchase(&a, &from_flat, &why_flat);
+    int rc_json = api_decode_purchase(&b, &from_json, &why_json);
+    SVC_ASSERT(rc_flat == rc_json && why_flat == why_json);
+    SVC_ASSERT(memcmp(&from_flat, &from_json, sizeof from_flat) == 0);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -106,6 +143,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_error_t error;
     json_t *body =
         json_loadb((const char *)body_bytes, body_length, JSON_REJECT_DUPLICATES, &error);
+    fuzz_flat(body_bytes, body_length, body);
     if (body == NULL || !json_is_object(body)) {
         json_decref(body);
         return 0; /* api_parse_body answers 400 invalid_json before any decoder */

@@ -36,6 +36,7 @@ MODULES = {
     "log": (["src/base/log.c", "src/base/log_format.c"], ["log_"]),
     "clock": (["src/base/clock.c"], ["clock_"]),
     "json_out": (["src/base/json_out.c"], ["jbuf_"]),
+    "json_flat": (["src/base/json_flat.c"], ["json_flat_", "jflat_"]),
     "problem": (["src/base/problem.c"], ["problem_"]),
     "capacity": (["src/base/capacity.c"], ["capacity_"]),
     # store

@@ -34,21 +34,28 @@ static bool api_content_type_is_json(h2o_iovec_t value)
     return value.len == length || value.base[length] == ';' || value.base[length] == ' ';
 }
 
-json_t *api_parse_body(struct http_request *r)
+/* The body rules of a command: its size and JSON content type. Sends the 4xx when broken. */
+static bool api_body_allowed(struct http_request *r)
 {
     SVC_ASSERT(r->route != NULL);
     SVC_ASSERT(r->route->flags & ROUTE_JSON_BODY);
-    h2o_iovec_t entity = r->req->entity;
-    if (entity.len > r->route->body_bytes_max) {
+    if (r->req->entity.len > r->route->body_bytes_max) {
         http_send_problem(r, SVC_EBODY_TOO_LARGE, "the body exceeds 65536 bytes", "maxBytes",
                           (int64_t)r->route->body_bytes_max);
-        return NULL;
+        return false;
     }
     if (!api_content_type_is_json(http_header(r, "content-type"))) {
         http_send_problem(r, SVC_EUNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json",
                           NULL, 0);
-        return NULL;
+        return false;
     }
+    return true;
+}
+
+/* The body as a JSON object (jansson), its rules already checked. */
+static json_t *api_parse_object(struct http_request *r)
+{
+    h2o_iovec_t entity = r->req->entity;
     json_error_t error;
     json_t *body =
         entity.base ? json_loadb(entity.base, entity.len, JSON_REJECT_DUPLICATES, &error) : NULL;
@@ -65,54 +72,122 @@ json_t *api_parse_body(struct http_request *r)
     return body;
 }
 
-int api_get_string(json_t *body, const char *name, bool required, bool charset_id, char *out,
-                   size_t size, const char **why)
+json_t *api_parse_body(struct http_request *r)
+{
+    return api_body_allowed(r) ? api_parse_object(r) : NULL;
+}
+
+bool api_parse_body_flat(struct http_request *r, struct json_flat *flat, struct api_body *body)
+{
+    *body = (struct api_body){NULL, NULL};
+    if (!api_body_allowed(r)) {
+        return false;
+    }
+    h2o_iovec_t entity = r->req->entity;
+    if (entity.base != NULL && json_flat_parse(entity.base, entity.len, flat)) {
+        body->flat = flat;
+        return true;
+    }
+    body->json = api_parse_object(r);
+    return body->json != NULL;
+}
+
+/* A member of a body as the checks below see it: null counts as absent, as in jansson. */
+struct api_member {
+    enum { API_MEMBER_ABSENT, API_MEMBER_STRING, API_MEMBER_INTEGER, API_MEMBER_OTHER } type;
+    const char *text; /* a string's bytes (length of them), else NULL */
+    size_t length;
+    int64_t integer;
+};
+
+static struct api_member api_member_get(const struct api_body *body, const char *name)
+{
+    SVC_ASSERT((body->json == NULL) != (body->flat == NULL));
+    struct api_member out = {API_MEMBER_OTHER, NULL, 0, 0};
+    if (body->flat != NULL) {
+        const struct json_flat_member *m = json_flat_get(body->flat, name);
+        out.type = m == NULL || m->type == JSON_FLAT_NULL ? API_MEMBER_ABSENT
+                   : m->type == JSON_FLAT_STRING          ? API_MEMBER_STRING
+                   : m->type == JSON_FLAT_INTEGER         ? API_MEMBER_INTEGER
+                                                          : API_MEMBER_OTHER;
+        out.text = m != NULL ? m->text : NULL;
+        out.length = m != NULL ? m->length : 0;
+        out.integer = m != NULL ? m->integer : 0;
+        return out;
+    }
+    json_t *member = json_object_get(body->json, name);
+    if (member == NULL || json_is_null(member)) {
+        out.type = API_MEMBER_ABSENT;
+    } else if (json_is_string(member)) {
+        out = (struct api_member){API_MEMBER_STRING, json_string_value(member),
+                                  json_string_length(member), 0};
+    } else if (json_is_integer(member)) {
+        out = (struct api_member){API_MEMBER_INTEGER, NULL, 0, json_integer_value(member)};
+    }
+    return out;
+}
+
+int api_body_string(const struct api_body *body, const char *name, bool required, bool charset_id,
+                    char *out, size_t size, const char **why)
 {
     SVC_ASSERT(size >= 2);
-    json_t *member = json_object_get(body, name);
+    struct api_member member = api_member_get(body, name);
     out[0] = '\0';
-    if (member == NULL || json_is_null(member)) {
+    if (member.type == API_MEMBER_ABSENT) {
         *why = "a required member is missing";
         return required ? SVC_EVALIDATION : 0;
     }
-    if (!json_is_string(member)) {
+    if (member.type != API_MEMBER_STRING) {
         *why = "a member must be a string";
         return SVC_EVALIDATION;
     }
-    size_t length = json_string_length(member);
-    const char *value = json_string_value(member);
-    if (length == 0 || length > size - 1 || memchr(value, '\0', length) != NULL) {
+    size_t length = member.length;
+    if (length == 0 || length > size - 1 || memchr(member.text, '\0', length) != NULL) {
         *why = "a string member is empty or too long";
         return SVC_EVALIDATION;
     }
-    if (charset_id && !api_is_id(value, length, size - 1)) {
+    if (charset_id && !api_is_id(member.text, length, size - 1)) {
         *why = "an identifier must be 1-64 of [A-Za-z0-9._-]";
         return SVC_EVALIDATION;
     }
-    memcpy(out, value, length + 1);
+    memcpy(out, member.text, length);
+    out[length] = '\0';
+    return 1;
+}
+
+int api_get_string(json_t *body, const char *name, bool required, bool charset_id, char *out,
+                   size_t size, const char **why)
+{
+    struct api_body b = {body, NULL};
+    return api_body_string(&b, name, required, charset_id, out, size, why);
+}
+
+int api_body_int(const struct api_body *body, const char *name, bool required, int64_t min,
+                 int64_t max, int64_t *out, const char **why)
+{
+    SVC_ASSERT(min <= max);
+    struct api_member member = api_member_get(body, name);
+    if (member.type == API_MEMBER_ABSENT) {
+        *why = "a required member is missing";
+        return required ? SVC_EVALIDATION : 0;
+    }
+    if (member.type != API_MEMBER_INTEGER) {
+        *why = "a member must be an integer";
+        return SVC_EVALIDATION;
+    }
+    if (member.integer < min || member.integer > max) {
+        *why = "an integer member is out of range";
+        return SVC_EVALIDATION;
+    }
+    *out = member.integer;
     return 1;
 }
 
 int api_get_int(json_t *body, const char *name, bool required, int64_t min, int64_t max,
                 int64_t *out, const char **why)
 {
-    SVC_ASSERT(min <= max);
-    json_t *member = json_object_get(body, name);
-    if (member == NULL || json_is_null(member)) {
-        *why = "a required member is missing";
-        return required ? SVC_EVALIDATION : 0;
-    }
-    if (!json_is_integer(member)) {
-        *why = "a member must be an integer";
-        return SVC_EVALIDATION;
-    }
-    json_int_t value = json_integer_value(member);
-    if (value < min || value > max) {
-        *why = "an integer member is out of range";
-        return SVC_EVALIDATION;
-    }
-    *out = (int64_t)value;
-    return 1;
+    struct api_body b = {body, NULL};
+    return api_body_int(&b, name, required, min, max, out, why);
 }
 
 int api_if_match(struct http_request *r, struct command *cmd)

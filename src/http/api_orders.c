@@ -20,10 +20,10 @@
 #include "base/svc_assert.h"
 #include "intake/intake.h"
 
-static int api_decode_policy(json_t *body, enum dom_policy *out, const char **why)
+static int api_decode_policy(const struct api_body *body, enum dom_policy *out, const char **why)
 {
     char policy[32];
-    int rc = api_get_string(body, "policy", false, true, policy, sizeof policy, why);
+    int rc = api_body_string(body, "policy", false, true, policy, sizeof policy, why);
     *out = DOM_POLICY_HIGHEST_AVAILABLE;
     if (rc <= 0) {
         return rc;
@@ -43,18 +43,19 @@ static int api_decode_policy(json_t *body, enum dom_policy *out, const char **wh
     return SVC_EVALIDATION;
 }
 
-static int api_decode_purchase(json_t *body, struct command *cmd, const char **why)
+static int api_decode_purchase(const struct api_body *body, struct command *cmd, const char **why)
 {
-    int rc = api_get_string(body, "sku", true, true, cmd->sku, sizeof cmd->sku, why);
+    int rc = api_body_string(body, "sku", true, true, cmd->sku, sizeof cmd->sku, why);
     if (rc >= 0) {
-        rc = api_get_int(body, "qty", true, 1, QTY_MAX, &cmd->qty, why);
+        rc = api_body_int(body, "qty", true, 1, QTY_MAX, &cmd->qty, why);
     }
     if (rc >= 0) {
-        rc = api_get_string(body, "customerId", true, false, cmd->customer_id,
-                            sizeof cmd->customer_id, why);
+        rc = api_body_string(body, "customerId", true, false, cmd->customer_id,
+                             sizeof cmd->customer_id, why);
     }
     if (rc >= 0) {
-        rc = api_get_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
+        rc =
+            api_body_string(body, "storeId", false, true, cmd->store_id, sizeof cmd->store_id, why);
         cmd->has_store = rc == 1;
     }
     if (rc >= 0) {
@@ -69,14 +70,15 @@ void api_purchase(struct http_request *r)
     if (hc == NULL) {
         return;
     }
-    json_t *body = api_parse_body(r);
-    if (body == NULL) {
+    struct json_flat flat; /* the usual body: read in place, without jansson's allocations */
+    struct api_body body;
+    if (!api_parse_body_flat(r, &flat, &body)) {
         http_command_free(hc);
         return;
     }
     const char *why = NULL;
-    int rc = api_decode_purchase(body, &hc->cmd, &why);
-    json_decref(body);
+    int rc = api_decode_purchase(&body, &hc->cmd, &why);
+    json_decref(body.json);
     if (rc != 0) {
         http_command_free(hc);
         http_send_problem(r, rc, why, NULL, 0);
@@ -159,7 +161,8 @@ int api_decode_async(const char *route, json_t *body, struct command *cmd, const
     cmd->style = CMD_STYLE_V1;
     if (strcmp(route, "/v1/purchase") == 0 || strcmp(route, "/purchase") == 0) {
         cmd->kind = CMD_PURCHASE; /* seed 000's /purchase is api_purchase too */
-        return api_decode_purchase(body, cmd, why);
+        struct api_body purchase = {body, NULL};
+        return api_decode_purchase(&purchase, cmd, why);
     }
     if (strcmp(route, "/v1/orders") == 0) {
         SVC_ASSERT(cmd->lines != NULL);
