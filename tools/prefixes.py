@@ -37,6 +37,7 @@ MODULES = {
     "clock": (["src/base/clock.c"], ["clock_"]),
     "json_out": (["src/base/json_out.c"], ["jbuf_"]),
     "json_flat": (["src/base/json_flat.c"], ["json_flat_", "jflat_"]),
+    "json_view": (["src/base/json_view.c"], ["json_view_"]),
     "problem": (["src/base/problem.c"], ["problem_"]),
     "capacity": (["src/base/capacity.c"], ["capacity_"]),
     # store

@@ -87,7 +87,48 @@ static bool jflat_word(struct jflat_cursor *c, const char *word)
     return true;
 }
 
-static bool jflat_value(struct jflat_cursor *c, struct json_flat_member *m)
+static bool jflat_object(struct jflat_cursor *c, struct json_flat *out, int depth);
+static bool jflat_value(struct jflat_cursor *c, struct json_flat_member *m, int depth);
+
+/* An array of values of the subset, after its opening bracket. */
+static bool jflat_array(struct jflat_cursor *c, int depth)
+{
+    if (jflat_take(c, ']')) {
+        return true;
+    }
+    struct json_flat_member element;
+    do {
+        if (!jflat_value(c, &element, depth)) {
+            return false;
+        }
+    } while (jflat_take(c, ','));
+    return jflat_take(c, ']');
+}
+
+/* A nested object or array, inside a container at level depth (the outermost object is 1),
+ * kept as its text in m. */
+static bool jflat_nested(struct jflat_cursor *c, struct json_flat_member *m, int depth)
+{
+    if (depth >= JSON_FLAT_DEPTH_MAX) {
+        return false;
+    }
+    const char *start = c->at;
+    bool ok;
+    if (*c->at == '{') {
+        struct json_flat members; /* checked and dropped: the caller reads the text again */
+        m->type = JSON_FLAT_OBJECT;
+        ok = jflat_object(c, &members, depth + 1);
+    } else {
+        c->at++;
+        m->type = JSON_FLAT_ARRAY;
+        ok = jflat_array(c, depth + 1);
+    }
+    m->text = start;
+    m->length = (size_t)(c->at - start);
+    return ok;
+}
+
+static bool jflat_value(struct jflat_cursor *c, struct json_flat_member *m, int depth)
 {
     jflat_space(c);
     if (c->at == c->end) {
@@ -104,6 +145,8 @@ static bool jflat_value(struct jflat_cursor *c, struct json_flat_member *m)
     case 't': m->type = JSON_FLAT_TRUE; return jflat_word(c, "true");
     case 'f': m->type = JSON_FLAT_FALSE; return jflat_word(c, "false");
     case 'n': m->type = JSON_FLAT_NULL; return jflat_word(c, "null");
+    case '{':
+    case '[': return jflat_nested(c, m, depth);
     default: m->type = JSON_FLAT_INTEGER; return jflat_integer(c, &m->integer);
     }
 }
@@ -119,42 +162,70 @@ static bool jflat_key_seen(const struct json_flat *flat, const char *key, size_t
     return false;
 }
 
-/* One "key": value pair, appended to out. */
-static bool jflat_member(struct jflat_cursor *c, struct json_flat *out)
+/* One "key": value pair of an object at level depth, appended to out. */
+static bool jflat_member(struct jflat_cursor *c, struct json_flat *out, int depth)
 {
     if (out->count == JSON_FLAT_MEMBERS_MAX || !jflat_take(c, '"')) {
         return false;
     }
     struct json_flat_member *m = &out->members[out->count];
     if (!jflat_string(c, &m->key, &m->key_length) || jflat_key_seen(out, m->key, m->key_length) ||
-        !jflat_take(c, ':') || !jflat_value(c, m)) {
+        !jflat_take(c, ':') || !jflat_value(c, m, depth)) {
         return false;
     }
     out->count++;
     return true;
 }
 
+/* An object at level depth, from its opening brace (after whitespace) to its closing one. */
+static bool jflat_object(struct jflat_cursor *c, struct json_flat *out, int depth)
+{
+    out->count = 0;
+    if (!jflat_take(c, '{')) {
+        return false;
+    }
+    if (jflat_take(c, '}')) {
+        return true;
+    }
+    do {
+        if (!jflat_member(c, out, depth)) {
+            return false;
+        }
+    } while (jflat_take(c, ','));
+    SVC_ASSERT(out->count <= JSON_FLAT_MEMBERS_MAX);
+    return jflat_take(c, '}');
+}
+
 bool json_flat_parse(const char *text, size_t length, struct json_flat *out)
 {
     SVC_ASSERT(out != NULL && (text != NULL || length == 0));
     struct jflat_cursor c = {text, text + length};
-    out->count = 0;
-    if (!jflat_take(&c, '{')) {
+    if (!jflat_object(&c, out, 1)) {
         return false;
     }
-    if (!jflat_take(&c, '}')) {
-        do {
-            if (!jflat_member(&c, out)) {
-                return false;
-            }
-        } while (jflat_take(&c, ','));
-        if (!jflat_take(&c, '}')) {
-            return false;
-        }
-    }
     jflat_space(&c);
-    SVC_ASSERT(out->count <= JSON_FLAT_MEMBERS_MAX);
     return c.at == c.end;
+}
+
+bool json_flat_next(const struct json_flat_member *array, size_t *at,
+                    struct json_flat_member *element)
+{
+    SVC_ASSERT(array != NULL && array->type == JSON_FLAT_ARRAY && array->length >= 2);
+    SVC_ASSERT(*at < array->length);
+    struct jflat_cursor c = {array->text + *at, array->text + array->length};
+    if (*at == 0) {
+        c.at++; /* the opening bracket */
+    }
+    if (jflat_take(&c, ']')) {
+        *at = (size_t)(c.at - 1 - array->text); /* stays on the closing bracket */
+        return false;
+    }
+    /* The array was checked when its object was read: its elements are of the subset. */
+    bool ok = jflat_value(&c, element, 1);
+    SVC_ASSERT(ok);
+    (void)jflat_take(&c, ',');
+    *at = (size_t)(c.at - array->text);
+    return true;
 }
 
 const struct json_flat_member *json_flat_get(const struct json_flat *flat, const char *name)

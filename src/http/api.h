@@ -27,7 +27,7 @@
 
 #include <jansson.h>
 
-#include "base/json_flat.h"
+#include "base/json_view.h"
 #include "base/json_out.h"
 #include "http/routes.h"
 #include "store/store.h"
@@ -163,27 +163,20 @@ void api_intake_stats(struct api_intake_stats *out);
  * On failure sends the 4xx and returns NULL. The caller owns the returned reference. */
 json_t *api_parse_body(struct http_request *r);
 
-/* A request body as the decoders read it: jansson's object, or, on the hot routes, the
- * allocation-free reading of a flat one (base/json_flat.h). Exactly one is set. */
-struct api_body {
-    json_t *json;
-    const struct json_flat *flat;
-};
-
 /* Checks the body rules of a command as api_parse_body does, then reads the body into *flat
  * when it is of json_flat's subset (body->flat set), else parses it with jansson (body->json
  * set, owned by the caller). On failure sends the 4xx and returns false. */
-bool api_parse_body_flat(struct http_request *r, struct json_flat *flat, struct api_body *body);
+bool api_parse_body_flat(struct http_request *r, struct json_flat *flat, struct json_view *body);
 
 /* Validates and copies a string member. required: absent is an error. charset_id: only
  * [A-Za-z0-9._-]. Returns 1 copied, 0 absent (optional), or SVC_EVALIDATION with *why set. */
-int api_body_string(const struct api_body *body, const char *name, bool required, bool charset_id,
+int api_body_string(const struct json_view *body, const char *name, bool required, bool charset_id,
                     char *out, size_t size, const char **why);
 int api_get_string(json_t *body, const char *name, bool required, bool charset_id, char *out,
                    size_t size, const char **why);
 
 /* Validates an integer member within [min, max]. 1 set, 0 absent, SVC_EVALIDATION. */
-int api_body_int(const struct api_body *body, const char *name, bool required, int64_t min,
+int api_body_int(const struct json_view *body, const char *name, bool required, int64_t min,
                  int64_t max, int64_t *out, const char **why);
 int api_get_int(json_t *body, const char *name, bool required, int64_t min, int64_t max,
                 int64_t *out, const char **why);
@@ -205,7 +198,8 @@ int64_t api_id_seq(h2o_iovec_t id, const char *prefix);
  * commands (intake/intake.h) rather than a request: kind, style and arguments; cmd zeroed
  * otherwise, with a line block for an order. 0, or an svc_err with *why set (SVC_EVALIDATION
  * for another route). No header is read: If-Match is not part of an asynchronous command. */
-int api_decode_async(const char *route, json_t *body, struct command *cmd, const char **why);
+int api_decode_async(const char *route, const struct json_view *body, struct command *cmd,
+                     const char **why);
 
 /* Takes a command from the pool and sets its idempotency fields from the request (key
  * required when the route says so). On failure sends 428/400/429 and returns NULL. */

@@ -77,9 +77,9 @@ json_t *api_parse_body(struct http_request *r)
     return api_body_allowed(r) ? api_parse_object(r) : NULL;
 }
 
-bool api_parse_body_flat(struct http_request *r, struct json_flat *flat, struct api_body *body)
+bool api_parse_body_flat(struct http_request *r, struct json_flat *flat, struct json_view *body)
 {
-    *body = (struct api_body){NULL, NULL};
+    *body = (struct json_view){NULL, NULL};
     if (!api_body_allowed(r)) {
         return false;
     }
@@ -92,52 +92,17 @@ bool api_parse_body_flat(struct http_request *r, struct json_flat *flat, struct 
     return body->json != NULL;
 }
 
-/* A member of a body as the checks below see it: null counts as absent, as in jansson. */
-struct api_member {
-    enum { API_MEMBER_ABSENT, API_MEMBER_STRING, API_MEMBER_INTEGER, API_MEMBER_OTHER } type;
-    const char *text; /* a string's bytes (length of them), else NULL */
-    size_t length;
-    int64_t integer;
-};
-
-static struct api_member api_member_get(const struct api_body *body, const char *name)
-{
-    SVC_ASSERT((body->json == NULL) != (body->flat == NULL));
-    struct api_member out = {API_MEMBER_OTHER, NULL, 0, 0};
-    if (body->flat != NULL) {
-        const struct json_flat_member *m = json_flat_get(body->flat, name);
-        out.type = m == NULL || m->type == JSON_FLAT_NULL ? API_MEMBER_ABSENT
-                   : m->type == JSON_FLAT_STRING          ? API_MEMBER_STRING
-                   : m->type == JSON_FLAT_INTEGER         ? API_MEMBER_INTEGER
-                                                          : API_MEMBER_OTHER;
-        out.text = m != NULL ? m->text : NULL;
-        out.length = m != NULL ? m->length : 0;
-        out.integer = m != NULL ? m->integer : 0;
-        return out;
-    }
-    json_t *member = json_object_get(body->json, name);
-    if (member == NULL || json_is_null(member)) {
-        out.type = API_MEMBER_ABSENT;
-    } else if (json_is_string(member)) {
-        out = (struct api_member){API_MEMBER_STRING, json_string_value(member),
-                                  json_string_length(member), 0};
-    } else if (json_is_integer(member)) {
-        out = (struct api_member){API_MEMBER_INTEGER, NULL, 0, json_integer_value(member)};
-    }
-    return out;
-}
-
-int api_body_string(const struct api_body *body, const char *name, bool required, bool charset_id,
+int api_body_string(const struct json_view *body, const char *name, bool required, bool charset_id,
                     char *out, size_t size, const char **why)
 {
     SVC_ASSERT(size >= 2);
-    struct api_member member = api_member_get(body, name);
+    struct json_view_member member = json_view_get(body, name);
     out[0] = '\0';
-    if (member.type == API_MEMBER_ABSENT) {
+    if (member.type == JSON_VIEW_ABSENT) {
         *why = "a required member is missing";
         return required ? SVC_EVALIDATION : 0;
     }
-    if (member.type != API_MEMBER_STRING) {
+    if (member.type != JSON_VIEW_STRING) {
         *why = "a member must be a string";
         return SVC_EVALIDATION;
     }
@@ -158,20 +123,20 @@ int api_body_string(const struct api_body *body, const char *name, bool required
 int api_get_string(json_t *body, const char *name, bool required, bool charset_id, char *out,
                    size_t size, const char **why)
 {
-    struct api_body b = {body, NULL};
+    struct json_view b = {body, NULL};
     return api_body_string(&b, name, required, charset_id, out, size, why);
 }
 
-int api_body_int(const struct api_body *body, const char *name, bool required, int64_t min,
+int api_body_int(const struct json_view *body, const char *name, bool required, int64_t min,
                  int64_t max, int64_t *out, const char **why)
 {
     SVC_ASSERT(min <= max);
-    struct api_member member = api_member_get(body, name);
-    if (member.type == API_MEMBER_ABSENT) {
+    struct json_view_member member = json_view_get(body, name);
+    if (member.type == JSON_VIEW_ABSENT) {
         *why = "a required member is missing";
         return required ? SVC_EVALIDATION : 0;
     }
-    if (member.type != API_MEMBER_INTEGER) {
+    if (member.type != JSON_VIEW_INTEGER) {
         *why = "a member must be an integer";
         return SVC_EVALIDATION;
     }
@@ -186,7 +151,7 @@ int api_body_int(const struct api_body *body, const char *name, bool required, i
 int api_get_int(json_t *body, const char *name, bool required, int64_t min, int64_t max,
                 int64_t *out, const char **why)
 {
-    struct api_body b = {body, NULL};
+    struct json_view b = {body, NULL};
     return api_body_int(&b, name, required, min, max, out, why);
 }
 

@@ -20,7 +20,7 @@
 #include "base/svc_assert.h"
 #include "intake/intake.h"
 
-static int api_decode_policy(const struct api_body *body, enum dom_policy *out, const char **why)
+static int api_decode_policy(const struct json_view *body, enum dom_policy *out, const char **why)
 {
     char policy[32];
     int rc = api_body_string(body, "policy", false, true, policy, sizeof policy, why);
@@ -43,7 +43,7 @@ static int api_decode_policy(const struct api_body *body, enum dom_policy *out, 
     return SVC_EVALIDATION;
 }
 
-static int api_decode_purchase(const struct api_body *body, struct command *cmd, const char **why)
+static int api_decode_purchase(const struct json_view *body, struct command *cmd, const char **why)
 {
     int rc = api_body_string(body, "sku", true, true, cmd->sku, sizeof cmd->sku, why);
     if (rc >= 0) {
@@ -71,7 +71,7 @@ void api_purchase(struct http_request *r)
         return;
     }
     struct json_flat flat; /* the usual body: read in place, without jansson's allocations */
-    struct api_body body;
+    struct json_view body;
     if (!api_parse_body_flat(r, &flat, &body)) {
         http_command_free(hc);
         return;
@@ -155,19 +155,20 @@ void api_seed_order_create(struct http_request *r)
 
 /* See api.h: the decoders of the routes above, for a command that came through the stream of
  * commands (intake/intake.h) instead of a request. */
-int api_decode_async(const char *route, json_t *body, struct command *cmd, const char **why)
+int api_decode_async(const char *route, const struct json_view *body, struct command *cmd,
+                     const char **why)
 {
-    SVC_ASSERT(route != NULL && json_is_object(body));
+    SVC_ASSERT(route != NULL && body != NULL);
     cmd->style = CMD_STYLE_V1;
     if (strcmp(route, "/v1/purchase") == 0 || strcmp(route, "/purchase") == 0) {
         cmd->kind = CMD_PURCHASE; /* seed 000's /purchase is api_purchase too */
-        struct api_body purchase = {body, NULL};
-        return api_decode_purchase(&purchase, cmd, why);
+        return api_decode_purchase(body, cmd, why);
     }
     if (strcmp(route, "/v1/orders") == 0) {
-        SVC_ASSERT(cmd->lines != NULL);
+        /* An order's lines are read through jansson: intake_consume reads its message so. */
+        SVC_ASSERT(cmd->lines != NULL && body->json != NULL && json_is_object(body->json));
         cmd->kind = CMD_ORDER_CREATE;
-        return api_decode_order(NULL, body, cmd, why);
+        return api_decode_order(NULL, body->json, cmd, why);
     }
     *why = "route must be /v1/purchase, /purchase or /v1/orders";
     return SVC_EVALIDATION;

@@ -58,6 +58,10 @@
 #define INTAKE_KIND_ORDER "order"
 #define INTAKE_BATCH_FORMAT_VERSION 2
 #define INTAKE_KIND_BATCH "batch"
+/* The longest kind and route the consumer reads from an envelope (the longest it knows are
+ * "purchase" and "/v1/purchase"; longer ones are refused). */
+#define INTAKE_KIND_BYTES_MAX 16
+#define INTAKE_ROUTE_BYTES_MAX 32
 /* Commands packed into one message at most: a burst of 64 purchases costs the broker one
  * message. A batch also ends before its body would pass MQ_BODY_BYTES_MAX (intake_pub.c). */
 #define INTAKE_BATCH_COMMANDS_MAX 64

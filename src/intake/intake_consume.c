@@ -36,6 +36,7 @@
 #include "base/clock.h"
 #include "base/errors.h"
 #include "base/log.h"
+#include "base/json_view.h"
 #include "base/svc_assert.h"
 #include "intake/intake.h"
 #include "mq/mq.h"
@@ -106,19 +107,19 @@ static int intake_consume_why(char *why, size_t size, int err, const char *a, co
     return err;
 }
 
-/* A string member of 1..max bytes without NUL, or NULL. */
-static const char *intake_consume_string(json_t *object, const char *name, size_t max)
+/* A string member of 1..max bytes without NUL, copied into out (max + 1 bytes), or false. */
+static bool intake_consume_string(const struct json_view *object, const char *name, char *out,
+                                  size_t max)
 {
-    json_t *member = json_object_get(object, name);
-    if (!json_is_string(member)) {
-        return NULL;
+    struct json_view_member m = json_view_get(object, name);
+    if (m.type != JSON_VIEW_STRING || m.length < 1 || m.length > max ||
+        memchr(m.text, '\0', m.length) != NULL) {
+        out[0] = '\0';
+        return false;
     }
-    size_t length = json_string_length(member);
-    const char *value = json_string_value(member);
-    if (length < 1 || length > max || memchr(value, '\0', length) != NULL) {
-        return NULL;
-    }
-    return value;
+    memcpy(out, m.text, m.length);
+    out[m.length] = '\0';
+    return true;
 }
 
 /* An Idempotency-Key as the HTTP side accepts it: printable ASCII without spaces. */
@@ -142,19 +143,21 @@ static const char *intake_consume_route_kind(const char *route)
 }
 
 /* The envelope of intake.h around the request body; the body is decoded by the caller. */
-static int intake_consume_envelope(json_t *root, const char *id, const char *type,
+static int intake_consume_envelope(const struct json_view *root, const char *id, const char *type,
                                    const char *principal_header, struct command *cmd,
-                                   const char **route, char *why, size_t why_size)
+                                   char route[INTAKE_ROUTE_BYTES_MAX + 1], char *why,
+                                   size_t why_size)
 {
-    json_t *v = json_object_get(root, "v");
-    if (!json_is_integer(v) || json_integer_value(v) != INTAKE_FORMAT_VERSION) {
+    struct json_view_member v = json_view_get(root, "v");
+    if (v.type != JSON_VIEW_INTEGER || v.integer != INTAKE_FORMAT_VERSION) {
         return intake_consume_why(why, why_size, SVC_EVALIDATION,
                                   "v must be 1 (the format version)", NULL);
     }
-    const char *kind = intake_consume_string(root, "kind", 16);
-    *route = intake_consume_string(root, "route", 32);
-    const char *route_kind = *route != NULL ? intake_consume_route_kind(*route) : NULL;
-    if (kind == NULL || route_kind == NULL || strcmp(kind, route_kind) != 0) {
+    char kind[INTAKE_KIND_BYTES_MAX + 1];
+    bool has_kind = intake_consume_string(root, "kind", kind, INTAKE_KIND_BYTES_MAX);
+    bool has_route = intake_consume_string(root, "route", route, INTAKE_ROUTE_BYTES_MAX);
+    const char *route_kind = has_route ? intake_consume_route_kind(route) : NULL;
+    if (!has_kind || route_kind == NULL || strcmp(kind, route_kind) != 0) {
         return intake_consume_why(why, why_size, SVC_EVALIDATION,
                                   "kind and route must be purchase with /v1/purchase or"
                                   " /purchase, or order with /v1/orders",
@@ -164,15 +167,17 @@ static int intake_consume_envelope(json_t *root, const char *id, const char *typ
         return intake_consume_why(why, why_size, SVC_EVALIDATION,
                                   "the type is not the kind: ", type);
     }
-    const char *principal = intake_consume_string(root, "principal", AUTH_PRINCIPAL_BYTES_MAX);
-    if (principal == NULL || (principal_header != NULL && principal_header[0] != '\0' &&
-                              strcmp(principal_header, principal) != 0)) {
+    char principal[AUTH_PRINCIPAL_BYTES_MAX + 1];
+    if (!intake_consume_string(root, "principal", principal, AUTH_PRINCIPAL_BYTES_MAX) ||
+        (principal_header != NULL && principal_header[0] != '\0' &&
+         strcmp(principal_header, principal) != 0)) {
         return intake_consume_why(why, why_size, SVC_EVALIDATION,
                                   "principal must be 1-64 bytes, as the principal header", NULL);
     }
-    const char *key = intake_consume_string(root, "idempotencyKey", IDEM_KEY_BYTES_MAX);
+    char key[IDEM_KEY_BYTES_MAX + 1];
     /* message-id is an AMQP short string that mq.h keeps MQ_ID_BYTES_MAX bytes of. */
-    if (key == NULL || !intake_consume_key_valid(key) ||
+    if (!intake_consume_string(root, "idempotencyKey", key, IDEM_KEY_BYTES_MAX) ||
+        !intake_consume_key_valid(key) ||
         (id != NULL && id[0] != '\0' && strncmp(id, key, MQ_ID_BYTES_MAX) != 0)) {
         return intake_consume_why(why, why_size, SVC_EVALIDATION,
                                   "idempotencyKey must be 1-255 printable ASCII characters,"
@@ -186,18 +191,17 @@ static int intake_consume_envelope(json_t *root, const char *id, const char *typ
 }
 
 /* Decodes the message object root (intake.h, format 1) into cmd; see intake_consume_decode. */
-static int intake_consume_decode_object(json_t *root, const char *id, const char *type,
-                                        const char *principal_header, intake_consume_decoder decode,
-                                        struct command *cmd, char *why, size_t why_size)
+static int intake_consume_decode_object(const struct json_view *root, const char *id,
+                                        const char *type, const char *principal_header,
+                                        intake_consume_decoder decode, struct command *cmd,
+                                        char *why, size_t why_size)
 {
-    if (!json_is_object(root)) {
-        return intake_consume_why(why, why_size, SVC_EVALIDATION, "a command is a JSON object",
-                                  NULL);
-    }
-    const char *route = NULL;
-    int rc = intake_consume_envelope(root, id, type, principal_header, cmd, &route, why, why_size);
-    json_t *request = json_object_get(root, "body");
-    if (rc == 0 && !json_is_object(request)) {
+    char route[INTAKE_ROUTE_BYTES_MAX + 1];
+    int rc = intake_consume_envelope(root, id, type, principal_header, cmd, route, why, why_size);
+    struct json_view_member member = json_view_get(root, "body");
+    struct json_flat scratch;
+    struct json_view request;
+    if (rc == 0 && !json_view_object(&member, &scratch, &request)) {
         rc = intake_consume_why(why, why_size, SVC_EVALIDATION,
                                 "body must be the request's JSON object", NULL);
     }
@@ -207,7 +211,7 @@ static int intake_consume_decode_object(json_t *root, const char *id, const char
     }
     if (rc == 0) {
         const char *detail = "refused";
-        rc = decode(route, request, cmd, &detail);
+        rc = decode(route, &request, cmd, &detail);
         if (rc != 0) {
             snprintf(why, why_size, "the body of %s: %s", route, detail);
         }
@@ -223,18 +227,37 @@ static int intake_consume_decode_object(json_t *root, const char *id, const char
     return 0;
 }
 
-/* Parses length bytes of body as a JSON object, or says why not. */
-static json_t *intake_consume_parse(const void *body, size_t length, char *why, size_t why_size)
+/* Whether a message json_flat read may be decoded from that reading: an order's lines are read
+ * through jansson (api_decode_async), so its message is parsed again by it. */
+static bool intake_consume_flat_enough(const struct json_flat *root)
 {
+    static const char order_route[] = "/v1/orders";
+    const struct json_flat_member *route = json_flat_get(root, "route");
+    return route == NULL || route->type != JSON_FLAT_STRING ||
+           route->length != sizeof order_route - 1 ||
+           memcmp(route->text, order_route, route->length) != 0;
+}
+
+/* Reads length bytes of body as a JSON object into *out: json_flat's reading (into *flat) when
+ * the text is of its subset, else jansson's (the caller decrefs out->json). 0, or
+ * SVC_EINVALID_JSON with why. */
+static int intake_consume_view(const void *body, size_t length, struct json_flat *flat,
+                               struct json_view *out, char *why, size_t why_size)
+{
+    *out = (struct json_view){NULL, NULL};
+    if (body != NULL && json_flat_parse(body, length, flat) && intake_consume_flat_enough(flat)) {
+        out->flat = flat;
+        return 0;
+    }
     json_error_t error;
     json_t *root = body != NULL ? json_loadb(body, length, JSON_REJECT_DUPLICATES, &error) : NULL;
     if (root == NULL || !json_is_object(root)) {
         json_decref(root);
-        (void)intake_consume_why(why, why_size, SVC_EINVALID_JSON, "not a JSON object: ",
-                                 body != NULL && root == NULL ? error.text : NULL);
-        return NULL;
+        return intake_consume_why(why, why_size, SVC_EINVALID_JSON, "not a JSON object: ",
+                                  body != NULL && root == NULL ? error.text : NULL);
     }
-    return root;
+    out->json = root;
+    return 0;
 }
 
 int intake_consume_decode(const void *body, size_t length, const char *id, const char *type,
@@ -242,14 +265,38 @@ int intake_consume_decode(const void *body, size_t length, const char *id, const
                           struct command *cmd, char *why, size_t why_size)
 {
     SVC_ASSERT(decode != NULL && cmd != NULL && why != NULL && why_size >= 64);
-    json_t *root = intake_consume_parse(body, length, why, why_size);
-    if (root == NULL) {
-        return SVC_EINVALID_JSON;
+    struct json_flat flat;
+    struct json_view root;
+    int rc = intake_consume_view(body, length, &flat, &root, why, why_size);
+    if (rc != 0) {
+        return rc;
     }
-    int rc =
-        intake_consume_decode_object(root, id, type, principal_header, decode, cmd, why, why_size);
-    json_decref(root);
+    rc =
+        intake_consume_decode_object(&root, id, type, principal_header, decode, cmd, why, why_size);
+    json_decref(root.json);
     return rc;
+}
+
+/* The batch's version, kind and commands array (1..INTAKE_BATCH_COMMANDS_MAX of them). */
+static int intake_consume_batch_envelope(const struct json_view *root,
+                                         struct json_view_member *commands, char *why,
+                                         size_t why_size)
+{
+    struct json_view_member v = json_view_get(root, "v");
+    char kind[INTAKE_KIND_BYTES_MAX + 1];
+    bool has_kind = intake_consume_string(root, "kind", kind, INTAKE_KIND_BYTES_MAX);
+    *commands = json_view_get(root, "commands");
+    if (v.type != JSON_VIEW_INTEGER || v.integer != INTAKE_BATCH_FORMAT_VERSION || !has_kind ||
+        strcmp(kind, INTAKE_KIND_BATCH) != 0) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION, "a batch has v 2 and kind batch",
+                                  NULL);
+    }
+    size_t count = commands->type == JSON_VIEW_ARRAY ? json_view_array_size(commands) : 0;
+    if (count < 1 || count > INTAKE_BATCH_COMMANDS_MAX) {
+        return intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                  "commands must hold 1-64 commands", NULL);
+    }
+    return 0;
 }
 
 int intake_consume_decode_batch(const void *body, size_t length, intake_consume_decoder decode,
@@ -258,34 +305,36 @@ int intake_consume_decode_batch(const void *body, size_t length, intake_consume_
 {
     SVC_ASSERT(decode != NULL && cmds != NULL && why != NULL && why_size >= 64);
     *count_out = 0;
-    json_t *root = intake_consume_parse(body, length, why, why_size);
-    if (root == NULL) {
-        return SVC_EINVALID_JSON;
+    struct json_flat flat;
+    struct json_view root;
+    int rc = intake_consume_view(body, length, &flat, &root, why, why_size);
+    if (rc != 0) {
+        return rc;
     }
-    json_t *v = json_object_get(root, "v");
-    json_t *commands = json_object_get(root, "commands");
-    const char *kind = intake_consume_string(root, "kind", 16);
-    int rc = 0;
-    if (!json_is_integer(v) || json_integer_value(v) != INTAKE_BATCH_FORMAT_VERSION ||
-        kind == NULL || strcmp(kind, INTAKE_KIND_BATCH) != 0) {
-        rc = intake_consume_why(why, why_size, SVC_EVALIDATION, "a batch has v 2 and kind batch",
-                                NULL);
-    } else if (!json_is_array(commands) || json_array_size(commands) < 1 ||
-               json_array_size(commands) > INTAKE_BATCH_COMMANDS_MAX) {
-        rc = intake_consume_why(why, why_size, SVC_EVALIDATION, "commands must hold 1-64 commands",
-                                NULL);
-    }
-    size_t count = rc == 0 ? json_array_size(commands) : 0;
-    for (size_t i = 0; i < count && rc == 0; i++) {
-        memset(cmds[i], 0, sizeof *cmds[i]); /* lines NULL: a batch holds purchases only */
-        rc = intake_consume_decode_object(json_array_get(commands, i), NULL, NULL, NULL, decode,
-                                          cmds[i], why, why_size);
+    struct json_view_member commands;
+    rc = intake_consume_batch_envelope(&root, &commands, why, why_size);
+    struct json_view_items items = {&commands, 0, 0};
+    size_t count = 0;
+    while (rc == 0) {
+        struct json_flat scratch;
+        struct json_view command;
+        int next = json_view_next_object(&items, &scratch, &command);
+        if (next == 0) {
+            break;
+        }
+        SVC_ASSERT(count < INTAKE_BATCH_COMMANDS_MAX);
+        memset(cmds[count], 0, sizeof *cmds[count]); /* lines NULL: a batch holds purchases */
+        rc = next < 0 ? intake_consume_why(why, why_size, SVC_EVALIDATION,
+                                           "a command is a JSON object", NULL)
+                      : intake_consume_decode_object(&command, NULL, NULL, NULL, decode,
+                                                     cmds[count], why, why_size);
         if (rc == SVC_ECAPACITY) {
             rc = intake_consume_why(why, why_size, SVC_EVALIDATION, "a batch holds purchases only",
                                     NULL);
         }
+        count++;
     }
-    json_decref(root);
+    json_decref(root.json);
     *count_out = rc == 0 ? count : 0;
     return rc;
 }

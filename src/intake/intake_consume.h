@@ -64,6 +64,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/json_view.h"
 #include "core/command.h"
 #include "core/queue.h"
 
@@ -86,8 +87,8 @@
 
 /* The body decoder of the routes (api_decode_async of http/api.h): fills kind, style and the
  * arguments of cmd from the request body published for route. 0 or an svc_err with *why. */
-typedef int (*intake_consume_decoder)(const char *route, json_t *body, struct command *cmd,
-                                      const char **why);
+typedef int (*intake_consume_decoder)(const char *route, const struct json_view *body,
+                                      struct command *cmd, const char **why);
 
 struct intake_consume_config {
     const char *db_uri;   /* the consumer's own reader: its lease and the stored offset */

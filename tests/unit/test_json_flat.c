@@ -12,6 +12,7 @@
 #include "test_helpers.h"
 
 #include "base/json_flat.h"
+#include "json_flat_check.h"
 
 /* Reads text with both parsers; when flat reads it, jansson must agree member for member. */
 static bool read_both(const char *text, struct json_flat *flat)
@@ -19,22 +20,8 @@ static bool read_both(const char *text, struct json_flat *flat)
     json_error_t error;
     json_t *json = json_loadb(text, strlen(text), JSON_REJECT_DUPLICATES, &error);
     bool ok = json_flat_parse(text, strlen(text), flat);
-    if (ok) {
-        ASSERT_TRUE(json != NULL && json_is_object(json));
-        ASSERT_EQ_UINT(json_object_size(json), flat->count);
-        for (uint32_t i = 0; i < flat->count; i++) {
-            const struct json_flat_member *m = &flat->members[i];
-            json_t *v = json_object_getn(json, m->key, m->key_length);
-            ASSERT_NOT_NULL(v);
-            if (m->type == JSON_FLAT_STRING) {
-                ASSERT_TRUE(json_is_string(v) && json_string_length(v) == m->length);
-                ASSERT_EQ_MEM(json_string_value(v), m->text, m->length);
-            } else if (m->type == JSON_FLAT_INTEGER) {
-                ASSERT_TRUE(json_is_integer(v) && json_integer_value(v) == m->integer);
-            } else {
-                ASSERT_TRUE(m->type == JSON_FLAT_NULL ? json_is_null(v) : json_is_boolean(v));
-            }
-        }
+    if (ok && !json_flat_check_object(flat, json)) {
+        fail_msg("json_flat and jansson read %s differently", text);
     }
     json_decref(json);
     return ok;
@@ -61,6 +48,38 @@ static void test_reads_a_purchase(void **state)
     ASSERT_EQ_UINT(flat.count, 0);
     ASSERT_TRUE(read_both("{\"big\": 999999999999999999, \"low\": -999999999999999999}", &flat));
     ASSERT_EQ_INT(json_flat_get(&flat, "low")->integer, -999999999999999999LL);
+}
+
+/* A message of the stream of commands (intake.h): objects and arrays nested three deep. */
+static void test_reads_nested_objects_and_arrays(void **state)
+{
+    (void)state;
+    const char *batch =
+        "{\"v\":2,\"kind\":\"batch\",\"commands\":[{\"v\":1,\"body\":{\"sku\":\"A\","
+        "\"qty\":1}},{\"v\":1,\"body\":{\"sku\":\"B\",\"x\":null}}],"
+        "\"e\":[],\"o\":{},\"a\":[1,\"s\",[],{}]}";
+    struct json_flat flat;
+    ASSERT_TRUE(read_both(batch, &flat));
+    const struct json_flat_member *commands = json_flat_get(&flat, "commands");
+    ASSERT_EQ_INT(commands->type, JSON_FLAT_ARRAY);
+    size_t at = 0;
+    struct json_flat_member element;
+    const char *skus[] = {"A", "B"};
+    for (size_t i = 0; i < 2; i++) {
+        ASSERT_TRUE(json_flat_next(commands, &at, &element));
+        ASSERT_EQ_INT(element.type, JSON_FLAT_OBJECT);
+        struct json_flat command;
+        struct json_flat body;
+        ASSERT_TRUE(json_flat_parse(element.text, element.length, &command));
+        const struct json_flat_member *b = json_flat_get(&command, "body");
+        ASSERT_TRUE(json_flat_parse(b->text, b->length, &body));
+        ASSERT_EQ_MEM(json_flat_get(&body, "sku")->text, skus[i], 1);
+    }
+    ASSERT_FALSE(json_flat_next(commands, &at, &element));
+    ASSERT_FALSE(json_flat_next(commands, &at, &element)); /* stays at the end */
+    at = 0;
+    ASSERT_FALSE(json_flat_next(json_flat_get(&flat, "e"), &at, &element));
+    ASSERT_TRUE(read_both("{\"a\":{\"b\":{\"c\":{}}},\"d\":[[[1]]]}", &flat)); /* the deepest */
 }
 
 /* Outside the subset, whether JSON or not: each goes to jansson, which gives the answer. */
@@ -97,8 +116,15 @@ static void test_hands_back_what_it_does_not_read(void **state)
         "{\"a\":tru}",
         "{\"a\":truex}",
         "{\"a\":nul}",
-        "{\"a\":{}}",
-        "{\"a\":[]}",
+        "{\"a\":{\"b\":1,\"b\":2}}",
+        "{\"a\":[{\"b\":1,\"b\":2}]}",
+        "{\"a\":[1,]}",
+        "{\"a\":[,]}",
+        "{\"a\":[1}",
+        "{\"a\":{]}",
+        "{\"a\":{\"b\":{\"c\":{\"d\":{}}}}}",
+        "{\"a\":[[[[1]]]]}",
+        "{\"a\":[\"\\n\"]}",
         "{\"a\":1,\"a\":2}",
         "{'a':1}",
         "{\"a\":1}\v",
@@ -134,6 +160,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reads_a_purchase),
+        cmocka_unit_test(test_reads_nested_objects_and_arrays),
         cmocka_unit_test(test_hands_back_what_it_does_not_read),
         cmocka_unit_test(test_members_are_bounded),
     };
