@@ -176,6 +176,34 @@ def ok_count(result):
     return sum(n for code, n in result["status"].items() if code.startswith("2"))
 
 
+def thread_cpu_ticks(pid):
+    """CPU time (user + system, in clock ticks) of each thread of pid, summed by thread name
+    (stockd names its threads: writer, http-0, checkpointer, ...; see src/base/svc_thread.h)."""
+    out = {}
+    task = "/proc/%d/task" % pid
+    for tid in os.listdir(task):
+        try:
+            with open(os.path.join(task, tid, "stat")) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(os.path.join(task, tid, "comm")) as f:
+                name = f.read().strip()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])  # utime, stime
+    return out
+
+
+def cpu_us_per_request(before, after, requests):
+    """Microseconds of CPU per request of each thread name between two thread_cpu_ticks, the
+    biggest first; "total" is their sum."""
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    split = {name: (after[name] - before.get(name, 0)) * tick_us / max(requests, 1)
+             for name in after}
+    out = dict(sorted(split.items(), key=lambda kv: -kv[1]))
+    out["total"] = sum(split.values())
+    return out
+
+
 class PgServer:
     """The PostgreSQL server of scripts/pg-start.sh on a free port: pgbench's baseline and
     stockd's PostgreSQL rows both run on it (one server, one configuration)."""

@@ -68,6 +68,7 @@
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 #include "core/apply.h"
 #include "core/batch.h"
 #include "core/prefetch.h"
@@ -756,6 +757,7 @@ static int writer_idle_wait_ms(struct writer *w)
 
 static void *writer_loop(void *arg)
 {
+    svc_thread_name("writer", -1);
     struct writer *w = arg;
     struct command *commands[BATCH_COMMANDS_MAX];
     struct prefetch *p = writer_scratch_of(w)->prefetch;

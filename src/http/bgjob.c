@@ -10,6 +10,7 @@
 #include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
+#include "base/svc_thread.h"
 #include "http/http_metrics.h"
 
 /* Per I/O thread: its mailbox, set up at its first job. */
@@ -27,6 +28,7 @@ void http_bgjob_progress(struct http_bgjob *job)
 
 static void *http_bgjob_main(void *arg)
 {
+    svc_thread_name("http-job", -1);
     struct http_bgjob *job = arg;
     job->ops->run(job);
     /* The last touch: after this message the owner may free the job. */

@@ -23,6 +23,7 @@
 #include "base/problem.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
+#include "base/svc_thread.h"
 #include "http/framing.h"
 #include "http/http_metrics.h"
 #include "http/request.h"
@@ -464,6 +465,7 @@ static void *server_thread_main(void *arg)
 {
     struct io_thread *t = arg;
     SVC_ASSERT(t->app != NULL);
+    svc_thread_name("http", (int)t->index);
     int rc = server_thread_init(t);
     if (rc != 0) {
         log_error("http: thread %u failed to start: %s", t->index, svc_err_name(rc));

@@ -38,6 +38,7 @@
 #include "base/log.h"
 #include "base/json_view.h"
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 #include "intake/intake.h"
 #include "mq/mq.h"
 #include "store/store_open.h"
@@ -891,6 +892,7 @@ static void intake_consume_lease_tick(struct intake_consume *ic)
 
 static void *intake_consume_loop(void *arg)
 {
+    svc_thread_name("intake-consume", -1);
     struct intake_consume *ic = arg;
     while (!atomic_load(&ic->stopping)) {
         intake_consume_lease_tick(ic);

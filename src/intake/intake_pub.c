@@ -25,6 +25,7 @@
 #include "base/log.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
+#include "base/svc_thread.h"
 #include "intake/intake.h"
 #include "mq/mq.h"
 
@@ -281,6 +282,7 @@ static bool intake_pub_stopping(struct intake_pub *p)
 
 static void *intake_pub_loop(void *arg)
 {
+    svc_thread_name("intake-pub", -1);
     struct intake_pub *p = arg;
     bool idle = false;
     while (!intake_pub_stopping(p)) {

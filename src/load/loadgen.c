@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 
 #define LG_NS_PER_S 1000000000LL
 
@@ -1215,6 +1216,7 @@ static void *lg_thread_main(void *arg)
 {
     struct lg_thread *t = arg;
     SVC_ASSERT(t->conn_count > 0);
+    svc_thread_name("loadgen", (int)t->index);
     int64_t now = lg_now_ns();
     for (uint32_t i = 0; i < t->conn_count; i++) {
         lg_conn_connect(t, &t->conns[i], now);

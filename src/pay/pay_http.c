@@ -43,6 +43,7 @@
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 #include "base/text.h"
 
 /* Epoll events taken per wait. */
@@ -812,6 +813,7 @@ static int pay_http_wait_ms(const struct pay_http *h, int64_t now_ms)
 
 static void *pay_http_loop(void *arg)
 {
+    svc_thread_name("pay-http", -1);
     struct pay_http *h = arg;
     struct epoll_event events[PAY_HTTP_EVENTS_MAX];
     while (!atomic_load(&h->stopping)) {

@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "store/store_open.h"
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 
 /* True when this instance's writer committed the log up to seq (its hook applies it), or
  * the read model has it. The announcement of our own commit can arrive before the writer has
@@ -34,6 +35,7 @@ static bool follower_writer_has(struct follower *f, int64_t seq)
 
 static void *follower_main(void *arg)
 {
+    svc_thread_name("follower", -1);
     struct follower *f = arg;
     struct store_reader *reader = NULL;
     while (!atomic_load(&f->stopping)) {

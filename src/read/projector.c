@@ -27,6 +27,7 @@
 #include "base/hash.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 #include "read/projector_internal.h"
 #include "store/store_open.h"
 
@@ -869,6 +870,7 @@ int projector_rebuild_run(struct projector *p)
 
 static void *projector_rebuild_main(void *arg)
 {
+    svc_thread_name("rebuild", -1);
     struct projector *p = arg;
     SVC_ASSERT(atomic_load(&p->rebuilding));
     projector_rebuild_run(p);

@@ -32,6 +32,7 @@
 #include "base/json_out.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 #include "mq/mq.h"
 #include "store/store_open.h"
 #include "work/work_lease.h"
@@ -322,6 +323,7 @@ static void relay_follow(struct relay *r)
 
 static void *relay_loop(void *arg)
 {
+    svc_thread_name("relay", -1);
     struct relay *r = arg;
     while (!atomic_load(&r->stopping)) {
         relay_lease_tick(r);

@@ -32,6 +32,7 @@
 #include "base/log.h"
 #include "base/svc_assert.h"
 #include "base/svc_limits.h"
+#include "base/svc_thread.h"
 #include "store/schema.h"
 #include "store/store.h"
 #include "store/store_sqlite_internal.h"
@@ -384,6 +385,7 @@ static void *sqlite_checkpointer_main(void *arg)
 {
     struct sqlite_checkpointer *c = arg;
     SVC_ASSERT(c->db != NULL);
+    svc_thread_name("checkpointer", -1);
     pthread_mutex_lock(&c->mutex);
     while (!c->stopping) {
         struct timespec deadline;

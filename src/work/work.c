@@ -20,6 +20,7 @@
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/svc_assert.h"
+#include "base/svc_thread.h"
 #include "store/store_open.h"
 
 /* The events a stage sent steps for, in seq order, until their steps are answered: the stage's
@@ -804,6 +805,7 @@ static void work_wait(struct work *w)
 
 static void *work_loop(void *arg)
 {
+    svc_thread_name("workers", -1);
     struct work *w = arg;
     while (!atomic_load(&w->stopping)) {
         work_leases_tick(w);

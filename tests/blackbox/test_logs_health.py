@@ -13,7 +13,8 @@
   degraded with 200 while the broker is down and while the last commit failed (SQLite: a lock
   held by another connection), down with 503 while PostgreSQL is stopped (blackbox-pg only),
   ok again after each;
-- on PostgreSQL, one warning when the server has wal_init_zero=on (blackbox-pg only).
+- on PostgreSQL, one warning when the server has wal_init_zero=on (blackbox-pg only);
+- every thread is named for its role (top -H, perf and bench/hot-sku tell them apart by it).
 Both backends; no test asserts how fast anything is."""
 import json
 import os
@@ -33,7 +34,7 @@ ALICE_TOKEN = "alice-secret-token-0123456789abcdef"
 ADMIN_TOKEN = "ops-secret-token-fedcba9876543210"
 
 
-def start(extra):
+def start(extra, threads=2):
     """stockd with a tokens file of a writer (alice) and an admin (ops) in its data directory;
     the client's default token is the admin's."""
     data_dir = tempfile.mkdtemp(prefix="stockd-bb-")
@@ -41,7 +42,8 @@ def start(extra):
     path = os.path.join(data_dir, "tokens")
     with open(path, "w") as f:
         f.write("alice write %s\nops admin %s\n" % (ALICE_TOKEN, ADMIN_TOKEN))
-    server = start_stockd(["--tokens-file", path] + extra, data_dir=data_dir)
+    server = start_stockd(["--tokens-file", path] + extra, data_dir=data_dir,
+                          threads=threads)
     server.token = ADMIN_TOKEN
     return server
 
@@ -398,6 +400,33 @@ def test_trace_ids_of_concurrent_requests_do_not_mix():
           "every writer line of a purchase names its trace id")
 
 
+def thread_names(pid):
+    """The names of a process's threads, as /proc (and top -H, ps -L, perf) shows them."""
+    task = "/proc/%d/task" % pid
+    names = []
+    for tid in os.listdir(task):
+        try:
+            with open(os.path.join(task, tid, "comm")) as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return sorted(names)
+
+
+def test_threads_are_named_for_their_roles():
+    s = start([], threads=3)
+    with s.client() as c:
+        product(c, "T-A", 10)
+        check_status(purchase(c, "T-A", 1), 201, "purchase")
+        names = thread_names(s.proc.pid)
+    for want in ["writer", "http-0", "http-1", "http-2", "workers"] + (
+            [] if pg_mode() else ["checkpointer"]):
+        check(want in names, "no thread %r: %s" % (want, names))
+    check("http-3" not in names, "--threads 3: three I/O threads: %s" % names)
+    check_eq(names.count("stockd"), 1, "only the main thread keeps the program's name: %s" % names)
+    s.stop()
+
+
 if __name__ == "__main__":
     main([
         test_json_logs_carry_the_trace_id_through_the_writer,
@@ -410,4 +439,5 @@ if __name__ == "__main__":
         test_health_down_while_postgres_is_stopped,
         test_warns_of_wal_init_zero_on,
         test_trace_ids_of_concurrent_requests_do_not_mix,
+        test_threads_are_named_for_their_roles,
     ])
