@@ -209,12 +209,19 @@ static void main_writer_reply(struct command *cmd, void *context)
     }
 }
 
-/* The writer's durable hook: the read model learns the seq, and the workers wake. */
+/* The writer's durable hook: the read model learns the seq, and the relay wakes. */
 static void main_durable_hook(int64_t seq, void *context)
 {
     projector_durable_hook(seq, context);
-    work_notify(atomic_load(&main_app.work));
     relay_notify(atomic_load(&main_app.relay));
+}
+
+/* The writer's committed hook: the workers wake if a stage has work in the events, and the
+ * read model applies them. */
+static void main_committed_hook(const struct event *events, size_t count, void *context)
+{
+    work_notify_events(atomic_load(&main_app.work), events, count);
+    projector_committed_hook(events, count, context);
 }
 
 /* Starts the outbox relay when --amqp names a broker; exits on failure (a broker that is down
@@ -630,7 +637,7 @@ static struct store *main_open_storage(struct app *app)
         .replies_done = http_writer_replies_flush,
         .committed_context = &app->projector,
         .durable = main_durable_hook,
-        .committed = projector_committed_hook,
+        .committed = main_committed_hook,
         .applied_seq = projector_applied_hook,
         .snapshot = projector_snapshot_take,
         .snapshot_saved = projector_snapshot_saved,

@@ -273,6 +273,22 @@ int store_reader_events(struct store_reader *r, int64_t since_seq, const char *s
     return r->ops->events(r, since_seq, store_id, sku, limit, context, each_event);
 }
 
+/* Streams events of some types (see store.h); called by the workers. */
+int store_reader_events_of(struct store_reader *r, int64_t since_seq, int64_t until_seq,
+                           const char *const *types, int type_count, int limit, void *context,
+                           int (*each_event)(void *context, const struct row_event *row),
+                           int *count_out)
+{
+    SVC_ASSERT(r != NULL && each_event != NULL && count_out != NULL);
+    SVC_ASSERT(since_seq >= 0 && until_seq >= since_seq && limit >= 1);
+    SVC_ASSERT(types != NULL && type_count >= 1 && type_count <= STORE_EVENT_TYPES_MAX);
+    *count_out = 0;
+    int rc = r->ops->events_of(r, since_seq, until_seq, types, type_count, limit, context,
+                               each_event, count_out);
+    SVC_ASSERT(*count_out >= 0 && *count_out <= limit);
+    return rc;
+}
+
 /* Streams every stock item (see store.h); called by the audit. */
 int store_reader_items(struct store_reader *r, void *context,
                        int (*each_item)(void *context, const char *store_id, const char *sku,

@@ -423,6 +423,9 @@ struct store_reader_ops {
                  int (*each_item)(void *context, const char *store_id, const char *sku,
                                   int64_t on_hand, int64_t reserved));
     int (*event_seq_max)(struct store_reader *r, int64_t *out);
+    int (*events_of)(struct store_reader *r, int64_t since_seq, int64_t until_seq,
+                     const char *const *types, int type_count, int limit, void *context,
+                     int (*each_event)(void *context, const struct row_event *row), int *count_out);
     int (*idem)(struct store_reader *r, const char *principal, const char *key,
                 struct store_idem_view *out);
     /* NULL when no other process writes the database. */
@@ -560,6 +563,20 @@ int store_reader_reservation(struct store_reader *r, int64_t reservation_seq,
 int store_reader_events(struct store_reader *r, int64_t since_seq, const char *store_id,
                         const char *sku, int limit, void *context,
                         int (*each_event)(void *context, const struct row_event *row));
+
+/* The most event types one store_reader_events_of selects. */
+#define STORE_EVENT_TYPES_MAX 2
+
+/* Streams the events with since_seq < seq <= until_seq whose type is one of types (type_count
+ * of them, 1..STORE_EVENT_TYPES_MAX), in seq order, at most limit of them, to each_event, and
+ * sets *count_out to how many it streamed. For a reader that needs a few kinds of event out of
+ * a long log (the workers: the order events among the purchases): the database skips the
+ * others. When *count_out < limit, every event up to until_seq was looked at. Returns as
+ * store_reader_events. */
+int store_reader_events_of(struct store_reader *r, int64_t since_seq, int64_t until_seq,
+                           const char *const *types, int type_count, int limit, void *context,
+                           int (*each_event)(void *context, const struct row_event *row),
+                           int *count_out);
 
 /* Streams every stored stock item. 0, the callback's non-zero return, or
  * SVC_ESTORAGE_UNAVAILABLE. */

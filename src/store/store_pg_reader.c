@@ -77,6 +77,8 @@
               " AND ($3::text IS NULL OR sku = $3) ORDER BY seq LIMIT $4")                     \
     X(EVENTS_ALL,                                                                              \
       "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")    \
+    X(EVENTS_OF, "SELECT " STORE_PG_EVENT_COLUMNS " FROM events WHERE seq > $1 AND seq <= $2"  \
+                 " AND event_type IN ($3, $4) ORDER BY seq LIMIT $5")                          \
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                     \
     X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"           \
             " WHERE principal = $1 AND idem_key = $2")                                         \
@@ -322,6 +324,32 @@ static int pg_reader_reservation(struct store_reader *base, int64_t reservation_
 /* Reads at most limit events after *since (filtered), hands them to each_event and moves
  * *since to the last one. Returns the callback's non-zero answer, SVC_ESTORAGE_UNAVAILABLE, or
  * 0 with *count_out rows read. */
+/* Streams the rows of res (of STORE_PG_EVENT_COLUMNS in seq order after *since, at most limit;
+ * NULL: the read failed) to each_event and clears it; *since: the last seq, *count_out: how
+ * many. */
+static int pg_reader_event_rows(PGresult *res, int64_t *since, int limit, void *context,
+                                int (*each_event)(void *context, const struct row_event *row),
+                                int *count_out)
+{
+    if (res == NULL) {
+        return SVC_ESTORAGE_UNAVAILABLE;
+    }
+    int rc = 0;
+    int rows = PQntuples(res);
+    SVC_ASSERT(rows <= limit);
+    *count_out = 0;
+    for (int i = 0; rc == 0 && i < rows; i++) {
+        struct row_event row;
+        store_pg_row_event(res, i, &row);
+        SVC_ASSERT(row.seq > *since);
+        *since = row.seq;
+        (*count_out)++;
+        rc = each_event(context, &row);
+    }
+    PQclear(res);
+    return rc;
+}
+
 static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char *store_id,
                                  const char *sku, int limit, void *context,
                                  int (*each_event)(void *context, const struct row_event *row),
@@ -338,21 +366,7 @@ static int pg_reader_event_chunk(struct pg_reader *r, int64_t *since, const char
     bool filtered = store_id != NULL || sku != NULL; /* the follower's and replay's read: not */
     PGresult *res = filtered ? pg_reader_exec(r, PG_READER_EVENTS, 4, values)
                              : pg_reader_exec(r, PG_READER_EVENTS_ALL, 2, all_values);
-    if (res == NULL) {
-        return SVC_ESTORAGE_UNAVAILABLE;
-    }
-    int rc = 0;
-    *count_out = PQntuples(res);
-    SVC_ASSERT(*count_out <= limit);
-    for (int i = 0; rc == 0 && i < *count_out; i++) {
-        struct row_event row;
-        store_pg_row_event(res, i, &row);
-        SVC_ASSERT(row.seq > *since);
-        *since = row.seq;
-        rc = each_event(context, &row);
-    }
-    PQclear(res);
-    return rc;
+    return pg_reader_event_rows(res, since, limit, context, each_event, count_out);
 }
 
 static int pg_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
@@ -374,6 +388,39 @@ static int pg_reader_events(struct store_reader *base, int64_t since_seq, const 
             return rc;
         }
         left -= count;
+    }
+    return 0;
+}
+
+static int pg_reader_events_of(struct store_reader *base, int64_t since_seq, int64_t until_seq,
+                               const char *const *types, int type_count, int limit, void *context,
+                               int (*each_event)(void *context, const struct row_event *row),
+                               int *count_out)
+{
+    struct pg_reader *r = (struct pg_reader *)base;
+    SVC_ASSERT(type_count >= 1 && type_count <= STORE_EVENT_TYPES_MAX);
+    _Static_assert(STORE_EVENT_TYPES_MAX == 2, "the statement names $3 and $4");
+    char until_text[24];
+    snprintf(until_text, sizeof until_text, "%" PRId64, until_seq);
+    int64_t since = since_seq;
+    int left = limit; /* in chunks, as pg_reader_events */
+    while (left > 0) {
+        int chunk = left < PG_READ_EVENTS_CHUNK ? left : PG_READ_EVENTS_CHUNK;
+        char since_text[24];
+        char count[24];
+        snprintf(since_text, sizeof since_text, "%" PRId64, since);
+        snprintf(count, sizeof count, "%d", chunk);
+        const char *values[] = {since_text, until_text, types[0],
+                                type_count > 1 ? types[1] : NULL, /* NULL matches none */
+                                count};
+        int got = 0;
+        int rc = pg_reader_event_rows(pg_reader_exec(r, PG_READER_EVENTS_OF, 5, values), &since,
+                                      chunk, context, each_event, &got);
+        *count_out += got;
+        if (rc != 0 || got < chunk) {
+            return rc;
+        }
+        left -= got;
     }
     return 0;
 }
@@ -800,6 +847,7 @@ static const struct store_reader_ops pg_reader_ops = {
     .events = pg_reader_events,
     .items = pg_reader_items,
     .event_seq_max = pg_reader_event_seq_max,
+    .events_of = pg_reader_events_of,
     .idem = pg_reader_idem,
     .wait = pg_reader_wait,
     .snapshot_begin = pg_reader_snapshot_begin,

@@ -56,6 +56,9 @@
     X(EVENTS, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku, data"   \
               " FROM events WHERE seq > ?1 AND (?2 IS NULL OR store_id = ?2)"                \
               " AND (?3 IS NULL OR sku = ?3) ORDER BY seq LIMIT ?4")                         \
+    X(EVENTS_OF, "SELECT seq, event_type, event_version, occurred_at_ms, store_id, sku,"     \
+                 " data FROM events WHERE seq > ?1 AND seq <= ?2"                            \
+                 " AND event_type IN (?3, ?4) ORDER BY seq LIMIT ?5")                        \
     X(SEQ_MAX, "SELECT COALESCE(MAX(seq), 0) FROM events")                                   \
     X(IDEM, "SELECT status, problem, body, created_at_ms, location FROM idempotency"         \
             " WHERE principal = ?1 AND idem_key = ?2")                                       \
@@ -352,18 +355,12 @@ static int sqlite_reader_reservation(struct store_reader *base, int64_t reservat
     return rc;
 }
 
-static int sqlite_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
-                                const char *sku, int limit, void *context,
-                                int (*each_event)(void *context, const struct row_event *row))
+/* Streams the rows stmt (bound, of the events columns in seq order after since_seq) yields to
+ * each_event and resets it; *count_out: how many. */
+static int sqlite_reader_stream_events(
+    struct sqlite_reader *r, sqlite3_stmt *stmt, int64_t since_seq, void *context,
+    int (*each_event)(void *context, const struct row_event *row), int *count_out)
 {
-    struct sqlite_reader *r = (struct sqlite_reader *)base;
-    SVC_ASSERT(since_seq >= 0);
-    SVC_ASSERT(limit >= 1);
-    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_EVENTS];
-    sqlite3_bind_int64(stmt, 1, since_seq);
-    store_sqlite_bind_text(stmt, 2, store_id);
-    store_sqlite_bind_text(stmt, 3, sku);
-    sqlite3_bind_int(stmt, 4, limit);
     int rc = 0;
     int step = SQLITE_ROW;
     int64_t last_seq = since_seq;
@@ -378,6 +375,7 @@ static int sqlite_reader_events(struct store_reader *base, int64_t since_seq, co
         row.data_json = store_sqlite_column_text(stmt, 6);
         SVC_ASSERT(row.seq > last_seq); /* in seq order, after since_seq */
         last_seq = row.seq;
+        (*count_out)++;
         rc = each_event(context, &row);
     }
     if (rc == 0 && step != SQLITE_DONE) {
@@ -386,6 +384,40 @@ static int sqlite_reader_events(struct store_reader *base, int64_t since_seq, co
     sqlite3_reset(stmt);
     sqlite3_clear_bindings(stmt);
     return rc;
+}
+
+static int sqlite_reader_events(struct store_reader *base, int64_t since_seq, const char *store_id,
+                                const char *sku, int limit, void *context,
+                                int (*each_event)(void *context, const struct row_event *row))
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(since_seq >= 0);
+    SVC_ASSERT(limit >= 1);
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_EVENTS];
+    sqlite3_bind_int64(stmt, 1, since_seq);
+    store_sqlite_bind_text(stmt, 2, store_id);
+    store_sqlite_bind_text(stmt, 3, sku);
+    sqlite3_bind_int(stmt, 4, limit);
+    int count = 0;
+    return sqlite_reader_stream_events(r, stmt, since_seq, context, each_event, &count);
+}
+
+static int sqlite_reader_events_of(struct store_reader *base, int64_t since_seq, int64_t until_seq,
+                                   const char *const *types, int type_count, int limit,
+                                   void *context,
+                                   int (*each_event)(void *context, const struct row_event *row),
+                                   int *count_out)
+{
+    struct sqlite_reader *r = (struct sqlite_reader *)base;
+    SVC_ASSERT(type_count >= 1 && type_count <= STORE_EVENT_TYPES_MAX);
+    _Static_assert(STORE_EVENT_TYPES_MAX == 2, "the statement names ?3 and ?4");
+    sqlite3_stmt *stmt = r->stmts[STORE_SQLITE_READER_EVENTS_OF];
+    sqlite3_bind_int64(stmt, 1, since_seq);
+    sqlite3_bind_int64(stmt, 2, until_seq);
+    store_sqlite_bind_text(stmt, 3, types[0]);
+    store_sqlite_bind_text(stmt, 4, type_count > 1 ? types[1] : NULL); /* NULL matches none */
+    sqlite3_bind_int(stmt, 5, limit);
+    return sqlite_reader_stream_events(r, stmt, since_seq, context, each_event, count_out);
 }
 
 static int sqlite_reader_items(struct store_reader *base, void *context,
@@ -730,6 +762,7 @@ static const struct store_reader_ops sqlite_reader_ops = {
     .events = sqlite_reader_events,
     .items = sqlite_reader_items,
     .event_seq_max = sqlite_reader_event_seq_max,
+    .events_of = sqlite_reader_events_of,
     .idem = sqlite_reader_idem,
     .wait = NULL, /* no other writer to follow */
     .snapshot_begin = sqlite_reader_snapshot_begin,

@@ -229,6 +229,21 @@ void work_writer_reply(struct command *cmd)
     pthread_mutex_unlock(&w->lock);
 }
 
+/* The event types a stage acts on (work_on_event): the only ones the workers read from the log
+ * and wake for; a purchase's events are neither. */
+static const enum event_type work_event_types[STORE_EVENT_TYPES_MAX] = {EVENT_ORDER_CREATED,
+                                                                        EVENT_ORDER_CONFIRMED};
+
+void work_notify_events(struct work *w, const struct event *events, size_t count)
+{
+    for (size_t i = 0; w != NULL && i < count; i++) {
+        if (events[i].type == work_event_types[0] || events[i].type == work_event_types[1]) {
+            work_notify(w);
+            return;
+        }
+    }
+}
+
 void work_notify(struct work *w)
 {
     if (w == NULL) {
@@ -348,8 +363,9 @@ static int64_t work_id_seq(const char *id, const char *prefix)
 static int work_on_event(void *context, const struct row_event *row)
 {
     struct work *w = context;
-    bool created = strcmp(row->event_type, "OrderCreated") == 0;
-    bool confirmed = strcmp(row->event_type, "OrderConfirmed") == 0;
+    bool created = strcmp(row->event_type, event_type_name(work_event_types[0])) == 0;
+    bool confirmed = strcmp(row->event_type, event_type_name(work_event_types[1])) == 0;
+    SVC_ASSERT(created || confirmed); /* the read selects these (work_read) */
     bool order_runs = !w->round_paused[CMD_STAGE_ORDER];
     bool payment_runs = !w->round_paused[CMD_STAGE_PAYMENT];
     bool for_order = order_runs && created && row->seq > w->order_pos;
@@ -408,8 +424,24 @@ static bool work_read(struct work *w)
                                                     : w->payment_pos;
     int64_t before_order = w->order_pos;
     int64_t before_payment = w->payment_pos;
-    int rc =
-        store_reader_events(w->reader, since, NULL, NULL, WORK_READ_EVENTS_MAX, w, work_on_event);
+    /* Only the stages' event types, up to the log's end as it is now (every event up to it is
+     * committed: seqs are given in commit order); when fewer than a round came back, each
+     * running stage has looked at every event up to that end. */
+    int64_t top = 0;
+    int rc = store_reader_event_seq_max(w->reader, &top);
+    if (rc == 0 && top > since) {
+        const char *types[STORE_EVENT_TYPES_MAX];
+        for (int i = 0; i < STORE_EVENT_TYPES_MAX; i++) {
+            types[i] = event_type_name(work_event_types[i]);
+        }
+        int count = 0;
+        rc = store_reader_events_of(w->reader, since, top, types, STORE_EVENT_TYPES_MAX,
+                                    WORK_READ_EVENTS_MAX, w, work_on_event, &count);
+        if (rc == 0 && count < WORK_READ_EVENTS_MAX) {
+            w->order_pos = order_runs && top > w->order_pos ? top : w->order_pos;
+            w->payment_pos = payment_runs && top > w->payment_pos ? top : w->payment_pos;
+        }
+    }
     if (rc != 0) {
         log_warn("work: reading the event log failed (%d); trying again", rc);
         return false;

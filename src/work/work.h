@@ -162,8 +162,12 @@ const char *work_instance_id(const struct work *w);
  * The replay waits while this instance does not hold the payment stage's lease. */
 int work_replay(struct work *w, int64_t order_seq, int64_t reservation_seq);
 
-/* Wakes the thread: the writer committed events (its durable hook; any thread). NULL: none. */
+/* Wakes the thread (any thread). NULL: none. */
 void work_notify(struct work *w);
+/* Wakes the thread when one of the count events is of a type a stage acts on: the writer
+ * committed them (its committed hook). A batch of purchases alone does not wake it; the
+ * events it skips are passed over at the next read. NULL: none. */
+void work_notify_events(struct work *w, const struct event *events, size_t count);
 
 /* The writer's reply hook for a command of origin CMD_ORIGIN_WORKER (any thread: it only
  * queues it back to the workers). */

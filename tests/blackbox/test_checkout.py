@@ -165,6 +165,52 @@ def test_hundred_orders_on_ten_units():
     audit_events(s)
 
 
+def workers_wakeups(pid):
+    """How often the workers' thread has gone to sleep and been woken: its voluntary context
+    switches (a wait for the writer, the clock or a lease; a database round trip on
+    PostgreSQL)."""
+    task = "/proc/%d/task" % pid
+    for tid in os.listdir(task):
+        with open(os.path.join(task, tid, "comm")) as f:
+            if f.read().strip() != "workers":
+                continue
+        with open(os.path.join(task, tid, "status")) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    check(False, "no workers thread in %s" % task)
+
+
+def test_workers_wake_for_orders_not_for_purchases():
+    """Purchases give the workers nothing to do: a batch of them alone does not wake the
+    workers' thread (one connection: every purchase is a batch of its own, and each woke the
+    thread before), and the order events among them are still found and acted on."""
+    s = start_stockd()
+    purchases = 400
+    with s.client() as c:
+        product(c, "WK", 10 * purchases)
+        before = workers_wakeups(s.proc.pid)
+        for i in range(purchases):
+            r = c.post("/v1/purchase", {"sku": "WK", "qty": 1, "customerId": "c"}, key=new_key())
+            check_status(r, 201, "purchase %d" % i)
+        woken = workers_wakeups(s.proc.pid) - before
+        check(woken < purchases // 2, "the workers woke %d times for %d purchases alone" % (
+            woken, purchases))
+        placed = []
+        for i in range(5):
+            r = order(c, "WK", 1)
+            check_status(r, 201, "order %d" % i)
+            placed.append(r.json["orderId"])
+            for _ in range(50):
+                r = c.post("/v1/purchase", {"sku": "WK", "qty": 1, "customerId": "c"},
+                           key=new_key())
+                check_status(r, 201, "purchase after order %d" % i)
+        for oid in placed:
+            check_eq(wait_final(c, oid)["status"], "PAID", oid)
+        check_eq(avail(c, "WK"), (10 * purchases - purchases - 5 - 250, 0), "stock")
+    audit_events(s)
+
+
 def test_kill9_during_payments():
     args = ["--payment-latency-ms", "30", "--payment-timeout-rate", "0.3"]
     s = start_stockd(args, threads=2)
@@ -242,4 +288,4 @@ def test_two_instances_one_runs_workers():
 if __name__ == "__main__":
     main([test_happy_path_to_paid, test_failure_rate_one_releases_stock,
           test_cancel_and_expiry_without_workers, test_hundred_orders_on_ten_units,
-          test_kill9_during_payments, test_two_instances_one_runs_workers])
+          test_workers_wake_for_orders_not_for_purchases, test_kill9_during_payments, test_two_instances_one_runs_workers])

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "store_events_of_check.h"
 #include "test_helpers.h"
 
 #include "base/errors.h"
@@ -543,6 +544,20 @@ static void test_pg_reader_order_row(void **state)
     store_reader_close(r);
 }
 
+/* The workers' read of the order events (store_events_of_check.h). */
+static void test_pg_reader_events_of_types(void **state)
+{
+    struct pg_fixture *f = pg_fixture_or_skip(state);
+    ASSERT_OK(store_open(&f->store, f->uri));
+    struct store_batch batch = {.events = events_of_log,
+                                .event_count = sizeof events_of_log / sizeof events_of_log[0]};
+    pg_commit(f->store, &batch);
+    struct store_reader *r = NULL;
+    ASSERT_OK(store_reader_open(&r, f->uri));
+    check_events_of(r);
+    store_reader_close(r);
+}
+
 /* Reservations 3 (no lines) and 4 (CMD_LINES_MAX + 1 lines): rows the writer never writes. */
 static const struct row_reservation odd_reservations[] = {
     {3, "S1", "c3", "EXPIRED", T0_MS + 60000, 2, T0_MS, T0_MS + 9, 0, NULL, 0},
@@ -923,6 +938,7 @@ int main(void)
                                         pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_idem_prune_sweeps_in_steps, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_order_row, pg_setup, pg_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_reader_events_of_types, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_reservation_row, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_leases, pg_setup, pg_teardown),
         cmocka_unit_test_setup_teardown(test_pg_reader_reads_again_after_a_lost_session, pg_setup,

@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "store_events_of_check.h"
 #include "test_helpers.h"
 
 #include "base/errors.h"
@@ -376,6 +377,20 @@ static void test_reader_reads_committed_rows(void **state)
     int64_t announced = -1;
     ASSERT_EQ_INT(store_reader_wait(r, 10, &announced), 0); /* nobody else writes */
     ASSERT_EQ_INT(announced, 0);
+    store_reader_close(r);
+}
+
+/* The workers' read of the order events (store_events_of_check.h). */
+static void test_reader_events_of_types(void **state)
+{
+    struct fixture *f = *state;
+    fixture_open(f);
+    struct store_batch batch = {.events = events_of_log,
+                                .event_count = sizeof events_of_log / sizeof events_of_log[0]};
+    ASSERT_OK(store_commit_batch(f->store, &batch));
+    struct store_reader *r = NULL;
+    ASSERT_OK(store_reader_open(&r, f->path));
+    check_events_of(r);
     store_reader_close(r);
 }
 
@@ -932,6 +947,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_commit_reopen_load, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_reader_reads_committed_rows, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_reader_events_of_types, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_reader_reservation_row, fixture_setup,
                                         fixture_teardown),
