@@ -90,9 +90,10 @@ static bool jflat_word(struct jflat_cursor *c, const char *word)
 static bool jflat_object(struct jflat_cursor *c, struct json_flat *out, int depth);
 static bool jflat_value(struct jflat_cursor *c, struct json_flat_member *m, int depth);
 
-/* An array of values of the subset, after its opening bracket. */
-static bool jflat_array(struct jflat_cursor *c, int depth)
+/* An array of values of the subset, after its opening bracket; *count: its elements. */
+static bool jflat_array(struct jflat_cursor *c, int depth, int64_t *count)
 {
+    *count = 0;
     if (jflat_take(c, ']')) {
         return true;
     }
@@ -101,6 +102,7 @@ static bool jflat_array(struct jflat_cursor *c, int depth)
         if (!jflat_value(c, &element, depth)) {
             return false;
         }
+        (*count)++;
     } while (jflat_take(c, ','));
     return jflat_take(c, ']');
 }
@@ -121,7 +123,7 @@ static bool jflat_nested(struct jflat_cursor *c, struct json_flat_member *m, int
     } else {
         c->at++;
         m->type = JSON_FLAT_ARRAY;
-        ok = jflat_array(c, depth + 1);
+        ok = jflat_array(c, depth + 1, &m->integer);
     }
     m->text = start;
     m->length = (size_t)(c->at - start);

@@ -49,7 +49,7 @@ struct json_flat_member {
     enum json_flat_type type;
     const char *text; /* a string's bytes (not NUL-terminated), an object's or an array's text */
     size_t length;
-    int64_t integer; /* an integer's value, else 0 */
+    int64_t integer; /* an integer's value, an array's number of elements, else 0 */
 };
 
 struct json_flat {

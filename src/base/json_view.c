@@ -71,7 +71,7 @@ bool json_view_object(const struct json_view_member *m, struct json_flat *scratc
 static struct json_flat_member json_view_flat_array(const struct json_view_member *m)
 {
     SVC_ASSERT(m->type == JSON_VIEW_ARRAY && m->json == NULL && m->text != NULL);
-    struct json_flat_member array = {NULL, 0, JSON_FLAT_ARRAY, m->text, m->length, 0};
+    struct json_flat_member array = {NULL, 0, JSON_FLAT_ARRAY, m->text, m->length, m->integer};
     return array;
 }
 
@@ -81,14 +81,8 @@ size_t json_view_array_size(const struct json_view_member *m)
     if (m->json != NULL) {
         return json_array_size(m->json);
     }
-    struct json_flat_member array = json_view_flat_array(m);
-    struct json_flat_member element;
-    size_t at = 0;
-    size_t count = 0;
-    while (json_flat_next(&array, &at, &element)) {
-        count++;
-    }
-    return count;
+    SVC_ASSERT(m->integer >= 0);
+    return (size_t)m->integer; /* counted when json_flat checked the array */
 }
 
 int json_view_next_object(struct json_view_items *items, struct json_flat *scratch,

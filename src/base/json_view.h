@@ -33,8 +33,8 @@ struct json_view_member {
     enum json_view_type type;
     const char *text; /* a string's bytes (length of them, no NUL added); a flat container's */
     size_t length;
-    int64_t integer;
-    json_t *json; /* an object or array of a jansson view, else NULL */
+    int64_t integer; /* an integer's value; a flat array's number of elements */
+    json_t *json;    /* an object or array of a jansson view, else NULL */
 };
 
 /* Where a walk over the elements of an array member stands (json_view_next_object). */

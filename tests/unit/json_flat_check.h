@@ -39,7 +39,7 @@ static bool json_flat_check_value(const struct json_flat_member *m, json_t *v)
             }
             count++;
         }
-        return json_is_array(v) && json_array_size(v) == count;
+        return json_is_array(v) && json_array_size(v) == count && m->integer == (int64_t)count;
     }
     }
     return false;

@@ -62,6 +62,9 @@ static void test_reads_nested_objects_and_arrays(void **state)
     ASSERT_TRUE(read_both(batch, &flat));
     const struct json_flat_member *commands = json_flat_get(&flat, "commands");
     ASSERT_EQ_INT(commands->type, JSON_FLAT_ARRAY);
+    ASSERT_EQ_INT(commands->integer, 2); /* the elements, counted as the array was checked */
+    ASSERT_EQ_INT(json_flat_get(&flat, "e")->integer, 0);
+    ASSERT_EQ_INT(json_flat_get(&flat, "a")->integer, 4);
     size_t at = 0;
     struct json_flat_member element;
     const char *skus[] = {"A", "B"};
