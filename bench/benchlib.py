@@ -176,6 +176,14 @@ def ok_count(result):
     return sum(n for code, n in result["status"].items() if code.startswith("2"))
 
 
+def stat_cpu_ticks(path):
+    """User + system CPU time, in clock ticks, of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat
+    file (fields 14 and 15; the command name before them may hold spaces and parentheses)."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def thread_cpu_ticks(pid):
     """CPU time (user + system, in clock ticks) of each thread of pid, summed by thread name
     (stockd names its threads: writer, http-0, checkpointer, ...; see src/base/svc_thread.h)."""
@@ -183,13 +191,12 @@ def thread_cpu_ticks(pid):
     task = "/proc/%d/task" % pid
     for tid in os.listdir(task):
         try:
-            with open(os.path.join(task, tid, "stat")) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            ticks = stat_cpu_ticks(os.path.join(task, tid, "stat"))
             with open(os.path.join(task, tid, "comm")) as f:
                 name = f.read().strip()
         except FileNotFoundError:  # the thread ended meanwhile
             continue
-        out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])  # utime, stime
+        out[name] = out.get(name, 0) + ticks
     return out
 
 
