@@ -221,6 +221,16 @@ static void api_metrics_writer(struct app *app, struct api_metrics_out *o)
     api_metrics_one(o, "stockd_store_busy_waits_total", "counter",
                     "Times the store was busy and the writer waited (SQLite).",
                     api_u64(store_busy_wait_count(app->writer.config.store)));
+    struct store_wal_counts wal;
+    store_wal_counts(app->writer.config.store, &wal);
+    api_metrics_one(o, "stockd_store_wal_pages_total", "counter",
+                    "Pages the commits appended to the write-ahead log (SQLite; 0 on "
+                    "PostgreSQL, which keeps its own).",
+                    api_u64(wal.pages));
+    api_metrics_one(o, "stockd_store_checkpoints_total", "counter",
+                    "Copies of the write-ahead log into the database file (SQLite; 0 on "
+                    "PostgreSQL, which checkpoints itself).",
+                    api_u64(wal.checkpoints));
     api_metrics_one(o, "stockd_writer_storage_ok", "gauge",
                     "1 while the last batch committed, 0 after a failed one.",
                     atomic_load(&app->writer.storage_ok) ? 1 : 0);

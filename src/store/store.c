@@ -212,6 +212,16 @@ uint64_t store_busy_wait_count(struct store *s)
     return count;
 }
 
+/* The write-ahead log's counters (see store.h); any thread (/metrics). */
+void store_wal_counts(struct store *s, struct store_wal_counts *out)
+{
+    SVC_ASSERT(s != NULL && out != NULL);
+    *out = (struct store_wal_counts){0, 0};
+    if (s->ops->wal_counts != NULL) {
+        s->ops->wal_counts(s, out);
+    }
+}
+
 /* See store.h; called by the writer after each batch. */
 uint64_t store_session_count(struct store *s)
 {

@@ -298,6 +298,12 @@ struct store_idem_sweep {
     char key[STORE_SWEEP_NAME_BYTES];
 };
 
+/* The write-ahead log's counters of a backend that keeps its own (SQLite). */
+struct store_wal_counts {
+    uint64_t pages;       /* pages (frames) the commits appended to it, since the start */
+    uint64_t checkpoints; /* copies of it into the database file, since the start */
+};
+
 /* The writer handle's operations (the store_* functions below forward to them). */
 struct store_ops {
     const char *name;
@@ -317,6 +323,8 @@ struct store_ops {
     /* Shared backends only (else NULL). */
     int (*reservations_due)(struct store *s, int64_t before_ms, int64_t *out, int max);
     uint64_t (*busy_wait_count)(struct store *s);
+    /* NULL when the database checkpoints itself (PostgreSQL). */
+    void (*wal_counts)(struct store *s, struct store_wal_counts *out);
     /* NULL when the handle has no connection to lose (a file). */
     uint64_t (*session_count)(struct store *s);
     int (*snapshot_write)(struct store *s, const struct row_snapshot *row, int64_t keep_from_seq);
@@ -521,6 +529,10 @@ int store_reservations_due(struct store *s, int64_t before_ms, int64_t *out, int
 /* How many times the writer's connection found the database busy and waited (SQLite). Any
  * thread, any time: an atomic counter, not a read of storage. */
 uint64_t store_busy_wait_count(struct store *s);
+
+/* The write-ahead log of a backend that keeps its own (SQLite; all 0 on a database that
+ * checkpoints itself). Any thread, any time: counters, not reads of storage. */
+void store_wal_counts(struct store *s, struct store_wal_counts *out);
 
 /* How many sessions (connections) to the database the handle has opened so far: it moves when
  * the handle connected again after losing its connection (PostgreSQL restarted, the session
