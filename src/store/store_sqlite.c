@@ -144,12 +144,13 @@ _Static_assert(2 * BATCH_COMMANDS_MAX <= 32766, "a full batch's keys are paramet
  * fsync of the database file, and a large one (4096 pages) delayed the writer's concurrent
  * WAL fsync by up to ~45 ms; at 512 pages the open-loop p99 at 20k purchases/s fell from
  * 8.2 ms to 3.1 ms in the same run (bench notes in the issue). New pages, not the WAL's
- * size: once the WAL had passed 512 pages, every commit woke the checkpointer, for ~230 small
- * checkpoints a second at 66k purchases/s, each with its two fsyncs and another copy of the
- * pages every batch rewrites. Counting new pages halved the checkpointer's CPU per purchase
- * (1.3 to 0.7 us) and lowered the open-loop p50 at 36k/s from ~0.87 to ~0.6 ms (4 paired
- * rounds; p99 and the closed-loop rate unchanged). */
-#define STORE_SQLITE_CHECKPOINT_FRAMES 512
+ * size: once the WAL had passed 512 pages every commit woke the checkpointer (~230 small
+ * checkpoints a second at 66k purchases/s, each with its two fsyncs and one more copy of the
+ * pages every batch rewrites), and an idle WAL of 128 pages or more was checkpointed at every
+ * poll. Counting new pages, 512 of them made checkpoints of ~450 pages every ~20 ms: the
+ * checkpointer's CPU per purchase halved, but the open-loop p99 at 42k/s rose by ~0.6 ms
+ * (paired rounds); 256 took 1.3 to 0.9 us of CPU per purchase with the p99 no worse. */
+#define STORE_SQLITE_CHECKPOINT_FRAMES 256
 /* Past this many WAL pages (32 MiB) the writer finishes the checkpoint itself between two
  * batches, so that its next transaction restarts the WAL from the beginning. Without it the
  * background checkpoint never quite catches up under steady load, the WAL file grows without
