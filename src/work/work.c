@@ -234,10 +234,21 @@ void work_writer_reply(struct command *cmd)
 static const enum event_type work_event_types[STORE_EVENT_TYPES_MAX] = {EVENT_ORDER_CREATED,
                                                                         EVENT_ORDER_CONFIRMED};
 
+/* True when a stage acts on events of this type (one of work_event_types). */
+static bool work_acts_on(enum event_type type)
+{
+    for (size_t t = 0; t < STORE_EVENT_TYPES_MAX; t++) {
+        if (type == work_event_types[t]) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void work_notify_events(struct work *w, const struct event *events, size_t count)
 {
     for (size_t i = 0; w != NULL && i < count; i++) {
-        if (events[i].type == work_event_types[0] || events[i].type == work_event_types[1]) {
+        if (work_acts_on(events[i].type)) {
             work_notify(w);
             return;
         }
