@@ -149,6 +149,14 @@ static void api_metrics_http(struct api_metrics_out *o)
     api_metrics_one(o, "stockd_http_accept_pauses_total", "counter",
                     "Times an I/O thread paused accepting for want of file descriptors.",
                     api_u64(http_accept_pauses()));
+    uint64_t connections[IO_THREADS_MAX];
+    int threads = http_thread_connections(connections, IO_THREADS_MAX);
+    api_metrics_family(o, "stockd_http_connections_total", "counter",
+                       "Connections each I/O thread served (they go round the threads in turn).");
+    for (int i = 0; i < threads; i++) {
+        api_metrics_printf(o, "stockd_http_connections_total{thread=\"%d\"} %lld\n", i,
+                           api_u64(connections[i]));
+    }
 }
 
 /* ---- the writer ---------------------------------------------------------------------------- */

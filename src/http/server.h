@@ -30,6 +30,10 @@ int http_start(struct app *app, int listen_fd, int count);
 struct http_metrics_sum;
 void http_threads_metrics(struct http_metrics_sum *sum);
 
+/* The connections each I/O thread served since start, out[0..count), for /metrics; capacity
+ * is out's length (IO_THREADS_MAX). Returns count, the number of threads. */
+int http_thread_connections(uint64_t *out, int capacity);
+
 /* How many times an I/O thread paused accepting for want of file descriptors (/metrics). */
 uint64_t http_accept_pauses(void);
 

@@ -54,10 +54,12 @@ struct io_thread {
     h2o_evloop_t *loop;
     h2o_multithread_queue_t *reply_queue; /* writer replies; SSE wake-ups register on it too */
     h2o_multithread_receiver_t reply_receiver;
+    h2o_multithread_receiver_t accept_receiver; /* connections other threads accepted for it */
     h2o_socket_t *listener;
     h2o_timeout_t accept_pause_timeout; /* ACCEPT_PAUSE_MS: out of descriptors, try again */
     h2o_timeout_entry_t accept_resume;  /* linked while accepting is paused */
     _Atomic uint64_t accept_pauses;     /* written by the owner, read by /metrics */
+    _Atomic uint64_t connections;       /* served since start: written by the owner */
     struct app *app;                    /* borrowed, immutable */
     struct store_reader *reader;        /* owned, this thread only */
     struct http_command *pool;          /* THREAD_COMMANDS_MAX, owned */

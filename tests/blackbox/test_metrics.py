@@ -14,6 +14,7 @@ tests fail, they do not skip. Both backends."""
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -294,6 +295,32 @@ def test_checkpoints_copy_batches_of_new_pages():
     s.stop()
 
 
+def test_connections_go_round_the_io_threads():
+    """stockd_http_connections_total{thread} counts the connections each I/O thread served, and
+    they go round the threads in turn, whichever thread accepted them: after a burst of
+    connections opened at once (all in the listen backlog before any thread wakes, where the
+    first awake used to take the whole batch), the two threads' counts differ by at most one."""
+    s = start_stockd(threads=2)
+    burst = 24
+    socks = []
+    try:
+        for _ in range(burst):
+            socks.append(socket.create_connection(("127.0.0.1", s.port), timeout=10))
+        for k in socks:
+            k.sendall(b"GET /health HTTP/1.1\r\nHost: stockd\r\n\r\n")
+        for k in socks:
+            check(k.recv(12).startswith(b"HTTP/1.1 "), "an answer on every connection")
+        with s.client() as c:
+            parsed = parse(scrape(c))
+    finally:
+        for k in socks:
+            k.close()
+        s.stop()
+    counts = [value(parsed, "stockd_http_connections_total", thread=str(t)) for t in (0, 1)]
+    check(sum(counts) >= burst + 1, "connections counted: %s for %d opened" % (counts, burst + 1))
+    check(abs(counts[0] - counts[1]) <= 1, "connections per I/O thread: %s" % counts)
+
+
 def test_example_prometheus_config_and_alert_rules():
     tool = promtool()
     s = start_stockd()
@@ -327,4 +354,5 @@ def test_example_prometheus_config_and_alert_rules():
 
 if __name__ == "__main__":
     main([test_scrape_after_load_lints_and_counts, test_scrapes_during_load_stay_consistent,
-          test_checkpoints_copy_batches_of_new_pages, test_example_prometheus_config_and_alert_rules])
+          test_checkpoints_copy_batches_of_new_pages, test_connections_go_round_the_io_threads,
+          test_example_prometheus_config_and_alert_rules])
