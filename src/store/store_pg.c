@@ -281,10 +281,17 @@ static int pg_schema_version(PGconn *conn)
     return version; /* no meta table yet: 0 */
 }
 
+/* Past this shared_buffers a server holds more dirty table-extension pages than the kernel's
+ * periodic writeback flushes without stalling a commit (README, "Several instances on one
+ * PostgreSQL": 128MB stalled none in the bench's windows, 256MB one of 57-90 ms every 30 s). */
+#define PG_SHARED_BUFFERS_ADVISED_BYTES (128LL * 1024 * 1024)
+
 /* Says once, at open, which server settings cost stockd its tail (README, "Several instances on
  * one PostgreSQL"). wal_init_zero=on (the default) writes each new 16 MB WAL segment full of
  * zeros and fsyncs it inside the commit that needs it: a ~55 ms commit every second or two at
- * ~10k purchases/s. */
+ * ~10k purchases/s. backend_flush_after=0 (the default) and a large shared_buffers leave
+ * hundreds of MB of dirty pages for the kernel to write back in one burst every 30 s, which a
+ * WAL fsync then waits for (90-220 ms at 256MB without the flush). */
 static void pg_check_settings(PGconn *conn)
 {
     SVC_ASSERT(conn != NULL && !PQisnonblocking(conn)); /* the migration's plain connection */
@@ -295,6 +302,29 @@ static void pg_check_settings(PGconn *conn)
                  "wal_init_zero=off (as durable: fsync stays on)");
     }
     PQclear(r); /* an older server without the setting answers an error: nothing to say */
+    /* pg_settings' numbers are in the setting's unit, the block; SHOW's text has units. */
+    r = PQexec(conn, "SELECT (SELECT setting FROM pg_settings WHERE name = 'backend_flush_after'),"
+                     " current_setting('shared_buffers'),"
+                     " (SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers')"
+                     " * current_setting('block_size')::bigint");
+    if (!store_pg_result_ok(r) || PQntuples(r) != 1) {
+        PQclear(r); /* a server that names them otherwise: nothing to say */
+        return;
+    }
+    if (strcmp(PQgetvalue(r, 0, 0), "0") == 0) {
+        log_warn("postgres: the server has backend_flush_after=0: the pages a backend evicts "
+                 "stay dirty until the kernel writes them back in one burst, and a commit that "
+                 "lands then waits (tens to hundreds of ms every 30 s); set "
+                 "backend_flush_after=256kB");
+    }
+    if (atoll(PQgetvalue(r, 0, 2)) > PG_SHARED_BUFFERS_ADVISED_BYTES) {
+        log_warn("postgres: the server has shared_buffers=%s: about that much of the pages that "
+                 "extend stockd's tables stays dirty until the kernel writes it back in one "
+                 "burst, and a commit that lands then waits (50-100 ms every 30 s at 256MB); "
+                 "64MB to 128MB avoids it",
+                 PQgetvalue(r, 0, 1));
+    }
+    PQclear(r);
 }
 
 static int pg_apply_migration(PGconn *conn, const struct schema_migration *migration)

@@ -13,7 +13,8 @@
   degraded with 200 while the broker is down and while the last commit failed (SQLite: a lock
   held by another connection), down with 503 while PostgreSQL is stopped (blackbox-pg only),
   ok again after each;
-- on PostgreSQL, one warning when the server has wal_init_zero=on (blackbox-pg only);
+- on PostgreSQL, one warning when the server has wal_init_zero=on, and one when it has
+  backend_flush_after=0 (blackbox-pg only);
 - every thread is named for its role (top -H, perf and bench/hot-sku tell them apart by it).
 Both backends; no test asserts how fast anything is."""
 import json
@@ -350,24 +351,48 @@ def test_health_down_while_postgres_is_stopped():
     s.stop()
 
 
+def log_with_setting(setting, value):
+    """The log lines of stockd on a new database whose sessions have setting = value (ALTER
+    DATABASE, so other tests see no change), after it served one command."""
+    db = new_pg_database()
+    psql('ALTER DATABASE "%s" SET %s = %s' % (db, setting, value))
+    s = start_stockd(pg_db=db)
+    with s.client() as c:
+        product(c, "W-S", 1)  # the writer connected and serves
+    s.stop()
+    return log_lines(s)
+
+
 def test_warns_of_wal_init_zero_on():
     """A server with wal_init_zero=on (PostgreSQL's default; scripts/pg-start.sh turns it off)
-    gets one warning line that names the setting; the test server as it is gets none. The
-    setting is given to one database only (ALTER DATABASE), so other tests see no change."""
+    gets one warning line that names the setting; the test server as it is gets none."""
     if not pg_mode():
         skip_test("PostgreSQL only (suite blackbox-pg): reads a server setting")
     plain = start([])
     plain.stop()
     check(not [line for line in log_lines(plain) if "wal_init_zero" in line],
           "a warning on a server with wal_init_zero=off: %s" % log_lines(plain))
-    db = new_pg_database()
-    psql('ALTER DATABASE "%s" SET wal_init_zero = on' % db)
-    s = start_stockd(pg_db=db)
-    with s.client() as c:
-        product(c, "W-Z", 1)  # the writer connected and serves
-    s.stop()
-    warned = [line for line in log_lines(s) if "wal_init_zero=on" in line]
-    check_eq(len(warned), 1, "warning lines about wal_init_zero: %s" % log_lines(s))
+    lines = log_with_setting("wal_init_zero", "on")
+    warned = [line for line in lines if "wal_init_zero=on" in line]
+    check_eq(len(warned), 1, "warning lines about wal_init_zero: %s" % lines)
+
+
+def test_warns_of_backend_flush_after_off():
+    """A server with backend_flush_after=0 (PostgreSQL's default; scripts/pg-start.sh sets
+    256kB) gets one warning line that names the setting; the test server as it is (64MB of
+    shared_buffers, the flush on) gets none about either setting."""
+    if not pg_mode():
+        skip_test("PostgreSQL only (suite blackbox-pg): reads a server setting")
+    plain = start([])
+    plain.stop()
+    check(not [line for line in log_lines(plain)
+               if "backend_flush_after" in line or "shared_buffers" in line],
+          "a warning on a server with the flush on and 64MB: %s" % log_lines(plain))
+    lines = log_with_setting("backend_flush_after", "0")
+    warned = [line for line in lines if "backend_flush_after=0" in line]
+    check_eq(len(warned), 1, "warning lines about backend_flush_after: %s" % lines)
+    check(not [line for line in lines if "shared_buffers" in line],
+          "a warning about shared_buffers=64MB: %s" % lines)
 
 
 def test_trace_ids_of_concurrent_requests_do_not_mix():
@@ -438,6 +463,7 @@ if __name__ == "__main__":
         test_health_degraded_while_commits_fail_on_sqlite,
         test_health_down_while_postgres_is_stopped,
         test_warns_of_wal_init_zero_on,
+        test_warns_of_backend_flush_after_off,
         test_trace_ids_of_concurrent_requests_do_not_mix,
         test_threads_are_named_for_their_roles,
     ])
