@@ -1,11 +1,12 @@
 /*
  * server.h - the HTTP server: the listening socket, the h2o evloop I/O threads with their
- * accept loop, the hand-off of every request to the route table, and the writer's reply hook
- * that returns a finished command to the thread that sent it.
+ * accept loop (which deals the connections round the threads in turn), the hand-off of every
+ * request to the route table, and the writer's reply hook that returns a finished command to
+ * the thread that sent it.
  *
- * main includes this file, and /metrics (api_metrics.c) for http_accept_pauses. It is not what
- * handlers use (request.h) and not the route table (routes.h); the arrows are
- * server -> routes -> api_* -> request and server -> request.
+ * main includes this file, and /metrics (api_metrics.c) for http_accept_pauses and
+ * http_thread_connections. It is not what handlers use (request.h) and not the route table
+ * (routes.h); the arrows are server -> routes -> api_* -> request and server -> request.
  * Read thread.h next.
  */
 #ifndef STOCKD_HTTP_SERVER_H
